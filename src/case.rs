@@ -1,0 +1,226 @@
+//! One expanded test case: everything the lab and the runner need, with every
+//! default already applied. Suites (`crate::suite`) produce these; nothing
+//! downstream ever looks at YAML again.
+
+use serde::Serialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// The five systems of the study. Which of them this build can run is the
+/// backend registry's business (`crate::backend`), not the suite language's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hypervisor {
+    XenPv,
+    XenHvm,
+    Openvz,
+    KvmFv,
+    KvmPv,
+}
+
+impl Hypervisor {
+    pub const ALL: [Hypervisor; 5] = [
+        Hypervisor::XenPv,
+        Hypervisor::XenHvm,
+        Hypervisor::Openvz,
+        Hypervisor::KvmFv,
+        Hypervisor::KvmPv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hypervisor::XenPv => "xen-pv",
+            Hypervisor::XenHvm => "xen-hvm",
+            Hypervisor::Openvz => "openvz",
+            Hypervisor::KvmFv => "kvm-fv",
+            Hypervisor::KvmPv => "kvm-pv",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Hypervisor> {
+        Hypervisor::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+impl fmt::Display for Hypervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which accelerator the guest should run under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM when the host can really run a stock guest kernel with it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Precopy,
+    Postcopy,
+    AutoConverge,
+}
+
+/// Payload size of the workload's packet stream (UDP payload bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PacketSize {
+    /// As large as the MTU allows (MTU - 28 bytes of IPv4 and UDP headers).
+    Fill,
+    Bytes(u32),
+}
+
+impl PacketSize {
+    pub fn payload(self, mtu: u32) -> u32 {
+        match self {
+            PacketSize::Fill => mtu.saturating_sub(28),
+            PacketSize::Bytes(b) => b,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GuestSpec {
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: AccelChoice,
+}
+
+/// The study's "180 MB game": memory kept dirty plus a packet stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub dirty_mib: u32,
+    /// MiB per second rewritten inside `dirty_mib`.
+    pub dirty_rate_mib_s: u32,
+    pub packet_size: PacketSize,
+    /// Packets per second sent to the observer.
+    pub packet_rate_pps: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LinkSpec {
+    pub mtu: u32,
+    /// Egress shaping of every lab link, Mbit/s; None = unshaped.
+    pub rate_mbit: Option<u64>,
+    /// false = wire-like: TSO/GSO/GRO and checksum offloads off, so the MTU
+    /// really sets the packet size on the link.
+    pub offloads: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureSpec {
+    /// Seconds of steady state before the source host announces it goes down.
+    pub after_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MigrationSpec {
+    pub strategy: Strategy,
+    pub max_downtime_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// Sabotage injected during the migration, for the failure paths.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Faults {
+    /// Kill the destination's hypervisor process this long after the
+    /// migration started.
+    pub kill_destination_after_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SamplingSpec {
+    pub interval_ms: u64,
+    /// Longest time to keep sampling after the migration ended, waiting for
+    /// the values to settle.
+    pub settle_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    Mean,
+    Worst,
+}
+
+/// Upper bounds; None = not bounded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Bounds {
+    pub apply_to: Aggregate,
+    pub downtime_ms: Option<f64>,
+    pub guest_downtime_ms: Option<f64>,
+    pub total_time_ms: Option<f64>,
+    /// Percent of one CPU, of the hypervisor processes of either host.
+    pub peak_cpu_pct: Option<f64>,
+    pub peak_memory_mib: Option<f64>,
+}
+
+/// What the case is expected to end with.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// The migration completes and every bound holds.
+    Pass,
+    /// The migration fails; the verdict's reason must contain this text.
+    Fail { reason_contains: String },
+}
+
+/// Snapshot noise tolerance: a new value replaces the stored one only if it
+/// differs by more than max(relative * stored, the unit's absolute floor).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tolerance {
+    pub relative: f64,
+    pub ms: f64,
+    pub percent: f64,
+    pub mib: f64,
+}
+
+/// `gate` suites run in `cargo test`; `lab` suites are listed but run only
+/// when asked (`--include-ignored`, or `migsuite run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Gate,
+    Lab,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Case {
+    /// Suite name (from the file).
+    pub suite: String,
+    pub file: PathBuf,
+    pub tier: Tier,
+    pub hypervisor: Hypervisor,
+    pub guest: GuestSpec,
+    pub workload: Workload,
+    pub link: LinkSpec,
+    pub failure: FailureSpec,
+    pub migration: MigrationSpec,
+    pub faults: Faults,
+    pub repeat: u32,
+    pub sampling: SamplingSpec,
+    pub bounds: Bounds,
+    pub expect: Expect,
+    pub tolerance: Tolerance,
+}
+
+impl Case {
+    /// Stable test name: `suite::hypervisor::mtuN::workload`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}::{}::mtu{}::{}",
+            self.suite, self.hypervisor, self.link.mtu, self.workload.name
+        )
+    }
+
+    /// File-system safe form of the name (snapshots, reports).
+    pub fn slug(&self) -> String {
+        self.name().replace("::", "__")
+    }
+}
