@@ -3,5 +3,14 @@
 //! Data flows one way: suite (YAML) -> cases -> lab -> run -> measurements
 //! -> verdict -> report.
 
+pub mod backend;
 pub mod case;
+pub mod failure;
+pub mod guest;
+pub mod lab;
 pub mod measure;
+pub mod observer;
+pub mod runner;
+pub mod sampler;
+pub mod sh;
+pub mod wire;

@@ -1,0 +1,205 @@
+//! The workload agent: PID 1 of every migsuite guest. It brings the guest's
+//! NIC up, then runs the study's "game" for ever: keeps memory dirty at a
+//! configured rate (checking that every page still holds what it wrote
+//! last), sends a packet stream, and a heartbeat every millisecond to the
+//! observer. Its configuration comes from the kernel command line
+//! (`migsuite.<key>=<value>`).
+//!
+//! Built by build.rs with plain rustc, std only, statically linked.
+
+#[path = "../wire.rs"]
+mod wire;
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("migsuite-agent: {e}");
+    }
+    // PID 1 must never exit (the kernel would panic): idle so the console
+    // keeps the message.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let status = Command::new("/bin/busybox").args(args).status().map_err(|e| format!("{args:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{args:?}: {status}")) }
+}
+
+fn run() -> Result<(), String> {
+    let _ = fs::create_dir_all("/proc");
+    let _ = fs::create_dir_all("/sys");
+    let _ = fs::create_dir_all("/dev");
+    sh(&["mount", "-t", "proc", "proc", "/proc"])?;
+    sh(&["mount", "-t", "sysfs", "sys", "/sys"])?;
+    let _ = sh(&["mount", "-t", "devtmpfs", "dev", "/dev"]);
+
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
+    let cfg: HashMap<&str, &str> = cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("migsuite.")?.split_once('='))
+        .collect();
+    let get = |k: &str| cfg.get(k).copied().ok_or(format!("kernel command line lacks migsuite.{k}"));
+    let num = |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|_| format!("migsuite.{k} is not a number")) };
+
+    let mut load_errors = Vec::new();
+    for module in fs::read_to_string("/etc/modules.order").unwrap_or_default().lines() {
+        if let Err(e) = sh(&["insmod", module]) {
+            load_errors.push(e);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new("/sys/class/net/eth0").exists() {
+        if Instant::now() > deadline {
+            return Err(format!("no eth0 after 20 s (module errors: {load_errors:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sh(&["ip", "link", "set", "lo", "up"])?;
+    sh(&["ip", "link", "set", "eth0", "mtu", get("mtu")?, "up"])?;
+    sh(&["ip", "addr", "add", get("ip")?, "dev", "eth0"])?;
+
+    let observer: SocketAddr = get("observer")?.parse().map_err(|e| format!("migsuite.observer: {e}"))?;
+    let data_to = SocketAddr::new(observer.ip(), wire::DATA_PORT);
+    let hello = wire::encode_hello(&format!(
+        "nic={}\ndisks={}\nkernel={}\nmodule_errors={}\n",
+        driver_of("/sys/class/net/eth0/device"),
+        disks(),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        load_errors.len(),
+    ));
+
+    let passes = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let (dirty_mib, dirty_rate) = (num("dirty_mib")?, num("dirty_rate")?);
+    if dirty_mib > 0 && dirty_rate > 0 {
+        let (p, e) = (passes.clone(), errors.clone());
+        std::thread::spawn(move || dirty_memory(dirty_mib as usize, dirty_rate as usize, &p, &e));
+    }
+    let (pkt_size, pkt_rate) = (num("pkt_size")? as usize, num("pkt_rate")?);
+    if pkt_rate > 0 {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        std::thread::spawn(move || send_stream(&sock, data_to, pkt_size, pkt_rate));
+    }
+    heartbeat(observer, &hello, &passes, &errors)
+}
+
+/// Every millisecond, on an absolute schedule so that a stall shows as a gap
+/// and not as a slower rhythm; a hello every second.
+fn heartbeat(to: SocketAddr, hello: &[u8], passes: &AtomicU64, errors: &AtomicU64) -> Result<(), String> {
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let tick = Duration::from_millis(wire::HEARTBEAT_INTERVAL_MS);
+    let mut next = start;
+    for seq in 0u64.. {
+        if seq % 1000 == 0 {
+            let _ = sock.send_to(hello, to);
+        }
+        let hb = wire::Heartbeat {
+            seq,
+            agent_ns: start.elapsed().as_nanos() as u64,
+            dirty_passes: passes.load(Ordering::Relaxed),
+            memory_errors: errors.load(Ordering::Relaxed),
+        };
+        let _ = sock.send_to(&hb.encode(), to);
+        next += tick;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now; // after a stall, do not burst to catch up
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites `mib` MiB at `rate` MiB/s, page by page, in 10 ms slices. Each
+/// page's first word holds the pass that last wrote it; finding anything
+/// else means the memory was not carried over intact.
+fn dirty_memory(mib: usize, rate: usize, passes: &AtomicU64, errors: &AtomicU64) {
+    let pages = mib * 256;
+    let mut buf = vec![0u64; pages * PAGE / 8];
+    let per_slice = (rate * 256 / 100).max(1);
+    let words_per_page = PAGE / 8;
+    let mut pass = 1u64;
+    let mut page = 0usize;
+    loop {
+        let slice_start = Instant::now();
+        for _ in 0..per_slice {
+            let base = page * words_per_page;
+            if buf[base] != pass - 1 {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            // Touch the whole page so it is really dirty in every sense.
+            for w in &mut buf[base..base + words_per_page] {
+                *w = pass;
+            }
+            page += 1;
+            if page == pages {
+                page = 0;
+                passes.store(pass, Ordering::Relaxed);
+                pass += 1;
+            }
+        }
+        let spent = slice_start.elapsed();
+        if spent < Duration::from_millis(10) {
+            std::thread::sleep(Duration::from_millis(10) - spent);
+        }
+    }
+}
+
+fn send_stream(sock: &UdpSocket, to: SocketAddr, size: usize, rate: u64) {
+    let mut packet = vec![0u8; size.max(1)];
+    let n = wire::MAGIC.len().min(packet.len());
+    packet[..n].copy_from_slice(&wire::MAGIC[..n]);
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut next = Instant::now();
+    loop {
+        let _ = sock.send_to(&packet, to);
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+/// Name of the driver bound to the PCI device at or above `dev`.
+fn driver_of(dev: &str) -> String {
+    let mut path = match fs::canonicalize(dev) {
+        Ok(p) => p,
+        Err(_) => return "none".into(),
+    };
+    loop {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("0000:") {
+            if let Ok(target) = fs::read_link(path.join("driver")) {
+                return target.file_name().unwrap().to_string_lossy().into_owned();
+            }
+        }
+        if !path.pop() {
+            return "unknown".into();
+        }
+    }
+}
+
+fn disks() -> String {
+    let mut found: Vec<String> = fs::read_dir("/sys/block")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    found.retain(|n| !n.starts_with("ram") && !n.starts_with("loop"));
+    found.sort();
+    found.iter().map(|n| format!("{n}:{}", driver_of(&format!("/sys/block/{n}/device")))).collect::<Vec<_>>().join(",")
+}

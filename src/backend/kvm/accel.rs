@@ -1,0 +1,44 @@
+//! KVM where the host can run a stock guest kernel with it, TCG otherwise.
+
+use crate::case::AccelChoice;
+use anyhow::{bail, Result};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accel {
+    pub kvm: bool,
+    /// Shown in every report, e.g. "tcg (auto: /dev/kvm is kvm_pvm, which runs only PVM guest kernels)".
+    pub description: String,
+}
+
+impl Accel {
+    /// libvirt's domain type.
+    pub fn domain_type(&self) -> &'static str {
+        if self.kvm { "kvm" } else { "qemu" }
+    }
+}
+
+/// Why KVM cannot run a stock Debian guest here, or None if it can.
+fn kvm_unusable() -> Option<String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Some("no /dev/kvm".into());
+    }
+    if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists() {
+        return None;
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("/dev/kvm is kvm_pvm, which runs only PVM-enabled guest kernels".into());
+    }
+    Some("/dev/kvm has neither kvm_intel nor kvm_amd loaded".into())
+}
+
+pub fn choose(choice: AccelChoice) -> Result<Accel> {
+    let unusable = kvm_unusable();
+    Ok(match (choice, unusable) {
+        (AccelChoice::Tcg, _) => Accel { kvm: false, description: "tcg (forced by the suite)".into() },
+        (AccelChoice::Kvm, None) => Accel { kvm: true, description: "kvm (forced by the suite)".into() },
+        (AccelChoice::Kvm, Some(why)) => bail!("the suite forces accel: kvm, but KVM cannot run guests here: {why}"),
+        (AccelChoice::Auto, None) => Accel { kvm: true, description: "kvm (auto)".into() },
+        (AccelChoice::Auto, Some(why)) => Accel { kvm: false, description: format!("tcg (auto: {why})") },
+    })
+}

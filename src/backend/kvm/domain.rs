@@ -1,0 +1,79 @@
+//! libvirt domain XML of the workload guest: emulated devices for kvm-fv
+//! (e1000 NIC, IDE disk), virtio for kvm-pv.
+
+use super::accel::Accel;
+use crate::case::{Case, Hypervisor};
+use crate::guest::image::GuestImage;
+use crate::lab::network::HOST_BRIDGE;
+use std::path::Path;
+
+/// The study's name for the migrated VM.
+pub const DOMAIN_NAME: &str = "x0";
+
+pub struct DeviceModel {
+    pub nic: &'static str,
+    pub disk_bus: &'static str,
+    pub disk_dev: &'static str,
+    /// PCI drivers the agent must find bound to its NIC and disk.
+    pub guest_nic_driver: &'static str,
+    pub guest_disk_driver: &'static str,
+}
+
+pub fn device_model(h: Hypervisor) -> DeviceModel {
+    match h {
+        Hypervisor::KvmPv => DeviceModel { nic: "virtio", disk_bus: "virtio", disk_dev: "vda", guest_nic_driver: "virtio-pci", guest_disk_driver: "virtio-pci" },
+        _ => DeviceModel { nic: "e1000", disk_bus: "ide", disk_dev: "hda", guest_nic_driver: "e1000", guest_disk_driver: "ata_piix" },
+    }
+}
+
+pub fn xml(case: &Case, accel: &Accel, image: &GuestImage, disk: &Path, console: &Path, agent_args: &str) -> String {
+    let dev = device_model(case.hypervisor);
+    format!(
+        r#"<domain type='{dtype}'>
+  <name>{DOMAIN_NAME}</name>
+  <memory unit='MiB'>{mem}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 panic=-1 loglevel=4 {agent_args}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{disk}'/>
+      <target dev='{disk_dev}' bus='{disk_bus}'/>
+    </disk>
+    <interface type='bridge'>
+      <source bridge='{HOST_BRIDGE}'/>
+      <mac address='52:54:00:fa:00:64'/>
+      <model type='{nic}'/>
+      <mtu size='{mtu}'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>"#,
+        dtype = accel.domain_type(),
+        mem = case.guest.memory_mib,
+        vcpus = case.guest.vcpus,
+        kernel = image.kernel.display(),
+        initrd = image.initrd.display(),
+        disk = disk.display(),
+        console = console.display(),
+        disk_dev = dev.disk_dev,
+        disk_bus = dev.disk_bus,
+        nic = dev.nic,
+        mtu = case.link.mtu,
+    )
+}

@@ -1,0 +1,226 @@
+//! kvm-fv and kvm-pv: QEMU guests driven through libvirt, migrated
+//! peer-to-peer between the hosts' libvirtds over the lab LAN.
+
+pub mod accel;
+pub mod domain;
+
+use super::{Backend, BackendInfo, Evacuation};
+use crate::case::{Case, Hypervisor, Strategy};
+use std::collections::BTreeMap;
+use crate::guest::image::GuestImage;
+use crate::lab::Lab;
+use crate::measure::Outcome;
+use anyhow::{Context, Result};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState, DomainStateEnum};
+use virt::sys;
+
+const DISK_BYTES: u64 = 16 << 20;
+/// After a cancel, how long the migration call may take to return.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
+/// Destination may still be "inmigrate" right after completion.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Kvm {
+    hypervisor: Hypervisor,
+    accel: accel::Accel,
+    image: GuestImage,
+    info: BackendInfo,
+    source: Option<(Connect, Domain)>,
+}
+
+fn version(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
+impl Kvm {
+    pub fn new(case: &Case) -> Result<Kvm, String> {
+        let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
+        let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
+        let info = BackendInfo { accel: accel.description.clone(), hypervisor_version: String::new(), toolstack_version: String::new() };
+        Ok(Kvm { hypervisor: case.hypervisor, accel, image, info, source: None })
+    }
+
+    fn connect(lab: &Lab, uri: &str) -> Result<Connect> {
+        lab.on_lan(|| Connect::open(Some(uri)))?.with_context(|| format!("connecting to {uri}"))
+    }
+}
+
+fn is_running(dom: &Domain) -> bool {
+    matches!(dom.state(), Ok((DomainStateEnum::Known(DomainState::Running), _)))
+}
+
+impl Backend for Kvm {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
+        let shared = lab.shared_dir();
+        let disk = shared.join("disk.img");
+        std::fs::File::create(&disk)?.set_len(DISK_BYTES)?;
+        let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
+        self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
+        self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
+        let xml = domain::xml(case, &self.accel, &self.image, &disk, &shared.join("console.log"), agent_args);
+        let dom = conn.create_domain_xml(&xml, 0).context("starting the guest on the source host")?;
+        self.source = Some((conn, dom));
+        Ok(())
+    }
+
+    fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
+        let model = domain::device_model(self.hypervisor);
+        let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
+        anyhow::ensure!(
+            seen("nic") == model.guest_nic_driver,
+            "the guest's NIC is driven by {}, expected {} for {}",
+            seen("nic"),
+            model.guest_nic_driver,
+            self.hypervisor
+        );
+        anyhow::ensure!(
+            seen("disks").contains(&format!(":{}", model.guest_disk_driver)),
+            "the guest's disks are {}, expected one on {} for {}",
+            seen("disks"),
+            model.guest_disk_driver,
+            self.hypervisor
+        );
+        Ok(())
+    }
+
+    fn evacuate(&mut self, lab: &Lab, case: &Case) -> Evacuation {
+        match self.try_evacuate(lab, case) {
+            Ok(e) => e,
+            Err(e) => failed(format!("{e:#}"), self.running_on_source()),
+        }
+    }
+
+    fn running_on_source(&self) -> bool {
+        self.source.as_ref().is_some_and(|(_, d)| is_running(d))
+    }
+}
+
+fn failed(reason: String, source_survived: bool) -> Evacuation {
+    Evacuation {
+        outcome: Outcome::Failed { reason, source_survived },
+        running_on_destination_at: None,
+        reported_total_ms: None,
+        reported_downtime_ms: None,
+        setup_time_ms: None,
+        bytes_transferred: None,
+        memory_iterations: None,
+    }
+}
+
+impl Kvm {
+    fn try_evacuate(&mut self, lab: &Lab, case: &Case) -> Result<Evacuation> {
+        let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
+        dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
+        let dest_uri = lab.destination.libvirtd.uri();
+        let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER
+            // Both hosts see the disk on one file system: shared storage
+            // libvirt cannot recognise as such.
+            | sys::VIR_MIGRATE_UNSAFE;
+        match case.migration.strategy {
+            Strategy::Precopy => {}
+            Strategy::AutoConverge => flags |= sys::VIR_MIGRATE_AUTO_CONVERGE,
+            Strategy::Postcopy => flags |= sys::VIR_MIGRATE_POSTCOPY,
+        }
+        let params = virt::domain::MigrateParameters {
+            uri: Some(format!("tcp://{}", lab.destination.libvirtd.addr)),
+            ..Default::default()
+        };
+
+        // The migration call blocks; it runs on its own thread so that this
+        // one can watch the clock, inject faults and cancel.
+        let started = Instant::now();
+        let (done_tx, done_rx) = mpsc::channel();
+        let migrating = dom.clone();
+        std::thread::spawn(move || {
+            let r = migrating.migrate_to_uri3(Some(&dest_uri), params, flags);
+            let _ = done_tx.send(r.map_err(|e| e.message().to_string()));
+        });
+
+        let timeout = Duration::from_millis(case.migration.timeout_ms);
+        let kill_at = case.faults.kill_destination_after_ms.map(Duration::from_millis);
+        let mut killed_at: Option<Duration> = None;
+        let mut postcopy_started = false;
+        let mut aborted = false;
+        let result = loop {
+            match done_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => break Some(r),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Some(Err("migration thread died".into())),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let elapsed = started.elapsed();
+            if let (Some(at), None) = (kill_at, killed_at) {
+                if elapsed >= at {
+                    if let Some(pid) = lab.destination.libvirtd.qemu_pid(domain::DOMAIN_NAME) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                        killed_at = Some(elapsed);
+                    }
+                }
+            }
+            if case.migration.strategy == Strategy::Postcopy && !postcopy_started {
+                // Switch once the first full pass is done, as QEMU advises.
+                if dom.job_stats(0).ok().and_then(|s| s.mem_iteration).unwrap_or(0) >= 1 {
+                    postcopy_started = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
+                }
+            }
+            if elapsed >= timeout && !aborted {
+                unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+                aborted = true;
+            }
+            if aborted && elapsed >= timeout + ABORT_GRACE {
+                break None;
+            }
+        };
+        let why = |libvirt: String| {
+            let mut reason = if aborted {
+                format!("timed out after {} ms, migration cancelled (libvirt: {libvirt})", case.migration.timeout_ms)
+            } else {
+                format!("libvirt: {libvirt}")
+            };
+            if let Some(at) = killed_at {
+                reason.push_str(&format!("; the destination QEMU had been killed {} ms into the migration", at.as_millis()));
+            }
+            reason
+        };
+        match result {
+            None => Ok(failed(why(format!("the migration call did not return {} s after the cancel", ABORT_GRACE.as_secs())), self.running_on_source())),
+            Some(Err(e)) => {
+                // The source resumes the guest after a failed migration; give it a moment.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !self.running_on_source() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(failed(why(e), self.running_on_source()))
+            }
+            // Also when it completed despite a fault: reported as it is.
+            Some(Ok(())) => self.completed(lab),
+        }
+    }
+
+    fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
+        let conn = Self::connect(lab, &lab.destination.libvirtd.uri())?;
+        let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).context("the guest is not on the destination")?;
+        let deadline = Instant::now() + RESUME_TIMEOUT;
+        while !is_running(&dom) {
+            anyhow::ensure!(Instant::now() < deadline, "the guest did not resume on the destination within {RESUME_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let running_at = Instant::now();
+        let stats = dom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).context("completed job statistics on the destination")?;
+        Ok(Evacuation {
+            outcome: Outcome::Completed,
+            running_on_destination_at: Some(running_at),
+            reported_total_ms: stats.time_elapsed.map(|v| v as f64),
+            reported_downtime_ms: stats.downtime.map(|v| v as f64),
+            setup_time_ms: stats.setup_time.map(|v| v as f64),
+            bytes_transferred: stats.data_processed.or(stats.mem_processed),
+            memory_iterations: stats.mem_iteration,
+        })
+    }
+}

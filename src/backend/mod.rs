@@ -1,0 +1,72 @@
+//! The seam between the runner and the systems under test. A backend puts
+//! the workload guest on the source host and evacuates it to the destination;
+//! the runner does the rest (lab, failure, observation, sampling, verdict),
+//! the same for every backend. The container (openvz) and Xen rows plug in
+//! here by implementing `Backend` and answering in `for_hypervisor`.
+
+pub mod kvm;
+
+use crate::case::{Case, Hypervisor};
+use crate::lab::Lab;
+use crate::measure::Outcome;
+use anyhow::Result;
+use std::time::Instant;
+
+/// What the backend learnt from one evacuation.
+#[derive(Debug)]
+pub struct Evacuation {
+    pub outcome: Outcome,
+    /// When the guest was known to run on the destination.
+    pub running_on_destination_at: Option<Instant>,
+    pub reported_total_ms: Option<f64>,
+    pub reported_downtime_ms: Option<f64>,
+    pub setup_time_ms: Option<f64>,
+    pub bytes_transferred: Option<u64>,
+    pub memory_iterations: Option<u64>,
+}
+
+/// Versions and accelerator: what produced the numbers.
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    pub accel: String,
+    pub hypervisor_version: String,
+    pub toolstack_version: String,
+}
+
+pub trait Backend {
+    fn info(&self) -> &BackendInfo;
+
+    /// Starts the guest on the source host, the agent's configuration in
+    /// `agent_args` (kernel command line form). Returns once it is started;
+    /// the runner waits for the agent's hello.
+    fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()>;
+
+    /// Checks the guest the agent describes (`key=value` of its hello) is
+    /// the one this backend meant to start, e.g. its device model.
+    fn check_guest(&self, hello: &std::collections::BTreeMap<String, String>) -> Result<()>;
+
+    /// Migrates the guest to the destination within the case's timeout,
+    /// injecting the case's faults. Never hangs: a stalled migration is
+    /// cancelled and reported as failed, leaving the source guest running.
+    fn evacuate(&mut self, lab: &Lab, case: &Case) -> Evacuation;
+
+    /// Whether the guest still runs on the source host.
+    fn running_on_source(&self) -> bool;
+}
+
+/// The backend for `hypervisor`, or why this build cannot run it.
+pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
+    match case.hypervisor {
+        Hypervisor::KvmFv | Hypervisor::KvmPv => kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
+        other => Err(refusal(other).unwrap()),
+    }
+}
+
+/// Why a hypervisor cannot run in this build; None if it can.
+pub fn refusal(h: Hypervisor) -> Option<String> {
+    match h {
+        Hypervisor::KvmFv | Hypervisor::KvmPv => None,
+        Hypervisor::Openvz => Some("openvz: this build has no container (CRIU) backend yet".into()),
+        Hypervisor::XenPv | Hypervisor::XenHvm => Some(format!("{h}: this build has no Xen backend yet")),
+    }
+}

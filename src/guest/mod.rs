@@ -1,0 +1,4 @@
+//! What every guest boots: kernel, and an initramfs around the workload agent.
+
+mod cpio;
+pub mod image;

@@ -1,0 +1,120 @@
+//! One libvirtd per simulated host: run inside the host's network namespace
+//! and a private mount namespace whose libvirt directories are the host's
+//! own, listening on qemu+tcp:// like a real lab host.
+
+use super::netns::Netns;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIBVIRTD_PORT: u16 = 16509;
+/// Directories libvirt keeps state in; each host gets its own copy.
+const STATE_DIRS: [&str; 5] = ["/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt", "/etc/libvirt"];
+
+#[derive(Debug)]
+pub struct Libvirtd {
+    pub addr: Ipv4Addr,
+    /// Host's private root for the directories in STATE_DIRS.
+    pub state: PathBuf,
+    child: Child,
+}
+
+impl Libvirtd {
+    pub fn start(ns: &Netns, addr: Ipv4Addr, state: &Path, timeout: Duration) -> Result<Libvirtd> {
+        let mut binds = String::new();
+        for dir in STATE_DIRS {
+            let own = state.join(dir.trim_start_matches('/'));
+            fs::create_dir_all(&own)?;
+            binds.push_str(&format!("mkdir -p '{dir}' && mount --bind '{}' '{dir}' && ", own.display()));
+        }
+        let etc = state.join("etc/libvirt");
+        fs::write(
+            etc.join("libvirtd.conf"),
+            format!(
+                "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\nlisten_addr = \"{addr}\"\n\
+                 host_uuid = \"{}\"\nlog_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
+                uuid::Uuid::new_v4()
+            ),
+        )?;
+        // Both daemons run as root on one machine: no DAC relabelling (the
+        // destination would refuse files "already in use"), no LSM profile.
+        fs::write(
+            etc.join("qemu.conf"),
+            "stdio_handler = \"file\"\nuser = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\n\
+             remember_owner = 0\nsecurity_driver = \"none\"\n",
+        )?;
+        let stderr = fs::File::create(state.join("libvirtd.stderr"))?;
+        let script = format!("{binds}exec libvirtd --listen --pid-file /run/libvirt/migsuite-libvirtd.pid");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("cannot start libvirtd (run ci/setup.sh to install it)")?;
+        let mut daemon = Libvirtd { addr, state: state.to_path_buf(), child };
+        daemon.wait_listening(ns, timeout)?;
+        Ok(daemon)
+    }
+
+    pub fn uri(&self) -> String {
+        format!("qemu+tcp://{}/system", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Pid of the QEMU process of domain `name` on this host, if running.
+    pub fn qemu_pid(&self, name: &str) -> Option<i32> {
+        let file = self.state.join(format!("run/libvirt/qemu/{name}.pid"));
+        let pid: i32 = fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    fn wait_listening(&mut self, ns: &Netns, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let target = SocketAddr::from((self.addr, LIBVIRTD_PORT));
+        loop {
+            if ns.enter(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())? {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("libvirtd for {} exited ({status}): {}", self.addr, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("libvirtd for {} not listening after {:?}: {}", self.addr, timeout, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Last lines of the daemon's own logs, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        for f in ["libvirtd.stderr", "var/log/libvirt/libvirtd.log"] {
+            if let Ok(t) = fs::read_to_string(self.state.join(f)) {
+                let lines: Vec<&str> = t.lines().collect();
+                text.push_str(&lines[lines.len().saturating_sub(8)..].join("\n"));
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        // The namespace teardown kills whatever is left; this just reaps.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

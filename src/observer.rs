@@ -1,0 +1,126 @@
+//! The observer on the runner's side of the lab LAN: receives the agent's
+//! hellos, heartbeats and packet stream, and keeps the arrival time of
+//! every heartbeat. The longest gap between arrivals is the downtime the
+//! guest's peers saw.
+
+use crate::lab::Lab;
+use crate::lab::network::RUNNER_ADDR;
+use crate::wire::{self, Heartbeat};
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Seen {
+    hello: Option<String>,
+    heartbeats: Vec<(Instant, Heartbeat)>,
+}
+
+pub struct Observer {
+    seen: Arc<Mutex<Seen>>,
+    data_bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Observer {
+    pub fn start(lab: &Lab) -> Result<Observer> {
+        let (hb_sock, data_sock) = lab.on_lan(|| -> std::io::Result<_> {
+            Ok((UdpSocket::bind((RUNNER_ADDR, wire::OBSERVER_PORT))?, UdpSocket::bind((RUNNER_ADDR, wire::DATA_PORT))?))
+        })??;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let data_bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        for s in [&hb_sock, &data_sock] {
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        }
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let heartbeats = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(n) = hb_sock.recv(&mut buf) else { continue };
+                let now = Instant::now();
+                let mut seen = seen2.lock().unwrap();
+                if let Some(hb) = Heartbeat::decode(&buf[..n]) {
+                    seen.heartbeats.push((now, hb));
+                } else if let Some(text) = wire::decode_hello(&buf[..n]) {
+                    seen.hello = Some(text);
+                }
+            }
+        });
+        let (bytes2, stop3) = (data_bytes.clone(), stop.clone());
+        let data = std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !stop3.load(Ordering::Relaxed) {
+                if let Ok(n) = data_sock.recv(&mut buf) {
+                    bytes2.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Observer { seen, data_bytes, stop, threads: vec![heartbeats, data] })
+    }
+
+    /// The agent's hello (`key=value` lines), once it arrives.
+    pub fn wait_hello(&self, timeout: Duration, console: &std::path::Path) -> Result<BTreeMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(text) = self.seen.lock().unwrap().hello.clone() {
+                return Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(console).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                bail!(
+                    "the guest's agent did not say hello within {} s; last console lines:\n{}",
+                    timeout.as_secs(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Arrival times of the heartbeats received so far.
+    pub fn heartbeats(&self) -> Vec<(Instant, Heartbeat)> {
+        self.seen.lock().unwrap().heartbeats.clone()
+    }
+
+    pub fn last_heartbeat(&self) -> Option<(Instant, Heartbeat)> {
+        self.seen.lock().unwrap().heartbeats.last().copied()
+    }
+
+    /// Waits for a heartbeat that arrives after `since`.
+    pub fn heartbeat_after(&self, since: Instant, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.last_heartbeat().is_some_and(|(t, _)| t > since) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Longest gap between consecutive arrivals within [from, to], in ms.
+pub fn longest_gap_ms(beats: &[(Instant, Heartbeat)], from: Instant, to: Instant) -> Option<f64> {
+    let times: Vec<Instant> = beats.iter().map(|(t, _)| *t).filter(|t| *t >= from && *t <= to).collect();
+    times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).reduce(f64::max)
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Samples CPU and memory over time: the hypervisor processes of each host,
+//! each host's toolstack daemon, and the whole machine, from /proc.
+
+use crate::measure::{Timeline, Unit};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Pids to sample at one instant: guest hypervisor processes and toolstack
+/// daemon of (source, destination).
+#[derive(Clone, Debug, Default)]
+pub struct Pids {
+    pub guest: [Vec<i32>; 2],
+    pub toolstack: [Option<i32>; 2],
+}
+
+/// Timeline names per host: (hypervisor CPU, hypervisor memory, toolstack CPU).
+const NAMES: [(&str, &str, &str); 2] = [
+    ("cpu.source.hypervisor", "memory.source.hypervisor", "cpu.source.toolstack"),
+    ("cpu.destination.hypervisor", "memory.destination.hypervisor", "cpu.destination.toolstack"),
+];
+
+#[derive(Default)]
+struct Series {
+    /// (when, name, unit, value)
+    points: Vec<(Instant, &'static str, Unit, f64)>,
+}
+
+pub struct Sampler {
+    series: Arc<Mutex<Series>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn clock_ticks() -> f64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime+stime (ticks) and RSS (pages) of a process.
+fn proc_stat(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let num = |i: usize| rest.get(i)?.parse::<u64>().ok();
+    Some((num(11)? + num(12)?, num(21)?))
+}
+
+/// (busy, total) jiffies of the whole machine.
+fn machine_cpu() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+fn machine_used_mib() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemTotal:")? - kib("MemAvailable:")?) / 1024.0)
+}
+
+impl Sampler {
+    pub fn start(interval: Duration, pids: impl Fn() -> Pids + Send + 'static) -> Sampler {
+        let series = Arc::new(Mutex::new(Series::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (series2, stop2) = (series.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let hz = clock_ticks();
+            let page_mib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as f64 / (1 << 20) as f64;
+            let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+            let mut last_ticks: HashMap<i32, u64> = HashMap::new();
+            let mut last_machine = machine_cpu();
+            let mut last = Instant::now();
+            let mut next = last + interval;
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                next += interval;
+                let now = Instant::now();
+                let dt = (now - last).as_secs_f64();
+                last = now;
+                let p = pids();
+                let mut out = Vec::new();
+                // (percent of one CPU, RSS MiB) summed over `pids`.
+                let mut usage = |pids: &[i32]| -> (f64, f64) {
+                    let (mut ticks, mut rss) = (0, 0);
+                    for &pid in pids {
+                        if let Some((t, r)) = proc_stat(pid) {
+                            // A process first seen now counts from here: its
+                            // earlier CPU belongs to before this interval.
+                            ticks += t - last_ticks.insert(pid, t).unwrap_or(t);
+                            rss += r;
+                        }
+                    }
+                    (ticks as f64 / hz / dt * 100.0, rss as f64 * page_mib)
+                };
+                for (i, (cpu_name, mem_name, toolstack_name)) in NAMES.into_iter().enumerate() {
+                    let (cpu, rss) = usage(&p.guest[i]);
+                    out.push((cpu_name, Unit::Percent, cpu));
+                    out.push((mem_name, Unit::Mib, rss));
+                    let (cpu, _) = usage(p.toolstack[i].as_slice());
+                    out.push((toolstack_name, Unit::Percent, cpu));
+                }
+                if let (Some((b0, t0)), Some((b1, t1))) = (last_machine, machine_cpu()) {
+                    // Percent of the whole machine (all CPUs).
+                    let pct = if t1 > t0 { (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0 } else { 0.0 };
+                    out.push(("cpu.machine", Unit::Percent, pct.min(100.0 * ncpu)));
+                    last_machine = Some((b1, t1));
+                }
+                if let Some(used) = machine_used_mib() {
+                    out.push(("memory.machine", Unit::Mib, used));
+                }
+                let mut s = series2.lock().unwrap();
+                s.points.extend(out.into_iter().map(|(n, u, v)| (now, n, u, v)));
+            }
+        });
+        Sampler { series, stop, thread: Some(thread) }
+    }
+
+    /// Stops sampling and returns the timelines, times relative to `zero`.
+    pub fn finish(mut self, zero: Instant) -> Vec<Timeline> {
+        self.stop_thread();
+        let series = std::mem::take(&mut *self.series.lock().unwrap());
+        let mut by_name: Vec<Timeline> = Vec::new();
+        for (t, name, unit, v) in series.points {
+            let rel = if t >= zero { (t - zero).as_millis() as i64 } else { -((zero - t).as_millis() as i64) };
+            match by_name.iter_mut().find(|tl| tl.name == name) {
+                Some(tl) => tl.points.push((rel, v)),
+                None => by_name.push(Timeline { name: name.to_string(), unit, points: vec![(rel, v)] }),
+            }
+        }
+        by_name
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
