@@ -8,14 +8,19 @@ ARTIFACTS=${MIGSUITE_ARTIFACTS:-/var/lib/migsuite}
 
 echo "== packages"
 export DEBIAN_FRONTEND=noninteractive
-need=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86
-      busybox-static ethtool iproute2 kmod pkg-config util-linux)
-missing=()
-for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# QEMU and libvirt come from bookworm-backports (QEMU 10.0, libvirt 11.3):
+# Debian 12's QEMU 7.2 corrupts guest memory when it live-migrates a guest
+# that keeps memory dirty under TCG for more than a few iterations (the
+# guest kernel oopses on the destination; measured, see README).
+bpo=/etc/apt/sources.list.d/bookworm-backports.list
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "deb http://deb.debian.org/debian bookworm-backports main" > "$bpo"
 fi
+from_backports=(qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+from_stable=(busybox-static ethtool iproute2 kmod pkg-config util-linux)
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends -t bookworm-backports "${from_backports[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${from_stable[@]}" >/dev/null
 
 # libvirtd resolves its compiled-in default user and group before it reads
 # qemu.conf (which says root); libvirt-daemon-system would make them.
@@ -24,7 +29,6 @@ getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --she
 
 echo "== guest kernel (Debian's linux-image-amd64) into $ARTIFACTS/kernel"
 if [ ! -s "$ARTIFACTS/kernel/RELEASE" ]; then
-  apt-get update -qq
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')

@@ -4,6 +4,10 @@
 //! -> verdict -> report.
 
 pub mod backend;
+pub mod landmarks;
+pub mod report;
+pub mod stats;
+pub mod verdict;
 pub mod case;
 pub mod failure;
 pub mod guest;

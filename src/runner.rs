@@ -61,7 +61,7 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     for i in 1..=case.repeat {
         progress(&format!("{}: run {i}/{}", case.name(), case.repeat));
         let mut backend = backend::for_hypervisor(case).map_err(RunError::Refused)?;
-        let (run, prov) = run_once(case, backend.as_mut(), progress)?;
+        let (run, prov) = run_once(case, i, backend.as_mut(), progress)?;
         progress(&format!("{}: run {i}: {}", case.name(), summary_line(&run)));
         runs.push(run);
         provenance = prov;
@@ -98,7 +98,12 @@ fn agent_args(case: &Case) -> String {
     )
 }
 
-fn run_once(case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
+/// Where the lab's logs of a run are kept: `target/migsuite/logs/<case>/run<i>`.
+pub fn logs_dir(case: &Case, run_index: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from("target/migsuite/logs").join(case.slug()).join(format!("run{run_index}"))
+}
+
+fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
     let lab = Lab::start(&case.link)?;
     let observer = Observer::start(&lab)?;
     backend.provision(&lab, case, &agent_args(case))?;
@@ -131,6 +136,8 @@ fn run_once(case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> 
     }
     std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
     let timelines = sampler.finish(t0);
+    let logs = logs_dir(case, run_index);
+    lab.save_logs(&logs).with_context(|| format!("saving the lab's logs to {}", logs.display()))?;
     let beats = observer.heartbeats();
     if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
         if last.memory_errors > 0 {

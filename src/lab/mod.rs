@@ -78,3 +78,23 @@ impl Lab {
         self.switch.enter(f)
     }
 }
+
+impl Lab {
+    /// Copies the lab's logs (daemons, hypervisor, guest console) to `dest`
+    /// before the lab goes, so a failed run can be looked into.
+    pub fn save_logs(&self, dest: &Path) -> Result<()> {
+        std::fs::create_dir_all(dest)?;
+        for host in [&self.source, &self.destination] {
+            let logs = host.libvirtd.state.join("var/log/libvirt");
+            let files = [host.libvirtd.state.join("libvirtd.stderr"), logs.join("libvirtd.log"), logs.join("qemu/x0.log")];
+            for f in files.iter().filter(|f| f.exists()) {
+                std::fs::copy(f, dest.join(format!("{}-{}", host.role, f.file_name().unwrap().to_string_lossy())))?;
+            }
+        }
+        let console = self.shared_dir().join("console.log");
+        if console.exists() {
+            std::fs::copy(console, dest.join("guest-console.log"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Test data shared by the unit tests of the verdict, statistics and reports.
+
+use crate::case::*;
+use crate::measure::{Outcome, Provenance, RunMeasurement, Timeline, Unit};
+
+pub(crate) fn case() -> Case {
+    Case {
+        suite: "ci".into(),
+        file: "suites/ci.yaml".into(),
+        tier: Tier::Gate,
+        hypervisor: Hypervisor::KvmFv,
+        guest: GuestSpec {
+            memory_mib: 256,
+            vcpus: 1,
+            accel: AccelChoice::Auto,
+        },
+        workload: Workload {
+            name: "game".into(),
+            dirty_mib: 180,
+            dirty_rate_mib_s: 20,
+            packet_size: PacketSize::Fill,
+            packet_rate_pps: 50,
+        },
+        link: LinkSpec {
+            mtu: 128,
+            rate_mbit: Some(1000),
+            offloads: false,
+        },
+        failure: FailureSpec { after_ms: 5000 },
+        migration: MigrationSpec {
+            strategy: Strategy::Precopy,
+            max_downtime_ms: 300,
+            timeout_ms: 25_000,
+        },
+        faults: Faults::default(),
+        repeat: 3,
+        sampling: SamplingSpec {
+            interval_ms: 250,
+            settle_ms: 3000,
+        },
+        bounds: Bounds {
+            apply_to: Aggregate::Worst,
+            downtime_ms: None,
+            guest_downtime_ms: None,
+            total_time_ms: None,
+            peak_cpu_pct: None,
+            peak_memory_mib: None,
+        },
+        expect: Expect::Pass,
+        tolerance: Tolerance {
+            relative: 0.1,
+            ms: 50.0,
+            percent: 5.0,
+            mib: 8.0,
+        },
+    }
+}
+
+pub(crate) fn provenance() -> Provenance {
+    Provenance {
+        accel: "tcg (kvm_pvm cannot run stock kernels)".into(),
+        host_kind: "local: 2 netns hosts on lab1".into(),
+        host_kernel: "6.18.0".into(),
+        hypervisor_version: "QEMU 7.2.22".into(),
+        toolstack_version: "libvirt 9.0.0".into(),
+        guest_kernel: "6.1.0-30-amd64".into(),
+        migsuite_version: "0.1.0".into(),
+    }
+}
+
+/// A timeline sampled every 250 ms from -2 s: `base` before the warning,
+/// `peak` while migrating (`busy_ms`), `end` for 3 s after.
+pub(crate) fn step(
+    name: &str,
+    unit: Unit,
+    base: f64,
+    peak: f64,
+    end: f64,
+    busy_ms: i64,
+) -> Timeline {
+    let points = (-8..=(busy_ms + 3000) / 250)
+        .map(|i| i * 250)
+        .map(|t| {
+            (
+                t,
+                if t < 0 {
+                    base
+                } else if t < busy_ms {
+                    peak
+                } else {
+                    end
+                },
+            )
+        })
+        .collect();
+    Timeline {
+        name: name.into(),
+        unit,
+        points,
+    }
+}
+
+/// A completed run; the other figures follow from total time and downtime.
+pub(crate) fn run(total_ms: f64, downtime_ms: f64) -> RunMeasurement {
+    RunMeasurement {
+        outcome: Outcome::Completed,
+        total_time_ms: Some(total_ms),
+        reported_total_ms: Some(total_ms - 50.0),
+        reported_downtime_ms: Some(downtime_ms),
+        guest_downtime_ms: Some(downtime_ms + 100.0),
+        baseline_gap_ms: Some(20.0),
+        setup_time_ms: Some(40.0),
+        bytes_transferred: Some(84_400_000),
+        memory_iterations: Some(3),
+        peak_cpu_pct: Some(95.0),
+        peak_memory_mib: Some(310.0),
+        timelines: vec![
+            step(
+                "cpu.source.hypervisor",
+                Unit::Percent,
+                12.0,
+                95.0,
+                0.0,
+                total_ms as i64,
+            ),
+            step(
+                "memory.source.hypervisor",
+                Unit::Mib,
+                300.0,
+                310.0,
+                0.0,
+                total_ms as i64,
+            ),
+        ],
+    }
+}
+
+pub(crate) fn failed(reason: &str, source_survived: bool) -> RunMeasurement {
+    RunMeasurement {
+        outcome: Outcome::Failed {
+            reason: reason.into(),
+            source_survived,
+        },
+        total_time_ms: None,
+        reported_total_ms: None,
+        reported_downtime_ms: None,
+        guest_downtime_ms: None,
+        baseline_gap_ms: None,
+        setup_time_ms: None,
+        bytes_transferred: None,
+        memory_iterations: None,
+        peak_cpu_pct: None,
+        peak_memory_mib: None,
+        timelines: vec![],
+    }
+}

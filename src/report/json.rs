@@ -1,0 +1,150 @@
+//! The machine-readable record of one run of a suite: every case with its
+//! raw measurements, summary and verdict.
+
+use crate::case::Case;
+use crate::measure::{Provenance, RunMeasurement};
+use crate::stats::CaseSummary;
+use crate::verdict::{judge, Verdict};
+use serde::Serialize;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub suite: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub started_unix_s: u64,
+    pub provenance: Provenance,
+    pub cases: Vec<CaseReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseReport {
+    pub name: String,
+    pub case: Case,
+    pub runs: Vec<RunMeasurement>,
+    pub summary: CaseSummary,
+    pub verdict: Verdict,
+}
+
+impl CaseReport {
+    pub fn new(case: Case, runs: Vec<RunMeasurement>) -> CaseReport {
+        CaseReport {
+            name: case.name(),
+            summary: CaseSummary::of(&runs),
+            verdict: judge(&case, &runs),
+            case,
+            runs,
+        }
+    }
+}
+
+impl RunReport {
+    pub fn new(suite: impl Into<String>, provenance: Provenance, started: SystemTime) -> RunReport {
+        let unix_s = started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        RunReport {
+            suite: suite.into(),
+            started_at: rfc3339(unix_s),
+            started_unix_s: unix_s,
+            provenance,
+            cases: vec![],
+        }
+    }
+
+    /// Writes pretty JSON to `<dir>/<suite>-<unix seconds>.json` (creating
+    /// `dir`) and returns that path.
+    pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(
+            "{}-{}.json",
+            self.suite.replace(['/', '\\'], "_"),
+            self.started_unix_s
+        ));
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
+        Ok(path)
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.
+pub fn rfc3339(unix_s: u64) -> String {
+    let (days, secs) = ((unix_s / 86_400) as i64, unix_s % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::{case, failed, provenance, run};
+    use rstest::rstest;
+    use std::time::Duration;
+
+    #[rstest]
+    #[case(0, "1970-01-01T00:00:00Z")]
+    #[case(951_782_400, "2000-02-29T00:00:00Z")]
+    #[case(1_700_000_000, "2023-11-14T22:13:20Z")]
+    #[case(4_107_542_399, "2100-02-28T23:59:59Z")]
+    fn utc_timestamps(#[case] unix_s: u64, #[case] text: &str) {
+        assert_eq!(rfc3339(unix_s), text);
+    }
+
+    #[test]
+    fn writes_pretty_json() {
+        let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut report = RunReport::new("ci", provenance(), started);
+        report.cases.push(CaseReport::new(
+            case(),
+            vec![run(2000.0, 100.0), failed("timed out", true)],
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = report.write(&dir.path().join("reports")).unwrap();
+        assert_eq!(path, dir.path().join("reports/ci-1700000000.json"));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\n  \"suite\": \"ci\""));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["started_at"], "2023-11-14T22:13:20Z");
+        let c = &json["cases"][0];
+        assert_eq!(c["name"], "ci::kvm-fv::mtu128::game");
+        assert_eq!(c["case"]["hypervisor"], "kvm-fv");
+        assert_eq!(c["runs"][1]["outcome"]["kind"], "failed");
+        assert_eq!(c["summary"]["total_time_ms"]["mean"], 2000.0);
+        assert_eq!(c["verdict"]["passed"], false);
+        assert_eq!(
+            c["verdict"]["failures"][0],
+            "run 2: migration failed: timed out (source still running)"
+        );
+    }
+
+    #[test]
+    fn checks_are_serialized() {
+        let mut bounded = case();
+        bounded.bounds.downtime_ms = Some(500.0);
+        let json =
+            serde_json::to_value(CaseReport::new(bounded, vec![run(2000.0, 812.0)])).unwrap();
+        let check = &json["verdict"]["checks"][0];
+        assert_eq!(check["metric"], "downtime");
+        assert_eq!(check["measured"], 812.0);
+        assert_eq!(check["bound"], 500.0);
+        assert_eq!(check["unit"], "ms");
+        assert_eq!(check["ok"], false);
+    }
+}

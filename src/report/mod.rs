@@ -1,0 +1,14 @@
+//! Reports of measured cases: plain-text tables, noise-tolerant snapshot
+//! text, and the JSON record of a whole run.
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod json;
+pub mod results;
+pub mod snapshot;
+pub mod table;
+
+pub use json::{CaseReport, RunReport};
+pub use results::{case_table, suite_table};
+pub use snapshot::{snap_body, stabilise};
+pub use table::{Cell, Table};

@@ -1,0 +1,257 @@
+//! The study's result tables: landmarks and migration figures of one case,
+//! and one line per case of a suite.
+
+use super::table::{Cell, Table};
+use crate::case::{Aggregate, Case};
+use crate::landmarks::landmarks;
+use crate::measure::{Landmarks, Outcome, Provenance, RunMeasurement, Unit};
+use crate::stats::{CaseSummary, Summary};
+use crate::verdict::{run_failure, METRICS};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Landmarks of every timeline and the migration figures of one case, as
+/// means over its completed runs.
+pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
+    let mut t = Table::new(case.name(), &["series", "measure", "value"]);
+    t.notes.push(provenance_line(prov));
+    let failures: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| run_failure(i, r))
+        .collect();
+    if !failures.is_empty() {
+        t.notes.push(format!(
+            "outcome: {} of {} runs failed",
+            failures.len(),
+            runs.len()
+        ));
+        t.notes.extend(failures);
+    }
+
+    let done: Vec<&RunMeasurement> = runs
+        .iter()
+        .filter(|r| r.outcome == Outcome::Completed)
+        .collect();
+    let mut series: Vec<(&str, Unit)> = vec![];
+    for tl in done.iter().flat_map(|r| &r.timelines) {
+        if !series.iter().any(|(name, _)| *name == tl.name) {
+            series.push((&tl.name, tl.unit));
+        }
+    }
+    for (name, unit) in series {
+        let marks: Vec<Landmarks> = done
+            .iter()
+            .filter_map(|r| {
+                // Sampling stops `settle_ms` after the migration: the window.
+                let end = r
+                    .total_time_ms
+                    .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
+                landmarks(r.timelines.iter().find(|tl| tl.name == name)?, end)
+            })
+            .collect();
+        let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+        for (measure, value, unit, decimals) in [
+            ("baseline", mean(|l| l.baseline), unit, 1),
+            ("peak", mean(|l| l.peak), unit, 1),
+            ("peak at", mean(|l| l.peak_at_ms as f64), Unit::Ms, 0),
+            ("settled", mean(|l| l.settled), unit, 1),
+            ("settled at", mean(|l| l.settled_at_ms as f64), Unit::Ms, 0),
+        ] {
+            t.rows.push(vec![
+                Cell::text(name),
+                Cell::text(measure),
+                Cell::opt(value, Some(unit), decimals),
+            ]);
+        }
+    }
+
+    let s = CaseSummary::of(runs);
+    let of = |s: &Option<Summary>| s.as_ref().map(|s| s.mean);
+    for (measure, value, unit) in [
+        ("total time (runner)", of(&s.total_time_ms), Some(Unit::Ms)),
+        (
+            "total time (reported)",
+            of(&s.reported_total_ms),
+            Some(Unit::Ms),
+        ),
+        (
+            "downtime (reported)",
+            of(&s.reported_downtime_ms),
+            Some(Unit::Ms),
+        ),
+        (
+            "guest-observed downtime",
+            of(&s.guest_downtime_ms),
+            Some(Unit::Ms),
+        ),
+        (
+            "setup time",
+            mean(done.iter().filter_map(|r| r.setup_time_ms)),
+            Some(Unit::Ms),
+        ),
+        (
+            "transferred",
+            of(&s.bytes_transferred).map(|b| b / MIB),
+            Some(Unit::Mib),
+        ),
+        ("memory iterations", of(&s.memory_iterations), None),
+    ] {
+        t.rows.push(vec![
+            Cell::text("migration"),
+            Cell::text(measure),
+            Cell::opt(value, unit, 1),
+        ]);
+    }
+    t
+}
+
+/// One row per case, in the order given: the figures bounds apply to (mean
+/// or worst of the completed runs, per case) and how the migrations ended.
+pub fn suite_table(
+    suite: &str,
+    prov: &Provenance,
+    results: &[(Case, Vec<RunMeasurement>)],
+) -> Table {
+    let mut headers = vec!["hypervisor", "MTU", "workload", "over"];
+    headers.extend(METRICS.iter().map(|m| m.label));
+    headers.push("outcome");
+    let mut t = Table::new(format!("suite {suite}"), &headers);
+    t.notes.push(provenance_line(prov));
+    for (case, runs) in results {
+        let agg = case.bounds.apply_to;
+        let summary = CaseSummary::of(runs);
+        let mut row = vec![
+            Cell::text(case.hypervisor.name()),
+            Cell::text(case.link.mtu.to_string()),
+            Cell::text(&case.workload.name),
+            Cell::text(match agg {
+                Aggregate::Mean => "mean",
+                Aggregate::Worst => "worst",
+            }),
+        ];
+        row.extend(METRICS.iter().map(|m| {
+            let value = (m.summary)(&summary).as_ref().map(|s| s.aggregate(agg));
+            Cell::opt(value, Some(m.unit), 1)
+        }));
+        row.push(Cell::text(outcome(runs)));
+        t.rows.push(row);
+    }
+    t
+}
+
+fn provenance_line(p: &Provenance) -> String {
+    format!(
+        "accel: {}; hypervisor: {}; toolstack: {}; host: {}",
+        p.accel, p.hypervisor_version, p.toolstack_version, p.host_kind
+    )
+}
+
+/// "ok", or the first failure's reason and how many runs failed.
+fn outcome(runs: &[RunMeasurement]) -> String {
+    let reasons: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Failed { reason, .. } => Some(reason.as_str()),
+            Outcome::Completed => None,
+        })
+        .collect();
+    match reasons.first() {
+        _ if runs.is_empty() => "no runs".into(),
+        None => "ok".into(),
+        Some(reason) if reasons.len() == runs.len() => format!("failed: {reason}"),
+        Some(reason) => format!("failed {} of {}: {reason}", reasons.len(), runs.len()),
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    Summary::of(&values.collect::<Vec<_>>()).map(|s| s.mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::Hypervisor;
+    use crate::report::fixtures::{case, failed, provenance, run};
+
+    #[test]
+    fn case_table_of_three_runs() {
+        // Means over the two completed runs; the failed one is named.
+        let runs = [
+            run(2000.0, 100.0),
+            run(2500.0, 140.0),
+            failed("timed out after 25000 ms", true),
+        ];
+        assert_eq!(
+            case_table(&case(), &provenance(), &runs).to_string(),
+            "\
+ci::kvm-fv::mtu128::game
+accel: tcg (kvm_pvm cannot run stock kernels); hypervisor: QEMU 7.2.22; toolstack: libvirt 9.0.0; host: local: 2 netns hosts on lab1
+outcome: 1 of 3 runs failed
+run 3: migration failed: timed out after 25000 ms (source still running)
+
+| series                   | measure                 |     value |
+|--------------------------|-------------------------|----------:|
+| cpu.source.hypervisor    | baseline                |    12.0 % |
+| cpu.source.hypervisor    | peak                    |    95.0 % |
+| cpu.source.hypervisor    | peak at                 |      0 ms |
+| cpu.source.hypervisor    | settled                 |     0.0 % |
+| cpu.source.hypervisor    | settled at              |   2250 ms |
+| memory.source.hypervisor | baseline                | 300.0 MiB |
+| memory.source.hypervisor | peak                    | 310.0 MiB |
+| memory.source.hypervisor | peak at                 |      0 ms |
+| memory.source.hypervisor | settled                 |   0.0 MiB |
+| memory.source.hypervisor | settled at              |   2250 ms |
+| migration                | total time (runner)     | 2250.0 ms |
+| migration                | total time (reported)   | 2200.0 ms |
+| migration                | downtime (reported)     |  120.0 ms |
+| migration                | guest-observed downtime |  220.0 ms |
+| migration                | setup time              |   40.0 ms |
+| migration                | transferred             |  80.5 MiB |
+| migration                | memory iterations       |       3.0 |"
+        );
+    }
+
+    #[test]
+    fn suite_table_rows_in_order() {
+        let mut bounded_by_mean = case();
+        bounded_by_mean.bounds.apply_to = Aggregate::Mean;
+        bounded_by_mean.link.mtu = 1500;
+        let xen = Case {
+            hypervisor: Hypervisor::XenPv,
+            ..case()
+        };
+        let results = vec![
+            (case(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
+            (
+                bounded_by_mean,
+                vec![run(2000.0, 100.0), run(2400.0, 300.0)],
+            ),
+            (
+                xen,
+                vec![run(2000.0, 100.0), failed("connection refused", false)],
+            ),
+        ];
+        assert_eq!(
+            suite_table("ci", &provenance(), &results).to_string(),
+            "\
+suite ci
+accel: tcg (kvm_pvm cannot run stock kernels); hypervisor: QEMU 7.2.22; toolstack: libvirt 9.0.0; host: local: 2 netns hosts on lab1
+
+| hypervisor | MTU  | workload | over  | total time | downtime | guest downtime | peak CPU | peak memory | outcome                           |
+|------------|------|----------|-------|-----------:|---------:|---------------:|---------:|------------:|-----------------------------------|
+| kvm-fv     | 128  | game     | worst |  2400.0 ms | 300.0 ms |       400.0 ms |   95.0 % |   310.0 MiB | ok                                |
+| kvm-fv     | 1500 | game     | mean  |  2200.0 ms | 200.0 ms |       300.0 ms |   95.0 % |   310.0 MiB | ok                                |
+| xen-pv     | 128  | game     | worst |  2000.0 ms | 100.0 ms |       200.0 ms |   95.0 % |   310.0 MiB | failed 1 of 2: connection refused |"
+        );
+    }
+
+    #[test]
+    fn unmeasured_figures_are_dashes() {
+        let t = case_table(&case(), &provenance(), &[failed("timed out", true)]);
+        assert!(t.rows.iter().all(|r| r[2] == Cell::Missing));
+        let t = suite_table("ci", &provenance(), &[(case(), vec![])]);
+        assert_eq!(t.rows[0][4], Cell::Missing);
+        assert_eq!(t.rows[0][9], Cell::text("no runs"));
+    }
+}

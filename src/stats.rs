@@ -1,0 +1,147 @@
+//! Statistics over the repeats of one case.
+
+use crate::case::Aggregate;
+use crate::measure::{Outcome, RunMeasurement};
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Sample standard deviation; 0 for a single value.
+    pub stddev: f64,
+}
+
+impl Summary {
+    pub fn of(values: &[f64]) -> Option<Summary> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = match n {
+            1 => 0.0,
+            _ => values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64,
+        };
+        Some(Summary {
+            n,
+            mean,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            stddev: var.sqrt(),
+        })
+    }
+
+    /// Every metric here is lower-is-better, so the worst repeat is the max.
+    pub fn worst(&self) -> f64 {
+        self.max
+    }
+
+    /// The value bounds are checked against.
+    pub fn aggregate(&self, agg: Aggregate) -> f64 {
+        match agg {
+            Aggregate::Mean => self.mean,
+            Aggregate::Worst => self.worst(),
+        }
+    }
+}
+
+/// Summaries over the completed runs of a case; None where no completed run
+/// measured the metric.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CaseSummary {
+    /// How many runs completed (and so feed the summaries).
+    pub completed: usize,
+    pub total_time_ms: Option<Summary>,
+    pub reported_total_ms: Option<Summary>,
+    pub reported_downtime_ms: Option<Summary>,
+    pub guest_downtime_ms: Option<Summary>,
+    pub bytes_transferred: Option<Summary>,
+    pub memory_iterations: Option<Summary>,
+    pub peak_cpu_pct: Option<Summary>,
+    pub peak_memory_mib: Option<Summary>,
+}
+
+impl CaseSummary {
+    pub fn of(runs: &[RunMeasurement]) -> CaseSummary {
+        // A failed run's partial numbers would skew the figures of a migration.
+        let done: Vec<&RunMeasurement> = runs
+            .iter()
+            .filter(|r| r.outcome == Outcome::Completed)
+            .collect();
+        let over = |f: fn(&RunMeasurement) -> Option<f64>| {
+            Summary::of(&done.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+        };
+        CaseSummary {
+            completed: done.len(),
+            total_time_ms: over(|r| r.total_time_ms),
+            reported_total_ms: over(|r| r.reported_total_ms),
+            reported_downtime_ms: over(|r| r.reported_downtime_ms),
+            guest_downtime_ms: over(|r| r.guest_downtime_ms),
+            bytes_transferred: over(|r| r.bytes_transferred.map(|b| b as f64)),
+            memory_iterations: over(|r| r.memory_iterations.map(|i| i as f64)),
+            peak_cpu_pct: over(|r| r.peak_cpu_pct),
+            peak_memory_mib: over(|r| r.peak_memory_mib),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::{failed, run};
+    use approx::assert_relative_eq;
+    use rstest::rstest;
+
+    #[test]
+    fn empty_has_no_summary() {
+        assert_eq!(Summary::of(&[]), None);
+    }
+
+    #[test]
+    fn single_value_has_zero_stddev() {
+        let s = Summary::of(&[42.0]).unwrap();
+        assert_eq!(
+            (s.n, s.mean, s.min, s.max, s.stddev),
+            (1, 42.0, 42.0, 42.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn sample_stddev() {
+        let s = Summary::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
+        assert_relative_eq!(s.mean, 5.0);
+        assert_relative_eq!(s.stddev, (32.0f64 / 7.0).sqrt());
+        assert_eq!((s.min, s.max, s.worst()), (2.0, 9.0, 9.0));
+    }
+
+    #[rstest]
+    #[case(Aggregate::Mean, 300.0)]
+    #[case(Aggregate::Worst, 600.0)]
+    fn aggregate(#[case] agg: Aggregate, #[case] expected: f64) {
+        let s = Summary::of(&[100.0, 200.0, 600.0]).unwrap();
+        assert_relative_eq!(s.aggregate(agg), expected);
+    }
+
+    #[test]
+    fn case_summary_ignores_failed_runs() {
+        let mut partial = failed("timed out", true);
+        partial.total_time_ms = Some(25_000.0);
+        let s = CaseSummary::of(&[run(1000.0, 100.0), partial, run(3000.0, 300.0)]);
+        assert_eq!(s.completed, 2);
+        assert_relative_eq!(s.total_time_ms.unwrap().mean, 2000.0);
+        assert_relative_eq!(s.reported_downtime_ms.unwrap().worst(), 300.0);
+        assert_relative_eq!(s.bytes_transferred.unwrap().mean, 84_400_000.0);
+        assert_eq!(s.memory_iterations.unwrap().n, 2);
+    }
+
+    #[test]
+    fn unmeasured_metric_has_no_summary() {
+        let mut r = run(1000.0, 100.0);
+        r.guest_downtime_ms = None;
+        assert_eq!(CaseSummary::of(&[r]).guest_downtime_ms, None);
+        assert_eq!(CaseSummary::of(&[failed("x", true)]).total_time_ms, None);
+    }
+}
