@@ -16,5 +16,6 @@ pub mod measure;
 pub mod observer;
 pub mod runner;
 pub mod sampler;
+pub mod session;
 pub mod sh;
 pub mod wire;

@@ -121,7 +121,7 @@ fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &d
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
     progress(&format!("{}: source host warned it is going down; evacuating", case.name()));
 
-    let evacuation = backend.evacuate(&lab, case);
+    let evacuation = backend.evacuate(&lab, case, progress);
     let mut outcome = evacuation.outcome;
     let ended = Instant::now();
     // The guest must be heard again: from the destination after a

@@ -46,9 +46,9 @@ pub trait Backend {
     fn check_guest(&self, hello: &std::collections::BTreeMap<String, String>) -> Result<()>;
 
     /// Migrates the guest to the destination within the case's timeout,
-    /// injecting the case's faults. Never hangs: a stalled migration is
+    /// injecting the case's faults, reporting progress. Never hangs: a stalled migration is
     /// cancelled and reported as failed, leaving the source guest running.
-    fn evacuate(&mut self, lab: &Lab, case: &Case) -> Evacuation;
+    fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation;
 
     /// Whether the guest still runs on the source host.
     fn running_on_source(&self) -> bool;

@@ -31,6 +31,23 @@ pub fn snap_body(snap_file_text: &str) -> &str {
     body.trim_end_matches(['\n', '\r'])
 }
 
+/// The rows of a case table that gate regressions: values of the guest's
+/// hypervisor processes and of the migration. Left out, though printed and
+/// in the JSON report: the instants of landmarks (where on a plateau a peak
+/// falls is noise), machine-wide and toolstack series (they depend on what
+/// else the machine runs) and iteration counts (small integers that flip).
+pub fn gated(mut table: Table) -> Table {
+    table.rows.retain(|row| match (&row[0], &row[1]) {
+        (Cell::Text(series), Cell::Text(measure)) => {
+            (series.ends_with(".hypervisor") || series == "migration")
+                && !measure.ends_with(" at")
+                && measure != "memory iterations"
+        }
+        _ => true,
+    });
+    table
+}
+
 /// Renders `new`, keeping a stored number verbatim where the stored snapshot
 /// has a cell of the same row key (leading text cells) and column header whose
 /// number is within tolerance of the new one: |new - old| <= max(relative *

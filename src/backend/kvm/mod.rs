@@ -37,6 +37,9 @@ fn version(v: u32) -> String {
 
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
+        // Errors come back as values; libvirt's default handler would also
+        // print each of them.
+        virt::error::clear_error_callback();
         let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo { accel: accel.description.clone(), hypervisor_version: String::new(), toolstack_version: String::new() };
@@ -90,8 +93,8 @@ impl Backend for Kvm {
         Ok(())
     }
 
-    fn evacuate(&mut self, lab: &Lab, case: &Case) -> Evacuation {
-        match self.try_evacuate(lab, case) {
+    fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
+        match self.try_evacuate(lab, case, progress) {
             Ok(e) => e,
             Err(e) => failed(format!("{e:#}"), self.running_on_source()),
         }
@@ -115,7 +118,7 @@ fn failed(reason: String, source_survived: bool) -> Evacuation {
 }
 
 impl Kvm {
-    fn try_evacuate(&mut self, lab: &Lab, case: &Case) -> Result<Evacuation> {
+    fn try_evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation> {
         let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
         dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
         let dest_uri = lab.destination.libvirtd.uri();
@@ -145,9 +148,13 @@ impl Kvm {
 
         let timeout = Duration::from_millis(case.migration.timeout_ms);
         let kill_at = case.faults.kill_destination_after_ms.map(Duration::from_millis);
+        // Faults count from the start of the memory transfer: before it, the
+        // destination QEMU is still starting.
+        let mut transfer_started: Option<Instant> = None;
         let mut killed_at: Option<Duration> = None;
         let mut postcopy_started = false;
         let mut aborted = false;
+        let mut last_progress = Instant::now();
         let result = loop {
             match done_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(r) => break Some(r),
@@ -155,19 +162,33 @@ impl Kvm {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             let elapsed = started.elapsed();
-            if let (Some(at), None) = (kill_at, killed_at) {
-                if elapsed >= at {
+            let job = dom.job_stats(0).ok();
+            let processed = job.as_ref().and_then(|j| j.mem_processed).unwrap_or(0);
+            let iteration = job.as_ref().and_then(|j| j.mem_iteration).unwrap_or(0);
+            if processed > 0 && transfer_started.is_none() {
+                transfer_started = Some(Instant::now());
+            }
+            if last_progress.elapsed() >= Duration::from_secs(2) {
+                let remaining = job.as_ref().and_then(|j| j.mem_remaining).unwrap_or(0);
+                progress(&format!(
+                    "migrating: {} ms, {} MiB sent, {} MiB remaining, pass {iteration}",
+                    elapsed.as_millis(),
+                    processed >> 20,
+                    remaining >> 20
+                ));
+                last_progress = Instant::now();
+            }
+            if let (Some(at), Some(since), None) = (kill_at, transfer_started, killed_at) {
+                if since.elapsed() >= at {
                     if let Some(pid) = lab.destination.libvirtd.qemu_pid(domain::DOMAIN_NAME) {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                        killed_at = Some(elapsed);
+                        killed_at = Some(since.elapsed());
                     }
                 }
             }
-            if case.migration.strategy == Strategy::Postcopy && !postcopy_started {
-                // Switch once the first full pass is done, as QEMU advises.
-                if dom.job_stats(0).ok().and_then(|s| s.mem_iteration).unwrap_or(0) >= 1 {
-                    postcopy_started = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
-                }
+            // Switch to post-copy once the first full pass is done.
+            if case.migration.strategy == Strategy::Postcopy && !postcopy_started && iteration >= 1 {
+                postcopy_started = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
             }
             if elapsed >= timeout && !aborted {
                 unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
@@ -184,7 +205,7 @@ impl Kvm {
                 format!("libvirt: {libvirt}")
             };
             if let Some(at) = killed_at {
-                reason.push_str(&format!("; the destination QEMU had been killed {} ms into the migration", at.as_millis()));
+                reason.push_str(&format!("; the destination QEMU had been killed {} ms into the memory transfer", at.as_millis()));
             }
             reason
         };
