@@ -17,5 +17,6 @@ pub mod observer;
 pub mod runner;
 pub mod sampler;
 pub mod session;
+pub mod suite;
 pub mod sh;
 pub mod wire;

@@ -1,1 +1,126 @@
-fn main(){}
+//! migsuite: validate, list and run live-migration suites.
+
+use clap::{Parser, Subcommand};
+use migsuite::backend;
+use migsuite::case::{Case, Expect};
+use migsuite::report::{case_table, suite_table, CaseReport, RunReport};
+use migsuite::session::Session;
+use migsuite::suite::{self, SuiteError};
+use migsuite::verdict::judge;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Declarative, repeatable live-migration performance suites")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check suites and report the first error with file:line:column.
+    Validate {
+        /// Suite files or directories of suites.
+        #[arg(default_value = "suites")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the cases the suites expand to, and whether this build runs them.
+    List {
+        #[arg(default_value = "suites")]
+        paths: Vec<PathBuf>,
+    },
+    /// Run the cases on the local lab, print the tables, write a JSON report.
+    Run {
+        #[arg(default_value = "suites")]
+        paths: Vec<PathBuf>,
+        /// Only cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Where the JSON report of each suite goes.
+        #[arg(long, default_value = "target/migsuite/reports")]
+        report_dir: PathBuf,
+    },
+}
+
+fn load(paths: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
+    let mut cases = Vec::new();
+    for p in paths {
+        cases.extend(if p.is_dir() { suite::load_dir(p)? } else { suite::load_file(p)? });
+    }
+    Ok(cases)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Validate { paths } | Command::List { paths } | Command::Run { paths, .. }) = &cli.command;
+    let cases = match load(paths) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Validate { .. } => {
+            println!("ok: {} cases", cases.len());
+            ExitCode::SUCCESS
+        }
+        Command::List { .. } => {
+            for c in &cases {
+                let note = backend::refusal(c.hypervisor).map_or(String::new(), |why| format!("  (refused: {why})"));
+                println!("{}{note}", c.name());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { filter, report_dir, .. } => {
+            let selected: Vec<Case> =
+                cases.into_iter().filter(|c| filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
+            run(&selected, &report_dir)
+        }
+    }
+}
+
+fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
+    let session = Session::default();
+    let (mut passed, mut failed, mut refused) = (0, 0, 0);
+    let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
+    suites.dedup();
+    for suite in suites {
+        let started = std::time::SystemTime::now();
+        let mut report: Option<RunReport> = None;
+        let mut rows = Vec::new();
+        for (i, case) in cases.iter().filter(|c| c.suite == suite).enumerate() {
+            session.progress(&format!("case {}: {}", i + 1, case.name()));
+            let result = match session.measure(case) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{}: {e}", case.name());
+                    if backend::refusal(case.hypervisor).is_some() { refused += 1 } else { failed += 1 }
+                    continue;
+                }
+            };
+            let verdict = judge(case, &result.runs);
+            println!("{}\n{verdict}\n", case_table(case, &result.provenance, &result.runs));
+            if verdict.passed { passed += 1 } else { failed += 1 }
+            report
+                .get_or_insert_with(|| RunReport::new(suite, result.provenance.clone(), started))
+                .cases
+                .push(CaseReport::new(case.clone(), result.runs.clone()));
+            if case.expect == Expect::Pass {
+                rows.push((result.case, result.runs));
+            }
+        }
+        if let Some(report) = report {
+            if !rows.is_empty() {
+                println!("{}\n", suite_table(suite, &report.provenance, &rows));
+            }
+            match report.write(report_dir) {
+                Ok(path) => println!("report: {}", path.display()),
+                Err(e) => eprintln!("cannot write the report to {}: {e}", report_dir.display()),
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed, {refused} refused");
+    if failed + refused == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

@@ -1,0 +1,319 @@
+//! Rules that span several fields, then the matrix product: one `Case` per
+//! hypervisor x mtu x workload, with every default applied.
+
+use super::locate::FieldPath;
+use super::model::{
+    AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, Override,
+    SamplingDef, StrategyDef, Suite, TierDef, ToleranceDef, WorkloadDef,
+};
+use super::scalar::Ident;
+use super::units::Duration;
+use crate::case::{
+    AccelChoice, Aggregate, Bounds, Case, Expect, FailureSpec, Faults, GuestSpec, LinkSpec,
+    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, Tolerance, Workload,
+};
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::Path;
+
+const MEMORY_MIB: u32 = 256;
+const MAX_DOWNTIME: Duration = Duration(300.0);
+const TIMEOUT: Duration = Duration(120_000.0);
+const INTERVAL: Duration = Duration(100.0);
+/// Finer sampling measures the sampler more than the migration.
+const MIN_INTERVAL: Duration = Duration(10.0);
+const SETTLE: Duration = Duration(5_000.0);
+
+/// A rule broken after parsing; the caller finds `path` in the text.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub path: FieldPath,
+    pub message: String,
+}
+
+pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
+    let guest = guest_spec(suite.guest.unwrap_or_default());
+    check_matrix(&suite.matrix, &suite.workloads)?;
+    check_overrides(&suite.matrix, &suite.overrides)?;
+    check_fit(&suite.workloads, guest.memory_mib)?;
+    let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
+    let migration = migration_spec(suite.migration.unwrap_or_default());
+    let tolerance = tolerance_spec(suite.snapshot.and_then(|s| s.tolerance).unwrap_or_default());
+    let link = suite.link.unwrap_or_default();
+    let faults = Faults {
+        kill_destination_after_ms: suite
+            .faults
+            .and_then(|f| f.kill_destination_after)
+            .map(Duration::whole_ms),
+    };
+    let expect = match suite.expect.unwrap_or(ExpectDef::Pass) {
+        ExpectDef::Pass => Expect::Pass,
+        ExpectDef::Fail(reason_contains) => Expect::Fail { reason_contains },
+    };
+    let workloads: BTreeMap<Ident, Workload> = suite
+        .workloads
+        .into_iter()
+        .map(|(name, def)| {
+            let workload = workload(&name, def);
+            (name, workload)
+        })
+        .collect();
+    let base_bounds = suite.bounds.unwrap_or_default();
+
+    let mut cases = Vec::new();
+    for &hypervisor in &suite.matrix.hypervisor {
+        for &mtu in &suite.matrix.mtu {
+            for name in &suite.matrix.workload {
+                // Later overrides win: each is layered over what came before.
+                let bounds = suite
+                    .overrides
+                    .iter()
+                    .filter(|o| o.when.selects(hypervisor, mtu, name))
+                    .fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
+                cases.push(Case {
+                    suite: suite.name.0.clone(),
+                    file: file.to_owned(),
+                    tier: suite.tier.map_or(Tier::Gate, Into::into),
+                    hypervisor: hypervisor.0,
+                    guest: guest.clone(),
+                    workload: workloads[name].clone(),
+                    link: LinkSpec {
+                        mtu: mtu.0,
+                        rate_mbit: link.rate.and_then(|r| r.0),
+                        offloads: link.offloads.unwrap_or(true),
+                    },
+                    failure: FailureSpec {
+                        after_ms: suite.failure.after.whole_ms(),
+                    },
+                    migration: migration.clone(),
+                    faults: faults.clone(),
+                    repeat: suite.repeat.map_or(1, |r| r.0),
+                    sampling: sampling.clone(),
+                    bounds: bounds_spec(bounds),
+                    expect: expect.clone(),
+                    tolerance: tolerance.clone(),
+                });
+            }
+        }
+    }
+    Ok(cases)
+}
+
+/// Every list non-empty and free of repeats (case names must be unique), and
+/// every workload listed also defined.
+fn check_matrix(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Result<(), Invalid> {
+    let path = FieldPath::default().key("matrix");
+    distinct(&matrix.hypervisor, path.clone().key("hypervisor"))?;
+    distinct(&matrix.mtu, path.clone().key("mtu"))?;
+    distinct(&matrix.workload, path.clone().key("workload"))?;
+    if workloads.is_empty() {
+        return Err(Invalid {
+            path: FieldPath::default().key("workloads"),
+            message: "must define at least one workload, e.g. `idle: {}`".into(),
+        });
+    }
+    match matrix
+        .workload
+        .iter()
+        .position(|w| !workloads.contains_key(w))
+    {
+        Some(i) => Err(Invalid {
+            path: path.key("workload").index(i),
+            message: format!(
+                "workload `{}` is not defined under `workloads`; defined: {}",
+                matrix.workload[i],
+                list(workloads.keys())
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn distinct<T: PartialEq + Display>(items: &[T], path: FieldPath) -> Result<(), Invalid> {
+    if items.is_empty() {
+        return Err(Invalid {
+            path,
+            message: "must list at least one value".into(),
+        });
+    }
+    for (i, item) in items.iter().enumerate() {
+        if let Some(first) = items[..i].iter().position(|x| x == item) {
+            return Err(Invalid {
+                message: format!(
+                    "`{item}` is listed twice (also as {path}[{first}]); \
+                     each case name must be unique"
+                ),
+                path: path.index(i),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An override must select at least one case. The matrix is a full product,
+/// so that holds exactly when each given key names a listed value.
+fn check_overrides(m: &Matrix, overrides: &[Override]) -> Result<(), Invalid> {
+    for (i, o) in overrides.iter().enumerate() {
+        let when = FieldPath::default().key("overrides").index(i).key("when");
+        listed(
+            o.when.hypervisor.as_ref(),
+            &m.hypervisor,
+            when.clone(),
+            "hypervisor",
+        )?;
+        listed(o.when.mtu.as_ref(), &m.mtu, when.clone(), "mtu")?;
+        listed(o.when.workload.as_ref(), &m.workload, when, "workload")?;
+    }
+    Ok(())
+}
+
+fn listed<T: PartialEq + Display>(
+    value: Option<&T>,
+    matrix: &[T],
+    when: FieldPath,
+    key: &str,
+) -> Result<(), Invalid> {
+    match value {
+        Some(v) if !matrix.contains(v) => Err(Invalid {
+            path: when.key(key),
+            message: format!(
+                "`{v}` is not in matrix.{key} ({}), so this override matches no case",
+                list(matrix)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The dirtied memory has to fit in the guest next to its kernel.
+fn check_fit(workloads: &BTreeMap<Ident, WorkloadDef>, memory_mib: u32) -> Result<(), Invalid> {
+    for (name, def) in workloads {
+        let size = def.dirty.as_ref().and_then(|d| d.size);
+        if let Some(size) = size.filter(|s| s.0 >= memory_mib) {
+            return Err(Invalid {
+                path: FieldPath::default()
+                    .key("workloads")
+                    .key(&name.0)
+                    .key("dirty")
+                    .key("size"),
+                message: format!(
+                    "{}MiB does not fit in the guest's {memory_mib}MiB (guest.memory); \
+                     make it smaller or give the guest more memory",
+                    size.0
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn list<T: Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn guest_spec(def: GuestDef) -> GuestSpec {
+    GuestSpec {
+        memory_mib: def.memory.map_or(MEMORY_MIB, |s| s.0),
+        vcpus: def.vcpus.map_or(1, |c| c.0),
+        accel: def.accel.map_or(AccelChoice::Auto, Into::into),
+    }
+}
+
+fn sampling_spec(def: SamplingDef) -> Result<SamplingSpec, Invalid> {
+    let interval = def.interval.unwrap_or(INTERVAL);
+    if interval.0 < MIN_INTERVAL.0 {
+        return Err(Invalid {
+            path: FieldPath::default().key("sampling").key("interval"),
+            message: format!(
+                "must be at least {}ms, got {}ms",
+                MIN_INTERVAL.0, interval.0
+            ),
+        });
+    }
+    Ok(SamplingSpec {
+        interval_ms: interval.whole_ms(),
+        settle_ms: def.settle.unwrap_or(SETTLE).whole_ms(),
+    })
+}
+
+fn migration_spec(def: MigrationDef) -> MigrationSpec {
+    MigrationSpec {
+        strategy: def.strategy.map_or(Strategy::Precopy, Into::into),
+        max_downtime_ms: def.max_downtime.unwrap_or(MAX_DOWNTIME).whole_ms(),
+        timeout_ms: def.timeout.unwrap_or(TIMEOUT).whole_ms(),
+    }
+}
+
+fn tolerance_spec(def: ToleranceDef) -> Tolerance {
+    Tolerance {
+        relative: def.relative.map_or(0.5, |r| r.0),
+        ms: def.ms.map_or(300.0, |f| f.0),
+        percent: def.percent.map_or(25.0, |f| f.0),
+        mib: def.mib.map_or(64.0, |f| f.0),
+    }
+}
+
+fn workload(name: &Ident, def: WorkloadDef) -> Workload {
+    let dirty = def.dirty.unwrap_or_default();
+    let packets = def.packets.unwrap_or_default();
+    Workload {
+        name: name.0.clone(),
+        dirty_mib: dirty.size.map_or(0, |s| s.0),
+        dirty_rate_mib_s: dirty.rate.map_or(0, |r| r.0),
+        packet_size: packets.size.map_or(PacketSize::Fill, |s| s.0),
+        packet_rate_pps: packets.rate.map_or(0, |r| r.0),
+    }
+}
+
+fn bounds_spec(b: BoundsDef) -> Bounds {
+    Bounds {
+        apply_to: b.apply_to.map_or(Aggregate::Worst, Into::into),
+        downtime_ms: b.downtime.map(|d| d.0),
+        guest_downtime_ms: b.guest_downtime.map(|d| d.0),
+        total_time_ms: b.total_time.map(|d| d.0),
+        peak_cpu_pct: b.peak_cpu.map(|p| p.0),
+        peak_memory_mib: b.peak_memory.map(|s| f64::from(s.0)),
+    }
+}
+
+impl From<TierDef> for Tier {
+    fn from(t: TierDef) -> Self {
+        match t {
+            TierDef::Gate => Tier::Gate,
+            TierDef::Lab => Tier::Lab,
+        }
+    }
+}
+
+impl From<AccelDef> for AccelChoice {
+    fn from(a: AccelDef) -> Self {
+        match a {
+            AccelDef::Auto => AccelChoice::Auto,
+            AccelDef::Kvm => AccelChoice::Kvm,
+            AccelDef::Tcg => AccelChoice::Tcg,
+        }
+    }
+}
+
+impl From<StrategyDef> for Strategy {
+    fn from(s: StrategyDef) -> Self {
+        match s {
+            StrategyDef::Precopy => Strategy::Precopy,
+            StrategyDef::Postcopy => Strategy::Postcopy,
+            StrategyDef::AutoConverge => Strategy::AutoConverge,
+        }
+    }
+}
+
+impl From<AggregateDef> for Aggregate {
+    fn from(a: AggregateDef) -> Self {
+        match a {
+            AggregateDef::Worst => Aggregate::Worst,
+            AggregateDef::Mean => Aggregate::Mean,
+        }
+    }
+}

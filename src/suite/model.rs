@@ -1,0 +1,268 @@
+//! The suite file as written: serde structs mirroring the YAML one to one.
+//! Everything optional stays an `Option` here; defaults are applied in
+//! `expand`, so this file reads as the grammar of the language.
+
+use super::error::did_you_mean;
+use super::scalar::{
+    keyword_enum, Count, Floor, HypervisorName, Ident, Mtu, PacketSizeDef, Relative,
+};
+use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Suite {
+    pub name: Ident,
+    /// For readers of the file only; not part of a case.
+    #[serde(rename = "description")]
+    _description: Option<String>,
+    pub tier: Option<TierDef>,
+    pub matrix: Matrix,
+    pub guest: Option<GuestDef>,
+    pub workloads: BTreeMap<Ident, WorkloadDef>,
+    pub link: Option<LinkDef>,
+    pub failure: FailureDef,
+    pub migration: Option<MigrationDef>,
+    pub faults: Option<FaultsDef>,
+    pub repeat: Option<Count<1, 100>>,
+    pub sampling: Option<SamplingDef>,
+    pub bounds: Option<BoundsDef>,
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+    pub expect: Option<ExpectDef>,
+    pub snapshot: Option<SnapshotDef>,
+}
+
+keyword_enum!(TierDef("tier") { Gate = "gate", Lab = "lab" });
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `hypervisor`, `mtu` and `workload` lists"
+)]
+pub(super) struct Matrix {
+    pub hypervisor: Vec<HypervisorName>,
+    pub mtu: Vec<Mtu>,
+    pub workload: Vec<Ident>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `memory`, `vcpus`, `accel`"
+)]
+pub(super) struct GuestDef {
+    pub memory: Option<Size>,
+    pub vcpus: Option<Count<1, 64>>,
+    pub accel: Option<AccelDef>,
+}
+
+keyword_enum!(AccelDef("accel") { Auto = "auto", Kvm = "kvm", Tcg = "tcg" });
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `dirty` and `packets`"
+)]
+pub(super) struct WorkloadDef {
+    pub dirty: Option<DirtyDef>,
+    pub packets: Option<PacketsDef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `size` and `rate`")]
+pub(super) struct DirtyDef {
+    pub size: Option<Size>,
+    pub rate: Option<DirtyRate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `size` and `rate`")]
+pub(super) struct PacketsDef {
+    pub size: Option<PacketSizeDef>,
+    pub rate: Option<PacketRate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `rate` and `offloads`"
+)]
+pub(super) struct LinkDef {
+    pub rate: Option<LinkRate>,
+    pub offloads: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `kind` and `after`")]
+pub(super) struct FailureDef {
+    /// Required although `warned` is the only kind so far, so that files
+    /// stay unambiguous when other kinds arrive.
+    #[serde(rename = "kind")]
+    _kind: FailureKind,
+    pub after: Duration,
+}
+
+keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`"
+)]
+pub(super) struct MigrationDef {
+    pub strategy: Option<StrategyDef>,
+    pub max_downtime: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+keyword_enum!(StrategyDef("strategy") {
+    Precopy = "precopy",
+    Postcopy = "postcopy",
+    AutoConverge = "auto-converge",
+});
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `kill_destination_after`"
+)]
+pub(super) struct FaultsDef {
+    pub kill_destination_after: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `interval` and `settle`"
+)]
+pub(super) struct SamplingDef {
+    pub interval: Option<Duration>,
+    pub settle: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of bounds")]
+pub(super) struct BoundsDef {
+    pub apply_to: Option<AggregateDef>,
+    pub downtime: Option<Duration>,
+    pub guest_downtime: Option<Duration>,
+    pub total_time: Option<Duration>,
+    pub peak_cpu: Option<Percent>,
+    pub peak_memory: Option<Size>,
+}
+
+impl BoundsDef {
+    /// `self` layered over `base`: keys given here win.
+    pub fn over(self, base: BoundsDef) -> BoundsDef {
+        BoundsDef {
+            apply_to: self.apply_to.or(base.apply_to),
+            downtime: self.downtime.or(base.downtime),
+            guest_downtime: self.guest_downtime.or(base.guest_downtime),
+            total_time: self.total_time.or(base.total_time),
+            peak_cpu: self.peak_cpu.or(base.peak_cpu),
+            peak_memory: self.peak_memory.or(base.peak_memory),
+        }
+    }
+}
+
+keyword_enum!(AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `when` and `bounds`")]
+pub(super) struct Override {
+    pub when: When,
+    pub bounds: BoundsDef,
+}
+
+/// Selects matrix cases; keys left out match everything.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with any of `hypervisor`, `mtu`, `workload`"
+)]
+pub(super) struct When {
+    pub hypervisor: Option<HypervisorName>,
+    pub mtu: Option<Mtu>,
+    pub workload: Option<Ident>,
+}
+
+#[derive(Debug)]
+pub(super) enum ExpectDef {
+    Pass,
+    Fail(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailDef {
+    fail: String,
+}
+
+/// By hand: serde_yaml 0.9 reads enums from YAML tags (`!fail text`), not
+/// from the `{ fail: text }` map people write.
+impl<'de> Deserialize<'de> for ExpectDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ExpectVisitor)
+    }
+}
+
+struct ExpectVisitor;
+
+impl<'de> Visitor<'de> for ExpectVisitor {
+    type Value = ExpectDef;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(EXPECT)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ExpectDef, E> {
+        match v {
+            "pass" => Ok(ExpectDef::Pass),
+            "fail" => Err(E::custom(
+                "`fail` needs the text the failure reason must contain, \
+                 e.g. `{ fail: \"timed out\" }`",
+            )),
+            _ => Err(E::custom(format!(
+                "unknown expectation `{v}`{}; expected {EXPECT}",
+                did_you_mean(v, &["pass"])
+            ))),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExpectDef, A::Error> {
+        FailDef::deserialize(MapAccessDeserializer::new(map)).map(|f| ExpectDef::Fail(f.fail))
+    }
+}
+
+const EXPECT: &str = "`pass` or `{ fail: \"text the failure reason must contain\" }`";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `tolerance`")]
+pub(super) struct SnapshotDef {
+    pub tolerance: Option<ToleranceDef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `relative`, `ms`, `percent`, `mib`"
+)]
+pub(super) struct ToleranceDef {
+    pub relative: Option<Relative>,
+    pub ms: Option<Floor>,
+    pub percent: Option<Floor>,
+    pub mib: Option<Floor>,
+}
+
+impl When {
+    pub fn selects(&self, hypervisor: HypervisorName, mtu: Mtu, workload: &Ident) -> bool {
+        self.hypervisor.is_none_or(|h| h == hypervisor)
+            && self.mtu.is_none_or(|m| m == mtu)
+            && self.workload.as_ref().is_none_or(|w| w == workload)
+    }
+}

@@ -1,0 +1,464 @@
+//! The language end to end: shipped suites load, bad suites are refused with
+//! a message that says where, which field, and what would be valid.
+
+use super::*;
+use crate::case::{
+    AccelChoice, Aggregate, Bounds, Expect, FailureSpec, Faults, GuestSpec, Hypervisor, LinkSpec,
+    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, Tolerance, Workload,
+};
+use rstest::rstest;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse(text: &str) -> Result<Vec<Case>, SuiteError> {
+    parse_str(Path::new("t.yaml"), text)
+}
+
+const MINIMAL: &str = "
+name: tiny
+matrix: { hypervisor: [kvm-pv], mtu: [1500], workload: [idle] }
+workloads: { idle: {} }
+failure: { kind: warned, after: 3s }
+";
+
+#[rstest]
+#[case::mtu_below_minimum(
+    "mtu-below-minimum.yaml:5:15: matrix.mtu[1]: ",
+    &["mtu less than device minimum", "68", "`packets.size: 32`, not as an MTU"],
+)]
+#[case::unknown_hypervisor(
+    "unknown-hypervisor.yaml:4:24: matrix.hypervisor[1]: ",
+    &["unknown hypervisor `vmware`; valid: xen-pv, xen-hvm, openvz, kvm-fv, kvm-pv"],
+)]
+#[case::misspelt_bound(
+    "misspelt-bound.yaml:13:3: bounds.dowtime: ",
+    &["unknown field `dowtime`", "did you mean `downtime`?", "apply_to, downtime"],
+)]
+#[case::bound_not_a_percentage(
+    "bound-not-a-percentage.yaml:12:13: bounds.peak_cpu: ",
+    &["`lots` is not a percentage like 250%"],
+)]
+#[case::bound_without_unit(
+    "bound-without-unit.yaml:12:13: bounds.downtime: ",
+    &["`5` has no unit", "5ms or 5s"],
+)]
+#[case::bound_is_a_list(
+    "bound-is-a-list.yaml:12:15: bounds.total_time: ",
+    &["invalid type: sequence", "expected a duration like 500ms, 2s"],
+)]
+#[case::undefined_workload(
+    "undefined-workload.yaml:8:7: matrix.workload[1]: ",
+    &["workload `video` is not defined", "defined: game"],
+)]
+#[case::empty("empty.yaml: ", &["the file is empty", "`name`, `matrix`, `workloads` and `failure`"])]
+#[case::not_a_mapping("not-a-mapping.yaml:2:1: ", &["top level must be a mapping"])]
+#[case::missing_name(
+    "missing-name.yaml:2:1: name: ",
+    &["required field `name` is missing", "e.g. `name: ci`"],
+)]
+#[case::missing_failure(
+    "missing-failure.yaml:2:1: failure: ",
+    &["required field `failure` is missing", "`failure: { kind: warned, after: 3s }`"],
+)]
+#[case::duplicate_mtu(
+    "duplicate-mtu.yaml:5:20: matrix.mtu[2]: ",
+    &["`1500` is listed twice", "matrix.mtu[0]"],
+)]
+#[case::duplicate_hypervisor(
+    "duplicate-hypervisor.yaml:4:32: matrix.hypervisor[2]: ",
+    &["`kvm-pv` is listed twice"],
+)]
+#[case::empty_matrix_list(
+    "empty-matrix-list.yaml:4:15: matrix.hypervisor: ",
+    &["must list at least one value"],
+)]
+#[case::override_matches_nothing(
+    "override-matches-nothing.yaml:14:25: overrides[1].when.hypervisor: ",
+    &["`xen-pv` is not in matrix.hypervisor (kvm-fv, kvm-pv)", "matches no case"],
+)]
+#[case::size_in_megabytes(
+    "size-in-megabytes.yaml:12:11: guest.memory: ",
+    &["e.g. 512MiB", "MB and GB are not accepted"],
+)]
+#[case::unknown_strategy(
+    "unknown-strategy.yaml:12:13: migration.strategy: ",
+    &["unknown strategy `pre-copy` (did you mean `precopy`?)", "valid: precopy, postcopy, auto-converge"],
+)]
+#[case::unknown_failure_kind(
+    "unknown-failure-kind.yaml:10:18: failure.kind: ",
+    &["unknown failure kind `crash`; valid: warned"],
+)]
+#[case::dirty_larger_than_guest(
+    "dirty-larger-than-guest.yaml:9:20: workloads.game.dirty.size: ",
+    &["does not fit in the guest's 16MiB"],
+)]
+#[case::sampling_too_fine(
+    "sampling-too-fine.yaml:11:23: sampling.interval: ",
+    &["must be at least 10ms"],
+)]
+#[case::bad_name("bad-name.yaml:2:7: name: ", &["`My_Suite` is not a valid name", "a-z"])]
+#[case::repeat_zero("repeat-zero.yaml:11:9: repeat: ", &["must be from 1 to 100, got 0"])]
+#[case::link_rate_without_unit(
+    "link-rate-without-unit.yaml:11:15: link.rate: ",
+    &["like 100mbit or 100gbit"],
+)]
+#[case::bad_expect("bad-expect.yaml:11:20: expect.pass: ", &["unknown field `pass`", "fail"])]
+#[case::tolerance_too_large(
+    "tolerance-too-large.yaml:12:26: snapshot.tolerance.relative: ",
+    &["must be from 0 to 10"],
+)]
+#[case::yaml_syntax("yaml-syntax.yaml:4:1: ", &["while scanning a quoted scalar"])]
+fn bad_suites_say_where_and_why(#[case] prefix: &str, #[case] hints: &[&str]) {
+    let file = prefix.split(':').next().unwrap();
+    let path = root().join("tests/fixtures/bad").join(file);
+    let message = load_file(&path).unwrap_err().to_string();
+    assert!(message.starts_with(&format!("{}/", path.parent().unwrap().display())));
+    assert!(message.contains(prefix), "{message}\nlacks {prefix:?}");
+    for hint in hints {
+        assert!(message.contains(hint), "{message}\nlacks {hint:?}");
+    }
+    assert!(!message.contains('\n'), "one line: {message}");
+}
+
+/// New fixtures are at least refused, even before they get a case above.
+#[test]
+fn every_bad_fixture_is_refused() {
+    for entry in std::fs::read_dir(root().join("tests/fixtures/bad")).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(load_file(&path).is_err(), "{} loads", path.display());
+    }
+}
+
+#[test]
+fn shipped_suites_load_in_file_order() {
+    let cases = load_dir(&root().join("suites")).unwrap();
+    let count = |suite: &str| cases.iter().filter(|c| c.suite == suite).count();
+    assert_eq!(count("ci"), 2 * 3);
+    assert_eq!(count("fail-destination-killed"), 1);
+    assert_eq!(count("fail-small-mtu"), 1);
+    assert_eq!(count("study"), 5 * 3 * 2);
+    assert_eq!(cases.len(), 38);
+    let names: Vec<String> = cases.iter().map(Case::name).collect();
+    assert_eq!(
+        names[..8],
+        [
+            "ci::kvm-fv::mtu1500::game",
+            "ci::kvm-fv::mtu576::game",
+            "ci::kvm-fv::mtu128::game",
+            "ci::kvm-pv::mtu1500::game",
+            "ci::kvm-pv::mtu576::game",
+            "ci::kvm-pv::mtu128::game",
+            "fail-destination-killed::kvm-pv::mtu1500::game",
+            "fail-small-mtu::kvm-pv::mtu68::idle",
+        ]
+    );
+    assert_eq!(names[8], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[9], "study::xen-pv::mtu1500::game-32b");
+    assert_eq!(names[37], "study::kvm-pv::mtu128::game-32b");
+}
+
+#[test]
+fn ci_suite_expands_to_the_documented_case() {
+    let path = root().join("suites/ci.yaml");
+    let cases = load_file(&path).unwrap();
+    let case = &cases[2];
+    assert_eq!(
+        *case,
+        Case {
+            suite: "ci".into(),
+            file: path.clone(),
+            tier: Tier::Gate,
+            hypervisor: Hypervisor::KvmFv,
+            guest: GuestSpec {
+                memory_mib: 256,
+                vcpus: 1,
+                accel: AccelChoice::Auto
+            },
+            workload: Workload {
+                name: "game".into(),
+                dirty_mib: 16,
+                dirty_rate_mib_s: 32,
+                packet_size: PacketSize::Fill,
+                packet_rate_pps: 200,
+            },
+            link: LinkSpec {
+                mtu: 128,
+                rate_mbit: Some(1000),
+                offloads: false
+            },
+            failure: FailureSpec { after_ms: 4000 },
+            migration: MigrationSpec {
+                strategy: Strategy::Precopy,
+                max_downtime_ms: 300,
+                timeout_ms: 90_000,
+            },
+            faults: Faults::default(),
+            repeat: 1,
+            sampling: SamplingSpec {
+                interval_ms: 100,
+                settle_ms: 4000
+            },
+            bounds: Bounds {
+                apply_to: Aggregate::Worst,
+                downtime_ms: Some(5000.0),
+                guest_downtime_ms: Some(10_000.0),
+                total_time_ms: Some(60_000.0),
+                peak_cpu_pct: Some(400.0),
+                peak_memory_mib: Some(2048.0),
+            },
+            expect: Expect::Pass,
+            tolerance: Tolerance {
+                relative: 0.75,
+                ms: 800.0,
+                percent: 40.0,
+                mib: 96.0
+            },
+        }
+    );
+}
+
+#[test]
+fn study_suite_applies_its_override_and_small_packets() {
+    let cases = load_file(&root().join("suites/study.yaml")).unwrap();
+    let case = |name: &str| cases.iter().find(|c| c.name() == name).unwrap();
+    let slow = case("study::kvm-fv::mtu128::game");
+    assert_eq!(slow.bounds.total_time_ms, Some(180_000.0));
+    assert_eq!(slow.bounds.downtime_ms, Some(3000.0), "untouched keys stay");
+    assert_eq!(
+        case("study::kvm-pv::mtu128::game").bounds.total_time_ms,
+        Some(90_000.0)
+    );
+    let small = case("study::xen-pv::mtu1500::game-32b");
+    assert_eq!(small.workload.packet_size, PacketSize::Bytes(32));
+    assert_eq!(
+        (small.tier, small.repeat, small.guest.memory_mib),
+        (Tier::Lab, 3, 512)
+    );
+    assert_eq!(small.bounds.apply_to, Aggregate::Mean);
+}
+
+#[test]
+fn failure_suites_expect_their_failures() {
+    let small = load_file(&root().join("suites/fail-small-mtu.yaml")).unwrap();
+    assert_eq!(
+        small[0].expect,
+        Expect::Fail {
+            reason_contains: "timed out".into()
+        }
+    );
+    assert_eq!(small[0].migration.timeout_ms, 25_000);
+    let killed = load_file(&root().join("suites/fail-destination-killed.yaml")).unwrap();
+    assert_eq!(
+        killed[0].expect,
+        Expect::Fail {
+            reason_contains: "destination".into()
+        }
+    );
+    assert_eq!(killed[0].faults.kill_destination_after_ms, Some(1000));
+    assert_eq!(killed[0].link.rate_mbit, Some(100));
+}
+
+#[test]
+fn defaults_fill_everything_left_out() {
+    let case = parse(MINIMAL).unwrap().remove(0);
+    assert_eq!(case.tier, Tier::Gate);
+    assert_eq!(
+        case.guest,
+        GuestSpec {
+            memory_mib: 256,
+            vcpus: 1,
+            accel: AccelChoice::Auto
+        }
+    );
+    assert_eq!(
+        (case.workload.dirty_mib, case.workload.dirty_rate_mib_s),
+        (0, 0)
+    );
+    assert_eq!(
+        (case.workload.packet_size, case.workload.packet_rate_pps),
+        (PacketSize::Fill, 0)
+    );
+    assert_eq!(
+        case.link,
+        LinkSpec {
+            mtu: 1500,
+            rate_mbit: None,
+            offloads: true
+        }
+    );
+    assert_eq!(
+        case.migration,
+        MigrationSpec {
+            strategy: Strategy::Precopy,
+            max_downtime_ms: 300,
+            timeout_ms: 120_000
+        }
+    );
+    assert_eq!(case.faults, Faults::default());
+    assert_eq!(case.repeat, 1);
+    assert_eq!(
+        case.sampling,
+        SamplingSpec {
+            interval_ms: 100,
+            settle_ms: 5000
+        }
+    );
+    assert_eq!(case.bounds.apply_to, Aggregate::Worst);
+    assert_eq!(case.bounds.downtime_ms, None);
+    assert_eq!(case.expect, Expect::Pass);
+    assert_eq!(
+        case.tolerance,
+        Tolerance {
+            relative: 0.5,
+            ms: 300.0,
+            percent: 25.0,
+            mib: 64.0
+        }
+    );
+}
+
+#[test]
+fn later_overrides_win_and_replace_only_their_keys() {
+    let text = format!(
+        "{MINIMAL}
+matrix: {{ hypervisor: [kvm-pv, kvm-fv], mtu: [1500, 576], workload: [idle] }}
+bounds: {{ downtime: 1s, total_time: 10s }}
+overrides:
+  - when: {{ mtu: 576 }}
+    bounds: {{ total_time: 20s, apply_to: mean }}
+  - when: {{ hypervisor: kvm-fv, mtu: 576 }}
+    bounds: {{ total_time: 30s }}
+"
+    )
+    .replacen(
+        "matrix: { hypervisor: [kvm-pv], mtu: [1500], workload: [idle] }\n",
+        "",
+        1,
+    );
+    let cases = parse(&text).unwrap();
+    let by_name = |name: &str| &cases.iter().find(|c| c.name() == name).unwrap().bounds;
+    let plain = by_name("tiny::kvm-pv::mtu1500::idle");
+    assert_eq!(
+        (plain.total_time_ms, plain.apply_to),
+        (Some(10_000.0), Aggregate::Worst)
+    );
+    let first = by_name("tiny::kvm-pv::mtu576::idle");
+    assert_eq!(
+        (first.total_time_ms, first.apply_to),
+        (Some(20_000.0), Aggregate::Mean)
+    );
+    let both = by_name("tiny::kvm-fv::mtu576::idle");
+    assert_eq!(
+        (both.total_time_ms, both.apply_to),
+        (Some(30_000.0), Aggregate::Mean)
+    );
+    assert_eq!(both.downtime_ms, Some(1000.0));
+}
+
+#[test]
+fn cases_follow_matrix_order() {
+    let text = "
+name: tiny
+matrix: { hypervisor: [kvm-pv, xen-pv], mtu: [9000, 68], workload: [idle, busy] }
+workloads:
+  idle: {}
+  busy: { packets: { size: 32, rate: 10/s } }
+failure: { kind: warned, after: 3s }
+";
+    let names: Vec<String> = parse(text).unwrap().iter().map(Case::name).collect();
+    assert_eq!(
+        names,
+        [
+            "tiny::kvm-pv::mtu9000::idle",
+            "tiny::kvm-pv::mtu9000::busy",
+            "tiny::kvm-pv::mtu68::idle",
+            "tiny::kvm-pv::mtu68::busy",
+            "tiny::xen-pv::mtu9000::idle",
+            "tiny::xen-pv::mtu9000::busy",
+            "tiny::xen-pv::mtu68::idle",
+            "tiny::xen-pv::mtu68::busy",
+        ]
+    );
+}
+
+#[rstest]
+#[case("expect: pass", Expect::Pass)]
+#[case("expect: { fail: timed out }", Expect::Fail { reason_contains: "timed out".into() })]
+fn expect_forms(#[case] line: &str, #[case] expect: Expect) {
+    assert_eq!(
+        parse(&format!("{MINIMAL}{line}\n")).unwrap()[0].expect,
+        expect
+    );
+}
+
+#[rstest]
+#[case("expect: fail", "`fail` needs the text")]
+#[case("expect: pas", "did you mean `pass`?")]
+fn bad_expect_forms(#[case] line: &str, #[case] message: &str) {
+    let err = parse(&format!("{MINIMAL}{line}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("t.yaml:6:9: expect: "), "{err}");
+    assert!(err.contains(message), "{err}");
+}
+
+#[test]
+fn load_dir_refuses_a_suite_name_used_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), MINIMAL).unwrap();
+    std::fs::write(dir.path().join("b.yml"), MINIMAL).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a suite").unwrap();
+    let err = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("b.yml:2:7: name: suite name `tiny` is already used by"),
+        "{err}"
+    );
+    assert!(err.ends_with("a.yaml"), "{err}");
+}
+
+#[test]
+fn missing_files_name_the_path() {
+    let err = load_file(Path::new("/nonexistent/suite.yaml")).unwrap_err();
+    assert!(matches!(err, SuiteError::Io { .. }));
+    assert!(
+        err.to_string().starts_with("/nonexistent/suite.yaml: "),
+        "{err}"
+    );
+}
+
+#[rstest]
+#[case::keyword_as_list(
+    "tier: [gate]",
+    "t.yaml:6:7: tier: invalid type: sequence, expected one of: gate, lab"
+)]
+#[case::bad_workload_key(
+    "workloads: { Idle: {} }",
+    "t.yaml:5:14: workloads.Idle: `Idle` is not a valid name"
+)]
+#[case::no_workloads(
+    "workloads: {}",
+    "t.yaml:5:12: workloads: must define at least one workload"
+)]
+#[case::duplicate_key("repeat: 1\nrepeat: 2", "t.yaml:2:1: repeat: `repeat` is given twice")]
+#[case::missing_nested(
+    "failure: { kind: warned }",
+    "t.yaml:5:10: failure.after: required field `after` is missing"
+)]
+#[case::unknown_top_level_key(
+    "bound: {}",
+    "t.yaml:6:1: bound: unknown field `bound` (did you mean `bounds`?)"
+)]
+fn more_refusals(#[case] extra: &str, #[case] expected: &str) {
+    // Replace MINIMAL's own line for the key under test, if it has one.
+    let key = extra.split(':').next().unwrap();
+    let mut text: String = MINIMAL
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{key}:")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(extra);
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with(expected), "{err}\nis not {expected:?}");
+}
