@@ -9,7 +9,7 @@ use crate::lab::network::{GUEST_ADDR, PREFIX_LEN, RUNNER_ADDR};
 use crate::lab::{self, Lab};
 use crate::measure::{Outcome, Provenance, RunMeasurement, Timeline};
 use crate::observer::{longest_gap_ms, Observer};
-use crate::sampler::{Pids, Sampler};
+use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::{Context, Result};
 use std::sync::{Mutex, MutexGuard};
@@ -113,9 +113,8 @@ fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &d
     progress(&format!("{}: guest up ({}, {}); steady state for {} ms", case.name(), info.accel, info.hypervisor_version, case.failure.after_ms));
 
     let monitor = FailureMonitor::start(&lab)?;
-    let hosts = [(lab.source.netns.name.clone(), lab.source.libvirtd.pid()), (lab.destination.netns.name.clone(), lab.destination.libvirtd.pid())];
     let sampling_from = Instant::now();
-    let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), move || pids_of(&hosts));
+    let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), backend.process_probe(&lab));
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     monitor.inject();
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
@@ -183,13 +182,4 @@ fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &d
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn pids_of(hosts: &[(String, u32); 2]) -> Pids {
-    let mut pids = Pids::default();
-    for (i, (ns, daemon)) in hosts.iter().enumerate() {
-        pids.guest[i] = lab::netns::processes(ns).into_iter().filter(|p| *p != *daemon as i32).collect();
-        pids.toolstack[i] = Some(*daemon as i32);
-    }
-    pids
 }

@@ -65,7 +65,7 @@ fn machine_used_mib() -> Option<f64> {
 }
 
 impl Sampler {
-    pub fn start(interval: Duration, pids: impl Fn() -> Pids + Send + 'static) -> Sampler {
+    pub fn start(interval: Duration, pids: crate::backend::ProcessProbe) -> Sampler {
         let series = Arc::new(Mutex::new(Series::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (series2, stop2) = (series.clone(), stop.clone());

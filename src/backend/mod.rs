@@ -7,7 +7,8 @@
 pub mod kvm;
 
 use crate::case::{Case, Hypervisor};
-use crate::lab::Lab;
+use crate::lab::{netns, Lab};
+use crate::sampler::Pids;
 use crate::measure::Outcome;
 use anyhow::Result;
 use std::time::Instant;
@@ -52,7 +53,25 @@ pub trait Backend {
 
     /// Whether the guest still runs on the source host.
     fn running_on_source(&self) -> bool;
+
+    /// What the sampler calls at every tick to find the guest's hypervisor
+    /// processes and the toolstack daemon of (source, destination). By
+    /// default: everything running in a host's network namespace but its
+    /// libvirtd, which for QEMU guests is their QEMU processes.
+    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
+        let hosts = [&lab.source, &lab.destination].map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
+        Box::new(move || {
+            let mut pids = Pids::default();
+            for (i, (ns, daemon)) in hosts.iter().enumerate() {
+                pids.guest[i] = netns::processes(ns).into_iter().filter(|p| p != daemon).collect();
+                pids.toolstack[i] = Some(*daemon);
+            }
+            pids
+        })
+    }
 }
+
+pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 
 /// The backend for `hypervisor`, or why this build cannot run it.
 pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
