@@ -45,6 +45,39 @@ if [ ! -s "$ARTIFACTS/kernel/RELEASE" ]; then
 fi
 echo "guest kernel: $(cat "$ARTIFACTS/kernel/RELEASE")"
 
+echo "== CRIU (Debian unstable's package, not installed) into $ARTIFACTS/criu"
+# Debian 12's criu 3.17 fails `criu check` here ("vdso: Unexpected rt vDSO
+# area bounds"). Debian 13's 4.1.1 passes it but cannot dump an IPv4 socket
+# on Linux >= 6.16 ("sockets: Can't get 1:16 opt: Operation not supported":
+# SO_PASSCRED is now refused on inet sockets), and the workload agent has
+# two; 4.2 has the fix, and so far only unstable ships it. It is unpacked
+# with its libraries into a prefix and run through that prefix's dynamic
+# loader, so nothing of the system changes. migsuite prefers a system criu
+# when it is recent enough and passes `criu check`.
+criu_prefix="$ARTIFACTS/criu"
+if [ ! -s "$criu_prefix/VERSION" ] || ! dpkg --compare-versions "$(cat "$criu_prefix/VERSION")" ge 4.2; then
+  apt_dir=$(mktemp -d)
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" > "$apt_dir/sources.list"
+  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" update -qq
+  # criu and everything it links against, down to unstable's libc and loader.
+  pkgs=$(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
+           --no-breaks --no-replaces --no-enhances criu | grep -v '^ ' | sort -u)
+  # shellcheck disable=SC2086
+  (cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" download -qq $pkgs)
+  rm -rf "$criu_prefix.tmp" && mkdir -p "$criu_prefix.tmp"
+  for deb in "$apt_dir"/debs/*.deb; do dpkg -x "$deb" "$criu_prefix.tmp"; done
+  apt-cache "${apt_opts[@]}" show criu | awk '/^Version:/{print $2; exit}' > "$criu_prefix.tmp/VERSION"
+  rm -rf "$criu_prefix" "$apt_dir" && mv "$criu_prefix.tmp" "$criu_prefix"
+fi
+criu_run=("$criu_prefix/usr/lib64/ld-linux-x86-64.so.2"
+          --library-path "$criu_prefix/lib/x86_64-linux-gnu:$criu_prefix/usr/lib/x86_64-linux-gnu"
+          "$criu_prefix/usr/sbin/criu")
+echo "criu: $("${criu_run[@]}" --version | head -1) (Debian package $(cat "$criu_prefix/VERSION"))"
+"${criu_run[@]}" check || echo "ci/setup.sh: warning: \`criu check\` is not happy here; openvz cases will say why" >&2
+
 echo "== checks"
 libvirtd --version
 qemu-system-x86_64 --version | head -1

@@ -64,6 +64,9 @@ pub enum Strategy {
     Precopy,
     Postcopy,
     AutoConverge,
+    /// Freeze, copy everything once, resume on the destination: what a
+    /// system without dirty-page tracking can still do.
+    StopAndCopy,
 }
 
 /// Payload size of the workload's packet stream (UDP payload bytes).

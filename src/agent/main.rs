@@ -3,7 +3,9 @@
 //! configured rate (checking that every page still holds what it wrote
 //! last), sends a packet stream, and a heartbeat every millisecond to the
 //! observer. Its configuration comes from the kernel command line
-//! (`migsuite.<key>=<value>`).
+//! (`migsuite.<key>=<value>`) in a VM, and as the same words from its
+//! arguments in a container, which shares the host's kernel: no modules to
+//! load, no devices to probe there.
 //!
 //! Built by build.rs with plain rustc, std only, statically linked.
 
@@ -37,23 +39,32 @@ fn sh(args: &[&str]) -> Result<(), String> {
 }
 
 fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let in_container = !args.is_empty();
     let _ = fs::create_dir_all("/proc");
     let _ = fs::create_dir_all("/sys");
-    let _ = fs::create_dir_all("/dev");
     sh(&["mount", "-t", "proc", "proc", "/proc"])?;
     sh(&["mount", "-t", "sysfs", "sys", "/sys"])?;
-    let _ = sh(&["mount", "-t", "devtmpfs", "dev", "/dev"]);
+    if !in_container {
+        let _ = fs::create_dir_all("/dev");
+        let _ = sh(&["mount", "-t", "devtmpfs", "dev", "/dev"]);
+    }
 
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
-    let cfg: HashMap<&str, &str> = cmdline
+    let (words, source) = if in_container {
+        (args.join(" "), "arguments")
+    } else {
+        (fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?, "kernel command line")
+    };
+    let cfg: HashMap<&str, &str> = words
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("migsuite.")?.split_once('='))
         .collect();
-    let get = |k: &str| cfg.get(k).copied().ok_or(format!("kernel command line lacks migsuite.{k}"));
+    let get = |k: &str| cfg.get(k).copied().ok_or(format!("no migsuite.{k} in the {source}"));
     let num = |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|_| format!("migsuite.{k} is not a number")) };
 
     let mut load_errors = Vec::new();
-    for module in fs::read_to_string("/etc/modules.order").unwrap_or_default().lines() {
+    let modules = if in_container { String::new() } else { fs::read_to_string("/etc/modules.order").unwrap_or_default() };
+    for module in modules.lines() {
         if let Err(e) = sh(&["insmod", module]) {
             load_errors.push(e);
         }
@@ -72,9 +83,11 @@ fn run() -> Result<(), String> {
     let observer: SocketAddr = get("observer")?.parse().map_err(|e| format!("migsuite.observer: {e}"))?;
     let data_to = SocketAddr::new(observer.ip(), wire::DATA_PORT);
     let hello = wire::encode_hello(&format!(
-        "nic={}\ndisks={}\nkernel={}\nmodule_errors={}\n",
+        "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\n",
+        if in_container { "container" } else { "vm" },
         driver_of("/sys/class/net/eth0/device"),
-        disks(),
+        // A container sees the host's block devices, not disks of its own.
+        if in_container { "none".into() } else { disks() },
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         load_errors.len(),
     ));

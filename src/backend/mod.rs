@@ -4,6 +4,7 @@
 //! the same for every backend. The container (openvz) and Xen rows plug in
 //! here by implementing `Backend` and answering in `for_hypervisor`.
 
+pub mod criu;
 pub mod kvm;
 
 use crate::case::{Case, Hypervisor};
@@ -77,15 +78,15 @@ pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
     match case.hypervisor {
         Hypervisor::KvmFv | Hypervisor::KvmPv => kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
-        other => Err(refusal(other).unwrap()),
+        Hypervisor::XenPv | Hypervisor::XenHvm => Err(refusal(case.hypervisor).unwrap()),
+        Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
     }
 }
 
 /// Why a hypervisor cannot run in this build; None if it can.
 pub fn refusal(h: Hypervisor) -> Option<String> {
     match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => None,
-        Hypervisor::Openvz => Some("openvz: this build has no container (CRIU) backend yet".into()),
+        Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz => None,
         Hypervisor::XenPv | Hypervisor::XenHvm => Some(format!("{h}: this build has no Xen backend yet")),
     }
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The agent binary, built by build.rs.
-const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/migsuite-agent"));
+pub(crate) const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/migsuite-agent"));
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Drivers of both device models: e1000 and IDE (kvm-fv), virtio (kvm-pv).

@@ -305,6 +305,7 @@ impl From<StrategyDef> for Strategy {
             StrategyDef::Precopy => Strategy::Precopy,
             StrategyDef::Postcopy => Strategy::Postcopy,
             StrategyDef::AutoConverge => Strategy::AutoConverge,
+            StrategyDef::StopAndCopy => Strategy::StopAndCopy,
         }
     }
 }

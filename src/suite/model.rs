@@ -124,6 +124,7 @@ keyword_enum!(StrategyDef("strategy") {
     Precopy = "precopy",
     Postcopy = "postcopy",
     AutoConverge = "auto-converge",
+    StopAndCopy = "stop-and-copy",
 });
 
 #[derive(Debug, Default, Deserialize)]

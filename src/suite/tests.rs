@@ -84,7 +84,7 @@ failure: { kind: warned, after: 3s }
 )]
 #[case::unknown_strategy(
     "unknown-strategy.yaml:12:13: migration.strategy: ",
-    &["unknown strategy `pre-copy` (did you mean `precopy`?)", "valid: precopy, postcopy, auto-converge"],
+    &["unknown strategy `pre-copy` (did you mean `precopy`?)", "valid: precopy, postcopy, auto-converge, stop-and-copy"],
 )]
 #[case::unknown_failure_kind(
     "unknown-failure-kind.yaml:10:18: failure.kind: ",
@@ -136,14 +136,19 @@ fn shipped_suites_load_in_file_order() {
     let cases = load_dir(&root().join("suites")).unwrap();
     let count = |suite: &str| cases.iter().filter(|c| c.suite == suite).count();
     assert_eq!(count("ci"), 2 * 3);
+    assert_eq!(count("ci-openvz"), 3);
     assert_eq!(count("fail-destination-killed"), 1);
+    assert_eq!(count("fail-openvz-precopy"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(cases.len(), 38);
+    assert_eq!(cases.len(), 42);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
-        names[..8],
+        names[..12],
         [
+            "ci-openvz::openvz::mtu1500::game",
+            "ci-openvz::openvz::mtu576::game",
+            "ci-openvz::openvz::mtu128::game",
             "ci::kvm-fv::mtu1500::game",
             "ci::kvm-fv::mtu576::game",
             "ci::kvm-fv::mtu128::game",
@@ -151,12 +156,14 @@ fn shipped_suites_load_in_file_order() {
             "ci::kvm-pv::mtu576::game",
             "ci::kvm-pv::mtu128::game",
             "fail-destination-killed::kvm-pv::mtu1500::game",
-            "fail-small-mtu::kvm-pv::mtu68::idle",
+            "fail-openvz-precopy::openvz::mtu1500::game",
+            "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[8], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[9], "study::xen-pv::mtu1500::game-32b");
-    assert_eq!(names[37], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[12], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[13], "study::xen-pv::mtu1500::game-32b");
+    assert_eq!(names[41], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(cases[0].migration.strategy, Strategy::StopAndCopy);
 }
 
 #[test]
@@ -381,6 +388,16 @@ failure: { kind: warned, after: 3s }
             "tiny::xen-pv::mtu68::busy",
         ]
     );
+}
+
+#[rstest]
+#[case("precopy", Strategy::Precopy)]
+#[case("postcopy", Strategy::Postcopy)]
+#[case("auto-converge", Strategy::AutoConverge)]
+#[case("stop-and-copy", Strategy::StopAndCopy)]
+fn strategy_words(#[case] word: &str, #[case] strategy: Strategy) {
+    let text = format!("{MINIMAL}migration: {{ strategy: {word} }}\n");
+    assert_eq!(parse(&text).unwrap()[0].migration.strategy, strategy);
 }
 
 #[rstest]

@@ -130,6 +130,9 @@ impl Kvm {
             Strategy::Precopy => {}
             Strategy::AutoConverge => flags |= sys::VIR_MIGRATE_AUTO_CONVERGE,
             Strategy::Postcopy => flags |= sys::VIR_MIGRATE_POSTCOPY,
+            // libvirt's offline migration pauses the guest before QEMU's
+            // clock starts, so its downtime figure would not be comparable.
+            Strategy::StopAndCopy => anyhow::bail!("{}: stop-and-copy is not offered for QEMU guests; use precopy, postcopy or auto-converge", self.hypervisor),
         }
         let params = virt::domain::MigrateParameters {
             uri: Some(format!("tcp://{}", lab.destination.libvirtd.addr)),

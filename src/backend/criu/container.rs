@@ -1,0 +1,153 @@
+//! The container guest: the workload agent as PID 1 of its own PID, mount,
+//! network, UTS and IPC namespaces, rooted in a small tree (agent and
+//! busybox) on the lab's shared storage, with a veth whose outer end is on
+//! the host's bridge.
+//!
+//! Its processes live outside the host's network namespace, so the lab's
+//! teardown cannot see them; each container is tied to a process that is
+//! in the host's namespace instead: `unshare --kill-child` on the source,
+//! `criu restore` on the destination (CRIU restores the parent-death
+//! signal), and the container dies with it.
+
+use crate::lab::network::HOST_BRIDGE;
+use crate::lab::Lab;
+use crate::sh;
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "/bin/busybox";
+/// Outer end of the container's veth on each host.
+pub const VETH: &str = "vz0";
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Mounts the root privately, pivots into it and execs the agent as PID 1
+/// of the new namespaces, its stdio on the root's console.log (a file CRIU
+/// can carry along, unlike anything outside the root).
+const ENTER: &str = r#"r=$0; mount --bind "$r" "$r" && cd "$r" && mkdir -p .old && pivot_root . .old &&
+exec /bin/busybox sh -c 'umount -l /.old && rmdir /.old && hostname x0 &&
+  exec /bin/busybox setsid /init "$@" </console.log >>/console.log 2>&1' sh "$@""#;
+
+/// The container's root on the shared storage (both hosts see the same
+/// tree, as they see a VM's disk); `<shared>/console.log` points at the
+/// agent's output in it.
+pub fn prepare_root(lab: &Lab) -> Result<PathBuf> {
+    let root = lab.shared_dir().join("container-root");
+    for d in ["bin", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    write_executable(&root.join("init"), crate::guest::image::AGENT)?;
+    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
+    write_executable(&root.join("bin/busybox"), &busybox)?;
+    std::fs::File::create(root.join("console.log"))?;
+    std::os::unix::fs::symlink(root.join("console.log"), lab.shared_dir().join("console.log"))?;
+    Ok(root)
+}
+
+fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// A container started on the source host.
+pub struct Started {
+    /// `unshare`, in the host's network namespace; the container dies with it.
+    pub anchor: Child,
+    /// Host pid of the container's PID 1 (the agent).
+    pub init: i32,
+}
+
+pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Started> {
+    let ns = &lab.source.netns.name;
+    let console = std::fs::OpenOptions::new().append(true).open(root.join("console.log"))?;
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns, "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--kill-child"])
+        .args(["--propagation", "private", "unshare", "--net", "/bin/sh", "-c", ENTER])
+        .arg(root)
+        .args(agent_args.split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console);
+    // Descriptors this process inherited without close-on-exec would end up
+    // in the container, where CRIU could not find their files.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut anchor = command
+        .spawn()
+        .context("starting the container")?;
+    let init = match wait_for_init(anchor.id() as i32) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = anchor.kill();
+            let _ = anchor.wait();
+            return Err(e);
+        }
+    };
+    let mtu = mtu.to_string();
+    let pid = init.to_string();
+    sh::run_in(ns, "ip", &["link", "add", VETH, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &pid])?;
+    sh::run_in(ns, "ip", &["link", "set", VETH, "master", HOST_BRIDGE, "up"])?;
+    Ok(Started { anchor, init })
+}
+
+/// The anchor's child once it runs the agent: only then is it in its own
+/// network namespace, ready for its veth.
+fn wait_for_init(anchor: i32) -> Result<i32> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let child = children(anchor).into_iter().next();
+        if let Some(pid) = child.filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "init")) {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("the container's agent did not start within {START_TIMEOUT:?} (see the guest console)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
+/// `pid` and all its descendants: a container's processes, from its init.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children(all[i]));
+        i += 1;
+    }
+    all.retain(|p| Path::new(&format!("/proc/{p}")).exists());
+    all
+}
+
+pub fn signal_tree(init: i32, signal: Signal) {
+    for pid in tree(init) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Whether the container's init exists and is scheduled: not stopped,
+/// traced (being dumped) or dead.
+pub fn is_running(init: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{init}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("X");
+    !matches!(state, "T" | "t" | "Z" | "X")
+}

@@ -1,0 +1,149 @@
+//! openvz: the study's OS-level container, here a container of Linux
+//! namespaces migrated by CRIU (checkpoint/restore in userspace) between
+//! the lab hosts. The guest is the same workload agent, as PID 1 of the
+//! container; the host kernel is shared, so there is no accelerator.
+//!
+//! Strategies: `stop-and-copy` (dump to a page server on the destination,
+//! restore there). `precopy` would be CRIU's iterative pre-dumps, which need
+//! the kernel's soft-dirty page tracking: refused at once, with the reason,
+//! where the kernel lacks it. `postcopy` (lazy pages) and `auto-converge`
+//! are refused.
+
+pub mod binary;
+pub mod container;
+pub mod stats;
+mod stop_and_copy;
+
+use super::{Backend, BackendInfo, Evacuation, ProcessProbe};
+use crate::case::{Case, Strategy};
+use crate::lab::{netns, Lab};
+use crate::measure::Outcome;
+use crate::sampler::Pids;
+use anyhow::Result;
+use binary::Criu;
+use nix::sys::signal::Signal;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+
+pub struct OpenVz {
+    criu: Criu,
+    info: BackendInfo,
+    root: Option<PathBuf>,
+    source: Option<container::Started>,
+    destination: Option<Restored>,
+    /// The container's init on (source, destination), for the sampler.
+    inits: Arc<Mutex<[Option<i32>; 2]>>,
+}
+
+/// A container restored on the destination.
+struct Restored {
+    /// `criu restore`, the container's parent in the destination's namespace.
+    restore: Child,
+    init: i32,
+}
+
+impl OpenVz {
+    pub fn new(_case: &Case) -> Result<OpenVz, String> {
+        let criu = Criu::find()?;
+        let info = BackendInfo {
+            accel: "none (containers share the host kernel)".into(),
+            hypervisor_version: format!("CRIU {} ({})", criu.version, criu.origin),
+            toolstack_version: format!("criu {} dump, page-server and restore (no daemon)", criu.version),
+        };
+        Ok(OpenVz { criu, info, root: None, source: None, destination: None, inits: Arc::default() })
+    }
+
+    /// Why this kernel or backend cannot migrate with `strategy`; None if it can.
+    fn refusal(&self, strategy: Strategy) -> Option<String> {
+        match strategy {
+            Strategy::StopAndCopy => None,
+            Strategy::Precopy => Some(match self.criu.feature("mem_dirty_track") {
+                Err(said) => format!(
+                    "openvz: precopy (CRIU pre-dumps with --track-mem) needs soft-dirty page tracking \
+                     (CONFIG_MEM_SOFT_DIRTY), which kernel {} lacks: `criu check --feature mem_dirty_track`: {said}",
+                    crate::sh::run("uname", &["-r"]).unwrap_or_default().trim()
+                ),
+                Ok(()) => "openvz: precopy (CRIU pre-dumps) is not implemented by this backend yet; use stop-and-copy".into(),
+            }),
+            Strategy::Postcopy => Some("openvz: postcopy (CRIU lazy pages) is not implemented by this backend yet; use stop-and-copy".into()),
+            Strategy::AutoConverge => Some("openvz: auto-converge throttles a VM's vCPUs; CRIU has no equivalent: use stop-and-copy".into()),
+        }
+    }
+}
+
+impl Backend for OpenVz {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
+        let root = container::prepare_root(lab)?;
+        let started = container::start(lab, &root, case.link.mtu, agent_args)?;
+        self.inits.lock().unwrap()[0] = Some(started.init);
+        self.root = Some(root);
+        self.source = Some(started);
+        Ok(())
+    }
+
+    fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
+        let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
+        anyhow::ensure!(seen("guest") == "container", "the agent says it runs in a {}, not in a container", seen("guest"));
+        let host = crate::sh::run("uname", &["-r"])?;
+        anyhow::ensure!(seen("kernel") == host.trim(), "the container runs kernel {}, not the host's {}", seen("kernel"), host.trim());
+        Ok(())
+    }
+
+    fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
+        let result = match self.refusal(case.migration.strategy) {
+            Some(why) => Err(why),
+            None => stop_and_copy::evacuate(self, lab, case, progress),
+        };
+        result.unwrap_or_else(|reason| Evacuation {
+            outcome: Outcome::Failed { reason, source_survived: self.running_on_source() },
+            running_on_destination_at: None,
+            reported_total_ms: None,
+            reported_downtime_ms: None,
+            setup_time_ms: None,
+            bytes_transferred: None,
+            memory_iterations: None,
+        })
+    }
+
+    fn running_on_source(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| container::is_running(s.init))
+    }
+
+    /// Per host: the CRIU processes and the container's anchor in the host's
+    /// namespace (not its idle libvirtd), and the container's processes,
+    /// which live in a namespace of their own.
+    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
+        let hosts = [&lab.source, &lab.destination].map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
+        let inits = self.inits.clone();
+        Box::new(move || {
+            let inits = *inits.lock().unwrap();
+            let mut pids = Pids::default();
+            for (i, (ns, daemon)) in hosts.iter().enumerate() {
+                pids.guest[i] = netns::processes(ns).into_iter().filter(|p| p != daemon).collect();
+                pids.guest[i].extend(inits[i].map(container::tree).unwrap_or_default());
+            }
+            pids
+        })
+    }
+}
+
+impl Drop for OpenVz {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.source.take() {
+            container::signal_tree(s.init, Signal::SIGKILL);
+            let _ = s.anchor.kill();
+            let _ = s.anchor.wait();
+        }
+        if let Some(mut d) = self.destination.take() {
+            container::signal_tree(d.init, Signal::SIGKILL);
+            let _ = d.restore.kill();
+            let _ = d.restore.wait();
+        }
+    }
+}
