@@ -1,6 +1,7 @@
 //! What one run of a case measured. Produced by the runner, consumed by the
 //! verdict and the reports; plain data only.
 
+use crate::case::Case;
 use serde::{Deserialize, Serialize};
 
 /// What produced the numbers: every report carries it.
@@ -93,4 +94,12 @@ pub struct RunMeasurement {
     /// Peak memory (RSS) of the hypervisor processes of either host.
     pub peak_memory_mib: Option<f64>,
     pub timelines: Vec<Timeline>,
+}
+
+/// Everything measured of one case: its runs and what produced them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CaseResult {
+    pub case: Case,
+    pub provenance: Provenance,
+    pub runs: Vec<RunMeasurement>,
 }

@@ -7,7 +7,7 @@ use crate::case::Case;
 use crate::failure::FailureMonitor;
 use crate::lab::network::{GUEST_ADDR, PREFIX_LEN, RUNNER_ADDR};
 use crate::lab::{self, Lab};
-use crate::measure::{Outcome, Provenance, RunMeasurement, Timeline};
+use crate::measure::{CaseResult, Outcome, Provenance, RunMeasurement, Timeline};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -20,13 +20,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const WARNING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the guest may stay silent after it resumed, on either host.
 const RESUME_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Debug)]
-pub struct CaseResult {
-    pub case: Case,
-    pub provenance: Provenance,
-    pub runs: Vec<RunMeasurement>,
-}
 
 /// Why a case could not be measured at all (as opposed to a measured
 /// migration that failed, which is a verdict).
@@ -60,7 +53,10 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     let mut provenance = Provenance::default();
     for i in 1..=case.repeat {
         progress(&format!("{}: run {i}/{}", case.name(), case.repeat));
-        let mut backend = backend::for_hypervisor(case).map_err(RunError::Refused)?;
+        if let Some(why) = backend::refusal(case.hypervisor) {
+            return Err(RunError::Refused(why));
+        }
+        let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
         let (run, prov) = run_once(case, i, backend.as_mut(), progress)?;
         progress(&format!("{}: run {i}: {}", case.name(), summary_line(&run)));
         runs.push(run);
@@ -103,24 +99,35 @@ pub fn logs_dir(case: &Case, run_index: u32) -> std::path::PathBuf {
     std::path::PathBuf::from("target/migsuite/logs").join(case.slug()).join(format!("run{run_index}"))
 }
 
+/// One run in a fresh lab, whose logs are kept whatever the run's end.
 fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
     let lab = Lab::start(&case.link)?;
-    let observer = Observer::start(&lab)?;
-    backend.provision(&lab, case, &agent_args(case))?;
+    let result = run_in(&lab, case, backend, progress);
+    let logs = logs_dir(case, run_index);
+    match lab.save_logs(&logs) {
+        Ok(()) => progress(&format!("{}: logs in {}", case.name(), logs.display())),
+        Err(e) => progress(&format!("{}: cannot save the lab's logs to {}: {e:#}", case.name(), logs.display())),
+    }
+    result
+}
+
+fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
+    let observer = Observer::start(lab)?;
+    backend.provision(lab, case, &agent_args(case))?;
     let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
     backend.check_guest(&hello)?;
     let info = backend.info().clone();
     progress(&format!("{}: guest up ({}, {}); steady state for {} ms", case.name(), info.accel, info.hypervisor_version, case.failure.after_ms));
 
-    let monitor = FailureMonitor::start(&lab)?;
+    let monitor = FailureMonitor::start(lab)?;
     let sampling_from = Instant::now();
-    let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), backend.process_probe(&lab));
+    let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), backend.process_probe(lab));
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     monitor.inject();
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
     progress(&format!("{}: source host warned it is going down; evacuating", case.name()));
 
-    let evacuation = backend.evacuate(&lab, case, progress);
+    let evacuation = backend.evacuate(lab, case, progress);
     let mut outcome = evacuation.outcome;
     let ended = Instant::now();
     // The guest must be heard again: from the destination after a
@@ -135,8 +142,6 @@ fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &d
     }
     std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
     let timelines = sampler.finish(t0);
-    let logs = logs_dir(case, run_index);
-    lab.save_logs(&logs).with_context(|| format!("saving the lab's logs to {}", logs.display()))?;
     let beats = observer.heartbeats();
     if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
         if last.memory_errors > 0 {

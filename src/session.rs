@@ -3,7 +3,8 @@
 //! their cases through it, so a suite table can reuse the cases' runs.
 
 use crate::case::Case;
-use crate::runner::{self, CaseResult};
+use crate::measure::CaseResult;
+use crate::runner;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;

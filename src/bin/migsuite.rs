@@ -87,8 +87,7 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
     for suite in suites {
-        let started = std::time::SystemTime::now();
-        let mut report: Option<RunReport> = None;
+        let mut report = RunReport::new(suite, std::time::SystemTime::now());
         let mut rows = Vec::new();
         for (i, case) in cases.iter().filter(|c| c.suite == suite).enumerate() {
             session.progress(&format!("case {}: {}", i + 1, case.name()));
@@ -103,18 +102,15 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
             let verdict = judge(case, &result.runs);
             println!("{}\n{verdict}\n", case_table(case, &result.provenance, &result.runs));
             if verdict.passed { passed += 1 } else { failed += 1 }
-            report
-                .get_or_insert_with(|| RunReport::new(suite, result.provenance.clone(), started))
-                .cases
-                .push(CaseReport::new(case.clone(), result.runs.clone()));
+            report.cases.push(CaseReport::new(result.clone()));
             if case.expect == Expect::Pass {
-                rows.push((result.case, result.runs));
+                rows.push(result);
             }
         }
-        if let Some(report) = report {
-            if !rows.is_empty() {
-                println!("{}\n", suite_table(suite, &report.provenance, &rows));
-            }
+        if !rows.is_empty() {
+            println!("{}\n", suite_table(suite, &rows));
+        }
+        if !report.cases.is_empty() {
             match report.write(report_dir) {
                 Ok(path) => println!("report: {}", path.display()),
                 Err(e) => eprintln!("cannot write the report to {}: {e}", report_dir.display()),

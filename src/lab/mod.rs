@@ -80,20 +80,23 @@ impl Lab {
 }
 
 impl Lab {
-    /// Copies the lab's logs (daemons, hypervisor, guest console) to `dest`
-    /// before the lab goes, so a failed run can be looked into.
+    /// Copies every log of the lab (daemons, hypervisors, CRIU, the guest's
+    /// console: the `*.log` and `*.stderr` files under the lab directory) to
+    /// `dest`, named by their path in the lab, so a run can be looked into
+    /// after the lab is gone.
     pub fn save_logs(&self, dest: &Path) -> Result<()> {
         std::fs::create_dir_all(dest)?;
-        for host in [&self.source, &self.destination] {
-            let logs = host.libvirtd.state.join("var/log/libvirt");
-            let files = [host.libvirtd.state.join("libvirtd.stderr"), logs.join("libvirtd.log"), logs.join("qemu/x0.log")];
-            for f in files.iter().filter(|f| f.exists()) {
-                std::fs::copy(f, dest.join(format!("{}-{}", host.role, f.file_name().unwrap().to_string_lossy())))?;
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                let (path, kind) = (entry.path(), entry.file_type()?);
+                if kind.is_dir() {
+                    dirs.push(path);
+                } else if kind.is_file() && path.extension().is_some_and(|e| e == "log" || e == "stderr") {
+                    let name = path.strip_prefix(self.dir.path())?.to_string_lossy().replace('/', "-");
+                    std::fs::copy(&path, dest.join(name))?;
+                }
             }
-        }
-        let console = self.shared_dir().join("console.log");
-        if console.exists() {
-            std::fs::copy(console, dest.join("guest-console.log"))?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! raw measurements, summary and verdict.
 
 use crate::case::Case;
-use crate::measure::{Provenance, RunMeasurement};
+use crate::measure::{CaseResult, Provenance, RunMeasurement};
 use crate::stats::CaseSummary;
 use crate::verdict::{judge, Verdict};
 use serde::Serialize;
@@ -16,7 +16,6 @@ pub struct RunReport {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub started_unix_s: u64,
-    pub provenance: Provenance,
     pub cases: Vec<CaseReport>,
 }
 
@@ -24,25 +23,28 @@ pub struct RunReport {
 pub struct CaseReport {
     pub name: String,
     pub case: Case,
+    /// What produced the numbers of this case.
+    pub provenance: Provenance,
     pub runs: Vec<RunMeasurement>,
     pub summary: CaseSummary,
     pub verdict: Verdict,
 }
 
 impl CaseReport {
-    pub fn new(case: Case, runs: Vec<RunMeasurement>) -> CaseReport {
+    pub fn new(CaseResult { case, provenance, runs }: CaseResult) -> CaseReport {
         CaseReport {
             name: case.name(),
             summary: CaseSummary::of(&runs),
             verdict: judge(&case, &runs),
             case,
+            provenance,
             runs,
         }
     }
 }
 
 impl RunReport {
-    pub fn new(suite: impl Into<String>, provenance: Provenance, started: SystemTime) -> RunReport {
+    pub fn new(suite: impl Into<String>, started: SystemTime) -> RunReport {
         let unix_s = started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -50,7 +52,6 @@ impl RunReport {
             suite: suite.into(),
             started_at: rfc3339(unix_s),
             started_unix_s: unix_s,
-            provenance,
             cases: vec![],
         }
     }
@@ -109,11 +110,12 @@ mod tests {
     #[test]
     fn writes_pretty_json() {
         let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut report = RunReport::new("ci", provenance(), started);
-        report.cases.push(CaseReport::new(
-            case(),
-            vec![run(2000.0, 100.0), failed("timed out", true)],
-        ));
+        let mut report = RunReport::new("ci", started);
+        report.cases.push(CaseReport::new(CaseResult {
+            case: case(),
+            provenance: provenance(),
+            runs: vec![run(2000.0, 100.0), failed("timed out", true)],
+        }));
         let dir = tempfile::tempdir().unwrap();
         let path = report.write(&dir.path().join("reports")).unwrap();
         assert_eq!(path, dir.path().join("reports/ci-1700000000.json"));
@@ -139,7 +141,7 @@ mod tests {
         let mut bounded = case();
         bounded.bounds.downtime_ms = Some(500.0);
         let json =
-            serde_json::to_value(CaseReport::new(bounded, vec![run(2000.0, 812.0)])).unwrap();
+            serde_json::to_value(CaseReport::new(CaseResult { case: bounded, provenance: provenance(), runs: vec![run(2000.0, 812.0)] })).unwrap();
         let check = &json["verdict"]["checks"][0];
         assert_eq!(check["metric"], "downtime");
         assert_eq!(check["measured"], 812.0);

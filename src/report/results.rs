@@ -4,7 +4,7 @@
 use super::table::{Cell, Table};
 use crate::case::{Aggregate, Case};
 use crate::landmarks::landmarks;
-use crate::measure::{Landmarks, Outcome, Provenance, RunMeasurement, Unit};
+use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
 use crate::stats::{CaseSummary, Summary};
 use crate::verdict::{run_failure, METRICS};
 
@@ -14,7 +14,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// means over its completed runs.
 pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
     let mut t = Table::new(case.name(), &["series", "measure", "value"]);
-    t.notes.push(provenance_line(prov));
+    t.notes.extend(provenance_lines(prov));
     let failures: Vec<String> = runs
         .iter()
         .enumerate()
@@ -108,17 +108,26 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
 
 /// One row per case, in the order given: the figures bounds apply to (mean
 /// or worst of the completed runs, per case) and how the migrations ended.
-pub fn suite_table(
-    suite: &str,
-    prov: &Provenance,
-    results: &[(Case, Vec<RunMeasurement>)],
-) -> Table {
+/// One provenance line per distinct provenance, naming its hypervisors.
+pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     let mut headers = vec!["hypervisor", "MTU", "workload", "over"];
     headers.extend(METRICS.iter().map(|m| m.label));
     headers.push("outcome");
     let mut t = Table::new(format!("suite {suite}"), &headers);
-    t.notes.push(provenance_line(prov));
-    for (case, runs) in results {
+    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
+    for r in results {
+        let name = r.case.hypervisor.name();
+        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
+            Some((_, names)) if names.contains(&name) => {}
+            Some((_, names)) => names.push(name),
+            None => provenances.push((&r.provenance, vec![name])),
+        }
+    }
+    for (p, names) in provenances {
+        let names = names.join(", ");
+        t.notes.extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
+    }
+    for CaseResult { case, runs, .. } in results {
         let agg = case.bounds.apply_to;
         let summary = CaseSummary::of(runs);
         let mut row = vec![
@@ -140,12 +149,17 @@ pub fn suite_table(
     t
 }
 
-fn provenance_line(p: &Provenance) -> String {
-    format!(
-        "accel: {}; hypervisor: {}; toolstack: {}; host: {}",
-        p.accel, p.hypervisor_version, p.toolstack_version, p.host_kind
-    )
+/// What ran (accelerator, host), then the versions, on a line of their own
+/// (`VERSIONS`) that snapshots leave out.
+fn provenance_lines(p: &Provenance) -> [String; 2] {
+    [
+        format!("accel: {}; host: {}", p.accel, p.host_kind),
+        format!("{VERSIONS}hypervisor {}; toolstack {}", p.hypervisor_version, p.toolstack_version),
+    ]
 }
+
+/// Starts the provenance note with the versions of what ran.
+pub const VERSIONS: &str = "versions: ";
 
 /// "ok", or the first failure's reason and how many runs failed.
 fn outcome(runs: &[RunMeasurement]) -> String {
@@ -186,7 +200,8 @@ mod tests {
             case_table(&case(), &provenance(), &runs).to_string(),
             "\
 ci::kvm-fv::mtu128::game
-accel: tcg (kvm_pvm cannot run stock kernels); hypervisor: QEMU 7.2.22; toolstack: libvirt 9.0.0; host: local: 2 netns hosts on lab1
+accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
+versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 outcome: 1 of 3 runs failed
 run 3: migration failed: timed out after 25000 ms (source still running)
 
@@ -221,22 +236,25 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             hypervisor: Hypervisor::XenPv,
             ..case()
         };
+        let xen_provenance = Provenance {
+            accel: "tcg (nested)".into(),
+            hypervisor_version: "Xen 4.17".into(),
+            ..provenance()
+        };
+        let result = |case, provenance, runs| CaseResult { case, provenance, runs };
         let results = vec![
-            (case(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
-            (
-                bounded_by_mean,
-                vec![run(2000.0, 100.0), run(2400.0, 300.0)],
-            ),
-            (
-                xen,
-                vec![run(2000.0, 100.0), failed("connection refused", false)],
-            ),
+            result(case(), provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
+            result(bounded_by_mean, provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
+            result(xen, xen_provenance, vec![run(2000.0, 100.0), failed("connection refused", false)]),
         ];
         assert_eq!(
-            suite_table("ci", &provenance(), &results).to_string(),
+            suite_table("ci", &results).to_string(),
             "\
 suite ci
-accel: tcg (kvm_pvm cannot run stock kernels); hypervisor: QEMU 7.2.22; toolstack: libvirt 9.0.0; host: local: 2 netns hosts on lab1
+kvm-fv: accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
+kvm-fv: versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
+xen-pv: accel: tcg (nested); host: local: 2 netns hosts on lab1
+xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
 
 | hypervisor | MTU  | workload | over  | total time | downtime | guest downtime | peak CPU | peak memory | outcome                           |
 |------------|------|----------|-------|-----------:|---------:|---------------:|---------:|------------:|-----------------------------------|
@@ -250,7 +268,8 @@ accel: tcg (kvm_pvm cannot run stock kernels); hypervisor: QEMU 7.2.22; toolstac
     fn unmeasured_figures_are_dashes() {
         let t = case_table(&case(), &provenance(), &[failed("timed out", true)]);
         assert!(t.rows.iter().all(|r| r[2] == Cell::Missing));
-        let t = suite_table("ci", &provenance(), &[(case(), vec![])]);
+        let empty = CaseResult { case: case(), provenance: provenance(), runs: vec![] };
+        let t = suite_table("ci", &[empty]);
         assert_eq!(t.rows[0][4], Cell::Missing);
         assert_eq!(t.rows[0][9], Cell::text("no runs"));
     }

@@ -2,6 +2,7 @@
 //! moved only within tolerance reproduces the stored snapshot byte for byte,
 //! so snapshot diffs show real changes only.
 
+use super::results::VERSIONS;
 use super::table::{Cell, Table};
 use crate::case::Tolerance;
 use crate::measure::Unit;
@@ -31,12 +32,22 @@ pub fn snap_body(snap_file_text: &str) -> &str {
     body.trim_end_matches(['\n', '\r'])
 }
 
+/// A table without the versions line of its provenance, as snapshots keep
+/// it: a package update alone (say QEMU 10.0.2 to 10.0.3) should not fail
+/// the gate; the accelerator and the host kind stay, as they change what is
+/// measured.
+pub fn without_versions(mut table: Table) -> Table {
+    table.notes.retain(|n| !n.contains(VERSIONS));
+    table
+}
+
 /// The rows of a case table that gate regressions: values of the guest's
 /// hypervisor processes and of the migration. Left out, though printed and
 /// in the JSON report: the instants of landmarks (where on a plateau a peak
 /// falls is noise), machine-wide and toolstack series (they depend on what
 /// else the machine runs) and iteration counts (small integers that flip).
-pub fn gated(mut table: Table) -> Table {
+pub fn gated(table: Table) -> Table {
+    let mut table = without_versions(table);
     table.rows.retain(|row| match (&row[0], &row[1]) {
         (Cell::Text(series), Cell::Text(measure)) => {
             (series.ends_with(".hypervisor") || series == "migration")
@@ -166,6 +177,19 @@ fn within(cell: &Cell, old: &str, tol: &Tolerance) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gated_tables_keep_gated_rows_and_no_versions() {
+        let mut t = Table::new("c", &["series", "measure", "value"]);
+        t.notes = vec!["accel: tcg; host: h".into(), format!("{VERSIONS}hypervisor QEMU 1")];
+        for (series, measure) in [("cpu.source.hypervisor", "peak"), ("cpu.source.hypervisor", "peak at"), ("cpu.machine", "peak"), ("migration", "memory iterations"), ("migration", "total time (runner)")] {
+            t.rows.push(vec![Cell::text(series), Cell::text(measure), Cell::num(1.0, None, 1)]);
+        }
+        let g = gated(t);
+        assert_eq!(g.notes, ["accel: tcg; host: h"]);
+        let kept: Vec<&Cell> = g.rows.iter().map(|r| &r[1]).collect();
+        assert_eq!(kept, [&Cell::text("peak"), &Cell::text("total time (runner)")]);
+    }
     use rstest::rstest;
 
     const TOL: Tolerance = Tolerance {

@@ -37,7 +37,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_overrides(&suite.matrix, &suite.overrides)?;
     check_fit(&suite.workloads, guest.memory_mib)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
-    let migration = migration_spec(suite.migration.unwrap_or_default());
+    let base_migration = suite.migration.unwrap_or_default();
     let tolerance = tolerance_spec(suite.snapshot.and_then(|s| s.tolerance).unwrap_or_default());
     let link = suite.link.unwrap_or_default();
     let faults = Faults {
@@ -65,11 +65,9 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
         for &mtu in &suite.matrix.mtu {
             for name in &suite.matrix.workload {
                 // Later overrides win: each is layered over what came before.
-                let bounds = suite
-                    .overrides
-                    .iter()
-                    .filter(|o| o.when.selects(hypervisor, mtu, name))
-                    .fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
+                let selected = || suite.overrides.iter().filter(|o| o.when.selects(hypervisor, mtu, name));
+                let bounds = selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
+                let migration = selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
                     file: file.to_owned(),
@@ -85,7 +83,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     failure: FailureSpec {
                         after_ms: suite.failure.after.whole_ms(),
                     },
-                    migration: migration.clone(),
+                    migration: migration_spec(migration),
                     faults: faults.clone(),
                     repeat: suite.repeat.map_or(1, |r| r.0),
                     sampling: sampling.clone(),

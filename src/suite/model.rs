@@ -109,7 +109,7 @@ pub(super) struct FailureDef {
 
 keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `strategy`, `max_downtime`, `timeout`"
@@ -118,6 +118,17 @@ pub(super) struct MigrationDef {
     pub strategy: Option<StrategyDef>,
     pub max_downtime: Option<Duration>,
     pub timeout: Option<Duration>,
+}
+
+impl MigrationDef {
+    /// `self` layered over `base`: keys given here win.
+    pub fn over(self, base: MigrationDef) -> MigrationDef {
+        MigrationDef {
+            strategy: self.strategy.or(base.strategy),
+            max_downtime: self.max_downtime.or(base.max_downtime),
+            timeout: self.timeout.or(base.timeout),
+        }
+    }
 }
 
 keyword_enum!(StrategyDef("strategy") {
@@ -173,11 +184,16 @@ impl BoundsDef {
 
 keyword_enum!(AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
 
+/// Per-case changes: bounds, and the migration (e.g. the strategy a
+/// hypervisor of the matrix can do).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with `when` and `bounds`")]
+#[serde(deny_unknown_fields, expecting = "a mapping with `when`, and `bounds` and/or `migration`")]
 pub(super) struct Override {
     pub when: When,
+    #[serde(default)]
     pub bounds: BoundsDef,
+    #[serde(default)]
+    pub migration: MigrationDef,
 }
 
 /// Selects matrix cases; keys left out match everything.
