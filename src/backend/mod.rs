@@ -27,6 +27,21 @@ pub struct Evacuation {
     pub memory_iterations: Option<u64>,
 }
 
+impl Evacuation {
+    /// A migration that did not complete: nothing measured but why.
+    pub fn failed(reason: String, source_survived: bool) -> Evacuation {
+        Evacuation {
+            outcome: Outcome::Failed { reason, source_survived },
+            running_on_destination_at: None,
+            reported_total_ms: None,
+            reported_downtime_ms: None,
+            setup_time_ms: None,
+            bytes_transferred: None,
+            memory_iterations: None,
+        }
+    }
+}
+
 /// Versions and accelerator: what produced the numbers.
 #[derive(Clone, Debug)]
 pub struct BackendInfo {

@@ -17,7 +17,6 @@ mod stop_and_copy;
 use super::{Backend, BackendInfo, Evacuation, ProcessProbe};
 use crate::case::{Case, Strategy};
 use crate::lab::{netns, Lab};
-use crate::measure::Outcome;
 use crate::sampler::Pids;
 use anyhow::Result;
 use binary::Criu;
@@ -100,15 +99,7 @@ impl Backend for OpenVz {
             Some(why) => Err(why),
             None => stop_and_copy::evacuate(self, lab, case, progress),
         };
-        result.unwrap_or_else(|reason| Evacuation {
-            outcome: Outcome::Failed { reason, source_survived: self.running_on_source() },
-            running_on_destination_at: None,
-            reported_total_ms: None,
-            reported_downtime_ms: None,
-            setup_time_ms: None,
-            bytes_transferred: None,
-            memory_iterations: None,
-        })
+        result.unwrap_or_else(|reason| Evacuation::failed(reason, self.running_on_source()))
     }
 
     fn running_on_source(&self) -> bool {

@@ -96,7 +96,7 @@ impl Backend for Kvm {
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
         match self.try_evacuate(lab, case, progress) {
             Ok(e) => e,
-            Err(e) => failed(format!("{e:#}"), self.running_on_source()),
+            Err(e) => Evacuation::failed(format!("{e:#}"), self.running_on_source()),
         }
     }
 
@@ -105,17 +105,6 @@ impl Backend for Kvm {
     }
 }
 
-fn failed(reason: String, source_survived: bool) -> Evacuation {
-    Evacuation {
-        outcome: Outcome::Failed { reason, source_survived },
-        running_on_destination_at: None,
-        reported_total_ms: None,
-        reported_downtime_ms: None,
-        setup_time_ms: None,
-        bytes_transferred: None,
-        memory_iterations: None,
-    }
-}
 
 impl Kvm {
     fn try_evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation> {
@@ -213,14 +202,14 @@ impl Kvm {
             reason
         };
         match result {
-            None => Ok(failed(why(format!("the migration call did not return {} s after the cancel", ABORT_GRACE.as_secs())), self.running_on_source())),
+            None => Ok(Evacuation::failed(why(format!("the migration call did not return {} s after the cancel", ABORT_GRACE.as_secs())), self.running_on_source())),
             Some(Err(e)) => {
                 // The source resumes the guest after a failed migration; give it a moment.
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while !self.running_on_source() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Ok(failed(why(e), self.running_on_source()))
+                Ok(Evacuation::failed(why(e), self.running_on_source()))
             }
             // Also when it completed despite a fault: reported as it is.
             Some(Ok(())) => self.completed(lab),
