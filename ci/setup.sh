@@ -78,6 +78,9 @@ criu_run=("$criu_prefix/usr/lib64/ld-linux-x86-64.so.2"
 echo "criu: $("${criu_run[@]}" --version | head -1) (Debian package $(cat "$criu_prefix/VERSION"))"
 "${criu_run[@]}" check || echo "ci/setup.sh: warning: \`criu check\` is not happy here; openvz cases will say why" >&2
 
+echo "== Xen lab host (xen-pv rows)"
+bash "$(dirname "$0")/setup-xen.sh"
+
 echo "== checks"
 libvirtd --version
 qemu-system-x86_64 --version | head -1

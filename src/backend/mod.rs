@@ -6,6 +6,7 @@
 
 pub mod criu;
 pub mod kvm;
+pub mod xen;
 
 use crate::case::{Case, Hypervisor};
 use crate::lab::{netns, Lab};
@@ -93,7 +94,7 @@ pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
     match case.hypervisor {
         Hypervisor::KvmFv | Hypervisor::KvmPv => kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
-        Hypervisor::XenPv | Hypervisor::XenHvm => Err(refusal(case.hypervisor).unwrap()),
+        Hypervisor::XenPv | Hypervisor::XenHvm => xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>),
         Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
     }
 }
@@ -102,6 +103,7 @@ pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
 pub fn refusal(h: Hypervisor) -> Option<String> {
     match h {
         Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz => None,
-        Hypervisor::XenPv | Hypervisor::XenHvm => Some(format!("{h}: this build has no Xen backend yet")),
+        Hypervisor::XenPv => None,
+        Hypervisor::XenHvm => (std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try")).then(|| xen::HVM_UNSUPPORTED.to_string()),
     }
 }

@@ -20,6 +20,10 @@ impl<W: Write> Newc<W> {
         self.entry(path, 0o100000 | mode, data, (0, 0))
     }
 
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        self.entry(path, 0o120777, target.as_bytes(), (0, 0))
+    }
+
     pub fn char_device(&mut self, path: &str, major: u32, minor: u32) -> io::Result<()> {
         self.entry(path, 0o020600, &[], (major, minor))
     }

@@ -34,6 +34,12 @@ pub struct GuestImage {
 impl GuestImage {
     /// The image for this build of the agent, made once and cached.
     pub fn prepare() -> Result<GuestImage> {
+        Self::prepare_with(&[])
+    }
+
+    /// Like `prepare`, with `extra_modules` loaded after those of MODULES
+    /// (e.g. xen_netfront for Xen guests).
+    pub fn prepare_with(extra_modules: &[&str]) -> Result<GuestImage> {
         let dir = artifacts_dir().join("kernel");
         let kernel = dir.join("vmlinuz");
         let release = fs::read_to_string(dir.join("RELEASE"))
@@ -41,13 +47,17 @@ impl GuestImage {
             .trim()
             .to_string();
         let modules_dir = dir.join("lib/modules").join(&release);
-        let modules = load_order(&modules_dir)?;
+        let names: Vec<&str> = MODULES.iter().chain(extra_modules).copied().collect();
+        let modules = load_order(&modules_dir, &names)?;
         let busybox = fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
 
         let mut hash = Sha256::new();
         hash.update(AGENT);
         hash.update(&busybox);
         hash.update(release.as_bytes());
+        if !extra_modules.is_empty() {
+            hash.update(extra_modules.join(",").as_bytes());
+        }
         let key: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         let initrd = artifacts_dir().join("cache").join(format!("initrd-{key}.cpio.gz"));
         if !initrd.exists() {
@@ -62,7 +72,7 @@ impl GuestImage {
 
 /// Module files (relative to `modules_dir`) in an order that loads every
 /// dependency first.
-fn load_order(modules_dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn load_order(modules_dir: &Path, names: &[&str]) -> Result<Vec<String>> {
     let dep_file = modules_dir.join("modules.dep");
     let text = fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
     let deps: BTreeMap<&str, Vec<&str>> = text
@@ -87,7 +97,7 @@ fn load_order(modules_dir: &Path) -> Result<Vec<String>> {
         }
         order.push(m.to_string());
     }
-    for name in MODULES {
+    for &name in names {
         match by_name(name) {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
             None => bail!("module {name} not in {} (built in? then drop it from MODULES)", dep_file.display()),

@@ -1,4 +1,4 @@
 //! What every guest boots: kernel, and an initramfs around the workload agent.
 
-mod cpio;
+pub(crate) mod cpio;
 pub mod image;

@@ -135,17 +135,20 @@ fn every_bad_fixture_is_refused() {
 fn shipped_suites_load_in_file_order() {
     let cases = load_dir(&root().join("suites")).unwrap();
     let count = |suite: &str| cases.iter().filter(|c| c.suite == suite).count();
-    assert_eq!(count("ci"), 3 * 3);
+    assert_eq!(count("ci"), 4 * 3);
     assert_eq!(count("fail-destination-killed"), 1);
     assert_eq!(count("fail-openvz-destination-killed"), 1);
     assert_eq!(count("fail-openvz-precopy"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(cases.len(), 43);
+    assert_eq!(cases.len(), 46);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
-        names[..13],
+        names[..16],
         [
+            "ci::xen-pv::mtu1500::game",
+            "ci::xen-pv::mtu576::game",
+            "ci::xen-pv::mtu128::game",
             "ci::openvz::mtu1500::game",
             "ci::openvz::mtu576::game",
             "ci::openvz::mtu128::game",
@@ -161,19 +164,20 @@ fn shipped_suites_load_in_file_order() {
             "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[13], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[14], "study::xen-pv::mtu1500::game-32b");
-    assert_eq!(names[42], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[16], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[17], "study::xen-pv::mtu1500::game-32b");
+    assert_eq!(names[45], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
-    assert_eq!(cases[0].migration.strategy, Strategy::StopAndCopy);
-    assert_eq!(cases[3].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[3].migration.strategy, Strategy::StopAndCopy);
+    assert_eq!(cases[0].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[6].migration.strategy, Strategy::Precopy);
 }
 
 #[test]
 fn ci_suite_expands_to_the_documented_case() {
     let path = root().join("suites/ci.yaml");
     let cases = load_file(&path).unwrap();
-    let case = &cases[5];
+    let case = &cases[8];
     assert_eq!(
         *case,
         Case {

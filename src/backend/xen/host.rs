@@ -1,0 +1,383 @@
+//! The nested Xen lab host: a QEMU VM (TCG) running the Xen hypervisor and
+//! a dom0 from an initramfs, booted once per process and reused by every Xen
+//! case of it.
+//!
+//! Its QEMU runs in a network namespace of its own, anonymous, held by a
+//! keeper thread that lives as long as the process: QEMU's parent is that
+//! thread and QEMU has PR_SET_PDEATHSIG = SIGKILL, so however the process
+//! ends (normal exit, Ctrl-C's exit, SIGKILL), QEMU goes with it and the
+//! namespace with QEMU. Nothing of it lives in the file system: the command
+//! channel is an abstract unix socket of that namespace.
+//!
+//! Per case, `attach` connects the host to the lab: a veth pair from the
+//! host's namespace (bridged with QEMU's tap) into the lab's source host,
+//! joined to its br0, so dom0's bridge is on the lab LAN. The lab's end goes
+//! with the lab's namespace when the case ends.
+
+use super::dom0;
+use crate::case::LinkSpec;
+use crate::guest::image::{artifacts_dir, GuestImage};
+use crate::lab::network::HOST_BRIDGE;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Xen + dom0 boot under TCG: measured 9-21 s to the command channel on 2
+/// cores (the longer ones with other QEMUs busy); leave room.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const HOST_MEMORY_MIB: u32 = 3072;
+pub const DOM0_MEMORY_MIB: u32 = 1024;
+const TAP: &str = "xtap0";
+const BRIDGE: &str = "xbr0";
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread inside the Xen host's network namespace, for the process's
+/// lifetime: QEMU's parent, and where `ip` runs for that namespace.
+struct Keeper {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Keeper {
+    fn start() -> Result<Keeper> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("migsuite-xen-host".into())
+            .spawn(move || {
+                let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                let _ = ready_tx.send(r);
+                if !ok {
+                    return;
+                }
+                // Never returns while the process lives: QEMU's death signal
+                // fires when this thread ends.
+                for job in rx {
+                    job();
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            })?;
+        ready_rx.recv()?.map_err(|e| anyhow!("unshare(CLONE_NEWNET) for the Xen host: {e}"))?;
+        Ok(Keeper { jobs: Mutex::new(tx) })
+    }
+
+    /// Runs `f` on the keeper thread, in the Xen host's namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs.lock().unwrap().send(Box::new(move || {
+            let _ = tx.send(f());
+        }))
+        .map_err(|_| anyhow!("the Xen host's keeper thread is gone"))?;
+        Ok(rx.recv()?)
+    }
+
+    fn exec(&self, program: &'static str, args: &[&str]) -> Result<String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.run(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::sh::run(program, &a)
+        })?
+    }
+}
+
+/// The command channel to dom0's `migsuite-ctl`.
+struct Channel {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u32,
+}
+
+/// What a command answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: i32,
+    pub output: String,
+}
+
+pub struct XenHost {
+    keeper: Keeper,
+    qemu: Mutex<Child>,
+    qemu_pid: i32,
+    channel: Mutex<Channel>,
+    /// Xen's and dom0's serial console, as QEMU printed it.
+    console: Arc<Mutex<Vec<u8>>>,
+    pub boot_ms: u64,
+    pub xen_version: String,
+    pub tools_version: String,
+    /// The lab it is wired to now: (lab source namespace, veth index).
+    attached: Mutex<Option<String>>,
+    link_seq: AtomicU32,
+    mtu: Mutex<u32>,
+}
+
+impl XenHost {
+    /// Boots the Xen host; returns once dom0's command channel answers.
+    pub fn boot(guest: &GuestImage, progress: &dyn Fn(&str)) -> Result<XenHost> {
+        let dir = artifacts_dir().join("xen");
+        let xen = dir.join("xen");
+        anyhow::ensure!(xen.exists(), "no Xen hypervisor in {} (run ci/setup-xen.sh)", dir.display());
+        let initrd = dom0::initramfs(guest).context("building the dom0 initramfs")?;
+        let kernel = &guest.kernel;
+        for p in [&xen, kernel, &initrd] {
+            anyhow::ensure!(!p.to_string_lossy().contains(','), "{}: QEMU's -initrd list cannot take a comma", p.display());
+        }
+        let keeper = Keeper::start()?;
+        keeper.exec("ip", &["link", "set", "lo", "up"])?;
+        keeper.exec("ip", &["tuntap", "add", "dev", TAP, "mode", "tap"])?;
+        keeper.exec("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
+        keeper.exec("ip", &["link", "set", TAP, "master", BRIDGE, "up"])?;
+        keeper.exec("ip", &["link", "set", BRIDGE, "up"])?;
+
+        let ctl_name = format!("migsuite-xen-{}-ctl", std::process::id());
+        let args: Vec<String> = vec![
+            "-name".into(),
+            "migsuite-xen-host".into(),
+            "-accel".into(),
+            "tcg".into(),
+            // qemu64 + SVM/NPT: dom0 boots and Xen reports "HVM: SVM
+            // enabled"; -cpu max or EPYC kill dom0 (Unhandled #PF).
+            "-cpu".into(),
+            "qemu64,+svm,+npt".into(),
+            "-smp".into(),
+            "2".into(),
+            "-m".into(),
+            HOST_MEMORY_MIB.to_string(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-no-reboot".into(),
+            "-kernel".into(),
+            xen.to_string_lossy().into_owned(),
+            "-append".into(),
+            format!(
+                "dom0_mem={DOM0_MEMORY_MIB}M,max:{DOM0_MEMORY_MIB}M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1 noreboot loglvl=warning guest_loglvl=all"
+            ),
+            "-initrd".into(),
+            format!("{} console=hvc0 loglevel=4,{}", kernel.display(), initrd.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0,mac=52:54:00:e0:00:01".into(),
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!("socket,id=ctl,path={ctl_name},abstract=on,server=on,wait=off"),
+            "-device".into(),
+            format!("virtserialport,chardev=ctl,name={}", dom0::CTL_PORT),
+        ];
+        let started = Instant::now();
+        progress(&format!("booting the nested Xen host (QEMU TCG, {HOST_MEMORY_MIB} MiB, 2 vCPUs)"));
+        let mut child = keeper.run(move || {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = Command::new("qemu-system-x86_64");
+            cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.spawn()
+        })?
+        .context("starting qemu-system-x86_64 for the Xen host")?;
+        let qemu_pid = child.id() as i32;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        for out in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
+            .into_iter()
+            .flatten()
+        {
+            let console = console.clone();
+            std::thread::spawn(move || {
+                let mut out = out;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    console.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let mut host_child = child;
+        let tail = |console: &Arc<Mutex<Vec<u8>>>| {
+            let c = console.lock().unwrap();
+            let text = String::from_utf8_lossy(&c);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+
+        // The channel: connect (in the host's namespace: abstract sockets
+        // are per namespace), then wait for dom0's greeting.
+        let deadline = started + BOOT_TIMEOUT;
+        let stream = loop {
+            if let Some(status) = host_child.try_wait()? {
+                bail!("the Xen host's QEMU exited ({status}) while booting:\n{}", tail(&console));
+            }
+            let name = ctl_name.clone();
+            let r = keeper.run(move || SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixStream::connect_addr(&a)))?;
+            match r {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => bail!("cannot connect to the Xen host's command channel: {e}"),
+            }
+        };
+        let mut reader = BufReader::new(stream.try_clone()?);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = host_child.kill();
+                let _ = host_child.wait();
+                bail!("the Xen host did not come up within {} s; its console ends with:\n{}", BOOT_TIMEOUT.as_secs(), tail(&console));
+            }
+            reader.get_ref().set_read_timeout(Some(left.min(Duration::from_secs(2))))?;
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => bail!("the Xen host's command channel closed while booting:\n{}", tail(&console)),
+                Ok(_) if line.trim() == "@@READY" => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if let Some(status) = host_child.try_wait()? {
+                        bail!("the Xen host's QEMU exited ({status}) while booting:\n{}", tail(&console));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let boot_ms = started.elapsed().as_millis() as u64;
+        let host = XenHost {
+            keeper,
+            qemu: Mutex::new(host_child),
+            qemu_pid,
+            channel: Mutex::new(Channel { reader, writer: stream, next_id: 1 }),
+            console,
+            boot_ms,
+            xen_version: String::new(),
+            tools_version: String::new(),
+            attached: Mutex::new(None),
+            link_seq: AtomicU32::new(0),
+            mtu: Mutex::new(1500),
+        };
+        let info = host.check("xl info", Duration::from_secs(60))?;
+        let field = |k: &str| {
+            info.lines().find_map(|l| l.split_once(':').filter(|(a, _)| a.trim() == k).map(|(_, v)| v.trim().to_string())).unwrap_or_default()
+        };
+        let xen_version = format!("Xen {}.{}{}", field("xen_major"), field("xen_minor"), field("xen_extra"));
+        let caps = field("xen_caps");
+        let tools = std::fs::read_to_string(dir.join("VERSION")).unwrap_or_default();
+        let tools_version = format!(
+            "xl (xen-utils {})",
+            tools.lines().find_map(|l| l.strip_prefix("tools=")).unwrap_or("?")
+        );
+        progress(&format!("Xen host up in {} ms: {xen_version}, caps {caps}", boot_ms));
+        Ok(XenHost { xen_version, tools_version, ..host })
+    }
+
+    pub fn qemu_pid(&self) -> i32 {
+        self.qemu_pid
+    }
+
+    pub fn alive(&self) -> bool {
+        matches!(self.qemu.lock().unwrap().try_wait(), Ok(None))
+    }
+
+    /// The serial console so far (Xen and dom0).
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
+    }
+
+    pub fn console_len(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    /// Runs `command` (one line, bash) in dom0, with `timeout`.
+    pub fn sh(&self, command: &str, timeout: Duration) -> Result<Answer> {
+        anyhow::ensure!(!command.contains('\n'), "dom0 commands are one line");
+        let mut ch = self.channel.lock().unwrap();
+        let id = ch.next_id;
+        ch.next_id += 1;
+        let secs = timeout.as_secs().max(1);
+        writeln!(ch.writer, "{id} {secs} {command}")?;
+        // dom0's `timeout` ends the command; the channel gets some more.
+        let deadline = Instant::now() + timeout + Duration::from_secs(15);
+        let end = format!("@@END {id} ");
+        let mut output = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            anyhow::ensure!(!left.is_zero(), "dom0 did not answer `{command}` within {} s", timeout.as_secs() + 15);
+            ch.reader.get_ref().set_read_timeout(Some(left))?;
+            let mut line = String::new();
+            match ch.reader.read_line(&mut line) {
+                Ok(0) => bail!("the Xen host's command channel closed (QEMU alive: {})", self.alive()),
+                Ok(_) => {
+                    if let Some(rest) = line.trim_end().strip_prefix(&end) {
+                        let status = rest.trim().parse().unwrap_or(-1);
+                        let output = output.strip_suffix('\n').unwrap_or(&output).to_string();
+                        return Ok(Answer { status, output });
+                    }
+                    output.push_str(&line);
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Like `sh`, failing with its output unless it exits 0.
+    pub fn check(&self, command: &str, timeout: Duration) -> Result<String> {
+        let a = self.sh(command, timeout)?;
+        if a.status != 0 {
+            bail!("in dom0, `{command}` failed (exit {}): {}", a.status, a.output.trim());
+        }
+        Ok(a.output)
+    }
+
+    /// Wires the host to `lab_source_ns` (the lab's source host: its br0)
+    /// with the case's link: MTU on every hop, offloads as the case says.
+    pub fn attach(&self, lab_source_ns: &str, link: &LinkSpec) -> Result<()> {
+        let n = self.link_seq.fetch_add(1, Ordering::Relaxed);
+        let (ours, theirs) = (format!("xup{n}"), format!("xen{n}"));
+        let mtu = link.mtu.to_string();
+        // A previous case's uplink went with its lab's namespace.
+        self.keeper.exec("ip", &["link", "add", &ours, "mtu", &mtu, "type", "veth", "peer", "name", &theirs, "mtu", &mtu, "netns", lab_source_ns])?;
+        for dev in [TAP, BRIDGE, ours.as_str()] {
+            self.keeper.exec("ip", &["link", "set", dev, "mtu", &mtu])?;
+        }
+        self.keeper.exec("ip", &["link", "set", &ours, "master", BRIDGE, "up"])?;
+        crate::sh::run_in(lab_source_ns, "ip", &["link", "set", &theirs, "master", HOST_BRIDGE, "up"])?;
+        if !link.offloads {
+            let off = ["tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"];
+            for dev in [TAP, ours.as_str()] {
+                let mut a = vec!["-K", dev];
+                a.extend_from_slice(&off);
+                self.keeper.exec("ethtool", &a)?;
+            }
+            let mut a = vec!["netns", "exec", lab_source_ns, "ethtool", "-K", &theirs];
+            a.extend_from_slice(&off);
+            crate::sh::run("ip", &a)?;
+        }
+        self.check(&format!("ip link set eth0 mtu {mtu} && ip link set {} mtu {mtu}", dom0::BRIDGE), Duration::from_secs(20))?;
+        *self.mtu.lock().unwrap() = link.mtu;
+        *self.attached.lock().unwrap() = Some(lab_source_ns.to_string());
+        Ok(())
+    }
+
+    /// Stops QEMU now (also done by the kernel when the process ends).
+    pub fn shutdown(&self) {
+        let mut q = self.qemu.lock().unwrap();
+        let _ = q.kill();
+        let _ = q.wait();
+    }
+}
