@@ -51,11 +51,11 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     let _exclusive = exclusive()?;
     let mut runs = Vec::new();
     let mut provenance = Provenance::default();
+    if let Some(why) = backend::refusal(case.hypervisor) {
+        return Err(RunError::Refused(why));
+    }
     for i in 1..=case.repeat {
         progress(&format!("{}: run {i}/{}", case.name(), case.repeat));
-        if let Some(why) = backend::refusal(case.hypervisor) {
-            return Err(RunError::Refused(why));
-        }
         let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
         let (run, prov) = run_once(case, i, backend.as_mut(), progress)?;
         progress(&format!("{}: run {i}: {}", case.name(), summary_line(&run)));
