@@ -154,7 +154,7 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
     let provenance = Provenance {
         accel: info.accel,
         host_kind: format!("local lab: 2 network-namespace hosts on one machine ({} CPUs)", num_cpus()),
-        host_kernel: crate::sh::run("uname", &["-r"]).unwrap_or_default().trim().to_string(),
+        host_kernel: crate::sh::kernel_release(),
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,
         guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),

@@ -1,5 +1,5 @@
 //! Running host commands (ip, tc, ethtool...) with errors that name the
-//! command and carry its stderr.
+//! command and carry its stderr, waiting for them, and the host's kernel.
 
 use anyhow::{bail, Context, Result};
 
@@ -29,4 +29,21 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["netns", "exec", ns, program];
     full.extend_from_slice(args);
     run("ip", &full)
+}
+
+/// Waits up to `timeout` for `child` to exit; true if it did.
+pub fn wait_exit(child: &mut std::process::Child, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) => return false,
+            _ => return true,
+        }
+    }
+}
+
+/// The running kernel's release (what `uname -r` prints).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }

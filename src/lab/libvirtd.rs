@@ -110,10 +110,7 @@ impl Drop for Libvirtd {
         // The namespace teardown kills whatever is left; this just reaps.
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::sh::wait_exit(&mut self.child, Duration::from_secs(5));
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

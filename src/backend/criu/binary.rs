@@ -94,13 +94,13 @@ fn usable(mut c: Criu) -> Result<Criu, String> {
     let version = run(&c, &["--version"]).map_err(|e| format!("{what}: {e}"))?;
     c.version = version.lines().find_map(|l| l.strip_prefix("Version:")).unwrap_or("unknown").trim().to_string();
     run(&c, &["check"]).map_err(|e| format!("{what} {}: `criu check` failed: {e}", c.version))?;
-    let kernel = sh::run("uname", &["-r"]).unwrap_or_default();
+    let kernel = sh::kernel_release();
     if major_minor(&kernel) >= KERNEL_NEEDING_4_2 && major_minor(&c.version) < (4, 2) {
         return Err(format!(
             "{what} {}: too old for Linux {} (CRIU < 4.2 cannot dump IPv4 sockets on Linux >= 6.16: \
              \"sockets: Can't get 1:16 opt: Operation not supported\")",
             c.version,
-            kernel.trim()
+            kernel
         ));
     }
     Ok(c)

@@ -62,7 +62,7 @@ impl OpenVz {
                 Err(said) => format!(
                     "openvz: precopy (CRIU pre-dumps with --track-mem) needs soft-dirty page tracking \
                      (CONFIG_MEM_SOFT_DIRTY), which kernel {} lacks: `criu check --feature mem_dirty_track`: {said}",
-                    crate::sh::run("uname", &["-r"]).unwrap_or_default().trim()
+                    crate::sh::kernel_release()
                 ),
                 Ok(()) => "openvz: precopy (CRIU pre-dumps) is not implemented by this backend yet; use stop-and-copy".into(),
             }),
@@ -89,8 +89,8 @@ impl Backend for OpenVz {
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
         let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
         anyhow::ensure!(seen("guest") == "container", "the agent says it runs in a {}, not in a container", seen("guest"));
-        let host = crate::sh::run("uname", &["-r"])?;
-        anyhow::ensure!(seen("kernel") == host.trim(), "the container runs kernel {}, not the host's {}", seen("kernel"), host.trim());
+        let host = crate::sh::kernel_release();
+        anyhow::ensure!(seen("kernel") == host, "the container runs kernel {}, not the host's {host}", seen("kernel"));
         Ok(())
     }
 

@@ -171,7 +171,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     vz.destination = Some(Restored { restore, init });
     if let Some(mut s) = vz.source.take() {
         container::signal_tree(s.init, Signal::SIGKILL);
-        wait_exit(&mut s.anchor, SOURCE_EXIT_TIMEOUT);
+        crate::sh::wait_exit(&mut s.anchor, SOURCE_EXIT_TIMEOUT);
     }
     vz.inits.lock().unwrap().clone_from(&[None, Some(init)]);
 
@@ -246,12 +246,6 @@ fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-}
 
 /// CRIU's error lines in `log`, the reason a dump or restore failed.
 fn errors(log: &Path) -> String {
