@@ -77,6 +77,14 @@ criu_run=("$criu_prefix/usr/lib64/ld-linux-x86-64.so.2"
           "$criu_prefix/usr/sbin/criu")
 echo "criu: $("${criu_run[@]}" --version | head -1) (Debian package $(cat "$criu_prefix/VERSION"))"
 "${criu_run[@]}" check || echo "ci/setup.sh: warning: \`criu check\` is not happy here; openvz cases will say why" >&2
+# Post-copy: CRIU serves lazy pages through 4 MiB pipes. Without
+# CAP_SYS_RESOURCE (this sandbox's root lacks it) a pipe may not exceed
+# fs.pipe-max-size (1 MiB by default), and CRIU then fails every page
+# request ("page-pipe: splice: -1: Bad file descriptor").
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
+  sysctl -q -w fs.pipe-max-size=4194304
+fi
+echo "fs.pipe-max-size: $(cat /proc/sys/fs/pipe-max-size)"
 
 echo "== Xen lab host (xen-pv rows)"
 bash "$(dirname "$0")/setup-xen.sh"

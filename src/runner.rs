@@ -169,7 +169,7 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
     };
     let completed = matches!(outcome, Outcome::Completed);
     let run = RunMeasurement {
-        total_time_ms: evacuation.running_on_destination_at.filter(|_| completed).map(|t| (t - t0).as_secs_f64() * 1000.0),
+        total_time_ms: evacuation.completed_at.filter(|_| completed).map(|t| (t - t0).as_secs_f64() * 1000.0),
         reported_total_ms: evacuation.reported_total_ms,
         reported_downtime_ms: evacuation.reported_downtime_ms,
         guest_downtime_ms: longest_gap_ms(&beats, t0, Instant::now()),

@@ -19,8 +19,10 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct Evacuation {
     pub outcome: Outcome,
-    /// When the guest was known to run on the destination.
-    pub running_on_destination_at: Option<Instant>,
+    /// When the evacuation was over: the guest known to run on the
+    /// destination with all its memory there (after post-copy, later than
+    /// its resume).
+    pub completed_at: Option<Instant>,
     pub reported_total_ms: Option<f64>,
     pub reported_downtime_ms: Option<f64>,
     pub setup_time_ms: Option<f64>,
@@ -33,7 +35,7 @@ impl Evacuation {
     pub fn failed(reason: String, source_survived: bool) -> Evacuation {
         Evacuation {
             outcome: Outcome::Failed { reason, source_survived },
-            running_on_destination_at: None,
+            completed_at: None,
             reported_total_ms: None,
             reported_downtime_ms: None,
             setup_time_ms: None,

@@ -136,16 +136,22 @@ fn shipped_suites_load_in_file_order() {
     let cases = load_dir(&root().join("suites")).unwrap();
     let count = |suite: &str| cases.iter().filter(|c| c.suite == suite).count();
     assert_eq!(count("ci"), 4 * 3);
+    assert_eq!(count("ci-postcopy"), 3);
     assert_eq!(count("fail-destination-killed"), 1);
     assert_eq!(count("fail-openvz-destination-killed"), 1);
+    assert_eq!(count("fail-openvz-postcopy-killed"), 1);
     assert_eq!(count("fail-openvz-precopy"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(cases.len(), 46);
+    assert_eq!(cases.len(), 50);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
-        names[..16],
+        names[..20],
         [
+            // "ci-" sorts before "ci.".
+            "ci-postcopy::openvz::mtu1500::game",
+            "ci-postcopy::openvz::mtu576::game",
+            "ci-postcopy::openvz::mtu128::game",
             "ci::xen-pv::mtu1500::game",
             "ci::xen-pv::mtu576::game",
             "ci::xen-pv::mtu128::game",
@@ -160,17 +166,19 @@ fn shipped_suites_load_in_file_order() {
             "ci::kvm-pv::mtu128::game",
             "fail-destination-killed::kvm-pv::mtu1500::game",
             "fail-openvz-destination-killed::openvz::mtu1500::game",
+            "fail-openvz-postcopy-killed::openvz::mtu1500::game",
             "fail-openvz-precopy::openvz::mtu1500::game",
             "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[16], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[17], "study::xen-pv::mtu1500::game-32b");
-    assert_eq!(names[45], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[20], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[21], "study::xen-pv::mtu1500::game-32b");
+    assert_eq!(names[49], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
-    assert_eq!(cases[3].migration.strategy, Strategy::StopAndCopy);
-    assert_eq!(cases[0].migration.strategy, Strategy::Precopy);
-    assert_eq!(cases[6].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[6].migration.strategy, Strategy::StopAndCopy);
+    assert_eq!(cases[3].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[9].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[0].migration.strategy, Strategy::Postcopy);
 }
 
 #[test]

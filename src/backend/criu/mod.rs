@@ -4,13 +4,16 @@
 //! container; the host kernel is shared, so there is no accelerator.
 //!
 //! Strategies: `stop-and-copy` (dump to a page server on the destination,
-//! restore there). `precopy` would be CRIU's iterative pre-dumps, which need
-//! the kernel's soft-dirty page tracking: refused at once, with the reason,
-//! where the kernel lacks it. `postcopy` (lazy pages) and `auto-converge`
-//! are refused.
+//! restore there) and `postcopy` (restore at once, memory follows as lazy
+//! pages), each over the lab LAN. `precopy` would be CRIU's iterative
+//! pre-dumps, which need the kernel's soft-dirty page tracking: refused at
+//! once, with the reason, where the kernel lacks it, as is postcopy where
+//! the host cannot serve lazy pages. `auto-converge` is refused.
 
 pub mod binary;
 pub mod container;
+mod phases;
+mod post_copy;
 pub mod stats;
 mod stop_and_copy;
 
@@ -66,7 +69,7 @@ impl OpenVz {
                 ),
                 Ok(()) => "openvz: precopy (CRIU pre-dumps) is not implemented by this backend yet; use stop-and-copy".into(),
             }),
-            Strategy::Postcopy => Some("openvz: postcopy (CRIU lazy pages) is not implemented by this backend yet; use stop-and-copy".into()),
+            Strategy::Postcopy => post_copy::unavailable(&self.criu),
             Strategy::AutoConverge => Some("openvz: auto-converge throttles a VM's vCPUs; CRIU has no equivalent: use stop-and-copy".into()),
         }
     }
@@ -97,6 +100,7 @@ impl Backend for OpenVz {
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
         let result = match self.refusal(case.migration.strategy) {
             Some(why) => Err(why),
+            None if case.migration.strategy == Strategy::Postcopy => post_copy::evacuate(self, lab, case, progress),
             None => stop_and_copy::evacuate(self, lab, case, progress),
         };
         result.unwrap_or_else(|reason| Evacuation::failed(reason, self.running_on_source()))

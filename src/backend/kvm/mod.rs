@@ -31,6 +31,21 @@ pub struct Kvm {
     source: Option<(Connect, Domain)>,
 }
 
+/// The domain's job statistics, None if libvirt has none. Not virt 0.5's
+/// `Domain::job_stats`: it makes a Vec of libvirt's parameter array even
+/// when that is null (no statistics), which aborts the process.
+fn job_stats(dom: &Domain, flags: sys::virDomainGetJobStatsFlags) -> Option<virt::domain::JobStats> {
+    let (mut kind, mut params, mut nparams) = (0, std::ptr::null_mut(), 0);
+    if unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags) } < 0 || params.is_null() {
+        return None;
+    }
+    // Copied into Rust's memory, then libvirt's freed by libvirt.
+    let copy = unsafe { std::slice::from_raw_parts(params, nparams as usize) }.to_vec();
+    let stats = virt::domain::JobStats::from((kind, copy));
+    unsafe { sys::virTypedParamsFree(params, nparams) };
+    Some(stats)
+}
+
 fn version(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }
@@ -154,7 +169,7 @@ impl Kvm {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             let elapsed = started.elapsed();
-            let job = dom.job_stats(0).ok();
+            let job = job_stats(dom, 0);
             let processed = job.as_ref().and_then(|j| j.mem_processed).unwrap_or(0);
             let iteration = job.as_ref().and_then(|j| j.mem_iteration).unwrap_or(0);
             if processed > 0 && transfer_started.is_none() {
@@ -225,10 +240,10 @@ impl Kvm {
             std::thread::sleep(Duration::from_millis(10));
         }
         let running_at = Instant::now();
-        let stats = dom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).context("completed job statistics on the destination")?;
+        let stats = job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED).context("libvirt has no statistics of the completed migration on the destination")?;
         Ok(Evacuation {
             outcome: Outcome::Completed,
-            running_on_destination_at: Some(running_at),
+            completed_at: Some(running_at),
             reported_total_ms: stats.time_elapsed.map(|v| v as f64),
             reported_downtime_ms: stats.downtime.map(|v| v as f64),
             setup_time_ms: stats.setup_time.map(|v| v as f64),

@@ -333,7 +333,7 @@ impl Xen {
         anyhow::ensure!(state_running(&flags), "the migrated domU {domid} is not running (xl state {flags})");
         Ok(Evacuation {
             outcome: Outcome::Completed,
-            running_on_destination_at: Some(returned),
+            completed_at: Some(returned),
             reported_total_ms: elapsed_ms,
             reported_downtime_ms: stats.downtime_ms,
             setup_time_ms: None,

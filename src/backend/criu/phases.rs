@@ -1,0 +1,212 @@
+//! What every CRIU strategy shares: the clock of an evacuation (deadline
+//! and destination fault), the restore on the destination, handing the
+//! container over or back, and reading CRIU's files.
+
+use super::container::{self, VETH};
+use super::stats::Stats;
+use super::{OpenVz, Restored};
+use crate::case::Case;
+use crate::lab::network::HOST_BRIDGE;
+use crate::lab::Lab;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub(super) const POLL: Duration = Duration::from_millis(5);
+/// After the hand-over, how long the source's anchor may take to go.
+const SOURCE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The clock of one evacuation: its deadline and the destination fault.
+pub(super) struct Clock {
+    deadline: Instant,
+    pub timeout_ms: u64,
+    kill_after: Option<Duration>,
+    /// When the transfer started (with the dump), once it has.
+    transfer_started: Option<Instant>,
+    killed: Option<String>,
+}
+
+impl Clock {
+    pub fn new(case: &Case, started: Instant) -> Clock {
+        Clock {
+            deadline: started + Duration::from_millis(case.migration.timeout_ms),
+            timeout_ms: case.migration.timeout_ms,
+            kill_after: case.faults.kill_destination_after_ms.map(Duration::from_millis),
+            transfer_started: None,
+            killed: None,
+        }
+    }
+
+    /// The transfer starts now: the fault, if any, counts from here.
+    pub fn start_transfer(&mut self) -> Instant {
+        let now = Instant::now();
+        self.transfer_started = Some(now);
+        now
+    }
+
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// Kills `pid` (a CRIU process of the destination) if the fault is
+    /// due; says so in the failure reason.
+    pub fn fault(&mut self, what: &str, pid: i32) {
+        let (Some(after), Some(started)) = (self.kill_after, self.transfer_started) else { return };
+        if self.killed.is_none() && started.elapsed() >= after {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            self.killed = Some(format!("the destination's {what} had been killed {} ms into the transfer", started.elapsed().as_millis()));
+        }
+    }
+
+    pub fn reason(&self, what: String) -> String {
+        match &self.killed {
+            Some(k) => format!("{what}; {k}"),
+            None => what,
+        }
+    }
+}
+
+/// Restores the container from the images in `dest` on the destination,
+/// in its network namespace with the veth's outer end on its bridge, and
+/// waits until the restored tasks run. On failure nothing of it is left
+/// (the caller resumes the source).
+pub(super) fn restore(vz: &OpenVz, lab: &Lab, dest: &Path, extra: &[&str], clock: &mut Clock) -> Result<(Restored, Stats), String> {
+    let root = vz.root.as_ref().ok_or("no container root")?.display().to_string();
+    let pidfile = dest.join("restore.pid");
+    let external = format!("veth[eth0]:{VETH}@{HOST_BRIDGE}");
+    let (images, pidfile_arg) = (dest.display().to_string(), pidfile.display().to_string());
+    let mut args = vec!["restore", "--images-dir", &images, "--root", &root, "--external", &external, "--display-stats", "--pidfile", &pidfile_arg,
+        "--log-file", "restore.log"];
+    args.extend(extra);
+    // Not detached: `criu restore` stays the container's parent, in the
+    // destination's namespace (see container.rs).
+    let mut restore = vz
+        .criu
+        .command_in(&lab.destination.netns.name, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting criu restore: {e}"))?;
+    let restored = wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
+    match restored {
+        Ok((stats, init)) => Ok((Restored { restore, init }, stats)),
+        Err(why) => {
+            let _ = restore.kill();
+            let _ = restore.wait();
+            if let Ok(pid) = read_pid(&pidfile) {
+                container::signal_tree(pid, Signal::SIGKILL);
+            }
+            Err(format!("{why}: {}", errors(&dest.join("restore.log"))))
+        }
+    }
+}
+
+/// Reads `criu restore`'s output until it prints its statistics, which it
+/// does once the restored tasks run; the process itself stays.
+fn wait_restored(restore: &mut std::process::Child, clock: &mut Clock) -> Result<Stats, String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = restore.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(line) => {
+                let done = line.starts_with("Restore time:");
+                text.push_str(&line);
+                text.push('\n');
+                if done {
+                    return Ok(Stats::parse(&text));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = restore.wait().map_err(|e| e.to_string())?;
+                return Err(format!("criu restore failed ({status})"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if clock.expired() {
+            return Err(format!("timed out after {} ms in the restore, criu restore killed", clock.timeout_ms));
+        }
+        clock.fault("criu restore", restore.id() as i32);
+    }
+}
+
+/// The restored container is the guest now; the sampler follows it.
+pub(super) fn adopt(vz: &mut OpenVz, restored: Restored) {
+    vz.inits.lock().unwrap()[1] = Some(restored.init);
+    vz.destination = Some(restored);
+}
+
+/// The container runs on the destination for good: the source's goes.
+pub(super) fn retire_source(vz: &mut OpenVz) {
+    if let Some(mut s) = vz.source.take() {
+        container::signal_tree(s.init, Signal::SIGKILL);
+        crate::sh::wait_exit(&mut s.anchor, SOURCE_EXIT_TIMEOUT);
+    }
+    vz.inits.lock().unwrap()[0] = None;
+}
+
+/// A failed evacuation: the destination's copy goes, if there is one, and
+/// the source's tasks, stopped since the dump, run again.
+pub(super) fn roll_back(vz: &mut OpenVz, source: i32) {
+    if let Some(mut d) = vz.destination.take() {
+        container::signal_tree(d.init, Signal::SIGKILL);
+        let _ = d.restore.kill();
+        let _ = d.restore.wait();
+    }
+    vz.inits.lock().unwrap()[1] = None;
+    container::signal_tree(source, Signal::SIGCONT);
+}
+
+/// The small images reach the destination through the shared storage.
+pub(super) fn copy_images(from: &Path, to: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".img")) {
+        std::fs::copy(e.path(), to.join(e.file_name())).map_err(|err| format!("copying {}: {err}", e.path().display()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_pid(pidfile: &Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
+    text.trim().parse().map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))
+}
+
+pub(super) fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// CRIU's error lines in `log`, the reason a dump or restore failed.
+pub(super) fn errors(log: &Path) -> String {
+    match error_lines(log) {
+        lines if lines.is_empty() => format!("no error in {}", log.display()),
+        lines => lines.join("; "),
+    }
+}
+
+/// The last three error lines of a CRIU log.
+pub(super) fn error_lines(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // Missing rlimit privileges and iptables tools are harmless here.
+    let harmless = ["RLIMIT_NOFILE", "iptables", "ip6tables"];
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("Error") && !harmless.iter().any(|h| l.contains(h))).collect();
+    lines[lines.len().saturating_sub(3)..].iter().map(|l| l.to_string()).collect()
+}
+
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub(super) fn page_size() -> u64 {
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
