@@ -52,7 +52,7 @@ impl OpenVz {
         let info = BackendInfo {
             accel: "none (containers share the host kernel)".into(),
             hypervisor_version: format!("CRIU {} ({})", criu.version, criu.origin),
-            toolstack_version: format!("criu {} dump, page-server and restore (no daemon)", criu.version),
+            toolstack_version: format!("criu {} dump, page-server, lazy-pages and restore (no daemon)", criu.version),
         };
         Ok(OpenVz { criu, info, root: None, source: None, destination: None, inits: Arc::default() })
     }
