@@ -33,11 +33,15 @@ impl Criu {
         self.argv.iter().cloned().chain(args.iter().map(|a| a.to_string())).collect()
     }
 
-    /// Runs `criu args...` to completion inside network namespace `ns`.
-    pub fn run_in(&self, ns: &str, args: &[&str]) -> Result<String> {
+    /// Runs `criu args...` to completion, inside network namespace `ns`
+    /// if one is given.
+    pub fn run(&self, ns: Option<&str>, args: &[&str]) -> Result<String> {
         let argv = self.argv(args);
         let rest: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-        sh::run_in(ns, &argv[0], &rest)
+        match ns {
+            Some(ns) => sh::run_in(ns, &argv[0], &rest),
+            None => sh::run(&argv[0], &rest),
+        }
     }
 
     /// `criu args...` inside network namespace `ns`, to be spawned; `ip
@@ -91,9 +95,9 @@ fn find() -> Result<Criu, String> {
 /// recent enough for the running kernel.
 fn usable(mut c: Criu) -> Result<Criu, String> {
     let what = c.argv.last().cloned().unwrap_or_default();
-    let version = run(&c, &["--version"]).map_err(|e| format!("{what}: {e}"))?;
+    let version = c.run(None, &["--version"]).map_err(|e| format!("{what}: {e}"))?;
     c.version = version.lines().find_map(|l| l.strip_prefix("Version:")).unwrap_or("unknown").trim().to_string();
-    run(&c, &["check"]).map_err(|e| format!("{what} {}: `criu check` failed: {e}", c.version))?;
+    c.run(None, &["check"]).map_err(|e| format!("{what} {}: `criu check` failed: {e}", c.version))?;
     let kernel = sh::kernel_release();
     if major_minor(&kernel) >= KERNEL_NEEDING_4_2 && major_minor(&c.version) < (4, 2) {
         return Err(format!(
@@ -104,12 +108,6 @@ fn usable(mut c: Criu) -> Result<Criu, String> {
         ));
     }
     Ok(c)
-}
-
-fn run(c: &Criu, args: &[&str]) -> Result<String> {
-    let argv = c.argv(args);
-    let rest: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    sh::run(&argv[0], &rest)
 }
 
 fn major_minor(version: &str) -> (u32, u32) {

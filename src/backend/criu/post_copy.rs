@@ -109,7 +109,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
 
     copy_images(&images, &dest)?;
     let lazy_pidfile = dest.join("lazy-pages.pid");
-    let daemon = vz.criu.run_in(dst_ns, &["lazy-pages", "--page-server", "--address", &src_addr, "--port", LAZY_PAGES_PORT, "--images-dir",
+    let daemon = vz.criu.run(Some(dst_ns), &["lazy-pages", "--page-server", "--address", &src_addr, "--port", LAZY_PAGES_PORT, "--images-dir",
         &path(&dest), "--daemon", "--pidfile", &path(&lazy_pidfile), "-v3", "--log-file", "lazy-pages.log"]);
     let lazy = match daemon.map_err(|e| format!("{e:#}")).and_then(|_| read_pid(&lazy_pidfile)) {
         Ok(pid) => pid,

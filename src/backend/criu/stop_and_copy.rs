@@ -46,7 +46,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     // The page server daemonizes once it listens.
     let ps_pidfile = dest.join("page-server.pid");
     vz.criu
-        .run_in(dst_ns, &["page-server", "--daemon", "--images-dir", &path(&dest), "--address", &dst_addr, "--port", PAGE_SERVER_PORT,
+        .run(Some(dst_ns), &["page-server", "--daemon", "--images-dir", &path(&dest), "--address", &dst_addr, "--port", PAGE_SERVER_PORT,
             "--pidfile", &path(&ps_pidfile), "--log-file", "page-server.log"])
         .map_err(|e| format!("starting the page server on the destination: {e:#}"))?;
     let page_server = read_pid(&ps_pidfile)?;
