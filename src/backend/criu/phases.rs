@@ -11,8 +11,8 @@ use crate::lab::Lab;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::BufRead;
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,34 @@ impl Clock {
     }
 }
 
+/// Where the dump writes its images (the shared storage) and where the
+/// destination restores from (its own copy).
+pub(super) fn image_dirs(lab: &Lab) -> Result<(PathBuf, PathBuf), String> {
+    let dirs = (lab.shared_dir().join("criu-images"), lab.dir().join("criu-destination"));
+    for d in [&dirs.0, &dirs.1] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    Ok(dirs)
+}
+
+/// Waits for `criu dump` to exit, meanwhile killing the destination's
+/// `what` (pid `peer`) when the fault is due; None if the deadline came
+/// first.
+pub(super) fn wait_dump(dump: &mut Child, clock: &mut Clock, what: &str, peer: i32) -> Result<Option<ExitStatus>, String> {
+    loop {
+        if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
+            return Ok(Some(status));
+        }
+        if clock.expired() {
+            return Ok(None);
+        }
+        if alive(peer) {
+            clock.fault(what, peer);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Restores the container from the images in `dest` on the destination,
 /// in its network namespace with the veth's outer end on its bridge, and
 /// waits until the restored tasks run. On failure nothing of it is left
@@ -107,7 +135,7 @@ pub(super) fn restore(vz: &OpenVz, lab: &Lab, dest: &Path, extra: &[&str], clock
 
 /// Reads `criu restore`'s output until it prints its statistics, which it
 /// does once the restored tasks run; the process itself stays.
-fn wait_restored(restore: &mut std::process::Child, clock: &mut Clock) -> Result<Stats, String> {
+fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String> {
     let (tx, rx) = mpsc::channel();
     let stdout = restore.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -182,7 +210,7 @@ pub(super) fn read_pid(pidfile: &Path) -> Result<i32, String> {
     text.trim().parse().map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))
 }
 
-pub(super) fn alive(pid: i32) -> bool {
+fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 

@@ -17,7 +17,7 @@
 //! has served every page.
 
 use super::binary::Criu;
-use super::phases::{self, alive, copy_images, error_lines, errors, ms, read_pid, Clock, POLL};
+use super::phases::{self, copy_images, error_lines, errors, ms, read_pid, Clock, POLL};
 use super::OpenVz;
 use crate::backend::Evacuation;
 use crate::case::Case;
@@ -76,11 +76,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
     let src_addr = lab.source.libvirtd.addr.to_string();
-    let images = lab.shared_dir().join("criu-images");
-    let dest = lab.dir().join("criu-destination");
-    for d in [&images, &dest] {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
+    let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 
     progress(&format!("dumping the container; its memory stays on the source, served from {src_addr} (post-copy)"));
@@ -133,18 +129,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let restored_at = Instant::now();
 
     // Until the source has served its last page.
-    let served = loop {
-        if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
-        }
-        if clock.expired() {
-            break None;
-        }
-        if alive(lazy) {
-            clock.fault("lazy-pages daemon", lazy);
-        }
-        std::thread::sleep(POLL);
-    };
+    let served = phases::wait_dump(&mut dump, &mut clock, "lazy-pages daemon", lazy)?;
     let done_at = Instant::now();
     let failure = match served {
         None => Some(format!("timed out after {} ms while the memory followed, criu dump killed", clock.timeout_ms)),

@@ -14,8 +14,7 @@
 //! the dump's end until `criu restore` reports its statistics (copying the
 //! small images and the restore itself).
 
-use super::container;
-use super::phases::{self, alive, copy_images, errors, ms, read_pid, Clock, POLL};
+use super::phases::{self, copy_images, errors, ms, read_pid, Clock};
 use super::stats::Stats;
 use super::OpenVz;
 use crate::backend::Evacuation;
@@ -36,11 +35,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
     let dst_addr = lab.destination.libvirtd.addr.to_string();
-    let images = lab.shared_dir().join("criu-images");
-    let dest = lab.dir().join("criu-destination");
-    for d in [&images, &dest] {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
+    let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 
     // The page server daemonizes once it listens.
@@ -62,18 +57,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting criu dump: {e}"))?;
-    let dumped = loop {
-        if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
-        }
-        if clock.expired() {
-            break None;
-        }
-        if alive(page_server) {
-            clock.fault("page server", page_server);
-        }
-        std::thread::sleep(POLL);
-    };
+    let dumped = phases::wait_dump(&mut dump, &mut clock, "page server", page_server)?;
     let dump_ended = Instant::now();
     let failure = match dumped {
         None => Some(format!("timed out after {} ms in the dump, criu dump killed", clock.timeout_ms)),
@@ -85,7 +69,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         let _ = dump.wait();
         let _ = kill(Pid::from_raw(page_server), Signal::SIGKILL);
         // CRIU resumes the tasks of a failed dump; a killed one cannot.
-        container::signal_tree(source, Signal::SIGCONT);
+        phases::roll_back(vz, source);
         return Err(clock.reason(why));
     }
     let mut out = String::new();
