@@ -103,7 +103,9 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         return Err(fail(vz, &mut dump, &clock, format!("{why}: {}", errors(&dump_log))));
     }
 
-    copy_images(&images, &dest)?;
+    if let Err(why) = copy_images(&images, &dest) {
+        return Err(fail(vz, &mut dump, &clock, why));
+    }
     let lazy_pidfile = dest.join("lazy-pages.pid");
     let daemon = vz.criu.run(Some(dst_ns), &["lazy-pages", "--page-server", "--address", &src_addr, "--port", LAZY_PAGES_PORT, "--images-dir",
         &path(&dest), "--daemon", "--pidfile", &path(&lazy_pidfile), "-v3", "--log-file", "lazy-pages.log"]);
@@ -129,12 +131,13 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let restored_at = Instant::now();
 
     // Until the source has served its last page.
-    let served = phases::wait_dump(&mut dump, &mut clock, "lazy-pages daemon", lazy)?;
+    let served = phases::wait_dump(&mut dump, &mut clock, "lazy-pages daemon", lazy);
     let done_at = Instant::now();
     let failure = match served {
-        None => Some(format!("timed out after {} ms while the memory followed, criu dump killed", clock.timeout_ms)),
-        Some(s) if !s.success() => Some(format!("criu dump failed while serving lazy pages ({s}): {}", errors(&dump_log))),
-        Some(_) => None,
+        Err(e) => Some(e),
+        Ok(None) => Some(format!("timed out after {} ms while the memory followed, criu dump killed", clock.timeout_ms)),
+        Ok(Some(s)) if !s.success() => Some(format!("criu dump failed while serving lazy pages ({s}): {}", errors(&dump_log))),
+        Ok(Some(_)) => None,
     };
     stop_lazy();
     if let Some(why) = failure {

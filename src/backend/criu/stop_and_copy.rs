@@ -57,12 +57,13 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting criu dump: {e}"))?;
-    let dumped = phases::wait_dump(&mut dump, &mut clock, "page server", page_server)?;
+    let dumped = phases::wait_dump(&mut dump, &mut clock, "page server", page_server);
     let dump_ended = Instant::now();
     let failure = match dumped {
-        None => Some(format!("timed out after {} ms in the dump, criu dump killed", clock.timeout_ms)),
-        Some(s) if !s.success() => Some(format!("criu dump failed ({s}): {}", errors(&images.join("dump.log")))),
-        Some(_) => None,
+        Err(e) => Some(e),
+        Ok(None) => Some(format!("timed out after {} ms in the dump, criu dump killed", clock.timeout_ms)),
+        Ok(Some(s)) if !s.success() => Some(format!("criu dump failed ({s}): {}", errors(&images.join("dump.log")))),
+        Ok(Some(_)) => None,
     };
     if let Some(why) = failure {
         let _ = dump.kill();
@@ -73,10 +74,16 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         return Err(clock.reason(why));
     }
     let mut out = String::new();
-    std::io::Read::read_to_string(&mut dump.stdout.take().unwrap(), &mut out).map_err(|e| e.to_string())?;
+    if let Err(e) = std::io::Read::read_to_string(&mut dump.stdout.take().unwrap(), &mut out) {
+        phases::roll_back(vz, source);
+        return Err(format!("reading criu dump's statistics: {e}"));
+    }
     let dump_stats = Stats::parse(&out);
 
-    copy_images(&images, &dest)?;
+    if let Err(why) = copy_images(&images, &dest) {
+        phases::roll_back(vz, source);
+        return Err(why);
+    }
     progress("restoring the container on the destination");
     let (restored, restore_stats) = match phases::restore(vz, lab, &dest, &[], &mut clock) {
         Ok(r) => r,
