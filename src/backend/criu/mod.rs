@@ -46,6 +46,15 @@ struct Restored {
     init: i32,
 }
 
+impl Restored {
+    /// The container and its `criu restore` parent go.
+    fn kill(mut self) {
+        container::signal_tree(self.init, Signal::SIGKILL);
+        let _ = self.restore.kill();
+        let _ = self.restore.wait();
+    }
+}
+
 impl OpenVz {
     pub fn new(_case: &Case) -> Result<OpenVz, String> {
         let criu = Criu::find()?;
@@ -135,10 +144,8 @@ impl Drop for OpenVz {
             let _ = s.anchor.kill();
             let _ = s.anchor.wait();
         }
-        if let Some(mut d) = self.destination.take() {
-            container::signal_tree(d.init, Signal::SIGKILL);
-            let _ = d.restore.kill();
-            let _ = d.restore.wait();
+        if let Some(d) = self.destination.take() {
+            d.kill();
         }
     }
 }

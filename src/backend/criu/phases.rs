@@ -187,10 +187,8 @@ pub(super) fn retire_source(vz: &mut OpenVz) {
 /// A failed evacuation: the destination's copy goes, if there is one, and
 /// the source's tasks, stopped since the dump, run again.
 pub(super) fn roll_back(vz: &mut OpenVz, source: i32) {
-    if let Some(mut d) = vz.destination.take() {
-        container::signal_tree(d.init, Signal::SIGKILL);
-        let _ = d.restore.kill();
-        let _ = d.restore.wait();
+    if let Some(d) = vz.destination.take() {
+        d.kill();
     }
     vz.inits.lock().unwrap()[1] = None;
     container::signal_tree(source, Signal::SIGCONT);
