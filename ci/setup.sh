@@ -90,6 +90,9 @@ echo "fs.pipe-max-size: $(cat /proc/sys/fs/pipe-max-size)"
 echo "== Xen lab host (xen-pv rows)"
 bash "$(dirname "$0")/setup-xen.sh"
 
+echo "== cargo-insta (reviewing snapshot diffs: cargo insta review)"
+command -v cargo-insta >/dev/null || cargo install --quiet --locked cargo-insta
+
 echo "== checks"
 libvirtd --version
 qemu-system-x86_64 --version | head -1

@@ -99,11 +99,39 @@ pub struct GuestSpec {
 pub struct Workload {
     pub name: String,
     pub dirty_mib: u32,
-    /// MiB per second rewritten inside `dirty_mib`.
-    pub dirty_rate_mib_s: u32,
+    /// How fast `dirty_mib` is rewritten.
+    pub dirty_rate: DirtyRate,
     pub packet_size: PacketSize,
     /// Packets per second sent to the observer.
     pub packet_rate_pps: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirtyRate {
+    MibPerSec(u32),
+    /// A share of the migration link's goodput, as calibrated before the
+    /// case: a gate case keeps the same convergence margin on any lab.
+    OfLink(f64),
+}
+
+impl DirtyRate {
+    /// MiB/s, given the link's measured goodput in Mbit/s.
+    pub fn mib_s(self, goodput_mbit: f64) -> u32 {
+        match self {
+            DirtyRate::MibPerSec(m) => m,
+            DirtyRate::OfLink(share) => (share * goodput_mbit * 1e6 / 8.0 / (1u64 << 20) as f64).round().max(1.0) as u32,
+        }
+    }
+}
+
+impl std::fmt::Display for DirtyRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirtyRate::MibPerSec(m) => write!(f, "{m}MiB/s"),
+            DirtyRate::OfLink(share) => write!(f, "{}% of link", share * 100.0),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -174,14 +202,24 @@ pub enum Expect {
     Fail { reason_contains: String },
 }
 
-/// Snapshot noise tolerance: a new value replaces the stored one only if it
-/// differs by more than max(relative * stored, the unit's absolute floor).
+/// Per gated metric, the smallest change of its median (a fraction of the
+/// baseline's) that the gate reports as a regression or an improvement,
+/// when it is also statistically significant (`baseline`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Tolerance {
-    pub relative: f64,
-    pub ms: f64,
-    pub percent: f64,
-    pub mib: f64,
+pub struct NoiseThresholds {
+    pub total_time: f64,
+    pub downtime: f64,
+    pub guest_downtime: f64,
+    pub throughput: f64,
+    pub peak_memory: f64,
+}
+
+impl Default for NoiseThresholds {
+    /// Downtimes swing most between runs on a shared machine (a few
+    /// scheduling delays make them), so their threshold is the widest.
+    fn default() -> Self {
+        NoiseThresholds { total_time: 0.20, downtime: 0.50, guest_downtime: 0.50, throughput: 0.15, peak_memory: 0.20 }
+    }
 }
 
 /// `gate` suites run in `cargo test`; `lab` suites are listed but run only
@@ -210,7 +248,7 @@ pub struct Case {
     pub sampling: SamplingSpec,
     pub bounds: Bounds,
     pub expect: Expect,
-    pub tolerance: Tolerance,
+    pub noise: NoiseThresholds,
 }
 
 impl Case {

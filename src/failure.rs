@@ -1,10 +1,10 @@
-//! The warned failure. Every lab host sends a heartbeat to the monitor on
-//! the runner's side; the injected failure makes the source host announce
+//! The warned failure. Every lab host sends a heartbeat, over the
+//! management network, to the monitor on the runner's side; the injected failure makes the source host announce
 //! that it is going down (the study's heartbeat warning). The monitor's
 //! reception of that warning is time zero of every timeline, and what
 //! triggers the evacuation.
 
-use crate::lab::network::RUNNER_ADDR;
+use crate::lab::network::MANAGEMENT_ADDR;
 use crate::lab::Lab;
 use crate::wire::MONITOR_PORT;
 use anyhow::{bail, Result};
@@ -27,7 +27,7 @@ pub struct FailureMonitor {
 
 impl FailureMonitor {
     pub fn start(lab: &Lab) -> Result<FailureMonitor> {
-        let socket = lab.on_lan(|| UdpSocket::bind((RUNNER_ADDR, MONITOR_PORT)))??;
+        let socket = lab.on_lan(|| UdpSocket::bind((MANAGEMENT_ADDR, MONITOR_PORT)))??;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let warn_source = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -38,7 +38,7 @@ impl FailureMonitor {
             senders.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let going_down = warns.as_ref().is_some_and(|w| w.load(Ordering::Relaxed));
-                    let _ = sock.send_to(if going_down { GOING_DOWN } else { ALIVE }, (RUNNER_ADDR, MONITOR_PORT));
+                    let _ = sock.send_to(if going_down { GOING_DOWN } else { ALIVE }, (MANAGEMENT_ADDR, MONITOR_PORT));
                     std::thread::sleep(HOST_HEARTBEAT);
                 }
             }));

@@ -4,6 +4,8 @@
 //! -> verdict -> report.
 
 pub mod backend;
+pub mod baseline;
+pub mod metrics;
 pub mod landmarks;
 pub mod report;
 pub mod stats;

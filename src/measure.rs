@@ -28,6 +28,10 @@ pub enum Unit {
     Percent,
     Mib,
     Ms,
+    Mbit,
+    /// A fraction (1.0 = all of it).
+    Ratio,
+    Count,
 }
 
 impl Unit {
@@ -36,6 +40,17 @@ impl Unit {
             Unit::Percent => "%",
             Unit::Mib => "MiB",
             Unit::Ms => "ms",
+            Unit::Mbit => "Mbit/s",
+            Unit::Ratio | Unit::Count => "",
+        }
+    }
+
+    /// `value` with its unit, as tables and snapshots print it.
+    pub fn format(self, value: f64) -> String {
+        match self {
+            Unit::Ratio => format!("{value:.2}"),
+            Unit::Count => format!("{value:.0}"),
+            _ => format!("{value:.1} {}", self.suffix()),
         }
     }
 }
@@ -62,20 +77,82 @@ pub struct Landmarks {
     pub settled_at_ms: i64,
 }
 
-/// How a migration ended.
+/// What the lab measured of itself before the case, and what the case's
+/// workload was set to from it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub mtu: u32,
+    /// TCP goodput from source to destination over the migration link.
+    pub goodput_mbit: f64,
+    /// The workload's dirty rate, resolved against the goodput.
+    pub workload_dirty_rate_mib_s: u32,
+    /// The most the guest could dirty, measured by its agent at boot.
+    pub guest_dirty_capacity_mib_s: Option<f64>,
+}
+
+/// The phases of one migration, in order, on the runner's clock (ms).
+/// Post-copy moves memory after the resume; its transfer is then counted
+/// from the resume to the last page.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Warning -> the first byte of guest memory moves.
+    pub preparation_ms: Option<f64>,
+    /// Memory moving while the guest runs (pre-copy passes, or post-copy's
+    /// background fetch).
+    pub memory_transfer_ms: Option<f64>,
+    /// The guest stopped: the last memory and device state move.
+    pub stop_and_copy_ms: Option<f64>,
+    /// Until the guest runs on the destination.
+    pub resume_ms: Option<f64>,
+}
+
+/// One sample of the migration's progress, as the toolstack reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressSample {
+    /// Since the warning.
+    pub t_ms: i64,
+    pub transferred_mib: f64,
+    pub remaining_mib: f64,
+    /// Pre-copy pass (1 = the first full pass).
+    pub pass: u64,
+    /// The guest's dirty rate as the hypervisor sees it.
+    pub dirty_rate_mib_s: Option<f64>,
+    pub throughput_mbit: Option<f64>,
+}
+
+/// How a migration ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Outcome {
+    #[default]
     Completed,
+    /// Pre-copy could not converge: the guest dirtied memory as fast as the
+    /// stream carried it. Cancelled on purpose, the guest kept on the
+    /// source; the evidence is in `evidence` and the progress timeline.
+    NotConverged { evidence: String, source_survived: bool },
     /// The migration did not complete; `reason` says why, `source_survived`
     /// whether the guest was still running on the source afterwards.
     Failed { reason: String, source_survived: bool },
 }
 
+impl Outcome {
+    /// Why the migration did not complete, and whether the source guest
+    /// survived; None when it completed.
+    pub fn not_completed(&self) -> Option<(&str, bool)> {
+        match self {
+            Outcome::Completed => None,
+            Outcome::NotConverged { evidence, source_survived } => Some((evidence, *source_survived)),
+            Outcome::Failed { reason, source_survived } => Some((reason, *source_survived)),
+        }
+    }
+}
+
 /// Measurements of one repeat of one case.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunMeasurement {
     pub outcome: Outcome,
+    /// Which way the guest went, e.g. "a->b" (repeats go back and forth).
+    pub direction: String,
     /// Warning -> guest running on the destination, measured by the runner.
     pub total_time_ms: Option<f64>,
     /// Total time as the hypervisor/toolstack reports it.
@@ -93,6 +170,12 @@ pub struct RunMeasurement {
     pub peak_cpu_pct: Option<f64>,
     /// Peak memory (RSS) of the hypervisor processes of either host.
     pub peak_memory_mib: Option<f64>,
+    pub phases: Phases,
+    /// Memory bytes over the time the stream moved them, Mbit/s.
+    pub throughput_mbit: Option<f64>,
+    /// `throughput_mbit` over the calibrated goodput of the link.
+    pub efficiency: Option<f64>,
+    pub progress: Vec<ProgressSample>,
     pub timelines: Vec<Timeline>,
 }
 
@@ -101,5 +184,6 @@ pub struct RunMeasurement {
 pub struct CaseResult {
     pub case: Case,
     pub provenance: Provenance,
+    pub calibration: Calibration,
     pub runs: Vec<RunMeasurement>,
 }

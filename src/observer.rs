@@ -1,10 +1,10 @@
-//! The observer on the runner's side of the lab LAN: receives the agent's
+//! The observer on the runner's side of the guest LAN: receives the agent's
 //! hellos, heartbeats and packet stream, and keeps the arrival time of
 //! every heartbeat. The longest gap between arrivals is the downtime the
 //! guest's peers saw.
 
 use crate::lab::Lab;
-use crate::lab::network::RUNNER_ADDR;
+use crate::lab::network::OBSERVER_ADDR;
 use crate::wire::{self, Heartbeat};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ pub struct Observer {
 impl Observer {
     pub fn start(lab: &Lab) -> Result<Observer> {
         let (hb_sock, data_sock) = lab.on_lan(|| -> std::io::Result<_> {
-            Ok((UdpSocket::bind((RUNNER_ADDR, wire::OBSERVER_PORT))?, UdpSocket::bind((RUNNER_ADDR, wire::DATA_PORT))?))
+            Ok((UdpSocket::bind((OBSERVER_ADDR, wire::OBSERVER_PORT))?, UdpSocket::bind((OBSERVER_ADDR, wire::DATA_PORT))?))
         })??;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let data_bytes = Arc::new(AtomicU64::new(0));

@@ -1,13 +1,15 @@
-//! Runs one case: lab up, guest provisioned, steady state, warned failure,
-//! evacuation, settling, teardown; repeated as the suite says. Produces
+//! Runs one case: lab up and calibrated, guest provisioned, then per repeat
+//! steady state, warned failure, evacuation (back and forth between the two
+//! hosts), settling; teardown. Produces
 //! measurements only; judging and reporting happen downstream.
 
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
-use crate::lab::network::{GUEST_ADDR, PREFIX_LEN, RUNNER_ADDR};
+use crate::lab::calibration;
+use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
-use crate::measure::{CaseResult, Outcome, Provenance, RunMeasurement, Timeline};
+use crate::measure::{Calibration, CaseResult, Outcome, ProgressSample, Provenance, RunMeasurement, Timeline};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -49,83 +51,124 @@ pub fn exclusive() -> Result<Exclusive> {
 
 pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunError> {
     let _exclusive = exclusive()?;
-    let mut runs = Vec::new();
-    let mut provenance = Provenance::default();
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
     }
-    for i in 1..=case.repeat {
-        progress(&format!("{}: run {i}/{}", case.name(), case.repeat));
-        let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
-        let (run, prov) = run_once(case, i, backend.as_mut(), progress)?;
-        progress(&format!("{}: run {i}: {}", case.name(), summary_line(&run)));
-        runs.push(run);
-        provenance = prov;
+    let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
+    let mut lab = Lab::start(&case.link)?;
+    let result = run_in(&mut lab, case, backend.as_mut(), progress);
+    let logs = logs_dir(case);
+    match lab.save_logs(&logs) {
+        Ok(()) => progress(&format!("{}: logs in {}", case.name(), logs.display())),
+        Err(e) => progress(&format!("{}: cannot save the lab's logs to {}: {e:#}", case.name(), logs.display())),
     }
-    Ok(CaseResult { case: case.clone(), provenance, runs })
+    // The guest goes before its lab.
+    drop(backend);
+    Ok(result?)
 }
 
 fn summary_line(run: &RunMeasurement) -> String {
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
     match &run.outcome {
         Outcome::Completed => format!(
-            "total {}, downtime {} (guest saw {})",
+            "total {}, downtime {} (guest saw {}), {:.0} Mbit/s",
             ms(run.total_time_ms),
             ms(run.reported_downtime_ms),
-            ms(run.guest_downtime_ms)
+            ms(run.guest_downtime_ms),
+            run.throughput_mbit.unwrap_or(f64::NAN),
         ),
+        Outcome::NotConverged { evidence, .. } => format!("NOT CONVERGED: {evidence}"),
         Outcome::Failed { reason, source_survived } => {
             format!("FAILED: {reason} (source guest {})", if *source_survived { "still running" } else { "lost" })
         }
     }
 }
 
-fn agent_args(case: &Case) -> String {
+fn agent_args(case: &Case, dirty_rate_mib_s: u32) -> String {
     let w = &case.workload;
     format!(
-        "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={RUNNER_ADDR}:{} migsuite.mtu={} \
+        "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={OBSERVER_ADDR}:{} migsuite.mtu={} \
          migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={}",
         wire::OBSERVER_PORT,
         case.link.mtu,
         w.dirty_mib,
-        w.dirty_rate_mib_s,
+        dirty_rate_mib_s,
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
     )
 }
 
-/// Where the lab's logs of a run are kept: `target/migsuite/logs/<case>/run<i>`.
-pub fn logs_dir(case: &Case, run_index: u32) -> std::path::PathBuf {
-    std::path::PathBuf::from("target/migsuite/logs").join(case.slug()).join(format!("run{run_index}"))
+/// Where the lab's logs of a case are kept: `target/migsuite/logs/<case>`.
+pub fn logs_dir(case: &Case) -> std::path::PathBuf {
+    std::path::PathBuf::from("target/migsuite/logs").join(case.slug())
 }
 
-/// One run in a fresh lab, whose logs are kept whatever the run's end.
-fn run_once(case: &Case, run_index: u32, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
-    let lab = Lab::start(&case.link)?;
-    let result = run_in(&lab, case, backend, progress);
-    let logs = logs_dir(case, run_index);
-    match lab.save_logs(&logs) {
-        Ok(()) => progress(&format!("{}: logs in {}", case.name(), logs.display())),
-        Err(e) => progress(&format!("{}: cannot save the lab's logs to {}: {e:#}", case.name(), logs.display())),
-    }
-    result
-}
-
-fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<(RunMeasurement, Provenance)> {
+/// One lab and one booted guest for every repeat: the lab measures its
+/// link, the guest boots on host a, and each run migrates it to the other
+/// host (a->b, b->a, ...).
+fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<CaseResult> {
+    let goodput_mbit = calibration::link_goodput(lab)?;
+    let dirty_rate = case.workload.dirty_rate.mib_s(goodput_mbit);
+    progress(&format!(
+        "{}: the migration link carries {goodput_mbit:.0} Mbit/s at MTU {}; the workload dirties {} MiB at {dirty_rate} MiB/s",
+        case.name(),
+        case.link.mtu,
+        case.workload.dirty_mib
+    ));
     let observer = Observer::start(lab)?;
-    backend.provision(lab, case, &agent_args(case))?;
+    backend.provision(lab, case, &agent_args(case, dirty_rate))?;
     let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
     backend.check_guest(&hello)?;
     let info = backend.info().clone();
-    progress(&format!("{}: guest up ({}, {}); steady state for {} ms", case.name(), info.accel, info.hypervisor_version, case.failure.after_ms));
+    let calibration = Calibration {
+        mtu: case.link.mtu,
+        goodput_mbit,
+        workload_dirty_rate_mib_s: dirty_rate,
+        guest_dirty_capacity_mib_s: hello.get("dirty_capacity_mib_s").and_then(|v| v.parse().ok()),
+    };
+    progress(&format!("{}: guest up ({}, {})", case.name(), info.accel, info.hypervisor_version));
+    let mut runs = Vec::new();
+    for i in 1..=case.repeat {
+        progress(&format!("{}: run {i}/{}: steady state for {} ms", case.name(), case.repeat, case.failure.after_ms));
+        let run = run_once(lab, case, backend, &observer, goodput_mbit, progress)?;
+        progress(&format!("{}: run {i} ({}): {}", case.name(), run.direction, summary_line(&run)));
+        let moved = run.outcome == Outcome::Completed;
+        let alive = match &run.outcome {
+            Outcome::Completed => true,
+            Outcome::NotConverged { source_survived, .. } | Outcome::Failed { source_survived, .. } => *source_survived,
+        };
+        runs.push(run);
+        if !alive {
+            progress(&format!("{}: the guest was lost; no further runs", case.name()));
+            break;
+        }
+        if moved && i < case.repeat {
+            lab.swap_roles();
+            backend.adopt_moved_guest(lab)?;
+        }
+    }
+    let provenance = Provenance {
+        accel: info.accel,
+        host_kind: format!("local lab: 2 network-namespace hosts on one machine ({} CPUs)", num_cpus()),
+        host_kernel: crate::sh::kernel_release(),
+        hypervisor_version: info.hypervisor_version,
+        toolstack_version: info.toolstack_version,
+        guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
+        migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    Ok(CaseResult { case: case.clone(), provenance, calibration, runs })
+}
 
+/// One measured migration of the running guest, from the lab's source.
+fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observer, goodput_mbit: f64, progress: &dyn Fn(&str)) -> Result<RunMeasurement> {
+    let direction = format!("{}->{}", lab.source.name, lab.destination.name);
     let monitor = FailureMonitor::start(lab)?;
     let sampling_from = Instant::now();
     let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), backend.process_probe(lab));
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     monitor.inject();
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
-    progress(&format!("{}: source host warned it is going down; evacuating", case.name()));
+    progress(&format!("{}: host {} warned it is going down; evacuating to {}", case.name(), lab.source.name, lab.destination.name));
 
     let evacuation = backend.evacuate(lab, case, progress);
     let mut outcome = evacuation.outcome;
@@ -134,7 +177,7 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
     // migration, from the source after a failed one.
     let heard_again = observer.heartbeat_after(ended, RESUME_HEARTBEAT_TIMEOUT);
     match &mut outcome {
-        Outcome::Failed { source_survived, .. } => *source_survived &= heard_again,
+        Outcome::Failed { source_survived, .. } | Outcome::NotConverged { source_survived, .. } => *source_survived &= heard_again,
         Outcome::Completed if !heard_again => {
             outcome = Outcome::Failed { reason: "the guest was not heard from after the migration".into(), source_survived: false }
         }
@@ -151,15 +194,6 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
             };
         }
     }
-    let provenance = Provenance {
-        accel: info.accel,
-        host_kind: format!("local lab: 2 network-namespace hosts on one machine ({} CPUs)", num_cpus()),
-        host_kernel: crate::sh::kernel_release(),
-        hypervisor_version: info.hypervisor_version,
-        toolstack_version: info.toolstack_version,
-        guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
-        migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
     let peak = |prefix: &str, timelines: &[Timeline]| -> Option<f64> {
         timelines
             .iter()
@@ -168,7 +202,28 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
             .reduce(f64::max)
     };
     let completed = matches!(outcome, Outcome::Completed);
-    let run = RunMeasurement {
+    let throughput_mbit = evacuation
+        .bytes_transferred
+        .zip(evacuation.stream_ms)
+        .filter(|(_, ms)| *ms > 0.0)
+        .map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
+        .filter(|_| completed);
+    let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    let progress_samples = evacuation
+        .progress
+        .iter()
+        .map(|p| ProgressSample {
+            t_ms: since_t0(p.at),
+            transferred_mib: p.transferred_bytes as f64 / MIB,
+            remaining_mib: p.remaining_bytes as f64 / MIB,
+            pass: p.pass,
+            dirty_rate_mib_s: p.dirty_bytes_s.map(|b| b as f64 / MIB),
+            throughput_mbit: p.bytes_s.map(|b| b as f64 * 8.0 / 1e6),
+        })
+        .collect();
+    Ok(RunMeasurement {
+        direction,
         total_time_ms: evacuation.completed_at.filter(|_| completed).map(|t| (t - t0).as_secs_f64() * 1000.0),
         reported_total_ms: evacuation.reported_total_ms,
         reported_downtime_ms: evacuation.reported_downtime_ms,
@@ -179,10 +234,13 @@ fn run_in(lab: &Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&
         memory_iterations: evacuation.memory_iterations,
         peak_cpu_pct: peak("cpu.", &timelines),
         peak_memory_mib: peak("memory.", &timelines),
+        phases: evacuation.phases,
+        throughput_mbit,
+        efficiency: throughput_mbit.map(|t| t / goodput_mbit),
+        progress: progress_samples,
         outcome,
         timelines,
-    };
-    Ok((run, provenance))
+    })
 }
 
 fn num_cpus() -> usize {

@@ -1,36 +1,60 @@
-//! A session measures cases on demand, each at most once per process, and
-//! prints progress. The command line and the cargo test harness both drive
-//! their cases through it, so a suite table can reuse the cases' runs.
+//! A session measures and judges cases on demand, each at most once per
+//! process, and prints progress. The command line and the cargo test
+//! harness both drive their cases through it, so a suite table reuses the
+//! cases' runs and verdicts. The verdict is made once, here, against the
+//! baseline stored in the case's snapshot.
 
 use crate::case::Case;
 use crate::measure::CaseResult;
+use crate::report::snapshot::{baseline, snap_body};
 use crate::runner;
+use crate::verdict::{judge, Verdict};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-type Slot = Arc<OnceLock<Result<CaseResult, String>>>;
+/// A case measured and judged.
+pub struct Judged {
+    pub result: CaseResult,
+    pub verdict: Verdict,
+    /// The stored snapshot's body it was judged against, if any.
+    pub stored: Option<String>,
+}
+
+type Slot = Arc<OnceLock<Result<Arc<Judged>, String>>>;
 
 pub struct Session {
     started: Instant,
+    snapshots: PathBuf,
     results: Mutex<HashMap<String, Slot>>,
 }
 
-impl Default for Session {
-    fn default() -> Self {
-        Session { started: Instant::now(), results: Mutex::new(HashMap::new()) }
-    }
-}
-
 impl Session {
+    /// Baselines are read from `<snapshots>/<case slug>.snap`.
+    pub fn new(snapshots: PathBuf) -> Session {
+        Session { started: Instant::now(), snapshots, results: Mutex::new(HashMap::new()) }
+    }
+
     pub fn progress(&self, message: &str) {
         eprintln!("[{:7.1}s] {message}", self.started.elapsed().as_secs_f64());
     }
 
-    /// The case's measurements, running it if this session has not yet.
-    /// Err: the case could not be measured (refused hypervisor, broken lab).
-    pub fn measure(&self, case: &Case) -> Result<CaseResult, String> {
+    pub fn snapshot_path(&self, case: &Case) -> PathBuf {
+        self.snapshots.join(format!("{}.snap", case.slug()))
+    }
+
+    /// The case's measurements and verdict, running it if this session has
+    /// not yet. Err: the case could not be measured (refused hypervisor,
+    /// broken lab).
+    pub fn judged(&self, case: &Case) -> Result<Arc<Judged>, String> {
         let slot = self.results.lock().unwrap().entry(case.name()).or_default().clone();
-        slot.get_or_init(|| runner::run_case(case, &|m| self.progress(m)).map_err(|e| e.to_string())).clone()
+        slot.get_or_init(|| {
+            let result = runner::run_case(case, &|m| self.progress(m)).map_err(|e| e.to_string())?;
+            let stored = std::fs::read_to_string(self.snapshot_path(case)).ok().map(|t| snap_body(&t).to_string());
+            let verdict = judge(case, &result.runs, &stored.as_deref().map(baseline).unwrap_or_default());
+            Ok(Arc::new(Judged { result, verdict, stored }))
+        })
+        .clone()
     }
 }

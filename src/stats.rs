@@ -1,13 +1,16 @@
 //! Statistics over the repeats of one case.
 
 use crate::case::Aggregate;
-use crate::measure::{Outcome, RunMeasurement};
+use crate::measure::RunMeasurement;
+use crate::metrics::METRICS;
+use std::collections::BTreeMap;
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub n: usize,
     pub mean: f64,
+    pub median: f64,
     pub min: f64,
     pub max: f64,
     /// Sample standard deviation; 0 for a single value.
@@ -25,9 +28,13 @@ impl Summary {
             1 => 0.0,
             _ => values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64,
         };
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
         Some(Summary {
             n,
             mean,
+            median,
             min: values.iter().copied().fold(f64::INFINITY, f64::min),
             max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             stddev: var.sqrt(),
@@ -48,43 +55,25 @@ impl Summary {
     }
 }
 
-/// Summaries over the completed runs of a case; None where no completed run
-/// measured the metric.
+/// Summaries of every metric (`metrics::METRICS`, by key) over the
+/// completed runs of a case; a metric no completed run measured is absent.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CaseSummary {
     /// How many runs completed (and so feed the summaries).
     pub completed: usize,
-    pub total_time_ms: Option<Summary>,
-    pub reported_total_ms: Option<Summary>,
-    pub reported_downtime_ms: Option<Summary>,
-    pub guest_downtime_ms: Option<Summary>,
-    pub bytes_transferred: Option<Summary>,
-    pub memory_iterations: Option<Summary>,
-    pub peak_cpu_pct: Option<Summary>,
-    pub peak_memory_mib: Option<Summary>,
+    pub metrics: BTreeMap<&'static str, Summary>,
 }
 
 impl CaseSummary {
     pub fn of(runs: &[RunMeasurement]) -> CaseSummary {
-        // A failed run's partial numbers would skew the figures of a migration.
-        let done: Vec<&RunMeasurement> = runs
-            .iter()
-            .filter(|r| r.outcome == Outcome::Completed)
-            .collect();
-        let over = |f: fn(&RunMeasurement) -> Option<f64>| {
-            Summary::of(&done.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-        };
         CaseSummary {
-            completed: done.len(),
-            total_time_ms: over(|r| r.total_time_ms),
-            reported_total_ms: over(|r| r.reported_total_ms),
-            reported_downtime_ms: over(|r| r.reported_downtime_ms),
-            guest_downtime_ms: over(|r| r.guest_downtime_ms),
-            bytes_transferred: over(|r| r.bytes_transferred.map(|b| b as f64)),
-            memory_iterations: over(|r| r.memory_iterations.map(|i| i as f64)),
-            peak_cpu_pct: over(|r| r.peak_cpu_pct),
-            peak_memory_mib: over(|r| r.peak_memory_mib),
+            completed: runs.iter().filter(|r| r.outcome.not_completed().is_none()).count(),
+            metrics: METRICS.iter().filter_map(|m| Some((m.key, Summary::of(&m.values(runs))?))).collect(),
         }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Summary> {
+        self.metrics.get(key)
     }
 }
 
@@ -131,17 +120,17 @@ mod tests {
         partial.total_time_ms = Some(25_000.0);
         let s = CaseSummary::of(&[run(1000.0, 100.0), partial, run(3000.0, 300.0)]);
         assert_eq!(s.completed, 2);
-        assert_relative_eq!(s.total_time_ms.unwrap().mean, 2000.0);
-        assert_relative_eq!(s.reported_downtime_ms.unwrap().worst(), 300.0);
-        assert_relative_eq!(s.bytes_transferred.unwrap().mean, 84_400_000.0);
-        assert_eq!(s.memory_iterations.unwrap().n, 2);
+        assert_relative_eq!(s.get("total_time").unwrap().mean, 2000.0);
+        assert_relative_eq!(s.get("downtime").unwrap().worst(), 300.0);
+        assert_relative_eq!(s.get("transferred").unwrap().mean, 84_400_000.0 / 1048576.0);
+        assert_eq!(s.get("passes").unwrap().n, 2);
     }
 
     #[test]
     fn unmeasured_metric_has_no_summary() {
         let mut r = run(1000.0, 100.0);
         r.guest_downtime_ms = None;
-        assert_eq!(CaseSummary::of(&[r]).guest_downtime_ms, None);
-        assert_eq!(CaseSummary::of(&[failed("x", true)]).total_time_ms, None);
+        assert_eq!(CaseSummary::of(&[r]).get("guest_downtime"), None);
+        assert_eq!(CaseSummary::of(&[failed("x", true)]).get("total_time"), None);
     }
 }

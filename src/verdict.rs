@@ -1,53 +1,27 @@
 //! Did a case hold: its runs' outcomes against its expectation, and its
 //! measured figures against its bounds.
 
-use crate::case::{Aggregate, Bounds, Case, Expect};
-use crate::measure::{Outcome, RunMeasurement, Unit};
-use crate::stats::{CaseSummary, Summary};
+use crate::baseline::{compare, Change, Comparison, Estimate};
+use crate::case::{Aggregate, Case, Expect};
+use crate::measure::{RunMeasurement, Unit};
+use crate::metrics::METRICS;
+use crate::stats::Summary;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// A bounded metric: how the bound and the measured summary are found.
-pub(crate) struct Metric {
-    pub label: &'static str,
-    pub unit: Unit,
-    pub bound: fn(&Bounds) -> Option<f64>,
-    pub summary: fn(&CaseSummary) -> &Option<Summary>,
-}
+/// The stored baseline: a gated metric's label -> its estimate.
+pub type Baseline = BTreeMap<String, Estimate>;
 
-/// The bounded metrics, in the order checks and suite tables show them.
-pub(crate) const METRICS: [Metric; 5] = [
-    Metric {
-        label: "total time",
-        unit: Unit::Ms,
-        bound: |b| b.total_time_ms,
-        summary: |s| &s.total_time_ms,
-    },
-    Metric {
-        label: "downtime",
-        unit: Unit::Ms,
-        bound: |b| b.downtime_ms,
-        summary: |s| &s.reported_downtime_ms,
-    },
-    Metric {
-        label: "guest downtime",
-        unit: Unit::Ms,
-        bound: |b| b.guest_downtime_ms,
-        summary: |s| &s.guest_downtime_ms,
-    },
-    Metric {
-        label: "peak CPU",
-        unit: Unit::Percent,
-        bound: |b| b.peak_cpu_pct,
-        summary: |s| &s.peak_cpu_pct,
-    },
-    Metric {
-        label: "peak memory",
-        unit: Unit::Mib,
-        bound: |b| b.peak_memory_mib,
-        summary: |s| &s.peak_memory_mib,
-    },
-];
+/// A gated metric of this run against the stored baseline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gate {
+    pub metric: &'static str,
+    pub unit: Unit,
+    pub new: Estimate,
+    /// None: no baseline stored yet.
+    pub comparison: Option<Comparison>,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
@@ -66,13 +40,16 @@ pub struct Verdict {
     pub case: String,
     pub passed: bool,
     pub checks: Vec<Check>,
+    pub gates: Vec<Gate>,
     /// Runs whose outcome broke the expectation, one line each.
     pub failures: Vec<String>,
     /// What was expected, e.g. "bounds on worst of 3 runs".
     pub expectation: String,
 }
 
-pub fn judge(case: &Case, runs: &[RunMeasurement]) -> Verdict {
+/// The case's runs against its expectation, its bounds and, for a case
+/// that should pass, the stored `baseline`.
+pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdict {
     let n = runs.len();
     let runs_word = if n == 1 { "run" } else { "runs" };
     let (expectation, checks, mut failures) = match &case.expect {
@@ -93,10 +70,16 @@ pub fn judge(case: &Case, runs: &[RunMeasurement]) -> Verdict {
     if runs.is_empty() {
         failures.push("no runs".into());
     }
+    let gates = match case.expect {
+        Expect::Pass => gates(case, runs, baseline),
+        Expect::Fail { .. } => vec![],
+    };
+    let regressed = gates.iter().any(|g| g.comparison.as_ref().is_some_and(|c| c.change == Change::Regression));
     Verdict {
         case: case.name(),
-        passed: failures.is_empty() && checks.iter().all(|c| c.ok),
+        passed: failures.is_empty() && checks.iter().all(|c| c.ok) && !regressed,
         checks,
+        gates,
         failures,
         expectation,
     }
@@ -105,15 +88,12 @@ pub fn judge(case: &Case, runs: &[RunMeasurement]) -> Verdict {
 /// "run N: migration failed: <reason> (source still running|lost)" for a
 /// failed run (N counts from 1); None for a completed one.
 pub(crate) fn run_failure(index: usize, run: &RunMeasurement) -> Option<String> {
-    match &run.outcome {
-        Outcome::Completed => None,
-        Outcome::Failed {
-            reason,
-            source_survived,
-        } => Some(format!(
+    match run.outcome.not_completed() {
+        None => None,
+        Some((reason, source_survived)) => Some(format!(
             "run {}: migration failed: {reason} ({})",
             index + 1,
-            if *source_survived {
+            if source_survived {
                 "source still running"
             } else {
                 "source lost"
@@ -123,20 +103,27 @@ pub(crate) fn run_failure(index: usize, run: &RunMeasurement) -> Option<String> 
 }
 
 fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
-    let summary = CaseSummary::of(runs);
     METRICS
         .iter()
         .filter_map(|m| {
-            let bound = (m.bound)(&case.bounds)?;
-            let measured = (m.summary)(&summary)
-                .as_ref()
-                .map(|s| s.aggregate(case.bounds.apply_to));
-            Some(Check {
+            let bound = m.bound?(&case.bounds)?;
+            let measured = Summary::of(&m.values(runs)).map(|s| s.aggregate(case.bounds.apply_to));
+            Some(Check { metric: m.label, measured, bound, unit: m.unit, ok: measured.is_some_and(|v| v <= bound) })
+        })
+        .collect()
+}
+
+fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate> {
+    METRICS
+        .iter()
+        .filter_map(|m| {
+            let threshold = m.gated?(&case.noise);
+            let values = m.values(runs);
+            Some(Gate {
                 metric: m.label,
-                measured,
-                bound,
                 unit: m.unit,
-                ok: measured.is_some_and(|v| v <= bound),
+                new: Estimate::of(&values)?,
+                comparison: baseline.get(m.label).and_then(|b| compare(*b, &values, m.better, threshold)),
             })
         })
         .collect()
@@ -150,15 +137,13 @@ fn unexpected_outcomes(reason_contains: &str, runs: &[RunMeasurement]) -> Vec<St
         .enumerate()
         .filter_map(|(i, r)| {
             let n = i + 1;
-            match &r.outcome {
-                Outcome::Completed => Some(format!("run {n}: migration completed, expected it to fail")),
-                Outcome::Failed { reason, .. } if !reason.to_lowercase().contains(&wanted) => Some(format!(
+            match r.outcome.not_completed() {
+                None => Some(format!("run {n}: migration completed, expected it to fail")),
+                Some((reason, _)) if !reason.to_lowercase().contains(&wanted) => Some(format!(
                     "run {n}: failed with \"{reason}\", which does not contain \"{reason_contains}\""
                 )),
-                Outcome::Failed { source_survived: false, .. } => {
-                    Some(format!("run {n}: failed as expected, but the source did not survive"))
-                }
-                Outcome::Failed { .. } => None,
+                Some((_, false)) => Some(format!("run {n}: failed as expected, but the source did not survive")),
+                Some(_) => None,
             }
         })
         .collect()
@@ -175,7 +160,31 @@ impl fmt::Display for Verdict {
             };
             let bound = format!("<= {:.1} {}", c.bound, c.unit.suffix());
             let ok = if c.ok { "ok" } else { "FAIL" };
-            write!(f, "\n  {:<16}{measured:>10}   {bound:<14}{ok}", c.metric)?;
+            write!(f, "\n  {:<24}{measured:>10}   {bound:<14}{ok}", c.metric)?;
+        }
+        for g in &self.gates {
+            let fmt = |v: f64| g.unit.format(v);
+            match &g.comparison {
+                Some(c) => write!(
+                    f,
+                    "\n  {:<24}baseline {} [{}, {}] n={}, new {} [{}, {}] n={}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, noise threshold {:.0} %): {}",
+                    g.metric,
+                    fmt(c.baseline.median),
+                    fmt(c.baseline.lo),
+                    fmt(c.baseline.hi),
+                    c.baseline.n,
+                    fmt(c.new.median),
+                    fmt(c.new.lo),
+                    fmt(c.new.hi),
+                    c.new.n,
+                    c.change_pct,
+                    c.interval_pct.0,
+                    c.interval_pct.1,
+                    c.noise_threshold_pct,
+                    c.change
+                )?,
+                None => write!(f, "\n  {:<24}new {} [{}, {}] n={}: no baseline stored", g.metric, fmt(g.new.median), fmt(g.new.lo), fmt(g.new.hi), g.new.n)?,
+            }
         }
         for line in &self.failures {
             write!(f, "\n  {line}")?;
@@ -209,10 +218,7 @@ mod tests {
 
     #[test]
     fn all_bounds_hold() {
-        let v = judge(
-            &bounded(Aggregate::Worst),
-            &[run(2000.0, 100.0), run(2100.0, 120.0)],
-        );
+        let v = judge(&bounded(Aggregate::Worst), &[run(2000.0, 100.0), run(2100.0, 120.0)], &Baseline::new());
         assert!(v.passed, "{v}");
         assert_eq!(v.checks.len(), 2);
         assert!(v.failures.is_empty());
@@ -223,18 +229,15 @@ mod tests {
     #[case::worst_catches_it(Aggregate::Worst, false, 600.0)]
     fn aggregate_decides(#[case] agg: Aggregate, #[case] passed: bool, #[case] measured: f64) {
         let runs = [run(2000.0, 100.0), run(2000.0, 200.0), run(2000.0, 600.0)];
-        let v = judge(&bounded(agg), &runs);
+        let v = judge(&bounded(agg), &runs, &Baseline::new());
         assert_eq!(v.passed, passed, "{v}");
-        assert_eq!(v.checks[0].metric, "downtime");
+        assert_eq!(v.checks[0].metric, "downtime (reported)");
         assert_eq!(v.checks[0].measured, Some(measured));
     }
 
     #[test]
     fn failing_bound_shows_measured_against_bound() {
-        let v = judge(
-            &bounded(Aggregate::Worst),
-            &[run(2000.0, 812.0), run(2000.0, 700.0), run(2000.0, 300.0)],
-        );
+        let v = judge(&bounded(Aggregate::Worst), &[run(2000.0, 812.0), run(2000.0, 700.0), run(2000.0, 300.0)], &Baseline::new());
         assert!(!v.passed);
         let text = v.to_string();
         let lines: Vec<&str> = text.lines().collect();
@@ -244,31 +247,28 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "  downtime          812.0 ms   <= 500.0 ms   FAIL"
+            "  downtime (reported)       812.0 ms   <= 500.0 ms   FAIL"
         );
-        assert_eq!(lines[2], "  guest downtime    912.0 ms   <= 3000.0 ms  ok");
+        assert_eq!(lines[2], "  guest-observed downtime   912.0 ms   <= 3000.0 ms  ok");
     }
 
     #[test]
     fn unmeasured_bound_fails() {
         let mut r = run(2000.0, 100.0);
         r.guest_downtime_ms = None;
-        let v = judge(&bounded(Aggregate::Mean), &[r]);
+        let v = judge(&bounded(Aggregate::Mean), &[r], &Baseline::new());
         assert!(!v.passed);
         assert_eq!(v.checks[1].measured, None);
         assert!(
             v.to_string()
-                .contains("guest downtime  not measured   <= 3000.0 ms  FAIL"),
+                .contains("guest-observed downtime not measured   <= 3000.0 ms  FAIL"),
             "{v}"
         );
     }
 
     #[test]
     fn failed_run_fails_a_pass_case() {
-        let v = judge(
-            &case(),
-            &[run(2000.0, 100.0), failed("timed out after 25000 ms", true)],
-        );
+        let v = judge(&case(), &[run(2000.0, 100.0), failed("timed out after 25000 ms", true)], &Baseline::new());
         assert!(!v.passed);
         assert_eq!(
             v.failures,
@@ -281,8 +281,8 @@ mod tests {
 
     #[test]
     fn no_runs_is_no_pass() {
-        assert!(!judge(&case(), &[]).passed);
-        assert!(!judge(&expect_fail("timed out"), &[]).passed);
+        assert!(!judge(&case(), &[], &Baseline::new()).passed);
+        assert!(!judge(&expect_fail("timed out"), &[], &Baseline::new()).passed);
     }
 
     #[test]
@@ -291,7 +291,7 @@ mod tests {
             failed("Timed Out after 25000 ms", true),
             failed("timed out after 25000 ms", true),
         ];
-        let v = judge(&expect_fail("timed out"), &runs);
+        let v = judge(&expect_fail("timed out"), &runs, &Baseline::new());
         assert!(v.passed, "{v}");
         assert!(v.to_string().starts_with(
             "PASS ci::kvm-fv::mtu128::game (expected to fail with \"timed out\", source surviving, in all 2 runs)"
@@ -309,7 +309,7 @@ mod tests {
         "run 1: failed as expected, but the source did not survive"
     )]
     fn expected_failure_broken(#[case] r: RunMeasurement, #[case] message: &str) {
-        let v = judge(&expect_fail("timed out"), &[r, failed("timed out", true)]);
+        let v = judge(&expect_fail("timed out"), &[r, failed("timed out", true)], &Baseline::new());
         assert!(!v.passed);
         assert_eq!(v.failures, [message]);
     }

@@ -10,13 +10,10 @@
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use migsuite::backend;
-use migsuite::case::{Case, Expect, Tier, Tolerance};
+use migsuite::case::{Case, Tier};
 use migsuite::report::json::{CaseReport, RunReport};
-use migsuite::report::snapshot::{gated, snap_body, stabilise, without_versions};
-use migsuite::report::table::Table;
-use migsuite::report::{case_table, suite_table};
+use migsuite::report::{case_snapshot, case_table, suite_table};
 use migsuite::session::Session;
-use migsuite::verdict::judge;
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -29,7 +26,7 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1)
     });
-    let session: &'static Session = Box::leak(Box::default());
+    let session: &'static Session = Box::leak(Box::new(Session::new(root().join("snapshots"))));
     let mut trials: Vec<Trial> = cases.iter().cloned().map(|case| case_trial(session, case)).collect();
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
@@ -44,58 +41,59 @@ fn ignored(case: &Case) -> bool {
     case.tier == Tier::Lab || backend::refusal(case.hypervisor).is_some()
 }
 
+/// A case: its verdict (expectation, bounds, change against the baseline),
+/// then its snapshot.
 fn case_trial(session: &'static Session, case: Case) -> Trial {
     let ignore = ignored(&case);
     Trial::test(case.name(), move || {
-        let result = session.measure(&case)?;
-        let verdict = judge(&case, &result.runs);
-        let table = case_table(&case, &result.provenance, &result.runs);
-        eprintln!("{table}\n{verdict}");
+        let judged = session.judged(&case)?;
+        let (result, verdict) = (&judged.result, &judged.verdict);
+        eprintln!("{}\n{verdict}", case_table(&case, &result.provenance, &result.runs));
+        let text = case_snapshot(verdict, &result.provenance, judged.stored.as_deref());
+        let snapshot = assert_snapshot(&case.slug(), text);
         if !verdict.passed {
             return Err(verdict.to_string().into());
         }
-        // A failure case is judged by its verdict; its table has no figures.
-        if case.expect == Expect::Pass {
-            assert_snapshot(&case.slug(), gated(table), &case.tolerance)?;
-        }
-        Ok(())
+        snapshot
     })
     .with_ignored_flag(ignore)
 }
 
+/// A suite's table and JSON report, from its cases' runs and verdicts.
 fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
     let suite = cases[0].suite.clone();
     let ignore = cases.iter().all(ignored);
     Trial::test(format!("{suite}::table"), move || {
         let mut report = RunReport::new(&suite, std::time::SystemTime::now());
         let mut results = Vec::new();
-        for case in cases.iter().filter(|c| c.expect == Expect::Pass && !ignored(c)) {
-            let result = session.measure(case)?;
-            report.cases.push(CaseReport::new(result.clone()));
-            results.push(result);
+        for case in cases.iter().filter(|c| !ignored(c)) {
+            let judged = session.judged(case)?;
+            report.cases.push(CaseReport::new(judged.result.clone(), judged.verdict.clone()));
+            results.push(judged.result.clone());
         }
         if results.is_empty() {
-            return Ok(()); // a suite of failure cases only: nothing to tabulate
+            return Ok(());
         }
-        let table = suite_table(&suite, &results);
-        eprintln!("{table}");
+        eprintln!("{}", suite_table(&suite, &results));
         let path = report.write(Path::new("target/migsuite/reports")).map_err(|e| e.to_string())?;
         eprintln!("report: {}", path.display());
-        assert_snapshot(&format!("{suite}__table"), without_versions(table), &cases[0].tolerance)
+        Ok(())
     })
     .with_ignored_flag(ignore)
 }
 
-/// Compares with `snapshots/<name>.snap`, keeping stored values that the new
-/// run reproduced within tolerance, so only real changes make a diff.
-fn assert_snapshot(name: &str, table: Table, tolerance: &Tolerance) -> Result<(), Failed> {
-    let dir = root().join("snapshots");
-    let stored = std::fs::read_to_string(dir.join(format!("{name}.snap"))).ok();
-    let text = stabilise(&table, stored.as_deref().map(snap_body), tolerance);
+/// Compares `text` with `snapshots/<name>.snap`: insta prints the diff; the
+/// mismatch comes back as a plain failure, without a panic's backtrace.
+fn assert_snapshot(name: &str, text: String) -> Result<(), Failed> {
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(dir);
+    settings.set_snapshot_path(root().join("snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let matched = settings.bind(|| std::panic::catch_unwind(|| insta::assert_snapshot!(name, text)));
-    matched.map_err(|_| format!("the {name} table changed beyond tolerance: review with `cargo insta review`").into())
+    std::panic::set_hook(hook);
+    matched.map_err(|_| {
+        format!("snapshot {name} changed (the diff is above): review it with `cargo insta review` (cargo-insta: `cargo install cargo-insta`, done by ci/setup.sh)").into()
+    })
 }

@@ -82,19 +82,20 @@ fn run() -> Result<(), String> {
 
     let observer: SocketAddr = get("observer")?.parse().map_err(|e| format!("migsuite.observer: {e}"))?;
     let data_to = SocketAddr::new(observer.ip(), wire::DATA_PORT);
+    let (dirty_mib, dirty_rate) = (num("dirty_mib")?, num("dirty_rate")?);
     let hello = wire::encode_hello(&format!(
-        "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\n",
+        "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\ndirty_capacity_mib_s={:.0}\n",
         if in_container { "container" } else { "vm" },
         driver_of("/sys/class/net/eth0/device"),
         // A container sees the host's block devices, not disks of its own.
         if in_container { "none".into() } else { disks() },
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         load_errors.len(),
+        dirty_capacity_mib_s(dirty_mib.clamp(1, 64) as usize),
     ));
 
     let passes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let (dirty_mib, dirty_rate) = (num("dirty_mib")?, num("dirty_rate")?);
     if dirty_mib > 0 && dirty_rate > 0 {
         let (p, e) = (passes.clone(), errors.clone());
         std::thread::spawn(move || dirty_memory(dirty_mib as usize, dirty_rate as usize, &p, &e));
@@ -134,6 +135,24 @@ fn heartbeat(to: SocketAddr, hello: &[u8], passes: &AtomicU64, errors: &AtomicU6
         }
     }
     Ok(())
+}
+
+/// How many MiB/s this guest can rewrite at most, page by page as the
+/// workload does, measured over 250 ms on a buffer of its own.
+fn dirty_capacity_mib_s(mib: usize) -> f64 {
+    let (words, pages) = (PAGE / 8, mib * 256);
+    let mut buf = vec![0u64; pages * words];
+    let start = Instant::now();
+    let mut written = 0usize;
+    while start.elapsed() < Duration::from_millis(250) {
+        for _ in 0..256 {
+            let base = (written % pages) * words;
+            buf[base..base + words].fill(written as u64);
+            written += 1;
+        }
+    }
+    std::hint::black_box(&buf);
+    written as f64 / 256.0 / start.elapsed().as_secs_f64()
 }
 
 /// Rewrites `mib` MiB at `rate` MiB/s, page by page, in 10 ms slices. Each

@@ -11,12 +11,23 @@ pub mod xen;
 use crate::case::{Case, Hypervisor};
 use crate::lab::{netns, Lab};
 use crate::sampler::Pids;
-use crate::measure::Outcome;
+use crate::measure::{Outcome, Phases};
 use anyhow::Result;
 use std::time::Instant;
 
+/// One poll of a migration's progress.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub at: Instant,
+    pub transferred_bytes: u64,
+    pub remaining_bytes: u64,
+    pub pass: u64,
+    pub dirty_bytes_s: Option<u64>,
+    pub bytes_s: Option<u64>,
+}
+
 /// What the backend learnt from one evacuation.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Evacuation {
     pub outcome: Outcome,
     /// When the evacuation was over: the guest known to run on the
@@ -28,20 +39,24 @@ pub struct Evacuation {
     pub setup_time_ms: Option<f64>,
     pub bytes_transferred: Option<u64>,
     pub memory_iterations: Option<u64>,
+    /// Each backend knows its own sequence; counted from the start of the
+    /// evacuation, which is the warning.
+    pub phases: Phases,
+    /// How long the stream was busy moving `bytes_transferred`, ms.
+    pub stream_ms: Option<f64>,
+    pub progress: Vec<Progress>,
+}
+
+/// Milliseconds from `from` to `to`; None unless both are known and in order.
+pub fn span_ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
+    let (from, to) = (from?, to?);
+    (to >= from).then(|| (to - from).as_secs_f64() * 1000.0)
 }
 
 impl Evacuation {
     /// A migration that did not complete: nothing measured but why.
     pub fn failed(reason: String, source_survived: bool) -> Evacuation {
-        Evacuation {
-            outcome: Outcome::Failed { reason, source_survived },
-            completed_at: None,
-            reported_total_ms: None,
-            reported_downtime_ms: None,
-            setup_time_ms: None,
-            bytes_transferred: None,
-            memory_iterations: None,
-        }
+        Evacuation { outcome: Outcome::Failed { reason, source_survived }, ..Default::default() }
     }
 }
 
@@ -72,6 +87,11 @@ pub trait Backend {
 
     /// Whether the guest still runs on the source host.
     fn running_on_source(&self) -> bool;
+
+    /// The guest moved and `lab`'s roles were swapped: its source is where
+    /// the guest runs now. Makes ready to evacuate it from there, so that
+    /// repeats migrate one booted guest back and forth.
+    fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()>;
 
     /// What the sampler calls at every tick to find the guest's hypervisor
     /// processes and the toolstack daemon of (source, destination). By

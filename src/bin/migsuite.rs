@@ -6,7 +6,6 @@ use migsuite::case::{Case, Expect};
 use migsuite::report::{case_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
 use migsuite::suite::{self, SuiteError};
-use migsuite::verdict::judge;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -82,7 +81,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
-    let session = Session::default();
+    // Judged against the baselines of the gate's snapshots.
+    let session = Session::new(PathBuf::from("snapshots"));
     let (mut passed, mut failed, mut refused) = (0, 0, 0);
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
@@ -91,20 +91,20 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
         let mut rows = Vec::new();
         for (i, case) in cases.iter().filter(|c| c.suite == suite).enumerate() {
             session.progress(&format!("case {}: {}", i + 1, case.name()));
-            let result = match session.measure(case) {
-                Ok(r) => r,
+            let judged = match session.judged(case) {
+                Ok(j) => j,
                 Err(e) => {
                     eprintln!("{}: {e}", case.name());
                     if backend::refusal(case.hypervisor).is_some() { refused += 1 } else { failed += 1 }
                     continue;
                 }
             };
-            let verdict = judge(case, &result.runs);
+            let (result, verdict) = (&judged.result, &judged.verdict);
             println!("{}\n{verdict}\n", case_table(case, &result.provenance, &result.runs));
             if verdict.passed { passed += 1 } else { failed += 1 }
-            report.cases.push(CaseReport::new(result.clone()));
+            report.cases.push(CaseReport::new(result.clone(), verdict.clone()));
             if case.expect == Expect::Pass {
-                rows.push(result);
+                rows.push(result.clone());
             }
         }
         if !rows.is_empty() {

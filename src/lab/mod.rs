@@ -1,11 +1,13 @@
 //! The local two-host lab: two simulated hosts (network namespaces, one
-//! libvirtd each) on a LAN whose MTU and link are the case's, reached through
-//! qemu+tcp:// URIs from the runner's place on that LAN.
+//! libvirtd each) joined by a migration link whose MTU and rate are the
+//! case's, a guest LAN and a management network (`network`), reached
+//! through qemu+tcp:// URIs from the runner's place in the switch namespace.
 //!
 //! Everything a lab creates is released when it is dropped, when the process
 //! is interrupted (`cleanup::install_signal_handler`), and, for a run that was
 //! killed outright, by the sweep at the start of the next run.
 
+pub mod calibration;
 pub mod cleanup;
 pub mod libvirtd;
 pub mod netns;
@@ -15,6 +17,7 @@ use crate::case::LinkSpec;
 use anyhow::{Context, Result};
 use libvirtd::Libvirtd;
 use netns::Netns;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,8 +26,11 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// One simulated lab host.
 #[derive(Debug)]
 pub struct Host {
-    /// "source" or "destination".
-    pub role: &'static str,
+    /// Which of the two hosts this is: "a" or "b" (the role, source or
+    /// destination, changes as the guest moves back and forth).
+    pub name: &'static str,
+    /// Its address on the migration link.
+    pub link_addr: Ipv4Addr,
     // Declaration order is drop order: the daemon stops before its namespace goes.
     pub libvirtd: Libvirtd,
     pub netns: Netns,
@@ -32,10 +38,13 @@ pub struct Host {
 
 #[derive(Debug)]
 pub struct Lab {
+    /// Where the guest is now, and where it goes next.
     pub source: Host,
     pub destination: Host,
-    /// The LAN's switch; the runner's sockets and libvirt clients live here.
+    /// The switch of the guest LAN and of the management network; the
+    /// runner's sockets and libvirt clients live here.
     pub switch: Netns,
+    pub link: LinkSpec,
     /// Lab-private files; `shared/` is the storage both hosts see.
     dir: tempfile::TempDir,
     _registration: cleanup::Registration,
@@ -54,15 +63,21 @@ impl Lab {
         let switch = Netns::create(&format!("{id}-lan"))?;
         let ns_a = Netns::create(&format!("{id}-a"))?;
         let ns_b = Netns::create(&format!("{id}-b"))?;
-        network::build(&switch, &[&ns_a, &ns_b], link)?;
+        network::build(&switch, [&ns_a, &ns_b], link)?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
-        let host = |role, ns: Netns, index: u8| -> Result<Host> {
-            let libvirtd = Libvirtd::start(&ns, network::host_addr(index), &dir.path().join(role), DAEMON_START_TIMEOUT)?;
-            Ok(Host { role, libvirtd, netns: ns })
+        let host = |name, ns: Netns, index: u8| -> Result<Host> {
+            let libvirtd = Libvirtd::start(&ns, network::management_addr(index), &dir.path().join(name), DAEMON_START_TIMEOUT)?;
+            Ok(Host { name, link_addr: network::link_addr(index), libvirtd, netns: ns })
         };
-        let source = host("source", ns_a, 0)?;
-        let destination = host("destination", ns_b, 1)?;
-        Ok(Lab { source, destination, switch, dir, _registration: registration })
+        let source = host("a", ns_a, 0)?;
+        let destination = host("b", ns_b, 1)?;
+        let lab = Lab { source, destination, switch, link: link.clone(), dir, _registration: registration };
+        for h in [&lab.source, &lab.destination] {
+            let conn = lab.on_lan(|| virt::connect::Connect::open(Some(&h.libvirtd.uri())))?
+                .with_context(|| format!("connecting to {}", h.libvirtd.uri()))?;
+            h.libvirtd.warm(&conn)?;
+        }
+        Ok(lab)
     }
 
     pub fn shared_dir(&self) -> std::path::PathBuf {
@@ -73,9 +88,15 @@ impl Lab {
         self.dir.path()
     }
 
-    /// Runs `f` where the runner sits on the lab LAN.
+    /// Runs `f` where the runner sits on the lab's switch.
     pub fn on_lan<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         self.switch.enter(f)
+    }
+
+    /// After a migration: the destination is where the guest now runs, and
+    /// where it came from is where the next run sends it.
+    pub fn swap_roles(&mut self) {
+        std::mem::swap(&mut self.source, &mut self.destination);
     }
 }
 

@@ -1,6 +1,17 @@
-//! The lab LAN: a switch namespace with a bridge, one veth per host, and on
-//! each host a bridge joining its uplink and its guests' NICs. MTU, offloads
-//! and shaping make the links wire-like when the case asks for it.
+//! The lab's three networks, each costing what its real counterpart would:
+//!
+//! - **migration link**: one veth pair straight from host to host, a cable.
+//!   It carries the case's MTU, offloads and rate; migration streams, page
+//!   servers and the lab's calibration use it. No software bridge sits on
+//!   it: a hardware switch puts no per-packet cost on the hosts' CPUs, and
+//!   at small MTUs three software bridges cost more than the stream itself.
+//! - **guest LAN**: a bridge in the switch namespace and one veth to each
+//!   host's `br0`, which the guests' NICs join. A guest keeps its address
+//!   when it moves; the observer listens here. Case MTU, unshaped (the
+//!   guests' own traffic is a few hundred packets a second).
+//! - **management network**: a second bridge in the switch namespace and
+//!   one veth per host: libvirtd and the hosts' heartbeats. Hosts have no
+//!   address on `br0` and route nothing, so a guest cannot reach a daemon.
 
 use super::netns::Netns;
 use crate::case::LinkSpec;
@@ -8,66 +19,106 @@ use anyhow::Result;
 use std::net::Ipv4Addr;
 
 pub const PREFIX_LEN: u8 = 24;
-/// The switch's own address: observer, failure monitor and management
-/// station (libvirt client) of the runner live here.
-pub const RUNNER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 254);
+/// The runner's address on the guest LAN: the observer listens here.
+pub const OBSERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 254);
 pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
+/// The runner's address on the management network: libvirt clients and the
+/// failure monitor.
+pub const MANAGEMENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 254);
 /// Bridge on every host that the guests' NICs join.
 pub const HOST_BRIDGE: &str = "br0";
+/// The migration link's device on each host.
+pub const LINK_DEV: &str = "mig0";
+const MANAGEMENT_MTU: &str = "1500";
 
-pub fn host_addr(index: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 250, 0, 1 + index)
+/// A host's address on the management network (its libvirtd listens there).
+pub fn management_addr(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 249, 0, 1 + index)
 }
 
-/// Wires `hosts` to `switch` and configures every link per `link`.
-pub fn build(switch: &Netns, hosts: &[&Netns], link: &LinkSpec) -> Result<()> {
+/// A host's address on the migration link.
+pub fn link_addr(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 251, 0, 1 + index)
+}
+
+/// Builds the three networks between `switch` and the two `hosts`.
+pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
     let mtu = link.mtu.to_string();
-    switch.exec("ip", &["link", "add", "sw0", "type", "bridge"])?;
-    switch.exec("ip", &["link", "set", "sw0", "mtu", &mtu, "up"])?;
-    switch.exec("ip", &["addr", "add", &format!("{RUNNER_ADDR}/{PREFIX_LEN}"), "dev", "sw0"])?;
-    make_wire_like(switch, "sw0", link, false)?;
-
+    bridge(switch, "sw0", &mtu, Some(OBSERVER_ADDR))?;
+    bridge(switch, "mgmt0", MANAGEMENT_MTU, Some(MANAGEMENT_ADDR))?;
+    if !link.offloads {
+        offloads_off(switch, "sw0", false)?;
+    }
     for (i, host) in hosts.iter().enumerate() {
+        // Guest LAN: switch port p<i> <-> the host's eth0 in its br0.
         let port = format!("p{i}");
-        switch.exec(
-            "ip",
-            &["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &host.name],
-        )?;
+        veth(switch, &port, host, "eth0", &mtu)?;
         switch.exec("ip", &["link", "set", &port, "master", "sw0", "up"])?;
-        make_wire_like(switch, &port, link, true)?;
-
-        host.exec("ip", &["link", "add", HOST_BRIDGE, "type", "bridge"])?;
-        host.exec("ip", &["link", "set", HOST_BRIDGE, "mtu", &mtu, "up"])?;
+        bridge(host, HOST_BRIDGE, &mtu, None)?;
         host.exec("ip", &["link", "set", "eth0", "master", HOST_BRIDGE, "up"])?;
-        host.exec(
-            "ip",
-            &["addr", "add", &format!("{}/{PREFIX_LEN}", host_addr(i as u8)), "dev", HOST_BRIDGE],
-        )?;
-        make_wire_like(host, "eth0", link, true)?;
-        make_wire_like(host, HOST_BRIDGE, link, false)?;
+        if !link.offloads {
+            offloads_off(switch, &port, true)?;
+            offloads_off(host, "eth0", true)?;
+            offloads_off(host, HOST_BRIDGE, false)?;
+        }
+        // Management: switch port m<i> <-> the host's mgmt0.
+        let port = format!("m{i}");
+        veth(switch, &port, host, "mgmt0", MANAGEMENT_MTU)?;
+        switch.exec("ip", &["link", "set", &port, "master", "mgmt0", "up"])?;
+        address(host, "mgmt0", management_addr(i as u8))?;
+    }
+    // The migration link: a cable from host 0 to host 1.
+    veth(hosts[0], LINK_DEV, hosts[1], LINK_DEV, &mtu)?;
+    for (i, host) in hosts.iter().enumerate() {
+        address(host, LINK_DEV, link_addr(i as u8))?;
+        make_wire_like(host, LINK_DEV, link)?;
     }
     Ok(())
 }
 
-/// Offloads off (so the MTU really sets the packet size) and a token bucket
-/// at the link rate on `dev`'s egress when `shaped`.
-fn make_wire_like(ns: &Netns, dev: &str, link: &LinkSpec, shaped: bool) -> Result<()> {
-    if !link.offloads {
-        // Bridges lack some of these features; veths have all of them.
-        let features: &[&str] = if shaped {
-            &["tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"]
-        } else {
-            &["tso", "off", "gso", "off", "gro", "off"]
-        };
-        let mut args = vec!["-K", dev];
-        args.extend_from_slice(features);
-        ns.exec("ethtool", &args)?;
+fn bridge(ns: &Netns, name: &str, mtu: &str, addr: Option<Ipv4Addr>) -> Result<()> {
+    ns.exec("ip", &["link", "add", name, "type", "bridge"])?;
+    ns.exec("ip", &["link", "set", name, "mtu", mtu, "up"])?;
+    if let Some(addr) = addr {
+        ns.exec("ip", &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", name])?;
     }
-    if let (true, Some(rate)) = (shaped, link.rate_mbit) {
+    Ok(())
+}
+
+/// A veth pair, `a_dev` in `a` and `b_dev` in `b`.
+fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str, mtu: &str) -> Result<()> {
+    a.exec("ip", &["link", "add", a_dev, "mtu", mtu, "type", "veth", "peer", "name", b_dev, "mtu", mtu, "netns", &b.name])?;
+    Ok(())
+}
+
+fn address(ns: &Netns, dev: &str, addr: Ipv4Addr) -> Result<()> {
+    ns.exec("ip", &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", dev])?;
+    ns.exec("ip", &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
+/// Offloads off (so the MTU really sets the packet size) and a token bucket
+/// at the link rate on `dev`'s egress.
+fn make_wire_like(ns: &Netns, dev: &str, link: &LinkSpec) -> Result<()> {
+    if !link.offloads {
+        offloads_off(ns, dev, true)?;
+    }
+    if let Some(rate) = link.rate_mbit {
         ns.exec(
             "tc",
             &["qdisc", "add", "dev", dev, "root", "tbf", "rate", &format!("{rate}mbit"), "burst", "256kb", "latency", "50ms"],
         )?;
     }
+    Ok(())
+}
+
+/// Segmentation and receive offloads off; checksum offloads too on a veth
+/// (bridges lack those features).
+fn offloads_off(ns: &Netns, dev: &str, is_veth: bool) -> Result<()> {
+    let mut args = vec!["-K", dev, "tso", "off", "gso", "off", "gro", "off"];
+    if is_veth {
+        args.extend_from_slice(&["tx", "off", "rx", "off"]);
+    }
+    ns.exec("ethtool", &args)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ pub(crate) fn case() -> Case {
         workload: Workload {
             name: "game".into(),
             dirty_mib: 180,
-            dirty_rate_mib_s: 20,
+            dirty_rate: crate::case::DirtyRate::MibPerSec(20),
             packet_size: PacketSize::Fill,
             packet_rate_pps: 50,
         },
@@ -47,12 +47,7 @@ pub(crate) fn case() -> Case {
             peak_memory_mib: None,
         },
         expect: Expect::Pass,
-        tolerance: Tolerance {
-            relative: 0.1,
-            ms: 50.0,
-            percent: 5.0,
-            mib: 8.0,
-        },
+        noise: Default::default(),
     }
 }
 
@@ -132,6 +127,7 @@ pub(crate) fn run(total_ms: f64, downtime_ms: f64) -> RunMeasurement {
                 total_ms as i64,
             ),
         ],
+        ..Default::default()
     }
 }
 
@@ -141,16 +137,6 @@ pub(crate) fn failed(reason: &str, source_survived: bool) -> RunMeasurement {
             reason: reason.into(),
             source_survived,
         },
-        total_time_ms: None,
-        reported_total_ms: None,
-        reported_downtime_ms: None,
-        guest_downtime_ms: None,
-        baseline_gap_ms: None,
-        setup_time_ms: None,
-        bytes_transferred: None,
-        memory_iterations: None,
-        peak_cpu_pct: None,
-        peak_memory_mib: None,
-        timelines: vec![],
+        ..Default::default()
     }
 }

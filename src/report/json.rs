@@ -2,9 +2,9 @@
 //! raw measurements, summary and verdict.
 
 use crate::case::Case;
-use crate::measure::{CaseResult, Provenance, RunMeasurement};
+use crate::measure::{Calibration, CaseResult, Provenance, RunMeasurement};
 use crate::stats::CaseSummary;
-use crate::verdict::{judge, Verdict};
+use crate::verdict::Verdict;
 use serde::Serialize;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,17 +25,21 @@ pub struct CaseReport {
     pub case: Case,
     /// What produced the numbers of this case.
     pub provenance: Provenance,
+    /// What the lab measured of itself before the case.
+    pub calibration: Calibration,
     pub runs: Vec<RunMeasurement>,
     pub summary: CaseSummary,
     pub verdict: Verdict,
 }
 
 impl CaseReport {
-    pub fn new(CaseResult { case, provenance, runs }: CaseResult) -> CaseReport {
+    /// The record of a case, with the verdict it was given.
+    pub fn new(CaseResult { case, provenance, calibration, runs }: CaseResult, verdict: Verdict) -> CaseReport {
         CaseReport {
+            calibration,
             name: case.name(),
             summary: CaseSummary::of(&runs),
-            verdict: judge(&case, &runs),
+            verdict,
             case,
             provenance,
             runs,
@@ -95,6 +99,7 @@ pub fn rfc3339(unix_s: u64) -> String {
 mod tests {
     use super::*;
     use crate::report::fixtures::{case, failed, provenance, run};
+    use crate::verdict::judge;
     use rstest::rstest;
     use std::time::Duration;
 
@@ -111,11 +116,9 @@ mod tests {
     fn writes_pretty_json() {
         let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut report = RunReport::new("ci", started);
-        report.cases.push(CaseReport::new(CaseResult {
-            case: case(),
-            provenance: provenance(),
-            runs: vec![run(2000.0, 100.0), failed("timed out", true)],
-        }));
+        let runs = vec![run(2000.0, 100.0), failed("timed out", true)];
+        let verdict = judge(&case(), &runs, &Default::default());
+        report.cases.push(CaseReport::new(CaseResult { case: case(), provenance: provenance(), calibration: Default::default(), runs }, verdict));
         let dir = tempfile::tempdir().unwrap();
         let path = report.write(&dir.path().join("reports")).unwrap();
         assert_eq!(path, dir.path().join("reports/ci-1700000000.json"));
@@ -128,7 +131,7 @@ mod tests {
         assert_eq!(c["name"], "ci::kvm-fv::mtu128::game");
         assert_eq!(c["case"]["hypervisor"], "kvm-fv");
         assert_eq!(c["runs"][1]["outcome"]["kind"], "failed");
-        assert_eq!(c["summary"]["total_time_ms"]["mean"], 2000.0);
+        assert_eq!(c["summary"]["metrics"]["total_time"]["mean"], 2000.0);
         assert_eq!(c["verdict"]["passed"], false);
         assert_eq!(
             c["verdict"]["failures"][0],
@@ -140,10 +143,11 @@ mod tests {
     fn checks_are_serialized() {
         let mut bounded = case();
         bounded.bounds.downtime_ms = Some(500.0);
-        let json =
-            serde_json::to_value(CaseReport::new(CaseResult { case: bounded, provenance: provenance(), runs: vec![run(2000.0, 812.0)] })).unwrap();
+        let runs = vec![run(2000.0, 812.0)];
+        let verdict = judge(&bounded, &runs, &Default::default());
+        let json = serde_json::to_value(CaseReport::new(CaseResult { case: bounded, provenance: provenance(), calibration: Default::default(), runs }, verdict)).unwrap();
         let check = &json["verdict"]["checks"][0];
-        assert_eq!(check["metric"], "downtime");
+        assert_eq!(check["metric"], "downtime (reported)");
         assert_eq!(check["measured"], 812.0);
         assert_eq!(check["bound"], 500.0);
         assert_eq!(check["unit"], "ms");

@@ -10,5 +10,5 @@ pub mod table;
 
 pub use json::{CaseReport, RunReport};
 pub use results::{case_table, suite_table};
-pub use snapshot::{snap_body, stabilise};
+pub use snapshot::{baseline, case_snapshot, snap_body};
 pub use table::{Cell, Table};

@@ -6,9 +6,14 @@ use crate::case::{Aggregate, Case};
 use crate::landmarks::landmarks;
 use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
 use crate::stats::{CaseSummary, Summary};
-use crate::verdict::{run_failure, METRICS};
+use crate::metrics::{Metric, METRICS};
+use crate::verdict::run_failure;
 
-const MIB: f64 = 1024.0 * 1024.0;
+/// The metrics a suite may bound: the suite table's columns.
+fn bounded() -> impl Iterator<Item = &'static Metric> {
+    METRICS.iter().filter(|m| m.bound.is_some())
+}
+
 
 /// Landmarks of every timeline and the migration figures of one case, as
 /// means over its completed runs.
@@ -66,42 +71,15 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
         }
     }
 
+    // Medians over the completed runs, as the gate compares them.
     let s = CaseSummary::of(runs);
-    let of = |s: &Option<Summary>| s.as_ref().map(|s| s.mean);
-    for (measure, value, unit) in [
-        ("total time (runner)", of(&s.total_time_ms), Some(Unit::Ms)),
-        (
-            "total time (reported)",
-            of(&s.reported_total_ms),
-            Some(Unit::Ms),
-        ),
-        (
-            "downtime (reported)",
-            of(&s.reported_downtime_ms),
-            Some(Unit::Ms),
-        ),
-        (
-            "guest-observed downtime",
-            of(&s.guest_downtime_ms),
-            Some(Unit::Ms),
-        ),
-        (
-            "setup time",
-            mean(done.iter().filter_map(|r| r.setup_time_ms)),
-            Some(Unit::Ms),
-        ),
-        (
-            "transferred",
-            of(&s.bytes_transferred).map(|b| b / MIB),
-            Some(Unit::Mib),
-        ),
-        ("memory iterations", of(&s.memory_iterations), None),
-    ] {
-        t.rows.push(vec![
-            Cell::text("migration"),
-            Cell::text(measure),
-            Cell::opt(value, unit, 1),
-        ]);
+    for m in METRICS {
+        let (unit, decimals) = match m.unit {
+            Unit::Ratio => (None, 2),
+            Unit::Count => (None, 0),
+            unit => (Some(unit), 1),
+        };
+        t.rows.push(vec![Cell::text("migration"), Cell::text(m.label), Cell::opt(s.get(m.key).map(|s| s.median), unit, decimals)]);
     }
     t
 }
@@ -111,7 +89,7 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
 /// One provenance line per distinct provenance, naming its hypervisors.
 pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     let mut headers = vec!["hypervisor", "MTU", "workload", "over"];
-    headers.extend(METRICS.iter().map(|m| m.label));
+    headers.extend(bounded().map(|m| m.label));
     headers.push("outcome");
     let mut t = Table::new(format!("suite {suite}"), &headers);
     let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
@@ -139,10 +117,7 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
                 Aggregate::Worst => "worst",
             }),
         ];
-        row.extend(METRICS.iter().map(|m| {
-            let value = (m.summary)(&summary).as_ref().map(|s| s.aggregate(agg));
-            Cell::opt(value, Some(m.unit), 1)
-        }));
+        row.extend(bounded().map(|m| Cell::opt(summary.get(m.key).map(|s| s.aggregate(agg)), Some(m.unit), 1)));
         row.push(Cell::text(outcome(runs)));
         t.rows.push(row);
     }
@@ -165,10 +140,7 @@ pub const VERSIONS: &str = "versions: ";
 fn outcome(runs: &[RunMeasurement]) -> String {
     let reasons: Vec<&str> = runs
         .iter()
-        .filter_map(|r| match &r.outcome {
-            Outcome::Failed { reason, .. } => Some(reason.as_str()),
-            Outcome::Completed => None,
-        })
+        .filter_map(|r| r.outcome.not_completed().map(|(reason, _)| reason))
         .collect();
     match reasons.first() {
         _ if runs.is_empty() => "no runs".into(),
@@ -205,25 +177,28 @@ versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 outcome: 1 of 3 runs failed
 run 3: migration failed: timed out after 25000 ms (source still running)
 
-| series                   | measure                 |     value |
-|--------------------------|-------------------------|----------:|
-| cpu.source.hypervisor    | baseline                |    12.0 % |
-| cpu.source.hypervisor    | peak                    |    95.0 % |
-| cpu.source.hypervisor    | peak at                 |      0 ms |
-| cpu.source.hypervisor    | settled                 |     0.0 % |
-| cpu.source.hypervisor    | settled at              |   2250 ms |
-| memory.source.hypervisor | baseline                | 300.0 MiB |
-| memory.source.hypervisor | peak                    | 310.0 MiB |
-| memory.source.hypervisor | peak at                 |      0 ms |
-| memory.source.hypervisor | settled                 |   0.0 MiB |
-| memory.source.hypervisor | settled at              |   2250 ms |
-| migration                | total time (runner)     | 2250.0 ms |
-| migration                | total time (reported)   | 2200.0 ms |
-| migration                | downtime (reported)     |  120.0 ms |
-| migration                | guest-observed downtime |  220.0 ms |
-| migration                | setup time              |   40.0 ms |
-| migration                | transferred             |  80.5 MiB |
-| migration                | memory iterations       |       3.0 |"
+| series                   | measure                      |     value |
+|--------------------------|------------------------------|----------:|
+| cpu.source.hypervisor    | baseline                     |    12.0 % |
+| cpu.source.hypervisor    | peak                         |    95.0 % |
+| cpu.source.hypervisor    | peak at                      |      0 ms |
+| cpu.source.hypervisor    | settled                      |     0.0 % |
+| cpu.source.hypervisor    | settled at                   |   2250 ms |
+| memory.source.hypervisor | baseline                     | 300.0 MiB |
+| memory.source.hypervisor | peak                         | 310.0 MiB |
+| memory.source.hypervisor | peak at                      |      0 ms |
+| memory.source.hypervisor | settled                      |   0.0 MiB |
+| memory.source.hypervisor | settled at                   |   2250 ms |
+| migration                | total time                   | 2250.0 ms |
+| migration                | downtime (reported)          |  120.0 ms |
+| migration                | guest-observed downtime      |  220.0 ms |
+| migration                | stream throughput            |         - |
+| migration                | efficiency (of link goodput) |         - |
+| migration                | preparation                  |         - |
+| migration                | transferred                  |  80.5 MiB |
+| migration                | memory passes                |         3 |
+| migration                | peak CPU                     |    95.0 % |
+| migration                | peak memory                  | 310.0 MiB |"
         );
     }
 
@@ -241,7 +216,7 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             hypervisor_version: "Xen 4.17".into(),
             ..provenance()
         };
-        let result = |case, provenance, runs| CaseResult { case, provenance, runs };
+        let result = |case, provenance, runs| CaseResult { case, provenance, calibration: Default::default(), runs };
         let results = vec![
             result(case(), provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
             result(bounded_by_mean, provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
@@ -256,11 +231,11 @@ kvm-fv: versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 xen-pv: accel: tcg (nested); host: local: 2 netns hosts on lab1
 xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
 
-| hypervisor | MTU  | workload | over  | total time | downtime | guest downtime | peak CPU | peak memory | outcome                           |
-|------------|------|----------|-------|-----------:|---------:|---------------:|---------:|------------:|-----------------------------------|
-| kvm-fv     | 128  | game     | worst |  2400.0 ms | 300.0 ms |       400.0 ms |   95.0 % |   310.0 MiB | ok                                |
-| kvm-fv     | 1500 | game     | mean  |  2200.0 ms | 200.0 ms |       300.0 ms |   95.0 % |   310.0 MiB | ok                                |
-| xen-pv     | 128  | game     | worst |  2000.0 ms | 100.0 ms |       200.0 ms |   95.0 % |   310.0 MiB | failed 1 of 2: connection refused |"
+| hypervisor | MTU  | workload | over  | total time | downtime (reported) | guest-observed downtime | peak CPU | peak memory | outcome                           |
+|------------|------|----------|-------|-----------:|--------------------:|------------------------:|---------:|------------:|-----------------------------------|
+| kvm-fv     | 128  | game     | worst |  2400.0 ms |            300.0 ms |                400.0 ms |   95.0 % |   310.0 MiB | ok                                |
+| kvm-fv     | 1500 | game     | mean  |  2200.0 ms |            200.0 ms |                300.0 ms |   95.0 % |   310.0 MiB | ok                                |
+| xen-pv     | 128  | game     | worst |  2000.0 ms |            100.0 ms |                200.0 ms |   95.0 % |   310.0 MiB | failed 1 of 2: connection refused |"
         );
     }
 
@@ -268,7 +243,7 @@ xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
     fn unmeasured_figures_are_dashes() {
         let t = case_table(&case(), &provenance(), &[failed("timed out", true)]);
         assert!(t.rows.iter().all(|r| r[2] == Cell::Missing));
-        let empty = CaseResult { case: case(), provenance: provenance(), runs: vec![] };
+        let empty = CaseResult { case: case(), provenance: provenance(), calibration: Default::default(), runs: vec![] };
         let t = suite_table("ci", &[empty]);
         assert_eq!(t.rows[0][4], Cell::Missing);
         assert_eq!(t.rows[0][9], Cell::text("no runs"));

@@ -4,13 +4,13 @@
 use super::locate::FieldPath;
 use super::model::{
     AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, Override,
-    SamplingDef, StrategyDef, Suite, TierDef, ToleranceDef, WorkloadDef,
+    SamplingDef, StrategyDef, Suite, TierDef, NoiseDef, WorkloadDef,
 };
 use super::scalar::Ident;
 use super::units::Duration;
 use crate::case::{
-    AccelChoice, Aggregate, Bounds, Case, Expect, FailureSpec, Faults, GuestSpec, LinkSpec,
-    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, Tolerance, Workload,
+    AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec, LinkSpec,
+    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
 };
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -38,7 +38,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_fit(&suite.workloads, guest.memory_mib)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
     let base_migration = suite.migration.unwrap_or_default();
-    let tolerance = tolerance_spec(suite.snapshot.and_then(|s| s.tolerance).unwrap_or_default());
+    let noise = noise_spec(suite.snapshot.and_then(|s| s.noise).unwrap_or_default());
     let link = suite.link.unwrap_or_default();
     let faults = Faults {
         kill_destination_after_ms: suite
@@ -89,7 +89,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     sampling: sampling.clone(),
                     bounds: bounds_spec(bounds),
                     expect: expect.clone(),
-                    tolerance: tolerance.clone(),
+                    noise: noise.clone(),
                 });
             }
         }
@@ -246,12 +246,15 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
     }
 }
 
-fn tolerance_spec(def: ToleranceDef) -> Tolerance {
-    Tolerance {
-        relative: def.relative.map_or(0.5, |r| r.0),
-        ms: def.ms.map_or(300.0, |f| f.0),
-        percent: def.percent.map_or(25.0, |f| f.0),
-        mib: def.mib.map_or(64.0, |f| f.0),
+fn noise_spec(def: NoiseDef) -> NoiseThresholds {
+    let d = NoiseThresholds::default();
+    let pick = |v: Option<super::units::Percent>, default: f64| v.map_or(default, |p| p.0 / 100.0);
+    NoiseThresholds {
+        total_time: pick(def.total_time, d.total_time),
+        downtime: pick(def.downtime, d.downtime),
+        guest_downtime: pick(def.guest_downtime, d.guest_downtime),
+        throughput: pick(def.throughput, d.throughput),
+        peak_memory: pick(def.peak_memory, d.peak_memory),
     }
 }
 
@@ -261,7 +264,7 @@ fn workload(name: &Ident, def: WorkloadDef) -> Workload {
     Workload {
         name: name.0.clone(),
         dirty_mib: dirty.size.map_or(0, |s| s.0),
-        dirty_rate_mib_s: dirty.rate.map_or(0, |r| r.0),
+        dirty_rate: dirty.rate.map_or(DirtyRate::MibPerSec(0), |r| r.0),
         packet_size: packets.size.map_or(PacketSize::Fill, |s| s.0),
         packet_rate_pps: packets.rate.map_or(0, |r| r.0),
     }

@@ -4,7 +4,7 @@
 
 use super::error::did_you_mean;
 use super::scalar::{
-    keyword_enum, Count, Floor, HypervisorName, Ident, Mtu, PacketSizeDef, Relative,
+    keyword_enum, Count, HypervisorName, Ident, Mtu, PacketSizeDef,
 };
 use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size};
 use serde::de::value::MapAccessDeserializer;
@@ -259,21 +259,23 @@ impl<'de> Visitor<'de> for ExpectVisitor {
 const EXPECT: &str = "`pass` or `{ fail: \"text the failure reason must contain\" }`";
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with `tolerance`")]
+#[serde(deny_unknown_fields, expecting = "a mapping with `noise`")]
 pub(super) struct SnapshotDef {
-    pub tolerance: Option<ToleranceDef>,
+    pub noise: Option<NoiseDef>,
 }
 
+/// Noise thresholds of the gated metrics, as percentages of the baseline.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `relative`, `ms`, `percent`, `mib`"
+    expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `peak_memory`"
 )]
-pub(super) struct ToleranceDef {
-    pub relative: Option<Relative>,
-    pub ms: Option<Floor>,
-    pub percent: Option<Floor>,
-    pub mib: Option<Floor>,
+pub(super) struct NoiseDef {
+    pub total_time: Option<Percent>,
+    pub downtime: Option<Percent>,
+    pub guest_downtime: Option<Percent>,
+    pub throughput: Option<Percent>,
+    pub peak_memory: Option<Percent>,
 }
 
 impl When {

@@ -269,48 +269,4 @@ impl<'de, const LO: u32, const HI: u32> serde::Deserialize<'de> for Count<LO, HI
     }
 }
 
-/// Snapshot tolerance: the relative part, `0..=10` (times the stored value).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Relative(pub f64);
-
-impl Scalar for Relative {
-    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a number from 0 to 10")
-    }
-
-    fn from_u64(n: u64) -> Result<Self, Reject> {
-        Self::from_f64(n as f64)
-    }
-
-    fn from_f64(x: f64) -> Result<Self, Reject> {
-        if (0.0..=10.0).contains(&x) {
-            Ok(Relative(x))
-        } else {
-            Err(Reject::Invalid(format!("must be from 0 to 10, got {x}")))
-        }
-    }
-}
-
-/// Snapshot tolerance: an absolute floor, in the unit its key names.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Floor(pub f64);
-
-impl Scalar for Floor {
-    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a non-negative number")
-    }
-
-    fn from_u64(n: u64) -> Result<Self, Reject> {
-        Ok(Floor(n as f64))
-    }
-
-    fn from_f64(x: f64) -> Result<Self, Reject> {
-        if x >= 0.0 {
-            Ok(Floor(x))
-        } else {
-            Err(Reject::Invalid(format!("must not be negative, got {x}")))
-        }
-    }
-}
-
-deserialize_scalar!(Ident, HypervisorName, Mtu, PacketSizeDef, Relative, Floor);
+deserialize_scalar!(Ident, HypervisorName, Mtu, PacketSizeDef);

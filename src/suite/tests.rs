@@ -4,7 +4,7 @@
 use super::*;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Expect, FailureSpec, Faults, GuestSpec, Hypervisor, LinkSpec,
-    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, Tolerance, Workload,
+    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, NoiseThresholds, Workload,
 };
 use rstest::rstest;
 
@@ -105,9 +105,9 @@ failure: { kind: warned, after: 3s }
     &["like 100mbit or 100gbit"],
 )]
 #[case::bad_expect("bad-expect.yaml:11:20: expect.pass: ", &["unknown field `pass`", "fail"])]
-#[case::tolerance_too_large(
-    "tolerance-too-large.yaml:12:26: snapshot.tolerance.relative: ",
-    &["must be from 0 to 10"],
+#[case::noise_not_a_percentage(
+    "noise-not-a-percentage.yaml:12:24: snapshot.noise.throughput: ",
+    &["is not a percentage like 250%"],
 )]
 #[case::yaml_syntax("yaml-syntax.yaml:4:1: ", &["while scanning a quoted scalar"])]
 fn bad_suites_say_where_and_why(#[case] prefix: &str, #[case] hints: &[&str]) {
@@ -137,18 +137,20 @@ fn shipped_suites_load_in_file_order() {
     let count = |suite: &str| cases.iter().filter(|c| c.suite == suite).count();
     assert_eq!(count("ci"), 4 * 3);
     assert_eq!(count("ci-postcopy"), 3);
+    assert_eq!(count("ci-no-convergence"), 1);
     assert_eq!(count("fail-destination-killed"), 1);
     assert_eq!(count("fail-openvz-destination-killed"), 1);
     assert_eq!(count("fail-openvz-postcopy-killed"), 1);
     assert_eq!(count("fail-openvz-precopy"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(cases.len(), 50);
+    assert_eq!(cases.len(), 51);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
         names[..20],
         [
             // "ci-" sorts before "ci.".
+            "ci-no-convergence::kvm-pv::mtu128::runaway",
             "ci-postcopy::openvz::mtu1500::game",
             "ci-postcopy::openvz::mtu576::game",
             "ci-postcopy::openvz::mtu128::game",
@@ -168,17 +170,16 @@ fn shipped_suites_load_in_file_order() {
             "fail-openvz-destination-killed::openvz::mtu1500::game",
             "fail-openvz-postcopy-killed::openvz::mtu1500::game",
             "fail-openvz-precopy::openvz::mtu1500::game",
-            "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[20], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[21], "study::xen-pv::mtu1500::game-32b");
-    assert_eq!(names[49], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[20], "fail-small-mtu::kvm-pv::mtu68::game");
+    assert_eq!(names[21], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[50], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
-    assert_eq!(cases[6].migration.strategy, Strategy::StopAndCopy);
-    assert_eq!(cases[3].migration.strategy, Strategy::Precopy);
-    assert_eq!(cases[9].migration.strategy, Strategy::Precopy);
-    assert_eq!(cases[0].migration.strategy, Strategy::Postcopy);
+    assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
+    assert_eq!(cases[4].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[10].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[1].migration.strategy, Strategy::Postcopy);
 }
 
 #[test]
@@ -201,7 +202,7 @@ fn ci_suite_expands_to_the_documented_case() {
             workload: Workload {
                 name: "game".into(),
                 dirty_mib: 16,
-                dirty_rate_mib_s: 32,
+                dirty_rate: crate::case::DirtyRate::OfLink(0.25),
                 packet_size: PacketSize::Fill,
                 packet_rate_pps: 200,
             },
@@ -210,17 +211,17 @@ fn ci_suite_expands_to_the_documented_case() {
                 rate_mbit: Some(1000),
                 offloads: false
             },
-            failure: FailureSpec { after_ms: 4000 },
+            failure: FailureSpec { after_ms: 2000 },
             migration: MigrationSpec {
                 strategy: Strategy::Precopy,
                 max_downtime_ms: 300,
                 timeout_ms: 90_000,
             },
             faults: Faults::default(),
-            repeat: 1,
+            repeat: 5,
             sampling: SamplingSpec {
                 interval_ms: 100,
-                settle_ms: 4000
+                settle_ms: 2000
             },
             bounds: Bounds {
                 apply_to: Aggregate::Worst,
@@ -231,12 +232,7 @@ fn ci_suite_expands_to_the_documented_case() {
                 peak_memory_mib: Some(2048.0),
             },
             expect: Expect::Pass,
-            tolerance: Tolerance {
-                relative: 0.75,
-                ms: 800.0,
-                percent: 100.0,
-                mib: 96.0
-            },
+            noise: NoiseThresholds::default(),
         }
     );
 }
@@ -295,8 +291,8 @@ fn defaults_fill_everything_left_out() {
         }
     );
     assert_eq!(
-        (case.workload.dirty_mib, case.workload.dirty_rate_mib_s),
-        (0, 0)
+        (case.workload.dirty_mib, case.workload.dirty_rate),
+        (0, crate::case::DirtyRate::MibPerSec(0))
     );
     assert_eq!(
         (case.workload.packet_size, case.workload.packet_rate_pps),
@@ -330,15 +326,7 @@ fn defaults_fill_everything_left_out() {
     assert_eq!(case.bounds.apply_to, Aggregate::Worst);
     assert_eq!(case.bounds.downtime_ms, None);
     assert_eq!(case.expect, Expect::Pass);
-    assert_eq!(
-        case.tolerance,
-        Tolerance {
-            relative: 0.5,
-            ms: 300.0,
-            percent: 25.0,
-            mib: 64.0
-        }
-    );
+    assert_eq!(case.noise, NoiseThresholds::default());
 }
 
 #[test]

@@ -19,9 +19,10 @@ impl Duration {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Size(pub u32);
 
-/// MiB rewritten per second.
+/// How fast memory is rewritten: MiB per second, or a share of the
+/// migration link's goodput as the lab measures it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct DirtyRate(pub u32);
+pub(super) struct DirtyRate(pub crate::case::DirtyRate);
 
 /// Packets per second.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,7 +37,7 @@ pub(super) struct Percent(pub f64);
 
 const DURATION: &str = "a duration like 500ms, 2s or 1.5m";
 const SIZE: &str = "a size like 256MiB or 2GiB";
-const DIRTY_RATE: &str = "a rate like 64MiB/s";
+const DIRTY_RATE: &str = "a rate like 64MiB/s, or a share of the measured link like `25% of link`";
 const PACKET_RATE: &str = "a packet rate like 1000/s";
 const LINK_RATE: &str = "a link rate like 100mbit, 1gbit or `unlimited`";
 const PERCENT: &str = "a percentage like 250%";
@@ -142,9 +143,18 @@ impl Scalar for DirtyRate {
     }
 
     fn from_str(v: &str) -> Result<Self, Reject> {
+        use crate::case::DirtyRate as Rate;
+        if let Some(share) = v.strip_suffix("of link") {
+            let pct = share.trim_end().strip_suffix('%').and_then(decimal).ok_or_else(|| not_a(v, DIRTY_RATE))?;
+            // Up to ten times the link: a case may mean not to converge.
+            if !(pct > 0.0 && pct <= 1000.0) {
+                return Err(Reject::Invalid(format!("`{v}`: the share of the link must be above 0% and at most 1000%")));
+            }
+            return Ok(DirtyRate(Rate::OfLink(pct / 100.0)));
+        }
         let size = v.strip_suffix("/s").ok_or_else(|| not_a(v, DIRTY_RATE))?;
         let (number, unit) = split_unit(size);
-        mib(number, unit, v, DIRTY_RATE).map(DirtyRate)
+        mib(number, unit, v, DIRTY_RATE).map(|m| DirtyRate(Rate::MibPerSec(m)))
     }
 
     fn from_u64(n: u64) -> Result<Self, Reject> {
@@ -279,8 +289,11 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse::<DirtyRate>("64MiB/s").unwrap(), DirtyRate(64));
-        assert_eq!(parse::<DirtyRate>("1GiB/s").unwrap(), DirtyRate(1024));
+        use crate::case::DirtyRate as Rate;
+        assert_eq!(parse::<DirtyRate>("64MiB/s").unwrap(), DirtyRate(Rate::MibPerSec(64)));
+        assert_eq!(parse::<DirtyRate>("1GiB/s").unwrap(), DirtyRate(Rate::MibPerSec(1024)));
+        assert_eq!(parse::<DirtyRate>("25% of link").unwrap(), DirtyRate(Rate::OfLink(0.25)));
+        assert_eq!(parse::<DirtyRate>("150%of link").unwrap(), DirtyRate(Rate::OfLink(1.5)));
         assert_eq!(parse::<PacketRate>("1000/s").unwrap(), PacketRate(1000));
         assert_eq!(parse::<LinkRate>("100mbit").unwrap(), LinkRate(Some(100)));
         assert_eq!(parse::<LinkRate>("1gbit").unwrap(), LinkRate(Some(1000)));
@@ -296,6 +309,8 @@ mod tests {
     #[rstest]
     #[case::dirty_rate_without_per_second(refusal::<DirtyRate>("64MiB"), "is not a rate like 64MiB/s")]
     #[case::dirty_rate_in_mb(refusal::<DirtyRate>("64MB/s"), "write sizes in MiB or GiB")]
+    #[case::dirty_share_of_nothing(refusal::<DirtyRate>("0% of link"), "must be above 0% and at most 1000%")]
+    #[case::dirty_share_without_percent(refusal::<DirtyRate>("25 of link"), "or a share of the measured link like `25% of link`")]
     #[case::packet_rate_bare(refusal::<PacketRate>("1000"), "like 1000/s")]
     #[case::packet_rate_signed(refusal::<PacketRate>("+5/s"), "is not a packet rate")]
     #[case::link_rate_bare(refusal::<LinkRate>("100"), "like 100mbit or 100gbit")]

@@ -119,6 +119,15 @@ impl Backend for OpenVz {
         self.source.as_ref().is_some_and(|s| container::is_running(s.init))
     }
 
+    /// The restored container, with `criu restore` as its anchor, is the
+    /// next run's source.
+    fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
+        let restored = self.destination.take().ok_or_else(|| anyhow::anyhow!("no container was restored on the destination"))?;
+        *self.inits.lock().unwrap() = [Some(restored.init), None];
+        self.source = Some(container::Started { anchor: restored.restore, init: restored.init });
+        Ok(())
+    }
+
     /// Per host: the CRIU processes and the container's anchor in the host's
     /// namespace (not its idle libvirtd), and the container's processes,
     /// which live in a namespace of their own.

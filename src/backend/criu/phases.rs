@@ -75,6 +75,9 @@ impl Clock {
 pub(super) fn image_dirs(lab: &Lab) -> Result<(PathBuf, PathBuf), String> {
     let dirs = (lab.shared_dir().join("criu-images"), lab.dir().join("criu-destination"));
     for d in [&dirs.0, &dirs.1] {
+        // A previous run's images (the guest moves back and forth) must not
+        // be restored again.
+        let _ = std::fs::remove_dir_all(d);
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     Ok(dirs)

@@ -19,7 +19,8 @@
 use super::binary::Criu;
 use super::phases::{self, copy_images, error_lines, errors, ms, read_pid, Clock, POLL};
 use super::OpenVz;
-use crate::backend::Evacuation;
+use crate::backend::{span_ms, Evacuation};
+use crate::measure::Phases;
 use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
@@ -118,6 +119,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     };
 
     progress("restoring the container on the destination; its memory follows on demand");
+    let restore_started = Instant::now();
     let restore_stats = match phases::restore(vz, lab, &dest, &["--lazy-pages"], &mut clock) {
         Ok((restored, stats)) => {
             phases::adopt(vz, restored);
@@ -162,6 +164,16 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         setup_time_ms: None,
         bytes_transferred: Some(lazy_pages * phases::page_size() + image_bytes(&images, "pages-")),
         memory_iterations: Some(1),
+        // Frozen, the small images go; the container resumes on the
+        // destination; its memory follows while it runs.
+        phases: Phases {
+            preparation_ms: span_ms(Some(started), frozen_at),
+            stop_and_copy_ms: span_ms(frozen_at, Some(restore_started)),
+            resume_ms: span_ms(Some(restore_started), Some(restored_at)),
+            memory_transfer_ms: span_ms(Some(restored_at), Some(done_at)),
+        },
+        stream_ms: span_ms(Some(restored_at), Some(done_at)),
+        ..Default::default()
     })
 }
 

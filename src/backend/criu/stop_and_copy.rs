@@ -17,7 +17,9 @@
 use super::phases::{self, copy_images, errors, ms, read_pid, Clock};
 use super::stats::Stats;
 use super::OpenVz;
-use crate::backend::Evacuation;
+use crate::backend::{span_ms, Evacuation};
+use crate::measure::Phases;
+use std::time::Duration;
 use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
@@ -102,6 +104,8 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         frozen_ms.unwrap_or(f64::NAN),
         restore_stats.ms("Restore time").unwrap_or(f64::NAN)
     ));
+    // The memory moves while the container is frozen: no live transfer.
+    let frozen_at = frozen_ms.and_then(|f| dump_ended.checked_sub(Duration::from_secs_f64(f / 1000.0)));
     Ok(Evacuation {
         outcome: Outcome::Completed,
         completed_at: Some(restored_at),
@@ -110,5 +114,14 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         setup_time_ms: Some(setup_ms),
         bytes_transferred: dump_stats.get("Memory pages written").map(|p| p * phases::page_size()),
         memory_iterations: Some(1),
+        phases: Phases {
+            preparation_ms: span_ms(Some(started), frozen_at),
+            memory_transfer_ms: Some(0.0),
+            stop_and_copy_ms: frozen_ms,
+            resume_ms: span_ms(Some(dump_ended), Some(restored_at)),
+        },
+        // The pages go to the page server while the container is frozen.
+        stream_ms: frozen_ms,
+        ..Default::default()
     })
 }

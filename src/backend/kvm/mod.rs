@@ -4,7 +4,8 @@
 pub mod accel;
 pub mod domain;
 
-use super::{Backend, BackendInfo, Evacuation};
+use super::{span_ms, Backend, BackendInfo, Evacuation};
+use crate::measure::Phases;
 use crate::case::{Case, Hypervisor, Strategy};
 use std::collections::BTreeMap;
 use crate::guest::image::GuestImage;
@@ -22,6 +23,10 @@ const DISK_BYTES: u64 = 16 << 20;
 const ABORT_GRACE: Duration = Duration::from_secs(30);
 /// Destination may still be "inmigrate" right after completion.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pre-copy is judged not to converge when, over this many passes after
+/// the first, the memory left never fell to what the stream moves within
+/// the downtime limit (QEMU's own switch-over test).
+const CONVERGENCE_PASSES: u64 = 8;
 
 pub struct Kvm {
     hypervisor: Hypervisor,
@@ -118,7 +123,59 @@ impl Backend for Kvm {
     fn running_on_source(&self) -> bool {
         self.source.as_ref().is_some_and(|(_, d)| is_running(d))
     }
+
+    fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
+        let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
+        let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).context("the migrated guest is not on its new host")?;
+        self.source = Some((conn, dom));
+        Ok(())
+    }
 }
+
+fn is_paused(dom: &Domain) -> bool {
+    matches!(dom.state(), Ok((DomainStateEnum::Known(DomainState::Paused), _)))
+}
+
+/// Pre-copy's convergence, judged from its passes: the least memory left
+/// at the end of each pass, and what the stream could move in the downtime
+/// limit.
+#[derive(Default)]
+struct Convergence {
+    pass: u64,
+    least_remaining: Option<u64>,
+    passes_without_reaching: u64,
+}
+
+impl Convergence {
+    /// Feeds one poll; Some(evidence) once pre-copy is judged not to converge.
+    fn observe(&mut self, job: &virt::domain::JobStats, max_downtime_ms: u64) -> Option<String> {
+        let (pass, remaining) = (job.mem_iteration?, job.mem_remaining?);
+        let bps = job.mem_bps.filter(|b| *b > 0)?;
+        let reachable = bps * max_downtime_ms / 1000;
+        self.least_remaining = Some(self.least_remaining.map_or(remaining, |l| l.min(remaining)));
+        if pass > self.pass {
+            if self.pass >= 1 && self.least_remaining.is_some_and(|l| l > reachable) {
+                self.passes_without_reaching += 1;
+            }
+            self.pass = pass;
+            self.least_remaining = None;
+        }
+        (self.passes_without_reaching >= CONVERGENCE_PASSES).then(|| {
+            let dirty = job.mem_dirty_rate.unwrap_or(0) * job.mem_page_size.unwrap_or(4096);
+            format!(
+                "pre-copy does not converge: {} passes, the guest dirties {:.1} MiB/s while the stream carries {:.1} MiB/s; \
+                 {:.1} MiB left, more than the {:.1} MiB the stream moves within the {max_downtime_ms} ms downtime limit, for {CONVERGENCE_PASSES} passes",
+                pass,
+                dirty as f64 / MIB,
+                bps as f64 / MIB,
+                remaining as f64 / MIB,
+                reachable as f64 / MIB,
+            )
+        })
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 
 impl Kvm {
@@ -161,6 +218,12 @@ impl Kvm {
         let mut killed_at: Option<Duration> = None;
         let mut postcopy_started = false;
         let mut aborted = false;
+        let mut not_converged: Option<String> = None;
+        let mut convergence = Convergence::default();
+        let mut switchover_at: Option<Instant> = None;
+        let mut samples = Vec::new();
+        let sample_every = Duration::from_millis(case.sampling.interval_ms);
+        let mut last_sample: Option<Instant> = None;
         let mut last_progress = Instant::now();
         let result = loop {
             match done_rx.recv_timeout(Duration::from_millis(50)) {
@@ -174,6 +237,28 @@ impl Kvm {
             let iteration = job.as_ref().and_then(|j| j.mem_iteration).unwrap_or(0);
             if processed > 0 && transfer_started.is_none() {
                 transfer_started = Some(Instant::now());
+            }
+            if switchover_at.is_none() && transfer_started.is_some() && is_paused(dom) {
+                switchover_at = Some(Instant::now());
+            }
+            if let Some(j) = job.as_ref().filter(|_| last_sample.is_none_or(|t| t.elapsed() >= sample_every)) {
+                last_sample = Some(Instant::now());
+                samples.push(super::Progress {
+                    at: Instant::now(),
+                    transferred_bytes: processed,
+                    remaining_bytes: j.mem_remaining.unwrap_or(0),
+                    pass: iteration,
+                    dirty_bytes_s: j.mem_dirty_rate.map(|r| r * j.mem_page_size.unwrap_or(4096)),
+                    bytes_s: j.mem_bps,
+                });
+            }
+            if let (Some(j), Strategy::Precopy, None, false) = (job.as_ref(), case.migration.strategy, &not_converged, aborted) {
+                if let Some(evidence) = convergence.observe(j, case.migration.max_downtime_ms) {
+                    unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+                    progress(&evidence);
+                    not_converged = Some(evidence);
+                    aborted = true;
+                }
             }
             if last_progress.elapsed() >= Duration::from_secs(2) {
                 let remaining = job.as_ref().and_then(|j| j.mem_remaining).unwrap_or(0);
@@ -205,6 +290,23 @@ impl Kvm {
                 break None;
             }
         };
+        let survived = |kvm: &Kvm| {
+            // The source resumes the guest after a failed migration; give it a moment.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !kvm.running_on_source() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kvm.running_on_source()
+        };
+        if let (Some(evidence), Some(Err(_)) | None) = (&not_converged, &result) {
+            let source_survived = survived(self);
+            return Ok(Evacuation {
+                outcome: Outcome::NotConverged { evidence: evidence.clone(), source_survived },
+                phases: Phases { preparation_ms: span_ms(Some(started), transfer_started), ..Default::default() },
+                progress: samples,
+                ..Default::default()
+            });
+        }
         let why = |libvirt: String| {
             let mut reason = if aborted {
                 format!("timed out after {} ms, migration cancelled (libvirt: {libvirt})", case.migration.timeout_ms)
@@ -218,16 +320,28 @@ impl Kvm {
         };
         match result {
             None => Ok(Evacuation::failed(why(format!("the migration call did not return {} s after the cancel", ABORT_GRACE.as_secs())), self.running_on_source())),
-            Some(Err(e)) => {
-                // The source resumes the guest after a failed migration; give it a moment.
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while !self.running_on_source() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Ok(Evacuation::failed(why(e), self.running_on_source()))
-            }
+            Some(Err(e)) => Ok(Evacuation::failed(why(e), survived(self))),
             // Also when it completed despite a fault: reported as it is.
-            Some(Ok(())) => self.completed(lab),
+            Some(Ok(())) => {
+                let transferred_at = Some(Instant::now());
+                let mut e = self.completed(lab)?;
+                // A pause shorter than a poll: it began `downtime` before the end.
+                let switchover_at = switchover_at.or_else(|| {
+                    let downtime = Duration::from_secs_f64(e.reported_downtime_ms? / 1000.0);
+                    transferred_at?.checked_sub(downtime)
+                });
+                e.phases = Phases {
+                    preparation_ms: span_ms(Some(started), transfer_started),
+                    memory_transfer_ms: span_ms(transfer_started, switchover_at),
+                    stop_and_copy_ms: span_ms(switchover_at, transferred_at),
+                    resume_ms: span_ms(transferred_at, e.completed_at),
+                };
+                // The stream is busy from its first byte until the guest
+                // resumes; libvirt's handshakes after that are not transfer.
+                e.stream_ms = e.phases.memory_transfer_ms.zip(e.reported_downtime_ms).map(|(t, d)| t + d);
+                e.progress = samples;
+                Ok(e)
+            }
         }
     }
 
@@ -249,6 +363,7 @@ impl Kvm {
             setup_time_ms: stats.setup_time.map(|v| v as f64),
             bytes_transferred: stats.data_processed.or(stats.mem_processed),
             memory_iterations: stats.mem_iteration,
+            ..Default::default()
         })
     }
 }

@@ -12,11 +12,11 @@
 pub mod dom0;
 pub mod host;
 
-use super::{Backend, BackendInfo, Evacuation, ProcessProbe};
+use super::{span_ms, Backend, BackendInfo, Evacuation, ProcessProbe};
 use crate::case::{AccelChoice, Case, Hypervisor};
 use crate::guest::image::GuestImage;
 use crate::lab::Lab;
-use crate::measure::Outcome;
+use crate::measure::{Outcome, Phases};
 use crate::sampler::Pids;
 use anyhow::{bail, Context, Result};
 use host::XenHost;
@@ -259,6 +259,14 @@ impl Backend for Xen {
         e
     }
 
+    /// Same Xen host: the received domain is the next run's source.
+    fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
+        let (domid, _) = self.domain(DOMAIN_NAME).context("no domain x0 after the migration")?;
+        self.source_domid = Some(domid);
+        self.migrated = false;
+        Ok(())
+    }
+
     fn running_on_source(&self) -> bool {
         if self.migrated {
             return false;
@@ -339,6 +347,17 @@ impl Xen {
             setup_time_ms: None,
             bytes_transferred: bytes,
             memory_iterations: stats.iterations,
+            // From xl's own clock in dom0: the stream, then the suspended
+            // guest's last pages; what the runner waited beyond is getting
+            // the command to dom0 and back.
+            phases: Phases {
+                preparation_ms: elapsed_ms.zip(span_ms(Some(started), Some(returned))).map(|(e, wall)| (wall - e).max(0.0)),
+                memory_transfer_ms: elapsed_ms.zip(stats.downtime_ms).map(|(e, d)| (e - d).max(0.0)),
+                stop_and_copy_ms: stats.downtime_ms,
+                resume_ms: None,
+            },
+            stream_ms: elapsed_ms,
+            ..Default::default()
         })
     }
 }

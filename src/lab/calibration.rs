@@ -1,0 +1,68 @@
+//! What the lab's migration link carries, measured before a case: TCP
+//! goodput from the source host to the destination over the same path and
+//! MTU the migration stream takes. A built-in sender and receiver, so the
+//! figure depends on nothing but the lab.
+
+use super::Lab;
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Bytes received before this much time has passed are not counted: TCP's
+/// slow start and the token bucket's initial burst.
+const WARM_UP: Duration = Duration::from_millis(100);
+const MEASURE: Duration = Duration::from_millis(400);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Goodput in Mbit/s from the lab's source host to its destination.
+pub fn link_goodput(lab: &Lab) -> Result<f64> {
+    let to = (lab.destination.link_addr, 0);
+    let listener = lab.destination.netns.enter(|| TcpListener::bind(to))??;
+    let addr = listener.local_addr()?;
+    let receiver = std::thread::spawn(move || receive(&listener));
+    let stream = lab
+        .source
+        .netns
+        .enter(|| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))?
+        .with_context(|| format!("calibration: connecting to {addr} over the migration link"))?;
+    send(stream);
+    receiver.join().expect("calibration receiver panicked")
+}
+
+/// Writes until the receiver closes, or for at most a few seconds.
+fn send(mut stream: TcpStream) {
+    let chunk = vec![0x5au8; 64 << 10];
+    let deadline = Instant::now() + WARM_UP + MEASURE + Duration::from_secs(5);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    while Instant::now() < deadline && stream.write_all(&chunk).is_ok() {}
+}
+
+fn receive(listener: &TcpListener) -> Result<f64> {
+    listener.set_nonblocking(false)?;
+    let (mut stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut first: Option<Instant> = None;
+    let (mut counted, mut window_start) = (0u64, None);
+    loop {
+        let n = stream.read(&mut buf).context("calibration: reading from the migration link")?;
+        if n == 0 {
+            bail!("calibration: the sender closed the connection early");
+        }
+        let now = Instant::now();
+        let since = now - *first.get_or_insert(now);
+        if since < WARM_UP {
+            continue;
+        }
+        // The read that opens the window carries bytes from before it.
+        let Some(start) = window_start else {
+            window_start = Some(now);
+            continue;
+        };
+        counted += n as u64;
+        if now - start >= MEASURE {
+            return Ok(counted as f64 * 8.0 / (now - start).as_secs_f64() / 1e6);
+        }
+    }
+}
