@@ -84,6 +84,9 @@ pub struct Calibration {
     pub mtu: u32,
     /// TCP goodput from source to destination over the migration link.
     pub goodput_mbit: f64,
+    /// The rate on the wire that goodput makes (frames, headers included):
+    /// what a migration stream's wire rate is compared with.
+    pub wire_mbit: f64,
     /// The workload's dirty rate, resolved against the goodput.
     pub workload_dirty_rate_mib_s: u32,
     /// The most the guest could dirty, measured by its agent at boot.
@@ -171,9 +174,14 @@ pub struct RunMeasurement {
     /// Peak memory (RSS) of the hypervisor processes of either host.
     pub peak_memory_mib: Option<f64>,
     pub phases: Phases,
-    /// Memory bytes over the time the stream moved them, Mbit/s.
+    /// Bytes the source sent on the migration link during the evacuation
+    /// (frames whole), as the link counted them.
+    pub link_bytes: Option<u64>,
+    /// The stream's rate while it moved memory, Mbit/s: on the wire of the
+    /// migration link, or, for a stream that does not cross it (xen-pv, in
+    /// one Xen host), its own byte count.
     pub throughput_mbit: Option<f64>,
-    /// `throughput_mbit` over the calibrated goodput of the link.
+    /// `throughput_mbit` over the calibrated wire rate of the link.
     pub efficiency: Option<f64>,
     pub progress: Vec<ProgressSample>,
     pub timelines: Vec<Timeline>,

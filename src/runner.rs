@@ -6,10 +6,10 @@
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
-use crate::lab::calibration;
+use crate::lab::{calibration, link};
 use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
-use crate::measure::{Calibration, CaseResult, Outcome, ProgressSample, Provenance, RunMeasurement, Timeline};
+use crate::measure::{Calibration, CaseResult, Outcome, ProgressSample, Provenance, RunMeasurement, Timeline, Unit};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -107,11 +107,13 @@ pub fn logs_dir(case: &Case) -> std::path::PathBuf {
 /// link, the guest boots on host a, and each run migrates it to the other
 /// host (a->b, b->a, ...).
 fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<CaseResult> {
-    let goodput_mbit = calibration::link_goodput(lab)?;
+    let link = calibration::link_rates(lab)?;
+    let goodput_mbit = link.goodput_mbit;
     let dirty_rate = case.workload.dirty_rate.mib_s(goodput_mbit);
     progress(&format!(
-        "{}: the migration link carries {goodput_mbit:.0} Mbit/s at MTU {}; the workload dirties {} MiB at {dirty_rate} MiB/s",
+        "{}: the migration link carries {goodput_mbit:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}; the workload dirties {} MiB at {dirty_rate} MiB/s",
         case.name(),
+        link.wire_mbit,
         case.link.mtu,
         case.workload.dirty_mib
     ));
@@ -123,6 +125,7 @@ fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn 
     let calibration = Calibration {
         mtu: case.link.mtu,
         goodput_mbit,
+        wire_mbit: link.wire_mbit,
         workload_dirty_rate_mib_s: dirty_rate,
         guest_dirty_capacity_mib_s: hello.get("dirty_capacity_mib_s").and_then(|v| v.parse().ok()),
     };
@@ -130,7 +133,7 @@ fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn 
     let mut runs = Vec::new();
     for i in 1..=case.repeat {
         progress(&format!("{}: run {i}/{}: steady state for {} ms", case.name(), case.repeat, case.failure.after_ms));
-        let run = run_once(lab, case, backend, &observer, goodput_mbit, progress)?;
+        let run = run_once(lab, case, backend, &observer, link.wire_mbit, progress)?;
         progress(&format!("{}: run {i} ({}): {}", case.name(), run.direction, summary_line(&run)));
         let moved = run.outcome == Outcome::Completed;
         let alive = match &run.outcome {
@@ -160,7 +163,7 @@ fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn 
 }
 
 /// One measured migration of the running guest, from the lab's source.
-fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observer, goodput_mbit: f64, progress: &dyn Fn(&str)) -> Result<RunMeasurement> {
+fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observer, wire_mbit: f64, progress: &dyn Fn(&str)) -> Result<RunMeasurement> {
     let direction = format!("{}->{}", lab.source.name, lab.destination.name);
     let monitor = FailureMonitor::start(lab)?;
     let sampling_from = Instant::now();
@@ -170,8 +173,26 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
     progress(&format!("{}: host {} warned it is going down; evacuating to {}", case.name(), lab.source.name, lab.destination.name));
 
+    let link_monitor = link::Monitor::start(&lab.source.netns.name)?;
     let evacuation = backend.evacuate(lab, case, progress);
+    let on_link = link_monitor.finish()?;
+    let link_bytes = on_link.bytes();
     let mut outcome = evacuation.outcome;
+    // A stream that should cross the link and left it idle went elsewhere:
+    // what was measured is not what the case asked for.
+    if let (Outcome::Completed, true, Some(sent)) = (&outcome, backend.stream_crosses_link(), evacuation.bytes_transferred) {
+        if link_bytes < sent / 2 {
+            outcome = Outcome::Failed {
+                reason: format!(
+                    "the migration stream did not cross the migration link: {:.1} MiB on {} for {:.1} MiB transferred",
+                    link_bytes as f64 / MIB,
+                    crate::lab::network::LINK_DEV,
+                    sent as f64 / MIB
+                ),
+                source_survived: false,
+            };
+        }
+    }
     let ended = Instant::now();
     // The guest must be heard again: from the destination after a
     // migration, from the source after a failed one.
@@ -184,7 +205,14 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         Outcome::Completed => {}
     }
     std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
-    let timelines = sampler.finish(t0);
+    let mut timelines = sampler.finish(t0);
+    if backend.stream_crosses_link() {
+        timelines.push(Timeline {
+            name: "link.source.tx".into(),
+            unit: Unit::Mbit,
+            points: on_link.rate_timeline(t0, Duration::from_millis(case.sampling.interval_ms)),
+        });
+    }
     let beats = observer.heartbeats();
     if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
         if last.memory_errors > 0 {
@@ -202,14 +230,13 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
             .reduce(f64::max)
     };
     let completed = matches!(outcome, Outcome::Completed);
-    let throughput_mbit = evacuation
-        .bytes_transferred
-        .zip(evacuation.stream_ms)
-        .filter(|(_, ms)| *ms > 0.0)
-        .map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
-        .filter(|_| completed);
+    let throughput_mbit = if backend.stream_crosses_link() {
+        on_link.active_rate_mbit()
+    } else {
+        evacuation.bytes_transferred.zip(evacuation.stream_ms).filter(|(_, ms)| *ms > 0.0).map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
+    }
+    .filter(|_| completed);
     let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
-    const MIB: f64 = (1u64 << 20) as f64;
     let progress_samples = evacuation
         .progress
         .iter()
@@ -236,12 +263,15 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         peak_memory_mib: peak("memory.", &timelines),
         phases: evacuation.phases,
         throughput_mbit,
-        efficiency: throughput_mbit.map(|t| t / goodput_mbit),
+        link_bytes: Some(link_bytes),
+        efficiency: throughput_mbit.filter(|_| backend.stream_crosses_link()).map(|t| t / wire_mbit),
         progress: progress_samples,
         outcome,
         timelines,
     })
 }
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

@@ -42,7 +42,9 @@ pub struct Evacuation {
     /// Each backend knows its own sequence; counted from the start of the
     /// evacuation, which is the warning.
     pub phases: Phases,
-    /// How long the stream was busy moving `bytes_transferred`, ms.
+    /// How long the stream was busy moving `bytes_transferred`, ms; needed
+    /// only where the stream does not cross the lab's link, whose counters
+    /// tell it otherwise.
     pub stream_ms: Option<f64>,
     pub progress: Vec<Progress>,
 }
@@ -87,6 +89,12 @@ pub trait Backend {
 
     /// Whether the guest still runs on the source host.
     fn running_on_source(&self) -> bool;
+
+    /// Whether the migration stream crosses the lab's migration link (it
+    /// does not when source and destination share one machine).
+    fn stream_crosses_link(&self) -> bool {
+        true
+    }
 
     /// The guest moved and `lab`'s roles were swapped: its source is where
     /// the guest runs now. Makes ready to evacuate it from there, so that

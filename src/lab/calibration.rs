@@ -1,8 +1,10 @@
 //! What the lab's migration link carries, measured before a case: TCP
 //! goodput from the source host to the destination over the same path and
-//! MTU the migration stream takes. A built-in sender and receiver, so the
-//! figure depends on nothing but the lab.
+//! MTU the migration stream takes, and the rate on the wire (frames, headers
+//! included) that it makes. A built-in sender and receiver, so the figure
+//! depends on nothing but the lab.
 
+use super::link::tx_bytes as link_tx_bytes;
 use super::Lab;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -15,12 +17,19 @@ const WARM_UP: Duration = Duration::from_millis(100);
 const MEASURE: Duration = Duration::from_millis(400);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Goodput in Mbit/s from the lab's source host to its destination.
-pub fn link_goodput(lab: &Lab) -> Result<f64> {
+/// What the link carried: payload and wire rates, Mbit/s.
+pub struct LinkRates {
+    pub goodput_mbit: f64,
+    pub wire_mbit: f64,
+}
+
+/// What the link from the lab's source host to its destination carries.
+pub fn link_rates(lab: &Lab) -> Result<LinkRates> {
     let to = (lab.destination.link_addr, 0);
     let listener = lab.destination.netns.enter(|| TcpListener::bind(to))??;
     let addr = listener.local_addr()?;
-    let receiver = std::thread::spawn(move || receive(&listener));
+    let source = lab.source.netns.name.clone();
+    let receiver = std::thread::spawn(move || receive(&listener, &source));
     let stream = lab
         .source
         .netns
@@ -38,7 +47,7 @@ fn send(mut stream: TcpStream) {
     while Instant::now() < deadline && stream.write_all(&chunk).is_ok() {}
 }
 
-fn receive(listener: &TcpListener) -> Result<f64> {
+fn receive(listener: &TcpListener, source_ns: &str) -> Result<LinkRates> {
     listener.set_nonblocking(false)?;
     let (mut stream, _) = listener.accept()?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -46,13 +55,18 @@ fn receive(listener: &TcpListener) -> Result<f64> {
     let mut first: Option<Instant> = None;
     let (mut counted, mut window_start) = (0u64, None);
     let began = Instant::now();
+    let mut wire_from = link_tx_bytes(source_ns)?;
+    let rates = |counted: u64, since: Instant, wire_from: u64| -> Result<LinkRates> {
+        let secs = since.elapsed().as_secs_f64();
+        let wire = link_tx_bytes(source_ns)?.saturating_sub(wire_from);
+        Ok(LinkRates { goodput_mbit: counted as f64 * 8.0 / secs / 1e6, wire_mbit: wire as f64 * 8.0 / secs / 1e6 })
+    };
     loop {
         let n = match stream.read(&mut buf) {
             // A link that stalls (MTU 68: the sender's minimum MSS does not
             // fit) carries next to nothing: that is its goodput.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                let since = window_start.unwrap_or(began);
-                return Ok(counted as f64 * 8.0 / since.elapsed().as_secs_f64() / 1e6);
+                return rates(counted, window_start.unwrap_or(began), wire_from);
             }
             r => r.context("calibration: reading from the migration link")?,
         };
@@ -66,12 +80,13 @@ fn receive(listener: &TcpListener) -> Result<f64> {
         }
         // The read that opens the window carries bytes from before it.
         let Some(start) = window_start else {
-            window_start = Some(now);
+            wire_from = link_tx_bytes(source_ns)?;
+            window_start = Some(Instant::now());
             continue;
         };
         counted += n as u64;
         if now - start >= MEASURE {
-            return Ok(counted as f64 * 8.0 / (now - start).as_secs_f64() / 1e6);
+            return rates(counted, start, wire_from);
         }
     }
 }

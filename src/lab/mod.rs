@@ -10,6 +10,7 @@
 pub mod calibration;
 pub mod cleanup;
 pub mod libvirtd;
+pub mod link;
 pub mod netns;
 pub mod network;
 

@@ -18,6 +18,15 @@ impl Netns {
         sh::run("ip", &["netns", "add", name])?;
         let ns = Netns { name: name.to_string() };
         ns.exec("ip", &["link", "set", "lo", "up"])?;
+        // The lab speaks IPv4 only; IPv6's own chatter (router and neighbour
+        // solicitations) would be stray frames on the measured links.
+        ns.enter(|| {
+            for conf in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+            }
+            std::io::Result::Ok(())
+        })?
+        .with_context(|| format!("turning IPv6 off in {name}"))?;
         Ok(ns)
     }
 

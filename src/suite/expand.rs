@@ -38,7 +38,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_fit(&suite.workloads, guest.memory_mib)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
     let base_migration = suite.migration.unwrap_or_default();
-    let noise = noise_spec(suite.snapshot.and_then(|s| s.noise).unwrap_or_default());
+    let base_noise = suite.snapshot.and_then(|s| s.noise).unwrap_or_default();
     let link = suite.link.unwrap_or_default();
     let faults = Faults {
         kill_destination_after_ms: suite
@@ -68,6 +68,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                 let selected = || suite.overrides.iter().filter(|o| o.when.selects(hypervisor, mtu, name));
                 let bounds = selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
                 let migration = selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
+                let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
                     file: file.to_owned(),
@@ -89,7 +90,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     sampling: sampling.clone(),
                     bounds: bounds_spec(bounds),
                     expect: expect.clone(),
-                    noise: noise.clone(),
+                    noise: noise_spec(noise),
                 });
             }
         }

@@ -187,13 +187,17 @@ keyword_enum!(AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
 /// Per-case changes: bounds, and the migration (e.g. the strategy a
 /// hypervisor of the matrix can do).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with `when`, and `bounds` and/or `migration`")]
+#[serde(deny_unknown_fields, expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`")]
 pub(super) struct Override {
     pub when: When,
     #[serde(default)]
     pub bounds: BoundsDef,
     #[serde(default)]
     pub migration: MigrationDef,
+    /// Noise thresholds of the selected cases (a metric that is bound by
+    /// the CPU rather than the link swings more between runs).
+    #[serde(default)]
+    pub noise: NoiseDef,
 }
 
 /// Selects matrix cases; keys left out match everything.
@@ -265,7 +269,7 @@ pub(super) struct SnapshotDef {
 }
 
 /// Noise thresholds of the gated metrics, as percentages of the baseline.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `peak_memory`"
@@ -276,6 +280,19 @@ pub(super) struct NoiseDef {
     pub guest_downtime: Option<Percent>,
     pub throughput: Option<Percent>,
     pub peak_memory: Option<Percent>,
+}
+
+impl NoiseDef {
+    /// `self` layered over `base`: keys given here win.
+    pub fn over(self, base: NoiseDef) -> NoiseDef {
+        NoiseDef {
+            total_time: self.total_time.or(base.total_time),
+            downtime: self.downtime.or(base.downtime),
+            guest_downtime: self.guest_downtime.or(base.guest_downtime),
+            throughput: self.throughput.or(base.throughput),
+            peak_memory: self.peak_memory.or(base.peak_memory),
+        }
+    }
 }
 
 impl When {

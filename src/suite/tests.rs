@@ -232,7 +232,8 @@ fn ci_suite_expands_to_the_documented_case() {
                 peak_memory_mib: Some(2048.0),
             },
             expect: Expect::Pass,
-            noise: NoiseThresholds::default(),
+            // The mtu 128 override loosens what the CPU bounds.
+            noise: NoiseThresholds { total_time: 0.5, downtime: 0.6, guest_downtime: 0.6, throughput: 0.4, peak_memory: 0.3 },
         }
     );
 }

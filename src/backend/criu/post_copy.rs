@@ -76,7 +76,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
-    let src_addr = lab.source.libvirtd.addr.to_string();
+    let src_addr = lab.source.link_addr.to_string();
     let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 
@@ -172,7 +172,6 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
             resume_ms: span_ms(Some(restore_started), Some(restored_at)),
             memory_transfer_ms: span_ms(Some(restored_at), Some(done_at)),
         },
-        stream_ms: span_ms(Some(restored_at), Some(done_at)),
         ..Default::default()
     })
 }

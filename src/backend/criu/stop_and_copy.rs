@@ -36,7 +36,7 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
-    let dst_addr = lab.destination.libvirtd.addr.to_string();
+    let dst_addr = lab.destination.link_addr.to_string();
     let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 
@@ -120,8 +120,6 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
             stop_and_copy_ms: frozen_ms,
             resume_ms: span_ms(Some(dump_ended), Some(restored_at)),
         },
-        // The pages go to the page server while the container is frozen.
-        stream_ms: frozen_ms,
         ..Default::default()
     })
 }

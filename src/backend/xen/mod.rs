@@ -259,6 +259,11 @@ impl Backend for Xen {
         e
     }
 
+    /// `xl migrate` within one Xen host: the stream is a pipe in dom0.
+    fn stream_crosses_link(&self) -> bool {
+        false
+    }
+
     /// Same Xen host: the received domain is the next run's source.
     fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
         let (domid, _) = self.domain(DOMAIN_NAME).context("no domain x0 after the migration")?;
