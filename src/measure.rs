@@ -123,6 +123,32 @@ pub struct ProgressSample {
     pub throughput_mbit: Option<f64>,
 }
 
+/// One pre-copy pass as the progress timeline shows it: what it sent and
+/// for how long (to the sample where the next pass was first seen).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pass {
+    pub pass: u64,
+    pub transferred_mib: f64,
+    pub duration_ms: i64,
+}
+
+impl Pass {
+    /// The passes of a progress timeline.
+    pub fn of(progress: &[ProgressSample]) -> Vec<Pass> {
+        let mut passes: Vec<Pass> = Vec::new();
+        let mut start: Option<&ProgressSample> = None;
+        for s in progress.iter().filter(|s| s.pass > 0) {
+            match start {
+                Some(b) if b.pass == s.pass => continue,
+                Some(b) => passes.push(Pass { pass: b.pass, transferred_mib: s.transferred_mib - b.transferred_mib, duration_ms: s.t_ms - b.t_ms }),
+                None => {}
+            }
+            start = Some(s);
+        }
+        passes
+    }
+}
+
 /// How a migration ended.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -184,6 +210,9 @@ pub struct RunMeasurement {
     /// `throughput_mbit` over the calibrated wire rate of the link.
     pub efficiency: Option<f64>,
     pub progress: Vec<ProgressSample>,
+    /// Per pass, from `progress` (the last, cut short by the switch-over,
+    /// is left out).
+    pub passes: Vec<Pass>,
     pub timelines: Vec<Timeline>,
 }
 
@@ -194,4 +223,22 @@ pub struct CaseResult {
     pub provenance: Provenance,
     pub calibration: Calibration,
     pub runs: Vec<RunMeasurement>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t_ms: i64, transferred_mib: f64, pass: u64) -> ProgressSample {
+        ProgressSample { t_ms, transferred_mib, remaining_mib: 0.0, pass, dirty_rate_mib_s: None, throughput_mbit: None }
+    }
+
+    #[test]
+    fn passes_from_progress() {
+        let progress = [at(0, 0.0, 0), at(100, 5.0, 1), at(200, 60.0, 1), at(300, 110.0, 2), at(400, 118.0, 3), at(500, 120.0, 3)];
+        assert_eq!(
+            Pass::of(&progress),
+            [Pass { pass: 1, transferred_mib: 105.0, duration_ms: 200 }, Pass { pass: 2, transferred_mib: 8.0, duration_ms: 100 }]
+        );
+    }
 }

@@ -9,7 +9,7 @@ use crate::failure::FailureMonitor;
 use crate::lab::{calibration, link};
 use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
-use crate::measure::{Calibration, CaseResult, Outcome, ProgressSample, Provenance, RunMeasurement, Timeline, Unit};
+use crate::measure::{Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline, Unit};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -237,7 +237,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     }
     .filter(|_| completed);
     let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
-    let progress_samples = evacuation
+    let progress_samples: Vec<ProgressSample> = evacuation
         .progress
         .iter()
         .map(|p| ProgressSample {
@@ -265,6 +265,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         throughput_mbit,
         link_bytes: Some(link_bytes),
         efficiency: throughput_mbit.filter(|_| backend.stream_crosses_link()).map(|t| t / wire_mbit),
+        passes: Pass::of(&progress_samples),
         progress: progress_samples,
         outcome,
         timelines,

@@ -125,7 +125,7 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
 }
 
 /// What ran (accelerator, host), then the versions, on a line of their own
-/// (`VERSIONS`) that snapshots leave out.
+/// (`VERSIONS`); snapshots keep only the first.
 fn provenance_lines(p: &Provenance) -> [String; 2] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),

@@ -72,22 +72,14 @@ impl Table {
         }
     }
 
-    /// How many leading text cells identify `row` (its key).
-    pub fn key_len(row: &[Cell]) -> usize {
-        row.iter()
-            .take_while(|c| matches!(c, Cell::Text(_)))
-            .count()
-    }
-
     fn numeric(&self, column: usize) -> bool {
         let cells = || self.rows.iter().filter_map(|r| r.get(column));
         cells().any(|c| matches!(c, Cell::Num { .. }))
             && !cells().any(|c| matches!(c, Cell::Text(_)))
     }
 
-    /// Lays out already rendered cells (one string per cell of `self.rows`);
-    /// each column is at least `min_widths[column]` wide where given.
-    pub(crate) fn layout(&self, cells: &[Vec<String>], min_widths: &[usize]) -> String {
+    /// Lays out already rendered cells (one string per cell of `self.rows`).
+    fn layout(&self, cells: &[Vec<String>]) -> String {
         let len = |s: &str| s.chars().count();
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|c| {
@@ -97,9 +89,7 @@ impl Table {
                     .map(|s| len(s))
                     .max()
                     .unwrap_or(0);
-                widest
-                    .max(len(&self.headers[c]))
-                    .max(min_widths.get(c).copied().unwrap_or(0))
+                widest.max(len(&self.headers[c]))
             })
             .collect();
         let right: Vec<bool> = (0..self.headers.len()).map(|c| self.numeric(c)).collect();
@@ -139,7 +129,7 @@ impl fmt::Display for Table {
             .iter()
             .map(|r| r.iter().map(Cell::render).collect())
             .collect();
-        f.write_str(&self.layout(&cells, &[]))
+        f.write_str(&self.layout(&cells))
     }
 }
 
@@ -177,16 +167,5 @@ mod tests {
              | a      | 1.5 ms | x    |\n\
              | longer |      - | yz   |"
         );
-    }
-
-    #[test]
-    fn key_is_the_leading_text() {
-        let row = [
-            Cell::text("kvm-fv"),
-            Cell::text("128"),
-            Cell::num(1.0, None, 0),
-            Cell::text("ok"),
-        ];
-        assert_eq!(Table::key_len(&row), 2);
     }
 }

@@ -62,6 +62,11 @@ impl Clock {
         }
     }
 
+    /// Whether the fault killed a destination process.
+    pub fn killed(&self) -> bool {
+        self.killed.is_some()
+    }
+
     pub fn reason(&self, what: String) -> String {
         match &self.killed {
             Some(k) => format!("{what}; {k}"),

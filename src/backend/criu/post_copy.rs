@@ -139,6 +139,10 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         Err(e) => Some(e),
         Ok(None) => Some(format!("timed out after {} ms while the memory followed, criu dump killed", clock.timeout_ms)),
         Ok(Some(s)) if !s.success() => Some(format!("criu dump failed while serving lazy pages ({s}): {}", errors(&dump_log))),
+        // The source's page server takes the killed daemon's closed
+        // connection for the end of the transfer and exits cleanly: the
+        // pages it had not yet served are lost to the destination.
+        Ok(Some(_)) if clock.killed() => Some("the lazy-pages daemon died before the container's memory had all moved".into()),
         Ok(Some(_)) => None,
     };
     stop_lazy();
