@@ -43,7 +43,7 @@ pub struct Verdict {
     pub gates: Vec<Gate>,
     /// Runs whose outcome broke the expectation, one line each.
     pub failures: Vec<String>,
-    /// What was expected, e.g. "bounds on worst of 3 runs".
+    /// What was expected, e.g. "bounds on worst of 3 runs, gated metrics against the baseline".
     pub expectation: String,
 }
 
@@ -59,7 +59,7 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
                 Aggregate::Worst => "worst",
             };
             let failures = runs.iter().enumerate().filter_map(|(i, r)| run_failure(i, r)).collect();
-            (format!("bounds on {agg} of {n} {runs_word}"), check_bounds(case, runs), failures)
+            (format!("bounds on {agg} of {n} {runs_word}, gated metrics against the baseline"), check_bounds(case, runs), failures)
         }
         Expect::Fail { reason_contains } => (
             format!("expected to fail with \"{reason_contains}\", source surviving, in all {n} {runs_word}"),
@@ -243,7 +243,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "FAIL ci::kvm-fv::mtu128::game (bounds on worst of 3 runs)"
+            "FAIL ci::kvm-fv::mtu128::game (bounds on worst of 3 runs, gated metrics against the baseline)"
         );
         assert_eq!(
             lines[1],

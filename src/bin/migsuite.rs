@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use migsuite::backend;
-use migsuite::case::{Case, Expect};
+use migsuite::case::{Case, Expect, LinkSpec};
+use migsuite::lab::{calibration, Lab};
 use migsuite::report::{case_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
 use migsuite::suite::{self, SuiteError};
@@ -29,6 +30,15 @@ enum Command {
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
     },
+    /// Measure what the local lab's migration link carries at an MTU, beside
+    /// a bare veth pair with the same settings (what a cable costs here).
+    Calibrate {
+        #[arg(long, default_value_t = 128)]
+        mtu: u32,
+        /// Token-bucket rate of the link, Mbit/s; 0 = unshaped.
+        #[arg(long, default_value_t = 1000)]
+        rate_mbit: u64,
+    },
     /// Run the cases on the local lab, print the tables, write a JSON report.
     Run {
         #[arg(default_value = "suites")]
@@ -51,31 +61,54 @@ fn load(paths: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (Command::Validate { paths } | Command::List { paths } | Command::Run { paths, .. }) = &cli.command;
-    let cases = match load(paths) {
-        Ok(c) => c,
-        Err(e) => {
+    let cases = |paths: &[PathBuf]| {
+        load(paths).map_err(|e| {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
     };
-    match cli.command {
-        Command::Validate { .. } => {
+    let done = match Cli::parse().command {
+        Command::Calibrate { mtu, rate_mbit } => Ok(calibrate(mtu, rate_mbit)),
+        Command::Validate { paths } => cases(&paths).map(|cases| {
             println!("ok: {} cases", cases.len());
             ExitCode::SUCCESS
-        }
-        Command::List { .. } => {
+        }),
+        Command::List { paths } => cases(&paths).map(|cases| {
             for c in &cases {
                 let note = backend::refusal(c.hypervisor).map_or(String::new(), |why| format!("  (refused: {why})"));
                 println!("{}{note}", c.name());
             }
             ExitCode::SUCCESS
-        }
-        Command::Run { filter, report_dir, .. } => {
+        }),
+        Command::Run { paths, filter, report_dir } => cases(&paths).map(|cases| {
             let selected: Vec<Case> =
                 cases.into_iter().filter(|c| filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
             run(&selected, &report_dir)
+        }),
+    };
+    done.unwrap_or_else(|failed| failed)
+}
+
+fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
+    let link = LinkSpec { mtu, rate_mbit: (rate_mbit > 0).then_some(rate_mbit), offloads: false };
+    let measured = (|| -> anyhow::Result<_> {
+        let _exclusive = migsuite::runner::exclusive()?;
+        let lab = Lab::start(&link)?;
+        let in_lab = calibration::link_rates(&lab)?;
+        drop(lab);
+        Ok((in_lab, calibration::bare_pair_rates(&link)?))
+    })();
+    match measured {
+        Ok((lab, bare)) => {
+            println!("MTU {mtu}, link {}, offloads off (TCP payload; on the wire):", if rate_mbit > 0 { format!("{rate_mbit} Mbit/s") } else { "unshaped".into() });
+            println!("  lab migration link: {:6.0} Mbit/s; {:6.0} Mbit/s", lab.goodput_mbit, lab.wire_mbit);
+            println!("  bare veth pair:     {:6.0} Mbit/s; {:6.0} Mbit/s", bare.goodput_mbit, bare.wire_mbit);
+            println!("  lab / bare:         {:6.0} %", lab.goodput_mbit / bare.goodput_mbit * 100.0);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("calibrate: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -5,7 +5,10 @@
 //! depends on nothing but the lab.
 
 use super::link::tx_bytes as link_tx_bytes;
-use super::Lab;
+use super::netns::Netns;
+use super::{cleanup, network, Lab};
+use crate::case::LinkSpec;
+use std::net::Ipv4Addr;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,18 +28,33 @@ pub struct LinkRates {
 
 /// What the link from the lab's source host to its destination carries.
 pub fn link_rates(lab: &Lab) -> Result<LinkRates> {
-    let to = (lab.destination.link_addr, 0);
-    let listener = lab.destination.netns.enter(|| TcpListener::bind(to))??;
+    rates_between(&lab.source.netns, &lab.destination.netns, lab.destination.link_addr)
+}
+
+/// What a cable (`network::cable`) from `from` to `to` (at `to_addr`) carries.
+fn rates_between(from: &Netns, to: &Netns, to_addr: Ipv4Addr) -> Result<LinkRates> {
+    let listener = to.enter(|| TcpListener::bind((to_addr, 0)))??;
     let addr = listener.local_addr()?;
-    let source = lab.source.netns.name.clone();
+    let source = from.name.clone();
     let receiver = std::thread::spawn(move || receive(&listener, &source));
-    let stream = lab
-        .source
-        .netns
+    let stream = from
         .enter(|| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))?
         .with_context(|| format!("calibration: connecting to {addr} over the migration link"))?;
     send(stream);
     receiver.join().expect("calibration receiver panicked")
+}
+
+/// What a bare veth pair with `link`'s settings carries, between two
+/// namespaces of its own: the lab's link is meant to cost no more than that.
+pub fn bare_pair_rates(link: &LinkSpec) -> Result<LinkRates> {
+    cleanup::sweep_stale();
+    let id = cleanup::next_lab_id();
+    std::fs::create_dir_all(cleanup::LAB_ROOT)?;
+    let dir = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir_in(cleanup::LAB_ROOT)?;
+    let _registration = cleanup::register(&id, dir.path());
+    let (a, b) = (Netns::create(&format!("{id}-a"))?, Netns::create(&format!("{id}-b"))?);
+    network::cable([&a, &b], link)?;
+    rates_between(&a, &b, network::link_addr(1))
 }
 
 /// Writes until the receiver closes, or for at most a few seconds.

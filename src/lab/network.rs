@@ -67,8 +67,13 @@ pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> 
         switch.exec("ip", &["link", "set", &port, "master", "mgmt0", "up"])?;
         address(host, "mgmt0", management_addr(i as u8))?;
     }
-    // The migration link: a cable from host 0 to host 1.
-    veth(hosts[0], LINK_DEV, hosts[1], LINK_DEV, &mtu)?;
+    cable(hosts, link)
+}
+
+/// The migration link: one veth pair from host 0 to host 1, `LINK_DEV` at
+/// `link_addr(i)` on each, with the link's MTU, offloads and rate.
+pub fn cable(hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
+    veth(hosts[0], LINK_DEV, hosts[1], LINK_DEV, &link.mtu.to_string())?;
     for (i, host) in hosts.iter().enumerate() {
         address(host, LINK_DEV, link_addr(i as u8))?;
         make_wire_like(host, LINK_DEV, link)?;

@@ -304,7 +304,7 @@ impl Kvm {
                     aborted = true;
                 }
             }
-            if last_progress.elapsed() >= Duration::from_secs(2) {
+            if processed > 0 && last_progress.elapsed() >= Duration::from_secs(2) {
                 let remaining = job.as_ref().and_then(|j| j.mem_remaining).unwrap_or(0);
                 progress(&format!(
                     "migrating: {} ms, {} MiB sent, {} MiB remaining, pass {iteration}",
