@@ -5,7 +5,7 @@
 //!
 //! Strategies: `stop-and-copy` (dump to a page server on the destination,
 //! restore there) and `postcopy` (restore at once, memory follows as lazy
-//! pages), each over the lab LAN. `precopy` would be CRIU's iterative
+//! pages), each over the migration link. `precopy` would be CRIU's iterative
 //! pre-dumps, which need the kernel's soft-dirty page tracking: refused at
 //! once, with the reason, where the kernel lacks it, as is postcopy where
 //! the host cannot serve lazy pages. `auto-converge` is refused.

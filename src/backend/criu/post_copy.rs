@@ -1,10 +1,10 @@
-//! Post-copy (CRIU lazy pages) over the lab LAN. The dump freezes the
+//! Post-copy (CRIU lazy pages) over the migration link. The dump freezes the
 //! container and writes its small images (processes, files, namespaces),
 //! but keeps the memory on the source, where it serves it from a page
 //! server. The destination restores the container at once; its tasks run
 //! and fault their memory in through userfaultfd, each fault answered by a
 //! `criu lazy-pages` daemon that fetches the page from the source over the
-//! LAN and, meanwhile, pulls the rest in the background.
+//! migration link and, meanwhile, pulls the rest in the background.
 //!
 //! The source's tasks are left stopped (they hold the memory being
 //! served) and killed once the last page has moved. If anything fails

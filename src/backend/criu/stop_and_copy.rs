@@ -1,4 +1,4 @@
-//! Stop-and-copy over the lab LAN. CRIU freezes the container on the
+//! Stop-and-copy over the migration link. CRIU freezes the container on the
 //! source and sends its memory pages to a page server on the destination
 //! host, while the rest of its state (small images: processes, files,
 //! namespaces) goes to the shared storage; the destination restores it in

@@ -1,5 +1,5 @@
 //! kvm-fv and kvm-pv: QEMU guests driven through libvirt, migrated
-//! peer-to-peer between the hosts' libvirtds over the lab LAN.
+//! peer-to-peer between the hosts' libvirtds over the migration link.
 
 pub mod accel;
 pub mod domain;

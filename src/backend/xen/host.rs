@@ -11,7 +11,7 @@
 //!
 //! Per case, `attach` connects the host to the lab: a veth pair from the
 //! host's namespace (bridged with QEMU's tap) into the lab's source host,
-//! joined to its br0, so dom0's bridge is on the lab LAN. The lab's end goes
+//! joined to its br0, so dom0's bridge is on the guest LAN. The lab's end goes
 //! with the lab's namespace when the case ends.
 
 use super::dom0;
