@@ -7,6 +7,7 @@
 //! always gives the same verdict and the same snapshot text.
 
 use crate::metrics::Better;
+use crate::stats::{median, sorted};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -22,20 +23,6 @@ pub struct Estimate {
     pub lo: f64,
     pub hi: f64,
     pub n: usize,
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
 }
 
 /// The quantile `q` of sorted values (nearest rank).
