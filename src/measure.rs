@@ -4,6 +4,9 @@
 use crate::case::Case;
 use serde::{Deserialize, Serialize};
 
+/// Bytes in a MiB, for the figures reported in MiB.
+pub const MIB: f64 = (1u64 << 20) as f64;
+
 /// What produced the numbers: every report carries it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {

@@ -4,7 +4,7 @@
 //! from this list.
 
 use crate::case::{Bounds, NoiseThresholds};
-use crate::measure::{RunMeasurement, Unit};
+use crate::measure::{RunMeasurement, Unit, MIB};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Better {
@@ -87,7 +87,7 @@ pub const METRICS: &[Metric] = &[
         label: "transferred",
         unit: Unit::Mib,
         better: Better::Lower,
-        value: |r| r.bytes_transferred.map(|b| b as f64 / (1u64 << 20) as f64),
+        value: |r| r.bytes_transferred.map(|b| b as f64 / MIB),
         bound: None,
         gated: None,
     },

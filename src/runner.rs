@@ -9,7 +9,7 @@ use crate::failure::FailureMonitor;
 use crate::lab::{calibration, link};
 use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
-use crate::measure::{Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline, Unit};
+use crate::measure::{Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline, Unit, MIB};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -173,6 +173,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
     progress(&format!("{}: host {} warned it is going down; evacuating to {}", case.name(), lab.source.name, lab.destination.name));
 
+    let crosses_link = backend.stream_crosses_link();
     let link_monitor = link::Monitor::start(&lab.source.netns.name)?;
     let evacuation = backend.evacuate(lab, case, progress);
     let on_link = link_monitor.finish()?;
@@ -180,7 +181,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     let mut outcome = evacuation.outcome;
     // A stream that should cross the link and left it idle went elsewhere:
     // what was measured is not what the case asked for.
-    if let (Outcome::Completed, true, Some(sent)) = (&outcome, backend.stream_crosses_link(), evacuation.bytes_transferred) {
+    if let (Outcome::Completed, true, Some(sent)) = (&outcome, crosses_link, evacuation.bytes_transferred) {
         if link_bytes < sent / 2 {
             outcome = Outcome::Failed {
                 reason: format!(
@@ -206,7 +207,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     }
     std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
     let mut timelines = sampler.finish(t0);
-    if backend.stream_crosses_link() {
+    if crosses_link {
         timelines.push(Timeline {
             name: "link.source.tx".into(),
             unit: Unit::Mbit,
@@ -230,7 +231,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
             .reduce(f64::max)
     };
     let completed = matches!(outcome, Outcome::Completed);
-    let throughput_mbit = if backend.stream_crosses_link() {
+    let throughput_mbit = if crosses_link {
         on_link.active_rate_mbit()
     } else {
         evacuation.bytes_transferred.zip(evacuation.stream_ms).filter(|(_, ms)| *ms > 0.0).map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
@@ -264,15 +265,13 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         phases: evacuation.phases,
         throughput_mbit,
         link_bytes: Some(link_bytes),
-        efficiency: throughput_mbit.filter(|_| backend.stream_crosses_link()).map(|t| t / wire_mbit),
+        efficiency: throughput_mbit.filter(|_| crosses_link).map(|t| t / wire_mbit),
         passes: Pass::of(&progress_samples),
         progress: progress_samples,
         outcome,
         timelines,
     })
 }
-
-const MIB: f64 = (1u64 << 20) as f64;
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

@@ -5,7 +5,7 @@ pub mod accel;
 pub mod domain;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
-use crate::measure::Phases;
+use crate::measure::{Phases, MIB};
 use crate::case::{Case, Hypervisor, Strategy};
 use std::collections::BTreeMap;
 use crate::guest::image::GuestImage;
@@ -213,7 +213,6 @@ impl Convergence {
     }
 }
 
-const MIB: f64 = (1u64 << 20) as f64;
 
 
 impl Kvm {
