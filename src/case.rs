@@ -69,6 +69,24 @@ pub enum Strategy {
     StopAndCopy,
 }
 
+impl Strategy {
+    /// As suites write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Precopy => "precopy",
+            Strategy::Postcopy => "postcopy",
+            Strategy::AutoConverge => "auto-converge",
+            Strategy::StopAndCopy => "stop-and-copy",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Payload size of the workload's packet stream (UDP payload bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

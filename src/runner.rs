@@ -55,6 +55,9 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
         return Err(RunError::Refused(why));
     }
     let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
+    if let Some(why) = backend.host_refusal(case) {
+        return Err(RunError::Refused(why));
+    }
     let mut lab = Lab::start(&case.link)?;
     let result = run_in(&mut lab, case, backend.as_mut(), progress);
     let logs = logs_dir(case);

@@ -8,7 +8,7 @@ pub mod criu;
 pub mod kvm;
 pub mod xen;
 
-use crate::case::{Case, Hypervisor};
+use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::{netns, Lab};
 use crate::sampler::Pids;
 use crate::measure::{Outcome, Phases};
@@ -73,6 +73,12 @@ pub struct BackendInfo {
 pub trait Backend {
     fn info(&self) -> &BackendInfo;
 
+    /// Why this host cannot run `case` (e.g. a kernel feature its strategy
+    /// needs); asked once, before the lab is built.
+    fn host_refusal(&self, _case: &Case) -> Option<String> {
+        None
+    }
+
     /// Starts the guest on the source host, the agent's configuration in
     /// `agent_args` (kernel command line form). Returns once it is started;
     /// the runner waits for the agent's hello.
@@ -126,6 +132,18 @@ pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
         Hypervisor::KvmFv | Hypervisor::KvmPv => kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
         Hypervisor::XenPv | Hypervisor::XenHvm => xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>),
         Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
+    }
+}
+
+/// The strategies each backend implements; a suite asking for another is
+/// refused when it is validated.
+pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
+    match h {
+        Hypervisor::KvmFv | Hypervisor::KvmPv => &[Strategy::Precopy, Strategy::Postcopy, Strategy::AutoConverge],
+        // Pre-copy by CRIU pre-dumps is not implemented (it needs soft-dirty, which these hosts lack).
+        Hypervisor::Openvz => &[Strategy::StopAndCopy, Strategy::Postcopy],
+        // `xl migrate` does pre-copy and nothing else.
+        Hypervisor::XenPv | Hypervisor::XenHvm => &[Strategy::Precopy],
     }
 }
 

@@ -6,7 +6,7 @@ use migsuite::case::{Case, Expect, LinkSpec};
 use migsuite::lab::{calibration, Lab};
 use migsuite::report::{case_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
-use migsuite::suite::{self, SuiteError};
+use migsuite::suite;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -52,17 +52,9 @@ enum Command {
     },
 }
 
-fn load(paths: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
-    let mut cases = Vec::new();
-    for p in paths {
-        cases.extend(if p.is_dir() { suite::load_dir(p)? } else { suite::load_file(p)? });
-    }
-    Ok(cases)
-}
-
 fn main() -> ExitCode {
     let cases = |paths: &[PathBuf]| {
-        load(paths).map_err(|e| {
+        suite::load_paths(paths).map_err(|e| {
             eprintln!("{e}");
             ExitCode::FAILURE
         })

@@ -6,8 +6,7 @@ use super::model::{
     AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, Override,
     SamplingDef, StrategyDef, Suite, TierDef, NoiseDef, WorkloadDef,
 };
-use super::scalar::Ident;
-use super::units::Duration;
+use super::scalar::{Ident, Mtu};
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec, LinkSpec,
     MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
@@ -17,12 +16,13 @@ use std::fmt::Display;
 use std::path::Path;
 
 const MEMORY_MIB: u32 = 256;
-const MAX_DOWNTIME: Duration = Duration(300.0);
-const TIMEOUT: Duration = Duration(120_000.0);
-const INTERVAL: Duration = Duration(100.0);
-/// Finer sampling measures the sampler more than the migration.
-const MIN_INTERVAL: Duration = Duration(10.0);
-const SETTLE: Duration = Duration(5_000.0);
+/// Defaults, ms.
+const MAX_DOWNTIME_MS: u64 = 300;
+const TIMEOUT_MS: u64 = 120_000;
+const INTERVAL_MS: u64 = 100;
+const SETTLE_MS: u64 = 5_000;
+/// More cases than a lab runs in a day; a matrix this large is a mistake.
+const MAX_CASES: usize = 1000;
 
 /// A rule broken after parsing; the caller finds `path` in the text.
 #[derive(Debug)]
@@ -33,10 +33,12 @@ pub(super) struct Invalid {
 
 pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     let guest = guest_spec(suite.guest.unwrap_or_default());
-    check_matrix(&suite.matrix, &suite.workloads)?;
+    check_matrix(&suite.matrix, &suite.workloads.0)?;
     check_overrides(&suite.matrix, &suite.overrides)?;
-    check_fit(&suite.workloads, guest.memory_mib)?;
-    let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
+    check_fit(&suite.workloads.0, guest.memory_mib)?;
+    check_packets(&suite.matrix, &suite.workloads.0)?;
+    let sampling = sampling_spec(suite.sampling.unwrap_or_default());
+    let strategy_given = suite.migration.as_ref().is_some_and(|m| m.strategy.is_some());
     let base_migration = suite.migration.unwrap_or_default();
     let base_noise = suite.snapshot.and_then(|s| s.noise).unwrap_or_default();
     let link = suite.link.unwrap_or_default();
@@ -44,7 +46,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
         kill_destination_after_ms: suite
             .faults
             .and_then(|f| f.kill_destination_after)
-            .map(Duration::whole_ms),
+            .map(|d| d.0.whole_ms()),
     };
     let expect = match suite.expect.unwrap_or(ExpectDef::Pass) {
         ExpectDef::Pass => Expect::Pass,
@@ -52,6 +54,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     };
     let workloads: BTreeMap<Ident, Workload> = suite
         .workloads
+        .0
         .into_iter()
         .map(|(name, def)| {
             let workload = workload(&name, def);
@@ -61,13 +64,14 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     let base_bounds = suite.bounds.unwrap_or_default();
 
     let mut cases = Vec::new();
-    for &hypervisor in &suite.matrix.hypervisor {
+    for (h, &hypervisor) in suite.matrix.hypervisor.iter().enumerate() {
         for &mtu in &suite.matrix.mtu {
             for name in &suite.matrix.workload {
                 // Later overrides win: each is layered over what came before.
                 let selected = || suite.overrides.iter().filter(|o| o.when.selects(hypervisor, mtu, name));
                 let bounds = selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
                 let migration = selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
+                check_strategy(&suite.matrix, &suite.overrides, strategy_given, (h, mtu, name), &migration)?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
@@ -82,7 +86,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                         offloads: link.offloads.unwrap_or(true),
                     },
                     failure: FailureSpec {
-                        after_ms: suite.failure.after.whole_ms(),
+                        after_ms: suite.failure.after.0.whole_ms(),
                     },
                     migration: migration_spec(migration),
                     faults: faults.clone(),
@@ -98,13 +102,24 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     Ok(cases)
 }
 
-/// Every list non-empty and free of repeats (case names must be unique), and
-/// every workload listed also defined.
+/// Every list non-empty and free of repeats (case names must be unique),
+/// every workload listed also defined, and a product a lab can run.
 fn check_matrix(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Result<(), Invalid> {
     let path = FieldPath::default().key("matrix");
     distinct(&matrix.hypervisor, path.clone().key("hypervisor"))?;
     distinct(&matrix.mtu, path.clone().key("mtu"))?;
     distinct(&matrix.workload, path.clone().key("workload"))?;
+    let (h, m, w) = (matrix.hypervisor.len(), matrix.mtu.len(), matrix.workload.len());
+    if h * m * w > MAX_CASES {
+        return Err(Invalid {
+            path,
+            message: format!(
+                "{h} hypervisors x {m} MTUs x {w} workloads make {} cases; a suite may have at \
+                 most {MAX_CASES}: split it into several suites",
+                h * m * w
+            ),
+        });
+    }
     if workloads.is_empty() {
         return Err(Invalid {
             path: FieldPath::default().key("workloads"),
@@ -184,6 +199,65 @@ fn listed<T: PartialEq + Display>(
     }
 }
 
+/// A workload's packets must each fit in one frame at every MTU of the
+/// matrix (IPv4 and UDP headers take 28 bytes): a larger payload would be
+/// fragmented, which is not what the suite asked to measure.
+fn check_packets(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Result<(), Invalid> {
+    let Some(mtu) = matrix.mtu.iter().map(|m| m.0).min() else {
+        return Ok(());
+    };
+    for (name, def) in workloads {
+        let size = def.packets.as_ref().and_then(|p| p.size).map(|s| s.0);
+        if let Some(PacketSize::Bytes(bytes)) = size.filter(|s| s.payload(mtu) > PacketSize::Fill.payload(mtu)) {
+            return Err(Invalid {
+                path: FieldPath::default().key("workloads").key(&name.0).key("packets").key("size"),
+                message: format!(
+                    "a {bytes}-byte payload does not fit in one packet at MTU {mtu} (matrix.mtu): \
+                     at most {} bytes do; use `fill` or a size up to that",
+                    PacketSize::Fill.payload(mtu)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The case's strategy must be one its backend implements; the error points
+/// at whatever chose it (an override, `migration.strategy`, or the default).
+fn check_strategy(
+    matrix: &Matrix,
+    overrides: &[Override],
+    strategy_given: bool,
+    (h, mtu, workload): (usize, Mtu, &Ident),
+    migration: &MigrationDef,
+) -> Result<(), Invalid> {
+    let hypervisor = matrix.hypervisor[h];
+    let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
+    let offered = crate::backend::strategies(hypervisor.0);
+    if offered.contains(&strategy) {
+        return Ok(());
+    }
+    let chosen_by = overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.when.selects(hypervisor, mtu, workload) && o.migration.strategy.is_some())
+        .map(|(i, _)| FieldPath::default().key("overrides").index(i).key("migration").key("strategy"))
+        .last();
+    let (path, default) = match chosen_by {
+        Some(path) => (path, ""),
+        None if strategy_given => (FieldPath::default().key("migration").key("strategy"), ""),
+        None => (FieldPath::default().key("matrix").key("hypervisor").index(h), " (the default)"),
+    };
+    Err(Invalid {
+        path,
+        message: format!(
+            "{hypervisor} cannot migrate by {strategy}{default}: its backend offers {}; \
+             choose one for it with an override (`when: {{ hypervisor: {hypervisor} }}`)",
+            list(offered)
+        ),
+    })
+}
+
 /// The dirtied memory has to fit in the guest next to its kernel.
 fn check_fit(workloads: &BTreeMap<Ident, WorkloadDef>, memory_mib: u32) -> Result<(), Invalid> {
     for (name, def) in workloads {
@@ -222,34 +296,24 @@ fn guest_spec(def: GuestDef) -> GuestSpec {
     }
 }
 
-fn sampling_spec(def: SamplingDef) -> Result<SamplingSpec, Invalid> {
-    let interval = def.interval.unwrap_or(INTERVAL);
-    if interval.0 < MIN_INTERVAL.0 {
-        return Err(Invalid {
-            path: FieldPath::default().key("sampling").key("interval"),
-            message: format!(
-                "must be at least {}ms, got {}ms",
-                MIN_INTERVAL.0, interval.0
-            ),
-        });
+fn sampling_spec(def: SamplingDef) -> SamplingSpec {
+    SamplingSpec {
+        interval_ms: def.interval.map_or(INTERVAL_MS, |d| d.0.whole_ms()),
+        settle_ms: def.settle.map_or(SETTLE_MS, |d| d.0.whole_ms()),
     }
-    Ok(SamplingSpec {
-        interval_ms: interval.whole_ms(),
-        settle_ms: def.settle.unwrap_or(SETTLE).whole_ms(),
-    })
 }
 
 fn migration_spec(def: MigrationDef) -> MigrationSpec {
     MigrationSpec {
         strategy: def.strategy.map_or(Strategy::Precopy, Into::into),
-        max_downtime_ms: def.max_downtime.unwrap_or(MAX_DOWNTIME).whole_ms(),
-        timeout_ms: def.timeout.unwrap_or(TIMEOUT).whole_ms(),
+        max_downtime_ms: def.max_downtime.map_or(MAX_DOWNTIME_MS, |d| d.0.whole_ms()),
+        timeout_ms: def.timeout.map_or(TIMEOUT_MS, |d| d.0.whole_ms()),
     }
 }
 
 fn noise_spec(def: NoiseDef) -> NoiseThresholds {
     let d = NoiseThresholds::default();
-    let pick = |v: Option<super::units::Percent>, default: f64| v.map_or(default, |p| p.0 / 100.0);
+    let pick = |v: Option<super::model::NoisePercent>, default: f64| v.map_or(default, |p| p.0 .0 / 100.0);
     NoiseThresholds {
         total_time: pick(def.total_time, d.total_time),
         downtime: pick(def.downtime, d.downtime),
@@ -274,10 +338,10 @@ fn workload(name: &Ident, def: WorkloadDef) -> Workload {
 fn bounds_spec(b: BoundsDef) -> Bounds {
     Bounds {
         apply_to: b.apply_to.map_or(Aggregate::Worst, Into::into),
-        downtime_ms: b.downtime.map(|d| d.0),
-        guest_downtime_ms: b.guest_downtime.map(|d| d.0),
-        total_time_ms: b.total_time.map(|d| d.0),
-        peak_cpu_pct: b.peak_cpu.map(|p| p.0),
+        downtime_ms: b.downtime.map(|d| d.0 .0),
+        guest_downtime_ms: b.guest_downtime.map(|d| d.0 .0),
+        total_time_ms: b.total_time.map(|d| d.0 .0),
+        peak_cpu_pct: b.peak_cpu.map(|p| p.0 .0),
         peak_memory_mib: b.peak_memory.map(|s| f64::from(s.0)),
     }
 }

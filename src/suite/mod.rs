@@ -11,8 +11,11 @@ mod expand;
 mod locate;
 mod model;
 mod scalar;
+mod text_scan;
 mod units;
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;
 
@@ -26,16 +29,70 @@ pub fn load_file(path: &Path) -> Result<Vec<Case>, SuiteError> {
     parse_str(path, &read(path)?)
 }
 
+/// The file as text; bytes that are not UTF-8 are refused where they are.
 fn read(path: &Path) -> Result<String, SuiteError> {
-    std::fs::read_to_string(path).map_err(|source| SuiteError::Io {
+    let bytes = std::fs::read(path).map_err(|source| SuiteError::Io {
         file: path.to_owned(),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let text = String::from_utf8_lossy(valid);
+        SuiteError::Invalid {
+            file: path.to_owned(),
+            location: Some(text_scan::location_after(&text)),
+            field: String::new(),
+            message: format!(
+                "byte 0x{:02X} is not UTF-8; a suite is UTF-8 text",
+                e.as_bytes()[valid.len()]
+            ),
+        }
     })
 }
 
 /// Every `*.yaml` / `*.yml` directly in `dir`, by file name, cases
-/// concatenated. Suite names must differ: they prefix the test names.
+/// concatenated.
 pub fn load_dir(dir: &Path) -> Result<Vec<Case>, SuiteError> {
+    load_paths(&[dir.to_owned()])
+}
+
+/// Suite files, and directories of them, in the order given; cases
+/// concatenated. Suite names must differ: they prefix the test names.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(suite_files(path)?);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut cases: Vec<Case> = Vec::new();
+    for file in &files {
+        let text = read(file)?;
+        let loaded = parse_str(file, &text)?;
+        let suite = loaded.first().map(|c| &c.suite);
+        if let Some(earlier) = cases.iter().find(|c| Some(&c.suite) == suite) {
+            let same = earlier.file == *file;
+            return Err(SuiteError::Invalid {
+                location: locate::locate(&text, &locate::FieldPath::default().key("name")),
+                field: "name".into(),
+                message: format!(
+                    "suite name `{}` is already used by {}{}",
+                    earlier.suite,
+                    earlier.file.display(),
+                    if same { " (the same file is given twice)" } else { "" }
+                ),
+                file: file.clone(),
+            });
+        }
+        cases.extend(loaded);
+    }
+    Ok(cases)
+}
+
+/// The suite files directly in `dir`, by file name.
+fn suite_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
     let io = |source| SuiteError::Io {
         file: dir.to_owned(),
         source,
@@ -49,27 +106,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>, SuiteError> {
         p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
     });
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-
-    let mut cases: Vec<Case> = Vec::new();
-    for file in &files {
-        let text = read(file)?;
-        let loaded = parse_str(file, &text)?;
-        let suite = loaded.first().map(|c| &c.suite);
-        if let Some(earlier) = cases.iter().find(|c| Some(&c.suite) == suite) {
-            return Err(SuiteError::Invalid {
-                location: locate::locate(&text, &locate::FieldPath::default().key("name")),
-                field: "name".into(),
-                message: format!(
-                    "suite name `{}` is already used by {}",
-                    earlier.suite,
-                    earlier.file.display()
-                ),
-                file: file.clone(),
-            });
-        }
-        cases.extend(loaded);
-    }
-    Ok(cases)
+    Ok(files)
 }
 
 /// Like [`load_file`] on `text`; `path` is only used in messages and
@@ -81,6 +118,11 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Vec<Case>, SuiteError> {
         field,
         message,
     };
+    // Editors on some systems start UTF-8 files with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some((location, message)) = text_scan::problem(text) {
+        return Err(invalid(Some(location), String::new(), message));
+    }
     if let Some((location, message)) = shape_problem(text) {
         return Err(invalid(location, String::new(), message.into()));
     }

@@ -4,11 +4,27 @@
 
 use super::error::did_you_mean;
 use super::scalar::{
-    keyword_enum, Count, HypervisorName, Ident, Mtu, PacketSizeDef,
+    deserialize_scalar, keyword_enum, Count, HypervisorName, Ident, Mtu, PacketSizeDef, Reject,
+    Scalar,
 };
-use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size};
+use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
+
+/// Ranges of the quantities a suite may give, in ms and %.
+const HOUR: u64 = 3_600_000;
+/// A moment within a run (the warning, a fault, the settling).
+pub(super) type Moment = Within<Duration, 0, HOUR>;
+/// QEMU's `downtime-limit` goes up to 2000 s.
+pub(super) type DowntimeLimit = Within<Duration, 1, 2_000_000>;
+pub(super) type Timeout = Within<Duration, 1_000, { 24 * HOUR }>;
+pub(super) type Interval = Within<Duration, 10, 60_000>;
+/// A bound on a measured time; 0 could never be met.
+pub(super) type TimeBound = Within<Duration, 1, { 24 * HOUR }>;
+/// Of one core: 100 % is one core busy.
+pub(super) type CpuBound = Within<Percent, 1, 100_000>;
+/// A relative change of the baseline's median.
+pub(super) type NoisePercent = Within<Percent, 1, 1000>;
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,7 +39,7 @@ pub(super) struct Suite {
     pub tier: Option<TierDef>,
     pub matrix: Matrix,
     pub guest: Option<GuestDef>,
-    pub workloads: BTreeMap<Ident, WorkloadDef>,
+    pub workloads: Workloads,
     pub link: Option<LinkDef>,
     pub failure: FailureDef,
     pub migration: Option<MigrationDef>,
@@ -104,7 +120,7 @@ pub(super) struct FailureDef {
     /// stay unambiguous when other kinds arrive.
     #[serde(rename = "kind")]
     _kind: FailureKind,
-    pub after: Duration,
+    pub after: Moment,
 }
 
 keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
@@ -116,8 +132,8 @@ keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
 )]
 pub(super) struct MigrationDef {
     pub strategy: Option<StrategyDef>,
-    pub max_downtime: Option<Duration>,
-    pub timeout: Option<Duration>,
+    pub max_downtime: Option<DowntimeLimit>,
+    pub timeout: Option<Timeout>,
 }
 
 impl MigrationDef {
@@ -144,7 +160,7 @@ keyword_enum!(StrategyDef("strategy") {
     expecting = "a mapping with `kill_destination_after`"
 )]
 pub(super) struct FaultsDef {
-    pub kill_destination_after: Option<Duration>,
+    pub kill_destination_after: Option<Moment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,18 +169,18 @@ pub(super) struct FaultsDef {
     expecting = "a mapping with `interval` and `settle`"
 )]
 pub(super) struct SamplingDef {
-    pub interval: Option<Duration>,
-    pub settle: Option<Duration>,
+    pub interval: Option<Interval>,
+    pub settle: Option<Moment>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping of bounds")]
 pub(super) struct BoundsDef {
     pub apply_to: Option<AggregateDef>,
-    pub downtime: Option<Duration>,
-    pub guest_downtime: Option<Duration>,
-    pub total_time: Option<Duration>,
-    pub peak_cpu: Option<Percent>,
+    pub downtime: Option<TimeBound>,
+    pub guest_downtime: Option<TimeBound>,
+    pub total_time: Option<TimeBound>,
+    pub peak_cpu: Option<CpuBound>,
     pub peak_memory: Option<Size>,
 }
 
@@ -221,7 +237,7 @@ pub(super) enum ExpectDef {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailDef {
-    fail: String,
+    fail: NonEmptyText,
 }
 
 /// By hand: serde_yaml 0.9 reads enums from YAML tags (`!fail text`), not
@@ -256,7 +272,87 @@ impl<'de> Visitor<'de> for ExpectVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExpectDef, A::Error> {
-        FailDef::deserialize(MapAccessDeserializer::new(map)).map(|f| ExpectDef::Fail(f.fail))
+        FailDef::deserialize(MapAccessDeserializer::new(map)).map(|f| ExpectDef::Fail(f.fail.0))
+    }
+}
+
+/// The text a failure reason must contain; empty would match every failure.
+#[derive(Debug)]
+struct NonEmptyText(String);
+
+impl Scalar for NonEmptyText {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the text the failure reason must contain")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        match v.trim() {
+            "" => Err(Reject::Invalid(
+                "an empty text would match every failure; give words the reason must contain, \
+                 e.g. `timed out`"
+                    .into(),
+            )),
+            _ => Ok(NonEmptyText(v.to_owned())),
+        }
+    }
+
+    fn from_u64(n: u64) -> Result<Self, Reject> {
+        Ok(NonEmptyText(n.to_string()))
+    }
+
+    fn from_f64(x: f64) -> Result<Self, Reject> {
+        Ok(NonEmptyText(x.to_string()))
+    }
+}
+
+deserialize_scalar!(NonEmptyText);
+
+/// The `workloads` mapping. By hand: a map deserialized by serde lets the
+/// last of two equal keys win silently; here the second is refused at its
+/// place in the file.
+#[derive(Debug, Default)]
+pub(super) struct Workloads(pub BTreeMap<Ident, WorkloadDef>);
+
+impl<'de> Deserialize<'de> for Workloads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WorkloadsVisitor)
+    }
+}
+
+struct WorkloadsVisitor;
+
+impl<'de> Visitor<'de> for WorkloadsVisitor {
+    type Value = Workloads;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a mapping of workload names to workloads")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Workloads, A::Error> {
+        let mut workloads = BTreeMap::new();
+        while let Some(name) = map.next_key_seed(NewKey(&workloads))? {
+            let def = map.next_value()?;
+            workloads.insert(name, def);
+        }
+        Ok(Workloads(workloads))
+    }
+}
+
+/// A workload name not yet in the map; refused inside the key's own
+/// deserialization, so that the error points at the key.
+struct NewKey<'a>(&'a BTreeMap<Ident, WorkloadDef>);
+
+impl<'de> DeserializeSeed<'de> for NewKey<'_> {
+    type Value = Ident;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Ident, D::Error> {
+        let name = Ident::deserialize(d)?;
+        if self.0.contains_key(&name) {
+            return Err(de::Error::custom(format!(
+                "workload `{name}` is defined twice; give each workload its own name"
+            )));
+        }
+        Ok(name)
     }
 }
 
@@ -275,11 +371,11 @@ pub(super) struct SnapshotDef {
     expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `peak_memory`"
 )]
 pub(super) struct NoiseDef {
-    pub total_time: Option<Percent>,
-    pub downtime: Option<Percent>,
-    pub guest_downtime: Option<Percent>,
-    pub throughput: Option<Percent>,
-    pub peak_memory: Option<Percent>,
+    pub total_time: Option<NoisePercent>,
+    pub downtime: Option<NoisePercent>,
+    pub guest_downtime: Option<NoisePercent>,
+    pub throughput: Option<NoisePercent>,
+    pub peak_memory: Option<NoisePercent>,
 }
 
 impl NoiseDef {

@@ -35,6 +35,90 @@ pub(super) struct LinkRate(pub Option<u64>);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Percent(pub f64);
 
+/// A quantity of `T` from `MIN` to `MAX` (in `T`'s base unit: ms, %), so
+/// that a value no run can mean (a zero timeout, a sleep of 1e26 s) is
+/// refused where it is written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Within<T, const MIN: u64, const MAX: u64>(pub T);
+
+/// A quantity with one number in its base unit, for [`Within`].
+pub(super) trait Magnitude: Scalar + Copy {
+    fn magnitude(self) -> f64;
+    /// `n` base units, as the suite would write it.
+    fn show(n: f64) -> String;
+}
+
+impl Magnitude for Duration {
+    fn magnitude(self) -> f64 {
+        self.0
+    }
+
+    fn show(ms: f64) -> String {
+        match ms {
+            ms if ms >= 3_600_000.0 && ms % 3_600_000.0 == 0.0 => format!("{}h", ms / 3_600_000.0),
+            ms if ms >= 60_000.0 && ms % 60_000.0 == 0.0 => format!("{}m", ms / 60_000.0),
+            ms if ms >= 1_000.0 && ms % 1_000.0 == 0.0 => format!("{}s", ms / 1_000.0),
+            ms => format!("{ms}ms"),
+        }
+    }
+}
+
+impl Magnitude for Percent {
+    fn magnitude(self) -> f64 {
+        self.0
+    }
+
+    fn show(pct: f64) -> String {
+        format!("{pct}%")
+    }
+}
+
+impl<T: Magnitude, const MIN: u64, const MAX: u64> Within<T, MIN, MAX> {
+    fn check(value: T, written: &dyn fmt::Display) -> Result<Self, Reject> {
+        let (min, max) = (MIN as f64, MAX as f64);
+        if (min..=max).contains(&value.magnitude()) {
+            Ok(Within(value))
+        } else {
+            let mut written = written.to_string();
+            if written.len() > 40 {
+                written = format!("{}...", &written[..written.floor_char_boundary(30)]);
+            }
+            Err(Reject::Invalid(format!(
+                "`{written}` is out of range: must be from {} to {}",
+                T::show(min),
+                T::show(max)
+            )))
+        }
+    }
+}
+
+impl<T: Magnitude, const MIN: u64, const MAX: u64> Scalar for Within<T, MIN, MAX> {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        T::expecting(f)?;
+        write!(f, ", from {} to {}", T::show(MIN as f64), T::show(MAX as f64))
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        Self::check(T::from_str(v)?, &v)
+    }
+
+    fn from_u64(n: u64) -> Result<Self, Reject> {
+        Self::check(T::from_u64(n)?, &n)
+    }
+
+    fn from_f64(x: f64) -> Result<Self, Reject> {
+        Self::check(T::from_f64(x)?, &x)
+    }
+}
+
+impl<'de, T: Magnitude, const MIN: u64, const MAX: u64> serde::Deserialize<'de>
+    for Within<T, MIN, MAX>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::scalar::deserialize(d)
+    }
+}
+
 const DURATION: &str = "a duration like 500ms, 2s or 1.5m";
 const SIZE: &str = "a size like 256MiB or 2GiB";
 const DIRTY_RATE: &str = "a rate like 64MiB/s, or a share of the measured link like `25% of link`";

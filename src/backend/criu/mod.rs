@@ -6,9 +6,9 @@
 //! Strategies: `stop-and-copy` (dump to a page server on the destination,
 //! restore there) and `postcopy` (restore at once, memory follows as lazy
 //! pages), each over the migration link. `precopy` would be CRIU's iterative
-//! pre-dumps, which need the kernel's soft-dirty page tracking: refused at
-//! once, with the reason, where the kernel lacks it, as is postcopy where
-//! the host cannot serve lazy pages. `auto-converge` is refused.
+//! pre-dumps, which need the kernel's soft-dirty page tracking that these
+//! hosts lack; it is not offered. Postcopy is refused before the lab is
+//! built where the host cannot serve lazy pages.
 
 pub mod binary;
 pub mod container;
@@ -66,20 +66,12 @@ impl OpenVz {
         Ok(OpenVz { criu, info, root: None, source: None, destination: None, inits: Arc::default() })
     }
 
-    /// Why this kernel or backend cannot migrate with `strategy`; None if it can.
+    /// Why this host cannot migrate with `strategy`; None if it can. (Which
+    /// strategies the backend offers at all is checked when suites load.)
     fn refusal(&self, strategy: Strategy) -> Option<String> {
         match strategy {
-            Strategy::StopAndCopy => None,
-            Strategy::Precopy => Some(match self.criu.feature("mem_dirty_track") {
-                Err(said) => format!(
-                    "openvz: precopy (CRIU pre-dumps with --track-mem) needs soft-dirty page tracking \
-                     (CONFIG_MEM_SOFT_DIRTY), which kernel {} lacks: `criu check --feature mem_dirty_track`: {said}",
-                    crate::sh::kernel_release()
-                ),
-                Ok(()) => "openvz: precopy (CRIU pre-dumps) is not implemented by this backend yet; use stop-and-copy".into(),
-            }),
             Strategy::Postcopy => post_copy::unavailable(&self.criu),
-            Strategy::AutoConverge => Some("openvz: auto-converge throttles a VM's vCPUs; CRIU has no equivalent: use stop-and-copy".into()),
+            _ => None,
         }
     }
 }
@@ -98,6 +90,10 @@ impl Backend for OpenVz {
         Ok(())
     }
 
+    fn host_refusal(&self, case: &Case) -> Option<String> {
+        self.refusal(case.migration.strategy)
+    }
+
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
         let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
         anyhow::ensure!(seen("guest") == "container", "the agent says it runs in a {}, not in a container", seen("guest"));
@@ -107,10 +103,9 @@ impl Backend for OpenVz {
     }
 
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
-        let result = match self.refusal(case.migration.strategy) {
-            Some(why) => Err(why),
-            None if case.migration.strategy == Strategy::Postcopy => post_copy::evacuate(self, lab, case, progress),
-            None => stop_and_copy::evacuate(self, lab, case, progress),
+        let result = match case.migration.strategy {
+            Strategy::Postcopy => post_copy::evacuate(self, lab, case, progress),
+            _ => stop_and_copy::evacuate(self, lab, case, progress),
         };
         result.unwrap_or_else(|reason| Evacuation::failed(reason, self.running_on_source()))
     }
