@@ -12,7 +12,14 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("migsuite-agent");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let status = Command::new(rustc)
-        .args(["--edition=2021", "-O", "-C", "target-feature=+crt-static", "--crate-type=bin", "--crate-name=migsuite_agent"])
+        .args([
+            "--edition=2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "--crate-type=bin",
+            "--crate-name=migsuite_agent",
+        ])
         .arg("-o")
         .arg(&out)
         .arg("src/agent/main.rs")

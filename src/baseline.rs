@@ -48,7 +48,10 @@ impl Estimate {
         if values.is_empty() {
             return None;
         }
-        let medians = sorted(resampled_medians(values, &mut fastrand::Rng::with_seed(SEED)));
+        let medians = sorted(resampled_medians(
+            values,
+            &mut fastrand::Rng::with_seed(SEED),
+        ));
         Some(Estimate {
             median: median(&sorted(values.to_vec())),
             lo: quantile(&medians, TAIL),
@@ -84,7 +87,12 @@ pub struct Comparison {
 /// Compares `values` with `baseline`. The baseline's own uncertainty enters
 /// as a normal distribution spanning its stored interval, since only its
 /// summary is kept.
-pub fn compare(baseline: Estimate, values: &[f64], better: Better, noise_threshold: f64) -> Option<Comparison> {
+pub fn compare(
+    baseline: Estimate,
+    values: &[f64],
+    better: Better,
+    noise_threshold: f64,
+) -> Option<Comparison> {
     let new = Estimate::of(values)?;
     if baseline.median <= 0.0 {
         return None;
@@ -96,7 +104,8 @@ pub fn compare(baseline: Estimate, values: &[f64], better: Better, noise_thresho
             .into_iter()
             .map(|m| {
                 // Box-Muller: one standard normal draw.
-                let z = (-2.0 * (1.0 - rng.f64()).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.f64()).cos();
+                let z = (-2.0 * (1.0 - rng.f64()).ln()).sqrt()
+                    * (2.0 * std::f64::consts::PI * rng.f64()).cos();
                 let base = (baseline.median + sigma * z).max(baseline.median * 0.01);
                 (m / base - 1.0) * 100.0
             })
@@ -106,12 +115,23 @@ pub fn compare(baseline: Estimate, values: &[f64], better: Better, noise_thresho
     let change_pct = (new.median / baseline.median - 1.0) * 100.0;
     let significant = interval_pct.0 > 0.0 || interval_pct.1 < 0.0;
     let threshold_pct = noise_threshold * 100.0;
-    let change = match (significant && change_pct.abs() > threshold_pct, change_pct > 0.0, better) {
+    let change = match (
+        significant && change_pct.abs() > threshold_pct,
+        change_pct > 0.0,
+        better,
+    ) {
         (false, _, _) => Change::Noise,
         (true, true, Better::Lower) | (true, false, Better::Higher) => Change::Regression,
         (true, _, _) => Change::Improvement,
     };
-    Some(Comparison { baseline, new, change_pct, interval_pct, noise_threshold_pct: threshold_pct, change })
+    Some(Comparison {
+        baseline,
+        new,
+        change_pct,
+        interval_pct,
+        noise_threshold_pct: threshold_pct,
+        change,
+    })
 }
 
 impl fmt::Display for Change {
@@ -137,7 +157,11 @@ mod tests {
         assert_relative_eq!(e.median, 1005.0);
         assert!(e.lo <= e.median && e.median <= e.hi, "{e:?}");
         assert!(e.lo >= 990.0 && e.hi <= 1020.0, "{e:?}");
-        assert_eq!(Estimate::of(&STEADY), Estimate::of(&STEADY), "seeded: the same data, the same interval");
+        assert_eq!(
+            Estimate::of(&STEADY),
+            Estimate::of(&STEADY),
+            "seeded: the same data, the same interval"
+        );
         assert_eq!(Estimate::of(&[]), None);
     }
 

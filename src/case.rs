@@ -138,7 +138,9 @@ impl DirtyRate {
     pub fn mib_s(self, goodput_mbit: f64) -> u32 {
         match self {
             DirtyRate::MibPerSec(m) => m,
-            DirtyRate::OfLink(share) => (share * goodput_mbit * 1e6 / 8.0 / (1u64 << 20) as f64).round().max(1.0) as u32,
+            DirtyRate::OfLink(share) => (share * goodput_mbit * 1e6 / 8.0 / (1u64 << 20) as f64)
+                .round()
+                .max(1.0) as u32,
         }
     }
 }
@@ -237,7 +239,13 @@ impl Default for NoiseThresholds {
     /// CPU, bounds the stream (MTU 1500): throughput within 1-3 %, total time
     /// within 10 %; downtimes swing most (a few scheduling delays make them).
     fn default() -> Self {
-        NoiseThresholds { total_time: 0.20, downtime: 0.50, guest_downtime: 0.50, throughput: 0.08, peak_memory: 0.30 }
+        NoiseThresholds {
+            total_time: 0.20,
+            downtime: 0.50,
+            guest_downtime: 0.50,
+            throughput: 0.08,
+            peak_memory: 0.30,
+        }
     }
 }
 

@@ -32,18 +32,31 @@ impl FailureMonitor {
         let warn_source = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
-        for (host, warns) in [(&lab.source, Some(warn_source.clone())), (&lab.destination, None)] {
-            let sock = host.netns.enter(|| UdpSocket::bind((host.libvirtd.addr, 0)))??;
+        for (host, warns) in [
+            (&lab.source, Some(warn_source.clone())),
+            (&lab.destination, None),
+        ] {
+            let sock = host
+                .netns
+                .enter(|| UdpSocket::bind((host.libvirtd.addr, 0)))??;
             let stop = stop.clone();
             senders.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let going_down = warns.as_ref().is_some_and(|w| w.load(Ordering::Relaxed));
-                    let _ = sock.send_to(if going_down { GOING_DOWN } else { ALIVE }, (MANAGEMENT_ADDR, MONITOR_PORT));
+                    let _ = sock.send_to(
+                        if going_down { GOING_DOWN } else { ALIVE },
+                        (MANAGEMENT_ADDR, MONITOR_PORT),
+                    );
                     std::thread::sleep(HOST_HEARTBEAT);
                 }
             }));
         }
-        Ok(FailureMonitor { socket, warn_source, stop, senders })
+        Ok(FailureMonitor {
+            socket,
+            warn_source,
+            stop,
+            senders,
+        })
     }
 
     /// Injects the failure: the source host starts announcing it goes down.

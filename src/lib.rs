@@ -5,20 +5,20 @@
 
 pub mod backend;
 pub mod baseline;
-pub mod metrics;
-pub mod landmarks;
-pub mod report;
-pub mod stats;
-pub mod verdict;
 pub mod case;
 pub mod failure;
 pub mod guest;
 pub mod lab;
+pub mod landmarks;
 pub mod measure;
+pub mod metrics;
 pub mod observer;
+pub mod report;
 pub mod runner;
 pub mod sampler;
 pub mod session;
-pub mod suite;
 pub mod sh;
+pub mod stats;
+pub mod suite;
+pub mod verdict;
 pub mod wire;

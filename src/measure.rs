@@ -143,7 +143,11 @@ impl Pass {
         for s in progress.iter().filter(|s| s.pass > 0) {
             match start {
                 Some(b) if b.pass == s.pass => continue,
-                Some(b) => passes.push(Pass { pass: b.pass, transferred_mib: s.transferred_mib - b.transferred_mib, duration_ms: s.t_ms - b.t_ms }),
+                Some(b) => passes.push(Pass {
+                    pass: b.pass,
+                    transferred_mib: s.transferred_mib - b.transferred_mib,
+                    duration_ms: s.t_ms - b.t_ms,
+                }),
                 None => {}
             }
             start = Some(s);
@@ -161,10 +165,16 @@ pub enum Outcome {
     /// Pre-copy could not converge: the guest dirtied memory as fast as the
     /// stream carried it. Cancelled on purpose, the guest kept on the
     /// source; the evidence is in `evidence` and the progress timeline.
-    NotConverged { evidence: String, source_survived: bool },
+    NotConverged {
+        evidence: String,
+        source_survived: bool,
+    },
     /// The migration did not complete; `reason` says why, `source_survived`
     /// whether the guest was still running on the source afterwards.
-    Failed { reason: String, source_survived: bool },
+    Failed {
+        reason: String,
+        source_survived: bool,
+    },
 }
 
 impl Outcome {
@@ -173,8 +183,14 @@ impl Outcome {
     pub fn not_completed(&self) -> Option<(&str, bool)> {
         match self {
             Outcome::Completed => None,
-            Outcome::NotConverged { evidence, source_survived } => Some((evidence, *source_survived)),
-            Outcome::Failed { reason, source_survived } => Some((reason, *source_survived)),
+            Outcome::NotConverged {
+                evidence,
+                source_survived,
+            } => Some((evidence, *source_survived)),
+            Outcome::Failed {
+                reason,
+                source_survived,
+            } => Some((reason, *source_survived)),
         }
     }
 }
@@ -233,15 +249,40 @@ mod tests {
     use super::*;
 
     fn at(t_ms: i64, transferred_mib: f64, pass: u64) -> ProgressSample {
-        ProgressSample { t_ms, transferred_mib, remaining_mib: 0.0, pass, dirty_rate_mib_s: None, throughput_mbit: None }
+        ProgressSample {
+            t_ms,
+            transferred_mib,
+            remaining_mib: 0.0,
+            pass,
+            dirty_rate_mib_s: None,
+            throughput_mbit: None,
+        }
     }
 
     #[test]
     fn passes_from_progress() {
-        let progress = [at(0, 0.0, 0), at(100, 5.0, 1), at(200, 60.0, 1), at(300, 110.0, 2), at(400, 118.0, 3), at(500, 120.0, 3)];
+        let progress = [
+            at(0, 0.0, 0),
+            at(100, 5.0, 1),
+            at(200, 60.0, 1),
+            at(300, 110.0, 2),
+            at(400, 118.0, 3),
+            at(500, 120.0, 3),
+        ];
         assert_eq!(
             Pass::of(&progress),
-            [Pass { pass: 1, transferred_mib: 105.0, duration_ms: 200 }, Pass { pass: 2, transferred_mib: 8.0, duration_ms: 100 }]
+            [
+                Pass {
+                    pass: 1,
+                    transferred_mib: 105.0,
+                    duration_ms: 200
+                },
+                Pass {
+                    pass: 2,
+                    transferred_mib: 8.0,
+                    duration_ms: 100
+                }
+            ]
         );
     }
 }

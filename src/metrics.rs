@@ -123,7 +123,10 @@ pub const METRICS: &[Metric] = &[
 impl Metric {
     /// Its values over the runs that completed.
     pub fn values(&self, runs: &[RunMeasurement]) -> Vec<f64> {
-        runs.iter().filter(|r| r.outcome.not_completed().is_none()).filter_map(self.value).collect()
+        runs.iter()
+            .filter(|r| r.outcome.not_completed().is_none())
+            .filter_map(self.value)
+            .collect()
     }
 
     pub fn by_label(label: &str) -> Option<&'static Metric> {

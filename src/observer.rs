@@ -3,8 +3,8 @@
 //! every heartbeat. The longest gap between arrivals is the downtime the
 //! guest's peers saw.
 
-use crate::lab::Lab;
 use crate::lab::network::OBSERVER_ADDR;
+use crate::lab::Lab;
 use crate::wire::{self, Heartbeat};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -30,7 +30,10 @@ pub struct Observer {
 impl Observer {
     pub fn start(lab: &Lab) -> Result<Observer> {
         let (hb_sock, data_sock) = lab.on_lan(|| -> std::io::Result<_> {
-            Ok((UdpSocket::bind((OBSERVER_ADDR, wire::OBSERVER_PORT))?, UdpSocket::bind((OBSERVER_ADDR, wire::DATA_PORT))?))
+            Ok((
+                UdpSocket::bind((OBSERVER_ADDR, wire::OBSERVER_PORT))?,
+                UdpSocket::bind((OBSERVER_ADDR, wire::DATA_PORT))?,
+            ))
         })??;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let data_bytes = Arc::new(AtomicU64::new(0));
@@ -42,7 +45,9 @@ impl Observer {
         let heartbeats = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::Relaxed) {
-                let Ok(n) = hb_sock.recv(&mut buf) else { continue };
+                let Ok(n) = hb_sock.recv(&mut buf) else {
+                    continue;
+                };
                 let now = Instant::now();
                 let mut seen = seen2.lock().unwrap();
                 if let Some(hb) = Heartbeat::decode(&buf[..n]) {
@@ -61,15 +66,28 @@ impl Observer {
                 }
             }
         });
-        Ok(Observer { seen, data_bytes, stop, threads: vec![heartbeats, data] })
+        Ok(Observer {
+            seen,
+            data_bytes,
+            stop,
+            threads: vec![heartbeats, data],
+        })
     }
 
     /// The agent's hello (`key=value` lines), once it arrives.
-    pub fn wait_hello(&self, timeout: Duration, console: &std::path::Path) -> Result<BTreeMap<String, String>> {
+    pub fn wait_hello(
+        &self,
+        timeout: Duration,
+        console: &std::path::Path,
+    ) -> Result<BTreeMap<String, String>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(text) = self.seen.lock().unwrap().hello.clone() {
-                return Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect());
+                return Ok(text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect());
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(console).unwrap_or_default();
@@ -112,8 +130,15 @@ impl Observer {
 
 /// Longest gap between consecutive arrivals within [from, to], in ms.
 pub fn longest_gap_ms(beats: &[(Instant, Heartbeat)], from: Instant, to: Instant) -> Option<f64> {
-    let times: Vec<Instant> = beats.iter().map(|(t, _)| *t).filter(|t| *t >= from && *t <= to).collect();
-    times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).reduce(f64::max)
+    let times: Vec<Instant> = beats
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)
+        .reduce(f64::max)
 }
 
 impl Drop for Observer {

@@ -6,10 +6,13 @@
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
-use crate::lab::{calibration, link};
 use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
-use crate::measure::{Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline, Unit, MIB};
+use crate::lab::{calibration, link};
+use crate::measure::{
+    Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
+    Unit, MIB,
+};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
@@ -46,7 +49,10 @@ pub fn exclusive() -> Result<Exclusive> {
     std::fs::create_dir_all(lab::cleanup::LAB_ROOT)?;
     let file = std::fs::File::create(format!("{}/.lock", lab::cleanup::LAB_ROOT))?;
     file.lock().context("locking the lab")?;
-    Ok(Exclusive { _thread: thread, _file: file })
+    Ok(Exclusive {
+        _thread: thread,
+        _file: file,
+    })
 }
 
 pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunError> {
@@ -54,7 +60,8 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
     }
-    let mut backend = backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
+    let mut backend =
+        backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
     if let Some(why) = backend.host_refusal(case) {
         return Err(RunError::Refused(why));
     }
@@ -63,7 +70,11 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     let logs = logs_dir(case);
     match lab.save_logs(&logs) {
         Ok(()) => progress(&format!("{}: logs in {}", case.name(), logs.display())),
-        Err(e) => progress(&format!("{}: cannot save the lab's logs to {}: {e:#}", case.name(), logs.display())),
+        Err(e) => progress(&format!(
+            "{}: cannot save the lab's logs to {}: {e:#}",
+            case.name(),
+            logs.display()
+        )),
     }
     // The guest goes before its lab.
     drop(backend);
@@ -81,8 +92,18 @@ fn summary_line(run: &RunMeasurement) -> String {
             run.throughput_mbit.unwrap_or(f64::NAN),
         ),
         Outcome::NotConverged { evidence, .. } => format!("NOT CONVERGED: {evidence}"),
-        Outcome::Failed { reason, source_survived } => {
-            format!("FAILED: {reason} (source guest {})", if *source_survived { "still running" } else { "lost" })
+        Outcome::Failed {
+            reason,
+            source_survived,
+        } => {
+            format!(
+                "FAILED: {reason} (source guest {})",
+                if *source_survived {
+                    "still running"
+                } else {
+                    "lost"
+                }
+            )
         }
     }
 }
@@ -109,7 +130,12 @@ pub fn logs_dir(case: &Case) -> std::path::PathBuf {
 /// One lab and one booted guest for every repeat: the lab measures its
 /// link, the guest boots on host a, and each run migrates it to the other
 /// host (a->b, b->a, ...).
-fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn Fn(&str)) -> Result<CaseResult> {
+fn run_in(
+    lab: &mut Lab,
+    case: &Case,
+    backend: &mut dyn Backend,
+    progress: &dyn Fn(&str),
+) -> Result<CaseResult> {
     let link = calibration::link_rates(lab)?;
     let goodput_mbit = link.goodput_mbit;
     let dirty_rate = case.workload.dirty_rate.mib_s(goodput_mbit);
@@ -130,22 +156,47 @@ fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn 
         goodput_mbit,
         wire_mbit: link.wire_mbit,
         workload_dirty_rate_mib_s: dirty_rate,
-        guest_dirty_capacity_mib_s: hello.get("dirty_capacity_mib_s").and_then(|v| v.parse().ok()),
+        guest_dirty_capacity_mib_s: hello
+            .get("dirty_capacity_mib_s")
+            .and_then(|v| v.parse().ok()),
     };
-    progress(&format!("{}: guest up ({}, {})", case.name(), info.accel, info.hypervisor_version));
+    progress(&format!(
+        "{}: guest up ({}, {})",
+        case.name(),
+        info.accel,
+        info.hypervisor_version
+    ));
     let mut runs = Vec::new();
     for i in 1..=case.repeat {
-        progress(&format!("{}: run {i}/{}: steady state for {} ms", case.name(), case.repeat, case.failure.after_ms));
+        progress(&format!(
+            "{}: run {i}/{}: steady state for {} ms",
+            case.name(),
+            case.repeat,
+            case.failure.after_ms
+        ));
         let run = run_once(lab, case, backend, &observer, link.wire_mbit, progress)?;
-        progress(&format!("{}: run {i} ({}): {}", case.name(), run.direction, summary_line(&run)));
+        progress(&format!(
+            "{}: run {i} ({}): {}",
+            case.name(),
+            run.direction,
+            summary_line(&run)
+        ));
         let moved = run.outcome == Outcome::Completed;
         let alive = match &run.outcome {
             Outcome::Completed => true,
-            Outcome::NotConverged { source_survived, .. } | Outcome::Failed { source_survived, .. } => *source_survived,
+            Outcome::NotConverged {
+                source_survived, ..
+            }
+            | Outcome::Failed {
+                source_survived, ..
+            } => *source_survived,
         };
         runs.push(run);
         if !alive {
-            progress(&format!("{}: the guest was lost; no further runs", case.name()));
+            progress(&format!(
+                "{}: the guest was lost; no further runs",
+                case.name()
+            ));
             break;
         }
         if moved && i < case.repeat {
@@ -155,26 +206,49 @@ fn run_in(lab: &mut Lab, case: &Case, backend: &mut dyn Backend, progress: &dyn 
     }
     let provenance = Provenance {
         accel: info.accel,
-        host_kind: format!("local lab: 2 network-namespace hosts on one machine ({} CPUs)", num_cpus()),
+        host_kind: format!(
+            "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
+            num_cpus()
+        ),
         host_kernel: crate::sh::kernel_release(),
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,
         guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
         migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    Ok(CaseResult { case: case.clone(), provenance, calibration, runs })
+    Ok(CaseResult {
+        case: case.clone(),
+        provenance,
+        calibration,
+        runs,
+    })
 }
 
 /// One measured migration of the running guest, from the lab's source.
-fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observer, wire_mbit: f64, progress: &dyn Fn(&str)) -> Result<RunMeasurement> {
+fn run_once(
+    lab: &Lab,
+    case: &Case,
+    backend: &mut dyn Backend,
+    observer: &Observer,
+    wire_mbit: f64,
+    progress: &dyn Fn(&str),
+) -> Result<RunMeasurement> {
     let direction = format!("{}->{}", lab.source.name, lab.destination.name);
     let monitor = FailureMonitor::start(lab)?;
     let sampling_from = Instant::now();
-    let sampler = Sampler::start(Duration::from_millis(case.sampling.interval_ms), backend.process_probe(lab));
+    let sampler = Sampler::start(
+        Duration::from_millis(case.sampling.interval_ms),
+        backend.process_probe(lab),
+    );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     monitor.inject();
     let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
-    progress(&format!("{}: host {} warned it is going down; evacuating to {}", case.name(), lab.source.name, lab.destination.name));
+    progress(&format!(
+        "{}: host {} warned it is going down; evacuating to {}",
+        case.name(),
+        lab.source.name,
+        lab.destination.name
+    ));
 
     let crosses_link = backend.stream_crosses_link();
     let link_monitor = link::Monitor::start(&lab.source.netns.name)?;
@@ -184,7 +258,9 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     let mut outcome = evacuation.outcome;
     // A stream that should cross the link and left it idle went elsewhere:
     // what was measured is not what the case asked for.
-    if let (Outcome::Completed, true, Some(sent)) = (&outcome, crosses_link, evacuation.bytes_transferred) {
+    if let (Outcome::Completed, true, Some(sent)) =
+        (&outcome, crosses_link, evacuation.bytes_transferred)
+    {
         if link_bytes < sent / 2 {
             outcome = Outcome::Failed {
                 reason: format!(
@@ -202,9 +278,17 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     // migration, from the source after a failed one.
     let heard_again = observer.heartbeat_after(ended, RESUME_HEARTBEAT_TIMEOUT);
     match &mut outcome {
-        Outcome::Failed { source_survived, .. } | Outcome::NotConverged { source_survived, .. } => *source_survived &= heard_again,
+        Outcome::Failed {
+            source_survived, ..
+        }
+        | Outcome::NotConverged {
+            source_survived, ..
+        } => *source_survived &= heard_again,
         Outcome::Completed if !heard_again => {
-            outcome = Outcome::Failed { reason: "the guest was not heard from after the migration".into(), source_survived: false }
+            outcome = Outcome::Failed {
+                reason: "the guest was not heard from after the migration".into(),
+                source_survived: false,
+            }
         }
         Outcome::Completed => {}
     }
@@ -221,7 +305,10 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
         if last.memory_errors > 0 {
             outcome = Outcome::Failed {
-                reason: format!("the guest found {} pages not holding what it wrote", last.memory_errors),
+                reason: format!(
+                    "the guest found {} pages not holding what it wrote",
+                    last.memory_errors
+                ),
                 source_survived: false,
             };
         }
@@ -237,7 +324,11 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
     let throughput_mbit = if crosses_link {
         on_link.active_rate_mbit()
     } else {
-        evacuation.bytes_transferred.zip(evacuation.stream_ms).filter(|(_, ms)| *ms > 0.0).map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
+        evacuation
+            .bytes_transferred
+            .zip(evacuation.stream_ms)
+            .filter(|(_, ms)| *ms > 0.0)
+            .map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
     }
     .filter(|_| completed);
     let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
@@ -255,7 +346,10 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         .collect();
     Ok(RunMeasurement {
         direction,
-        total_time_ms: evacuation.completed_at.filter(|_| completed).map(|t| (t - t0).as_secs_f64() * 1000.0),
+        total_time_ms: evacuation
+            .completed_at
+            .filter(|_| completed)
+            .map(|t| (t - t0).as_secs_f64() * 1000.0),
         reported_total_ms: evacuation.reported_total_ms,
         reported_downtime_ms: evacuation.reported_downtime_ms,
         guest_downtime_ms: longest_gap_ms(&beats, t0, Instant::now()),
@@ -268,7 +362,9 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
         phases: evacuation.phases,
         throughput_mbit,
         link_bytes: Some(link_bytes),
-        efficiency: throughput_mbit.filter(|_| crosses_link).map(|t| t / wire_mbit),
+        efficiency: throughput_mbit
+            .filter(|_| crosses_link)
+            .map(|t| t / wire_mbit),
         passes: Pass::of(&progress_samples),
         progress: progress_samples,
         outcome,
@@ -277,5 +373,7 @@ fn run_once(lab: &Lab, case: &Case, backend: &mut dyn Backend, observer: &Observ
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -18,8 +18,16 @@ pub struct Pids {
 
 /// Timeline names per host: (hypervisor CPU, hypervisor memory, toolstack CPU).
 const NAMES: [(&str, &str, &str); 2] = [
-    ("cpu.source.hypervisor", "memory.source.hypervisor", "cpu.source.toolstack"),
-    ("cpu.destination.hypervisor", "memory.destination.hypervisor", "cpu.destination.toolstack"),
+    (
+        "cpu.source.hypervisor",
+        "memory.source.hypervisor",
+        "cpu.source.toolstack",
+    ),
+    (
+        "cpu.destination.hypervisor",
+        "memory.destination.hypervisor",
+        "cpu.destination.toolstack",
+    ),
 ];
 
 #[derive(Default)]
@@ -50,7 +58,13 @@ fn proc_stat(pid: i32) -> Option<(u64, u64)> {
 /// (busy, total) jiffies of the whole machine.
 fn machine_cpu() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4)?;
     Some((total - idle, total))
@@ -59,7 +73,12 @@ fn machine_cpu() -> Option<(u64, u64)> {
 fn machine_used_mib() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = |key: &str| -> Option<f64> {
-        text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     };
     Some((kib("MemTotal:")? - kib("MemAvailable:")?) / 1024.0)
 }
@@ -72,7 +91,9 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             let hz = clock_ticks();
             let page_mib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as f64 / (1 << 20) as f64;
-            let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+            let ncpu = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as f64;
             let mut last_ticks: HashMap<i32, u64> = HashMap::new();
             let mut last_machine = machine_cpu();
             let mut last = Instant::now();
@@ -107,7 +128,11 @@ impl Sampler {
                 }
                 if let (Some((b0, t0)), Some((b1, t1))) = (last_machine, machine_cpu()) {
                     // Percent of the whole machine (all CPUs).
-                    let pct = if t1 > t0 { (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0 } else { 0.0 };
+                    let pct = if t1 > t0 {
+                        (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0
+                    } else {
+                        0.0
+                    };
                     out.push(("cpu.machine", Unit::Percent, pct.min(100.0 * ncpu)));
                     last_machine = Some((b1, t1));
                 }
@@ -115,10 +140,15 @@ impl Sampler {
                     out.push(("memory.machine", Unit::Mib, used));
                 }
                 let mut s = series2.lock().unwrap();
-                s.points.extend(out.into_iter().map(|(n, u, v)| (now, n, u, v)));
+                s.points
+                    .extend(out.into_iter().map(|(n, u, v)| (now, n, u, v)));
             }
         });
-        Sampler { series, stop, thread: Some(thread) }
+        Sampler {
+            series,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Stops sampling and returns the timelines, times relative to `zero`.
@@ -127,10 +157,18 @@ impl Sampler {
         let series = std::mem::take(&mut *self.series.lock().unwrap());
         let mut by_name: Vec<Timeline> = Vec::new();
         for (t, name, unit, v) in series.points {
-            let rel = if t >= zero { (t - zero).as_millis() as i64 } else { -((zero - t).as_millis() as i64) };
+            let rel = if t >= zero {
+                (t - zero).as_millis() as i64
+            } else {
+                -((zero - t).as_millis() as i64)
+            };
             match by_name.iter_mut().find(|tl| tl.name == name) {
                 Some(tl) => tl.points.push((rel, v)),
-                None => by_name.push(Timeline { name: name.to_string(), unit, points: vec![(rel, v)] }),
+                None => by_name.push(Timeline {
+                    name: name.to_string(),
+                    unit,
+                    points: vec![(rel, v)],
+                }),
             }
         }
         by_name

@@ -33,7 +33,11 @@ pub struct Session {
 impl Session {
     /// Baselines are read from `<snapshots>/<case slug>.snap`.
     pub fn new(snapshots: PathBuf) -> Session {
-        Session { started: Instant::now(), snapshots, results: Mutex::new(HashMap::new()) }
+        Session {
+            started: Instant::now(),
+            snapshots,
+            results: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn progress(&self, message: &str) {
@@ -48,12 +52,29 @@ impl Session {
     /// not yet. Err: the case could not be measured (refused hypervisor,
     /// broken lab).
     pub fn judged(&self, case: &Case) -> Result<Arc<Judged>, String> {
-        let slot = self.results.lock().unwrap().entry(case.name()).or_default().clone();
+        let slot = self
+            .results
+            .lock()
+            .unwrap()
+            .entry(case.name())
+            .or_default()
+            .clone();
         slot.get_or_init(|| {
-            let result = runner::run_case(case, &|m| self.progress(m)).map_err(|e| e.to_string())?;
-            let stored = std::fs::read_to_string(self.snapshot_path(case)).ok().map(|t| snap_body(&t).to_string());
-            let verdict = judge(case, &result.runs, &stored.as_deref().map(baseline).unwrap_or_default());
-            Ok(Arc::new(Judged { result, verdict, stored }))
+            let result =
+                runner::run_case(case, &|m| self.progress(m)).map_err(|e| e.to_string())?;
+            let stored = std::fs::read_to_string(self.snapshot_path(case))
+                .ok()
+                .map(|t| snap_body(&t).to_string());
+            let verdict = judge(
+                case,
+                &result.runs,
+                &stored.as_deref().map(baseline).unwrap_or_default(),
+            );
+            Ok(Arc::new(Judged {
+                result,
+                verdict,
+                stored,
+            }))
         })
         .clone()
     }

@@ -36,7 +36,9 @@ pub fn wait_exit(child: &mut std::process::Child, timeout: std::time::Duration) 
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match child.try_wait() {
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
             Ok(None) => return false,
             _ => return true,
         }
@@ -45,5 +47,8 @@ pub fn wait_exit(child: &mut std::process::Child, timeout: std::time::Duration) 
 
 /// The running kernel's release (what `uname -r` prints).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }

@@ -3,8 +3,8 @@
 use crate::case::Aggregate;
 use crate::measure::RunMeasurement;
 use crate::metrics::METRICS;
-use std::collections::BTreeMap;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// `values` in ascending order.
 pub(crate) fn sorted(mut values: Vec<f64>) -> Vec<f64> {
@@ -80,8 +80,14 @@ pub struct CaseSummary {
 impl CaseSummary {
     pub fn of(runs: &[RunMeasurement]) -> CaseSummary {
         CaseSummary {
-            completed: runs.iter().filter(|r| r.outcome.not_completed().is_none()).count(),
-            metrics: METRICS.iter().filter_map(|m| Some((m.key, Summary::of(&m.values(runs))?))).collect(),
+            completed: runs
+                .iter()
+                .filter(|r| r.outcome.not_completed().is_none())
+                .count(),
+            metrics: METRICS
+                .iter()
+                .filter_map(|m| Some((m.key, Summary::of(&m.values(runs))?)))
+                .collect(),
         }
     }
 
@@ -144,6 +150,9 @@ mod tests {
         let mut r = run(1000.0, 100.0);
         r.guest_downtime_ms = None;
         assert_eq!(CaseSummary::of(&[r]).get("guest_downtime"), None);
-        assert_eq!(CaseSummary::of(&[failed("x", true)]).get("total_time"), None);
+        assert_eq!(
+            CaseSummary::of(&[failed("x", true)]).get("total_time"),
+            None
+        );
     }
 }

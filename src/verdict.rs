@@ -74,7 +74,11 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
         Expect::Pass => gates(case, runs, baseline),
         Expect::Fail { .. } => vec![],
     };
-    let regressed = gates.iter().any(|g| g.comparison.as_ref().is_some_and(|c| c.change == Change::Regression));
+    let regressed = gates.iter().any(|g| {
+        g.comparison
+            .as_ref()
+            .is_some_and(|c| c.change == Change::Regression)
+    });
     Verdict {
         case: case.name(),
         passed: failures.is_empty() && checks.iter().all(|c| c.ok) && !regressed,
@@ -88,18 +92,19 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
 /// "run N: migration failed: <reason> (source still running|lost)" for a
 /// failed run (N counts from 1); None for a completed one.
 pub(crate) fn run_failure(index: usize, run: &RunMeasurement) -> Option<String> {
-    match run.outcome.not_completed() {
-        None => None,
-        Some((reason, source_survived)) => Some(format!(
-            "run {}: migration failed: {reason} ({})",
-            index + 1,
-            if source_survived {
-                "source still running"
-            } else {
-                "source lost"
-            }
-        )),
-    }
+    run.outcome
+        .not_completed()
+        .map(|(reason, source_survived)| {
+            format!(
+                "run {}: migration failed: {reason} ({})",
+                index + 1,
+                if source_survived {
+                    "source still running"
+                } else {
+                    "source lost"
+                }
+            )
+        })
 }
 
 fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
@@ -108,7 +113,13 @@ fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
         .filter_map(|m| {
             let bound = m.bound?(&case.bounds)?;
             let measured = Summary::of(&m.values(runs)).map(|s| s.aggregate(case.bounds.apply_to));
-            Some(Check { metric: m.label, measured, bound, unit: m.unit, ok: measured.is_some_and(|v| v <= bound) })
+            Some(Check {
+                metric: m.label,
+                measured,
+                bound,
+                unit: m.unit,
+                ok: measured.is_some_and(|v| v <= bound),
+            })
         })
         .collect()
 }
@@ -123,7 +134,9 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
                 metric: m.label,
                 unit: m.unit,
                 new: Estimate::of(&values)?,
-                comparison: baseline.get(m.label).and_then(|b| compare(*b, &values, m.better, threshold)),
+                comparison: baseline
+                    .get(m.label)
+                    .and_then(|b| compare(*b, &values, m.better, threshold)),
             })
         })
         .collect()
@@ -218,7 +231,11 @@ mod tests {
 
     #[test]
     fn all_bounds_hold() {
-        let v = judge(&bounded(Aggregate::Worst), &[run(2000.0, 100.0), run(2100.0, 120.0)], &Baseline::new());
+        let v = judge(
+            &bounded(Aggregate::Worst),
+            &[run(2000.0, 100.0), run(2100.0, 120.0)],
+            &Baseline::new(),
+        );
         assert!(v.passed, "{v}");
         assert_eq!(v.checks.len(), 2);
         assert!(v.failures.is_empty());
@@ -237,7 +254,11 @@ mod tests {
 
     #[test]
     fn failing_bound_shows_measured_against_bound() {
-        let v = judge(&bounded(Aggregate::Worst), &[run(2000.0, 812.0), run(2000.0, 700.0), run(2000.0, 300.0)], &Baseline::new());
+        let v = judge(
+            &bounded(Aggregate::Worst),
+            &[run(2000.0, 812.0), run(2000.0, 700.0), run(2000.0, 300.0)],
+            &Baseline::new(),
+        );
         assert!(!v.passed);
         let text = v.to_string();
         let lines: Vec<&str> = text.lines().collect();
@@ -249,7 +270,10 @@ mod tests {
             lines[1],
             "  downtime (reported)       812.0 ms   <= 500.0 ms   FAIL"
         );
-        assert_eq!(lines[2], "  guest-observed downtime   912.0 ms   <= 3000.0 ms  ok");
+        assert_eq!(
+            lines[2],
+            "  guest-observed downtime   912.0 ms   <= 3000.0 ms  ok"
+        );
     }
 
     #[test]
@@ -268,7 +292,11 @@ mod tests {
 
     #[test]
     fn failed_run_fails_a_pass_case() {
-        let v = judge(&case(), &[run(2000.0, 100.0), failed("timed out after 25000 ms", true)], &Baseline::new());
+        let v = judge(
+            &case(),
+            &[run(2000.0, 100.0), failed("timed out after 25000 ms", true)],
+            &Baseline::new(),
+        );
         assert!(!v.passed);
         assert_eq!(
             v.failures,
@@ -309,7 +337,11 @@ mod tests {
         "run 1: failed as expected, but the source did not survive"
     )]
     fn expected_failure_broken(#[case] r: RunMeasurement, #[case] message: &str) {
-        let v = judge(&expect_fail("timed out"), &[r, failed("timed out", true)], &Baseline::new());
+        let v = judge(
+            &expect_fail("timed out"),
+            &[r, failed("timed out", true)],
+            &Baseline::new(),
+        );
         assert!(!v.passed);
         assert_eq!(v.failures, [message]);
     }

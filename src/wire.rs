@@ -33,7 +33,15 @@ impl Heartbeat {
         let mut b = [0u8; HEARTBEAT_LEN];
         b[..4].copy_from_slice(&MAGIC);
         b[4] = KIND_HEARTBEAT;
-        for (i, v) in [self.seq, self.agent_ns, self.dirty_passes, self.memory_errors].iter().enumerate() {
+        for (i, v) in [
+            self.seq,
+            self.agent_ns,
+            self.dirty_passes,
+            self.memory_errors,
+        ]
+        .iter()
+        .enumerate()
+        {
             b[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
         b
@@ -44,7 +52,12 @@ impl Heartbeat {
             return None;
         }
         let word = |i: usize| u64::from_le_bytes(b[5 + 8 * i..13 + 8 * i].try_into().unwrap());
-        Some(Heartbeat { seq: word(0), agent_ns: word(1), dirty_passes: word(2), memory_errors: word(3) })
+        Some(Heartbeat {
+            seq: word(0),
+            agent_ns: word(1),
+            dirty_passes: word(2),
+            memory_errors: word(3),
+        })
     }
 }
 
@@ -57,5 +70,6 @@ pub fn encode_hello(text: &str) -> Vec<u8> {
 }
 
 pub fn decode_hello(b: &[u8]) -> Option<String> {
-    (b.len() >= 5 && b[..4] == MAGIC && b[4] == KIND_HELLO).then(|| String::from_utf8_lossy(&b[5..]).into_owned())
+    (b.len() >= 5 && b[..4] == MAGIC && b[4] == KIND_HELLO)
+        .then(|| String::from_utf8_lossy(&b[5..]).into_owned())
 }

@@ -27,7 +27,11 @@ fn main() {
         std::process::exit(1)
     });
     let session: &'static Session = Box::leak(Box::new(Session::new(root().join("snapshots"))));
-    let mut trials: Vec<Trial> = cases.iter().cloned().map(|case| case_trial(session, case)).collect();
+    let mut trials: Vec<Trial> = cases
+        .iter()
+        .cloned()
+        .map(|case| case_trial(session, case))
+        .collect();
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
     for suite in suites {
@@ -48,7 +52,10 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
     Trial::test(case.name(), move || {
         let judged = session.judged(&case)?;
         let (result, verdict) = (&judged.result, &judged.verdict);
-        eprintln!("{}\n{verdict}", case_table(&case, &result.provenance, &result.runs));
+        eprintln!(
+            "{}\n{verdict}",
+            case_table(&case, &result.provenance, &result.runs)
+        );
         let text = case_snapshot(verdict, &result.provenance, judged.stored.as_deref());
         let snapshot = assert_snapshot(&case.slug(), text);
         if !verdict.passed {
@@ -68,14 +75,19 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         let mut results = Vec::new();
         for case in cases.iter().filter(|c| !ignored(c)) {
             let judged = session.judged(case)?;
-            report.cases.push(CaseReport::new(judged.result.clone(), judged.verdict.clone()));
+            report.cases.push(CaseReport::new(
+                judged.result.clone(),
+                judged.verdict.clone(),
+            ));
             results.push(judged.result.clone());
         }
         if results.is_empty() {
             return Ok(());
         }
         eprintln!("{}", suite_table(&suite, &results));
-        let path = report.write(Path::new("target/migsuite/reports")).map_err(|e| e.to_string())?;
+        let path = report
+            .write(Path::new("target/migsuite/reports"))
+            .map_err(|e| e.to_string())?;
         eprintln!("report: {}", path.display());
         Ok(())
     })
@@ -91,7 +103,8 @@ fn assert_snapshot(name: &str, text: String) -> Result<(), Failed> {
     settings.set_omit_expression(true);
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let matched = settings.bind(|| std::panic::catch_unwind(|| insta::assert_snapshot!(name, text)));
+    let matched =
+        settings.bind(|| std::panic::catch_unwind(|| insta::assert_snapshot!(name, text)));
     std::panic::set_hook(hook);
     matched.map_err(|_| {
         format!("snapshot {name} changed (the diff is above): review it with `cargo insta review` (cargo-insta: `cargo install cargo-insta`, done by ci/setup.sh)").into()

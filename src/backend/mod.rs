@@ -10,8 +10,8 @@ pub mod xen;
 
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::{netns, Lab};
-use crate::sampler::Pids;
 use crate::measure::{Outcome, Phases};
+use crate::sampler::Pids;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -58,7 +58,13 @@ pub fn span_ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
 impl Evacuation {
     /// A migration that did not complete: nothing measured but why.
     pub fn failed(reason: String, source_survived: bool) -> Evacuation {
-        Evacuation { outcome: Outcome::Failed { reason, source_survived }, ..Default::default() }
+        Evacuation {
+            outcome: Outcome::Failed {
+                reason,
+                source_survived,
+            },
+            ..Default::default()
+        }
     }
 }
 
@@ -112,11 +118,15 @@ pub trait Backend {
     /// default: everything running in a host's network namespace but its
     /// libvirtd, which for QEMU guests is their QEMU processes.
     fn process_probe(&self, lab: &Lab) -> ProcessProbe {
-        let hosts = [&lab.source, &lab.destination].map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
+        let hosts = [&lab.source, &lab.destination]
+            .map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
         Box::new(move || {
             let mut pids = Pids::default();
             for (i, (ns, daemon)) in hosts.iter().enumerate() {
-                pids.guest[i] = netns::processes(ns).into_iter().filter(|p| p != daemon).collect();
+                pids.guest[i] = netns::processes(ns)
+                    .into_iter()
+                    .filter(|p| p != daemon)
+                    .collect();
                 pids.toolstack[i] = Some(*daemon);
             }
             pids
@@ -129,8 +139,12 @@ pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 /// The backend for `hypervisor`, or why this build cannot run it.
 pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
     match case.hypervisor {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
-        Hypervisor::XenPv | Hypervisor::XenHvm => xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>),
+        Hypervisor::KvmFv | Hypervisor::KvmPv => {
+            kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>)
+        }
+        Hypervisor::XenPv | Hypervisor::XenHvm => {
+            xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>)
+        }
         Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
     }
 }
@@ -139,7 +153,11 @@ pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
 /// refused when it is validated.
 pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
     match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => &[Strategy::Precopy, Strategy::Postcopy, Strategy::AutoConverge],
+        Hypervisor::KvmFv | Hypervisor::KvmPv => &[
+            Strategy::Precopy,
+            Strategy::Postcopy,
+            Strategy::AutoConverge,
+        ],
         // Pre-copy by CRIU pre-dumps is not implemented (it needs soft-dirty, which these hosts lack).
         Hypervisor::Openvz => &[Strategy::StopAndCopy, Strategy::Postcopy],
         // `xl migrate` does pre-copy and nothing else.
@@ -152,6 +170,7 @@ pub fn refusal(h: Hypervisor) -> Option<String> {
     match h {
         Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz => None,
         Hypervisor::XenPv => None,
-        Hypervisor::XenHvm => (std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try")).then(|| xen::HVM_UNSUPPORTED.to_string()),
+        Hypervisor::XenHvm => (std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try"))
+            .then(|| xen::HVM_UNSUPPORTED.to_string()),
     }
 }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "Declarative, repeatable live-migration performance suites")]
+#[command(
+    version,
+    about = "Declarative, repeatable live-migration performance suites"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,14 +70,25 @@ fn main() -> ExitCode {
         }),
         Command::List { paths } => cases(&paths).map(|cases| {
             for c in &cases {
-                let note = backend::refusal(c.hypervisor).map_or(String::new(), |why| format!("  (refused: {why})"));
+                let note = backend::refusal(c.hypervisor)
+                    .map_or(String::new(), |why| format!("  (refused: {why})"));
                 println!("{}{note}", c.name());
             }
             ExitCode::SUCCESS
         }),
-        Command::Run { paths, filter, report_dir } => cases(&paths).map(|cases| {
-            let selected: Vec<Case> =
-                cases.into_iter().filter(|c| filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
+        Command::Run {
+            paths,
+            filter,
+            report_dir,
+        } => cases(&paths).map(|cases| {
+            let selected: Vec<Case> = cases
+                .into_iter()
+                .filter(|c| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| c.name().contains(f.as_str()))
+                })
+                .collect();
             run(&selected, &report_dir)
         }),
     };
@@ -82,7 +96,11 @@ fn main() -> ExitCode {
 }
 
 fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
-    let link = LinkSpec { mtu, rate_mbit: (rate_mbit > 0).then_some(rate_mbit), offloads: false };
+    let link = LinkSpec {
+        mtu,
+        rate_mbit: (rate_mbit > 0).then_some(rate_mbit),
+        offloads: false,
+    };
     let measured = (|| -> anyhow::Result<_> {
         let _exclusive = migsuite::runner::exclusive()?;
         let lab = Lab::start(&link)?;
@@ -92,10 +110,26 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
     })();
     match measured {
         Ok((lab, bare)) => {
-            println!("MTU {mtu}, link {}, offloads off (TCP payload; on the wire):", if rate_mbit > 0 { format!("{rate_mbit} Mbit/s") } else { "unshaped".into() });
-            println!("  lab migration link: {:6.0} Mbit/s; {:6.0} Mbit/s", lab.goodput_mbit, lab.wire_mbit);
-            println!("  bare veth pair:     {:6.0} Mbit/s; {:6.0} Mbit/s", bare.goodput_mbit, bare.wire_mbit);
-            println!("  lab / bare:         {:6.0} %", lab.goodput_mbit / bare.goodput_mbit * 100.0);
+            println!(
+                "MTU {mtu}, link {}, offloads off (TCP payload; on the wire):",
+                if rate_mbit > 0 {
+                    format!("{rate_mbit} Mbit/s")
+                } else {
+                    "unshaped".into()
+                }
+            );
+            println!(
+                "  lab migration link: {:6.0} Mbit/s; {:6.0} Mbit/s",
+                lab.goodput_mbit, lab.wire_mbit
+            );
+            println!(
+                "  bare veth pair:     {:6.0} Mbit/s; {:6.0} Mbit/s",
+                bare.goodput_mbit, bare.wire_mbit
+            );
+            println!(
+                "  lab / bare:         {:6.0} %",
+                lab.goodput_mbit / bare.goodput_mbit * 100.0
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -120,14 +154,27 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
                 Ok(j) => j,
                 Err(e) => {
                     eprintln!("{}: {e}", case.name());
-                    if backend::refusal(case.hypervisor).is_some() { refused += 1 } else { failed += 1 }
+                    if backend::refusal(case.hypervisor).is_some() {
+                        refused += 1
+                    } else {
+                        failed += 1
+                    }
                     continue;
                 }
             };
             let (result, verdict) = (&judged.result, &judged.verdict);
-            println!("{}\n{verdict}\n", case_table(case, &result.provenance, &result.runs));
-            if verdict.passed { passed += 1 } else { failed += 1 }
-            report.cases.push(CaseReport::new(result.clone(), verdict.clone()));
+            println!(
+                "{}\n{verdict}\n",
+                case_table(case, &result.provenance, &result.runs)
+            );
+            if verdict.passed {
+                passed += 1
+            } else {
+                failed += 1
+            }
+            report
+                .cases
+                .push(CaseReport::new(result.clone(), verdict.clone()));
             if case.expect == Expect::Pass {
                 rows.push(result.clone());
             }
@@ -143,5 +190,9 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
         }
     }
     println!("{passed} passed, {failed} failed, {refused} refused");
-    if failed + refused == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed + refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

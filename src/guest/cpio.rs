@@ -36,7 +36,21 @@ impl<W: Write> Newc<W> {
 
     fn entry(&mut self, path: &str, mode: u32, data: &[u8], rdev: (u32, u32)) -> io::Result<()> {
         let name_len = path.len() + 1;
-        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name_len as u32, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name_len as u32,
+            0,
+        ];
         self.ino += 1;
         let mut header = String::from("070701");
         for f in fields {

@@ -16,11 +16,20 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// Drivers of both device models: e1000 and IDE (kvm-fv), virtio (kvm-pv).
 /// Dependencies are resolved from modules.dep.
-const MODULES: [&str; 6] = ["e1000", "ata_piix", "sd_mod", "virtio_pci", "virtio_net", "virtio_blk"];
+const MODULES: [&str; 6] = [
+    "e1000",
+    "ata_piix",
+    "sd_mod",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+];
 
 /// Where ci/setup.sh puts what guests boot from.
 pub fn artifacts_dir() -> PathBuf {
-    std::env::var_os("MIGSUITE_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|| "/var/lib/migsuite".into())
+    std::env::var_os("MIGSUITE_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/migsuite".into())
 }
 
 #[derive(Clone, Debug)]
@@ -49,7 +58,8 @@ impl GuestImage {
         let modules_dir = dir.join("lib/modules").join(&release);
         let names: Vec<&str> = MODULES.iter().chain(extra_modules).copied().collect();
         let modules = load_order(&modules_dir, &names)?;
-        let busybox = fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
+        let busybox = fs::read(BUSYBOX)
+            .with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
 
         let mut hash = Sha256::new();
         hash.update(AGENT);
@@ -58,15 +68,26 @@ impl GuestImage {
         if !extra_modules.is_empty() {
             hash.update(extra_modules.join(",").as_bytes());
         }
-        let key: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-        let initrd = artifacts_dir().join("cache").join(format!("initrd-{key}.cpio.gz"));
+        let key: String = hash
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let initrd = artifacts_dir()
+            .join("cache")
+            .join(format!("initrd-{key}.cpio.gz"));
         if !initrd.exists() {
             fs::create_dir_all(initrd.parent().unwrap())?;
             let tmp = initrd.with_extension("tmp");
             write_initramfs(&tmp, &busybox, &modules_dir, &modules)?;
             fs::rename(&tmp, &initrd)?;
         }
-        Ok(GuestImage { kernel, initrd, kernel_release: release })
+        Ok(GuestImage {
+            kernel,
+            initrd,
+            kernel_release: release,
+        })
     }
 }
 
@@ -74,7 +95,8 @@ impl GuestImage {
 /// dependency first.
 pub(crate) fn load_order(modules_dir: &Path, names: &[&str]) -> Result<Vec<String>> {
     let dep_file = modules_dir.join("modules.dep");
-    let text = fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
+    let text =
+        fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
     let deps: BTreeMap<&str, Vec<&str>> = text
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -88,7 +110,12 @@ pub(crate) fn load_order(modules_dir: &Path, names: &[&str]) -> Result<Vec<Strin
     };
     let mut order = Vec::new();
     let mut seen = HashSet::new();
-    fn visit<'a>(m: &'a str, deps: &BTreeMap<&'a str, Vec<&'a str>>, seen: &mut HashSet<&'a str>, order: &mut Vec<String>) {
+    fn visit<'a>(
+        m: &'a str,
+        deps: &BTreeMap<&'a str, Vec<&'a str>>,
+        seen: &mut HashSet<&'a str>,
+        order: &mut Vec<String>,
+    ) {
         if !seen.insert(m) {
             return;
         }
@@ -100,13 +127,21 @@ pub(crate) fn load_order(modules_dir: &Path, names: &[&str]) -> Result<Vec<Strin
     for &name in names {
         match by_name(name) {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
-            None => bail!("module {name} not in {} (built in? then drop it from MODULES)", dep_file.display()),
+            None => bail!(
+                "module {name} not in {} (built in? then drop it from MODULES)",
+                dep_file.display()
+            ),
         }
     }
     Ok(order)
 }
 
-fn write_initramfs(out: &Path, busybox: &[u8], modules_dir: &Path, modules: &[String]) -> Result<()> {
+fn write_initramfs(
+    out: &Path,
+    busybox: &[u8],
+    modules_dir: &Path,
+    modules: &[String],
+) -> Result<()> {
     let gz = flate2::write::GzEncoder::new(fs::File::create(out)?, flate2::Compression::fast());
     let mut cpio = Newc::new(gz);
     for d in ["bin", "dev", "etc", "proc", "sys", "lib", "lib/modules"] {
@@ -119,7 +154,11 @@ fn write_initramfs(out: &Path, busybox: &[u8], modules_dir: &Path, modules: &[St
     let mut order = String::new();
     for m in modules {
         let name = m.rsplit('/').next().unwrap();
-        cpio.file(&format!("lib/modules/{name}"), 0o644, &fs::read(modules_dir.join(m))?)?;
+        cpio.file(
+            &format!("lib/modules/{name}"),
+            0o644,
+            &fs::read(modules_dir.join(m))?,
+        )?;
         order.push_str(&format!("/lib/modules/{name}\n"));
     }
     cpio.file("etc/modules.order", 0o644, order.as_bytes())?;

@@ -8,9 +8,9 @@ use super::link::tx_bytes as link_tx_bytes;
 use super::netns::Netns;
 use super::{cleanup, network, Lab};
 use crate::case::LinkSpec;
-use std::net::Ipv4Addr;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,11 @@ pub struct LinkRates {
 
 /// What the link from the lab's source host to its destination carries.
 pub fn link_rates(lab: &Lab) -> Result<LinkRates> {
-    rates_between(&lab.source.netns, &lab.destination.netns, lab.destination.link_addr)
+    rates_between(
+        &lab.source.netns,
+        &lab.destination.netns,
+        lab.destination.link_addr,
+    )
 }
 
 /// What a cable (`network::cable`) from `from` to `to` (at `to_addr`) carries.
@@ -50,9 +54,14 @@ pub fn bare_pair_rates(link: &LinkSpec) -> Result<LinkRates> {
     cleanup::sweep_stale();
     let id = cleanup::next_lab_id();
     std::fs::create_dir_all(cleanup::LAB_ROOT)?;
-    let dir = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir_in(cleanup::LAB_ROOT)?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .tempdir_in(cleanup::LAB_ROOT)?;
     let _registration = cleanup::register(&id, dir.path());
-    let (a, b) = (Netns::create(&format!("{id}-a"))?, Netns::create(&format!("{id}-b"))?);
+    let (a, b) = (
+        Netns::create(&format!("{id}-a"))?,
+        Netns::create(&format!("{id}-b"))?,
+    );
     network::cable([&a, &b], link)?;
     rates_between(&a, &b, network::link_addr(1))
 }
@@ -77,13 +86,21 @@ fn receive(listener: &TcpListener, source_ns: &str) -> Result<LinkRates> {
     let rates = |counted: u64, since: Instant, wire_from: u64| -> Result<LinkRates> {
         let secs = since.elapsed().as_secs_f64();
         let wire = link_tx_bytes(source_ns)?.saturating_sub(wire_from);
-        Ok(LinkRates { goodput_mbit: counted as f64 * 8.0 / secs / 1e6, wire_mbit: wire as f64 * 8.0 / secs / 1e6 })
+        Ok(LinkRates {
+            goodput_mbit: counted as f64 * 8.0 / secs / 1e6,
+            wire_mbit: wire as f64 * 8.0 / secs / 1e6,
+        })
     };
     loop {
         let n = match stream.read(&mut buf) {
             // A link that stalls (MTU 68: the sender's minimum MSS does not
             // fit) carries next to nothing: that is its goodput.
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return rates(counted, window_start.unwrap_or(began), wire_from);
             }
             r => r.context("calibration: reading from the migration link")?,

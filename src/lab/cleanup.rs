@@ -17,7 +17,11 @@ static LIVE: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
 /// Unique per process and per lab: `migsuite-<pid>-<n>`.
 pub fn next_lab_id() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{PREFIX}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{PREFIX}{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Keeps a lab on the list torn down at interruption while it lives.
@@ -26,7 +30,9 @@ pub struct Registration(String);
 
 pub fn register(id: &str, dir: &Path) -> Registration {
     install_signal_handler();
-    LIVE.lock().unwrap().insert(id.to_string(), dir.to_path_buf());
+    LIVE.lock()
+        .unwrap()
+        .insert(id.to_string(), dir.to_path_buf());
     Registration(id.to_string())
 }
 
@@ -63,7 +69,9 @@ fn destroy_lab(id: &str, dir: &Path) {
 /// Tears down labs whose owning process is gone.
 pub fn sweep_stale() {
     let owner_alive = |name: &str| -> bool {
-        let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next());
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next());
         match pid.and_then(|p| p.parse::<u32>().ok()) {
             Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
             None => true, // not ours
@@ -74,7 +82,10 @@ pub fn sweep_stale() {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(PREFIX) && !owner_alive(&name) {
-                let id = name.rsplit_once('-').map(|(id, _)| id.to_string()).unwrap_or_default();
+                let id = name
+                    .rsplit_once('-')
+                    .map(|(id, _)| id.to_string())
+                    .unwrap_or_default();
                 stale.insert(id, PathBuf::new());
             }
         }

@@ -22,7 +22,13 @@ use std::time::{Duration, Instant};
 
 const LIBVIRTD_PORT: u16 = 16509;
 /// Directories libvirt keeps state in; each host gets its own copy.
-const STATE_DIRS: [&str; 5] = ["/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt", "/etc/libvirt"];
+const STATE_DIRS: [&str; 5] = [
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/var/cache/libvirt",
+    "/var/log/libvirt",
+    "/etc/libvirt",
+];
 
 #[derive(Debug)]
 pub struct Libvirtd {
@@ -38,7 +44,10 @@ impl Libvirtd {
         for dir in STATE_DIRS {
             let own = state.join(dir.trim_start_matches('/'));
             fs::create_dir_all(&own)?;
-            binds.push_str(&format!("mkdir -p '{dir}' && mount --bind '{}' '{dir}' && ", own.display()));
+            binds.push_str(&format!(
+                "mkdir -p '{dir}' && mount --bind '{}' '{dir}' && ",
+                own.display()
+            ));
         }
         seed_capabilities(state)?;
         let etc = state.join("etc/libvirt");
@@ -58,15 +67,31 @@ impl Libvirtd {
              remember_owner = 0\nsecurity_driver = \"none\"\n",
         )?;
         let stderr = fs::File::create(state.join("libvirtd.stderr"))?;
-        let script = format!("{binds}exec libvirtd --listen --pid-file /run/libvirt/migsuite-libvirtd.pid");
+        let script =
+            format!("{binds}exec libvirtd --listen --pid-file /run/libvirt/migsuite-libvirtd.pid");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .context("cannot start libvirtd (run ci/setup.sh to install it)")?;
-        let mut daemon = Libvirtd { addr, state: state.to_path_buf(), child };
+        let mut daemon = Libvirtd {
+            addr,
+            state: state.to_path_buf(),
+            child,
+        };
         daemon.wait_listening(ns, timeout)?;
         Ok(daemon)
     }
@@ -90,14 +115,25 @@ impl Libvirtd {
         let deadline = Instant::now() + timeout;
         let target = SocketAddr::from((self.addr, LIBVIRTD_PORT));
         loop {
-            if ns.enter(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())? {
+            if ns
+                .enter(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())?
+            {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("libvirtd for {} exited ({status}): {}", self.addr, self.log_tail());
+                bail!(
+                    "libvirtd for {} exited ({status}): {}",
+                    self.addr,
+                    self.log_tail()
+                );
             }
             if Instant::now() > deadline {
-                bail!("libvirtd for {} not listening after {:?}: {}", self.addr, timeout, self.log_tail());
+                bail!(
+                    "libvirtd for {} not listening after {:?}: {}",
+                    self.addr,
+                    timeout,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -127,7 +163,9 @@ fn kept_capabilities() -> PathBuf {
 fn seed_capabilities(state: &Path) -> Result<()> {
     let cache = state.join(CAPABILITIES);
     fs::create_dir_all(&cache)?;
-    let Ok(kept) = fs::read_dir(kept_capabilities()) else { return Ok(()) };
+    let Ok(kept) = fs::read_dir(kept_capabilities()) else {
+        return Ok(());
+    };
     for entry in kept.flatten() {
         if entry.file_type()?.is_file() {
             fs::copy(entry.path(), cache.join(entry.file_name()))?;
@@ -144,7 +182,8 @@ impl Libvirtd {
     pub fn warm(&self, conn: &virt::connect::Connect) -> Result<()> {
         let probing = || format!("libvirtd on {}: probing QEMU's capabilities", self.addr);
         conn.capabilities().with_context(probing)?;
-        conn.domain_capabilities(None, Some("x86_64"), Some("pc"), Some("qemu"), 0).with_context(probing)?;
+        conn.domain_capabilities(None, Some("x86_64"), Some("pc"), Some("qemu"), 0)
+            .with_context(probing)?;
         let kept = kept_capabilities();
         let tmp = kept.with_extension("tmp");
         let _ = fs::remove_dir_all(&tmp);

@@ -22,7 +22,10 @@ fn tx_bytes_here() -> Result<u64> {
         .find_map(|l| l.trim_start().strip_prefix(&format!("{LINK_DEV}:")))
         .with_context(|| format!("no {LINK_DEV} in this network namespace"))?;
     // Eight receive counters, then the bytes sent.
-    line.split_whitespace().nth(8).and_then(|v| v.parse().ok()).with_context(|| format!("{LINK_DEV} counters: {line}"))
+    line.split_whitespace()
+        .nth(8)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{LINK_DEV} counters: {line}"))
 }
 
 /// Bytes the host in namespace `ns` has sent on its migration link.
@@ -30,15 +33,19 @@ pub fn tx_bytes(ns: &str) -> Result<u64> {
     super::netns::enter(ns, tx_bytes_here)?
 }
 
+/// Readings of the counter: when, and bytes sent so far.
+type Readings = Vec<(Instant, u64)>;
+
 /// The link's counter sampled from a thread inside the host's namespace.
 pub struct Monitor {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<Vec<(Instant, u64)>>>>,
+    thread: Option<JoinHandle<Result<Readings>>>,
 }
 
 impl Monitor {
     pub fn start(ns: &str) -> Result<Monitor> {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("no network namespace {ns}"))?;
+        let file = std::fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("no network namespace {ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -50,7 +57,10 @@ impl Monitor {
             }
             Ok(samples)
         });
-        Ok(Monitor { stop, thread: Some(thread) })
+        Ok(Monitor {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn finish(mut self) -> Result<Samples> {
@@ -84,10 +94,19 @@ impl Samples {
     pub fn active_rate_mbit(&self) -> Option<f64> {
         let (&(_, start), &(_, end)) = (self.0.first()?, self.0.last()?);
         let total = end - start;
-        let reached = |share: f64| self.0.iter().find(|(_, b)| (b - start) as f64 >= share * total as f64);
+        let reached = |share: f64| {
+            self.0
+                .iter()
+                .find(|(_, b)| (b - start) as f64 >= share * total as f64)
+        };
         let (from, to) = (reached(0.01)?, reached(0.99)?);
         // The sample before the first counted bytes opens the window.
-        let opened = self.0.iter().rev().find(|(at, _)| at < &from.0).unwrap_or(from);
+        let opened = self
+            .0
+            .iter()
+            .rev()
+            .find(|(at, _)| at < &from.0)
+            .unwrap_or(from);
         let secs = (to.0 - opened.0).as_secs_f64();
         (total > 0 && secs > 0.0).then(|| (to.1 - opened.1) as f64 * 8.0 / secs / 1e6)
     }
@@ -95,11 +114,16 @@ impl Samples {
     /// The rate in each `interval`, as (ms since `t0`, Mbit/s).
     pub fn rate_timeline(&self, t0: Instant, interval: Duration) -> Vec<(i64, f64)> {
         let mut points = Vec::new();
-        let Some(&(mut from, mut from_bytes)) = self.0.first() else { return points };
+        let Some(&(mut from, mut from_bytes)) = self.0.first() else {
+            return points;
+        };
         for &(at, bytes) in &self.0[1..] {
             if at - from >= interval {
                 let ms = at.saturating_duration_since(t0).as_millis() as i64;
-                points.push((ms, (bytes - from_bytes) as f64 * 8.0 / (at - from).as_secs_f64() / 1e6));
+                points.push((
+                    ms,
+                    (bytes - from_bytes) as f64 * 8.0 / (at - from).as_secs_f64() / 1e6,
+                ));
                 (from, from_bytes) = (at, bytes);
             }
         }
@@ -117,17 +141,33 @@ mod tests {
         let t = Instant::now();
         let at = |ms| t + Duration::from_millis(ms);
         // Idle, 125 kB in each of 100 ms (10 Mbit/s), idle again.
-        let s = Samples(vec![(at(0), 0), (at(50), 0), (at(100), 125_000), (at(150), 250_000), (at(200), 250_000), (at(900), 250_000)]);
+        let s = Samples(vec![
+            (at(0), 0),
+            (at(50), 0),
+            (at(100), 125_000),
+            (at(150), 250_000),
+            (at(200), 250_000),
+            (at(900), 250_000),
+        ]);
         assert_eq!(s.bytes(), 250_000);
         assert_relative_eq!(s.active_rate_mbit().unwrap(), 20.0);
-        assert_eq!(Samples(vec![(at(0), 7), (at(5), 7)]).active_rate_mbit(), None);
+        assert_eq!(
+            Samples(vec![(at(0), 7), (at(5), 7)]).active_rate_mbit(),
+            None
+        );
     }
 
     #[test]
     fn a_stray_frame_does_not_stretch_the_stream() {
         let t = Instant::now();
         let at = |ms| t + Duration::from_millis(ms);
-        let s = Samples(vec![(at(0), 0), (at(50), 0), (at(100), 125_000), (at(150), 250_000), (at(900), 250_090)]);
+        let s = Samples(vec![
+            (at(0), 0),
+            (at(50), 0),
+            (at(100), 125_000),
+            (at(150), 250_000),
+            (at(900), 250_090),
+        ]);
         assert_relative_eq!(s.active_rate_mbit().unwrap(), 20.0);
     }
 }

@@ -67,14 +67,32 @@ impl Lab {
         network::build(&switch, [&ns_a, &ns_b], link)?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
         let host = |name, ns: Netns, index: u8| -> Result<Host> {
-            let libvirtd = Libvirtd::start(&ns, network::management_addr(index), &dir.path().join(name), DAEMON_START_TIMEOUT)?;
-            Ok(Host { name, link_addr: network::link_addr(index), libvirtd, netns: ns })
+            let libvirtd = Libvirtd::start(
+                &ns,
+                network::management_addr(index),
+                &dir.path().join(name),
+                DAEMON_START_TIMEOUT,
+            )?;
+            Ok(Host {
+                name,
+                link_addr: network::link_addr(index),
+                libvirtd,
+                netns: ns,
+            })
         };
         let source = host("a", ns_a, 0)?;
         let destination = host("b", ns_b, 1)?;
-        let lab = Lab { source, destination, switch, link: link.clone(), dir, _registration: registration };
+        let lab = Lab {
+            source,
+            destination,
+            switch,
+            link: link.clone(),
+            dir,
+            _registration: registration,
+        };
         for h in [&lab.source, &lab.destination] {
-            let conn = lab.on_lan(|| virt::connect::Connect::open(Some(&h.libvirtd.uri())))?
+            let conn = lab
+                .on_lan(|| virt::connect::Connect::open(Some(&h.libvirtd.uri())))?
                 .with_context(|| format!("connecting to {}", h.libvirtd.uri()))?;
             h.libvirtd.warm(&conn)?;
         }
@@ -114,8 +132,15 @@ impl Lab {
                 let (path, kind) = (entry.path(), entry.file_type()?);
                 if kind.is_dir() {
                     dirs.push(path);
-                } else if kind.is_file() && path.extension().is_some_and(|e| e == "log" || e == "stderr") {
-                    let name = path.strip_prefix(self.dir.path())?.to_string_lossy().replace('/', "-");
+                } else if kind.is_file()
+                    && path
+                        .extension()
+                        .is_some_and(|e| e == "log" || e == "stderr")
+                {
+                    let name = path
+                        .strip_prefix(self.dir.path())?
+                        .to_string_lossy()
+                        .replace('/', "-");
                     std::fs::copy(&path, dest.join(name))?;
                 }
             }

@@ -16,7 +16,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         sh::run("ip", &["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec("ip", &["link", "set", "lo", "up"])?;
         // The lab speaks IPv4 only; IPv6's own chatter (router and neighbour
         // solicitations) would be stray frames on the measured links.
@@ -47,8 +49,7 @@ pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     let file = File::open(&path).with_context(|| format!("no network namespace {path}"))?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns into {path}"))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {path}"))?;
             Ok(f())
         })
         .join()
@@ -90,8 +91,12 @@ impl Drop for Netns {
 /// Pids of the processes whose network namespace is `name`.
 pub fn processes(name: &str) -> Vec<i32> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(target) = std::fs::metadata(format!("/run/netns/{name}")) else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(target) = std::fs::metadata(format!("/run/netns/{name}")) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())

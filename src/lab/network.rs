@@ -73,7 +73,13 @@ pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> 
 /// The migration link: one veth pair from host 0 to host 1, `LINK_DEV` at
 /// `link_addr(i)` on each, with the link's MTU, offloads and rate.
 pub fn cable(hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
-    veth(hosts[0], LINK_DEV, hosts[1], LINK_DEV, &link.mtu.to_string())?;
+    veth(
+        hosts[0],
+        LINK_DEV,
+        hosts[1],
+        LINK_DEV,
+        &link.mtu.to_string(),
+    )?;
     for (i, host) in hosts.iter().enumerate() {
         address(host, LINK_DEV, link_addr(i as u8))?;
         make_wire_like(host, LINK_DEV, link)?;
@@ -85,19 +91,31 @@ fn bridge(ns: &Netns, name: &str, mtu: &str, addr: Option<Ipv4Addr>) -> Result<(
     ns.exec("ip", &["link", "add", name, "type", "bridge"])?;
     ns.exec("ip", &["link", "set", name, "mtu", mtu, "up"])?;
     if let Some(addr) = addr {
-        ns.exec("ip", &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", name])?;
+        ns.exec(
+            "ip",
+            &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", name],
+        )?;
     }
     Ok(())
 }
 
 /// A veth pair, `a_dev` in `a` and `b_dev` in `b`.
 fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str, mtu: &str) -> Result<()> {
-    a.exec("ip", &["link", "add", a_dev, "mtu", mtu, "type", "veth", "peer", "name", b_dev, "mtu", mtu, "netns", &b.name])?;
+    a.exec(
+        "ip",
+        &[
+            "link", "add", a_dev, "mtu", mtu, "type", "veth", "peer", "name", b_dev, "mtu", mtu,
+            "netns", &b.name,
+        ],
+    )?;
     Ok(())
 }
 
 fn address(ns: &Netns, dev: &str, addr: Ipv4Addr) -> Result<()> {
-    ns.exec("ip", &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", dev])?;
+    ns.exec(
+        "ip",
+        &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", dev],
+    )?;
     ns.exec("ip", &["link", "set", dev, "up"])?;
     Ok(())
 }
@@ -111,7 +129,20 @@ fn make_wire_like(ns: &Netns, dev: &str, link: &LinkSpec) -> Result<()> {
     if let Some(rate) = link.rate_mbit {
         ns.exec(
             "tc",
-            &["qdisc", "add", "dev", dev, "root", "tbf", "rate", &format!("{rate}mbit"), "burst", "256kb", "latency", "50ms"],
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{rate}mbit"),
+                "burst",
+                "256kb",
+                "latency",
+                "50ms",
+            ],
         )?;
     }
     Ok(())

@@ -34,7 +34,15 @@ pub struct CaseReport {
 
 impl CaseReport {
     /// The record of a case, with the verdict it was given.
-    pub fn new(CaseResult { case, provenance, calibration, runs }: CaseResult, verdict: Verdict) -> CaseReport {
+    pub fn new(
+        CaseResult {
+            case,
+            provenance,
+            calibration,
+            runs,
+        }: CaseResult,
+        verdict: Verdict,
+    ) -> CaseReport {
         CaseReport {
             calibration,
             name: case.name(),
@@ -118,7 +126,15 @@ mod tests {
         let mut report = RunReport::new("ci", started);
         let runs = vec![run(2000.0, 100.0), failed("timed out", true)];
         let verdict = judge(&case(), &runs, &Default::default());
-        report.cases.push(CaseReport::new(CaseResult { case: case(), provenance: provenance(), calibration: Default::default(), runs }, verdict));
+        report.cases.push(CaseReport::new(
+            CaseResult {
+                case: case(),
+                provenance: provenance(),
+                calibration: Default::default(),
+                runs,
+            },
+            verdict,
+        ));
         let dir = tempfile::tempdir().unwrap();
         let path = report.write(&dir.path().join("reports")).unwrap();
         assert_eq!(path, dir.path().join("reports/ci-1700000000.json"));
@@ -145,7 +161,16 @@ mod tests {
         bounded.bounds.downtime_ms = Some(500.0);
         let runs = vec![run(2000.0, 812.0)];
         let verdict = judge(&bounded, &runs, &Default::default());
-        let json = serde_json::to_value(CaseReport::new(CaseResult { case: bounded, provenance: provenance(), calibration: Default::default(), runs }, verdict)).unwrap();
+        let json = serde_json::to_value(CaseReport::new(
+            CaseResult {
+                case: bounded,
+                provenance: provenance(),
+                calibration: Default::default(),
+                runs,
+            },
+            verdict,
+        ))
+        .unwrap();
         let check = &json["verdict"]["checks"][0];
         assert_eq!(check["metric"], "downtime (reported)");
         assert_eq!(check["measured"], 812.0);

@@ -5,15 +5,14 @@ use super::table::{Cell, Table};
 use crate::case::{Aggregate, Case};
 use crate::landmarks::landmarks;
 use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
-use crate::stats::{CaseSummary, Summary};
 use crate::metrics::{Metric, METRICS};
+use crate::stats::{CaseSummary, Summary};
 use crate::verdict::run_failure;
 
 /// The metrics a suite may bound: the suite table's columns.
 fn bounded() -> impl Iterator<Item = &'static Metric> {
     METRICS.iter().filter(|m| m.bound.is_some())
 }
-
 
 /// Landmarks of every timeline and the migration figures of one case, as
 /// means over its completed runs.
@@ -79,7 +78,11 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
             Unit::Count => (None, 0),
             unit => (Some(unit), 1),
         };
-        t.rows.push(vec![Cell::text("migration"), Cell::text(m.label), Cell::opt(s.get(m.key).map(|s| s.median), unit, decimals)]);
+        t.rows.push(vec![
+            Cell::text("migration"),
+            Cell::text(m.label),
+            Cell::opt(s.get(m.key).map(|s| s.median), unit, decimals),
+        ]);
     }
     t
 }
@@ -103,7 +106,8 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     }
     for (p, names) in provenances {
         let names = names.join(", ");
-        t.notes.extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
+        t.notes
+            .extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
     }
     for CaseResult { case, runs, .. } in results {
         let agg = case.bounds.apply_to;
@@ -117,7 +121,13 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
                 Aggregate::Worst => "worst",
             }),
         ];
-        row.extend(bounded().map(|m| Cell::opt(summary.get(m.key).map(|s| s.aggregate(agg)), Some(m.unit), 1)));
+        row.extend(bounded().map(|m| {
+            Cell::opt(
+                summary.get(m.key).map(|s| s.aggregate(agg)),
+                Some(m.unit),
+                1,
+            )
+        }));
         row.push(Cell::text(outcome(runs)));
         t.rows.push(row);
     }
@@ -129,7 +139,10 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
 fn provenance_lines(p: &Provenance) -> [String; 2] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),
-        format!("{VERSIONS}hypervisor {}; toolstack {}", p.hypervisor_version, p.toolstack_version),
+        format!(
+            "{VERSIONS}hypervisor {}; toolstack {}",
+            p.hypervisor_version, p.toolstack_version
+        ),
     ]
 }
 
@@ -216,11 +229,28 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             hypervisor_version: "Xen 4.17".into(),
             ..provenance()
         };
-        let result = |case, provenance, runs| CaseResult { case, provenance, calibration: Default::default(), runs };
+        let result = |case, provenance, runs| CaseResult {
+            case,
+            provenance,
+            calibration: Default::default(),
+            runs,
+        };
         let results = vec![
-            result(case(), provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
-            result(bounded_by_mean, provenance(), vec![run(2000.0, 100.0), run(2400.0, 300.0)]),
-            result(xen, xen_provenance, vec![run(2000.0, 100.0), failed("connection refused", false)]),
+            result(
+                case(),
+                provenance(),
+                vec![run(2000.0, 100.0), run(2400.0, 300.0)],
+            ),
+            result(
+                bounded_by_mean,
+                provenance(),
+                vec![run(2000.0, 100.0), run(2400.0, 300.0)],
+            ),
+            result(
+                xen,
+                xen_provenance,
+                vec![run(2000.0, 100.0), failed("connection refused", false)],
+            ),
         ];
         assert_eq!(
             suite_table("ci", &results).to_string(),
@@ -243,7 +273,12 @@ xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
     fn unmeasured_figures_are_dashes() {
         let t = case_table(&case(), &provenance(), &[failed("timed out", true)]);
         assert!(t.rows.iter().all(|r| r[2] == Cell::Missing));
-        let empty = CaseResult { case: case(), provenance: provenance(), calibration: Default::default(), runs: vec![] };
+        let empty = CaseResult {
+            case: case(),
+            provenance: provenance(),
+            calibration: Default::default(),
+            runs: vec![],
+        };
         let t = suite_table("ci", &[empty]);
         assert_eq!(t.rows[0][4], Cell::Missing);
         assert_eq!(t.rows[0][9], Cell::text("no runs"));

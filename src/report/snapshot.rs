@@ -39,7 +39,13 @@ pub fn snap_body(snap_file_text: &str) -> &str {
 const CI: &str = " | 95% CI ";
 
 fn estimate_line(metric: &str, e: &Estimate, unit: crate::measure::Unit) -> String {
-    format!("{metric} | median {}{CI}{} .. {} | n={}", unit.format(e.median), unit.format(e.lo), unit.format(e.hi), e.n)
+    format!(
+        "{metric} | median {}{CI}{} .. {} | n={}",
+        unit.format(e.median),
+        unit.format(e.lo),
+        unit.format(e.hi),
+        e.n
+    )
 }
 
 /// The leading number of `text` ("1523.0 ms" -> 1523.0).
@@ -57,7 +63,12 @@ pub fn baseline(stored: &str) -> Baseline {
             let (median, rest) = rest.split_once(CI)?;
             let (interval, n) = rest.split_once(" | n=")?;
             let (lo, hi) = interval.split_once(" .. ")?;
-            let e = Estimate { median: number(median)?, lo: number(lo)?, hi: number(hi)?, n: n.trim().parse().ok()? };
+            let e = Estimate {
+                median: number(median)?,
+                lo: number(lo)?,
+                hi: number(hi)?,
+                n: n.trim().parse().ok()?,
+            };
             Some((metric.to_string(), e))
         })
         .collect()
@@ -66,15 +77,29 @@ pub fn baseline(stored: &str) -> Baseline {
 /// The snapshot text of `verdict`'s case; `stored` is the snapshot it is
 /// compared with, whose lines are kept where the change is noise.
 pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>) -> String {
-    let mut lines = vec![verdict.case.clone(), format!("accel: {}; host: {}", prov.accel, prov.host_kind)];
-    lines.push(format!("outcome: {}", if verdict.failures.is_empty() { "as expected" } else { "NOT as expected" }));
+    let mut lines = vec![
+        verdict.case.clone(),
+        format!("accel: {}; host: {}", prov.accel, prov.host_kind),
+    ];
+    lines.push(format!(
+        "outcome: {}",
+        if verdict.failures.is_empty() {
+            "as expected"
+        } else {
+            "NOT as expected"
+        }
+    ));
     lines.extend(verdict.failures.iter().map(|f| format!("outcome: {f}")));
     for g in &verdict.gates {
         let kept = g
             .comparison
             .as_ref()
             .filter(|c| c.change == Change::Noise)
-            .and_then(|_| stored?.lines().find(|l| l.starts_with(&format!("{} | median ", g.metric))));
+            .and_then(|_| {
+                stored?
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{} | median ", g.metric)))
+            });
         lines.push(kept.map_or_else(|| estimate_line(g.metric, &g.new, g.unit), str::to_string));
     }
     lines.join("\n")
@@ -110,7 +135,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ci::kvm-fv::mtu128::game");
         assert_eq!(lines[2], "outcome: as expected");
-        assert!(lines.contains(&"total time | median 2010.0 ms | 95% CI 1980.0 ms .. 2050.0 ms | n=5"), "{text}");
+        assert!(
+            lines.contains(&"total time | median 2010.0 ms | 95% CI 1980.0 ms .. 2050.0 ms | n=5"),
+            "{text}"
+        );
         let b = baseline(&text);
         assert_eq!(b["total time"].median, 2010.0);
         assert_eq!(b["stream throughput"].n, 5);
@@ -126,10 +154,26 @@ mod tests {
     fn a_regression_changes_only_its_own_lines() {
         let stored = snapshot(1.0, None);
         let new = snapshot(1.3, Some(&stored));
-        let changed: Vec<&str> = new.lines().filter(|l| !stored.lines().any(|o| o == *l)).collect();
-        assert!(changed.iter().any(|l| l.starts_with("total time | median 2613.0 ms")), "{new}");
-        assert!(changed.iter().any(|l| l.starts_with("stream throughput | median 692.3 Mbit/s")), "{new}");
-        assert!(changed.iter().all(|l| !l.starts_with("downtime")), "{changed:?}");
+        let changed: Vec<&str> = new
+            .lines()
+            .filter(|l| !stored.lines().any(|o| o == *l))
+            .collect();
+        assert!(
+            changed
+                .iter()
+                .any(|l| l.starts_with("total time | median 2613.0 ms")),
+            "{new}"
+        );
+        assert!(
+            changed
+                .iter()
+                .any(|l| l.starts_with("stream throughput | median 692.3 Mbit/s")),
+            "{new}"
+        );
+        assert!(
+            changed.iter().all(|l| !l.starts_with("downtime")),
+            "{changed:?}"
+        );
     }
 
     #[rstest]

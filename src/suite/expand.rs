@@ -3,13 +3,13 @@
 
 use super::locate::FieldPath;
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, Override,
-    SamplingDef, StrategyDef, Suite, TierDef, NoiseDef, WorkloadDef,
+    AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, NoiseDef,
+    Override, SamplingDef, StrategyDef, Suite, TierDef, WorkloadDef,
 };
 use super::scalar::{Ident, Mtu};
 use crate::case::{
-    AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec, LinkSpec,
-    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
+    AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
+    LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
 };
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -38,7 +38,10 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_fit(&suite.workloads.0, guest.memory_mib)?;
     check_packets(&suite.matrix, &suite.workloads.0)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default());
-    let strategy_given = suite.migration.as_ref().is_some_and(|m| m.strategy.is_some());
+    let strategy_given = suite
+        .migration
+        .as_ref()
+        .is_some_and(|m| m.strategy.is_some());
     let base_migration = suite.migration.unwrap_or_default();
     let base_noise = suite.snapshot.and_then(|s| s.noise).unwrap_or_default();
     let link = suite.link.unwrap_or_default();
@@ -68,10 +71,22 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
         for &mtu in &suite.matrix.mtu {
             for name in &suite.matrix.workload {
                 // Later overrides win: each is layered over what came before.
-                let selected = || suite.overrides.iter().filter(|o| o.when.selects(hypervisor, mtu, name));
+                let selected = || {
+                    suite
+                        .overrides
+                        .iter()
+                        .filter(|o| o.when.selects(hypervisor, mtu, name))
+                };
                 let bounds = selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
-                let migration = selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
-                check_strategy(&suite.matrix, &suite.overrides, strategy_given, (h, mtu, name), &migration)?;
+                let migration =
+                    selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
+                check_strategy(
+                    &suite.matrix,
+                    &suite.overrides,
+                    strategy_given,
+                    (h, mtu, name),
+                    &migration,
+                )?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
@@ -109,7 +124,11 @@ fn check_matrix(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Re
     distinct(&matrix.hypervisor, path.clone().key("hypervisor"))?;
     distinct(&matrix.mtu, path.clone().key("mtu"))?;
     distinct(&matrix.workload, path.clone().key("workload"))?;
-    let (h, m, w) = (matrix.hypervisor.len(), matrix.mtu.len(), matrix.workload.len());
+    let (h, m, w) = (
+        matrix.hypervisor.len(),
+        matrix.mtu.len(),
+        matrix.workload.len(),
+    );
     if h * m * w > MAX_CASES {
         return Err(Invalid {
             path,
@@ -208,9 +227,15 @@ fn check_packets(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> R
     };
     for (name, def) in workloads {
         let size = def.packets.as_ref().and_then(|p| p.size).map(|s| s.0);
-        if let Some(PacketSize::Bytes(bytes)) = size.filter(|s| s.payload(mtu) > PacketSize::Fill.payload(mtu)) {
+        if let Some(PacketSize::Bytes(bytes)) =
+            size.filter(|s| s.payload(mtu) > PacketSize::Fill.payload(mtu))
+        {
             return Err(Invalid {
-                path: FieldPath::default().key("workloads").key(&name.0).key("packets").key("size"),
+                path: FieldPath::default()
+                    .key("workloads")
+                    .key(&name.0)
+                    .key("packets")
+                    .key("size"),
                 message: format!(
                     "a {bytes}-byte payload does not fit in one packet at MTU {mtu} (matrix.mtu): \
                      at most {} bytes do; use `fill` or a size up to that",
@@ -240,13 +265,25 @@ fn check_strategy(
     let chosen_by = overrides
         .iter()
         .enumerate()
-        .filter(|(_, o)| o.when.selects(hypervisor, mtu, workload) && o.migration.strategy.is_some())
-        .map(|(i, _)| FieldPath::default().key("overrides").index(i).key("migration").key("strategy"))
-        .last();
+        .rev()
+        .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && o.migration.strategy.is_some())
+        .map(|(i, _)| {
+            FieldPath::default()
+                .key("overrides")
+                .index(i)
+                .key("migration")
+                .key("strategy")
+        });
     let (path, default) = match chosen_by {
         Some(path) => (path, ""),
         None if strategy_given => (FieldPath::default().key("migration").key("strategy"), ""),
-        None => (FieldPath::default().key("matrix").key("hypervisor").index(h), " (the default)"),
+        None => (
+            FieldPath::default()
+                .key("matrix")
+                .key("hypervisor")
+                .index(h),
+            " (the default)",
+        ),
     };
     Err(Invalid {
         path,
@@ -313,7 +350,8 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
 
 fn noise_spec(def: NoiseDef) -> NoiseThresholds {
     let d = NoiseThresholds::default();
-    let pick = |v: Option<super::model::NoisePercent>, default: f64| v.map_or(default, |p| p.0 .0 / 100.0);
+    let pick =
+        |v: Option<super::model::NoisePercent>, default: f64| v.map_or(default, |p| p.0 .0 / 100.0);
     NoiseThresholds {
         total_time: pick(def.total_time, d.total_time),
         downtime: pick(def.downtime, d.downtime),

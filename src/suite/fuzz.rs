@@ -18,10 +18,50 @@ const SEEDS: [&str; 3] = [
 
 /// Pieces a hostile or careless author might put anywhere.
 const FRAGMENTS: &[&str] = &[
-    "[", "]", "{", "}", ":", ": ", "- ", "\n", "\n  ", "#", "'", "\"", ",", "&a ", "*a", "!!str ",
-    "!fail ", "---\n", "...", "|\n", ">\n", "~", "null", "0s", "0ms", "1e999s", "-1", "65507",
-    "999999999999999999999999", "1000%", "0%", "gate", "openvz", "xen-hvm", "stop-and-copy",
-    "postcopy", "\u{feff}", "\t", "\u{0}", "\u{85}", "é", "<<: *a", "? ", "%YAML 1.2\n",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    ": ",
+    "- ",
+    "\n",
+    "\n  ",
+    "#",
+    "'",
+    "\"",
+    ",",
+    "&a ",
+    "*a",
+    "!!str ",
+    "!fail ",
+    "---\n",
+    "...",
+    "|\n",
+    ">\n",
+    "~",
+    "null",
+    "0s",
+    "0ms",
+    "1e999s",
+    "-1",
+    "65507",
+    "999999999999999999999999",
+    "1000%",
+    "0%",
+    "gate",
+    "openvz",
+    "xen-hvm",
+    "stop-and-copy",
+    "postcopy",
+    "\u{feff}",
+    "\t",
+    "\u{0}",
+    "\u{85}",
+    "é",
+    "<<: *a",
+    "? ",
+    "%YAML 1.2\n",
 ];
 
 #[derive(Clone, Debug)]
@@ -35,7 +75,8 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), 1..40usize).prop_map(|(at, len)| Mutation::Delete(at, len)),
-        (any::<usize>(), proptest::sample::select(FRAGMENTS)).prop_map(|(at, f)| Mutation::Insert(at, f)),
+        (any::<usize>(), proptest::sample::select(FRAGMENTS))
+            .prop_map(|(at, f)| Mutation::Insert(at, f)),
         any::<usize>().prop_map(Mutation::DuplicateLine),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
     ]
@@ -76,7 +117,10 @@ fn mutated_suites_never_panic_and_every_refusal_is_placed() {
         failure_persistence: None,
         ..Config::default()
     });
-    let input = (proptest::sample::select(&SEEDS[..]), proptest::collection::vec(mutation(), 1..6));
+    let input = (
+        proptest::sample::select(&SEEDS[..]),
+        proptest::collection::vec(mutation(), 1..6),
+    );
     runner
         .run(&input, |(seed, mutations)| {
             let mut text = seed.to_owned();
@@ -85,7 +129,9 @@ fn mutated_suites_never_panic_and_every_refusal_is_placed() {
             }
             match parse_str(Path::new("fuzz.yaml"), &text) {
                 Ok(cases) => prop_assert!(!cases.is_empty()),
-                Err(SuiteError::Invalid { location, message, .. }) => prop_assert!(
+                Err(SuiteError::Invalid {
+                    location, message, ..
+                }) => prop_assert!(
                     location.is_some() || message.starts_with("the file is empty"),
                     "no location for {message:?} in\n{text}"
                 ),

@@ -81,7 +81,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
                     "suite name `{}` is already used by {}{}",
                     earlier.suite,
                     earlier.file.display(),
-                    if same { " (the same file is given twice)" } else { "" }
+                    if same {
+                        " (the same file is given twice)"
+                    } else {
+                        ""
+                    }
                 ),
                 file: file.clone(),
             });

@@ -203,7 +203,10 @@ keyword_enum!(AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
 /// Per-case changes: bounds, and the migration (e.g. the strategy a
 /// hypervisor of the matrix can do).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`"
+)]
 pub(super) struct Override {
     pub when: When,
     #[serde(default)]

@@ -4,7 +4,7 @@
 use super::*;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Expect, FailureSpec, Faults, GuestSpec, Hypervisor, LinkSpec,
-    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, NoiseThresholds, Workload,
+    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
 };
 use rstest::rstest;
 
@@ -259,7 +259,13 @@ fn ci_suite_expands_to_the_documented_case() {
             },
             expect: Expect::Pass,
             // The mtu 128 override loosens what the CPU bounds.
-            noise: NoiseThresholds { total_time: 0.5, downtime: 1.0, guest_downtime: 1.0, throughput: 0.4, peak_memory: 0.3 },
+            noise: NoiseThresholds {
+                total_time: 0.5,
+                downtime: 1.0,
+                guest_downtime: 1.0,
+                throughput: 0.4,
+                peak_memory: 0.3
+            },
         }
     );
 }
@@ -412,9 +418,15 @@ overrides:
     );
     let cases = parse(&text).unwrap();
     let migration = |name: &str| &cases.iter().find(|c| c.name() == name).unwrap().migration;
-    assert_eq!(migration("tiny::kvm-pv::mtu1500::idle").strategy, Strategy::Precopy);
+    assert_eq!(
+        migration("tiny::kvm-pv::mtu1500::idle").strategy,
+        Strategy::Precopy
+    );
     let openvz = migration("tiny::openvz::mtu1500::idle");
-    assert_eq!((openvz.strategy, openvz.timeout_ms), (Strategy::StopAndCopy, 30_000));
+    assert_eq!(
+        (openvz.strategy, openvz.timeout_ms),
+        (Strategy::StopAndCopy, 30_000)
+    );
 }
 
 #[test]
@@ -493,7 +505,10 @@ fn load_dir_refuses_a_suite_name_used_twice() {
 fn one_file_given_twice_is_refused() {
     let file = root().join("suites/ci.yaml");
     let err = load_paths(&[file.clone(), file]).unwrap_err().to_string();
-    assert!(err.contains("ci.yaml:2:7: name: suite name `ci` is already used by"), "{err}");
+    assert!(
+        err.contains("ci.yaml:2:7: name: suite name `ci` is already used by"),
+        "{err}"
+    );
     assert!(err.ends_with("(the same file is given twice)"), "{err}");
 }
 

@@ -13,7 +13,10 @@ pub(super) fn problem(text: &str) -> Option<(Location, String)> {
     let mut depth = 0usize;
     let mut content_seen = false;
     for (l, line) in text.lines().enumerate() {
-        let at = |column: usize| Location { line: l + 1, column };
+        let at = |column: usize| Location {
+            line: l + 1,
+            column,
+        };
         let marker = ["---", "..."].iter().any(|m| {
             line.strip_prefix(m)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))

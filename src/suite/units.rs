@@ -95,7 +95,12 @@ impl<T: Magnitude, const MIN: u64, const MAX: u64> Within<T, MIN, MAX> {
 impl<T: Magnitude, const MIN: u64, const MAX: u64> Scalar for Within<T, MIN, MAX> {
     fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
         T::expecting(f)?;
-        write!(f, ", from {} to {}", T::show(MIN as f64), T::show(MAX as f64))
+        write!(
+            f,
+            ", from {} to {}",
+            T::show(MIN as f64),
+            T::show(MAX as f64)
+        )
     }
 
     fn from_str(v: &str) -> Result<Self, Reject> {
@@ -229,10 +234,16 @@ impl Scalar for DirtyRate {
     fn from_str(v: &str) -> Result<Self, Reject> {
         use crate::case::DirtyRate as Rate;
         if let Some(share) = v.strip_suffix("of link") {
-            let pct = share.trim_end().strip_suffix('%').and_then(decimal).ok_or_else(|| not_a(v, DIRTY_RATE))?;
+            let pct = share
+                .trim_end()
+                .strip_suffix('%')
+                .and_then(decimal)
+                .ok_or_else(|| not_a(v, DIRTY_RATE))?;
             // Up to ten times the link: a case may mean not to converge.
             if !(pct > 0.0 && pct <= 1000.0) {
-                return Err(Reject::Invalid(format!("`{v}`: the share of the link must be above 0% and at most 1000%")));
+                return Err(Reject::Invalid(format!(
+                    "`{v}`: the share of the link must be above 0% and at most 1000%"
+                )));
             }
             return Ok(DirtyRate(Rate::OfLink(pct / 100.0)));
         }
@@ -374,10 +385,22 @@ mod tests {
     #[test]
     fn rates() {
         use crate::case::DirtyRate as Rate;
-        assert_eq!(parse::<DirtyRate>("64MiB/s").unwrap(), DirtyRate(Rate::MibPerSec(64)));
-        assert_eq!(parse::<DirtyRate>("1GiB/s").unwrap(), DirtyRate(Rate::MibPerSec(1024)));
-        assert_eq!(parse::<DirtyRate>("25% of link").unwrap(), DirtyRate(Rate::OfLink(0.25)));
-        assert_eq!(parse::<DirtyRate>("150%of link").unwrap(), DirtyRate(Rate::OfLink(1.5)));
+        assert_eq!(
+            parse::<DirtyRate>("64MiB/s").unwrap(),
+            DirtyRate(Rate::MibPerSec(64))
+        );
+        assert_eq!(
+            parse::<DirtyRate>("1GiB/s").unwrap(),
+            DirtyRate(Rate::MibPerSec(1024))
+        );
+        assert_eq!(
+            parse::<DirtyRate>("25% of link").unwrap(),
+            DirtyRate(Rate::OfLink(0.25))
+        );
+        assert_eq!(
+            parse::<DirtyRate>("150%of link").unwrap(),
+            DirtyRate(Rate::OfLink(1.5))
+        );
         assert_eq!(parse::<PacketRate>("1000/s").unwrap(), PacketRate(1000));
         assert_eq!(parse::<LinkRate>("100mbit").unwrap(), LinkRate(Some(100)));
         assert_eq!(parse::<LinkRate>("1gbit").unwrap(), LinkRate(Some(1000)));

@@ -30,7 +30,11 @@ impl Criu {
     }
 
     pub fn argv(&self, args: &[&str]) -> Vec<String> {
-        self.argv.iter().cloned().chain(args.iter().map(|a| a.to_string())).collect()
+        self.argv
+            .iter()
+            .cloned()
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect()
     }
 
     /// Runs `criu args...` to completion, inside network namespace `ns`
@@ -55,20 +59,37 @@ impl Criu {
     /// Ok if `criu check --feature <name>` passes, else what CRIU said.
     pub fn feature(&self, name: &str) -> Result<(), String> {
         let argv = self.argv(&["check", "--feature", name]);
-        let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().map_err(|e| format!("{}: {e}", argv[0]))?;
-        let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .map_err(|e| format!("{}: {e}", argv[0]))?;
+        let said = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
         // Only CRIU's own verdict, without the pid/rlimit chatter.
-        let said: Vec<&str> = said.lines().filter(|l| !l.contains("RLIMIT_NOFILE") && !l.trim().is_empty()).collect();
-        if out.status.success() { Ok(()) } else { Err(said.join("; ")) }
+        let said: Vec<&str> = said
+            .lines()
+            .filter(|l| !l.contains("RLIMIT_NOFILE") && !l.trim().is_empty())
+            .collect();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(said.join("; "))
+        }
     }
 }
 
 fn find() -> Result<Criu, String> {
     let prefix = artifacts_dir().join("criu");
-    let libs = format!("{0}/lib/x86_64-linux-gnu:{0}/usr/lib/x86_64-linux-gnu", prefix.display());
+    let libs = format!(
+        "{0}/lib/x86_64-linux-gnu:{0}/usr/lib/x86_64-linux-gnu",
+        prefix.display()
+    );
     let unpacked = Criu {
         argv: vec![
-            prefix.join("usr/lib64/ld-linux-x86-64.so.2").display().to_string(),
+            prefix
+                .join("usr/lib64/ld-linux-x86-64.so.2")
+                .display()
+                .to_string(),
             "--library-path".into(),
             libs,
             prefix.join("usr/sbin/criu").display().to_string(),
@@ -76,11 +97,17 @@ fn find() -> Result<Criu, String> {
         version: String::new(),
         origin: format!(
             "Debian package {}, run from {}",
-            std::fs::read_to_string(prefix.join("VERSION")).unwrap_or_default().trim(),
+            std::fs::read_to_string(prefix.join("VERSION"))
+                .unwrap_or_default()
+                .trim(),
             prefix.display()
         ),
     };
-    let system = Criu { argv: vec!["criu".into()], version: String::new(), origin: "system criu".into() };
+    let system = Criu {
+        argv: vec!["criu".into()],
+        version: String::new(),
+        origin: "system criu".into(),
+    };
     let mut refused = Vec::new();
     for candidate in [system, unpacked] {
         match usable(candidate) {
@@ -88,16 +115,27 @@ fn find() -> Result<Criu, String> {
             Err(e) => refused.push(e),
         }
     }
-    Err(format!("openvz: no usable CRIU (run ci/setup.sh): {}", refused.join("; ")))
+    Err(format!(
+        "openvz: no usable CRIU (run ci/setup.sh): {}",
+        refused.join("; ")
+    ))
 }
 
 /// The candidate with its version, if it runs, passes `criu check` and is
 /// recent enough for the running kernel.
 fn usable(mut c: Criu) -> Result<Criu, String> {
     let what = c.argv.last().cloned().unwrap_or_default();
-    let version = c.run(None, &["--version"]).map_err(|e| format!("{what}: {e}"))?;
-    c.version = version.lines().find_map(|l| l.strip_prefix("Version:")).unwrap_or("unknown").trim().to_string();
-    c.run(None, &["check"]).map_err(|e| format!("{what} {}: `criu check` failed: {e}", c.version))?;
+    let version = c
+        .run(None, &["--version"])
+        .map_err(|e| format!("{what}: {e}"))?;
+    c.version = version
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    c.run(None, &["check"])
+        .map_err(|e| format!("{what} {}: `criu check` failed: {e}", c.version))?;
     let kernel = sh::kernel_release();
     if major_minor(&kernel) >= KERNEL_NEEDING_4_2 && major_minor(&c.version) < (4, 2) {
         return Err(format!(
@@ -111,7 +149,10 @@ fn usable(mut c: Criu) -> Result<Criu, String> {
 }
 
 fn major_minor(version: &str) -> (u32, u32) {
-    let mut parts = version.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse().unwrap_or(0));
+    let mut parts = version
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 

@@ -15,8 +15,8 @@ use crate::sh;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,14 @@ pub fn prepare_root(lab: &Lab) -> Result<PathBuf> {
         std::fs::create_dir_all(root.join(d))?;
     }
     write_executable(&root.join("init"), crate::guest::image::AGENT)?;
-    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
+    let busybox = std::fs::read(BUSYBOX)
+        .with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
     write_executable(&root.join("bin/busybox"), &busybox)?;
     std::fs::File::create(root.join("console.log"))?;
-    std::os::unix::fs::symlink(root.join("console.log"), lab.shared_dir().join("console.log"))?;
+    std::os::unix::fs::symlink(
+        root.join("console.log"),
+        lab.shared_dir().join("console.log"),
+    )?;
     Ok(root)
 }
 
@@ -65,11 +69,32 @@ pub struct Started {
 
 pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Started> {
     let ns = &lab.source.netns.name;
-    let console = std::fs::OpenOptions::new().append(true).open(root.join("console.log"))?;
+    let console = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("console.log"))?;
     let mut command = Command::new("ip");
     command
-        .args(["netns", "exec", ns, "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--kill-child"])
-        .args(["--propagation", "private", "unshare", "--net", "/bin/sh", "-c", ENTER])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "--pid",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--fork",
+            "--kill-child",
+        ])
+        .args([
+            "--propagation",
+            "private",
+            "unshare",
+            "--net",
+            "/bin/sh",
+            "-c",
+            ENTER,
+        ])
         .arg(root)
         .args(agent_args.split_whitespace())
         .stdin(Stdio::null())
@@ -83,9 +108,7 @@ pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Start
             Ok(())
         });
     }
-    let mut anchor = command
-        .spawn()
-        .context("starting the container")?;
+    let mut anchor = command.spawn().context("starting the container")?;
     let init = match wait_for_init(anchor.id() as i32) {
         Ok(pid) => pid,
         Err(e) => {
@@ -96,8 +119,19 @@ pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Start
     };
     let mtu = mtu.to_string();
     let pid = init.to_string();
-    sh::run_in(ns, "ip", &["link", "add", VETH, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &pid])?;
-    sh::run_in(ns, "ip", &["link", "set", VETH, "master", HOST_BRIDGE, "up"])?;
+    sh::run_in(
+        ns,
+        "ip",
+        &[
+            "link", "add", VETH, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+            "netns", &pid,
+        ],
+    )?;
+    sh::run_in(
+        ns,
+        "ip",
+        &["link", "set", VETH, "master", HOST_BRIDGE, "up"],
+    )?;
     Ok(Started { anchor, init })
 }
 
@@ -107,7 +141,9 @@ fn wait_for_init(anchor: i32) -> Result<i32> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let child = children(anchor).into_iter().next();
-        if let Some(pid) = child.filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "init")) {
+        if let Some(pid) = child.filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "init")
+        }) {
             return Ok(pid);
         }
         if Instant::now() > deadline {
@@ -118,11 +154,17 @@ fn wait_for_init(anchor: i32) -> Result<i32> {
 }
 
 fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .collect()
 }
 
@@ -147,7 +189,12 @@ pub fn signal_tree(init: i32, signal: Signal) {
 /// Whether the container's init exists and is scheduled: not stopped,
 /// traced (being dumped) or dead.
 pub fn is_running(init: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{init}/stat")) else { return false };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("X");
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{init}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("X");
     !matches!(state, "T" | "t" | "Z" | "X")
 }

@@ -61,9 +61,19 @@ impl OpenVz {
         let info = BackendInfo {
             accel: "none (containers share the host kernel)".into(),
             hypervisor_version: format!("CRIU {} ({})", criu.version, criu.origin),
-            toolstack_version: format!("criu {} dump, page-server, lazy-pages and restore (no daemon)", criu.version),
+            toolstack_version: format!(
+                "criu {} dump, page-server, lazy-pages and restore (no daemon)",
+                criu.version
+            ),
         };
-        Ok(OpenVz { criu, info, root: None, source: None, destination: None, inits: Arc::default() })
+        Ok(OpenVz {
+            criu,
+            info,
+            root: None,
+            source: None,
+            destination: None,
+            inits: Arc::default(),
+        })
     }
 
     /// Why this host cannot migrate with `strategy`; None if it can. (Which
@@ -96,9 +106,17 @@ impl Backend for OpenVz {
 
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
         let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
-        anyhow::ensure!(seen("guest") == "container", "the agent says it runs in a {}, not in a container", seen("guest"));
+        anyhow::ensure!(
+            seen("guest") == "container",
+            "the agent says it runs in a {}, not in a container",
+            seen("guest")
+        );
         let host = crate::sh::kernel_release();
-        anyhow::ensure!(seen("kernel") == host, "the container runs kernel {}, not the host's {host}", seen("kernel"));
+        anyhow::ensure!(
+            seen("kernel") == host,
+            "the container runs kernel {}, not the host's {host}",
+            seen("kernel")
+        );
         Ok(())
     }
 
@@ -111,15 +129,23 @@ impl Backend for OpenVz {
     }
 
     fn running_on_source(&self) -> bool {
-        self.source.as_ref().is_some_and(|s| container::is_running(s.init))
+        self.source
+            .as_ref()
+            .is_some_and(|s| container::is_running(s.init))
     }
 
     /// The restored container, with `criu restore` as its anchor, is the
     /// next run's source.
     fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
-        let restored = self.destination.take().ok_or_else(|| anyhow::anyhow!("no container was restored on the destination"))?;
+        let restored = self
+            .destination
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no container was restored on the destination"))?;
         *self.inits.lock().unwrap() = [Some(restored.init), None];
-        self.source = Some(container::Started { anchor: restored.restore, init: restored.init });
+        self.source = Some(container::Started {
+            anchor: restored.restore,
+            init: restored.init,
+        });
         Ok(())
     }
 
@@ -127,13 +153,17 @@ impl Backend for OpenVz {
     /// namespace (not its idle libvirtd), and the container's processes,
     /// which live in a namespace of their own.
     fn process_probe(&self, lab: &Lab) -> ProcessProbe {
-        let hosts = [&lab.source, &lab.destination].map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
+        let hosts = [&lab.source, &lab.destination]
+            .map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
         let inits = self.inits.clone();
         Box::new(move || {
             let inits = *inits.lock().unwrap();
             let mut pids = Pids::default();
             for (i, (ns, daemon)) in hosts.iter().enumerate() {
-                pids.guest[i] = netns::processes(ns).into_iter().filter(|p| p != daemon).collect();
+                pids.guest[i] = netns::processes(ns)
+                    .into_iter()
+                    .filter(|p| p != daemon)
+                    .collect();
                 pids.guest[i].extend(inits[i].map(container::tree).unwrap_or_default());
             }
             pids

@@ -35,7 +35,10 @@ impl Clock {
         Clock {
             deadline: started + Duration::from_millis(case.migration.timeout_ms),
             timeout_ms: case.migration.timeout_ms,
-            kill_after: case.faults.kill_destination_after_ms.map(Duration::from_millis),
+            kill_after: case
+                .faults
+                .kill_destination_after_ms
+                .map(Duration::from_millis),
             transfer_started: None,
             killed: None,
         }
@@ -55,10 +58,15 @@ impl Clock {
     /// Kills `pid` (a CRIU process of the destination) if the fault is
     /// due; says so in the failure reason.
     pub fn fault(&mut self, what: &str, pid: i32) {
-        let (Some(after), Some(started)) = (self.kill_after, self.transfer_started) else { return };
+        let (Some(after), Some(started)) = (self.kill_after, self.transfer_started) else {
+            return;
+        };
         if self.killed.is_none() && started.elapsed() >= after {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            self.killed = Some(format!("the destination's {what} had been killed {} ms into the transfer", started.elapsed().as_millis()));
+            self.killed = Some(format!(
+                "the destination's {what} had been killed {} ms into the transfer",
+                started.elapsed().as_millis()
+            ));
         }
     }
 
@@ -78,7 +86,10 @@ impl Clock {
 /// Where the dump writes its images (the shared storage) and where the
 /// destination restores from (its own copy).
 pub(super) fn image_dirs(lab: &Lab) -> Result<(PathBuf, PathBuf), String> {
-    let dirs = (lab.shared_dir().join("criu-images"), lab.dir().join("criu-destination"));
+    let dirs = (
+        lab.shared_dir().join("criu-images"),
+        lab.dir().join("criu-destination"),
+    );
     for d in [&dirs.0, &dirs.1] {
         // A previous run's images (the guest moves back and forth) must not
         // be restored again.
@@ -91,7 +102,12 @@ pub(super) fn image_dirs(lab: &Lab) -> Result<(PathBuf, PathBuf), String> {
 /// Waits for `criu dump` to exit, meanwhile killing the destination's
 /// `what` (pid `peer`) when the fault is due; None if the deadline came
 /// first.
-pub(super) fn wait_dump(dump: &mut Child, clock: &mut Clock, what: &str, peer: i32) -> Result<Option<ExitStatus>, String> {
+pub(super) fn wait_dump(
+    dump: &mut Child,
+    clock: &mut Clock,
+    what: &str,
+    peer: i32,
+) -> Result<Option<ExitStatus>, String> {
     loop {
         if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
             return Ok(Some(status));
@@ -110,13 +126,36 @@ pub(super) fn wait_dump(dump: &mut Child, clock: &mut Clock, what: &str, peer: i
 /// in its network namespace with the veth's outer end on its bridge, and
 /// waits until the restored tasks run. On failure nothing of it is left
 /// (the caller resumes the source).
-pub(super) fn restore(vz: &OpenVz, lab: &Lab, dest: &Path, extra: &[&str], clock: &mut Clock) -> Result<(Restored, Stats), String> {
-    let root = vz.root.as_ref().ok_or("no container root")?.display().to_string();
+pub(super) fn restore(
+    vz: &OpenVz,
+    lab: &Lab,
+    dest: &Path,
+    extra: &[&str],
+    clock: &mut Clock,
+) -> Result<(Restored, Stats), String> {
+    let root = vz
+        .root
+        .as_ref()
+        .ok_or("no container root")?
+        .display()
+        .to_string();
     let pidfile = dest.join("restore.pid");
     let external = format!("veth[eth0]:{VETH}@{HOST_BRIDGE}");
     let (images, pidfile_arg) = (dest.display().to_string(), pidfile.display().to_string());
-    let mut args = vec!["restore", "--images-dir", &images, "--root", &root, "--external", &external, "--display-stats", "--pidfile", &pidfile_arg,
-        "--log-file", "restore.log"];
+    let mut args = vec![
+        "restore",
+        "--images-dir",
+        &images,
+        "--root",
+        &root,
+        "--external",
+        &external,
+        "--display-stats",
+        "--pidfile",
+        &pidfile_arg,
+        "--log-file",
+        "restore.log",
+    ];
     args.extend(extra);
     // Not detached: `criu restore` stays the container's parent, in the
     // destination's namespace (see container.rs).
@@ -127,7 +166,8 @@ pub(super) fn restore(vz: &OpenVz, lab: &Lab, dest: &Path, extra: &[&str], clock
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting criu restore: {e}"))?;
-    let restored = wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
+    let restored =
+        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
     match restored {
         Ok((stats, init)) => Ok((Restored { restore, init }, stats)),
         Err(why) => {
@@ -147,7 +187,10 @@ fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String
     let (tx, rx) = mpsc::channel();
     let stdout = restore.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -171,7 +214,10 @@ fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if clock.expired() {
-            return Err(format!("timed out after {} ms in the restore, criu restore killed", clock.timeout_ms));
+            return Err(format!(
+                "timed out after {} ms in the restore, criu restore killed",
+                clock.timeout_ms
+            ));
         }
         clock.fault("criu restore", restore.id() as i32);
     }
@@ -205,15 +251,22 @@ pub(super) fn roll_back(vz: &mut OpenVz, source: i32) {
 /// The small images reach the destination through the shared storage.
 pub(super) fn copy_images(from: &Path, to: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
-    for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".img")) {
-        std::fs::copy(e.path(), to.join(e.file_name())).map_err(|err| format!("copying {}: {err}", e.path().display()))?;
+    for e in entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+    {
+        std::fs::copy(e.path(), to.join(e.file_name()))
+            .map_err(|err| format!("copying {}: {err}", e.path().display()))?;
     }
     Ok(())
 }
 
 pub(super) fn read_pid(pidfile: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
-    text.trim().parse().map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))
+    let text =
+        std::fs::read_to_string(pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))
 }
 
 fn alive(pid: i32) -> bool {
@@ -233,8 +286,14 @@ pub(super) fn error_lines(log: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     // Missing rlimit privileges and iptables tools are harmless here.
     let harmless = ["RLIMIT_NOFILE", "iptables", "ip6tables"];
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("Error") && !harmless.iter().any(|h| l.contains(h))).collect();
-    lines[lines.len().saturating_sub(3)..].iter().map(|l| l.to_string()).collect()
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error") && !harmless.iter().any(|h| l.contains(h)))
+        .collect();
+    lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 pub(super) fn ms(d: Duration) -> f64 {

@@ -20,10 +20,10 @@ use super::binary::Criu;
 use super::phases::{self, copy_images, error_lines, errors, ms, read_pid, Clock, POLL};
 use super::OpenVz;
 use crate::backend::{span_ms, Evacuation};
-use crate::measure::Phases;
 use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
+use crate::measure::Phases;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Read;
@@ -71,8 +71,17 @@ fn pipe_of(bytes: i32) -> nix::Result<()> {
     fcntl(read.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(bytes)).map(drop)
 }
 
-pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation, String> {
-    let source = vz.source.as_ref().map(|s| s.init).ok_or("no container was provisioned")?;
+pub(super) fn evacuate(
+    vz: &mut OpenVz,
+    lab: &Lab,
+    case: &Case,
+    progress: &dyn Fn(&str),
+) -> Result<Evacuation, String> {
+    let source = vz
+        .source
+        .as_ref()
+        .map(|s| s.init)
+        .ok_or("no container was provisioned")?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
@@ -80,18 +89,49 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 
-    progress(&format!("dumping the container; its memory stays on the source, served from {src_addr} (post-copy)"));
-    let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let mut command = vz.criu.command_in(src_ns, &["dump", "--tree", &source.to_string(), "--images-dir", &path(&images), "--lazy-pages",
-        "--address", &src_addr, "--port", LAZY_PAGES_PORT, "--leave-stopped", "--network-lock", "skip", "--status-fd", &STATUS_FD.to_string(),
-        "-v3", "--log-file", "dump.log"]);
+    progress(&format!(
+        "dumping the container; its memory stays on the source, served from {src_addr} (post-copy)"
+    ));
+    let (ready, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let mut command = vz.criu.command_in(
+        src_ns,
+        &[
+            "dump",
+            "--tree",
+            &source.to_string(),
+            "--images-dir",
+            &path(&images),
+            "--lazy-pages",
+            "--address",
+            &src_addr,
+            "--port",
+            LAZY_PAGES_PORT,
+            "--leave-stopped",
+            "--network-lock",
+            "skip",
+            "--status-fd",
+            &STATUS_FD.to_string(),
+            "-v3",
+            "--log-file",
+            "dump.log",
+        ],
+    );
     let write_end = ready_w.as_raw_fd();
     // dup2 leaves the copy open across exec, unlike the original.
     unsafe {
-        command.pre_exec(move || nix::unistd::dup2(write_end, STATUS_FD).map(drop).map_err(std::io::Error::from));
+        command.pre_exec(move || {
+            nix::unistd::dup2(write_end, STATUS_FD)
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
     let dump_spawned = clock.start_transfer();
-    let mut dump = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("starting criu dump: {e}"))?;
+    let mut dump = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting criu dump: {e}"))?;
     drop(ready_w);
     let dump_log = images.join("dump.log");
     let fail = |vz: &mut OpenVz, dump: &mut std::process::Child, clock: &Clock, why: String| {
@@ -101,18 +141,50 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         clock.reason(why)
     };
     if let Err(why) = wait_ready(ready, &mut dump, &clock) {
-        return Err(fail(vz, &mut dump, &clock, format!("{why}: {}", errors(&dump_log))));
+        return Err(fail(
+            vz,
+            &mut dump,
+            &clock,
+            format!("{why}: {}", errors(&dump_log)),
+        ));
     }
 
     if let Err(why) = copy_images(&images, &dest) {
         return Err(fail(vz, &mut dump, &clock, why));
     }
     let lazy_pidfile = dest.join("lazy-pages.pid");
-    let daemon = vz.criu.run(Some(dst_ns), &["lazy-pages", "--page-server", "--address", &src_addr, "--port", LAZY_PAGES_PORT, "--images-dir",
-        &path(&dest), "--daemon", "--pidfile", &path(&lazy_pidfile), "-v3", "--log-file", "lazy-pages.log"]);
-    let lazy = match daemon.map_err(|e| format!("{e:#}")).and_then(|_| read_pid(&lazy_pidfile)) {
+    let daemon = vz.criu.run(
+        Some(dst_ns),
+        &[
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            &src_addr,
+            "--port",
+            LAZY_PAGES_PORT,
+            "--images-dir",
+            &path(&dest),
+            "--daemon",
+            "--pidfile",
+            &path(&lazy_pidfile),
+            "-v3",
+            "--log-file",
+            "lazy-pages.log",
+        ],
+    );
+    let lazy = match daemon
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|_| read_pid(&lazy_pidfile))
+    {
         Ok(pid) => pid,
-        Err(e) => return Err(fail(vz, &mut dump, &clock, format!("starting the lazy-pages daemon on the destination: {e}"))),
+        Err(e) => {
+            return Err(fail(
+                vz,
+                &mut dump,
+                &clock,
+                format!("starting the lazy-pages daemon on the destination: {e}"),
+            ))
+        }
     };
     let stop_lazy = || {
         let _ = kill(Pid::from_raw(lazy), Signal::SIGKILL);
@@ -137,24 +209,36 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let done_at = Instant::now();
     let failure = match served {
         Err(e) => Some(e),
-        Ok(None) => Some(format!("timed out after {} ms while the memory followed, criu dump killed", clock.timeout_ms)),
-        Ok(Some(s)) if !s.success() => Some(format!("criu dump failed while serving lazy pages ({s}): {}", errors(&dump_log))),
+        Ok(None) => Some(format!(
+            "timed out after {} ms while the memory followed, criu dump killed",
+            clock.timeout_ms
+        )),
+        Ok(Some(s)) if !s.success() => Some(format!(
+            "criu dump failed while serving lazy pages ({s}): {}",
+            errors(&dump_log)
+        )),
         // The source's page server takes the killed daemon's closed
         // connection for the end of the transfer and exits cleanly: the
         // pages it had not yet served are lost to the destination.
-        Ok(Some(_)) if clock.killed() => Some("the lazy-pages daemon died before the container's memory had all moved".into()),
+        Ok(Some(_)) if clock.killed() => {
+            Some("the lazy-pages daemon died before the container's memory had all moved".into())
+        }
         Ok(Some(_)) => None,
     };
     stop_lazy();
     if let Some(why) = failure {
-        let lazy = error_lines(&dest.join("lazy-pages.log")).into_iter().map(|l| format!("; lazy-pages: {l}")).collect::<String>();
+        let lazy = error_lines(&dest.join("lazy-pages.log"))
+            .into_iter()
+            .map(|l| format!("; lazy-pages: {l}"))
+            .collect::<String>();
         return Err(fail(vz, &mut dump, &clock, format!("{why}{lazy}; the destination's copy was killed and the source resumed from its freeze")));
     }
     phases::retire_source(vz);
 
     let dump_text = std::fs::read_to_string(&dump_log).unwrap_or_default();
     let frozen_at = log_offset(&dump_text, "Seized task").map(|t| dump_spawned + t);
-    let lazy_pages = pages_read(&std::fs::read_to_string(dest.join("lazy-pages.log")).unwrap_or_default());
+    let lazy_pages =
+        pages_read(&std::fs::read_to_string(dest.join("lazy-pages.log")).unwrap_or_default());
     progress(&format!(
         "restored: restore {:.0} ms (CRIU), {lazy_pages} pages pulled after it, memory complete {:.0} ms after the restore",
         restore_stats.ms("Restore time").unwrap_or(f64::NAN),
@@ -196,7 +280,10 @@ fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> 
                 return Err(format!("criu dump failed ({status})"));
             }
             Err(mpsc::RecvTimeoutError::Timeout) if clock.expired() => {
-                return Err(format!("timed out after {} ms in the dump, criu dump killed", clock.timeout_ms));
+                return Err(format!(
+                    "timed out after {} ms in the dump, criu dump killed",
+                    clock.timeout_ms
+                ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -208,7 +295,11 @@ fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> 
 fn log_offset(log: &str, what: &str) -> Option<Duration> {
     let line = log.lines().find(|l| l.contains(what))?;
     let stamp = line.strip_prefix('(')?.split(')').next()?;
-    stamp.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
+    stamp
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
 }
 
 /// Pages the lazy-pages daemon fetched from the source: its log has one
@@ -218,7 +309,9 @@ fn pages_read(log: &str) -> u64 {
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
             let at = words.iter().position(|w| *w == "Read")?;
-            (words.get(at + 3) == Some(&"pages")).then(|| words[at + 2].parse::<u64>().ok()).flatten()
+            (words.get(at + 3) == Some(&"pages"))
+                .then(|| words[at + 2].parse::<u64>().ok())
+                .flatten()
         })
         .sum()
 }
@@ -226,7 +319,9 @@ fn pages_read(log: &str) -> u64 {
 /// Bytes of the images whose names start with `prefix` (the pages CRIU
 /// wrote with the images rather than serving them lazily).
 fn image_bytes(dir: &Path, prefix: &str) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
@@ -242,7 +337,10 @@ mod tests {
     #[test]
     fn finds_when_criu_logged_a_line() {
         let log = "(00.000000) CRIU run id = x\n(00.045175) Seized task 3499, state 1\n(00.045332) Seized task 3521, state 1\n";
-        assert_eq!(log_offset(log, "Seized task"), Some(Duration::from_micros(45175)));
+        assert_eq!(
+            log_offset(log, "Seized task"),
+            Some(Duration::from_micros(45175))
+        );
         assert_eq!(log_offset(log, "Unfreezing"), None);
     }
 

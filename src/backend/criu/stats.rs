@@ -11,7 +11,9 @@ impl Stats {
     pub fn parse(text: &str) -> Stats {
         let mut map = BTreeMap::new();
         for line in text.lines() {
-            let Some((name, value)) = line.split_once(':') else { continue };
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
             if let Some(v) = value.split_whitespace().next().and_then(|v| v.parse().ok()) {
                 map.insert(name.trim().to_string(), v);
             }

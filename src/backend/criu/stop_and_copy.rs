@@ -18,21 +18,30 @@ use super::phases::{self, copy_images, errors, ms, read_pid, Clock};
 use super::stats::Stats;
 use super::OpenVz;
 use crate::backend::{span_ms, Evacuation};
-use crate::measure::Phases;
-use std::time::Duration;
 use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
+use crate::measure::Phases;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 use std::time::Instant;
 
 const PAGE_SERVER_PORT: &str = "27027";
 
-pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation, String> {
-    let source = vz.source.as_ref().map(|s| s.init).ok_or("no container was provisioned")?;
+pub(super) fn evacuate(
+    vz: &mut OpenVz,
+    lab: &Lab,
+    case: &Case,
+    progress: &dyn Fn(&str),
+) -> Result<Evacuation, String> {
+    let source = vz
+        .source
+        .as_ref()
+        .map(|s| s.init)
+        .ok_or("no container was provisioned")?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
@@ -43,18 +52,54 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     // The page server daemonizes once it listens.
     let ps_pidfile = dest.join("page-server.pid");
     vz.criu
-        .run(Some(dst_ns), &["page-server", "--daemon", "--images-dir", &path(&dest), "--address", &dst_addr, "--port", PAGE_SERVER_PORT,
-            "--pidfile", &path(&ps_pidfile), "--log-file", "page-server.log"])
+        .run(
+            Some(dst_ns),
+            &[
+                "page-server",
+                "--daemon",
+                "--images-dir",
+                &path(&dest),
+                "--address",
+                &dst_addr,
+                "--port",
+                PAGE_SERVER_PORT,
+                "--pidfile",
+                &path(&ps_pidfile),
+                "--log-file",
+                "page-server.log",
+            ],
+        )
         .map_err(|e| format!("starting the page server on the destination: {e:#}"))?;
     let page_server = read_pid(&ps_pidfile)?;
     let setup_ms = ms(started.elapsed());
 
     clock.start_transfer();
-    progress(&format!("dumping the container to the page server on {dst_addr} (stop-and-copy)"));
+    progress(&format!(
+        "dumping the container to the page server on {dst_addr} (stop-and-copy)"
+    ));
     let mut dump = vz
         .criu
-        .command_in(src_ns, &["dump", "--tree", &source.to_string(), "--images-dir", &path(&images), "--page-server", "--address", &dst_addr,
-            "--port", PAGE_SERVER_PORT, "--leave-stopped", "--network-lock", "skip", "--display-stats", "--log-file", "dump.log"])
+        .command_in(
+            src_ns,
+            &[
+                "dump",
+                "--tree",
+                &source.to_string(),
+                "--images-dir",
+                &path(&images),
+                "--page-server",
+                "--address",
+                &dst_addr,
+                "--port",
+                PAGE_SERVER_PORT,
+                "--leave-stopped",
+                "--network-lock",
+                "skip",
+                "--display-stats",
+                "--log-file",
+                "dump.log",
+            ],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,8 +108,14 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
     let dump_ended = Instant::now();
     let failure = match dumped {
         Err(e) => Some(e),
-        Ok(None) => Some(format!("timed out after {} ms in the dump, criu dump killed", clock.timeout_ms)),
-        Ok(Some(s)) if !s.success() => Some(format!("criu dump failed ({s}): {}", errors(&images.join("dump.log")))),
+        Ok(None) => Some(format!(
+            "timed out after {} ms in the dump, criu dump killed",
+            clock.timeout_ms
+        )),
+        Ok(Some(s)) if !s.success() => Some(format!(
+            "criu dump failed ({s}): {}",
+            errors(&images.join("dump.log"))
+        )),
         Ok(Some(_)) => None,
     };
     if let Some(why) = failure {
@@ -105,14 +156,17 @@ pub(super) fn evacuate(vz: &mut OpenVz, lab: &Lab, case: &Case, progress: &dyn F
         restore_stats.ms("Restore time").unwrap_or(f64::NAN)
     ));
     // The memory moves while the container is frozen: no live transfer.
-    let frozen_at = frozen_ms.and_then(|f| dump_ended.checked_sub(Duration::from_secs_f64(f / 1000.0)));
+    let frozen_at =
+        frozen_ms.and_then(|f| dump_ended.checked_sub(Duration::from_secs_f64(f / 1000.0)));
     Ok(Evacuation {
         outcome: Outcome::Completed,
         completed_at: Some(restored_at),
         reported_total_ms: Some(ms(restored_at - started)),
         reported_downtime_ms: frozen_ms.map(|f| f + ms(restored_at - dump_ended)),
         setup_time_ms: Some(setup_ms),
-        bytes_transferred: dump_stats.get("Memory pages written").map(|p| p * phases::page_size()),
+        bytes_transferred: dump_stats
+            .get("Memory pages written")
+            .map(|p| p * phases::page_size()),
         memory_iterations: Some(1),
         phases: Phases {
             preparation_ms: span_ms(Some(started), frozen_at),

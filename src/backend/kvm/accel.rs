@@ -14,7 +14,11 @@ pub struct Accel {
 impl Accel {
     /// libvirt's domain type.
     pub fn domain_type(&self) -> &'static str {
-        if self.kvm { "kvm" } else { "qemu" }
+        if self.kvm {
+            "kvm"
+        } else {
+            "qemu"
+        }
     }
 }
 
@@ -35,10 +39,24 @@ fn kvm_unusable() -> Option<String> {
 pub fn choose(choice: AccelChoice) -> Result<Accel> {
     let unusable = kvm_unusable();
     Ok(match (choice, unusable) {
-        (AccelChoice::Tcg, _) => Accel { kvm: false, description: "tcg (forced by the suite)".into() },
-        (AccelChoice::Kvm, None) => Accel { kvm: true, description: "kvm (forced by the suite)".into() },
-        (AccelChoice::Kvm, Some(why)) => bail!("the suite forces accel: kvm, but KVM cannot run guests here: {why}"),
-        (AccelChoice::Auto, None) => Accel { kvm: true, description: "kvm (auto)".into() },
-        (AccelChoice::Auto, Some(why)) => Accel { kvm: false, description: format!("tcg (auto: {why})") },
+        (AccelChoice::Tcg, _) => Accel {
+            kvm: false,
+            description: "tcg (forced by the suite)".into(),
+        },
+        (AccelChoice::Kvm, None) => Accel {
+            kvm: true,
+            description: "kvm (forced by the suite)".into(),
+        },
+        (AccelChoice::Kvm, Some(why)) => {
+            bail!("the suite forces accel: kvm, but KVM cannot run guests here: {why}")
+        }
+        (AccelChoice::Auto, None) => Accel {
+            kvm: true,
+            description: "kvm (auto)".into(),
+        },
+        (AccelChoice::Auto, Some(why)) => Accel {
+            kvm: false,
+            description: format!("tcg (auto: {why})"),
+        },
     })
 }

@@ -21,12 +21,31 @@ pub struct DeviceModel {
 
 pub fn device_model(h: Hypervisor) -> DeviceModel {
     match h {
-        Hypervisor::KvmPv => DeviceModel { nic: "virtio", disk_bus: "virtio", disk_dev: "vda", guest_nic_driver: "virtio-pci", guest_disk_driver: "virtio-pci" },
-        _ => DeviceModel { nic: "e1000", disk_bus: "ide", disk_dev: "hda", guest_nic_driver: "e1000", guest_disk_driver: "ata_piix" },
+        Hypervisor::KvmPv => DeviceModel {
+            nic: "virtio",
+            disk_bus: "virtio",
+            disk_dev: "vda",
+            guest_nic_driver: "virtio-pci",
+            guest_disk_driver: "virtio-pci",
+        },
+        _ => DeviceModel {
+            nic: "e1000",
+            disk_bus: "ide",
+            disk_dev: "hda",
+            guest_nic_driver: "e1000",
+            guest_disk_driver: "ata_piix",
+        },
     }
 }
 
-pub fn xml(case: &Case, accel: &Accel, image: &GuestImage, disk: &Path, console: &Path, agent_args: &str) -> String {
+pub fn xml(
+    case: &Case,
+    accel: &Accel,
+    image: &GuestImage,
+    disk: &Path,
+    console: &Path,
+    agent_args: &str,
+) -> String {
     let dev = device_model(case.hypervisor);
     format!(
         r#"<domain type='{dtype}'>

@@ -5,13 +5,13 @@ pub mod accel;
 pub mod domain;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
-use crate::measure::{Phases, MIB};
 use crate::case::{Case, Hypervisor, Strategy};
-use std::collections::BTreeMap;
 use crate::guest::image::GuestImage;
 use crate::lab::Lab;
 use crate::measure::Outcome;
+use crate::measure::{Phases, MIB};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -39,9 +39,16 @@ pub struct Kvm {
 /// The domain's job statistics, None if libvirt has none. Not virt 0.5's
 /// `Domain::job_stats`: it makes a Vec of libvirt's parameter array even
 /// when that is null (no statistics), which aborts the process.
-fn job_stats(dom: &Domain, flags: sys::virDomainGetJobStatsFlags) -> Option<virt::domain::JobStats> {
+fn job_stats(
+    dom: &Domain,
+    flags: sys::virDomainGetJobStatsFlags,
+) -> Option<virt::domain::JobStats> {
     let (mut kind, mut params, mut nparams) = (0, std::ptr::null_mut(), 0);
-    if unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags) } < 0 || params.is_null() {
+    if unsafe {
+        sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags)
+    } < 0
+        || params.is_null()
+    {
         return None;
     }
     // Copied into Rust's memory, then libvirt's freed by libvirt.
@@ -62,17 +69,31 @@ impl Kvm {
         virt::error::clear_error_callback();
         let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
-        let info = BackendInfo { accel: accel.description.clone(), hypervisor_version: String::new(), toolstack_version: String::new() };
-        Ok(Kvm { hypervisor: case.hypervisor, accel, image, info, source: None })
+        let info = BackendInfo {
+            accel: accel.description.clone(),
+            hypervisor_version: String::new(),
+            toolstack_version: String::new(),
+        };
+        Ok(Kvm {
+            hypervisor: case.hypervisor,
+            accel,
+            image,
+            info,
+            source: None,
+        })
     }
 
     fn connect(lab: &Lab, uri: &str) -> Result<Connect> {
-        lab.on_lan(|| Connect::open(Some(uri)))?.with_context(|| format!("connecting to {uri}"))
+        lab.on_lan(|| Connect::open(Some(uri)))?
+            .with_context(|| format!("connecting to {uri}"))
     }
 }
 
 fn is_running(dom: &Domain) -> bool {
-    matches!(dom.state(), Ok((DomainStateEnum::Known(DomainState::Running), _)))
+    matches!(
+        dom.state(),
+        Ok((DomainStateEnum::Known(DomainState::Running), _))
+    )
 }
 
 impl Backend for Kvm {
@@ -87,8 +108,17 @@ impl Backend for Kvm {
         let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
-        let xml = domain::xml(case, &self.accel, &self.image, &disk, &shared.join("console.log"), agent_args);
-        let dom = conn.create_domain_xml(&xml, 0).context("starting the guest on the source host")?;
+        let xml = domain::xml(
+            case,
+            &self.accel,
+            &self.image,
+            &disk,
+            &shared.join("console.log"),
+            agent_args,
+        );
+        let dom = conn
+            .create_domain_xml(&xml, 0)
+            .context("starting the guest on the source host")?;
         self.source = Some((conn, dom));
         Ok(())
     }
@@ -126,7 +156,9 @@ impl Backend for Kvm {
 
     fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
         let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
-        let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).context("the migrated guest is not on its new host")?;
+        let dom = conn
+            .lookup_domain_by_name(domain::DOMAIN_NAME)
+            .context("the migrated guest is not on its new host")?;
         self.source = Some((conn, dom));
         Ok(())
     }
@@ -146,14 +178,20 @@ impl ResumeWatch {
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                if conn.lookup_domain_by_name(domain::DOMAIN_NAME).is_ok_and(|d| is_running(&d)) {
+                if conn
+                    .lookup_domain_by_name(domain::DOMAIN_NAME)
+                    .is_ok_and(|d| is_running(&d))
+                {
                     return Some(Instant::now());
                 }
                 std::thread::sleep(Self::POLL);
             }
             None
         });
-        ResumeWatch { stop, thread: Some(thread) }
+        ResumeWatch {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// When the guest was seen running on the destination, if it was.
@@ -171,7 +209,10 @@ impl Drop for ResumeWatch {
 }
 
 fn is_paused(dom: &Domain) -> bool {
-    matches!(dom.state(), Ok((DomainStateEnum::Known(DomainState::Paused), _)))
+    matches!(
+        dom.state(),
+        Ok((DomainStateEnum::Known(DomainState::Paused), _))
+    )
 }
 
 /// Pre-copy's convergence, judged from its passes: a migration with margin
@@ -194,7 +235,8 @@ impl Convergence {
         if pass > self.pass {
             self.pass = pass;
             if pass > PASS_LIMIT / 2 {
-                self.least_remaining = Some(self.least_remaining.map_or(remaining, |l| l.min(remaining)));
+                self.least_remaining =
+                    Some(self.least_remaining.map_or(remaining, |l| l.min(remaining)));
             }
         }
         (pass > PASS_LIMIT).then(|| {
@@ -213,10 +255,13 @@ impl Convergence {
     }
 }
 
-
-
 impl Kvm {
-    fn try_evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation> {
+    fn try_evacuate(
+        &mut self,
+        lab: &Lab,
+        case: &Case,
+        progress: &dyn Fn(&str),
+    ) -> Result<Evacuation> {
         let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
         dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
         let dest_uri = lab.destination.libvirtd.uri();
@@ -254,7 +299,10 @@ impl Kvm {
         });
 
         let timeout = Duration::from_millis(case.migration.timeout_ms);
-        let kill_at = case.faults.kill_destination_after_ms.map(Duration::from_millis);
+        let kill_at = case
+            .faults
+            .kill_destination_after_ms
+            .map(Duration::from_millis);
         // Faults count from the start of the memory transfer: before it, the
         // destination QEMU is still starting.
         let mut transfer_started: Option<Instant> = None;
@@ -271,7 +319,9 @@ impl Kvm {
         let result = loop {
             match done_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(r) => break Some(r),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break Some(Err("migration thread died".into())),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Some(Err("migration thread died".into()))
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             let elapsed = started.elapsed();
@@ -284,18 +334,28 @@ impl Kvm {
             if switchover_at.is_none() && transfer_started.is_some() && is_paused(dom) {
                 switchover_at = Some(Instant::now());
             }
-            if let Some(j) = job.as_ref().filter(|_| last_sample.is_none_or(|t| t.elapsed() >= sample_every)) {
+            if let Some(j) = job
+                .as_ref()
+                .filter(|_| last_sample.is_none_or(|t| t.elapsed() >= sample_every))
+            {
                 last_sample = Some(Instant::now());
                 samples.push(super::Progress {
                     at: Instant::now(),
                     transferred_bytes: processed,
                     remaining_bytes: j.mem_remaining.unwrap_or(0),
                     pass: iteration,
-                    dirty_bytes_s: j.mem_dirty_rate.map(|r| r * j.mem_page_size.unwrap_or(4096)),
+                    dirty_bytes_s: j
+                        .mem_dirty_rate
+                        .map(|r| r * j.mem_page_size.unwrap_or(4096)),
                     bytes_s: j.mem_bps,
                 });
             }
-            if let (Some(j), Strategy::Precopy, None, false) = (job.as_ref(), case.migration.strategy, &not_converged, aborted) {
+            if let (Some(j), Strategy::Precopy, None, false) = (
+                job.as_ref(),
+                case.migration.strategy,
+                &not_converged,
+                aborted,
+            ) {
                 if let Some(evidence) = convergence.observe(j, case.migration.max_downtime_ms) {
                     unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
                     progress(&evidence);
@@ -316,14 +376,19 @@ impl Kvm {
             if let (Some(at), Some(since), None) = (kill_at, transfer_started, killed_at) {
                 if since.elapsed() >= at {
                     if let Some(pid) = lab.destination.libvirtd.qemu_pid(domain::DOMAIN_NAME) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::SIGKILL,
+                        );
                         killed_at = Some(since.elapsed());
                     }
                 }
             }
             // Switch to post-copy once the first full pass is done.
-            if case.migration.strategy == Strategy::Postcopy && !postcopy_started && iteration >= 1 {
-                postcopy_started = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
+            if case.migration.strategy == Strategy::Postcopy && !postcopy_started && iteration >= 1
+            {
+                postcopy_started =
+                    unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
             }
             if elapsed >= timeout && !aborted {
                 unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
@@ -344,25 +409,43 @@ impl Kvm {
         if let (Some(evidence), Some(Err(_)) | None) = (&not_converged, &result) {
             let source_survived = survived(self);
             return Ok(Evacuation {
-                outcome: Outcome::NotConverged { evidence: evidence.clone(), source_survived },
-                phases: Phases { preparation_ms: span_ms(Some(started), transfer_started), ..Default::default() },
+                outcome: Outcome::NotConverged {
+                    evidence: evidence.clone(),
+                    source_survived,
+                },
+                phases: Phases {
+                    preparation_ms: span_ms(Some(started), transfer_started),
+                    ..Default::default()
+                },
                 progress: samples,
                 ..Default::default()
             });
         }
         let why = |libvirt: String| {
             let mut reason = if aborted {
-                format!("timed out after {} ms, migration cancelled (libvirt: {libvirt})", case.migration.timeout_ms)
+                format!(
+                    "timed out after {} ms, migration cancelled (libvirt: {libvirt})",
+                    case.migration.timeout_ms
+                )
             } else {
                 format!("libvirt: {libvirt}")
             };
             if let Some(at) = killed_at {
-                reason.push_str(&format!("; the destination QEMU had been killed {} ms into the memory transfer", at.as_millis()));
+                reason.push_str(&format!(
+                    "; the destination QEMU had been killed {} ms into the memory transfer",
+                    at.as_millis()
+                ));
             }
             reason
         };
         match result {
-            None => Ok(Evacuation::failed(why(format!("the migration call did not return {} s after the cancel", ABORT_GRACE.as_secs())), self.running_on_source())),
+            None => Ok(Evacuation::failed(
+                why(format!(
+                    "the migration call did not return {} s after the cancel",
+                    ABORT_GRACE.as_secs()
+                )),
+                self.running_on_source(),
+            )),
             Some(Err(e)) => Ok(Evacuation::failed(why(e), survived(self))),
             // Also when it completed despite a fault: reported as it is.
             Some(Ok(())) => {
@@ -392,14 +475,20 @@ impl Kvm {
 
     fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
         let conn = Self::connect(lab, &lab.destination.libvirtd.uri())?;
-        let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).context("the guest is not on the destination")?;
+        let dom = conn
+            .lookup_domain_by_name(domain::DOMAIN_NAME)
+            .context("the guest is not on the destination")?;
         let deadline = Instant::now() + RESUME_TIMEOUT;
         while !is_running(&dom) {
-            anyhow::ensure!(Instant::now() < deadline, "the guest did not resume on the destination within {RESUME_TIMEOUT:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the guest did not resume on the destination within {RESUME_TIMEOUT:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let running_at = Instant::now();
-        let stats = job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED).context("libvirt has no statistics of the completed migration on the destination")?;
+        let stats = job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+            .context("libvirt has no statistics of the completed migration on the destination")?;
         Ok(Evacuation {
             outcome: Outcome::Completed,
             completed_at: Some(running_at),

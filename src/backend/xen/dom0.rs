@@ -22,8 +22,19 @@ pub const BRIDGE: &str = "xenbr0";
 
 /// dom0's modules: Xen's device drivers and back-ends, the bridge, the NIC,
 /// virtio-serial (command channel), tun (HVM device models' NICs).
-const MODULES: [&str; 11] =
-    ["tun", "xen_privcmd", "xenfs", "xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_netback", "bridge", "virtio_pci", "virtio_net", "virtio_console"];
+const MODULES: [&str; 11] = [
+    "tun",
+    "xen_privcmd",
+    "xenfs",
+    "xen_evtchn",
+    "xen_gntdev",
+    "xen_gntalloc",
+    "xen_netback",
+    "bridge",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_console",
+];
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /var /usr/bin /usr/sbin /sbin
@@ -167,11 +178,16 @@ exit 0
 pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     let xen = artifacts_dir().join("xen");
     let root = xen.join("dom0");
-    anyhow::ensure!(root.is_dir(), "no Xen dom0 userland in {} (run ci/setup-xen.sh)", root.display());
+    anyhow::ensure!(
+        root.is_dir(),
+        "no Xen dom0 userland in {} (run ci/setup-xen.sh)",
+        root.display()
+    );
     let kdir = artifacts_dir().join("kernel");
     let modules_dir = kdir.join("lib/modules").join(&guest.kernel_release);
     let modules = load_order(&modules_dir, &MODULES)?;
-    let busybox = fs::read("/bin/busybox").context("/bin/busybox missing (install busybox-static)")?;
+    let busybox =
+        fs::read("/bin/busybox").context("/bin/busybox missing (install busybox-static)")?;
 
     let mut hash = Sha256::new();
     for part in [INIT, CTL, VIF_SCRIPT, RECV, MIGRATE] {
@@ -180,13 +196,22 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     hash.update(MODULES.join(",").as_bytes());
     // ci/setup-xen.sh rewrites VERSION whenever it remakes the userland.
     hash.update(fs::read(xen.join("VERSION")).unwrap_or_default());
-    let stamp = fs::metadata(xen.join("VERSION")).and_then(|m| m.modified()).ok();
+    let stamp = fs::metadata(xen.join("VERSION"))
+        .and_then(|m| m.modified())
+        .ok();
     hash.update(format!("{stamp:?}").as_bytes());
     hash.update(fs::read(&guest.initrd)?);
     hash.update(guest.kernel_release.as_bytes());
     hash.update(&busybox);
-    let key: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let out = artifacts_dir().join("cache").join(format!("xen-dom0-{key}.cpio.gz"));
+    let key: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = artifacts_dir()
+        .join("cache")
+        .join(format!("xen-dom0-{key}.cpio.gz"));
     if out.exists() {
         return Ok(out);
     }
@@ -194,7 +219,24 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     let tmp = out.with_extension("tmp");
     let gz = flate2::write::GzEncoder::new(fs::File::create(&tmp)?, flate2::Compression::fast());
     let mut cpio = Newc::new(gz);
-    for d in ["bin", "dev", "etc", "proc", "sys", "run", "tmp", "var", "usr", "usr/local", "usr/local/sbin", "lib", "lib/modules", "guest", "etc/xen", "etc/xen/scripts"] {
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "usr",
+        "usr/local",
+        "usr/local/sbin",
+        "lib",
+        "lib/modules",
+        "guest",
+        "etc/xen",
+        "etc/xen/scripts",
+    ] {
         cpio.dir(d)?;
     }
     cpio.char_device("dev/console", 5, 1)?;
@@ -209,12 +251,24 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     let mut order = String::new();
     for m in &modules {
         let name = m.rsplit('/').next().unwrap();
-        cpio.file(&format!("lib/modules/{name}"), 0o644, &fs::read(modules_dir.join(m))?)?;
+        cpio.file(
+            &format!("lib/modules/{name}"),
+            0o644,
+            &fs::read(modules_dir.join(m))?,
+        )?;
         order.push_str(&format!("/lib/modules/{name}\n"));
     }
     cpio.file("etc/modules.order", 0o644, order.as_bytes())?;
-    cpio.file(DOMU_KERNEL.trim_start_matches('/'), 0o644, &fs::read(&guest.kernel)?)?;
-    cpio.file(DOMU_INITRD.trim_start_matches('/'), 0o644, &fs::read(&guest.initrd)?)?;
+    cpio.file(
+        DOMU_KERNEL.trim_start_matches('/'),
+        0o644,
+        &fs::read(&guest.kernel)?,
+    )?;
+    cpio.file(
+        DOMU_INITRD.trim_start_matches('/'),
+        0o644,
+        &fs::read(&guest.initrd)?,
+    )?;
     cpio.finish()?.finish()?.flush()?;
     fs::rename(&tmp, &out)?;
     Ok(out)
@@ -237,7 +291,11 @@ fn add_tree<W: Write>(cpio: &mut Newc<W>, base: &Path, rel: &Path) -> Result<()>
             cpio.dir(&name)?;
             add_tree(cpio, base, &r)?;
         } else if meta.is_file() {
-            cpio.file(&name, meta.permissions().mode() & 0o7777, &fs::read(e.path())?)?;
+            cpio.file(
+                &name,
+                meta.permissions().mode() & 0o7777,
+                &fs::read(e.path())?,
+            )?;
         }
     }
     Ok(())

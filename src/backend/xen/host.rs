@@ -50,7 +50,8 @@ impl Keeper {
         std::thread::Builder::new()
             .name("migsuite-xen-host".into())
             .spawn(move || {
-                let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string());
+                let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string());
                 let ok = r.is_ok();
                 let _ = ready_tx.send(r);
                 if !ok {
@@ -65,17 +66,24 @@ impl Keeper {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             })?;
-        ready_rx.recv()?.map_err(|e| anyhow!("unshare(CLONE_NEWNET) for the Xen host: {e}"))?;
-        Ok(Keeper { jobs: Mutex::new(tx) })
+        ready_rx
+            .recv()?
+            .map_err(|e| anyhow!("unshare(CLONE_NEWNET) for the Xen host: {e}"))?;
+        Ok(Keeper {
+            jobs: Mutex::new(tx),
+        })
     }
 
     /// Runs `f` on the keeper thread, in the Xen host's namespace.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let (tx, rx) = mpsc::channel();
-        self.jobs.lock().unwrap().send(Box::new(move || {
-            let _ = tx.send(f());
-        }))
-        .map_err(|_| anyhow!("the Xen host's keeper thread is gone"))?;
+        self.jobs
+            .lock()
+            .unwrap()
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| anyhow!("the Xen host's keeper thread is gone"))?;
         Ok(rx.recv()?)
     }
 
@@ -123,11 +131,19 @@ impl XenHost {
     pub fn boot(guest: &GuestImage, progress: &dyn Fn(&str)) -> Result<XenHost> {
         let dir = artifacts_dir().join("xen");
         let xen = dir.join("xen");
-        anyhow::ensure!(xen.exists(), "no Xen hypervisor in {} (run ci/setup-xen.sh)", dir.display());
+        anyhow::ensure!(
+            xen.exists(),
+            "no Xen hypervisor in {} (run ci/setup-xen.sh)",
+            dir.display()
+        );
         let initrd = dom0::initramfs(guest).context("building the dom0 initramfs")?;
         let kernel = &guest.kernel;
         for p in [&xen, kernel, &initrd] {
-            anyhow::ensure!(!p.to_string_lossy().contains(','), "{}: QEMU's -initrd list cannot take a comma", p.display());
+            anyhow::ensure!(
+                !p.to_string_lossy().contains(','),
+                "{}: QEMU's -initrd list cannot take a comma",
+                p.display()
+            );
         }
         let keeper = Keeper::start()?;
         keeper.exec("ip", &["link", "set", "lo", "up"])?;
@@ -177,27 +193,42 @@ impl XenHost {
             format!("virtserialport,chardev=ctl,name={}", dom0::CTL_PORT),
         ];
         let started = Instant::now();
-        progress(&format!("booting the nested Xen host (QEMU TCG, {HOST_MEMORY_MIB} MiB, 2 vCPUs)"));
-        let mut child = keeper.run(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new("qemu-system-x86_64");
-            cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            cmd.spawn()
-        })?
-        .context("starting qemu-system-x86_64 for the Xen host")?;
+        progress(&format!(
+            "booting the nested Xen host (QEMU TCG, {HOST_MEMORY_MIB} MiB, 2 vCPUs)"
+        ));
+        let mut child = keeper
+            .run(move || {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = Command::new("qemu-system-x86_64");
+                cmd.args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                unsafe {
+                    cmd.pre_exec(|| {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                cmd.spawn()
+            })?
+            .context("starting qemu-system-x86_64 for the Xen host")?;
         let qemu_pid = child.id() as i32;
         let console = Arc::new(Mutex::new(Vec::new()));
-        for out in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-            .into_iter()
-            .flatten()
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
         {
             let console = console.clone();
             std::thread::spawn(move || {
@@ -224,13 +255,21 @@ impl XenHost {
         let deadline = started + BOOT_TIMEOUT;
         let stream = loop {
             if let Some(status) = host_child.try_wait()? {
-                bail!("the Xen host's QEMU exited ({status}) while booting:\n{}", tail(&console));
+                bail!(
+                    "the Xen host's QEMU exited ({status}) while booting:\n{}",
+                    tail(&console)
+                );
             }
             let name = ctl_name.clone();
-            let r = keeper.run(move || SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixStream::connect_addr(&a)))?;
+            let r = keeper.run(move || {
+                SocketAddr::from_abstract_name(name.as_bytes())
+                    .and_then(|a| UnixStream::connect_addr(&a))
+            })?;
             match r {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(e) => bail!("cannot connect to the Xen host's command channel: {e}"),
             }
         };
@@ -240,17 +279,34 @@ impl XenHost {
             if left.is_zero() {
                 let _ = host_child.kill();
                 let _ = host_child.wait();
-                bail!("the Xen host did not come up within {} s; its console ends with:\n{}", BOOT_TIMEOUT.as_secs(), tail(&console));
+                bail!(
+                    "the Xen host did not come up within {} s; its console ends with:\n{}",
+                    BOOT_TIMEOUT.as_secs(),
+                    tail(&console)
+                );
             }
-            reader.get_ref().set_read_timeout(Some(left.min(Duration::from_secs(2))))?;
+            reader
+                .get_ref()
+                .set_read_timeout(Some(left.min(Duration::from_secs(2))))?;
             let mut line = String::new();
             match reader.read_line(&mut line) {
-                Ok(0) => bail!("the Xen host's command channel closed while booting:\n{}", tail(&console)),
+                Ok(0) => bail!(
+                    "the Xen host's command channel closed while booting:\n{}",
+                    tail(&console)
+                ),
                 Ok(_) if line.trim() == "@@READY" => break,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if let Some(status) = host_child.try_wait()? {
-                        bail!("the Xen host's QEMU exited ({status}) while booting:\n{}", tail(&console));
+                        bail!(
+                            "the Xen host's QEMU exited ({status}) while booting:\n{}",
+                            tail(&console)
+                        );
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -261,7 +317,11 @@ impl XenHost {
             keeper,
             qemu: Mutex::new(host_child),
             qemu_pid,
-            channel: Mutex::new(Channel { reader, writer: stream, next_id: 1 }),
+            channel: Mutex::new(Channel {
+                reader,
+                writer: stream,
+                next_id: 1,
+            }),
             console,
             boot_ms,
             xen_version: String::new(),
@@ -272,17 +332,38 @@ impl XenHost {
         };
         let info = host.check("xl info", Duration::from_secs(60))?;
         let field = |k: &str| {
-            info.lines().find_map(|l| l.split_once(':').filter(|(a, _)| a.trim() == k).map(|(_, v)| v.trim().to_string())).unwrap_or_default()
+            info.lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(a, _)| a.trim() == k)
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap_or_default()
         };
-        let xen_version = format!("Xen {}.{}{}", field("xen_major"), field("xen_minor"), field("xen_extra"));
+        let xen_version = format!(
+            "Xen {}.{}{}",
+            field("xen_major"),
+            field("xen_minor"),
+            field("xen_extra")
+        );
         let caps = field("xen_caps");
         let tools = std::fs::read_to_string(dir.join("VERSION")).unwrap_or_default();
         let tools_version = format!(
             "xl (xen-utils {})",
-            tools.lines().find_map(|l| l.strip_prefix("tools=")).unwrap_or("?")
+            tools
+                .lines()
+                .find_map(|l| l.strip_prefix("tools="))
+                .unwrap_or("?")
         );
-        progress(&format!("Xen host up in {} ms: {xen_version}, caps {caps}", boot_ms));
-        Ok(XenHost { xen_version, tools_version, ..host })
+        progress(&format!(
+            "Xen host up in {} ms: {xen_version}, caps {caps}",
+            boot_ms
+        ));
+        Ok(XenHost {
+            xen_version,
+            tools_version,
+            ..host
+        })
     }
 
     pub fn qemu_pid(&self) -> i32 {
@@ -316,11 +397,18 @@ impl XenHost {
         let mut output = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            anyhow::ensure!(!left.is_zero(), "dom0 did not answer `{command}` within {} s", timeout.as_secs() + 15);
+            anyhow::ensure!(
+                !left.is_zero(),
+                "dom0 did not answer `{command}` within {} s",
+                timeout.as_secs() + 15
+            );
             ch.reader.get_ref().set_read_timeout(Some(left))?;
             let mut line = String::new();
             match ch.reader.read_line(&mut line) {
-                Ok(0) => bail!("the Xen host's command channel closed (QEMU alive: {})", self.alive()),
+                Ok(0) => bail!(
+                    "the Xen host's command channel closed (QEMU alive: {})",
+                    self.alive()
+                ),
                 Ok(_) => {
                     if let Some(rest) = line.trim_end().strip_prefix(&end) {
                         let status = rest.trim().parse().unwrap_or(-1);
@@ -329,7 +417,11 @@ impl XenHost {
                     }
                     output.push_str(&line);
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -339,7 +431,11 @@ impl XenHost {
     pub fn check(&self, command: &str, timeout: Duration) -> Result<String> {
         let a = self.sh(command, timeout)?;
         if a.status != 0 {
-            bail!("in dom0, `{command}` failed (exit {}): {}", a.status, a.output.trim());
+            bail!(
+                "in dom0, `{command}` failed (exit {}): {}",
+                a.status,
+                a.output.trim()
+            );
         }
         Ok(a.output)
     }
@@ -351,14 +447,39 @@ impl XenHost {
         let (ours, theirs) = (format!("xup{n}"), format!("xen{n}"));
         let mtu = link.mtu.to_string();
         // A previous case's uplink went with its lab's namespace.
-        self.keeper.exec("ip", &["link", "add", &ours, "mtu", &mtu, "type", "veth", "peer", "name", &theirs, "mtu", &mtu, "netns", lab_source_ns])?;
+        self.keeper.exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ours,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &theirs,
+                "mtu",
+                &mtu,
+                "netns",
+                lab_source_ns,
+            ],
+        )?;
         for dev in [TAP, BRIDGE, ours.as_str()] {
             self.keeper.exec("ip", &["link", "set", dev, "mtu", &mtu])?;
         }
-        self.keeper.exec("ip", &["link", "set", &ours, "master", BRIDGE, "up"])?;
-        crate::sh::run_in(lab_source_ns, "ip", &["link", "set", &theirs, "master", HOST_BRIDGE, "up"])?;
+        self.keeper
+            .exec("ip", &["link", "set", &ours, "master", BRIDGE, "up"])?;
+        crate::sh::run_in(
+            lab_source_ns,
+            "ip",
+            &["link", "set", &theirs, "master", HOST_BRIDGE, "up"],
+        )?;
         if !link.offloads {
-            let off = ["tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"];
+            let off = [
+                "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
+            ];
             for dev in [TAP, ours.as_str()] {
                 let mut a = vec!["-K", dev];
                 a.extend_from_slice(&off);
@@ -368,7 +489,13 @@ impl XenHost {
             a.extend_from_slice(&off);
             crate::sh::run("ip", &a)?;
         }
-        self.check(&format!("ip link set eth0 mtu {mtu} && ip link set {} mtu {mtu}", dom0::BRIDGE), Duration::from_secs(20))?;
+        self.check(
+            &format!(
+                "ip link set eth0 mtu {mtu} && ip link set {} mtu {mtu}",
+                dom0::BRIDGE
+            ),
+            Duration::from_secs(20),
+        )?;
         *self.mtu.lock().unwrap() = link.mtu;
         *self.attached.lock().unwrap() = Some(lab_source_ns.to_string());
         Ok(())

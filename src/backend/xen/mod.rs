@@ -89,7 +89,9 @@ impl Xen {
                 case.hypervisor
             ));
         }
-        if case.hypervisor == Hypervisor::XenHvm && std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try") {
+        if case.hypervisor == Hypervisor::XenHvm
+            && std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try")
+        {
             return Err(HVM_UNSUPPORTED.into());
         }
         // Both guests (source and incoming) fit next to dom0 in the host.
@@ -110,7 +112,16 @@ impl Xen {
             hypervisor_version: String::new(),
             toolstack_version: String::new(),
         };
-        Ok(Xen { hypervisor: case.hypervisor, image, info, host: None, source_domid: None, migrated: false, console_from: 0, console_path: None })
+        Ok(Xen {
+            hypervisor: case.hypervisor,
+            image,
+            info,
+            host: None,
+            source_domid: None,
+            migrated: false,
+            console_from: 0,
+            console_path: None,
+        })
     }
 
     fn host(&self) -> Result<&Arc<XenHost>> {
@@ -142,12 +153,18 @@ impl Xen {
                 "nographic=1".into(),
                 "device_model_version=\"qemu-xen\"".into(),
                 "device_model_override=\"/usr/libexec/xen-qemu-system-i386\"".into(),
-                format!("vif=[\"mac={GUEST_MAC},bridge={},model=e1000,script=vif-migsuite\"]", dom0::BRIDGE),
+                format!(
+                    "vif=[\"mac={GUEST_MAC},bridge={},model=e1000,script=vif-migsuite\"]",
+                    dom0::BRIDGE
+                ),
             ]),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
-                format!("vif=[\"mac={GUEST_MAC},bridge={},script=vif-migsuite\"]", dom0::BRIDGE),
+                format!(
+                    "vif=[\"mac={GUEST_MAC},bridge={},script=vif-migsuite\"]",
+                    dom0::BRIDGE
+                ),
             ]),
         }
         lines
@@ -155,7 +172,14 @@ impl Xen {
 
     /// dom0's view of the domU: (domid, state flags) of `name`.
     fn domain(&self, name: &str) -> Option<(u32, String)> {
-        let a = self.host.as_ref()?.sh(&format!("xl list {name} | tail -n +2"), Duration::from_secs(20)).ok()?;
+        let a = self
+            .host
+            .as_ref()?
+            .sh(
+                &format!("xl list {name} | tail -n +2"),
+                Duration::from_secs(20),
+            )
+            .ok()?;
         if a.status != 0 {
             return None;
         }
@@ -175,14 +199,23 @@ impl Xen {
     /// Copies the domU console (as xenconsoled logged it in dom0) and the
     /// Xen host's serial console of this case into the lab's console.log.
     fn save_console(&self) {
-        let (Some(h), Some(path)) = (self.host.as_ref(), self.console_path.as_ref()) else { return };
+        let (Some(h), Some(path)) = (self.host.as_ref(), self.console_path.as_ref()) else {
+            return;
+        };
         let guest = h
-            .sh(&format!("cat /var/log/xen/console/guest-{DOMAIN_NAME}*.log 2>/dev/null; true"), Duration::from_secs(20))
+            .sh(
+                &format!("cat /var/log/xen/console/guest-{DOMAIN_NAME}*.log 2>/dev/null; true"),
+                Duration::from_secs(20),
+            )
             .map(|a| a.output)
             .unwrap_or_else(|e| format!("(domU console unavailable: {e:#})"));
         let serial = h.console();
-        let serial = serial.get(self.console_from.min(serial.len())..).unwrap_or("");
-        let text = format!("{guest}\n---- Xen host serial console (Xen and dom0) during this case ----\n{serial}");
+        let serial = serial
+            .get(self.console_from.min(serial.len())..)
+            .unwrap_or("");
+        let text = format!(
+            "{guest}\n---- Xen host serial console (Xen and dom0) during this case ----\n{serial}"
+        );
         let _ = std::fs::write(path, text);
     }
 }
@@ -192,7 +225,6 @@ fn state_running(flags: &str) -> bool {
     // crashed, dying); blocked is a running guest waiting for an event.
     !flags.contains('p') && !flags.contains('s') && !flags.contains('c') && !flags.contains('d')
 }
-
 
 impl Backend for Xen {
     fn info(&self) -> &BackendInfo {
@@ -204,20 +236,40 @@ impl Backend for Xen {
         let h = shared_host(&self.image, &quiet)?;
         self.console_from = h.console_len();
         self.console_path = Some(lab.shared_dir().join("console.log"));
-        self.info.hypervisor_version = format!("{} (nested Xen host booted in {} ms)", h.xen_version, h.boot_ms);
+        self.info.hypervisor_version = format!(
+            "{} (nested Xen host booted in {} ms)",
+            h.xen_version, h.boot_ms
+        );
         self.info.toolstack_version = h.tools_version.clone();
         self.host = Some(h.clone());
         self.destroy_leftovers()?;
-        h.attach(&lab.source.netns.name, &case.link).context("wiring the Xen host to the lab")?;
-        h.check("rm -f /var/log/xen/console/guest-*.log", Duration::from_secs(10))?;
-        let cfg: Vec<String> = self.domain_config(case, agent_args).into_iter().map(|l| format!("'{l}'")).collect();
-        h.check(&format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")), Duration::from_secs(10))?;
+        h.attach(&lab.source.netns.name, &case.link)
+            .context("wiring the Xen host to the lab")?;
+        h.check(
+            "rm -f /var/log/xen/console/guest-*.log",
+            Duration::from_secs(10),
+        )?;
+        let cfg: Vec<String> = self
+            .domain_config(case, agent_args)
+            .into_iter()
+            .map(|l| format!("'{l}'"))
+            .collect();
+        h.check(
+            &format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")),
+            Duration::from_secs(10),
+        )?;
         let created = h.sh(&format!("xl create {DOMAIN_CFG}"), XL_TIMEOUT)?;
         if created.status != 0 {
             self.save_console();
-            bail!("xl create of the {} domU failed: {}", self.hypervisor, created.output.trim());
+            bail!(
+                "xl create of the {} domU failed: {}",
+                self.hypervisor,
+                created.output.trim()
+            );
         }
-        let (domid, _) = self.domain(DOMAIN_NAME).context("the domU is not listed after xl create")?;
+        let (domid, _) = self
+            .domain(DOMAIN_NAME)
+            .context("the domU is not listed after xl create")?;
         self.source_domid = Some(domid);
         Ok(())
     }
@@ -226,9 +278,20 @@ impl Backend for Xen {
         let h = self.host()?;
         let domid = self.source_domid.context("no domU")?;
         let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
-        let ty = h.check(&format!("xl list -l {domid} | grep -m1 '\"type\"'"), Duration::from_secs(20))?;
-        let want = if self.hypervisor == Hypervisor::XenHvm { "hvm" } else { "pv" };
-        anyhow::ensure!(ty.contains(&format!("\"{want}\"")), "xl says the domU's type is {}, expected {want}", ty.trim());
+        let ty = h.check(
+            &format!("xl list -l {domid} | grep -m1 '\"type\"'"),
+            Duration::from_secs(20),
+        )?;
+        let want = if self.hypervisor == Hypervisor::XenHvm {
+            "hvm"
+        } else {
+            "pv"
+        };
+        anyhow::ensure!(
+            ty.contains(&format!("\"{want}\"")),
+            "xl says the domU's type is {}, expected {want}",
+            ty.trim()
+        );
         match self.hypervisor {
             Hypervisor::XenHvm => anyhow::ensure!(
                 seen("nic") == "e1000",
@@ -243,8 +306,15 @@ impl Backend for Xen {
                     "the guest's NIC is driven by {}, expected xen-netfront for xen-pv",
                     seen("nic")
                 );
-                let state = h.check(&format!("xenstore-read backend/vif/{domid}/0/state"), Duration::from_secs(20))?;
-                anyhow::ensure!(state.trim() == "4", "the domU's vif back-end is in state {} (4 = connected expected)", state.trim());
+                let state = h.check(
+                    &format!("xenstore-read backend/vif/{domid}/0/state"),
+                    Duration::from_secs(20),
+                )?;
+                anyhow::ensure!(
+                    state.trim() == "4",
+                    "the domU's vif back-end is in state {} (4 = connected expected)",
+                    state.trim()
+                );
             }
         }
         Ok(())
@@ -266,7 +336,9 @@ impl Backend for Xen {
 
     /// Same Xen host: the received domain is the next run's source.
     fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
-        let (domid, _) = self.domain(DOMAIN_NAME).context("no domain x0 after the migration")?;
+        let (domid, _) = self
+            .domain(DOMAIN_NAME)
+            .context("no domain x0 after the migration")?;
         self.source_domid = Some(domid);
         self.migrated = false;
         Ok(())
@@ -276,8 +348,11 @@ impl Backend for Xen {
         if self.migrated {
             return false;
         }
-        let Some(domid) = self.source_domid else { return false };
-        self.domain(&domid.to_string()).is_some_and(|(_, flags)| state_running(&flags))
+        let Some(domid) = self.source_domid else {
+            return false;
+        };
+        self.domain(&domid.to_string())
+            .is_some_and(|(_, flags)| state_running(&flags))
     }
 
     /// The Xen host is one QEMU process (Xen, dom0 and every domU): it is
@@ -295,7 +370,10 @@ impl Backend for Xen {
 
 /// What dom0's migsuite-migrate printed.
 fn parse_kv(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 impl Xen {
@@ -303,19 +381,39 @@ impl Xen {
         let h = self.host()?.clone();
         let source = self.source_domid.context("no guest was provisioned")?;
         let timeout_s = case.migration.timeout_ms.div_ceil(1000);
-        let kill = case.faults.kill_destination_after_ms.map_or("-".to_string(), |ms| ms.to_string());
-        progress(&format!("xl migrate -s \"\" {DOMAIN_NAME} <receiver> (same Xen host), timeout {timeout_s} s"));
+        let kill = case
+            .faults
+            .kill_destination_after_ms
+            .map_or("-".to_string(), |ms| ms.to_string());
+        progress(&format!(
+            "xl migrate -s \"\" {DOMAIN_NAME} <receiver> (same Xen host), timeout {timeout_s} s"
+        ));
         let started = Instant::now();
-        let a = h.sh(&format!("/usr/local/sbin/migsuite-migrate {timeout_s} {kill}"), Duration::from_secs(timeout_s + 60))?;
+        let a = h.sh(
+            &format!("/usr/local/sbin/migsuite-migrate {timeout_s} {kill}"),
+            Duration::from_secs(timeout_s + 60),
+        )?;
         let returned = Instant::now();
         let kv = parse_kv(&a.output);
-        anyhow::ensure!(kv.contains_key("rc"), "dom0's migsuite-migrate said: {}", a.output.trim());
+        anyhow::ensure!(
+            kv.contains_key("rc"),
+            "dom0's migsuite-migrate said: {}",
+            a.output.trim()
+        );
         let rc: i32 = kv.get("rc").and_then(|v| v.parse().ok()).unwrap_or(-1);
         let secs = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
-        let elapsed_ms = secs("start").zip(secs("end")).map(|(s, e)| (e - s) * 1000.0);
+        let elapsed_ms = secs("start")
+            .zip(secs("end"))
+            .map(|(s, e)| (e - s) * 1000.0);
         let bytes: Option<u64> = kv.get("bytes").and_then(|v| v.parse().ok());
-        let send = h.sh("cat /run/migsuite/send.log", Duration::from_secs(20)).map(|a| a.output).unwrap_or_default();
-        let recv = h.sh("cat /run/migsuite/recv.log", Duration::from_secs(20)).map(|a| a.output).unwrap_or_default();
+        let send = h
+            .sh("cat /run/migsuite/send.log", Duration::from_secs(20))
+            .map(|a| a.output)
+            .unwrap_or_default();
+        let recv = h
+            .sh("cat /run/migsuite/recv.log", Duration::from_secs(20))
+            .map(|a| a.output)
+            .unwrap_or_default();
         let log = send.clone();
         let stats = stream_stats(&send, &recv);
         progress(&format!(
@@ -327,7 +425,10 @@ impl Xen {
         if rc != 0 {
             let mut reason = format!("xl migrate failed (exit {rc}): {}", xl_error(&log));
             if kv.contains_key("timedout") {
-                reason = format!("timed out after {} ms, migration cancelled (receiver killed); {reason}", case.migration.timeout_ms);
+                reason = format!(
+                    "timed out after {} ms, migration cancelled (receiver killed); {reason}",
+                    case.migration.timeout_ms
+                );
             }
             if kv.contains_key("fault") {
                 reason.push_str(&format!("; the destination (xl migrate-receive) had been killed {kill} ms into the migration"));
@@ -340,10 +441,18 @@ impl Xen {
             return Ok(Evacuation::failed(reason, self.running_on_source()));
         }
         // Same host: the received domain took the name; the source is gone.
-        let (domid, flags) = self.domain(DOMAIN_NAME).context("after xl migrate, no domain x0 on the destination")?;
-        anyhow::ensure!(domid != source, "after xl migrate, x0 is still the source domain {source}");
+        let (domid, flags) = self
+            .domain(DOMAIN_NAME)
+            .context("after xl migrate, no domain x0 on the destination")?;
+        anyhow::ensure!(
+            domid != source,
+            "after xl migrate, x0 is still the source domain {source}"
+        );
         self.migrated = true;
-        anyhow::ensure!(state_running(&flags), "the migrated domU {domid} is not running (xl state {flags})");
+        anyhow::ensure!(
+            state_running(&flags),
+            "the migrated domU {domid} is not running (xl state {flags})"
+        );
         Ok(Evacuation {
             outcome: Outcome::Completed,
             completed_at: Some(returned),
@@ -356,8 +465,12 @@ impl Xen {
             // guest's last pages; what the runner waited beyond is getting
             // the command to dom0 and back.
             phases: Phases {
-                preparation_ms: elapsed_ms.zip(span_ms(Some(started), Some(returned))).map(|(e, wall)| (wall - e).max(0.0)),
-                memory_transfer_ms: elapsed_ms.zip(stats.downtime_ms).map(|(e, d)| (e - d).max(0.0)),
+                preparation_ms: elapsed_ms
+                    .zip(span_ms(Some(started), Some(returned)))
+                    .map(|(e, wall)| (wall - e).max(0.0)),
+                memory_transfer_ms: elapsed_ms
+                    .zip(stats.downtime_ms)
+                    .map(|(e, d)| (e - d).max(0.0)),
                 stop_and_copy_ms: stats.downtime_ms,
                 resume_ms: None,
             },
@@ -375,7 +488,12 @@ struct StreamStats {
 
 /// dom0 timestamp of the first line of a stamped log containing `text`.
 fn stamped(log: &str, text: &str) -> Option<f64> {
-    log.lines().find(|l| l.contains(text))?.split_whitespace().next()?.parse().ok()
+    log.lines()
+        .find(|l| l.contains(text))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What xl -vvv's logs say about the migration. The downtime is what the
@@ -386,7 +504,13 @@ fn stamped(log: &str, text: &str) -> Option<f64> {
 fn stream_stats(send: &str, recv: &str) -> StreamStats {
     let suspended = stamped(send, "guest has suspended");
     let started = stamped(recv, "Domain started succ");
-    StreamStats { iterations: None, downtime_ms: suspended.zip(started).map(|(s, e)| (e - s) * 1000.0).filter(|d| *d >= 0.0) }
+    StreamStats {
+        iterations: None,
+        downtime_ms: suspended
+            .zip(started)
+            .map(|(s, e)| (e - s) * 1000.0)
+            .filter(|d| *d >= 0.0),
+    }
 }
 
 /// The lines of xl's log that say what went wrong.
@@ -401,7 +525,11 @@ fn xl_error(log: &str) -> String {
         .filter(|l| !l.contains(": debug: ") && !l.contains(": detail: ") && !l.trim().is_empty())
         .collect();
     let tail = &lines[lines.len().saturating_sub(6)..];
-    if tail.is_empty() { "(no log)".into() } else { tail.join(" | ") }
+    if tail.is_empty() {
+        "(no log)".into()
+    } else {
+        tail.join(" | ")
+    }
 }
 
 impl Drop for Xen {
@@ -441,7 +569,10 @@ mod tests {
     #[test]
     fn xl_error_keeps_the_last_meaningful_lines() {
         let log = "1 libxl: debug: x\n2 xc: error: Dom 1 not suspended\n3 Migration failed, resuming at sender.\n";
-        assert_eq!(xl_error(log), "xc: error: Dom 1 not suspended | Migration failed, resuming at sender.");
+        assert_eq!(
+            xl_error(log),
+            "xc: error: Dom 1 not suspended | Migration failed, resuming at sender."
+        );
     }
 
     /// Boots the real Xen host and runs xl in its dom0 (minutes under TCG):
@@ -451,7 +582,10 @@ mod tests {
     fn xen_host_boots() {
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_host(&image, &|m| eprintln!("{m}")).unwrap();
-        eprintln!("boot: {} ms, {}, {}", h.boot_ms, h.xen_version, h.tools_version);
+        eprintln!(
+            "boot: {} ms, {}, {}",
+            h.boot_ms, h.xen_version, h.tools_version
+        );
         eprintln!("{}", h.check("xl list", Duration::from_secs(30)).unwrap());
         shutdown_shared_host();
     }
@@ -469,21 +603,76 @@ mod probe {
         let _lab_lock = crate::runner::exclusive().unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_host(&image, &|m| eprintln!("{m}")).unwrap();
-        let hv = if std::env::var("XEN_PROBE_HVM").is_ok() { Hypervisor::XenHvm } else { Hypervisor::XenPv };
-        let x = Xen { hypervisor: hv, image, info: BackendInfo { accel: String::new(), hypervisor_version: String::new(), toolstack_version: String::new() }, host: Some(h.clone()), source_domid: None, migrated: false, console_from: 0, console_path: None };
+        let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
+            Hypervisor::XenHvm
+        } else {
+            Hypervisor::XenPv
+        };
+        let x = Xen {
+            hypervisor: hv,
+            image,
+            info: BackendInfo {
+                accel: String::new(),
+                hypervisor_version: String::new(),
+                toolstack_version: String::new(),
+            },
+            host: Some(h.clone()),
+            source_domid: None,
+            migrated: false,
+            console_from: 0,
+            console_path: None,
+        };
         let cmd = std::env::var("XEN_PROBE_CMD").unwrap_or_default();
-        let text = std::fs::read_to_string("suites/ci.yaml").unwrap().replace("[openvz, kvm-fv, kvm-pv]", "[xen-pv, openvz]");
-        let case = crate::suite::parse_str(std::path::Path::new("ci.yaml"), &text).unwrap().into_iter().find(|c| c.hypervisor == Hypervisor::XenPv).unwrap();
+        let text = std::fs::read_to_string("suites/ci.yaml")
+            .unwrap()
+            .replace("[openvz, kvm-fv, kvm-pv]", "[xen-pv, openvz]");
+        let case = crate::suite::parse_str(std::path::Path::new("ci.yaml"), &text)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.hypervisor == Hypervisor::XenPv)
+            .unwrap();
         let cfg: Vec<String> = x.domain_config(&case, &format!("migsuite.ip=10.250.0.100/24 migsuite.observer=10.250.0.254:7000 migsuite.mtu=1500 {} migsuite.pkt_size=100 migsuite.pkt_rate=10", std::env::var("XEN_PROBE_DIRTY").unwrap_or("migsuite.dirty_mib=16 migsuite.dirty_rate=32".into()))).into_iter().map(|l| format!("'{l}'")).collect();
-        h.check(&format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")), Duration::from_secs(10)).unwrap();
-        eprintln!("{:?}", h.sh(&format!("xl create {DOMAIN_CFG}"), XL_TIMEOUT).unwrap());
+        h.check(
+            &format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        eprintln!(
+            "{:?}",
+            h.sh(&format!("xl create {DOMAIN_CFG}"), XL_TIMEOUT)
+                .unwrap()
+        );
         std::thread::sleep(Duration::from_secs(25));
         let skip = std::env::var("XEN_PROBE_NO_MIGRATE").is_ok();
-        for c in ["xl list", if skip { "" } else { "/usr/local/sbin/migsuite-migrate 90 -" }, "grep -v debug: /run/migsuite/send.log", "grep -v debug: /run/migsuite/recv.log | tail -30", "xl list", cmd.as_str()] {
-            if c.is_empty() { continue; }
+        for c in [
+            "xl list",
+            if skip {
+                ""
+            } else {
+                "/usr/local/sbin/migsuite-migrate 90 -"
+            },
+            "grep -v debug: /run/migsuite/send.log",
+            "grep -v debug: /run/migsuite/recv.log | tail -30",
+            "xl list",
+            cmd.as_str(),
+        ] {
+            if c.is_empty() {
+                continue;
+            }
             let t = Instant::now();
-            let a = match h.sh(c, Duration::from_secs(150)) { Ok(a) => a, Err(e) => { eprintln!("==== {c}: {e:#}"); continue } };
-            eprintln!("==== {c} ({} ms) -> {}\n{}", t.elapsed().as_millis(), a.status, a.output);
+            let a = match h.sh(c, Duration::from_secs(150)) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("==== {c}: {e:#}");
+                    continue;
+                }
+            };
+            eprintln!(
+                "==== {c} ({} ms) -> {}\n{}",
+                t.elapsed().as_millis(),
+                a.status,
+                a.output
+            );
         }
         shutdown_shared_host();
     }
