@@ -22,6 +22,9 @@ pub struct Provenance {
     pub toolstack_version: String,
     pub guest_kernel: String,
     pub migsuite_version: String,
+    /// What else used the machine's CPUs while the case was measured.
+    #[serde(default)]
+    pub beside: crate::neighbours::Neighbours,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

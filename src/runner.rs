@@ -6,6 +6,7 @@
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
+use crate::lab::netns;
 use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
 use crate::lab::{calibration, link};
@@ -13,10 +14,12 @@ use crate::measure::{
     Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
     Unit, MIB,
 };
+use crate::neighbours::Census;
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
-use anyhow::{Context, Result};
+use anyhow::Result;
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,23 +43,20 @@ pub enum RunError {
 /// the number of test threads or processes.
 pub struct Exclusive {
     _thread: MutexGuard<'static, ()>,
-    _file: std::fs::File,
+    _machine: lab::root::LabLock,
 }
 
-pub fn exclusive() -> Result<Exclusive> {
+pub fn exclusive(progress: &dyn Fn(&str)) -> Result<Exclusive> {
     static LOCK: Mutex<()> = Mutex::new(());
     let thread = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    std::fs::create_dir_all(lab::cleanup::LAB_ROOT)?;
-    let file = std::fs::File::create(format!("{}/.lock", lab::cleanup::LAB_ROOT))?;
-    file.lock().context("locking the lab")?;
     Ok(Exclusive {
         _thread: thread,
-        _file: file,
+        _machine: lab::root::lock(progress)?,
     })
 }
 
 pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunError> {
-    let _exclusive = exclusive()?;
+    let _exclusive = exclusive(progress)?;
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
     }
@@ -65,6 +65,7 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
     if let Some(why) = backend.host_refusal(case) {
         return Err(RunError::Refused(why));
     }
+    backend::release_unneeded(case);
     let mut lab = Lab::start(&case.link)?;
     let result = run_in(&mut lab, case, backend.as_mut(), progress);
     let logs = logs_dir(case);
@@ -166,6 +167,7 @@ fn run_in(
         info.accel,
         info.hypervisor_version
     ));
+    let census = Census::take();
     let mut runs = Vec::new();
     for i in 1..=case.repeat {
         progress(&format!(
@@ -204,6 +206,11 @@ fn run_in(
             backend.adopt_moved_guest(lab)?;
         }
     }
+    let own: HashSet<i32> = [&lab.source.netns, &lab.destination.netns, &lab.switch]
+        .iter()
+        .flat_map(|ns| netns::processes(&ns.name))
+        .collect();
+    let beside = census.neighbours_since(&own);
     let provenance = Provenance {
         accel: info.accel,
         host_kind: format!(
@@ -215,6 +222,7 @@ fn run_in(
         toolstack_version: info.toolstack_version,
         guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
         migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
+        beside,
     };
     Ok(CaseResult {
         case: case.clone(),

@@ -2,6 +2,7 @@
 //! each host's toolstack daemon, and the whole machine, from /proc.
 
 use crate::measure::{Timeline, Unit};
+use crate::procfs;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,19 +43,6 @@ pub struct Sampler {
     thread: Option<JoinHandle<()>>,
 }
 
-fn clock_ticks() -> f64 {
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime+stime (ticks) and RSS (pages) of a process.
-fn proc_stat(pid: i32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name, which may hold spaces.
-    let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let num = |i: usize| rest.get(i)?.parse::<u64>().ok();
-    Some((num(11)? + num(12)?, num(21)?))
-}
-
 /// (busy, total) jiffies of the whole machine.
 fn machine_cpu() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
@@ -89,12 +77,14 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let (series2, stop2) = (series.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let hz = clock_ticks();
+            let hz = procfs::clock_ticks();
             let page_mib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as f64 / (1 << 20) as f64;
             let ncpu = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1) as f64;
-            let mut last_ticks: HashMap<i32, u64> = HashMap::new();
+            // Keyed by pid and start time: a pid reused by a new process
+            // starts a count of its own.
+            let mut last_ticks: HashMap<(i32, u64), u64> = HashMap::new();
             let mut last_machine = machine_cpu();
             let mut last = Instant::now();
             let mut next = last + interval;
@@ -110,11 +100,13 @@ impl Sampler {
                 let mut usage = |pids: &[i32]| -> (f64, f64) {
                     let (mut ticks, mut rss) = (0, 0);
                     for &pid in pids {
-                        if let Some((t, r)) = proc_stat(pid) {
+                        if let Some(s) = procfs::stat(pid) {
+                            let t = s.cpu_ticks;
                             // A process first seen now counts from here: its
                             // earlier CPU belongs to before this interval.
-                            ticks += t - last_ticks.insert(pid, t).unwrap_or(t);
-                            rss += r;
+                            let before = last_ticks.insert((pid, s.start_ticks), t).unwrap_or(t);
+                            ticks += t.saturating_sub(before);
+                            rss += s.rss_pages;
                         }
                     }
                     (ticks as f64 / hz / dt * 100.0, rss as f64 * page_mib)
@@ -129,7 +121,7 @@ impl Sampler {
                 if let (Some((b0, t0)), Some((b1, t1))) = (last_machine, machine_cpu()) {
                     // Percent of the whole machine (all CPUs).
                     let pct = if t1 > t0 {
-                        (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0
+                        b1.saturating_sub(b0) as f64 / (t1 - t0) as f64 * 100.0
                     } else {
                         0.0
                     };

@@ -165,6 +165,15 @@ pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
     }
 }
 
+/// Stops what a backend keeps running between its cases (the nested Xen
+/// host, which busies a core under TCG) when `case` is not one of them, so
+/// that no case is measured beside it.
+pub fn release_unneeded(case: &Case) {
+    if !matches!(case.hypervisor, Hypervisor::XenPv | Hypervisor::XenHvm) {
+        xen::shutdown_shared_host();
+    }
+}
+
 /// Why a hypervisor cannot run in this build; None if it can.
 pub fn refusal(h: Hypervisor) -> Option<String> {
     match h {

@@ -102,7 +102,7 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
         offloads: false,
     };
     let measured = (|| -> anyhow::Result<_> {
-        let _exclusive = migsuite::runner::exclusive()?;
+        let _exclusive = migsuite::runner::exclusive(&|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link)?;
         let in_lab = calibration::link_rates(&lab)?;
         drop(lab);

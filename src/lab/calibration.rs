@@ -51,18 +51,13 @@ fn rates_between(from: &Netns, to: &Netns, to_addr: Ipv4Addr) -> Result<LinkRate
 /// What a bare veth pair with `link`'s settings carries, between two
 /// namespaces of its own: the lab's link is meant to cost no more than that.
 pub fn bare_pair_rates(link: &LinkSpec) -> Result<LinkRates> {
-    cleanup::sweep_stale();
-    let id = cleanup::next_lab_id();
-    std::fs::create_dir_all(cleanup::LAB_ROOT)?;
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{id}-"))
-        .tempdir_in(cleanup::LAB_ROOT)?;
-    let _registration = cleanup::register(&id, dir.path());
+    let (lab, building) = cleanup::new_lab()?;
     let (a, b) = (
-        Netns::create(&format!("{id}-a"))?,
-        Netns::create(&format!("{id}-b"))?,
+        Netns::create(&format!("{}-a", lab.id))?,
+        Netns::create(&format!("{}-b", lab.id))?,
     );
     network::cable([&a, &b], link)?;
+    drop(building);
     rates_between(&a, &b, network::link_addr(1))
 }
 

@@ -13,6 +13,7 @@ pub mod libvirtd;
 pub mod link;
 pub mod netns;
 pub mod network;
+pub mod root;
 
 use crate::case::LinkSpec;
 use anyhow::{Context, Result};
@@ -47,20 +48,13 @@ pub struct Lab {
     pub switch: Netns,
     pub link: LinkSpec,
     /// Lab-private files; `shared/` is the storage both hosts see.
-    dir: tempfile::TempDir,
-    _registration: cleanup::Registration,
+    dir: cleanup::LabDir,
 }
 
 impl Lab {
     pub fn start(link: &LinkSpec) -> Result<Lab> {
-        cleanup::sweep_stale();
-        let id = cleanup::next_lab_id();
-        std::fs::create_dir_all(cleanup::LAB_ROOT)?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{id}-"))
-            .tempdir_in(cleanup::LAB_ROOT)
-            .context("creating the lab directory")?;
-        let registration = cleanup::register(&id, dir.path());
+        let (dir, building) = cleanup::new_lab()?;
+        let id = &dir.id;
         let switch = Netns::create(&format!("{id}-lan"))?;
         let ns_a = Netns::create(&format!("{id}-a"))?;
         let ns_b = Netns::create(&format!("{id}-b"))?;
@@ -88,8 +82,8 @@ impl Lab {
             switch,
             link: link.clone(),
             dir,
-            _registration: registration,
         };
+        drop(building);
         for h in [&lab.source, &lab.destination] {
             let conn = lab
                 .on_lan(|| virt::connect::Connect::open(Some(&h.libvirtd.uri())))?

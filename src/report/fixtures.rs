@@ -60,6 +60,7 @@ pub(crate) fn provenance() -> Provenance {
         toolstack_version: "libvirt 9.0.0".into(),
         guest_kernel: "6.1.0-30-amd64".into(),
         migsuite_version: "0.1.0".into(),
+        beside: Default::default(),
     }
 }
 

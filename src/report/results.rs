@@ -136,13 +136,14 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
 
 /// What ran (accelerator, host), then the versions, on a line of their own
 /// (`VERSIONS`); snapshots keep only the first.
-fn provenance_lines(p: &Provenance) -> [String; 2] {
+fn provenance_lines(p: &Provenance) -> [String; 3] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),
         format!(
             "{VERSIONS}hypervisor {}; toolstack {}",
             p.hypervisor_version, p.toolstack_version
         ),
+        format!("beside it on the machine: {}", p.beside),
     ]
 }
 
@@ -187,6 +188,7 @@ mod tests {
 ci::kvm-fv::mtu128::game
 accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
 versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
+beside it on the machine: nothing above 5 % of a core
 outcome: 1 of 3 runs failed
 run 3: migration failed: timed out after 25000 ms (source still running)
 
@@ -258,8 +260,10 @@ run 3: migration failed: timed out after 25000 ms (source still running)
 suite ci
 kvm-fv: accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
 kvm-fv: versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
+kvm-fv: beside it on the machine: nothing above 5 % of a core
 xen-pv: accel: tcg (nested); host: local: 2 netns hosts on lab1
 xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
+xen-pv: beside it on the machine: nothing above 5 % of a core
 
 | hypervisor | MTU  | workload | over  | total time | downtime (reported) | guest-observed downtime | peak CPU | peak memory | outcome                           |
 |------------|------|----------|-------|-----------:|--------------------:|------------------------:|---------:|------------:|-----------------------------------|

@@ -189,12 +189,5 @@ pub fn signal_tree(init: i32, signal: Signal) {
 /// Whether the container's init exists and is scheduled: not stopped,
 /// traced (being dumped) or dead.
 pub fn is_running(init: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{init}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("X");
-    !matches!(state, "T" | "t" | "Z" | "X")
+    crate::procfs::stat(init).is_some_and(|s| !matches!(s.state, 'T' | 't' | 'Z' | 'X'))
 }

@@ -4,7 +4,8 @@
 //! the stream goes through a local pipe, not ssh).
 //!
 //! The Xen host boots once per process (it takes minutes under TCG) and is
-//! reused by every Xen case of it: `shared_host`. Per case it is wired to the
+//! reused by the Xen cases that follow one another: `shared_host`; a case
+//! of another backend stops it first (`backend::release_unneeded`). Per case it is wired to the
 //! case's lab (its dom0 bridge joins the lab source host's br0, with the
 //! case's MTU), so the domU's heartbeats reach the observer like a KVM
 //! guest's.
@@ -600,7 +601,7 @@ mod probe {
     #[test]
     #[ignore]
     fn xen_pv_migrates_in_dom0() {
-        let _lab_lock = crate::runner::exclusive().unwrap();
+        let _lab_lock = crate::runner::exclusive(&|m| eprintln!("{m}")).unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_host(&image, &|m| eprintln!("{m}")).unwrap();
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {

@@ -1,0 +1,221 @@
+//! The lab root: where labs keep their files, and the lock that keeps
+//! measured cases from overlapping. migsuite runs as root on hosts other
+//! people share, so the root sits under a root-only parent (not in a
+//! world-writable directory where anyone could plant it first), and both are
+//! checked before each use: real directories, not symbolic links, owned by
+//! root, writable by nobody else.
+
+use anyhow::{bail, Context, Result};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const LAB_ROOT: &str = "/var/lib/migsuite/labs";
+
+/// How long a second migsuite waits for the lab before it gives up.
+const LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
+
+/// The lab root, created if missing, refused if anyone but root could
+/// change what is in it.
+pub fn ensure() -> Result<&'static Path> {
+    let root = Path::new(LAB_ROOT);
+    let parent = root.parent().expect("the lab root has a parent");
+    for (dir, mode) in [(parent, 0o755), (root, 0o700)] {
+        match DirBuilder::new().mode(mode).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("creating {}", dir.display()))
+            }
+            _ => check_private_dir(dir, nix::unistd::geteuid().as_raw())?,
+        }
+    }
+    Ok(root)
+}
+
+/// `dir` is a directory (not a link to one), owned by `owner`, and not
+/// writable by group or others.
+pub fn check_private_dir(dir: &Path, owner: u32) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    let refuse = |why: String| -> Result<()> {
+        bail!(
+            "{}: {why}; migsuite keeps its labs only where no other user can change them: \
+             remove it (it is re-created as root's, mode 0700)",
+            dir.display()
+        )
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    if meta.uid() != owner {
+        return refuse(format!("is owned by uid {}, not {owner}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Held while a lab exists: one measured case at a time per machine.
+/// (The lock is released when the file is closed.)
+pub struct LabLock(#[allow(dead_code)] File);
+
+/// Takes the lab lock, waiting (at most `LOCK_WAIT`, saying for whom) while
+/// another migsuite holds it.
+pub fn lock(progress: &dyn Fn(&str)) -> Result<LabLock> {
+    lock_at(&ensure()?.join(".lock"), LOCK_WAIT, progress)
+}
+
+fn lock_at(path: &Path, wait: Duration, progress: &dyn Fn(&str)) -> Result<LabLock> {
+    // No O_TRUNC, and never through a symbolic link.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening the lab lock {}", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        bail!(
+            "{}: not a regular file of this user; remove it",
+            path.display()
+        );
+    }
+    let began = Instant::now();
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = holder(&mut file);
+                if began.elapsed() >= wait {
+                    bail!(
+                        "the lab is still held by {holder} after {} s; stop that run, or wait and try again",
+                        wait.as_secs()
+                    );
+                }
+                if !told {
+                    progress(&format!(
+                        "waiting for the lab: held by {holder} (at most {} s)",
+                        wait.as_secs()
+                    ));
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+    // Who holds it, for whoever waits next.
+    file.set_len(0)?;
+    file.rewind()?;
+    let me = std::process::id();
+    let command = std::fs::read_to_string(format!("/proc/{me}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', " ");
+    write!(file, "pid {me}: {}", command.trim())?;
+    Ok(LabLock(file))
+}
+
+/// What the lock file says of its holder.
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
+    match text.trim() {
+        "" => "another process".into(),
+        said => said.chars().take(200).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_private_directory_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        check_private_dir(dir.path(), me()).unwrap();
+    }
+
+    #[test]
+    fn a_planted_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let err = check_private_dir(&link, me()).unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = check_private_dir(&file, me()).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_private_dir(&open, me()).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by group or others (mode 777)"),
+            "{err}"
+        );
+
+        // Someone else's: as root, give it away; otherwise ask for root.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let other = if me() == 0 {
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            me()
+        } else {
+            0
+        };
+        let err = check_private_dir(&theirs, other).unwrap_err().to_string();
+        assert!(err.contains("is owned by uid"), "{err}");
+    }
+
+    #[test]
+    fn the_lock_names_its_holder_and_waits_with_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let _held = lock_at(&path, Duration::ZERO, &|_| {}).unwrap();
+        let said = std::sync::Mutex::new(Vec::new());
+        let err = lock_at(&path, Duration::from_millis(300), &|m| {
+            said.lock().unwrap().push(m.to_string())
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        let holder = format!("pid {}", std::process::id());
+        assert!(
+            err.contains(&format!("the lab is still held by {holder}")),
+            "{err}"
+        );
+        assert!(said.lock().unwrap()[0].contains(&holder));
+    }
+
+    #[test]
+    fn the_lock_does_not_follow_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join(".lock");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(lock_at(&path, Duration::ZERO, &|_| {}).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+}
