@@ -14,6 +14,7 @@ pub mod measure;
 pub mod metrics;
 pub mod neighbours;
 pub mod observer;
+pub mod pidfd;
 pub mod procfs;
 pub mod report;
 pub mod runner;

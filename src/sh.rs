@@ -2,16 +2,42 @@
 //! command and carry its stderr, waiting for them, and the host's kernel.
 
 use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
+
+/// Host commands (ip, tc, ethtool, a CRIU daemon's start) finish in
+/// milliseconds; one that takes this long hangs.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `program args...`, returns its stdout; fails with the command line
-/// and its stderr.
+/// and its stderr, or, killed, when it takes more than a minute.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = duct::cmd(program, args)
+    run_for(program, args, COMMAND_TIMEOUT)
+}
+
+fn run_for(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
+    let handle = duct::cmd(program, args)
         .stdout_capture()
         .stderr_capture()
         .unchecked()
-        .run()
+        .start()
         .with_context(|| format!("cannot start `{program}` (is it installed? run ci/setup.sh)"))?;
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let out = loop {
+        if let Some(out) = handle.try_wait()? {
+            break out;
+        }
+        if Instant::now() >= deadline {
+            let _ = handle.kill();
+            bail!(
+                "`{program} {}` did not finish within {} ms and was killed",
+                args.join(" "),
+                timeout.as_millis()
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
     if !out.status.success() {
         bail!(
             "`{} {}` failed ({}): {}",
@@ -51,4 +77,30 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hanging_command_is_killed_at_its_timeout() {
+        let began = Instant::now();
+        let err = run_for("sleep", &["30"], Duration::from_millis(200)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`sleep 30` did not finish within 200 ms"),
+            "{err}"
+        );
+        assert!(began.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn output_and_failures() {
+        assert_eq!(run("echo", &["hi"]).unwrap(), "hi\n");
+        let err = run("sh", &["-c", "echo no >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed (exit status: 3): no"), "{err}");
+    }
 }

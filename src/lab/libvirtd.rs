@@ -179,7 +179,7 @@ impl Libvirtd {
     /// every emulator, as defining a domain does) now, before any case
     /// measures, and keeps what it probed for the next labs. Cheap when the
     /// cache was seeded and still valid.
-    pub fn warm(&self, conn: &virt::connect::Connect) -> Result<()> {
+    pub fn warm(&self, conn: &Connection) -> Result<()> {
         let probing = || format!("libvirtd on {}: probing QEMU's capabilities", self.addr);
         conn.capabilities().with_context(probing)?;
         conn.domain_capabilities(None, Some("x86_64"), Some("pc"), Some("qemu"), 0)
@@ -208,5 +208,34 @@ impl Drop for Libvirtd {
         crate::sh::wait_exit(&mut self.child, Duration::from_secs(5));
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A client connection to a libvirtd. virt's own `Connect` panics when it is
+/// dropped and virConnectClose fails; in the Drop of a failed case that
+/// would abort the whole test process, so this one says so and goes on.
+pub struct Connection(std::mem::ManuallyDrop<virt::connect::Connect>);
+
+impl Connection {
+    pub fn new(conn: virt::connect::Connect) -> Connection {
+        Connection(std::mem::ManuallyDrop::new(conn))
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = virt::connect::Connect;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from a successful open and is closed
+        // once, here; the Connect wrapper is never dropped itself.
+        if unsafe { virt::sys::virConnectClose(self.0.as_ptr()) } < 0 {
+            eprintln!("migsuite: closing a libvirt connection failed (ignored)");
+        }
     }
 }

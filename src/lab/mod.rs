@@ -85,10 +85,7 @@ impl Lab {
         };
         drop(building);
         for h in [&lab.source, &lab.destination] {
-            let conn = lab
-                .on_lan(|| virt::connect::Connect::open(Some(&h.libvirtd.uri())))?
-                .with_context(|| format!("connecting to {}", h.libvirtd.uri()))?;
-            h.libvirtd.warm(&conn)?;
+            h.libvirtd.warm(&lab.connect(&h.libvirtd.uri())?)?;
         }
         Ok(lab)
     }
@@ -99,6 +96,13 @@ impl Lab {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A libvirt connection to `uri`, opened from the runner's place.
+    pub fn connect(&self, uri: &str) -> Result<libvirtd::Connection> {
+        self.on_lan(|| virt::connect::Connect::open(Some(uri)))?
+            .map(libvirtd::Connection::new)
+            .with_context(|| format!("connecting to {uri}"))
     }
 
     /// Runs `f` where the runner sits on the lab's switch.

@@ -8,8 +8,8 @@ use super::{OpenVz, Restored};
 use crate::case::Case;
 use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::pidfd::ProcessHandle;
+use nix::sys::signal::Signal;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -55,14 +55,14 @@ impl Clock {
         Instant::now() >= self.deadline
     }
 
-    /// Kills `pid` (a CRIU process of the destination) if the fault is
-    /// due; says so in the failure reason.
-    pub fn fault(&mut self, what: &str, pid: i32) {
+    /// Kills the destination's `what` with `kill` if the fault is due; says
+    /// so in the failure reason.
+    pub fn fault(&mut self, what: &str, kill: impl FnOnce()) {
         let (Some(after), Some(started)) = (self.kill_after, self.transfer_started) else {
             return;
         };
         if self.killed.is_none() && started.elapsed() >= after {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            kill();
             self.killed = Some(format!(
                 "the destination's {what} had been killed {} ms into the transfer",
                 started.elapsed().as_millis()
@@ -100,13 +100,12 @@ pub(super) fn image_dirs(lab: &Lab) -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// Waits for `criu dump` to exit, meanwhile killing the destination's
-/// `what` (pid `peer`) when the fault is due; None if the deadline came
-/// first.
+/// `what` (`peer`) when the fault is due; None if the deadline came first.
 pub(super) fn wait_dump(
     dump: &mut Child,
     clock: &mut Clock,
     what: &str,
-    peer: i32,
+    peer: &ProcessHandle,
 ) -> Result<Option<ExitStatus>, String> {
     loop {
         if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
@@ -115,8 +114,8 @@ pub(super) fn wait_dump(
         if clock.expired() {
             return Ok(None);
         }
-        if alive(peer) {
-            clock.fault(what, peer);
+        if peer.alive() {
+            clock.fault(what, || peer.kill());
         }
         std::thread::sleep(POLL);
     }
@@ -167,15 +166,17 @@ pub(super) fn restore(
         .spawn()
         .map_err(|e| format!("starting criu restore: {e}"))?;
     let restored =
-        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
+        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?.pid())));
     match restored {
         Ok((stats, init)) => Ok((Restored { restore, init }, stats)),
         Err(why) => {
+            // The container's init, while `criu restore` (its parent) has
+            // not been reaped and so cannot have lost it.
+            if let Ok(init) = read_pid(&pidfile) {
+                container::signal_tree(init.pid(), Signal::SIGKILL);
+            }
             let _ = restore.kill();
             let _ = restore.wait();
-            if let Ok(pid) = read_pid(&pidfile) {
-                container::signal_tree(pid, Signal::SIGKILL);
-            }
             Err(format!("{why}: {}", errors(&dest.join("restore.log"))))
         }
     }
@@ -219,7 +220,10 @@ fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String
                 clock.timeout_ms
             ));
         }
-        clock.fault("criu restore", restore.id() as i32);
+        // Not yet waited for: its pid cannot have been reused.
+        clock.fault("criu restore", || {
+            let _ = restore.kill();
+        });
     }
 }
 
@@ -261,16 +265,15 @@ pub(super) fn copy_images(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn read_pid(pidfile: &Path) -> Result<i32, String> {
+/// The process a CRIU daemon's pid file names, held by a pidfd from now on.
+pub(super) fn read_pid(pidfile: &Path) -> Result<ProcessHandle, String> {
     let text =
         std::fs::read_to_string(pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
-    text.trim()
+    let pid = text
+        .trim()
         .parse()
-        .map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))
-}
-
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+        .map_err(|_| format!("{}: not a pid: {text:?}", pidfile.display()))?;
+    ProcessHandle::open(pid).map_err(|e| format!("{} names pid {pid}: {e}", pidfile.display()))
 }
 
 /// CRIU's error lines in `log`, the reason a dump or restore failed.

@@ -24,8 +24,6 @@ use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::Phases;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -186,9 +184,7 @@ pub(super) fn evacuate(
             ))
         }
     };
-    let stop_lazy = || {
-        let _ = kill(Pid::from_raw(lazy), Signal::SIGKILL);
-    };
+    let stop_lazy = || lazy.kill();
 
     progress("restoring the container on the destination; its memory follows on demand");
     let restore_started = Instant::now();
@@ -205,7 +201,7 @@ pub(super) fn evacuate(
     let restored_at = Instant::now();
 
     // Until the source has served its last page.
-    let served = phases::wait_dump(&mut dump, &mut clock, "lazy-pages daemon", lazy);
+    let served = phases::wait_dump(&mut dump, &mut clock, "lazy-pages daemon", &lazy);
     let done_at = Instant::now();
     let failure = match served {
         Err(e) => Some(e),
@@ -295,11 +291,8 @@ fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> 
 fn log_offset(log: &str, what: &str) -> Option<Duration> {
     let line = log.lines().find(|l| l.contains(what))?;
     let stamp = line.strip_prefix('(')?.split(')').next()?;
-    stamp
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(Duration::from_secs_f64)
+    // A garbled stamp (negative, huge, NaN) is no time at all.
+    Duration::try_from_secs_f64(stamp.trim().parse::<f64>().ok()?).ok()
 }
 
 /// Pages the lazy-pages daemon fetched from the source: its log has one

@@ -22,8 +22,6 @@ use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::Phases;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -104,7 +102,7 @@ pub(super) fn evacuate(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting criu dump: {e}"))?;
-    let dumped = phases::wait_dump(&mut dump, &mut clock, "page server", page_server);
+    let dumped = phases::wait_dump(&mut dump, &mut clock, "page server", &page_server);
     let dump_ended = Instant::now();
     let failure = match dumped {
         Err(e) => Some(e),
@@ -121,7 +119,7 @@ pub(super) fn evacuate(
     if let Some(why) = failure {
         let _ = dump.kill();
         let _ = dump.wait();
-        let _ = kill(Pid::from_raw(page_server), Signal::SIGKILL);
+        page_server.kill();
         // CRIU resumes the tasks of a failed dump; a killed one cannot.
         phases::roll_back(vz, source);
         return Err(clock.reason(why));
@@ -156,8 +154,8 @@ pub(super) fn evacuate(
         restore_stats.ms("Restore time").unwrap_or(f64::NAN)
     ));
     // The memory moves while the container is frozen: no live transfer.
-    let frozen_at =
-        frozen_ms.and_then(|f| dump_ended.checked_sub(Duration::from_secs_f64(f / 1000.0)));
+    let frozen_at = frozen_ms
+        .and_then(|f| dump_ended.checked_sub(Duration::try_from_secs_f64(f / 1000.0).ok()?));
     Ok(Evacuation {
         outcome: Outcome::Completed,
         completed_at: Some(restored_at),

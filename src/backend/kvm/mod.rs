@@ -7,6 +7,7 @@ pub mod domain;
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
+use crate::lab::libvirtd::Connection;
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
@@ -15,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use virt::connect::Connect;
 use virt::domain::{Domain, DomainState, DomainStateEnum};
 use virt::sys;
 
@@ -33,7 +33,7 @@ pub struct Kvm {
     accel: accel::Accel,
     image: GuestImage,
     info: BackendInfo,
-    source: Option<(Connect, Domain)>,
+    source: Option<(Connection, Domain)>,
 }
 
 /// The domain's job statistics, None if libvirt has none. Not virt 0.5's
@@ -82,11 +82,6 @@ impl Kvm {
             source: None,
         })
     }
-
-    fn connect(lab: &Lab, uri: &str) -> Result<Connect> {
-        lab.on_lan(|| Connect::open(Some(uri)))?
-            .with_context(|| format!("connecting to {uri}"))
-    }
 }
 
 fn is_running(dom: &Domain) -> bool {
@@ -105,7 +100,7 @@ impl Backend for Kvm {
         let shared = lab.shared_dir();
         let disk = shared.join("disk.img");
         std::fs::File::create(&disk)?.set_len(DISK_BYTES)?;
-        let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
+        let conn = lab.connect(&lab.source.libvirtd.uri())?;
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
         let xml = domain::xml(
@@ -155,7 +150,7 @@ impl Backend for Kvm {
     }
 
     fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
-        let conn = Self::connect(lab, &lab.source.libvirtd.uri())?;
+        let conn = lab.connect(&lab.source.libvirtd.uri())?;
         let dom = conn
             .lookup_domain_by_name(domain::DOMAIN_NAME)
             .context("the migrated guest is not on its new host")?;
@@ -173,7 +168,7 @@ struct ResumeWatch {
 impl ResumeWatch {
     const POLL: Duration = Duration::from_millis(10);
 
-    fn start(conn: Connect) -> ResumeWatch {
+    fn start(conn: Connection) -> ResumeWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -286,7 +281,7 @@ impl Kvm {
         // there well before libvirt's closing handshake (Finish, Confirm)
         // returns the call, and while QEMU stops and copies, calls to the
         // source block for a second or more.
-        let resume = ResumeWatch::start(Self::connect(lab, &dest_uri)?);
+        let resume = ResumeWatch::start(lab.connect(&dest_uri)?);
 
         // The migration call blocks; it runs on its own thread so that this
         // one can watch the clock, inject faults and cancel.
@@ -457,7 +452,8 @@ impl Kvm {
                 e.completed_at = resumed_at;
                 // A pause shorter than a poll: it began `downtime` before the end.
                 let switchover_at = switchover_at.or_else(|| {
-                    let downtime = Duration::from_secs_f64(e.reported_downtime_ms? / 1000.0);
+                    let downtime =
+                        Duration::try_from_secs_f64(e.reported_downtime_ms? / 1000.0).ok()?;
                     resumed_at?.checked_sub(downtime)
                 });
                 e.phases = Phases {
@@ -474,7 +470,7 @@ impl Kvm {
     }
 
     fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
-        let conn = Self::connect(lab, &lab.destination.libvirtd.uri())?;
+        let conn = lab.connect(&lab.destination.libvirtd.uri())?;
         let dom = conn
             .lookup_domain_by_name(domain::DOMAIN_NAME)
             .context("the guest is not on the destination")?;

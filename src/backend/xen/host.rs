@@ -35,6 +35,10 @@ pub const DOM0_MEMORY_MIB: u32 = 1024;
 const TAP: &str = "xtap0";
 const BRIDGE: &str = "xbr0";
 
+/// Longer than any job of the keeper takes (host commands are bounded by
+/// sh::run's own timeout).
+const KEEPER_TIMEOUT: Duration = Duration::from_secs(120);
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread inside the Xen host's network namespace, for the process's
@@ -84,7 +88,12 @@ impl Keeper {
                 let _ = tx.send(f());
             }))
             .map_err(|_| anyhow!("the Xen host's keeper thread is gone"))?;
-        Ok(rx.recv()?)
+        rx.recv_timeout(KEEPER_TIMEOUT).map_err(|e| {
+            anyhow!(
+                "the Xen host's keeper thread did not answer within {} s: {e}",
+                KEEPER_TIMEOUT.as_secs()
+            )
+        })
     }
 
     fn exec(&self, program: &'static str, args: &[&str]) -> Result<String> {
