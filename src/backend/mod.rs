@@ -165,6 +165,12 @@ pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
     }
 }
 
+/// Whether `hypervisor` migrating by `strategy` takes a downtime limit
+/// (QEMU's `downtime-limit`); `xl migrate` and CRIU have none.
+pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool {
+    matches!(hypervisor, Hypervisor::KvmFv | Hypervisor::KvmPv) && strategy != Strategy::StopAndCopy
+}
+
 /// Stops what a backend keeps running between its cases (the nested Xen
 /// host, which busies a core under TCG) when `case` is not one of them, so
 /// that no case is measured beside it.

@@ -249,6 +249,7 @@ fn check_packets(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> R
 
 /// The case's strategy must be one its backend implements; the error points
 /// at whatever chose it (an override, `migration.strategy`, or the default).
+/// A downtime limit given by an override must be one the backend sets.
 fn check_strategy(
     matrix: &Matrix,
     overrides: &[Override],
@@ -259,14 +260,35 @@ fn check_strategy(
     let hypervisor = matrix.hypervisor[h];
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
     let offered = crate::backend::strategies(hypervisor.0);
+    let selecting = || {
+        overrides
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.when.selects(hypervisor, mtu, workload))
+    };
+    // A suite-wide downtime limit applies where there is one to set; one
+    // given for these cases in particular must mean something for them.
+    if !crate::backend::takes_downtime_limit(hypervisor.0, strategy) {
+        if let Some((i, _)) = selecting().find(|(_, o)| o.migration.max_downtime.is_some()) {
+            return Err(Invalid {
+                path: FieldPath::default()
+                    .key("overrides")
+                    .index(i)
+                    .key("migration")
+                    .key("max_downtime"),
+                message: format!(
+                    "{hypervisor} by {strategy} has no downtime limit to set (only QEMU's \
+                     precopy, postcopy and auto-converge take one)"
+                ),
+            });
+        }
+    }
     if offered.contains(&strategy) {
         return Ok(());
     }
-    let chosen_by = overrides
-        .iter()
-        .enumerate()
+    let chosen_by = selecting()
         .rev()
-        .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && o.migration.strategy.is_some())
+        .find(|(_, o)| o.migration.strategy.is_some())
         .map(|(i, _)| {
             FieldPath::default()
                 .key("overrides")

@@ -117,6 +117,10 @@ failure: { kind: warned, after: 3s }
     "strategy-by-override.yaml:9:28: overrides[0].migration.strategy: ",
     &["xen-pv cannot migrate by postcopy", "offers precopy"],
 )]
+#[case::downtime_limit_for_xen(
+    "downtime-limit-for-xen.yaml:7:32: overrides[0].migration.max_downtime: ",
+    &["xen-pv by precopy has no downtime limit to set"],
+)]
 #[case::timeout_zero("timeout-zero.yaml:6:12: migration.timeout: ", &["`0s` is out of range: must be from 1s to 24h"])]
 #[case::after_forever("after-forever.yaml:6:10: failure.after: ", &["is out of range: must be from 0ms to 1h"])]
 #[case::settle_forever("settle-forever.yaml:5:38: sampling.settle: ", &["`100000000m` is out of range"])]
