@@ -51,7 +51,12 @@ impl ProcessHandle {
     }
 
     pub fn kill(&self) {
-        let _ = self.send(Some(Signal::SIGKILL));
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Sends `signal` if the process still runs; nothing otherwise.
+    pub fn signal(&self, signal: Signal) {
+        let _ = self.send(Some(signal));
     }
 
     /// Whether the process has not exited (a zombie counts as exited).

@@ -11,6 +11,7 @@
 
 use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
+use crate::pidfd::ProcessHandle;
 use crate::sh;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -63,8 +64,9 @@ fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
 pub struct Started {
     /// `unshare`, in the host's network namespace; the container dies with it.
     pub anchor: Child,
-    /// Host pid of the container's PID 1 (the agent).
-    pub init: i32,
+    /// The container's PID 1 (the agent), by pidfd: signals never reach a
+    /// process that reused its pid.
+    pub init: ProcessHandle,
 }
 
 pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Started> {
@@ -109,8 +111,10 @@ pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Start
         });
     }
     let mut anchor = command.spawn().context("starting the container")?;
-    let init = match wait_for_init(anchor.id() as i32) {
-        Ok(pid) => pid,
+    let init = match wait_for_init(anchor.id() as i32)
+        .and_then(|pid| ProcessHandle::open(pid).context("opening a pidfd on the container's init"))
+    {
+        Ok(init) => init,
         Err(e) => {
             let _ = anchor.kill();
             let _ = anchor.wait();
@@ -118,7 +122,7 @@ pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Start
         }
     };
     let mtu = mtu.to_string();
-    let pid = init.to_string();
+    let pid = init.pid().to_string();
     sh::run_in(
         ns,
         "ip",
@@ -180,10 +184,16 @@ pub fn tree(pid: i32) -> Vec<i32> {
     all
 }
 
-pub fn signal_tree(init: i32, signal: Signal) {
-    for pid in tree(init) {
+/// Signals the container: its init (only while it is the same process)
+/// and, found from it at this moment, its descendants.
+pub fn signal_tree(init: &ProcessHandle, signal: Signal) {
+    if !init.alive() {
+        return;
+    }
+    for pid in tree(init.pid()).into_iter().skip(1) {
         let _ = kill(Pid::from_raw(pid), signal);
     }
+    init.signal(signal);
 }
 
 /// Whether the container's init exists and is scheduled: not stopped,

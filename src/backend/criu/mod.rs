@@ -20,6 +20,7 @@ mod stop_and_copy;
 use super::{Backend, BackendInfo, Evacuation, ProcessProbe};
 use crate::case::{Case, Strategy};
 use crate::lab::{netns, Lab};
+use crate::pidfd::ProcessHandle;
 use crate::sampler::Pids;
 use anyhow::Result;
 use binary::Criu;
@@ -43,13 +44,13 @@ pub struct OpenVz {
 struct Restored {
     /// `criu restore`, the container's parent in the destination's namespace.
     restore: Child,
-    init: i32,
+    init: ProcessHandle,
 }
 
 impl Restored {
     /// The container and its `criu restore` parent go.
     fn kill(mut self) {
-        container::signal_tree(self.init, Signal::SIGKILL);
+        container::signal_tree(&self.init, Signal::SIGKILL);
         let _ = self.restore.kill();
         let _ = self.restore.wait();
     }
@@ -94,7 +95,7 @@ impl Backend for OpenVz {
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         let root = container::prepare_root(lab)?;
         let started = container::start(lab, &root, case.link.mtu, agent_args)?;
-        self.inits.lock().unwrap()[0] = Some(started.init);
+        self.inits.lock().unwrap()[0] = Some(started.init.pid());
         self.root = Some(root);
         self.source = Some(started);
         Ok(())
@@ -131,7 +132,7 @@ impl Backend for OpenVz {
     fn running_on_source(&self) -> bool {
         self.source
             .as_ref()
-            .is_some_and(|s| container::is_running(s.init))
+            .is_some_and(|s| container::is_running(s.init.pid()))
     }
 
     /// The restored container, with `criu restore` as its anchor, is the
@@ -141,7 +142,7 @@ impl Backend for OpenVz {
             .destination
             .take()
             .ok_or_else(|| anyhow::anyhow!("no container was restored on the destination"))?;
-        *self.inits.lock().unwrap() = [Some(restored.init), None];
+        *self.inits.lock().unwrap() = [Some(restored.init.pid()), None];
         self.source = Some(container::Started {
             anchor: restored.restore,
             init: restored.init,
@@ -174,7 +175,7 @@ impl Backend for OpenVz {
 impl Drop for OpenVz {
     fn drop(&mut self) {
         if let Some(mut s) = self.source.take() {
-            container::signal_tree(s.init, Signal::SIGKILL);
+            container::signal_tree(&s.init, Signal::SIGKILL);
             let _ = s.anchor.kill();
             let _ = s.anchor.wait();
         }

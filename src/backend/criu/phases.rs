@@ -166,14 +166,14 @@ pub(super) fn restore(
         .spawn()
         .map_err(|e| format!("starting criu restore: {e}"))?;
     let restored =
-        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?.pid())));
+        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
     match restored {
         Ok((stats, init)) => Ok((Restored { restore, init }, stats)),
         Err(why) => {
             // The container's init, while `criu restore` (its parent) has
             // not been reaped and so cannot have lost it.
             if let Ok(init) = read_pid(&pidfile) {
-                container::signal_tree(init.pid(), Signal::SIGKILL);
+                container::signal_tree(&init, Signal::SIGKILL);
             }
             let _ = restore.kill();
             let _ = restore.wait();
@@ -229,14 +229,14 @@ fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String
 
 /// The restored container is the guest now; the sampler follows it.
 pub(super) fn adopt(vz: &mut OpenVz, restored: Restored) {
-    vz.inits.lock().unwrap()[1] = Some(restored.init);
+    vz.inits.lock().unwrap()[1] = Some(restored.init.pid());
     vz.destination = Some(restored);
 }
 
 /// The container runs on the destination for good: the source's goes.
 pub(super) fn retire_source(vz: &mut OpenVz) {
     if let Some(mut s) = vz.source.take() {
-        container::signal_tree(s.init, Signal::SIGKILL);
+        container::signal_tree(&s.init, Signal::SIGKILL);
         crate::sh::wait_exit(&mut s.anchor, SOURCE_EXIT_TIMEOUT);
     }
     vz.inits.lock().unwrap()[0] = None;
@@ -244,12 +244,14 @@ pub(super) fn retire_source(vz: &mut OpenVz) {
 
 /// A failed evacuation: the destination's copy goes, if there is one, and
 /// the source's tasks, stopped since the dump, run again.
-pub(super) fn roll_back(vz: &mut OpenVz, source: i32) {
+pub(super) fn roll_back(vz: &mut OpenVz) {
     if let Some(d) = vz.destination.take() {
         d.kill();
     }
     vz.inits.lock().unwrap()[1] = None;
-    container::signal_tree(source, Signal::SIGCONT);
+    if let Some(s) = &vz.source {
+        container::signal_tree(&s.init, Signal::SIGCONT);
+    }
 }
 
 /// The small images reach the destination through the shared storage.

@@ -78,7 +78,7 @@ pub(super) fn evacuate(
     let source = vz
         .source
         .as_ref()
-        .map(|s| s.init)
+        .map(|s| s.init.pid())
         .ok_or("no container was provisioned")?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
@@ -135,7 +135,7 @@ pub(super) fn evacuate(
     let fail = |vz: &mut OpenVz, dump: &mut std::process::Child, clock: &Clock, why: String| {
         let _ = dump.kill();
         let _ = dump.wait();
-        phases::roll_back(vz, source);
+        phases::roll_back(vz);
         clock.reason(why)
     };
     if let Err(why) = wait_ready(ready, &mut dump, &clock) {

@@ -38,7 +38,7 @@ pub(super) fn evacuate(
     let source = vz
         .source
         .as_ref()
-        .map(|s| s.init)
+        .map(|s| s.init.pid())
         .ok_or("no container was provisioned")?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
@@ -121,25 +121,25 @@ pub(super) fn evacuate(
         let _ = dump.wait();
         page_server.kill();
         // CRIU resumes the tasks of a failed dump; a killed one cannot.
-        phases::roll_back(vz, source);
+        phases::roll_back(vz);
         return Err(clock.reason(why));
     }
     let mut out = String::new();
     if let Err(e) = std::io::Read::read_to_string(&mut dump.stdout.take().unwrap(), &mut out) {
-        phases::roll_back(vz, source);
+        phases::roll_back(vz);
         return Err(format!("reading criu dump's statistics: {e}"));
     }
     let dump_stats = Stats::parse(&out);
 
     if let Err(why) = copy_images(&images, &dest) {
-        phases::roll_back(vz, source);
+        phases::roll_back(vz);
         return Err(why);
     }
     progress("restoring the container on the destination");
     let (restored, restore_stats) = match phases::restore(vz, lab, &dest, &[], &mut clock) {
         Ok(r) => r,
         Err(why) => {
-            phases::roll_back(vz, source);
+            phases::roll_back(vz);
             return Err(clock.reason(why));
         }
     };
