@@ -69,7 +69,8 @@ impl Session {
                 case,
                 &result.runs,
                 &stored.as_deref().map(baseline).unwrap_or_default(),
-            );
+            )
+            .measured_beside(result.provenance.beside.clone());
             Ok(Arc::new(Judged {
                 result,
                 verdict,

@@ -5,6 +5,7 @@ use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{RunMeasurement, Unit};
 use crate::metrics::METRICS;
+use crate::neighbours::Neighbours;
 use crate::stats::Summary;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -45,6 +46,19 @@ pub struct Verdict {
     pub failures: Vec<String>,
     /// What was expected, e.g. "bounds on worst of 3 runs, gated metrics against the baseline".
     pub expectation: String,
+    /// What else was busy on the machine meanwhile: a change the gate
+    /// flags may then be the machine's rather than the code's.
+    pub beside: Neighbours,
+}
+
+impl Verdict {
+    /// The verdict of runs measured beside `neighbours`.
+    pub fn measured_beside(self, neighbours: Neighbours) -> Verdict {
+        Verdict {
+            beside: neighbours,
+            ..self
+        }
+    }
 }
 
 /// The case's runs against its expectation, its bounds and, for a case
@@ -86,6 +100,7 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
         gates,
         failures,
         expectation,
+        beside: Neighbours::default(),
     }
 }
 
@@ -202,6 +217,14 @@ impl fmt::Display for Verdict {
         for line in &self.failures {
             write!(f, "\n  {line}")?;
         }
+        if !self.passed && !self.beside.0.is_empty() {
+            write!(
+                f,
+                "\n  measured beside {}: a change may be the machine's, not the code's; \
+                 rerun on a quiet machine before believing it",
+                self.beside
+            )?;
+        }
         Ok(())
     }
 }
@@ -305,6 +328,23 @@ mod tests {
         assert!(v.to_string().ends_with(
             "\n  run 2: migration failed: timed out after 25000 ms (source still running)"
         ));
+    }
+
+    #[test]
+    fn a_failure_measured_beside_a_busy_neighbour_says_so() {
+        use crate::neighbours::Neighbour;
+        let busy = Neighbours(vec![Neighbour {
+            pid: 7,
+            command: "rustc".into(),
+            cpu_pct: 56.0,
+        }]);
+        let failed_verdict = judge(&case(), &[], &Baseline::new()).measured_beside(busy.clone());
+        assert!(failed_verdict.to_string().ends_with(
+            "measured beside rustc (pid 7) 56 % of a core: a change may be the machine's, not the \
+             code's; rerun on a quiet machine before believing it"
+        ));
+        let passed = judge(&case(), &[run(2000.0, 100.0)], &Baseline::new()).measured_beside(busy);
+        assert!(!passed.to_string().contains("measured beside"));
     }
 
     #[test]
