@@ -49,6 +49,10 @@ enum Command {
         /// Only cases whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Runs per case instead of the suites' `repeat` (1 to 100), e.g. a
+        /// quicker pass over a long lab-tier suite.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: Option<u32>,
         /// Where the JSON report of each suite goes.
         #[arg(long, default_value = "target/migsuite/reports")]
         report_dir: PathBuf,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Run {
             paths,
             filter,
+            repeat,
             report_dir,
         } => cases(&paths).map(|cases| {
             let selected: Vec<Case> = cases
@@ -87,6 +92,10 @@ fn main() -> ExitCode {
                     filter
                         .as_ref()
                         .is_none_or(|f| c.name().contains(f.as_str()))
+                })
+                .map(|c| Case {
+                    repeat: repeat.unwrap_or(c.repeat),
+                    ..c
                 })
                 .collect();
             run(&selected, &report_dir)
