@@ -12,7 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use migsuite::backend;
 use migsuite::case::{Case, Tier};
 use migsuite::report::json::{CaseReport, RunReport};
-use migsuite::report::{case_snapshot, case_table, suite_table};
+use migsuite::report::{case_snapshot, case_table, study_table, suite_table};
 use migsuite::session::Session;
 use std::path::Path;
 
@@ -85,6 +85,9 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
             return Ok(());
         }
         eprintln!("{}", suite_table(&suite, &results));
+        if let Some(study) = study_table(&results) {
+            eprintln!("{study}");
+        }
         let path = report
             .write(Path::new("target/migsuite/reports"))
             .map_err(|e| e.to_string())?;

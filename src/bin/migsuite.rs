@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use migsuite::backend;
 use migsuite::case::{Case, Expect, LinkSpec};
 use migsuite::lab::{calibration, Lab};
-use migsuite::report::{case_table, suite_table, CaseReport, RunReport};
+use migsuite::report::{case_table, study_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
 use migsuite::suite;
 use std::path::{Path, PathBuf};
@@ -190,6 +190,9 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
         }
         if !rows.is_empty() {
             println!("{}\n", suite_table(suite, &rows));
+        }
+        if let Some(study) = study_table(&rows) {
+            println!("{study}\n");
         }
         if !report.cases.is_empty() {
             match report.write(report_dir) {

@@ -6,9 +6,11 @@ pub(crate) mod fixtures;
 pub mod json;
 pub mod results;
 pub mod snapshot;
+pub mod study;
 pub mod table;
 
 pub use json::{CaseReport, RunReport};
 pub use results::{case_table, suite_table};
 pub use snapshot::{baseline, case_snapshot, snap_body};
+pub use study::study_table;
 pub use table::{Cell, Table};
