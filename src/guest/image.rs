@@ -68,15 +68,7 @@ impl GuestImage {
         if !extra_modules.is_empty() {
             hash.update(extra_modules.join(",").as_bytes());
         }
-        let key: String = hash
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let initrd = artifacts_dir()
-            .join("cache")
-            .join(format!("initrd-{key}.cpio.gz"));
+        let initrd = cached("initrd", hash);
         if !initrd.exists() {
             fs::create_dir_all(initrd.parent().unwrap())?;
             let tmp = initrd.with_extension("tmp");
@@ -164,4 +156,18 @@ fn write_initramfs(
     cpio.file("etc/modules.order", 0o644, order.as_bytes())?;
     cpio.finish()?.finish()?.flush()?;
     Ok(())
+}
+
+/// Where an image built from what `hash` has seen is kept:
+/// `<artifacts>/cache/<name>-<first 8 bytes of the hash, hex>.cpio.gz`.
+pub fn cached(name: &str, hash: Sha256) -> PathBuf {
+    let key: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    artifacts_dir()
+        .join("cache")
+        .join(format!("{name}-{key}.cpio.gz"))
 }

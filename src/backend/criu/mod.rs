@@ -77,6 +77,14 @@ impl OpenVz {
         })
     }
 
+    /// The host pid of the container to evacuate.
+    fn source_pid(&self) -> Result<i32, String> {
+        self.source
+            .as_ref()
+            .map(|s| s.init.pid())
+            .ok_or_else(|| "no container was provisioned".into())
+    }
+
     /// Why this host cannot migrate with `strategy`; None if it can. (Which
     /// strategies the backend offers at all is checked when suites load.)
     fn refusal(&self, strategy: Strategy) -> Option<String> {

@@ -35,11 +35,7 @@ pub(super) fn evacuate(
     case: &Case,
     progress: &dyn Fn(&str),
 ) -> Result<Evacuation, String> {
-    let source = vz
-        .source
-        .as_ref()
-        .map(|s| s.init.pid())
-        .ok_or("no container was provisioned")?;
+    let source = vz.source_pid()?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
     let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);

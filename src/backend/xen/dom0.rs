@@ -5,7 +5,7 @@
 //! runner drives `xl`.
 
 use crate::guest::cpio::Newc;
-use crate::guest::image::{artifacts_dir, load_order, GuestImage};
+use crate::guest::image::{artifacts_dir, cached, load_order, GuestImage};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -203,15 +203,7 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     hash.update(fs::read(&guest.initrd)?);
     hash.update(guest.kernel_release.as_bytes());
     hash.update(&busybox);
-    let key: String = hash
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let out = artifacts_dir()
-        .join("cache")
-        .join(format!("xen-dom0-{key}.cpio.gz"));
+    let out = cached("xen-dom0", hash);
     if out.exists() {
         return Ok(out);
     }
