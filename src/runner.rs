@@ -6,8 +6,9 @@
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
+use crate::lab::libvirtd;
 use crate::lab::netns;
-use crate::lab::network::{GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
+use crate::lab::network::{self, GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
 use crate::lab::{calibration, link};
 use crate::measure::{
@@ -111,15 +112,23 @@ fn summary_line(run: &RunMeasurement) -> String {
 
 fn agent_args(case: &Case, dirty_rate_mib_s: u32) -> String {
     let w = &case.workload;
+    // The hosts' libvirtd (no authentication) on every address they have:
+    // the agent checks that none is reachable from the guest.
+    let probe: Vec<String> = (0..2)
+        .flat_map(|i| [network::management_addr(i), network::link_addr(i)])
+        .map(|addr| format!("{addr}:{}", libvirtd::LIBVIRTD_PORT))
+        .collect();
     format!(
         "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={OBSERVER_ADDR}:{} migsuite.mtu={} \
-         migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={}",
+         migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={} \
+         migsuite.probe={}",
         wire::OBSERVER_PORT,
         case.link.mtu,
         w.dirty_mib,
         dirty_rate_mib_s,
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
+        probe.join(","),
     )
 }
 
@@ -151,6 +160,13 @@ fn run_in(
     backend.provision(lab, case, &agent_args(case, dirty_rate))?;
     let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
     backend.check_guest(&hello)?;
+    match hello.get("control_plane_reached").map(String::as_str) {
+        Some("none") => {}
+        reached => anyhow::bail!(
+            "the guest reached the lab's control plane (libvirtd without authentication): {}",
+            reached.unwrap_or("the agent did not say (an older agent?)")
+        ),
+    }
     let info = backend.info().clone();
     let calibration = Calibration {
         mtu: case.link.mtu,

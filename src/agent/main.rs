@@ -14,7 +14,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,8 +83,9 @@ fn run() -> Result<(), String> {
     let observer: SocketAddr = get("observer")?.parse().map_err(|e| format!("migsuite.observer: {e}"))?;
     let data_to = SocketAddr::new(observer.ip(), wire::DATA_PORT);
     let (dirty_mib, dirty_rate) = (num("dirty_mib")?, num("dirty_rate")?);
+    let reached = control_plane_reached(get("probe")?, observer.ip());
     let hello = wire::encode_hello(&format!(
-        "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\ndirty_capacity_mib_s={:.0}\n",
+        "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\ndirty_capacity_mib_s={:.0}\ncontrol_plane_reached={}\n",
         if in_container { "container" } else { "vm" },
         driver_of("/sys/class/net/eth0/device"),
         // A container sees the host's block devices, not disks of its own.
@@ -92,6 +93,7 @@ fn run() -> Result<(), String> {
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         load_errors.len(),
         dirty_capacity_mib_s(dirty_mib.clamp(1, 64) as usize),
+        if reached.is_empty() { "none".to_string() } else { reached.join(",") },
     ));
 
     let passes = Arc::new(AtomicU64::new(0));
@@ -106,6 +108,27 @@ fn run() -> Result<(), String> {
         std::thread::spawn(move || send_stream(&sock, data_to, pkt_size, pkt_rate));
     }
     heartbeat(observer, &hello, &passes, &errors)
+}
+
+/// Tries to reach the lab's control plane (`targets`: comma-separated
+/// address:port, e.g. the hosts' libvirtd) as a hostile guest would: with a
+/// route to each through `via`, the one router-like address it knows. The
+/// routes go again afterwards. Returns the targets that accepted.
+fn control_plane_reached(targets: &str, via: IpAddr) -> Vec<String> {
+    let targets: Vec<SocketAddr> = targets.split(',').filter_map(|t| t.parse().ok()).collect();
+    let host = |t: &SocketAddr| format!("{}/32", t.ip());
+    for t in &targets {
+        let _ = sh(&["ip", "route", "add", &host(t), "via", &via.to_string()]);
+    }
+    let reached = targets
+        .iter()
+        .filter(|t| TcpStream::connect_timeout(t, Duration::from_millis(300)).is_ok())
+        .map(|t| t.to_string())
+        .collect();
+    for t in &targets {
+        let _ = sh(&["ip", "route", "del", &host(t)]);
+    }
+    reached
 }
 
 /// Every millisecond, on an absolute schedule so that a stall shows as a gap

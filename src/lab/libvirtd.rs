@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LIBVIRTD_PORT: u16 = 16509;
+pub const LIBVIRTD_PORT: u16 = 16509;
 /// Directories libvirt keeps state in; each host gets its own copy.
 const STATE_DIRS: [&str; 5] = [
     "/run/libvirt",
