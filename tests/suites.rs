@@ -56,7 +56,10 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
             "{}\n{verdict}",
             case_table(&case, &result.provenance, &result.runs)
         );
-        let text = case_snapshot(verdict, &result.provenance, judged.stored.as_deref());
+        // MIGSUITE_REBASELINE=1: the new runs become the baseline.
+        let rebaseline = std::env::var_os("MIGSUITE_REBASELINE").is_some_and(|v| v == "1");
+        let stored = judged.stored.as_deref().filter(|_| !rebaseline);
+        let text = case_snapshot(verdict, &result.provenance, stored);
         let snapshot = assert_snapshot(&case.slug(), text);
         if !verdict.passed {
             return Err(verdict.to_string().into());
