@@ -20,7 +20,7 @@ pub struct Gate {
     pub metric: &'static str,
     pub unit: Unit,
     pub new: Estimate,
-    /// None: no baseline stored yet.
+    /// None: no baseline stored yet, or too few runs to compare.
     pub comparison: Option<Comparison>,
 }
 
@@ -139,6 +139,11 @@ fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
         .collect()
 }
 
+/// Fewer runs say nothing of their spread: a single run's interval has no
+/// width, and a metric whose first run differs (peak memory after boot)
+/// would be flagged for that alone.
+const MIN_COMPARED_RUNS: usize = 3;
+
 fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate> {
     METRICS
         .iter()
@@ -151,6 +156,7 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
                 new: Estimate::of(&values)?,
                 comparison: baseline
                     .get(m.label)
+                    .filter(|_| values.len() >= MIN_COMPARED_RUNS)
                     .and_then(|b| compare(*b, &values, m.better, threshold)),
             })
         })
@@ -211,7 +217,20 @@ impl fmt::Display for Verdict {
                     c.noise_threshold_pct,
                     c.change
                 )?,
-                None => write!(f, "\n  {:<24}new {} [{}, {}] n={}: no baseline stored", g.metric, fmt(g.new.median), fmt(g.new.lo), fmt(g.new.hi), g.new.n)?,
+                None => write!(
+                    f,
+                    "\n  {:<24}new {} [{}, {}] n={}: {}",
+                    g.metric,
+                    fmt(g.new.median),
+                    fmt(g.new.lo),
+                    fmt(g.new.hi),
+                    g.new.n,
+                    if g.new.n < MIN_COMPARED_RUNS {
+                        "too few runs to compare with the baseline (at least 3)"
+                    } else {
+                        "no baseline stored"
+                    }
+                )?,
             }
         }
         for line in &self.failures {

@@ -21,7 +21,9 @@ pub(super) fn problem(text: &str) -> Option<(Location, String)> {
             line.strip_prefix(m)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         });
-        if marker && content_seen {
+        // A directive (`%YAML`, `%TAG`) after content begins another document too.
+        let directive = line.starts_with('%');
+        if (marker || directive) && content_seen {
             return Some((
                 at(1),
                 "a second YAML document starts here; a suite file holds one document \
@@ -82,6 +84,8 @@ mod tests {
         assert_eq!(at("name: x\n---\nname: y\n"), Some((2, 1)));
         assert_eq!(at("name: x\n...\n"), Some((2, 1)));
         assert_eq!(at("name: x\n---x\n"), None);
+        assert_eq!(at("%YAML 1.2\n---\nname: x\n"), None);
+        assert_eq!(at("name: x\n%YAML 1.2\n"), Some((2, 1)));
     }
 
     #[test]
