@@ -226,9 +226,9 @@ impl fmt::Display for Verdict {
                     fmt(g.new.hi),
                     g.new.n,
                     if g.new.n < MIN_COMPARED_RUNS {
-                        "too few runs to compare with the baseline (at least 3)"
+                        format!("too few runs to compare with the baseline (at least {MIN_COMPARED_RUNS})")
                     } else {
-                        "no baseline stored"
+                        "no baseline stored".to_string()
                     }
                 )?,
             }
