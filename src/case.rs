@@ -175,6 +175,36 @@ pub struct MigrationSpec {
     pub strategy: Strategy,
     pub max_downtime_ms: u64,
     pub timeout_ms: u64,
+    pub topology: Topology,
+}
+
+/// Where the guest goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// From the source lab host to the destination lab host, over the
+    /// migration link: what every row can do.
+    #[default]
+    TwoHosts,
+    /// Source and destination VM on one host, as the study ran them; the
+    /// stream never leaves that host.
+    OneHost,
+}
+
+impl Topology {
+    /// As suites write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::TwoHosts => "two-hosts",
+            Topology::OneHost => "one-host",
+        }
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Sabotage injected during the migration, for the failure paths.

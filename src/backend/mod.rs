@@ -165,6 +165,13 @@ pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
     }
 }
 
+/// Whether `hypervisor` can migrate a guest to the host it runs on (the
+/// study's set-up): `xl migrate` can; libvirt refuses a destination that is
+/// its source, and a CRIU restore needs the container's pids free.
+pub fn runs_on_one_host(h: Hypervisor) -> bool {
+    matches!(h, Hypervisor::XenPv | Hypervisor::XenHvm)
+}
+
 /// Whether `hypervisor` migrating by `strategy` takes a downtime limit
 /// (QEMU's `downtime-limit`); `xl migrate` and CRIU have none.
 pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool {
@@ -176,7 +183,7 @@ pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool 
 /// that no case is measured beside it.
 pub fn release_unneeded(case: &Case) {
     if !matches!(case.hypervisor, Hypervisor::XenPv | Hypervisor::XenHvm) {
-        xen::shutdown_shared_host();
+        xen::shutdown_shared_hosts();
     }
 }
 

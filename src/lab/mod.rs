@@ -31,6 +31,8 @@ pub struct Host {
     /// Which of the two hosts this is: "a" or "b" (the role, source or
     /// destination, changes as the guest moves back and forth).
     pub name: &'static str,
+    /// 0 for "a", 1 for "b": what addresses and nested hosts are numbered by.
+    pub index: u8,
     /// Its address on the migration link.
     pub link_addr: Ipv4Addr,
     // Declaration order is drop order: the daemon stops before its namespace goes.
@@ -69,6 +71,7 @@ impl Lab {
             )?;
             Ok(Host {
                 name,
+                index,
                 link_addr: network::link_addr(index),
                 libvirtd,
                 netns: ns,
@@ -108,6 +111,15 @@ impl Lab {
     /// Runs `f` where the runner sits on the lab's switch.
     pub fn on_lan<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         self.switch.enter(f)
+    }
+
+    /// Lab host `index` ("a" is 0, "b" is 1), whatever its role now.
+    pub fn host(&self, index: u8) -> &Host {
+        if self.source.index == index {
+            &self.source
+        } else {
+            &self.destination
+        }
     }
 
     /// After a migration: the destination is where the guest now runs, and

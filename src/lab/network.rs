@@ -41,6 +41,50 @@ pub fn link_addr(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 251, 0, 1 + index)
 }
 
+/// The network of the nested host behind lab host `index` (a Xen host's
+/// dom0): the lab host routes it over the migration link.
+pub fn nested_net(index: u8) -> String {
+    format!("10.252.{index}.0/{PREFIX_LEN}")
+}
+
+/// The lab host's address on `nested_net(index)`: the nested host's gateway.
+pub fn nested_gateway(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 252, index, 1)
+}
+
+/// The nested host's own address on `nested_net(index)`.
+pub fn nested_addr(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 252, index, 2)
+}
+
+/// Makes lab host `index` the router between its nested host (behind
+/// `dev`) and the other host's, over the migration link. Forwarding is on
+/// for `dev` and the link only: a host still routes nothing for br0, so a
+/// guest reaches neither the hosts nor the nested hosts' dom0s.
+pub fn route_nested(host: &Netns, index: u8, dev: &str) -> Result<()> {
+    address(host, dev, nested_gateway(index))?;
+    let peer = 1 - index;
+    host.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            &nested_net(peer),
+            "via",
+            &link_addr(peer).to_string(),
+            "dev",
+            LINK_DEV,
+        ],
+    )?;
+    for d in [dev, LINK_DEV] {
+        host.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{d}.forwarding=1")],
+        )?;
+    }
+    Ok(())
+}
+
 /// Builds the three networks between `switch` and the two `hosts`.
 pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
     let mtu = link.mtu.to_string();

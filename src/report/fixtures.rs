@@ -31,6 +31,7 @@ pub(crate) fn case() -> Case {
             strategy: Strategy::Precopy,
             max_downtime_ms: 300,
             timeout_ms: 25_000,
+            topology: Topology::TwoHosts,
         },
         faults: Faults::default(),
         repeat: 3,

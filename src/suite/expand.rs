@@ -4,12 +4,13 @@
 use super::locate::FieldPath;
 use super::model::{
     AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, NoiseDef,
-    Override, SamplingDef, StrategyDef, Suite, TierDef, WorkloadDef,
+    Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, WorkloadDef,
 };
 use super::scalar::{Ident, Mtu};
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
-    LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
+    LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
+    Workload,
 };
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -87,6 +88,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     (h, mtu, name),
                     &migration,
                 )?;
+                check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
@@ -317,6 +319,44 @@ fn check_strategy(
     })
 }
 
+/// Only a backend that can run both ends on one host takes `one-host`; the
+/// error points at the override or the suite key that asked for it.
+fn check_topology(
+    matrix: &Matrix,
+    overrides: &[Override],
+    (h, mtu, workload): (usize, Mtu, &Ident),
+    migration: &MigrationDef,
+) -> Result<(), Invalid> {
+    let hypervisor = matrix.hypervisor[h];
+    let topology: Topology = migration.topology.map_or(Topology::TwoHosts, Into::into);
+    if topology == Topology::TwoHosts || crate::backend::runs_on_one_host(hypervisor.0) {
+        return Ok(());
+    }
+    let path = overrides
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && o.migration.topology.is_some())
+        .map_or_else(
+            || FieldPath::default().key("migration").key("topology"),
+            |(i, _)| {
+                FieldPath::default()
+                    .key("overrides")
+                    .index(i)
+                    .key("migration")
+                    .key("topology")
+            },
+        );
+    Err(Invalid {
+        path,
+        message: format!(
+            "{hypervisor} cannot migrate to the host it runs on (libvirt and CRIU refuse a \
+             destination that is the source); only xen-pv and xen-hvm take `one-host`: give it \
+             to them with an override (`when: {{ hypervisor: xen-pv }}`)"
+        ),
+    })
+}
+
 /// The dirtied memory has to fit in the guest next to its kernel.
 fn check_fit(workloads: &BTreeMap<Ident, WorkloadDef>, memory_mib: u32) -> Result<(), Invalid> {
     for (name, def) in workloads {
@@ -367,6 +407,7 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
         strategy: def.strategy.map_or(Strategy::Precopy, Into::into),
         max_downtime_ms: def.max_downtime.map_or(MAX_DOWNTIME_MS, |d| d.0.whole_ms()),
         timeout_ms: def.timeout.map_or(TIMEOUT_MS, |d| d.0.whole_ms()),
+        topology: def.topology.map_or(Topology::TwoHosts, Into::into),
     }
 }
 
@@ -432,6 +473,15 @@ impl From<StrategyDef> for Strategy {
             StrategyDef::Postcopy => Strategy::Postcopy,
             StrategyDef::AutoConverge => Strategy::AutoConverge,
             StrategyDef::StopAndCopy => Strategy::StopAndCopy,
+        }
+    }
+}
+
+impl From<TopologyDef> for Topology {
+    fn from(t: TopologyDef) -> Self {
+        match t {
+            TopologyDef::TwoHosts => Topology::TwoHosts,
+            TopologyDef::OneHost => Topology::OneHost,
         }
     }
 }

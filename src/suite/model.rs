@@ -128,12 +128,13 @@ keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`"
+    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`, `topology`"
 )]
 pub(super) struct MigrationDef {
     pub strategy: Option<StrategyDef>,
     pub max_downtime: Option<DowntimeLimit>,
     pub timeout: Option<Timeout>,
+    pub topology: Option<TopologyDef>,
 }
 
 impl MigrationDef {
@@ -143,9 +144,15 @@ impl MigrationDef {
             strategy: self.strategy.or(base.strategy),
             max_downtime: self.max_downtime.or(base.max_downtime),
             timeout: self.timeout.or(base.timeout),
+            topology: self.topology.or(base.topology),
         }
     }
 }
+
+keyword_enum!(TopologyDef("topology") {
+    TwoHosts = "two-hosts",
+    OneHost = "one-host",
+});
 
 keyword_enum!(StrategyDef("strategy") {
     Precopy = "precopy",

@@ -4,7 +4,7 @@
 use super::*;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Expect, FailureSpec, Faults, GuestSpec, Hypervisor, LinkSpec,
-    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Workload,
+    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology, Workload,
 };
 use rstest::rstest;
 
@@ -116,6 +116,10 @@ failure: { kind: warned, after: 3s }
 #[case::strategy_by_override(
     "strategy-by-override.yaml:9:28: overrides[0].migration.strategy: ",
     &["xen-pv cannot migrate by postcopy", "offers precopy"],
+)]
+#[case::one_host_for_kvm(
+    "one-host-for-kvm.yaml:10:28: overrides[1].migration.topology: ",
+    &["kvm-pv cannot migrate to the host it runs on", "only xen-pv and xen-hvm"],
 )]
 #[case::downtime_limit_for_xen(
     "downtime-limit-for-xen.yaml:7:32: overrides[0].migration.max_downtime: ",
@@ -246,6 +250,7 @@ fn ci_suite_expands_to_the_documented_case() {
                 strategy: Strategy::Precopy,
                 max_downtime_ms: 300,
                 timeout_ms: 90_000,
+                topology: Topology::TwoHosts,
             },
             faults: Faults::default(),
             repeat: 5,
@@ -348,7 +353,8 @@ fn defaults_fill_everything_left_out() {
         MigrationSpec {
             strategy: Strategy::Precopy,
             max_downtime_ms: 300,
-            timeout_ms: 120_000
+            timeout_ms: 120_000,
+            topology: Topology::TwoHosts,
         }
     );
     assert_eq!(case.faults, Faults::default());

@@ -135,14 +135,33 @@ pv -f -n -b -i 1 <&4 2>$d/recv.bytes | xl -vvv migrate-receive 2> >(stamp > $d/r
 wait $!
 "#;
 
-/// Runs one migration of x0 to the same host, foreground; kills the
-/// receiver at `$1` s (timeout) or at `$2` ms (fault; "-" for none).
-/// Prints key=value lines: xl's exit status, elapsed time, stream bytes.
-const MIGRATE: &str = r#"#!/bin/bash
-timeout_s=$1; kill_ms=$2
+/// The destination's side of a migration from another Xen host: one
+/// connection on port `$1`, served by migsuite-recv. Returns once the port
+/// listens.
+const LISTEN: &str = r#"#!/bin/bash
 d=/run/migsuite; rm -rf $d; mkdir -p $d
-stamp() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
-# The receiver and everything it started (xl migrate-receive, tee, wc).
+setsid nc -l -p "$1" -e /usr/local/sbin/migsuite-recv </dev/null >/dev/null 2>$d/listen.err &
+echo $! > $d/recv.pid
+# nc listens on a dual-stack socket: tcp6.
+port=$(printf ':%04X ' "$1")
+for i in $(seq 50); do grep -qs "$port" /proc/net/tcp /proc/net/tcp6 && exit 0; sleep 0.1; done
+echo "nothing listens on port $1: $(cat $d/listen.err)"; exit 1
+"#;
+
+/// What `xl migrate` runs on the source to reach another Xen host's
+/// migsuite-listen (`$1` address, `$2` port); killing it cuts the stream.
+/// pv relays both ways in large reads (busybox nc's 1 KiB ones held the
+/// stream under 1 MiB/s in nested dom0).
+const SEND_TO: &str = r#"#!/bin/bash
+echo $$ > /run/migsuite/recv.pid
+exec 3<>"/dev/tcp/$1/$2" || exit 1
+pv -q <&3 &
+exec pv -q >&3
+"#;
+
+/// Kills the receiving end of this dom0's migration (migsuite-recv or
+/// migsuite-send-to) and everything it started.
+const KILL_RECEIVER: &str = r#"#!/bin/bash
 killtree() {
   local s pid comm state ppid rest
   for s in /proc/[0-9]*/stat; do
@@ -151,7 +170,19 @@ killtree() {
   done
   kill -9 "$1" 2>/dev/null
 }
-killrecv() { [ -s $d/recv.pid ] || return; echo "$1" > $d/$1; killtree "$(cat $d/recv.pid)"; }
+[ -s /run/migsuite/recv.pid ] && killtree "$(cat /run/migsuite/recv.pid)"
+exit 0
+"#;
+
+/// Runs one migration of x0, foreground, to this host (no `$3`) or
+/// through the receiver command `$3` (migsuite-send-to ...); kills the
+/// receiver at `$1` s (timeout) or at `$2` ms (fault; "-" for none).
+/// Prints key=value lines: xl's exit status, elapsed time, stream bytes.
+const MIGRATE: &str = r#"#!/bin/bash
+timeout_s=$1; kill_ms=$2; receiver=${3:-/usr/local/sbin/migsuite-recv}
+d=/run/migsuite; rm -rf $d; mkdir -p $d
+stamp() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
+killrecv() { echo "$1" > $d/$1; /usr/local/sbin/migsuite-kill-receiver; }
 if [ "$kill_ms" != "-" ]; then
   ( sleep "$(awk "BEGIN{print $kill_ms/1000}")"; killrecv fault ) >/dev/null 2>&1 &
   fault=$!
@@ -159,17 +190,17 @@ fi
 ( sleep "$timeout_s"; killrecv timedout ) >/dev/null 2>&1 &
 watchdog=$!
 start=$EPOCHREALTIME
-xl -vvv migrate -s "" x0 "/usr/local/sbin/migsuite-recv" 2>&1 </dev/null | stamp > $d/send.log
+xl -vvv migrate -s "" x0 "$receiver" 2>&1 </dev/null | stamp > $d/send.log
 rc=${PIPESTATUS[0]}
 end=$EPOCHREALTIME
 kill $watchdog ${fault:-} 2>/dev/null
-[ "$rc" = 0 ] && for i in $(seq 50); do [ -s $d/recv.bytes ] && break; sleep 0.1; done
+[ "$rc" = 0 ] && [ -z "$3" ] && for i in $(seq 50); do [ -s $d/recv.bytes ] && break; sleep 0.1; done
 echo "rc=$rc"
 echo "start=$start"
 echo "end=$end"
 [ -e $d/timedout ] && echo "timedout=1"
 [ -e $d/fault ] && echo "fault=1"
-echo "bytes=$(tail -n 1 $d/recv.bytes 2>/dev/null)"
+[ -z "$3" ] && echo "bytes=$(tail -n 1 $d/recv.bytes 2>/dev/null)"
 exit 0
 "#;
 
@@ -190,7 +221,16 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
         fs::read("/bin/busybox").context("/bin/busybox missing (install busybox-static)")?;
 
     let mut hash = Sha256::new();
-    for part in [INIT, CTL, VIF_SCRIPT, RECV, MIGRATE] {
+    for part in [
+        INIT,
+        CTL,
+        VIF_SCRIPT,
+        RECV,
+        MIGRATE,
+        LISTEN,
+        SEND_TO,
+        KILL_RECEIVER,
+    ] {
         hash.update(part.as_bytes());
     }
     hash.update(MODULES.join(",").as_bytes());
@@ -237,6 +277,13 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     cpio.file("usr/local/sbin/migsuite-ctl", 0o755, CTL.as_bytes())?;
     cpio.file("usr/local/sbin/migsuite-recv", 0o755, RECV.as_bytes())?;
     cpio.file("usr/local/sbin/migsuite-migrate", 0o755, MIGRATE.as_bytes())?;
+    cpio.file("usr/local/sbin/migsuite-listen", 0o755, LISTEN.as_bytes())?;
+    cpio.file("usr/local/sbin/migsuite-send-to", 0o755, SEND_TO.as_bytes())?;
+    cpio.file(
+        "usr/local/sbin/migsuite-kill-receiver",
+        0o755,
+        KILL_RECEIVER.as_bytes(),
+    )?;
     add_tree(&mut cpio, &root, Path::new(""))?;
     // After the tree: ours wins over the package's files of the same name.
     cpio.file("etc/xen/scripts/vif-migsuite", 0o755, VIF_SCRIPT.as_bytes())?;

@@ -9,15 +9,18 @@
 //! namespace with QEMU. Nothing of it lives in the file system: the command
 //! channel is an abstract unix socket of that namespace.
 //!
-//! Per case, `attach` connects the host to the lab: a veth pair from the
-//! host's namespace (bridged with QEMU's tap) into the lab's source host,
-//! joined to its br0, so dom0's bridge is on the guest LAN. The lab's end goes
-//! with the lab's namespace when the case ends.
+//! There is one per lab host (index 0 behind "a", 1 behind "b"). Per case,
+//! `attach` connects it to its lab host with two veth pairs from the Xen
+//! host's namespace (each bridged there with one of QEMU's taps): dom0's
+//! first NIC joins the lab host's br0 (dom0's xenbr0, and so its domUs, are
+//! on the guest LAN); its second NIC, dom0's own address for migration
+//! streams, is routed by the lab host over the migration link to the other
+//! Xen host. The lab's ends go with the lab's namespaces when the case ends.
 
 use super::dom0;
 use crate::case::LinkSpec;
 use crate::guest::image::{artifacts_dir, GuestImage};
-use crate::lab::network::HOST_BRIDGE;
+use crate::lab::{self, network, network::HOST_BRIDGE};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
@@ -34,6 +37,11 @@ pub const HOST_MEMORY_MIB: u32 = 3072;
 pub const DOM0_MEMORY_MIB: u32 = 1024;
 const TAP: &str = "xtap0";
 const BRIDGE: &str = "xbr0";
+/// QEMU's tap and the bridge of dom0's migration NIC (eth1).
+const MIGRATION_TAP: &str = "xmtap0";
+const MIGRATION_BRIDGE: &str = "xmbr0";
+/// dom0's NIC for migration streams (eth0 is xenbr0's uplink).
+const DOM0_MIGRATION_NIC: &str = "eth1";
 
 /// Longer than any job of the keeper takes (host commands are bounded by
 /// sh::run's own timeout).
@@ -129,15 +137,14 @@ pub struct XenHost {
     pub boot_ms: u64,
     pub xen_version: String,
     pub tools_version: String,
-    /// The lab it is wired to now: (lab source namespace, veth index).
-    attached: Mutex<Option<String>>,
+    /// Which lab host it stands behind (0 or 1): names its addresses.
+    pub index: u8,
     link_seq: AtomicU32,
-    mtu: Mutex<u32>,
 }
 
 impl XenHost {
     /// Boots the Xen host; returns once dom0's command channel answers.
-    pub fn boot(guest: &GuestImage, progress: &dyn Fn(&str)) -> Result<XenHost> {
+    pub fn boot(guest: &GuestImage, index: u8, progress: &dyn Fn(&str)) -> Result<XenHost> {
         let dir = artifacts_dir().join("xen");
         let xen = dir.join("xen");
         anyhow::ensure!(
@@ -160,11 +167,28 @@ impl XenHost {
         keeper.exec("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
         keeper.exec("ip", &["link", "set", TAP, "master", BRIDGE, "up"])?;
         keeper.exec("ip", &["link", "set", BRIDGE, "up"])?;
+        keeper.exec(
+            "ip",
+            &["tuntap", "add", "dev", MIGRATION_TAP, "mode", "tap"],
+        )?;
+        keeper.exec("ip", &["link", "add", MIGRATION_BRIDGE, "type", "bridge"])?;
+        keeper.exec(
+            "ip",
+            &[
+                "link",
+                "set",
+                MIGRATION_TAP,
+                "master",
+                MIGRATION_BRIDGE,
+                "up",
+            ],
+        )?;
+        keeper.exec("ip", &["link", "set", MIGRATION_BRIDGE, "up"])?;
 
-        let ctl_name = format!("migsuite-xen-{}-ctl", std::process::id());
+        let ctl_name = format!("migsuite-xen-{}-{index}-ctl", std::process::id());
         let args: Vec<String> = vec![
             "-name".into(),
-            "migsuite-xen-host".into(),
+            format!("migsuite-xen-host-{index}"),
             "-accel".into(),
             "tcg".into(),
             // qemu64 + SVM/NPT: dom0 boots and Xen reports "HVM: SVM
@@ -193,7 +217,12 @@ impl XenHost {
             "-netdev".into(),
             format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
             "-device".into(),
-            "virtio-net-pci,netdev=n0,mac=52:54:00:e0:00:01".into(),
+            format!("virtio-net-pci,netdev=n0,mac=52:54:00:e0:00:{:02x}", 1 + index),
+            // With its offloads (see `attach`).
+            "-netdev".into(),
+            format!("tap,id=n1,ifname={MIGRATION_TAP},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n1,mac=52:54:00:e1:00:{:02x}", 1 + index),
             "-device".into(),
             "virtio-serial-pci".into(),
             "-chardev".into(),
@@ -203,7 +232,7 @@ impl XenHost {
         ];
         let started = Instant::now();
         progress(&format!(
-            "booting the nested Xen host (QEMU TCG, {HOST_MEMORY_MIB} MiB, 2 vCPUs)"
+            "booting nested Xen host {index} (QEMU TCG, {HOST_MEMORY_MIB} MiB, 2 vCPUs)"
         ));
         let mut child = keeper
             .run(move || {
@@ -335,9 +364,8 @@ impl XenHost {
             boot_ms,
             xen_version: String::new(),
             tools_version: String::new(),
-            attached: Mutex::new(None),
+            index,
             link_seq: AtomicU32::new(0),
-            mtu: Mutex::new(1500),
         };
         let info = host.check("xl info", Duration::from_secs(60))?;
         let field = |k: &str| {
@@ -365,7 +393,7 @@ impl XenHost {
                 .unwrap_or("?")
         );
         progress(&format!(
-            "Xen host up in {} ms: {xen_version}, caps {caps}",
+            "Xen host {index} up in {} ms: {xen_version}, caps {caps}",
             boot_ms
         ));
         Ok(XenHost {
@@ -449,65 +477,140 @@ impl XenHost {
         Ok(a.output)
     }
 
-    /// Wires the host to `lab_source_ns` (the lab's source host: its br0)
-    /// with the case's link: MTU on every hop, offloads as the case says.
-    pub fn attach(&self, lab_source_ns: &str, link: &LinkSpec) -> Result<()> {
+    /// Wires the host to its lab host with the case's link: dom0's xenbr0
+    /// into the host's br0 (the guest LAN), dom0's migration NIC routed by
+    /// the host over the migration link. MTU on every hop; offloads as the
+    /// case says on the LAN. The migration NIC keeps its segmentation
+    /// offloads whatever the case says: a packet costs a nested dom0 about a
+    /// hundred times what it costs a host (every interrupt goes through Xen
+    /// under TCG: 1.8 MiB/s at MTU 1500 without them), so dom0 hands 64 KiB
+    /// segments to the lab host, whose kernel cuts them into MTU-sized
+    /// packets on the wire-like link at a host's cost, as it does for a
+    /// KVM source's QEMU.
+    pub fn attach(&self, lab_host: &lab::Host, link: &LinkSpec) -> Result<()> {
+        anyhow::ensure!(
+            lab_host.index == self.index,
+            "Xen host {} cannot stand behind lab host {}",
+            self.index,
+            lab_host.name
+        );
         let n = self.link_seq.fetch_add(1, Ordering::Relaxed);
-        let (ours, theirs) = (format!("xup{n}"), format!("xen{n}"));
-        let mtu = link.mtu.to_string();
+        let lan = self.uplink(
+            &format!("xup{n}"),
+            &format!("xen{n}"),
+            (TAP, BRIDGE),
+            (lab_host, link.mtu),
+            link.offloads,
+        )?;
+        lab_host
+            .netns
+            .exec("ip", &["link", "set", &lan, "master", HOST_BRIDGE, "up"])?;
+        let stream = self.uplink(
+            &format!("xmup{n}"),
+            &format!("xmig{n}"),
+            (MIGRATION_TAP, MIGRATION_BRIDGE),
+            (lab_host, link.mtu),
+            true,
+        )?;
+        network::route_nested(&lab_host.netns, lab_host.index, &stream)?;
+        let mtu = link.mtu;
+        let (addr, gateway) = (
+            network::nested_addr(self.index),
+            network::nested_gateway(self.index),
+        );
+        let peer_net = network::nested_net(1 - self.index);
+        self.check(
+            &format!(
+                "ip link set eth0 mtu {mtu} && ip link set {bridge} mtu {mtu} && \
+                 ip link set {nic} mtu {mtu} up && ip addr flush dev {nic} && \
+                 ip addr add {addr}/{len} dev {nic} && \
+                 ip route replace {peer_net} via {gateway} dev {nic}",
+                bridge = dom0::BRIDGE,
+                nic = DOM0_MIGRATION_NIC,
+                len = network::PREFIX_LEN,
+            ),
+            Duration::from_secs(20),
+        )?;
+        Ok(())
+    }
+
+    /// A veth pair from `bridge` (with QEMU's `tap`) in the Xen host's
+    /// namespace to `lab_host`, every hop at `mtu`; returns the name of the
+    /// lab host's end.
+    fn uplink(
+        &self,
+        ours: &str,
+        theirs: &str,
+        (tap, bridge): (&str, &str),
+        (lab_host, mtu): (&lab::Host, u32),
+        offloads: bool,
+    ) -> Result<String> {
+        let mtu = mtu.to_string();
         // A previous case's uplink went with its lab's namespace.
         self.keeper.exec(
             "ip",
             &[
                 "link",
                 "add",
-                &ours,
+                ours,
                 "mtu",
                 &mtu,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &theirs,
+                theirs,
                 "mtu",
                 &mtu,
                 "netns",
-                lab_source_ns,
+                &lab_host.netns.name,
             ],
         )?;
-        for dev in [TAP, BRIDGE, ours.as_str()] {
+        for dev in [tap, bridge, ours] {
             self.keeper.exec("ip", &["link", "set", dev, "mtu", &mtu])?;
         }
         self.keeper
-            .exec("ip", &["link", "set", &ours, "master", BRIDGE, "up"])?;
-        crate::sh::run_in(
-            lab_source_ns,
-            "ip",
-            &["link", "set", &theirs, "master", HOST_BRIDGE, "up"],
-        )?;
-        if !link.offloads {
+            .exec("ip", &["link", "set", ours, "master", bridge, "up"])?;
+        if !offloads {
             let off = [
                 "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
             ];
-            for dev in [TAP, ours.as_str()] {
+            for dev in [tap, ours] {
                 let mut a = vec!["-K", dev];
                 a.extend_from_slice(&off);
                 self.keeper.exec("ethtool", &a)?;
             }
-            let mut a = vec!["netns", "exec", lab_source_ns, "ethtool", "-K", &theirs];
+            let mut a = vec!["-K", theirs];
             a.extend_from_slice(&off);
-            crate::sh::run("ip", &a)?;
+            lab_host.netns.exec("ethtool", &a)?;
         }
-        self.check(
-            &format!(
-                "ip link set eth0 mtu {mtu} && ip link set {} mtu {mtu}",
-                dom0::BRIDGE
-            ),
-            Duration::from_secs(20),
-        )?;
-        *self.mtu.lock().unwrap() = link.mtu;
-        *self.attached.lock().unwrap() = Some(lab_source_ns.to_string());
-        Ok(())
+        Ok(theirs.to_string())
+    }
+
+    /// dom0's clock minus the runner's, in seconds, and how far off that
+    /// can be (half the best of a few round trips on the command channel):
+    /// two Xen hosts keep two clocks, set from QEMU's RTC at whole seconds.
+    pub fn clock_offset(&self) -> Result<(f64, f64)> {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..5 {
+            let sent = now();
+            let dom0: f64 = self
+                .check("echo $EPOCHREALTIME", Duration::from_secs(10))?
+                .trim()
+                .parse()
+                .context("dom0's EPOCHREALTIME")?;
+            let received = now();
+            let half_trip = (received - sent) / 2.0;
+            if best.map_or(true, |(_, h)| half_trip < h) {
+                best = Some((dom0 - (sent + half_trip), half_trip));
+            }
+        }
+        best.context("no clock reading")
     }
 
     /// Stops QEMU now (also done by the kernel when the process ends).

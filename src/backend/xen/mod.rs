@@ -1,27 +1,34 @@
-//! xen-pv and xen-hvm: a domU on a nested Xen lab host (QEMU VM running Xen
-//! 4.17 with a dom0 and the xl toolstack), migrated with real `xl migrate`
-//! on that same Xen host, as the study did (`xl migrate -s "" x0 <receiver>`:
-//! the stream goes through a local pipe, not ssh).
+//! xen-pv and xen-hvm: a domU on nested Xen lab hosts (QEMU VMs running Xen
+//! 4.17 with a dom0 and the xl toolstack), migrated with real `xl migrate`.
 //!
-//! The Xen host boots once per process (it takes minutes under TCG) and is
-//! reused by the Xen cases that follow one another: `shared_host`; a case
-//! of another backend stops it first (`backend::release_unneeded`). Per case it is wired to the
-//! case's lab (its dom0 bridge joins the lab source host's br0, with the
-//! case's MTU), so the domU's heartbeats reach the observer like a KVM
-//! guest's.
+//! Topology `two-hosts` (the default, what every row does): one Xen host
+//! behind each lab host; `xl migrate -s "" x0 "migsuite-send-to <dom0 B>"`
+//! sends the stream from dom0 A through lab host a, the migration link
+//! (the case's MTU and rate) and lab host b to dom0 B's migsuite-listen,
+//! which feeds `xl migrate-receive` (no ssh: a TCP connection per
+//! migration). Topology `one-host`: both ends in one Xen host, as the study
+//! ran them (the stream is a pipe in dom0).
+//!
+//! Xen hosts boot once per process (tens of seconds under TCG) and are
+//! reused by the Xen cases that follow one another: `shared_hosts`; a case
+//! of another backend stops them first (`backend::release_unneeded`). Per
+//! case each is wired to its lab host (its dom0 bridge joins the host's br0,
+//! with the case's MTU), so the domU's heartbeats reach the observer like a
+//! KVM guest's.
 
 pub mod dom0;
 pub mod host;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation, ProcessProbe};
-use crate::case::{AccelChoice, Case, Hypervisor};
+use crate::case::{AccelChoice, Case, Hypervisor, Topology};
 use crate::guest::image::GuestImage;
-use crate::lab::Lab;
+use crate::lab::{network, Lab};
 use crate::measure::{Outcome, Phases};
 use crate::sampler::Pids;
 use anyhow::{bail, Context, Result};
 use host::XenHost;
 use std::collections::BTreeMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,8 @@ const DOMAIN_CFG: &str = "/run/x0.cfg";
 /// The domU's MAC: Xen's OUI.
 const GUEST_MAC: &str = "00:16:3e:4d:53:01";
 const XL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where a destination dom0's migsuite-listen takes the stream.
+const MIGRATION_PORT: u16 = 5500;
 
 /// Why xen-hvm does not run here (set MIGSUITE_XEN_HVM=try to try anyway).
 /// Measured: the Xen host has SVM ("HVM: SVM enabled", "HAP detected"),
@@ -41,32 +50,59 @@ pub const HVM_UNSUPPORTED: &str = "xen-hvm: not supported on this lab yet: in th
 the HVM domU's SeaBIOS boots the kernel from the linuxboot option ROM (\"Booting from cb00:003c\") and the domain then \
 shuts down (xl: \"Domain 1 has shut down, reason code 0 0x0\") without printing anything on its serial console";
 
-/// The Xen host of this process, and the dom0 initramfs it booted (what
-/// decides whether it can be reused).
-static HOST: Mutex<Option<(std::path::PathBuf, Arc<XenHost>)>> = Mutex::new(None);
+/// The Xen hosts of this process, by lab host index, each with the dom0
+/// initramfs it booted (what decides whether it can be reused).
+#[allow(clippy::type_complexity)]
+static HOSTS: Mutex<[Option<(std::path::PathBuf, Arc<XenHost>)>; 2]> = Mutex::new([None, None]);
 
-/// The booted Xen host for `guest`, booting it if there is none yet (or it
-/// died, or it carries another guest image).
-pub fn shared_host(guest: &GuestImage, progress: &dyn Fn(&str)) -> Result<Arc<XenHost>> {
-    let mut slot = HOST.lock().unwrap_or_else(|p| p.into_inner());
+/// The booted Xen hosts `indexes` for `guest`, booting (side by side) those
+/// that are missing, died or carry another guest image; the others are
+/// stopped, so that no case runs beside an idle Xen host.
+pub fn shared_hosts(guest: &GuestImage, indexes: &[u8]) -> Result<Vec<Arc<XenHost>>> {
+    let mut slots = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
     let key = dom0::initramfs(guest)?;
-    if let Some((k, h)) = slot.as_ref() {
-        if *k == key && h.alive() {
-            return Ok(h.clone());
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let keep = indexes.contains(&(i as u8))
+            && slot.as_ref().is_some_and(|(k, h)| *k == key && h.alive());
+        if !keep {
+            if let Some((_, h)) = slot.take() {
+                h.shutdown();
+            }
         }
-        h.shutdown();
-        *slot = None;
     }
-    let h = Arc::new(XenHost::boot(guest, progress)?);
-    *slot = Some((key, h.clone()));
-    Ok(h)
+    let booted: Vec<(u8, Result<XenHost>)> = std::thread::scope(|scope| {
+        let boots: Vec<_> = indexes
+            .iter()
+            .filter(|&&i| slots[i as usize].is_none())
+            .map(|&i| (i, scope.spawn(move || XenHost::boot(guest, i, &|_| {}))))
+            .collect();
+        boots
+            .into_iter()
+            .map(|(i, b)| {
+                let r = b
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("booting Xen host {i} panicked")));
+                (i, r)
+            })
+            .collect()
+    });
+    for (i, host) in booted {
+        let host = host.with_context(|| format!("booting Xen host {i}"))?;
+        slots[i as usize] = Some((key.clone(), Arc::new(host)));
+    }
+    Ok(indexes
+        .iter()
+        .map(|&i| slots[i as usize].as_ref().expect("booted above").1.clone())
+        .collect())
 }
 
-/// Stops the process's Xen host, if any (the kernel also kills it when the
-/// process ends, whichever way).
-pub fn shutdown_shared_host() {
-    if let Some((_, h)) = HOST.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        h.shutdown();
+/// Stops the process's Xen hosts, if any (the kernel also kills them when
+/// the process ends, whichever way).
+pub fn shutdown_shared_hosts() {
+    for slot in HOSTS.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+        if let Some((_, h)) = slot.take() {
+            h.shutdown();
+        }
     }
 }
 
@@ -74,11 +110,17 @@ pub struct Xen {
     hypervisor: Hypervisor,
     image: GuestImage,
     info: BackendInfo,
-    host: Option<Arc<XenHost>>,
+    topology: Topology,
+    /// The Xen hosts of the case: behind lab hosts a and b (two-hosts), or
+    /// the one behind a (one-host).
+    hosts: Vec<Arc<XenHost>>,
+    /// The lab host whose Xen host runs the domU now.
+    on: u8,
     /// The domU's id on the source (before the migration).
     source_domid: Option<u32>,
     migrated: bool,
-    console_from: usize,
+    /// Where each host's serial console stood when the case began.
+    console_from: Vec<usize>,
     console_path: Option<std::path::PathBuf>,
 }
 
@@ -95,11 +137,15 @@ impl Xen {
         {
             return Err(HVM_UNSUPPORTED.into());
         }
-        // Both guests (source and incoming) fit next to dom0 in the host.
-        let room = (host::HOST_MEMORY_MIB - host::DOM0_MEMORY_MIB - 256) / 2;
+        // One host: both guests (source and incoming) fit next to dom0.
+        let (guests, times) = match case.migration.topology {
+            Topology::OneHost => (2, "twice"),
+            Topology::TwoHosts => (1, "once"),
+        };
+        let room = (host::HOST_MEMORY_MIB - host::DOM0_MEMORY_MIB - 256) / guests;
         if case.guest.memory_mib > room {
             return Err(format!(
-                "{}: guest memory {} MiB does not fit the nested Xen host twice (at most {room} MiB: {} MiB host, {} MiB dom0)",
+                "{}: guest memory {} MiB does not fit the nested Xen host {times} (at most {room} MiB: {} MiB host, {} MiB dom0)",
                 case.hypervisor,
                 case.guest.memory_mib,
                 host::HOST_MEMORY_MIB,
@@ -109,7 +155,11 @@ impl Xen {
         // Xen PV guests get xen-netfront; HVM guests the emulated e1000.
         let image = GuestImage::prepare_with(&["xen_netfront"]).map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo {
-            accel: "tcg (nested: Xen host in QEMU TCG, -cpu qemu64,+svm,+npt)".into(),
+            accel: match case.migration.topology {
+                Topology::TwoHosts => "tcg (nested: 2 Xen hosts in QEMU TCG, -cpu qemu64,+svm,+npt; dom0 to dom0 over the migration link)",
+                Topology::OneHost => "tcg (nested: 1 Xen host in QEMU TCG, -cpu qemu64,+svm,+npt; both ends on it, as in the study)",
+            }
+            .into(),
             hypervisor_version: String::new(),
             toolstack_version: String::new(),
         };
@@ -117,16 +167,23 @@ impl Xen {
             hypervisor: case.hypervisor,
             image,
             info,
-            host: None,
+            topology: case.migration.topology,
+            hosts: Vec::new(),
+            on: 0,
             source_domid: None,
             migrated: false,
-            console_from: 0,
+            console_from: Vec::new(),
             console_path: None,
         })
     }
 
-    fn host(&self) -> Result<&Arc<XenHost>> {
-        self.host.as_ref().context("no Xen host")
+    /// The Xen host behind lab host `index` (in one-host, the only one).
+    fn host(&self, index: u8) -> Result<&Arc<XenHost>> {
+        let i = match self.topology {
+            Topology::OneHost => 0,
+            Topology::TwoHosts => index as usize,
+        };
+        self.hosts.get(i).context("no Xen host")
     }
 
     fn domain_config(&self, case: &Case, agent_args: &str) -> Vec<String> {
@@ -171,11 +228,12 @@ impl Xen {
         lines
     }
 
-    /// dom0's view of the domU: (domid, state flags) of `name`.
-    fn domain(&self, name: &str) -> Option<(u32, String)> {
+    /// dom0's view of a domU on the Xen host behind lab host `on`: (domid,
+    /// state flags) of `name`.
+    fn domain(&self, on: u8, name: &str) -> Option<(u32, String)> {
         let a = self
-            .host
-            .as_ref()?
+            .host(on)
+            .ok()?
             .sh(
                 &format!("xl list {name} | tail -n +2"),
                 Duration::from_secs(20),
@@ -189,34 +247,38 @@ impl Xen {
     }
 
     fn destroy_leftovers(&self) -> Result<()> {
-        let h = self.host()?;
-        h.sh(
-            &format!("for d in {DOMAIN_NAME} {DOMAIN_NAME}--incoming {DOMAIN_NAME}--migratedaway; do xl destroy $d 2>/dev/null; done; true"),
-            XL_TIMEOUT,
-        )?;
+        for h in &self.hosts {
+            h.sh(
+                &format!("/usr/local/sbin/migsuite-kill-receiver; for d in {DOMAIN_NAME} {DOMAIN_NAME}--incoming {DOMAIN_NAME}--migratedaway; do xl destroy $d 2>/dev/null; done; true"),
+                XL_TIMEOUT,
+            )?;
+        }
         Ok(())
     }
 
-    /// Copies the domU console (as xenconsoled logged it in dom0) and the
-    /// Xen host's serial console of this case into the lab's console.log.
+    /// Copies the domU console (as xenconsoled logged it in each dom0) and
+    /// the Xen hosts' serial consoles of this case into the lab's console.log.
     fn save_console(&self) {
-        let (Some(h), Some(path)) = (self.host.as_ref(), self.console_path.as_ref()) else {
+        let Some(path) = self.console_path.as_ref() else {
             return;
         };
-        let guest = h
-            .sh(
-                &format!("cat /var/log/xen/console/guest-{DOMAIN_NAME}*.log 2>/dev/null; true"),
-                Duration::from_secs(20),
-            )
-            .map(|a| a.output)
-            .unwrap_or_else(|e| format!("(domU console unavailable: {e:#})"));
-        let serial = h.console();
-        let serial = serial
-            .get(self.console_from.min(serial.len())..)
-            .unwrap_or("");
-        let text = format!(
-            "{guest}\n---- Xen host serial console (Xen and dom0) during this case ----\n{serial}"
-        );
+        let mut text = String::new();
+        for (h, from) in self.hosts.iter().zip(&self.console_from) {
+            let guest = h
+                .sh(
+                    &format!("cat /var/log/xen/console/guest-{DOMAIN_NAME}*.log 2>/dev/null; true"),
+                    Duration::from_secs(20),
+                )
+                .map(|a| a.output)
+                .unwrap_or_else(|e| format!("(domU console unavailable: {e:#})"));
+            let serial = h.console();
+            let serial = serial.get((*from).min(serial.len())..).unwrap_or("");
+            text.push_str(&format!(
+                "---- domU console on Xen host {i} ----\n{guest}\n\
+                 ---- Xen host {i} serial console (Xen and dom0) during this case ----\n{serial}\n",
+                i = h.index
+            ));
+        }
         let _ = std::fs::write(path, text);
     }
 }
@@ -233,19 +295,34 @@ impl Backend for Xen {
     }
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
-        let quiet = |_: &str| {};
-        let h = shared_host(&self.image, &quiet)?;
-        self.console_from = h.console_len();
+        let behind: &[u8] = match self.topology {
+            Topology::OneHost => &[0],
+            Topology::TwoHosts => &[0, 1],
+        };
+        self.hosts = shared_hosts(&self.image, behind)?;
+        self.console_from = self.hosts.iter().map(|h| h.console_len()).collect();
         self.console_path = Some(lab.shared_dir().join("console.log"));
+        let boots: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| format!("{} ms", h.boot_ms))
+            .collect();
         self.info.hypervisor_version = format!(
-            "{} (nested Xen host booted in {} ms)",
-            h.xen_version, h.boot_ms
+            "{} ({} nested Xen host{} ({}), booted in {})",
+            self.hosts[0].xen_version,
+            self.hosts.len(),
+            if self.hosts.len() > 1 { "s" } else { "" },
+            self.topology,
+            boots.join(", ")
         );
-        self.info.toolstack_version = h.tools_version.clone();
-        self.host = Some(h.clone());
+        self.info.toolstack_version = self.hosts[0].tools_version.clone();
         self.destroy_leftovers()?;
-        h.attach(&lab.source.netns.name, &case.link)
-            .context("wiring the Xen host to the lab")?;
+        for h in &self.hosts {
+            h.attach(lab.host(h.index), &case.link)
+                .with_context(|| format!("wiring Xen host {} to the lab", h.index))?;
+        }
+        self.on = lab.source.index;
+        let h = self.host(self.on)?.clone();
         h.check(
             "rm -f /var/log/xen/console/guest-*.log",
             Duration::from_secs(10),
@@ -269,14 +346,14 @@ impl Backend for Xen {
             );
         }
         let (domid, _) = self
-            .domain(DOMAIN_NAME)
+            .domain(self.on, DOMAIN_NAME)
             .context("the domU is not listed after xl create")?;
         self.source_domid = Some(domid);
         Ok(())
     }
 
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
-        let h = self.host()?;
+        let h = self.host(self.on)?;
         let domid = self.source_domid.context("no domU")?;
         let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
         let ty = h.check(
@@ -321,8 +398,8 @@ impl Backend for Xen {
         Ok(())
     }
 
-    fn evacuate(&mut self, _lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
-        let e = match self.try_evacuate(case, progress) {
+    fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
+        let e = match self.try_evacuate(lab, case, progress) {
             Ok(e) => e,
             Err(e) => Evacuation::failed(format!("{e:#}"), self.running_on_source()),
         };
@@ -330,15 +407,18 @@ impl Backend for Xen {
         e
     }
 
-    /// `xl migrate` within one Xen host: the stream is a pipe in dom0.
+    /// Two hosts: dom0 to dom0 over the migration link. One host: a pipe
+    /// in dom0.
     fn stream_crosses_link(&self) -> bool {
-        false
+        self.topology == Topology::TwoHosts
     }
 
-    /// Same Xen host: the received domain is the next run's source.
-    fn adopt_moved_guest(&mut self, _lab: &Lab) -> Result<()> {
+    /// The received domain is the next run's source (the lab has swapped
+    /// roles: its source is where the domU now runs).
+    fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
+        self.on = lab.source.index;
         let (domid, _) = self
-            .domain(DOMAIN_NAME)
+            .domain(self.on, DOMAIN_NAME)
             .context("no domain x0 after the migration")?;
         self.source_domid = Some(domid);
         self.migrated = false;
@@ -352,18 +432,22 @@ impl Backend for Xen {
         let Some(domid) = self.source_domid else {
             return false;
         };
-        self.domain(&domid.to_string())
+        self.domain(self.on, &domid.to_string())
             .is_some_and(|(_, flags)| state_running(&flags))
     }
 
-    /// The Xen host is one QEMU process (Xen, dom0 and every domU): it is
-    /// the hypervisor of both source and destination here, counted once, on
-    /// the source. Its toolstack (xl, xenstored) runs inside it.
-    fn process_probe(&self, _lab: &Lab) -> ProcessProbe {
-        let pid = self.host.as_ref().map(|h| h.qemu_pid());
+    /// A Xen host is one QEMU process (Xen, dom0 and every domU; its
+    /// toolstack, xl and xenstored, runs inside it): the source's and the
+    /// destination's are sampled as their hypervisors. In one-host both
+    /// ends are the same process, counted once, on the source.
+    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
+        let pid = |index| self.host(index).ok().map(|h| h.qemu_pid());
+        let source = pid(lab.source.index);
+        let destination = pid(lab.destination.index).filter(|d| Some(*d) != source);
         Box::new(move || {
             let mut pids = Pids::default();
-            pids.guest[0] = pid.into_iter().collect();
+            pids.guest[0] = source.into_iter().collect();
+            pids.guest[1] = destination.into_iter().collect();
             pids
         })
     }
@@ -378,23 +462,58 @@ fn parse_kv(text: &str) -> BTreeMap<String, String> {
 }
 
 impl Xen {
-    fn try_evacuate(&mut self, case: &Case, progress: &dyn Fn(&str)) -> Result<Evacuation> {
-        let h = self.host()?.clone();
+    fn try_evacuate(
+        &mut self,
+        lab: &Lab,
+        case: &Case,
+        progress: &dyn Fn(&str),
+    ) -> Result<Evacuation> {
+        let src = self.host(lab.source.index)?.clone();
+        let dst = self.host(lab.destination.index)?.clone();
+        let remote = !Arc::ptr_eq(&src, &dst);
         let source = self.source_domid.context("no guest was provisioned")?;
         let timeout_s = case.migration.timeout_ms.div_ceil(1000);
-        let kill = case
-            .faults
-            .kill_destination_after_ms
-            .map_or("-".to_string(), |ms| ms.to_string());
+        let kill_ms = case.faults.kill_destination_after_ms;
+        let receiver = if remote {
+            dst.check(
+                &format!("/usr/local/sbin/migsuite-listen {MIGRATION_PORT}"),
+                Duration::from_secs(20),
+            )?;
+            format!(
+                "/usr/local/sbin/migsuite-send-to {} {MIGRATION_PORT}",
+                network::nested_addr(dst.index)
+            )
+        } else {
+            String::new()
+        };
+        // One host: dom0's migsuite-migrate kills its own receiver; two:
+        // the runner kills the other dom0's, unless the migration ended first.
+        let (local_kill, fault) = match kill_ms {
+            Some(ms) if remote => ("-".to_string(), Some(kill_receiver_after(&dst, ms))),
+            Some(ms) => (ms.to_string(), None),
+            None => ("-".to_string(), None),
+        };
         progress(&format!(
-            "xl migrate -s \"\" {DOMAIN_NAME} <receiver> (same Xen host), timeout {timeout_s} s"
+            "xl migrate -s \"\" {DOMAIN_NAME} {} (Xen host {} -> {}), timeout {timeout_s} s",
+            if remote {
+                &receiver
+            } else {
+                "<receiver in dom0>"
+            },
+            src.index,
+            dst.index
         ));
         let started = Instant::now();
-        let a = h.sh(
-            &format!("/usr/local/sbin/migsuite-migrate {timeout_s} {kill}"),
+        let a = src.sh(
+            // An empty receiver ('') is dom0's own.
+            &format!("/usr/local/sbin/migsuite-migrate {timeout_s} {local_kill} '{receiver}'"),
             Duration::from_secs(timeout_s + 60),
         )?;
         let returned = Instant::now();
+        let fault_fired = fault.is_some_and(|(stop, fired)| {
+            drop(stop);
+            fired.join().unwrap_or(false)
+        });
         let kv = parse_kv(&a.output);
         anyhow::ensure!(
             kv.contains_key("rc"),
@@ -406,17 +525,40 @@ impl Xen {
         let elapsed_ms = secs("start")
             .zip(secs("end"))
             .map(|(s, e)| (e - s) * 1000.0);
-        let bytes: Option<u64> = kv.get("bytes").and_then(|v| v.parse().ok());
-        let send = h
-            .sh("cat /run/migsuite/send.log", Duration::from_secs(20))
-            .map(|a| a.output)
-            .unwrap_or_default();
-        let recv = h
-            .sh("cat /run/migsuite/recv.log", Duration::from_secs(20))
-            .map(|a| a.output)
-            .unwrap_or_default();
-        let log = send.clone();
-        let stats = stream_stats(&send, &recv);
+        let read = |h: &XenHost, command: &str| {
+            h.sh(command, Duration::from_secs(20))
+                .map(|a| a.output)
+                .unwrap_or_default()
+        };
+        let bytes: Option<u64> = if remote {
+            read(
+                &dst,
+                "for i in $(seq 50); do [ -s /run/migsuite/recv.bytes ] && break; sleep 0.1; done; tail -n 1 /run/migsuite/recv.bytes",
+            )
+            .trim()
+            .parse()
+            .ok()
+        } else {
+            kv.get("bytes").and_then(|v| v.parse().ok())
+        };
+        let send = read(&src, "cat /run/migsuite/send.log");
+        let recv = read(&dst, "cat /run/migsuite/recv.log");
+        // The receiver's stamps are on the other dom0's clock.
+        let skew_s = if remote {
+            let (s, s_err) = src.clock_offset()?;
+            let (d, d_err) = dst.clock_offset()?;
+            progress(&format!(
+                "dom0 clocks: Xen host {} is {:+.1} ms from Xen host {} (+-{:.1} ms)",
+                dst.index,
+                (d - s) * 1000.0,
+                src.index,
+                (s_err + d_err) * 1000.0
+            ));
+            d - s
+        } else {
+            0.0
+        };
+        let stats = stream_stats(&send, &recv, skew_s);
         progress(&format!(
             "xl migrate returned {rc} after {} ms (dom0 clock: {:.0} ms), {} MiB in the stream",
             started.elapsed().as_millis(),
@@ -424,15 +566,24 @@ impl Xen {
             bytes.unwrap_or(0) >> 20
         ));
         if rc != 0 {
-            let mut reason = format!("xl migrate failed (exit {rc}): {}", xl_error(&log));
+            let mut reason = format!("xl migrate failed (exit {rc}): {}", xl_error(&send));
             if kv.contains_key("timedout") {
                 reason = format!(
                     "timed out after {} ms, migration cancelled (receiver killed); {reason}",
                     case.migration.timeout_ms
                 );
             }
-            if kv.contains_key("fault") {
-                reason.push_str(&format!("; the destination (xl migrate-receive) had been killed {kill} ms into the migration"));
+            if kv.contains_key("fault") || fault_fired {
+                reason.push_str(&format!(
+                    "; the destination (xl migrate-receive) had been killed {} ms into the migration",
+                    kill_ms.unwrap_or_default()
+                ));
+            }
+            if remote {
+                let _ = dst.sh(
+                    &format!("/usr/local/sbin/migsuite-kill-receiver; xl destroy {DOMAIN_NAME}--incoming 2>/dev/null; true"),
+                    XL_TIMEOUT,
+                );
             }
             // The sender resumes the domain after a failed migration.
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -441,14 +592,22 @@ impl Xen {
             }
             return Ok(Evacuation::failed(reason, self.running_on_source()));
         }
-        // Same host: the received domain took the name; the source is gone.
         let (domid, flags) = self
-            .domain(DOMAIN_NAME)
+            .domain(lab.destination.index, DOMAIN_NAME)
             .context("after xl migrate, no domain x0 on the destination")?;
-        anyhow::ensure!(
-            domid != source,
-            "after xl migrate, x0 is still the source domain {source}"
-        );
+        if remote {
+            anyhow::ensure!(
+                self.domain(lab.source.index, &source.to_string()).is_none(),
+                "after xl migrate, the source domain {source} is still on Xen host {}",
+                src.index
+            );
+        } else {
+            // Same host: the received domain took the name; the source is gone.
+            anyhow::ensure!(
+                domid != source,
+                "after xl migrate, x0 is still the source domain {source}"
+            );
+        }
         self.migrated = true;
         anyhow::ensure!(
             state_running(&flags),
@@ -481,6 +640,23 @@ impl Xen {
     }
 }
 
+/// Kills `dst`'s migration receiver `ms` into the migration, unless the
+/// returned sender is dropped first; the thread says whether it killed.
+fn kill_receiver_after(
+    dst: &Arc<XenHost>,
+    ms: u64,
+) -> (mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let dst = dst.clone();
+    let thread = std::thread::spawn(move || {
+        stopped.recv_timeout(Duration::from_millis(ms)) == Err(RecvTimeoutError::Timeout)
+            && dst
+                .sh("/usr/local/sbin/migsuite-kill-receiver", XL_TIMEOUT)
+                .is_ok()
+    });
+    (stop, thread)
+}
+
 #[derive(Debug, Default)]
 struct StreamStats {
     iterations: Option<u64>,
@@ -498,13 +674,14 @@ fn stamped(log: &str, text: &str) -> Option<f64> {
 }
 
 /// What xl -vvv's logs say about the migration. The downtime is what the
-/// toolstack's own messages bracket, on dom0's clock: from the sender's
-/// "guest has suspended" to the receiver's "Domain started successfully"
-/// (after the unpause). xl reports no iteration count (libxc's progress
-/// reports are dropped by libxl: "progress report: ignored").
-fn stream_stats(send: &str, recv: &str) -> StreamStats {
+/// toolstack's own messages bracket, on the sender's dom0 clock: from the
+/// sender's "guest has suspended" to the receiver's "Domain started
+/// successfully" (after the unpause), whose clock is `skew_s` ahead. xl
+/// reports no iteration count (libxc's progress reports are dropped by
+/// libxl: "progress report: ignored").
+fn stream_stats(send: &str, recv: &str, skew_s: f64) -> StreamStats {
     let suspended = stamped(send, "guest has suspended");
-    let started = stamped(recv, "Domain started succ");
+    let started = stamped(recv, "Domain started succ").map(|t| t - skew_s);
     StreamStats {
         iterations: None,
         downtime_ms: suspended
@@ -535,7 +712,7 @@ fn xl_error(log: &str) -> String {
 
 impl Drop for Xen {
     fn drop(&mut self) {
-        if self.host.is_some() {
+        if !self.hosts.is_empty() {
             let _ = self.destroy_leftovers();
         }
     }
@@ -549,10 +726,15 @@ mod tests {
     fn downtime_is_bracketed_by_xl_messages_on_dom0s_clock() {
         let send = "1795619339.836882 Saving to migration stream\n1795619356.000100 libxl: debug: libxl_dom_suspend.c:358:suspend_common_wait_guest_check: Domain 1:guest has suspended\n";
         let recv = "1795619356.100000 xc: info: Restore successful\n1795619356.672600 migration target: Domain started successsfully.\n";
-        let s = stream_stats(send, recv);
+        let s = stream_stats(send, recv, 0.0);
         assert!((s.downtime_ms.unwrap() - 672.5).abs() < 0.01);
         assert_eq!(s.iterations, None);
-        assert_eq!(stream_stats(send, "").downtime_ms, None);
+        assert_eq!(stream_stats(send, "", 0.0).downtime_ms, None);
+        // The receiver's dom0 clock runs 0.5 s ahead of the sender's.
+        let s = stream_stats(send, recv, 0.5);
+        assert!((s.downtime_ms.unwrap() - 172.5).abs() < 0.01);
+        // More skew than the stamps leave room for: no downtime at all.
+        assert_eq!(stream_stats(send, recv, 1.0).downtime_ms, None);
     }
 
     #[test]
@@ -582,13 +764,23 @@ mod tests {
     #[ignore]
     fn xen_host_boots() {
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
-        let h = shared_host(&image, &|m| eprintln!("{m}")).unwrap();
-        eprintln!(
-            "boot: {} ms, {}, {}",
-            h.boot_ms, h.xen_version, h.tools_version
-        );
-        eprintln!("{}", h.check("xl list", Duration::from_secs(30)).unwrap());
-        shutdown_shared_host();
+        for h in shared_hosts(&image, &[0, 1]).unwrap() {
+            eprintln!(
+                "host {}: boot {} ms, {}, {}",
+                h.index, h.boot_ms, h.xen_version, h.tools_version
+            );
+            eprintln!("{}", h.check("xl list", Duration::from_secs(30)).unwrap());
+            // Each `;;`-separated command of XEN_PROBE_CMDS, on every host.
+            for c in std::env::var("XEN_PROBE_CMDS")
+                .unwrap_or_default()
+                .split(";;")
+            {
+                if !c.trim().is_empty() {
+                    eprintln!("==== {c}\n{:?}", h.sh(c, Duration::from_secs(60)));
+                }
+            }
+        }
+        shutdown_shared_hosts();
     }
 }
 
@@ -603,7 +795,7 @@ mod probe {
     fn xen_pv_migrates_in_dom0() {
         let _lab_lock = crate::runner::exclusive(&|m| eprintln!("{m}")).unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
-        let h = shared_host(&image, &|m| eprintln!("{m}")).unwrap();
+        let h = shared_hosts(&image, &[0]).unwrap().remove(0);
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
             Hypervisor::XenHvm
         } else {
@@ -617,10 +809,12 @@ mod probe {
                 hypervisor_version: String::new(),
                 toolstack_version: String::new(),
             },
-            host: Some(h.clone()),
+            topology: Topology::OneHost,
+            hosts: vec![h.clone()],
+            on: 0,
             source_domid: None,
             migrated: false,
-            console_from: 0,
+            console_from: vec![0],
             console_path: None,
         };
         let cmd = std::env::var("XEN_PROBE_CMD").unwrap_or_default();
@@ -675,6 +869,6 @@ mod probe {
                 a.output
             );
         }
-        shutdown_shared_host();
+        shutdown_shared_hosts();
     }
 }
