@@ -25,6 +25,13 @@ pub struct Provenance {
     /// What else used the machine's CPUs while the case was measured.
     #[serde(default)]
     pub beside: crate::neighbours::Neighbours,
+    /// The machine's CPUs and memory, that CPU and memory timelines can be
+    /// read as shares of the host (as the study gives them); None in
+    /// reports written before they were recorded.
+    #[serde(default)]
+    pub host_cpus: Option<u32>,
+    #[serde(default)]
+    pub host_memory_mib: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,7 +246,7 @@ pub struct RunMeasurement {
 }
 
 /// Everything measured of one case: its runs and what produced them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {
     pub case: Case,
     pub provenance: Provenance,
