@@ -33,27 +33,8 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
         t.notes.extend(failures);
     }
 
-    let done: Vec<&RunMeasurement> = runs
-        .iter()
-        .filter(|r| r.outcome == Outcome::Completed)
-        .collect();
-    let mut series: Vec<(&str, Unit)> = vec![];
-    for tl in done.iter().flat_map(|r| &r.timelines) {
-        if !series.iter().any(|(name, _)| *name == tl.name) {
-            series.push((&tl.name, tl.unit));
-        }
-    }
-    for (name, unit) in series {
-        let marks: Vec<Landmarks> = done
-            .iter()
-            .filter_map(|r| {
-                // Sampling stops `settle_ms` after the migration: the window.
-                let end = r
-                    .total_time_ms
-                    .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
-                landmarks(r.timelines.iter().find(|tl| tl.name == name)?, end)
-            })
-            .collect();
+    for (name, unit) in series(runs) {
+        let marks = run_landmarks(case, runs, name);
         let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
         for (measure, value, unit, decimals) in [
             ("baseline", mean(|l| l.baseline), unit, 1),
@@ -87,6 +68,90 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
     t
 }
 
+/// The timelines of the completed runs, by name, in the order first seen.
+fn series(runs: &[RunMeasurement]) -> Vec<(&str, Unit)> {
+    let mut series: Vec<(&str, Unit)> = vec![];
+    for tl in completed(runs).flat_map(|r| &r.timelines) {
+        if !series.iter().any(|(name, _)| *name == tl.name) {
+            series.push((&tl.name, tl.unit));
+        }
+    }
+    series
+}
+
+fn completed(runs: &[RunMeasurement]) -> impl Iterator<Item = &RunMeasurement> {
+    runs.iter().filter(|r| r.outcome == Outcome::Completed)
+}
+
+/// Landmarks of the timeline `name` in each completed run that has them.
+pub fn run_landmarks(case: &Case, runs: &[RunMeasurement], name: &str) -> Vec<Landmarks> {
+    completed(runs)
+        .filter_map(|r| {
+            // Sampling stops `settle_ms` after the migration: the window.
+            let end = r
+                .total_time_ms
+                .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
+            landmarks(r.timelines.iter().find(|tl| tl.name == name)?, end)
+        })
+        .collect()
+}
+
+/// The study's view of one case: per CPU and memory timeline of the source
+/// and destination hosts, the level before the warning, the peak and when,
+/// the settled level and since when (means over the completed runs), also
+/// as shares of the host where the provenance gives its capacity. Timelines
+/// that stayed at zero (nothing of that kind ran there) are left out.
+pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
+    let mut headers = vec!["series", "before", "peak", "peak at", "settled", "settled at"];
+    let capacity = prov.host_cpus.zip(prov.host_memory_mib);
+    if capacity.is_some() {
+        headers.extend(["before, % of host", "peak, % of host", "settled, % of host"]);
+    }
+    let mut t = Table::new(format!("{} landmarks", case.name()), &headers);
+    t.notes.push(format!(
+        "means over {} completed runs; times in ms after the warning",
+        completed(runs).count()
+    ));
+    if capacity.is_none() {
+        t.notes
+            .push("the report does not give the host's CPUs and memory: no shares of the host".into());
+    }
+    let host_series = series(runs).into_iter().filter(|(name, _)| {
+        (name.starts_with("cpu.") || name.starts_with("memory."))
+            && (name.contains(".source.") || name.contains(".destination."))
+    });
+    for (name, unit) in host_series {
+        let marks = run_landmarks(case, runs, name);
+        let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+        let levels = [
+            mean(|l| l.baseline),
+            mean(|l| l.peak),
+            mean(|l| l.settled),
+        ];
+        if levels.iter().all(|v| v.is_none_or(|v| v == 0.0)) {
+            continue;
+        }
+        let mut row = vec![Cell::text(name)];
+        row.extend(levels[..2].iter().map(|&v| Cell::opt(v, Some(unit), 1)));
+        row.push(Cell::opt(mean(|l| l.peak_at_ms as f64), Some(Unit::Ms), 0));
+        row.push(Cell::opt(levels[2], Some(unit), 1));
+        row.push(Cell::opt(mean(|l| l.settled_at_ms as f64), Some(Unit::Ms), 0));
+        if let Some((cpus, memory_mib)) = capacity {
+            let share = |v: f64| match unit {
+                Unit::Mib => v / memory_mib * 100.0,
+                _ => v / f64::from(cpus),
+            };
+            row.extend(
+                levels
+                    .iter()
+                    .map(|v| Cell::opt(v.map(share), Some(Unit::Percent), 1)),
+            );
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
 /// One row per case, in the order given: the figures bounds apply to (mean
 /// or worst of the completed runs, per case) and how the migrations ended.
 /// One provenance line per distinct provenance, naming its hypervisors.
@@ -95,16 +160,7 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     headers.extend(bounded().map(|m| m.label));
     headers.push("outcome");
     let mut t = Table::new(format!("suite {suite}"), &headers);
-    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
-    for r in results {
-        let name = r.case.hypervisor.name();
-        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
-            Some((_, names)) if names.contains(&name) => {}
-            Some((_, names)) => names.push(name),
-            None => provenances.push((&r.provenance, vec![name])),
-        }
-    }
-    for (p, names) in provenances {
+    for (p, names) in distinct_provenances(results) {
         let names = names.join(", ");
         t.notes
             .extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
@@ -130,6 +186,56 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
         }));
         row.push(Cell::text(outcome(runs)));
         t.rows.push(row);
+    }
+    t
+}
+
+/// Each distinct provenance of `results`, with the hypervisors it ran.
+fn distinct_provenances(results: &[CaseResult]) -> Vec<(&Provenance, Vec<&'static str>)> {
+    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
+    for r in results {
+        let name = r.case.hypervisor.name();
+        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
+            Some((_, names)) if names.contains(&name) => {}
+            Some((_, names)) => names.push(name),
+            None => provenances.push((&r.provenance, vec![name])),
+        }
+    }
+    provenances
+}
+
+/// Everything the provenances of `results` record, one row per distinct one.
+pub fn provenance_table(results: &[CaseResult]) -> Table {
+    let mut t = Table::new(
+        "provenance",
+        &[
+            "hypervisors",
+            "accelerator",
+            "host",
+            "host kernel",
+            "host CPUs",
+            "host memory",
+            "hypervisor",
+            "toolstack",
+            "guest kernel",
+            "migsuite",
+            "beside it on the machine",
+        ],
+    );
+    for (p, names) in distinct_provenances(results) {
+        t.rows.push(vec![
+            Cell::text(names.join(", ")),
+            Cell::text(&p.accel),
+            Cell::text(&p.host_kind),
+            Cell::text(&p.host_kernel),
+            Cell::opt(p.host_cpus.map(f64::from), None, 0),
+            Cell::opt(p.host_memory_mib, Some(Unit::Mib), 0),
+            Cell::text(&p.hypervisor_version),
+            Cell::text(&p.toolstack_version),
+            Cell::text(&p.guest_kernel),
+            Cell::text(&p.migsuite_version),
+            Cell::text(p.beside.to_string()),
+        ]);
     }
     t
 }
@@ -172,7 +278,7 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::case::Hypervisor;
-    use crate::report::fixtures::{case, failed, provenance, run};
+    use crate::report::fixtures::{case, failed, provenance, run, step};
 
     #[test]
     fn case_table_of_three_runs() {
@@ -271,6 +377,38 @@ xen-pv: beside it on the machine: nothing above 5 % of a core
 | kvm-fv     | 1500 | game     | mean  |  2200.0 ms |            200.0 ms |                300.0 ms |   95.0 % |   310.0 MiB | ok                                |
 | xen-pv     | 128  | game     | worst |  2000.0 ms |            100.0 ms |                200.0 ms |   95.0 % |   310.0 MiB | failed 1 of 2: connection refused |"
         );
+    }
+
+    #[test]
+    fn landmarks_of_the_hosts_as_shares_of_the_host() {
+        let mut runs = [run(2000.0, 100.0), run(2000.0, 100.0)];
+        for r in &mut runs {
+            r.timelines.extend([
+                // Nothing ran there: left out.
+                step("cpu.destination.toolstack", Unit::Percent, 0.0, 0.0, 0.0, 2000),
+                // Not a host's: left out.
+                step("cpu.machine", Unit::Percent, 50.0, 90.0, 50.0, 2000),
+            ]);
+        }
+        let t = landmark_table(&case(), &provenance(), &runs);
+        assert_eq!(
+            t.to_string(),
+            "\
+ci::kvm-fv::mtu128::game landmarks
+means over 2 completed runs; times in ms after the warning
+
+| series                   |    before |      peak | peak at | settled | settled at | before, % of host | peak, % of host | settled, % of host |
+|--------------------------|----------:|----------:|--------:|--------:|-----------:|------------------:|----------------:|-------------------:|
+| cpu.source.hypervisor    |    12.0 % |    95.0 % |    0 ms |   0.0 % |    2000 ms |             6.0 % |          47.5 % |              0.0 % |
+| memory.source.hypervisor | 300.0 MiB | 310.0 MiB |    0 ms | 0.0 MiB |    2000 ms |             7.3 % |           7.6 % |              0.0 % |"
+        );
+        let unknown_host = Provenance {
+            host_cpus: None,
+            ..provenance()
+        };
+        let t = landmark_table(&case(), &unknown_host, &runs);
+        assert_eq!(t.headers.len(), 6);
+        assert!(t.notes[1].contains("no shares of the host"));
     }
 
     #[test]
