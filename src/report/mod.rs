@@ -1,6 +1,7 @@
 //! Reports of measured cases: plain-text tables, noise-tolerant snapshot
-//! text, and the JSON record of a whole run.
+//! text, the JSON record of a whole run, and the HTML page drawn from it.
 
+pub mod conclusions;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod json;
@@ -10,7 +11,7 @@ pub mod study;
 pub mod table;
 
 pub use json::{CaseReport, RunReport};
-pub use results::{case_table, suite_table};
+pub use results::{case_table, landmark_table, provenance_table, suite_table};
 pub use snapshot::{baseline, case_snapshot, snap_body};
 pub use study::study_table;
 pub use table::{Cell, Table};
