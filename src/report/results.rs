@@ -102,7 +102,14 @@ pub fn run_landmarks(case: &Case, runs: &[RunMeasurement], name: &str) -> Vec<La
 /// as shares of the host where the provenance gives its capacity. Timelines
 /// that stayed at zero (nothing of that kind ran there) are left out.
 pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
-    let mut headers = vec!["series", "before", "peak", "peak at", "settled", "settled at"];
+    let mut headers = vec![
+        "series",
+        "before",
+        "peak",
+        "peak at",
+        "settled",
+        "settled at",
+    ];
     let capacity = prov.host_cpus.zip(prov.host_memory_mib);
     if capacity.is_some() {
         headers.extend(["before, % of host", "peak, % of host", "settled, % of host"]);
@@ -113,8 +120,9 @@ pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -
         completed(runs).count()
     ));
     if capacity.is_none() {
-        t.notes
-            .push("the report does not give the host's CPUs and memory: no shares of the host".into());
+        t.notes.push(
+            "the report does not give the host's CPUs and memory: no shares of the host".into(),
+        );
     }
     let host_series = series(runs).into_iter().filter(|(name, _)| {
         (name.starts_with("cpu.") || name.starts_with("memory."))
@@ -123,11 +131,7 @@ pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -
     for (name, unit) in host_series {
         let marks = run_landmarks(case, runs, name);
         let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
-        let levels = [
-            mean(|l| l.baseline),
-            mean(|l| l.peak),
-            mean(|l| l.settled),
-        ];
+        let levels = [mean(|l| l.baseline), mean(|l| l.peak), mean(|l| l.settled)];
         if levels.iter().all(|v| v.is_none_or(|v| v == 0.0)) {
             continue;
         }
@@ -135,7 +139,11 @@ pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -
         row.extend(levels[..2].iter().map(|&v| Cell::opt(v, Some(unit), 1)));
         row.push(Cell::opt(mean(|l| l.peak_at_ms as f64), Some(Unit::Ms), 0));
         row.push(Cell::opt(levels[2], Some(unit), 1));
-        row.push(Cell::opt(mean(|l| l.settled_at_ms as f64), Some(Unit::Ms), 0));
+        row.push(Cell::opt(
+            mean(|l| l.settled_at_ms as f64),
+            Some(Unit::Ms),
+            0,
+        ));
         if let Some((cpus, memory_mib)) = capacity {
             let share = |v: f64| match unit {
                 Unit::Mib => v / memory_mib * 100.0,
@@ -385,7 +393,14 @@ xen-pv: beside it on the machine: nothing above 5 % of a core
         for r in &mut runs {
             r.timelines.extend([
                 // Nothing ran there: left out.
-                step("cpu.destination.toolstack", Unit::Percent, 0.0, 0.0, 0.0, 2000),
+                step(
+                    "cpu.destination.toolstack",
+                    Unit::Percent,
+                    0.0,
+                    0.0,
+                    0.0,
+                    2000,
+                ),
                 // Not a host's: left out.
                 step("cpu.machine", Unit::Percent, 50.0, 90.0, 50.0, 2000),
             ]);
