@@ -2,6 +2,7 @@
 //! text, the JSON record of a whole run, and the HTML page drawn from it.
 
 pub mod conclusions;
+pub mod figures;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod json;

@@ -3,7 +3,7 @@
 
 use super::table::{Cell, Table};
 use crate::case::{Aggregate, Case};
-use crate::landmarks::landmarks;
+use crate::landmarks::run_landmarks;
 use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
 use crate::metrics::{Metric, METRICS};
 use crate::stats::{CaseSummary, Summary};
@@ -34,7 +34,7 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
     }
 
     for (name, unit) in series(runs) {
-        let marks = run_landmarks(case, runs, name);
+        let marks = case_landmarks(case, runs, name);
         let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
         for (measure, value, unit, decimals) in [
             ("baseline", mean(|l| l.baseline), unit, 1),
@@ -84,15 +84,9 @@ fn completed(runs: &[RunMeasurement]) -> impl Iterator<Item = &RunMeasurement> {
 }
 
 /// Landmarks of the timeline `name` in each completed run that has them.
-pub fn run_landmarks(case: &Case, runs: &[RunMeasurement], name: &str) -> Vec<Landmarks> {
+fn case_landmarks(case: &Case, runs: &[RunMeasurement], name: &str) -> Vec<Landmarks> {
     completed(runs)
-        .filter_map(|r| {
-            // Sampling stops `settle_ms` after the migration: the window.
-            let end = r
-                .total_time_ms
-                .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
-            landmarks(r.timelines.iter().find(|tl| tl.name == name)?, end)
-        })
+        .filter_map(|r| run_landmarks(case, r, name))
         .collect()
 }
 
@@ -129,7 +123,7 @@ pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -
             && (name.contains(".source.") || name.contains(".destination."))
     });
     for (name, unit) in host_series {
-        let marks = run_landmarks(case, runs, name);
+        let marks = case_landmarks(case, runs, name);
         let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
         let levels = [mean(|l| l.baseline), mean(|l| l.peak), mean(|l| l.settled)];
         if levels.iter().all(|v| v.is_none_or(|v| v == 0.0)) {
