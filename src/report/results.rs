@@ -34,14 +34,18 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
     }
 
     for (name, unit) in series(runs) {
-        let marks = case_landmarks(case, runs, name);
-        let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+        let l = mean_landmarks(case, runs, name);
         for (measure, value, unit, decimals) in [
-            ("baseline", mean(|l| l.baseline), unit, 1),
-            ("peak", mean(|l| l.peak), unit, 1),
-            ("peak at", mean(|l| l.peak_at_ms as f64), Unit::Ms, 0),
-            ("settled", mean(|l| l.settled), unit, 1),
-            ("settled at", mean(|l| l.settled_at_ms as f64), Unit::Ms, 0),
+            ("baseline", l.as_ref().map(|l| l.baseline), unit, 1),
+            ("peak", l.as_ref().map(|l| l.peak), unit, 1),
+            ("peak at", l.as_ref().map(|l| l.peak_at_ms), Unit::Ms, 0),
+            ("settled", l.as_ref().map(|l| l.settled), unit, 1),
+            (
+                "settled at",
+                l.as_ref().map(|l| l.settled_at_ms),
+                Unit::Ms,
+                0,
+            ),
         ] {
             t.rows.push(vec![
                 Cell::text(name),
@@ -50,22 +54,41 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
             ]);
         }
     }
+    t.rows.extend(
+        migration_rows(runs).map(|(label, value)| vec![Cell::text("migration"), label, value]),
+    );
+    t
+}
 
-    // Medians over the completed runs, as the gate compares them.
+/// The migration figures of a case: medians over the completed runs, as
+/// the gate compares them.
+pub fn migration_table(case: &Case, runs: &[RunMeasurement]) -> Table {
+    let mut t = Table::new(
+        format!(
+            "{} migration (medians over the completed runs)",
+            case.name()
+        ),
+        &["measure", "value"],
+    );
+    t.rows
+        .extend(migration_rows(runs).map(|(label, value)| vec![label, value]));
+    t
+}
+
+/// (label, median) of every metric.
+fn migration_rows(runs: &[RunMeasurement]) -> impl Iterator<Item = (Cell, Cell)> {
     let s = CaseSummary::of(runs);
-    for m in METRICS {
+    METRICS.iter().map(move |m| {
         let (unit, decimals) = match m.unit {
             Unit::Ratio => (None, 2),
             Unit::Count => (None, 0),
             unit => (Some(unit), 1),
         };
-        t.rows.push(vec![
-            Cell::text("migration"),
+        (
             Cell::text(m.label),
             Cell::opt(s.get(m.key).map(|s| s.median), unit, decimals),
-        ]);
-    }
-    t
+        )
+    })
 }
 
 /// The timelines of the completed runs, by name, in the order first seen.
@@ -83,11 +106,43 @@ fn completed(runs: &[RunMeasurement]) -> impl Iterator<Item = &RunMeasurement> {
     runs.iter().filter(|r| r.outcome == Outcome::Completed)
 }
 
-/// Landmarks of the timeline `name` in each completed run that has them.
-fn case_landmarks(case: &Case, runs: &[RunMeasurement], name: &str) -> Vec<Landmarks> {
-    completed(runs)
+/// Landmarks of a timeline as means over the completed runs of a case.
+pub(crate) struct MeanLandmarks {
+    pub baseline: f64,
+    pub peak: f64,
+    pub peak_at_ms: f64,
+    pub settled: f64,
+    pub settled_at_ms: f64,
+}
+
+/// The means of the landmarks of the timeline `name` over the completed
+/// runs that have them; None if none has.
+pub(crate) fn mean_landmarks(
+    case: &Case,
+    runs: &[RunMeasurement],
+    name: &str,
+) -> Option<MeanLandmarks> {
+    let marks: Vec<Landmarks> = completed(runs)
         .filter_map(|r| run_landmarks(case, r, name))
-        .collect()
+        .collect();
+    let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+    Some(MeanLandmarks {
+        baseline: mean(|l| l.baseline)?,
+        peak: mean(|l| l.peak)?,
+        peak_at_ms: mean(|l| l.peak_at_ms as f64)?,
+        settled: mean(|l| l.settled)?,
+        settled_at_ms: mean(|l| l.settled_at_ms as f64)?,
+    })
+}
+
+/// A CPU (% of one CPU) or memory (MiB) value as a percentage of the host,
+/// as the study gives them; None where the provenance lacks the host's size.
+pub(crate) fn share_of_host(prov: &Provenance, unit: Unit, value: f64) -> Option<f64> {
+    match unit {
+        Unit::Mib => Some(value / prov.host_memory_mib? * 100.0),
+        Unit::Percent => Some(value / f64::from(prov.host_cpus?)),
+        _ => None,
+    }
 }
 
 /// The study's view of one case: per CPU and memory timeline of the source
@@ -123,30 +178,26 @@ pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -
             && (name.contains(".source.") || name.contains(".destination."))
     });
     for (name, unit) in host_series {
-        let marks = case_landmarks(case, runs, name);
-        let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
-        let levels = [mean(|l| l.baseline), mean(|l| l.peak), mean(|l| l.settled)];
-        if levels.iter().all(|v| v.is_none_or(|v| v == 0.0)) {
+        let Some(l) = mean_landmarks(case, runs, name) else {
+            continue;
+        };
+        let levels = [l.baseline, l.peak, l.settled];
+        if levels.iter().all(|&v| v == 0.0) {
             continue;
         }
-        let mut row = vec![Cell::text(name)];
-        row.extend(levels[..2].iter().map(|&v| Cell::opt(v, Some(unit), 1)));
-        row.push(Cell::opt(mean(|l| l.peak_at_ms as f64), Some(Unit::Ms), 0));
-        row.push(Cell::opt(levels[2], Some(unit), 1));
-        row.push(Cell::opt(
-            mean(|l| l.settled_at_ms as f64),
-            Some(Unit::Ms),
-            0,
-        ));
-        if let Some((cpus, memory_mib)) = capacity {
-            let share = |v: f64| match unit {
-                Unit::Mib => v / memory_mib * 100.0,
-                _ => v / f64::from(cpus),
-            };
+        let mut row = vec![
+            Cell::text(name),
+            Cell::num(l.baseline, Some(unit), 1),
+            Cell::num(l.peak, Some(unit), 1),
+            Cell::num(l.peak_at_ms, Some(Unit::Ms), 0),
+            Cell::num(l.settled, Some(unit), 1),
+            Cell::num(l.settled_at_ms, Some(Unit::Ms), 0),
+        ];
+        if capacity.is_some() {
             row.extend(
                 levels
                     .iter()
-                    .map(|v| Cell::opt(v.map(share), Some(Unit::Percent), 1)),
+                    .map(|&v| Cell::opt(share_of_host(prov, unit, v), Some(Unit::Percent), 1)),
             );
         }
         t.rows.push(row);

@@ -8,6 +8,7 @@
 //! workload's 32-byte packets (at whatever MTU the case ran). Only workloads
 //! that keep at least 100 MiB dirty stand for the study's 180 MB game.
 
+use super::results::{mean_landmarks, share_of_host};
 use super::table::{Cell, Table};
 use crate::case::{Hypervisor, PacketSize};
 use crate::measure::{CaseResult, Unit};
@@ -131,6 +132,84 @@ pub fn study_table(results: &[CaseResult]) -> Option<Table> {
     (!t.rows.is_empty()).then_some(t)
 }
 
+/// The study's landmark tables beside ours, for the cases that stand for
+/// one of its rows; None if none does. Ours are the source host's
+/// hypervisor (where the guest ran before the warning), as shares of the
+/// host where the report gives its size.
+pub fn study_landmarks_table(results: &[CaseResult]) -> Option<Table> {
+    let mut t = Table::new(
+        "the study's landmarks beside migsuite's (CPU and memory, % of the host)",
+        &[
+            "hypervisor",
+            "packet data size",
+            "quantity",
+            "study",
+            "study before",
+            "study peak",
+            "study stabilised",
+            "our before",
+            "our peak",
+            "our settled",
+            "our case",
+        ],
+    );
+    t.notes.push(
+        "study: seconds after the migration began; ours: after the warning, the source host's hypervisor, means over the completed runs"
+            .into(),
+    );
+    for p in published() {
+        let ours = results.iter().filter(|r| {
+            r.case.hypervisor == p.hypervisor && packet_data_size(r) == Some(p.packet_data_size)
+        });
+        for r in ours {
+            for (quantity, study, timeline, unit) in [
+                ("CPU", &p.cpu, "cpu.source.hypervisor", Unit::Percent),
+                ("memory", &p.memory, "memory.source.hypervisor", Unit::Mib),
+            ] {
+                let ours = mean_landmarks(&r.case, &r.runs, timeline);
+                let share = |v: f64| share_of_host(&r.provenance, unit, v);
+                let our = |level: Option<f64>, at_ms: Option<f64>| match level.and_then(share) {
+                    Some(pct) => Cell::text(at(pct, at_ms.map(|ms| ms / 1000.0))),
+                    None => Cell::Missing,
+                };
+                t.rows.push(vec![
+                    Cell::text(p.hypervisor.name()),
+                    Cell::text(format!("{} B", p.packet_data_size)),
+                    Cell::text(quantity),
+                    Cell::text(&study.source),
+                    Cell::num(study.before_pct, Some(Unit::Percent), 2),
+                    Cell::text(at(study.peak.pct, Some(study.peak.at_s))),
+                    study
+                        .stabilised
+                        .as_ref()
+                        .map_or(Cell::text("not calculable (crashed)"), |s| {
+                            Cell::text(at(s.pct, Some(s.at_s)))
+                        }),
+                    our(ours.as_ref().map(|l| l.baseline), None),
+                    our(
+                        ours.as_ref().map(|l| l.peak),
+                        ours.as_ref().map(|l| l.peak_at_ms),
+                    ),
+                    our(
+                        ours.as_ref().map(|l| l.settled),
+                        ours.as_ref().map(|l| l.settled_at_ms),
+                    ),
+                    Cell::text(r.case.name()),
+                ]);
+            }
+        }
+    }
+    (!t.rows.is_empty()).then_some(t)
+}
+
+/// "9.63 % at 1.65 s", or just the percentage without a time.
+fn at(pct: f64, at_s: Option<f64>) -> String {
+    match at_s {
+        Some(s) => format!("{pct:.2} % at {s:.2} s"),
+        None => format!("{pct:.2} %"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +268,33 @@ mod tests {
         let xen_pv_1500 = &published()[0];
         assert_eq!(xen_pv_1500.migration.total_s, Some(2.66));
         assert_eq!(xen_pv_1500.cpu.source, "Tab. 1");
+    }
+
+    #[test]
+    fn landmarks_of_the_study_beside_ours() {
+        let t = study_landmarks_table(&[result(Hypervisor::XenPv, 1500, PacketSize::Fill, 180)])
+            .unwrap();
+        let cpu = t.rows[0].iter().map(Cell::render).collect::<Vec<_>>();
+        // Fixture: 12 % of one CPU before, 95 % at 0 s, 0 % once the run ends
+        // (9.4-9.7 s, on a 250 ms grid), on 2 CPUs.
+        assert_eq!(
+            cpu[2..10],
+            [
+                "CPU",
+                "Tab. 1",
+                "2.23 %",
+                "9.63 % at 1.65 s",
+                "2.11 % at 3.66 s",
+                "6.00 %",
+                "47.50 % at 0.00 s",
+                "0.00 % at 9.58 s"
+            ]
+        );
+        assert_eq!(t.rows[1][3], Cell::text("Tab. 2"));
+        assert!(
+            study_landmarks_table(&[result(Hypervisor::XenPv, 576, PacketSize::Fill, 180)])
+                .is_none()
+        );
     }
 
     #[test]
