@@ -10,6 +10,7 @@ use crate::stats::CaseSummary;
 use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 const FONT: &str = "sans-serif";
 const WIDTH: u32 = 900;
@@ -24,6 +25,8 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(227, 119, 194),
 ];
 const MARK_COLOUR: RGBColor = RGBColor(90, 90, 90);
+/// Room above the highest value for the legend and the marks' labels.
+const HEADROOM: f64 = 1.45;
 
 /// A moment of one run, in ms after the warning.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,10 +94,18 @@ struct Panel<'a> {
 }
 
 /// CPU and memory of the source and destination hosts' hypervisor over the
-/// run of median total time, with the migration's moments and the point
-/// where each panel's lines settled. None without a completed run.
+/// run of median total time (or the first run, if none completed), with the
+/// migration's moments and the point where each panel's lines settled. None
+/// without a sampled run.
 pub fn case_figure(result: &CaseResult) -> Result<Option<String>> {
-    let Some((number, run)) = median_run(&result.runs) else {
+    // A case whose runs all failed still shows how its first one went.
+    let shown = median_run(&result.runs)
+        .map(|(number, run)| (number, run, "median total time"))
+        .or_else(|| {
+            let i = result.runs.iter().position(|r| !r.timelines.is_empty())?;
+            Some((i + 1, &result.runs[i], "no run completed"))
+        });
+    let Some((number, run, why)) = shown else {
         return Ok(None);
     };
     let panel = |title, unit, names: [(&'static str, &'static str); 2]| {
@@ -150,7 +161,7 @@ pub fn case_figure(result: &CaseResult) -> Result<Option<String>> {
         root.fill(&WHITE)?;
         let (title, body) = root.split_vertically(30);
         title.draw_text(
-            &format!("run {number} of {} (median total time)", result.runs.len()),
+            &format!("run {number} of {} ({why})", result.runs.len()),
             &(FONT, 15).into_text_style(&title),
             (10, 8),
         )?;
@@ -176,7 +187,9 @@ fn draw_panel(
         .map(|p| p.1)
         .fold(0.0f64, f64::max)
         .max(1.0)
-        * 1.25;
+        * HEADROOM;
+    // Labels of marks in the right fifth end at their line, inside the plot.
+    let right_fifth = seconds.end - (seconds.end - seconds.start) / 5.0;
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, (FONT, 15))
         .margin(10)
@@ -191,6 +204,7 @@ fn draw_panel(
             unit => unit.suffix().to_string(),
         })
         .light_line_style(WHITE.mix(0.0))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, (legend, tl)) in panel.lines.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -211,10 +225,18 @@ fn draw_panel(
         chart.draw_series([PathElement::new([(t, 0.0), (t, top)], MARK_COLOUR)])?;
         // Staggered, so that close marks keep their labels apart.
         let y = top * (0.97 - 0.08 * i as f64);
+        let anchor = if t > right_fifth {
+            HPos::Right
+        } else {
+            HPos::Left
+        };
         chart.draw_series([Text::new(
             mark.label,
             (t, y),
-            (FONT, 12).into_font().color(&MARK_COLOUR),
+            (FONT, 12)
+                .into_font()
+                .color(&MARK_COLOUR)
+                .pos(Pos::new(anchor, VPos::Top)),
         )])?;
     }
     if !panel.lines.is_empty() {
@@ -279,7 +301,7 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                 .iter()
                 .flat_map(|h| bars.iter().filter_map(|(_, bar)| value(h, bar)))
                 .fold(1.0f64, f64::max)
-                * 1.2;
+                * HEADROOM;
             let n = hypervisors.len();
             let mut chart = ChartBuilder::on(area)
                 .caption(title, (FONT, 15))
@@ -302,6 +324,7 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                 .x_labels(n + 1)
                 .x_label_formatter(&group_name)
                 .y_desc("ms")
+                .y_label_formatter(&|v| format!("{v:.0}"))
                 .draw()?;
             let width = 0.8 / bars.len() as f64;
             for (j, (_, bar)) in bars.iter().enumerate() {
@@ -409,6 +432,12 @@ mod tests {
         assert!(case_figure(&result(vec![failed("timed out", true)]))
             .unwrap()
             .is_none());
+        let mut sampled_failure = failed("timed out", true);
+        sampled_failure.timelines = run(2000.0, 100.0).timelines;
+        let svg = case_figure(&result(vec![sampled_failure]))
+            .unwrap()
+            .unwrap();
+        assert!(svg.contains("\nrun 1 of 1 (no run completed)\n"), "{svg}");
     }
 
     #[test]
