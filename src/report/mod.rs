@@ -5,6 +5,7 @@ pub mod conclusions;
 pub mod figures;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod html;
 pub mod json;
 pub mod results;
 pub mod snapshot;
@@ -12,7 +13,7 @@ pub mod study;
 pub mod table;
 
 pub use json::{CaseReport, RunReport};
-pub use results::{case_table, landmark_table, provenance_table, suite_table};
+pub use results::{case_table, suite_table};
 pub use snapshot::{baseline, case_snapshot, snap_body};
 pub use study::study_table;
 pub use table::{Cell, Table};
