@@ -124,7 +124,8 @@ pub struct Checked {
     pub statement: &'static str,
     pub stated: &'static str,
     pub finding: Finding,
-    /// Each comparison made, with its numbers.
+    /// Each comparison made, with its numbers, marked ✓ where it held and
+    /// ✗ where not.
     pub evidence: Vec<String>,
 }
 
@@ -274,7 +275,10 @@ pub fn check(results: &[CaseResult]) -> Vec<Checked> {
                 statement: c.statement,
                 stated: c.stated,
                 finding,
-                evidence: comparisons.into_iter().map(|(text, _)| text).collect(),
+                evidence: comparisons
+                    .into_iter()
+                    .map(|(text, held)| format!("{} {text}", if held { "✓" } else { "✗" }))
+                    .collect(),
             }
         })
         .collect()
@@ -302,7 +306,7 @@ pub fn conclusions_table(results: &[CaseResult]) -> Table {
             Cell::text(if c.evidence.is_empty() {
                 "no case of this run compares them".to_string()
             } else {
-                c.evidence.join("; ")
+                c.evidence.join("\n")
             }),
         ]);
     }
@@ -339,7 +343,7 @@ mod tests {
             .iter()
             .find(|c| c.statement.starts_with(statement_start))
             .unwrap();
-        (c.finding, c.evidence.join("; "))
+        (c.finding, c.evidence.join("\n"))
     }
 
     #[test]
@@ -359,14 +363,14 @@ mod tests {
         assert_eq!(f, Finding::Holds);
         assert_eq!(
             evidence,
-            "total time at 1500 B: openvz 2000.0 ms < xen-pv 3000.0 ms; \
-             total time at 32 B: openvz 5000.0 ms < xen-pv 6000.0 ms"
+            "✓ total time at 1500 B: openvz 2000.0 ms < xen-pv 3000.0 ms\n\
+             ✓ total time at 32 B: openvz 5000.0 ms < xen-pv 6000.0 ms"
         );
         // Not at 1500 B: 50 ms against 40.
         let (f, evidence) = finding(&checked, "OpenVZ's downtime");
         assert_eq!(f, Finding::DoesNotHold);
         assert!(
-            evidence.contains("openvz 50.0 ms >= xen-pv 40.0 ms"),
+            evidence.contains("✗ downtime (reported) at 1500 B: openvz 50.0 ms >= xen-pv 40.0 ms"),
             "{evidence}"
         );
         // No Xen-HVM case.
@@ -381,13 +385,13 @@ mod tests {
         let (f, evidence) = finding(&checked, "KVM-FV is the slowest");
         assert_eq!(f, Finding::Holds);
         assert!(evidence.starts_with(
-            "total time at 1500 B: kvm-fv 5000.0 ms against xen-pv 3000.0 ms, openvz 2000.0 ms, kvm-pv 4000.0 ms"
+            "✓ total time at 1500 B: kvm-fv 5000.0 ms against xen-pv 3000.0 ms, openvz 2000.0 ms, kvm-pv 4000.0 ms"
         ), "{evidence}");
         assert_eq!(finding(&checked, "KVM-PV improves").0, Finding::Holds);
         let (f, evidence) = finding(&checked, "Total time and downtime grow");
         assert_eq!(f, Finding::Holds);
         assert!(
-            evidence.starts_with("total time of xen-pv: 1500 B 3000.0 ms, 32 B 6000.0 ms"),
+            evidence.starts_with("✓ total time of xen-pv: 1500 B 3000.0 ms, 32 B 6000.0 ms"),
             "{evidence}"
         );
         // Every fixture run peaks at 95 %: flat, so it does not grow.

@@ -23,7 +23,7 @@ h1, h2, h3 { font-weight: 600; }
 section.case { border-top: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 h4 { margin: 1em 0 0.3em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; white-space: pre-line; }
 th { background: #f0f0f0; }
 td.num { text-align: right; white-space: nowrap; }
 p.note { margin: 0.2em 0; color: #555; font-size: 0.9em; }
