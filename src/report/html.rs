@@ -288,6 +288,45 @@ mod tests {
     }
 
     #[test]
+    fn a_real_report_becomes_a_page_beside_it() {
+        // Two cases of a ci run, trimmed to two runs and the hosts' timelines.
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ci-report-two-cases.json");
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("ci-1795783253.json");
+        std::fs::copy(&fixture, &json).unwrap();
+        let page_path = html_path(&json);
+        assert_eq!(page_path, dir.path().join("ci-1795783253.html"));
+        write(&json, &page_path).unwrap();
+
+        let page = std::fs::read_to_string(&page_path).unwrap();
+        assert_eq!(page.matches("<svg").count(), 3, "suite and two cases");
+        for mark in [
+            "warning",
+            "transfer starts",
+            "switch-over",
+            "resumed",
+            "settled",
+        ] {
+            assert!(page.contains(&format!("\n{mark}\n</text>")), "{mark}");
+        }
+        assert!(page.contains("<td>CRIU 4.2.1"));
+        assert!(page.contains("<h4>ci::kvm-fv::mtu128::game landmarks</h4>"));
+    }
+
+    #[test]
+    fn an_unreadable_report_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("not-a-report.json");
+        std::fs::write(&json, "{\"suite\": 1}").unwrap();
+        let e = write(&json, &html_path(&json)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a migsuite run report"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn the_study_suite_compares_with_the_study() {
         let mut study = saved("study", "game");
         study.cases[0].result.case.link.mtu = 1500;
