@@ -103,6 +103,8 @@ pub struct SavedCase {
 #[derive(Clone, Debug, Deserialize)]
 pub struct SavedVerdict {
     pub passed: bool,
+    /// What was expected of the case, e.g. "bounds on worst of 3 runs, ...".
+    pub expectation: String,
     pub failures: Vec<String>,
 }
 
