@@ -15,7 +15,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 const FONT: &str = "sans-serif";
 const WIDTH: u32 = 900;
 const PANEL_HEIGHT: u32 = 280;
-/// Source, destination, then further bars.
+/// Source and destination lines; bars in turn.
 const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -87,8 +87,9 @@ pub fn median_run(runs: &[RunMeasurement]) -> Option<(usize, &RunMeasurement)> {
 struct Panel<'a> {
     title: &'static str,
     unit: Unit,
-    /// (legend, timeline), without the ones that stayed at zero.
-    lines: Vec<(&'static str, &'a Timeline)>,
+    /// (legend, colour, timeline), without the ones that stayed at zero;
+    /// a host keeps its colour whether or not the other is drawn.
+    lines: Vec<(&'static str, RGBColor, &'a Timeline)>,
     /// When the last of its lines settled.
     settled_ms: Option<f64>,
 }
@@ -109,16 +110,20 @@ pub fn case_figure(result: &CaseResult) -> Result<Option<String>> {
         return Ok(None);
     };
     let panel = |title, unit, names: [(&'static str, &'static str); 2]| {
-        let lines: Vec<(&str, &Timeline)> = names
+        let lines: Vec<(&str, RGBColor, &Timeline)> = names
             .into_iter()
-            .filter_map(|(legend, name)| {
+            .zip(COLOURS)
+            .filter_map(|((legend, name), colour)| {
                 let tl = run.timelines.iter().find(|tl| tl.name == name)?;
-                tl.points.iter().any(|p| p.1 != 0.0).then_some((legend, tl))
+                tl.points
+                    .iter()
+                    .any(|p| p.1 != 0.0)
+                    .then_some((legend, colour, tl))
             })
             .collect();
         let settled_ms = lines
             .iter()
-            .filter_map(|(_, tl)| run_landmarks(&result.case, run, &tl.name))
+            .filter_map(|(_, _, tl)| run_landmarks(&result.case, run, &tl.name))
             .map(|l| l.settled_at_ms as f64)
             .reduce(f64::max);
         Panel {
@@ -149,7 +154,7 @@ pub fn case_figure(result: &CaseResult) -> Result<Option<String>> {
     let times = panels
         .iter()
         .flat_map(|p| &p.lines)
-        .flat_map(|(_, tl)| &tl.points)
+        .flat_map(|(_, _, tl)| &tl.points)
         .map(|p| p.0 as f64 / 1000.0);
     let (t0, t1) = times.fold((0.0f64, 1.0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
     let marks = migration_marks(&result.case, run);
@@ -183,7 +188,7 @@ fn draw_panel(
     let top = panel
         .lines
         .iter()
-        .flat_map(|(_, tl)| &tl.points)
+        .flat_map(|(_, _, tl)| &tl.points)
         .map(|p| p.1)
         .fold(0.0f64, f64::max)
         .max(1.0)
@@ -206,14 +211,13 @@ fn draw_panel(
         .light_line_style(WHITE.mix(0.0))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for (i, (legend, tl)) in panel.lines.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+    for &(legend, colour, tl) in &panel.lines {
         chart
             .draw_series(LineSeries::new(
                 tl.points.iter().map(|p| (p.0 as f64 / 1000.0, p.1)),
                 colour.stroke_width(2),
             ))?
-            .label(*legend)
+            .label(legend)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
     let settled = panel.settled_ms.map(|t_ms| Mark {
