@@ -275,6 +275,8 @@ pub struct Case {
     pub sampling: SamplingSpec,
     pub bounds: Bounds,
     pub expect: Expect,
+    /// Reports written before noise thresholds existed read the defaults.
+    #[serde(default)]
     pub noise: NoiseThresholds,
 }
 

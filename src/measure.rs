@@ -93,6 +93,8 @@ pub struct Landmarks {
 /// What the lab measured of itself before the case, and what the case's
 /// workload was set to from it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Reports written before a field existed read it as not measured.
+#[serde(default)]
 pub struct Calibration {
     pub mtu: u32,
     /// TCP goodput from source to destination over the migration link.
@@ -207,6 +209,8 @@ impl Outcome {
 
 /// Measurements of one repeat of one case.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Reports written before a field existed read it as not measured.
+#[serde(default)]
 pub struct RunMeasurement {
     pub outcome: Outcome,
     /// Which way the guest went, e.g. "a->b" (repeats go back and forth).
