@@ -14,14 +14,14 @@ use crate::stats::Summary;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finding {
+enum Finding {
     Holds,
     DoesNotHold,
     NotMeasured,
 }
 
 impl Finding {
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Finding::Holds => "holds",
             Finding::DoesNotHold => "does not hold here",
@@ -120,13 +120,13 @@ const CONCLUSIONS: &[StudyConclusion] = &[
 
 /// One conclusion checked against a run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Checked {
-    pub statement: &'static str,
-    pub stated: &'static str,
-    pub finding: Finding,
+struct Checked {
+    statement: &'static str,
+    stated: &'static str,
+    finding: Finding,
     /// Each comparison made, with its numbers, marked ✓ where it held and
     /// ✗ where not.
-    pub evidence: Vec<String>,
+    evidence: Vec<String>,
 }
 
 /// The cases standing for each of the study's rows: (hypervisor, packet
@@ -253,7 +253,7 @@ fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, bool)> {
 
 /// Every conclusion of the study that our measurements can decide, checked
 /// against `results`: it holds if every comparison it makes holds.
-pub fn check(results: &[CaseResult]) -> Vec<Checked> {
+fn check(results: &[CaseResult]) -> Vec<Checked> {
     let grid = Grid::of(results);
     CONCLUSIONS
         .iter()

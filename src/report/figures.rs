@@ -30,15 +30,15 @@ const HEADROOM: f64 = 1.45;
 
 /// A moment of one run, in ms after the warning.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Mark {
-    pub label: &'static str,
-    pub t_ms: f64,
+struct Mark {
+    label: &'static str,
+    t_ms: f64,
 }
 
 /// The moments of the migration itself: the warning, the first byte of
 /// memory moving, the switch-over (the guest stops on the source) and the
 /// guest running on the destination.
-pub fn migration_marks(case: &Case, run: &RunMeasurement) -> Vec<Mark> {
+fn migration_marks(case: &Case, run: &RunMeasurement) -> Vec<Mark> {
     let mut marks = vec![Mark {
         label: "warning",
         t_ms: 0.0,
@@ -69,7 +69,7 @@ pub fn migration_marks(case: &Case, run: &RunMeasurement) -> Vec<Mark> {
 
 /// The completed run of median total time (1-based number, run): the one
 /// the case figure shows.
-pub fn median_run(runs: &[RunMeasurement]) -> Option<(usize, &RunMeasurement)> {
+fn median_run(runs: &[RunMeasurement]) -> Option<(usize, &RunMeasurement)> {
     let mut completed: Vec<(usize, &RunMeasurement)> = runs
         .iter()
         .enumerate()

@@ -34,7 +34,7 @@ figure svg { max-width: 100%; height: auto; }
 ";
 
 /// `text` safe inside HTML elements and attribute values.
-pub fn escape(text: &str) -> String {
+fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
