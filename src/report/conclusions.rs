@@ -97,7 +97,7 @@ const CONCLUSIONS: &[StudyConclusion] = &[
     },
     StudyConclusion {
         statement: "KVM-PV improves on KVM-FV in total time and downtime",
-        stated: "§4.6 before Tab. 29; §5 item 6",
+        stated: "§4.6 after Tab. 34; §5 item 6",
         claim: Claim::Below {
             lower: Hypervisor::KvmPv,
             higher: Hypervisor::KvmFv,
