@@ -161,7 +161,7 @@ fn case_html(c: &SavedCase) -> Result<String> {
     )?;
     writeln!(
         out,
-        "<p class=\"{0}\">{0}</p>\n<p class=\"note\">expected: {1}</p>",
+        "<p class=\"{0}\">{0}</p>\n<p class=\"note\">judged by: {1}</p>",
         verdict_class(c),
         escape(&c.verdict.expectation)
     )?;
@@ -179,11 +179,11 @@ fn case_html(c: &SavedCase) -> Result<String> {
         )),
         None => out.push_str("<p>No run was sampled: nothing to draw.</p>\n"),
     }
-    out.push_str(&table_html(&landmark_table(
-        &r.case,
-        &r.provenance,
-        &r.runs,
-    )));
+    let landmarks = landmark_table(&r.case, &r.provenance, &r.runs);
+    // No completed run (or nothing but zeros): nothing to tabulate.
+    if !landmarks.rows.is_empty() {
+        out.push_str(&table_html(&landmarks));
+    }
     out.push_str(&table_html(&migration_table(&r.case, &r.runs)));
     out.push_str("</section>\n");
     Ok(out)
