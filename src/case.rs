@@ -2,13 +2,13 @@
 //! default already applied. Suites (`crate::suite`) produce these; nothing
 //! downstream ever looks at YAML again.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 
 /// The five systems of the study. Which of them this build can run is the
 /// backend registry's business (`crate::backend`), not the suite language's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hypervisor {
     XenPv,
@@ -49,7 +49,7 @@ impl fmt::Display for Hypervisor {
 }
 
 /// Which accelerator the guest should run under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM when the host can really run a stock guest kernel with it, else TCG.
@@ -58,7 +58,7 @@ pub enum AccelChoice {
     Tcg,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     Precopy,
@@ -88,7 +88,7 @@ impl fmt::Display for Strategy {
 }
 
 /// Payload size of the workload's packet stream (UDP payload bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PacketSize {
     /// As large as the MTU allows (MTU - 28 bytes of IPv4 and UDP headers).
@@ -105,7 +105,7 @@ impl PacketSize {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GuestSpec {
     pub memory_mib: u32,
     pub vcpus: u32,
@@ -113,7 +113,7 @@ pub struct GuestSpec {
 }
 
 /// The study's "180 MB game": memory kept dirty plus a packet stream.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     pub dirty_mib: u32,
@@ -124,7 +124,7 @@ pub struct Workload {
     pub packet_rate_pps: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DirtyRate {
     MibPerSec(u32),
@@ -154,7 +154,7 @@ impl std::fmt::Display for DirtyRate {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkSpec {
     pub mtu: u32,
     /// Egress shaping of every lab link, Mbit/s; None = unshaped.
@@ -164,13 +164,13 @@ pub struct LinkSpec {
     pub offloads: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailureSpec {
     /// Seconds of steady state before the source host announces it goes down.
     pub after_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MigrationSpec {
     pub strategy: Strategy,
     pub max_downtime_ms: u64,
@@ -208,14 +208,14 @@ impl fmt::Display for Topology {
 }
 
 /// Sabotage injected during the migration, for the failure paths.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Faults {
     /// Kill the destination's hypervisor process this long after the
     /// migration started.
     pub kill_destination_after_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplingSpec {
     pub interval_ms: u64,
     /// Longest time to keep sampling after the migration ended, waiting for
@@ -223,7 +223,7 @@ pub struct SamplingSpec {
     pub settle_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregate {
     Mean,
@@ -231,7 +231,7 @@ pub enum Aggregate {
 }
 
 /// Upper bounds; None = not bounded.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bounds {
     pub apply_to: Aggregate,
     pub downtime_ms: Option<f64>,
@@ -243,7 +243,7 @@ pub struct Bounds {
 }
 
 /// What the case is expected to end with.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
     /// The migration completes and every bound holds.
@@ -255,7 +255,7 @@ pub enum Expect {
 /// Per gated metric, the smallest change of its median (a fraction of the
 /// baseline's) that the gate reports as a regression or an improvement,
 /// when it is also statistically significant (`baseline`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoiseThresholds {
     pub total_time: f64,
     pub downtime: f64,
@@ -281,14 +281,14 @@ impl Default for NoiseThresholds {
 
 /// `gate` suites run in `cargo test`; `lab` suites are listed but run only
 /// when asked (`--include-ignored`, or `migsuite run`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Gate,
     Lab,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Case {
     /// Suite name (from the file).
     pub suite: String,
@@ -305,6 +305,8 @@ pub struct Case {
     pub sampling: SamplingSpec,
     pub bounds: Bounds,
     pub expect: Expect,
+    /// Reports written before noise thresholds existed read the defaults.
+    #[serde(default)]
     pub noise: NoiseThresholds,
 }
 

@@ -1,6 +1,7 @@
 //! Landmarks of a sampled timeline: where it started, peaked and settled.
 
-use crate::measure::{Landmarks, Timeline};
+use crate::case::Case;
+use crate::measure::{Landmarks, RunMeasurement, Timeline};
 
 /// Fewest points after the warning that give a meaningful peak and final level.
 const MIN_AFTER: usize = 3;
@@ -51,6 +52,16 @@ pub fn landmarks(t: &Timeline, window_end_ms: i64) -> Option<Landmarks> {
         settled: mean(after[settled_i..].iter().map(|p| p.1)),
         settled_at_ms: after[settled_i].0,
     })
+}
+
+/// Landmarks of the timeline `name` of one run of `case`, within the run's
+/// sampling window.
+pub fn run_landmarks(case: &Case, run: &RunMeasurement, name: &str) -> Option<Landmarks> {
+    // Sampling stops `settle_ms` after the migration: the window.
+    let end = run
+        .total_time_ms
+        .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
+    landmarks(run.timelines.iter().find(|tl| tl.name == name)?, end)
 }
 
 fn mean(values: impl ExactSizeIterator<Item = f64>) -> f64 {

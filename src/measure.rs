@@ -25,6 +25,13 @@ pub struct Provenance {
     /// What else used the machine's CPUs while the case was measured.
     #[serde(default)]
     pub beside: crate::neighbours::Neighbours,
+    /// The machine's CPUs and memory, that CPU and memory timelines can be
+    /// read as shares of the host (as the study gives them); None in
+    /// reports written before they were recorded.
+    #[serde(default)]
+    pub host_cpus: Option<u32>,
+    #[serde(default)]
+    pub host_memory_mib: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +93,8 @@ pub struct Landmarks {
 /// What the lab measured of itself before the case, and what the case's
 /// workload was set to from it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Reports written before a field existed read it as not measured.
+#[serde(default)]
 pub struct Calibration {
     pub mtu: u32,
     /// TCP goodput from source to destination over the migration link.
@@ -200,6 +209,8 @@ impl Outcome {
 
 /// Measurements of one repeat of one case.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Reports written before a field existed read it as not measured.
+#[serde(default)]
 pub struct RunMeasurement {
     pub outcome: Outcome,
     /// Which way the guest went, e.g. "a->b" (repeats go back and forth).
@@ -239,7 +250,7 @@ pub struct RunMeasurement {
 }
 
 /// Everything measured of one case: its runs and what produced them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {
     pub case: Case,
     pub provenance: Provenance,

@@ -16,6 +16,19 @@ pub struct Stat {
     pub rss_pages: u64,
 }
 
+/// A field of `/proc/meminfo` (e.g. "MemTotal"), in MiB.
+pub fn meminfo_mib(key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// `/proc/<pid>/stat` of a live process.
 pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)

@@ -239,6 +239,8 @@ fn run_in(
         guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
         migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
         beside,
+        host_cpus: Some(num_cpus() as u32),
+        host_memory_mib: crate::procfs::meminfo_mib("MemTotal"),
     };
     Ok(CaseResult {
         case: case.clone(),

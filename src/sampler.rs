@@ -59,16 +59,7 @@ fn machine_cpu() -> Option<(u64, u64)> {
 }
 
 fn machine_used_mib() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = |key: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((kib("MemTotal:")? - kib("MemAvailable:")?) / 1024.0)
+    Some(procfs::meminfo_mib("MemTotal")? - procfs::meminfo_mib("MemAvailable")?)
 }
 
 impl Sampler {

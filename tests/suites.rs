@@ -12,7 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use migsuite::backend;
 use migsuite::case::{Case, Tier};
 use migsuite::report::json::{CaseReport, RunReport};
-use migsuite::report::{case_snapshot, case_table, study_table, suite_table};
+use migsuite::report::{case_snapshot, case_table, html, study_table, suite_table};
 use migsuite::session::Session;
 use std::path::Path;
 
@@ -69,7 +69,8 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
     .with_ignored_flag(ignore)
 }
 
-/// A suite's table and JSON report, from its cases' runs and verdicts.
+/// A suite's table, JSON report and HTML page, from its cases' runs and
+/// verdicts.
 fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
     let suite = cases[0].suite.clone();
     let ignore = cases.iter().all(ignored);
@@ -95,6 +96,9 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
             .write(Path::new("target/migsuite/reports"))
             .map_err(|e| e.to_string())?;
         eprintln!("report: {}", path.display());
+        let page = html::html_path(&path);
+        html::write(&path, &page).map_err(|e| format!("{e:#}"))?;
+        eprintln!("html report: {}", page.display());
         Ok(())
     })
     .with_ignored_flag(ignore)

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use migsuite::backend;
 use migsuite::case::{Case, Expect, LinkSpec};
 use migsuite::lab::{calibration, Lab};
-use migsuite::report::{case_table, study_table, suite_table, CaseReport, RunReport};
+use migsuite::report::{case_table, html, study_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
 use migsuite::suite;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rate_mbit: u64,
     },
-    /// Run the cases on the local lab, print the tables, write a JSON report.
+    /// Run the cases on the local lab, print the tables, write a JSON report
+    /// and its HTML page beside it.
     Run {
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
@@ -56,6 +57,15 @@ enum Command {
         /// Where the JSON report of each suite goes.
         #[arg(long, default_value = "target/migsuite/reports")]
         report_dir: PathBuf,
+    },
+    /// Write the HTML page of a JSON report: one self-contained file (inline
+    /// figures and style, no scripts, no outside links).
+    Report {
+        /// A JSON report `migsuite run` wrote.
+        report: PathBuf,
+        /// Where the page goes; by default beside the report, as .html.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -100,8 +110,27 @@ fn main() -> ExitCode {
                 .collect();
             run(&selected, &report_dir)
         }),
+        Command::Report { report, output } => {
+            let page = output.unwrap_or_else(|| html::html_path(&report));
+            Ok(write_html(&report, &page))
+        }
     };
     done.unwrap_or_else(|failed| failed)
+}
+
+/// Writes the HTML page of the JSON report `json` to `page`, and says
+/// where, or why not.
+fn write_html(json: &Path, page: &Path) -> ExitCode {
+    match html::write(json, page) {
+        Ok(()) => {
+            println!("html report: {}", page.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the HTML report {}: {e:#}", page.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
@@ -196,7 +225,10 @@ fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
         }
         if !report.cases.is_empty() {
             match report.write(report_dir) {
-                Ok(path) => println!("report: {}", path.display()),
+                Ok(path) => {
+                    println!("report: {}", path.display());
+                    write_html(&path, &html::html_path(&path));
+                }
                 Err(e) => eprintln!("cannot write the report to {}: {e}", report_dir.display()),
             }
         }

@@ -62,6 +62,8 @@ pub(crate) fn provenance() -> Provenance {
         guest_kernel: "6.1.0-30-amd64".into(),
         migsuite_version: "0.1.0".into(),
         beside: Default::default(),
+        host_cpus: Some(2),
+        host_memory_mib: Some(4096.0),
     }
 }
 

@@ -5,7 +5,8 @@ use crate::case::Case;
 use crate::measure::{Calibration, CaseResult, Provenance, RunMeasurement};
 use crate::stats::CaseSummary;
 use crate::verdict::Verdict;
-use serde::Serialize;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -82,6 +83,40 @@ impl RunReport {
     }
 }
 
+/// A run report read back from its JSON, for the HTML report: each case's
+/// measurements and whether it passed (summaries follow from the runs).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedRun {
+    pub suite: String,
+    pub started_at: String,
+    pub cases: Vec<SavedCase>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedCase {
+    #[serde(flatten)]
+    pub result: CaseResult,
+    pub verdict: SavedVerdict,
+}
+
+/// What a reader of the report needs of a verdict.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedVerdict {
+    pub passed: bool,
+    /// What was expected of the case, e.g. "bounds on worst of 3 runs, ...".
+    pub expectation: String,
+    pub failures: Vec<String>,
+}
+
+impl SavedRun {
+    pub fn read(path: &Path) -> anyhow::Result<SavedRun> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+            .with_context(|| format!("{} is not a migsuite run report", path.display()))
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.
 pub fn rfc3339(unix_s: u64) -> String {
     let (days, secs) = ((unix_s / 86_400) as i64, unix_s % 86_400);
@@ -138,6 +173,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = report.write(&dir.path().join("reports")).unwrap();
         assert_eq!(path, dir.path().join("reports/ci-1700000000.json"));
+
+        let saved = SavedRun::read(&path).unwrap();
+        let (read, written) = (&saved.cases[0].result, &report.cases[0]);
+        assert_eq!(
+            (&read.case, &read.provenance, &read.runs),
+            (&written.case, &written.provenance, &written.runs)
+        );
+        assert!(!saved.cases[0].verdict.passed);
 
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\n  \"suite\": \"ci\""));

@@ -1,8 +1,11 @@
 //! Reports of measured cases: plain-text tables, noise-tolerant snapshot
-//! text, and the JSON record of a whole run.
+//! text, the JSON record of a whole run, and the HTML page drawn from it.
 
+pub mod conclusions;
+pub mod figures;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod html;
 pub mod json;
 pub mod results;
 pub mod snapshot;

@@ -3,7 +3,7 @@
 
 use super::table::{Cell, Table};
 use crate::case::{Aggregate, Case};
-use crate::landmarks::landmarks;
+use crate::landmarks::run_landmarks;
 use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
 use crate::metrics::{Metric, METRICS};
 use crate::stats::{CaseSummary, Summary};
@@ -33,34 +33,19 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
         t.notes.extend(failures);
     }
 
-    let done: Vec<&RunMeasurement> = runs
-        .iter()
-        .filter(|r| r.outcome == Outcome::Completed)
-        .collect();
-    let mut series: Vec<(&str, Unit)> = vec![];
-    for tl in done.iter().flat_map(|r| &r.timelines) {
-        if !series.iter().any(|(name, _)| *name == tl.name) {
-            series.push((&tl.name, tl.unit));
-        }
-    }
-    for (name, unit) in series {
-        let marks: Vec<Landmarks> = done
-            .iter()
-            .filter_map(|r| {
-                // Sampling stops `settle_ms` after the migration: the window.
-                let end = r
-                    .total_time_ms
-                    .map_or(i64::MAX, |ms| ms as i64 + case.sampling.settle_ms as i64);
-                landmarks(r.timelines.iter().find(|tl| tl.name == name)?, end)
-            })
-            .collect();
-        let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+    for (name, unit) in series(runs) {
+        let l = mean_landmarks(case, runs, name);
         for (measure, value, unit, decimals) in [
-            ("baseline", mean(|l| l.baseline), unit, 1),
-            ("peak", mean(|l| l.peak), unit, 1),
-            ("peak at", mean(|l| l.peak_at_ms as f64), Unit::Ms, 0),
-            ("settled", mean(|l| l.settled), unit, 1),
-            ("settled at", mean(|l| l.settled_at_ms as f64), Unit::Ms, 0),
+            ("baseline", l.as_ref().map(|l| l.baseline), unit, 1),
+            ("peak", l.as_ref().map(|l| l.peak), unit, 1),
+            ("peak at", l.as_ref().map(|l| l.peak_at_ms), Unit::Ms, 0),
+            ("settled", l.as_ref().map(|l| l.settled), unit, 1),
+            (
+                "settled at",
+                l.as_ref().map(|l| l.settled_at_ms),
+                Unit::Ms,
+                0,
+            ),
         ] {
             t.rows.push(vec![
                 Cell::text(name),
@@ -69,20 +54,153 @@ pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Ta
             ]);
         }
     }
+    t.rows.extend(
+        migration_rows(runs).map(|(label, value)| vec![Cell::text("migration"), label, value]),
+    );
+    t
+}
 
-    // Medians over the completed runs, as the gate compares them.
+/// The migration figures of a case: medians over the completed runs, as
+/// the gate compares them.
+pub fn migration_table(case: &Case, runs: &[RunMeasurement]) -> Table {
+    let mut t = Table::new(
+        format!(
+            "{} migration (medians over the completed runs)",
+            case.name()
+        ),
+        &["measure", "value"],
+    );
+    t.rows
+        .extend(migration_rows(runs).map(|(label, value)| vec![label, value]));
+    t
+}
+
+/// (label, median) of every metric.
+fn migration_rows(runs: &[RunMeasurement]) -> impl Iterator<Item = (Cell, Cell)> {
     let s = CaseSummary::of(runs);
-    for m in METRICS {
+    METRICS.iter().map(move |m| {
         let (unit, decimals) = match m.unit {
             Unit::Ratio => (None, 2),
             Unit::Count => (None, 0),
             unit => (Some(unit), 1),
         };
-        t.rows.push(vec![
-            Cell::text("migration"),
+        (
             Cell::text(m.label),
             Cell::opt(s.get(m.key).map(|s| s.median), unit, decimals),
-        ]);
+        )
+    })
+}
+
+/// The timelines of the completed runs, by name, in the order first seen.
+fn series(runs: &[RunMeasurement]) -> Vec<(&str, Unit)> {
+    let mut series: Vec<(&str, Unit)> = vec![];
+    for tl in completed(runs).flat_map(|r| &r.timelines) {
+        if !series.iter().any(|(name, _)| *name == tl.name) {
+            series.push((&tl.name, tl.unit));
+        }
+    }
+    series
+}
+
+fn completed(runs: &[RunMeasurement]) -> impl Iterator<Item = &RunMeasurement> {
+    runs.iter().filter(|r| r.outcome == Outcome::Completed)
+}
+
+/// Landmarks of a timeline as means over the completed runs of a case.
+pub(crate) struct MeanLandmarks {
+    pub baseline: f64,
+    pub peak: f64,
+    pub peak_at_ms: f64,
+    pub settled: f64,
+    pub settled_at_ms: f64,
+}
+
+/// The means of the landmarks of the timeline `name` over the completed
+/// runs that have them; None if none has.
+pub(crate) fn mean_landmarks(
+    case: &Case,
+    runs: &[RunMeasurement],
+    name: &str,
+) -> Option<MeanLandmarks> {
+    let marks: Vec<Landmarks> = completed(runs)
+        .filter_map(|r| run_landmarks(case, r, name))
+        .collect();
+    let mean = |f: fn(&Landmarks) -> f64| mean(marks.iter().map(f));
+    Some(MeanLandmarks {
+        baseline: mean(|l| l.baseline)?,
+        peak: mean(|l| l.peak)?,
+        peak_at_ms: mean(|l| l.peak_at_ms as f64)?,
+        settled: mean(|l| l.settled)?,
+        settled_at_ms: mean(|l| l.settled_at_ms as f64)?,
+    })
+}
+
+/// A CPU (% of one CPU) or memory (MiB) value as a percentage of the host,
+/// as the study gives them; None where the provenance lacks the host's size.
+pub(crate) fn share_of_host(prov: &Provenance, unit: Unit, value: f64) -> Option<f64> {
+    match unit {
+        Unit::Mib => Some(value / prov.host_memory_mib? * 100.0),
+        Unit::Percent => Some(value / f64::from(prov.host_cpus?)),
+        _ => None,
+    }
+}
+
+/// The study's view of one case: per CPU and memory timeline of the source
+/// and destination hosts, the level before the warning, the peak and when,
+/// the settled level and since when (means over the completed runs), also
+/// as shares of the host where the provenance gives its capacity. Timelines
+/// that stayed at zero (nothing of that kind ran there) are left out.
+pub fn landmark_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
+    let mut headers = vec![
+        "series",
+        "before",
+        "peak",
+        "peak at",
+        "settled",
+        "settled at",
+    ];
+    let capacity = prov.host_cpus.zip(prov.host_memory_mib);
+    if capacity.is_some() {
+        headers.extend(["before, % of host", "peak, % of host", "settled, % of host"]);
+    }
+    let mut t = Table::new(format!("{} landmarks", case.name()), &headers);
+    t.notes.push(format!(
+        "means over {} completed runs; times in ms after the warning",
+        completed(runs).count()
+    ));
+    if capacity.is_none() {
+        t.notes.push(
+            "the report does not give the host's CPUs and memory: no shares of the host".into(),
+        );
+    }
+    let host_series = series(runs).into_iter().filter(|(name, _)| {
+        (name.starts_with("cpu.") || name.starts_with("memory."))
+            && (name.contains(".source.") || name.contains(".destination."))
+    });
+    for (name, unit) in host_series {
+        let Some(l) = mean_landmarks(case, runs, name) else {
+            continue;
+        };
+        let levels = [l.baseline, l.peak, l.settled];
+        if levels.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let mut row = vec![
+            Cell::text(name),
+            Cell::num(l.baseline, Some(unit), 1),
+            Cell::num(l.peak, Some(unit), 1),
+            Cell::num(l.peak_at_ms, Some(Unit::Ms), 0),
+            Cell::num(l.settled, Some(unit), 1),
+            Cell::num(l.settled_at_ms, Some(Unit::Ms), 0),
+        ];
+        if capacity.is_some() {
+            row.extend(
+                levels
+                    .iter()
+                    .map(|&v| Cell::opt(share_of_host(prov, unit, v), Some(Unit::Percent), 1)),
+            );
+        }
+        t.rows.push(row);
     }
     t
 }
@@ -95,16 +213,7 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     headers.extend(bounded().map(|m| m.label));
     headers.push("outcome");
     let mut t = Table::new(format!("suite {suite}"), &headers);
-    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
-    for r in results {
-        let name = r.case.hypervisor.name();
-        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
-            Some((_, names)) if names.contains(&name) => {}
-            Some((_, names)) => names.push(name),
-            None => provenances.push((&r.provenance, vec![name])),
-        }
-    }
-    for (p, names) in provenances {
+    for (p, names) in distinct_provenances(results) {
         let names = names.join(", ");
         t.notes
             .extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
@@ -130,6 +239,56 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
         }));
         row.push(Cell::text(outcome(runs)));
         t.rows.push(row);
+    }
+    t
+}
+
+/// Each distinct provenance of `results`, with the hypervisors it ran.
+fn distinct_provenances(results: &[CaseResult]) -> Vec<(&Provenance, Vec<&'static str>)> {
+    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
+    for r in results {
+        let name = r.case.hypervisor.name();
+        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
+            Some((_, names)) if names.contains(&name) => {}
+            Some((_, names)) => names.push(name),
+            None => provenances.push((&r.provenance, vec![name])),
+        }
+    }
+    provenances
+}
+
+/// Everything the provenances of `results` record, one row per distinct one.
+pub fn provenance_table(results: &[CaseResult]) -> Table {
+    let mut t = Table::new(
+        "provenance",
+        &[
+            "hypervisors",
+            "accelerator",
+            "host",
+            "host kernel",
+            "host CPUs",
+            "host memory",
+            "hypervisor",
+            "toolstack",
+            "guest kernel",
+            "migsuite",
+            "beside it on the machine",
+        ],
+    );
+    for (p, names) in distinct_provenances(results) {
+        t.rows.push(vec![
+            Cell::text(names.join(", ")),
+            Cell::text(&p.accel),
+            Cell::text(&p.host_kind),
+            Cell::text(&p.host_kernel),
+            Cell::opt(p.host_cpus.map(f64::from), None, 0),
+            Cell::opt(p.host_memory_mib, Some(Unit::Mib), 0),
+            Cell::text(&p.hypervisor_version),
+            Cell::text(&p.toolstack_version),
+            Cell::text(&p.guest_kernel),
+            Cell::text(&p.migsuite_version),
+            Cell::text(p.beside.to_string()),
+        ]);
     }
     t
 }
@@ -172,7 +331,7 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::case::Hypervisor;
-    use crate::report::fixtures::{case, failed, provenance, run};
+    use crate::report::fixtures::{case, failed, provenance, run, step};
 
     #[test]
     fn case_table_of_three_runs() {
@@ -271,6 +430,45 @@ xen-pv: beside it on the machine: nothing above 5 % of a core
 | kvm-fv     | 1500 | game     | mean  |  2200.0 ms |            200.0 ms |                300.0 ms |   95.0 % |   310.0 MiB | ok                                |
 | xen-pv     | 128  | game     | worst |  2000.0 ms |            100.0 ms |                200.0 ms |   95.0 % |   310.0 MiB | failed 1 of 2: connection refused |"
         );
+    }
+
+    #[test]
+    fn landmarks_of_the_hosts_as_shares_of_the_host() {
+        let mut runs = [run(2000.0, 100.0), run(2000.0, 100.0)];
+        for r in &mut runs {
+            r.timelines.extend([
+                // Nothing ran there: left out.
+                step(
+                    "cpu.destination.toolstack",
+                    Unit::Percent,
+                    0.0,
+                    0.0,
+                    0.0,
+                    2000,
+                ),
+                // Not a host's: left out.
+                step("cpu.machine", Unit::Percent, 50.0, 90.0, 50.0, 2000),
+            ]);
+        }
+        let t = landmark_table(&case(), &provenance(), &runs);
+        assert_eq!(
+            t.to_string(),
+            "\
+ci::kvm-fv::mtu128::game landmarks
+means over 2 completed runs; times in ms after the warning
+
+| series                   |    before |      peak | peak at | settled | settled at | before, % of host | peak, % of host | settled, % of host |
+|--------------------------|----------:|----------:|--------:|--------:|-----------:|------------------:|----------------:|-------------------:|
+| cpu.source.hypervisor    |    12.0 % |    95.0 % |    0 ms |   0.0 % |    2000 ms |             6.0 % |          47.5 % |              0.0 % |
+| memory.source.hypervisor | 300.0 MiB | 310.0 MiB |    0 ms | 0.0 MiB |    2000 ms |             7.3 % |           7.6 % |              0.0 % |"
+        );
+        let unknown_host = Provenance {
+            host_cpus: None,
+            ..provenance()
+        };
+        let t = landmark_table(&case(), &unknown_host, &runs);
+        assert_eq!(t.headers.len(), 6);
+        assert!(t.notes[1].contains("no shares of the host"));
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl Table {
         }
     }
 
-    fn numeric(&self, column: usize) -> bool {
+    /// Whether `column` holds numbers only (right-aligned).
+    pub(crate) fn numeric(&self, column: usize) -> bool {
         let cells = || self.rows.iter().filter_map(|r| r.get(column));
         cells().any(|c| matches!(c, Cell::Num { .. }))
             && !cells().any(|c| matches!(c, Cell::Text(_)))

@@ -1,0 +1,412 @@
+//! The study's conclusions, checked one by one against a run: each holds,
+//! does not hold here, or was not measured, with the numbers that decide it.
+//!
+//! Our figures are medians over the completed runs of every case that stands
+//! for one of the study's rows (hypervisor and packet data size, as
+//! `study::packet_data_size` matches them).
+
+use super::study::packet_data_size;
+use super::table::{Cell, Table};
+use crate::case::Hypervisor;
+use crate::measure::CaseResult;
+use crate::metrics::{Metric, METRICS};
+use crate::stats::Summary;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finding {
+    Holds,
+    DoesNotHold,
+    NotMeasured,
+}
+
+impl Finding {
+    fn label(self) -> &'static str {
+        match self {
+            Finding::Holds => "holds",
+            Finding::DoesNotHold => "does not hold here",
+            Finding::NotMeasured => "not measured",
+        }
+    }
+}
+
+/// What a conclusion says of the figures, at every packet data size.
+enum Claim {
+    /// `lower`'s figure is below `higher`'s.
+    Below {
+        lower: Hypervisor,
+        higher: Hypervisor,
+    },
+    /// The hypervisor's figure is the largest of all measured.
+    Largest(Hypervisor),
+    /// Each hypervisor's figure grows as its packets shrink.
+    GrowsAsPacketsShrink,
+}
+
+struct StudyConclusion {
+    statement: &'static str,
+    /// Where the study states it.
+    stated: &'static str,
+    claim: Claim,
+    /// Keys of the metrics it is decided on (`metrics::METRICS`).
+    metrics: &'static [&'static str],
+}
+
+const CONCLUSIONS: &[StudyConclusion] = &[
+    StudyConclusion {
+        statement: "OpenVZ's total migration time is smaller than Xen-PV's",
+        stated: "Abstract; §4.4 after Tab. 21; §5 item 4",
+        claim: Claim::Below {
+            lower: Hypervisor::Openvz,
+            higher: Hypervisor::XenPv,
+        },
+        metrics: &["total_time"],
+    },
+    StudyConclusion {
+        statement: "OpenVZ's downtime is smaller than Xen-PV's",
+        stated: "§4.4 after Tab. 21; §5 item 4",
+        claim: Claim::Below {
+            lower: Hypervisor::Openvz,
+            higher: Hypervisor::XenPv,
+        },
+        metrics: &["downtime"],
+    },
+    StudyConclusion {
+        statement: "Xen-HVM performs worse than Xen-PV, especially in downtime",
+        stated: "Abstract; Tab. 7 and 14",
+        claim: Claim::Below {
+            lower: Hypervisor::XenPv,
+            higher: Hypervisor::XenHvm,
+        },
+        metrics: &["downtime", "total_time"],
+    },
+    StudyConclusion {
+        statement: "Xen-HVM consumes more CPU than Xen-PV",
+        stated: "§4.3 after Tab. 13; §5 item 2",
+        claim: Claim::Below {
+            lower: Hypervisor::XenPv,
+            higher: Hypervisor::XenHvm,
+        },
+        metrics: &["peak_cpu"],
+    },
+    StudyConclusion {
+        statement: "KVM-FV is the slowest: the longest total time and downtime",
+        stated: "§4.5 after Tab. 28; §5 item 5",
+        claim: Claim::Largest(Hypervisor::KvmFv),
+        metrics: &["total_time", "downtime"],
+    },
+    StudyConclusion {
+        statement: "KVM-PV improves on KVM-FV in total time and downtime",
+        stated: "§4.6 after Tab. 34; §5 item 6",
+        claim: Claim::Below {
+            lower: Hypervisor::KvmPv,
+            higher: Hypervisor::KvmFv,
+        },
+        metrics: &["total_time", "downtime"],
+    },
+    StudyConclusion {
+        statement: "Total time and downtime grow as packets shrink",
+        stated: "§4.3 after Tab. 14; §5 item 3",
+        claim: Claim::GrowsAsPacketsShrink,
+        metrics: &["total_time", "downtime"],
+    },
+    StudyConclusion {
+        statement: "CPU consumption grows as packets shrink",
+        stated: "§4.2 after Tab. 6; §5 item 3",
+        claim: Claim::GrowsAsPacketsShrink,
+        metrics: &["peak_cpu"],
+    },
+];
+
+/// One conclusion checked against a run.
+#[derive(Clone, Debug, PartialEq)]
+struct Checked {
+    statement: &'static str,
+    stated: &'static str,
+    finding: Finding,
+    /// Each comparison made, with its numbers, marked ✓ where it held and
+    /// ✗ where not.
+    evidence: Vec<String>,
+}
+
+/// The cases standing for each of the study's rows: (hypervisor, packet
+/// data size in bytes).
+struct Grid<'a> {
+    cases: BTreeMap<(Hypervisor, u32), Vec<&'a CaseResult>>,
+}
+
+impl<'a> Grid<'a> {
+    fn of(results: &'a [CaseResult]) -> Grid<'a> {
+        let mut cases: BTreeMap<(Hypervisor, u32), Vec<&CaseResult>> = BTreeMap::new();
+        for r in results {
+            if let Some(size) = packet_data_size(r) {
+                cases.entry((r.case.hypervisor, size)).or_default().push(r);
+            }
+        }
+        Grid { cases }
+    }
+
+    fn median(&self, hypervisor: Hypervisor, size: u32, metric: &Metric) -> Option<f64> {
+        let values: Vec<f64> = self
+            .cases
+            .get(&(hypervisor, size))?
+            .iter()
+            .flat_map(|r| metric.values(&r.runs))
+            .collect();
+        Summary::of(&values).map(|s| s.median)
+    }
+
+    /// The packet data sizes measured, largest first.
+    fn sizes(&self) -> Vec<u32> {
+        let mut sizes: Vec<u32> = self.cases.keys().map(|&(_, size)| size).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes
+    }
+
+    /// (hypervisor, figure) at `size` for every hypervisor that has one.
+    fn figures(&self, size: u32, metric: &Metric) -> Vec<(Hypervisor, f64)> {
+        Hypervisor::ALL
+            .into_iter()
+            .filter_map(|h| Some((h, self.median(h, size, metric)?)))
+            .collect()
+    }
+}
+
+/// Every comparison `claim` makes on `metric`: its text and whether it held.
+fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, bool)> {
+    let show = |v: f64| metric.unit.format(v);
+    let mut out = vec![];
+    match *claim {
+        Claim::Below { lower, higher } => {
+            for size in grid.sizes() {
+                let (Some(lo), Some(hi)) = (
+                    grid.median(lower, size, metric),
+                    grid.median(higher, size, metric),
+                ) else {
+                    continue;
+                };
+                let held = lo < hi;
+                out.push((
+                    format!(
+                        "{} at {size} B: {lower} {} {} {higher} {}",
+                        metric.label,
+                        show(lo),
+                        if held { "<" } else { ">=" },
+                        show(hi)
+                    ),
+                    held,
+                ));
+            }
+        }
+        Claim::Largest(largest) => {
+            for size in grid.sizes() {
+                let figures = grid.figures(size, metric);
+                let Some(&(_, own)) = figures.iter().find(|(h, _)| *h == largest) else {
+                    continue;
+                };
+                let others: Vec<&(Hypervisor, f64)> =
+                    figures.iter().filter(|(h, _)| *h != largest).collect();
+                if others.is_empty() {
+                    continue;
+                }
+                let held = others.iter().all(|(_, v)| own > *v);
+                let listed: Vec<String> = others
+                    .iter()
+                    .map(|(h, v)| format!("{h} {}", show(*v)))
+                    .collect();
+                out.push((
+                    format!(
+                        "{} at {size} B: {largest} {} against {}",
+                        metric.label,
+                        show(own),
+                        listed.join(", ")
+                    ),
+                    held,
+                ));
+            }
+        }
+        Claim::GrowsAsPacketsShrink => {
+            for hypervisor in Hypervisor::ALL {
+                let figures: Vec<(u32, f64)> = grid
+                    .sizes()
+                    .into_iter()
+                    .filter_map(|size| Some((size, grid.median(hypervisor, size, metric)?)))
+                    .collect();
+                if figures.len() < 2 {
+                    continue;
+                }
+                let held = figures.windows(2).all(|w| w[1].1 > w[0].1);
+                let listed: Vec<String> = figures
+                    .iter()
+                    .map(|(size, v)| format!("{size} B {}", show(*v)))
+                    .collect();
+                out.push((
+                    format!("{} of {hypervisor}: {}", metric.label, listed.join(", ")),
+                    held,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every conclusion of the study that our measurements can decide, checked
+/// against `results`: it holds if every comparison it makes holds.
+fn check(results: &[CaseResult]) -> Vec<Checked> {
+    let grid = Grid::of(results);
+    CONCLUSIONS
+        .iter()
+        .map(|c| {
+            let comparisons: Vec<(String, bool)> = c
+                .metrics
+                .iter()
+                .filter_map(|key| METRICS.iter().find(|m| m.key == *key))
+                .flat_map(|m| compare(&grid, &c.claim, m))
+                .collect();
+            let finding = if comparisons.is_empty() {
+                Finding::NotMeasured
+            } else if comparisons.iter().all(|(_, held)| *held) {
+                Finding::Holds
+            } else {
+                Finding::DoesNotHold
+            };
+            Checked {
+                statement: c.statement,
+                stated: c.stated,
+                finding,
+                evidence: comparisons
+                    .into_iter()
+                    .map(|(text, held)| format!("{} {text}", if held { "✓" } else { "✗" }))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The checked conclusions as a table.
+pub fn conclusions_table(results: &[CaseResult]) -> Table {
+    let mut t = Table::new(
+        "the study's conclusions, checked against this run",
+        &[
+            "conclusion",
+            "where the study states it",
+            "here",
+            "decided by",
+        ],
+    );
+    t.notes.push(
+        "medians over the completed runs of the cases standing for each of the study's rows".into(),
+    );
+    for c in check(results) {
+        t.rows.push(vec![
+            Cell::text(c.statement),
+            Cell::text(c.stated),
+            Cell::text(c.finding.label()),
+            Cell::text(if c.evidence.is_empty() {
+                "no case of this run compares them".to_string()
+            } else {
+                c.evidence.join("\n")
+            }),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::PacketSize;
+    use crate::report::fixtures::{case, provenance, run};
+
+    /// A case of the study's game standing for `size` B, its runs taking
+    /// `total_ms` with `downtime_ms`.
+    fn result(hypervisor: Hypervisor, size: u32, total_ms: f64, downtime_ms: f64) -> CaseResult {
+        let mut case = case();
+        case.hypervisor = hypervisor;
+        case.link.mtu = if size == 32 { 1500 } else { size };
+        case.workload.packet_size = if size == 32 {
+            PacketSize::Bytes(32)
+        } else {
+            PacketSize::Fill
+        };
+        CaseResult {
+            case,
+            provenance: provenance(),
+            calibration: Default::default(),
+            runs: vec![run(total_ms, downtime_ms)],
+        }
+    }
+
+    fn finding(checked: &[Checked], statement_start: &str) -> (Finding, String) {
+        let c = checked
+            .iter()
+            .find(|c| c.statement.starts_with(statement_start))
+            .unwrap();
+        (c.finding, c.evidence.join("\n"))
+    }
+
+    #[test]
+    fn conclusions_of_a_hand_made_run() {
+        let results = [
+            result(Hypervisor::XenPv, 1500, 3000.0, 40.0),
+            result(Hypervisor::XenPv, 32, 6000.0, 90.0),
+            result(Hypervisor::Openvz, 1500, 2000.0, 50.0),
+            result(Hypervisor::Openvz, 32, 5000.0, 60.0),
+            result(Hypervisor::KvmFv, 1500, 5000.0, 100.0),
+            result(Hypervisor::KvmPv, 1500, 4000.0, 80.0),
+        ];
+        let checked = check(&results);
+        assert_eq!(checked.len(), CONCLUSIONS.len());
+
+        let (f, evidence) = finding(&checked, "OpenVZ's total");
+        assert_eq!(f, Finding::Holds);
+        assert_eq!(
+            evidence,
+            "✓ total time at 1500 B: openvz 2000.0 ms < xen-pv 3000.0 ms\n\
+             ✓ total time at 32 B: openvz 5000.0 ms < xen-pv 6000.0 ms"
+        );
+        // Not at 1500 B: 50 ms against 40.
+        let (f, evidence) = finding(&checked, "OpenVZ's downtime");
+        assert_eq!(f, Finding::DoesNotHold);
+        assert!(
+            evidence.contains("✗ downtime (reported) at 1500 B: openvz 50.0 ms >= xen-pv 40.0 ms"),
+            "{evidence}"
+        );
+        // No Xen-HVM case.
+        assert_eq!(
+            finding(&checked, "Xen-HVM performs").0,
+            Finding::NotMeasured
+        );
+        assert_eq!(
+            finding(&checked, "Xen-HVM consumes").0,
+            Finding::NotMeasured
+        );
+        let (f, evidence) = finding(&checked, "KVM-FV is the slowest");
+        assert_eq!(f, Finding::Holds);
+        assert!(evidence.starts_with(
+            "✓ total time at 1500 B: kvm-fv 5000.0 ms against xen-pv 3000.0 ms, openvz 2000.0 ms, kvm-pv 4000.0 ms"
+        ), "{evidence}");
+        assert_eq!(finding(&checked, "KVM-PV improves").0, Finding::Holds);
+        let (f, evidence) = finding(&checked, "Total time and downtime grow");
+        assert_eq!(f, Finding::Holds);
+        assert!(
+            evidence.starts_with("✓ total time of xen-pv: 1500 B 3000.0 ms, 32 B 6000.0 ms"),
+            "{evidence}"
+        );
+        // Every fixture run peaks at 95 %: flat, so it does not grow.
+        assert_eq!(
+            finding(&checked, "CPU consumption grows").0,
+            Finding::DoesNotHold
+        );
+    }
+
+    #[test]
+    fn cases_that_stand_for_no_row_decide_nothing() {
+        let mut small = result(Hypervisor::Openvz, 1500, 2000.0, 50.0);
+        small.case.workload.dirty_mib = 16;
+        let xen = result(Hypervisor::XenPv, 1500, 3000.0, 40.0);
+        let checked = check(&[small, xen]);
+        assert!(checked.iter().all(|c| c.finding == Finding::NotMeasured));
+    }
+}
