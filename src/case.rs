@@ -175,11 +175,14 @@ pub struct MigrationSpec {
     pub strategy: Strategy,
     pub max_downtime_ms: u64,
     pub timeout_ms: u64,
+    /// Reports written before Xen ran on two hosts lack it: every row but
+    /// Xen's was two-hosts then.
+    #[serde(default)]
     pub topology: Topology,
 }
 
 /// Where the guest goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
     /// From the source lab host to the destination lab host, over the

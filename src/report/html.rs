@@ -8,7 +8,7 @@ use super::json::{SavedCase, SavedRun};
 use super::results::{landmark_table, migration_table, provenance_table, suite_table};
 use super::study::{study_landmarks_table, study_table};
 use super::table::{Cell, Table};
-use crate::case::Expect;
+use crate::case::{Expect, Topology};
 use crate::measure::CaseResult;
 use anyhow::{Context, Result};
 use std::fmt::Write;
@@ -164,6 +164,15 @@ fn case_html(c: &SavedCase) -> Result<String> {
         "<p class=\"{0}\">{0}</p>\n<p class=\"note\">judged by: {1}</p>",
         verdict_class(c),
         escape(&c.verdict.expectation)
+    )?;
+    writeln!(
+        out,
+        "<p class=\"note\">migrated by {} ({})</p>",
+        r.case.migration.strategy,
+        match r.case.migration.topology {
+            Topology::TwoHosts => "two hosts: from the source lab host to the destination over the migration link",
+            Topology::OneHost => "one host: both ends on the source lab host, as the study ran them",
+        }
     )?;
     if !c.verdict.failures.is_empty() {
         out.push_str("<ul>\n");

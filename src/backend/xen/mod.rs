@@ -271,10 +271,19 @@ impl Xen {
                 )
                 .map(|a| a.output)
                 .unwrap_or_else(|e| format!("(domU console unavailable: {e:#})"));
+            // The last migration's xl logs (dom0 timestamps), debug lines left out.
+            let xl = h
+                .sh(
+                    "cd /run/migsuite 2>/dev/null && for f in send.log recv.log recv.err listen.err; do [ -s $f ] && echo \"-- $f\" && grep -v ': debug: ' $f | tail -n 60; done; true",
+                    Duration::from_secs(20),
+                )
+                .map(|a| a.output)
+                .unwrap_or_default();
             let serial = h.console();
             let serial = serial.get((*from).min(serial.len())..).unwrap_or("");
             text.push_str(&format!(
                 "---- domU console on Xen host {i} ----\n{guest}\n\
+                 ---- xl on Xen host {i} ----\n{xl}\n\
                  ---- Xen host {i} serial console (Xen and dom0) during this case ----\n{serial}\n",
                 i = h.index
             ));
@@ -787,6 +796,35 @@ mod tests {
 #[cfg(test)]
 mod probe {
     use super::*;
+
+    /// Both Xen hosts wired to a lab at MTU $XEN_PROBE_MTU (1500), then
+    /// XEN_PROBE_SRC's `;;`-separated commands on host 0 after XEN_PROBE_DST's
+    /// on host 1: `cargo test --lib xen_hosts_on_a_lab -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn xen_hosts_on_a_lab() {
+        let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
+        let link = crate::case::LinkSpec {
+            mtu: std::env::var("XEN_PROBE_MTU").map_or(1500, |m| m.parse().unwrap()),
+            rate_mbit: Some(1000),
+            offloads: false,
+        };
+        let lab = Lab::start(&link).unwrap();
+        let hosts = shared_hosts(&image, &[0, 1]).unwrap();
+        for h in &hosts {
+            h.attach(lab.host(h.index), &link).unwrap();
+        }
+        for (h, var) in [(&hosts[1], "XEN_PROBE_DST"), (&hosts[0], "XEN_PROBE_SRC")] {
+            for c in std::env::var(var).unwrap_or_default().split(";;") {
+                if !c.trim().is_empty() {
+                    let t = Instant::now();
+                    let a = h.sh(c, Duration::from_secs(120));
+                    eprintln!("==== host {}: {c} ({} ms)\n{a:?}", h.index, t.elapsed().as_millis());
+                }
+            }
+        }
+        shutdown_shared_hosts();
+    }
 
     /// Boots the Xen host, starts a PV domU without a lab and migrates it,
     /// printing what dom0 says: `cargo test --lib xen_pv_migrates_in_dom0 -- --ignored --nocapture`.
