@@ -12,6 +12,7 @@
 
 pub mod dom0;
 pub mod host;
+mod hvm;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation, ProcessProbe};
 use crate::case::{AccelChoice, Case, Hypervisor};
@@ -141,24 +142,11 @@ impl Xen {
             "on_crash=\"preserve\"".into(),
         ];
         match self.hypervisor {
-            Hypervisor::XenHvm => lines.extend([
-                "type=\"hvm\"".into(),
-                format!("extra=\"console=ttyS0 {agent_args}\""),
-                // Fully virtualised: no Xen platform device, so the guest
-                // keeps the emulated e1000 instead of unplugging it for
-                // netfront.
-                "xen_platform_pci=0".into(),
-                "serial=\"pty\"".into(),
-                "vnc=0".into(),
-                "sdl=0".into(),
-                "nographic=1".into(),
-                "device_model_version=\"qemu-xen\"".into(),
-                "device_model_override=\"/usr/libexec/xen-qemu-system-i386\"".into(),
-                format!(
-                    "vif=[\"mac={GUEST_MAC},bridge={},model=e1000,script=vif-migsuite\"]",
-                    dom0::BRIDGE
-                ),
-            ]),
+            Hypervisor::XenHvm => lines.extend(hvm::config(
+                agent_args,
+                GUEST_MAC,
+                &format!("/var/log/xen/console/guest-{DOMAIN_NAME}-serial.log"),
+            )),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
