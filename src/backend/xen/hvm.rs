@@ -17,10 +17,65 @@
 //! device model in dom0 (about 2 minutes for 8 MiB + 4 MiB here).
 
 use super::dom0;
+use super::host::XenHost;
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+
+/// Loading the kernel through the linuxboot ROM (about 2 min) and the
+/// kernel's boot to its init (1.5-3 min here, emulated PCI and ACPI through
+/// the device model): longer than the runner waits for the agent's hello
+/// (which then only covers the agent's own start).
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where the HVM domU's serial console is written in dom0 (save_console
+/// copies guest-x0*.log). The incoming domain of a migration reopens it,
+/// truncated: it keeps what the guest printed since the last migration.
+pub fn serial_log() -> String {
+    format!(
+        "/var/log/xen/console/guest-{}-serial.log",
+        super::DOMAIN_NAME
+    )
+}
+
+/// Waits until the HVM domU's kernel runs its init (the agent), as its
+/// serial console says; fails early if the domain stops.
+pub fn wait_for_init(h: &XenHost, domid: u32, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let log = serial_log();
+    loop {
+        let a = h.sh(
+            &format!("grep -q 'Run /init' {log} && echo init; xl list {domid} | tail -n +2"),
+            Duration::from_secs(30),
+        )?;
+        if a.output.lines().any(|l| l == "init") {
+            return Ok(started.elapsed());
+        }
+        let state = a
+            .output
+            .split_whitespace()
+            .nth(4)
+            .unwrap_or("(gone)")
+            .to_string();
+        if a.status != 0 || state.contains('s') || state.contains('c') {
+            let tail = h
+                .sh(&format!("tail -c 1500 {log}"), Duration::from_secs(20))
+                .map(|a| a.output)
+                .unwrap_or_default();
+            bail!("the HVM domU {domid} stopped (xl state {state}) before its kernel ran init; its serial console ends with:\n{tail}");
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "the HVM domU's kernel did not run init within {} s",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
 
 /// The xl lines of an HVM domU of the agent image (besides name, kernel,
 /// ramdisk, memory and vCPUs).
-pub fn config(agent_args: &str, mac: &str, serial_log: &str) -> Vec<String> {
+pub fn config(agent_args: &str, mac: &str) -> Vec<String> {
     vec![
         "type=\"hvm\"".into(),
         // Shadow paging: with HAP (nested NPT under TCG) the kernel dies
@@ -32,7 +87,7 @@ pub fn config(agent_args: &str, mac: &str, serial_log: &str) -> Vec<String> {
         "xen_platform_pci=0".into(),
         // xenconsoled does not log an HVM domU's serial pty: QEMU writes it
         // to a file next to the PV consoles' logs.
-        format!("serial=\"file:{serial_log}\""),
+        format!("serial=\"file:{}\"", serial_log()),
         "vnc=0".into(),
         "sdl=0".into(),
         "nographic=1".into(),

@@ -142,11 +142,7 @@ impl Xen {
             "on_crash=\"preserve\"".into(),
         ];
         match self.hypervisor {
-            Hypervisor::XenHvm => lines.extend(hvm::config(
-                agent_args,
-                GUEST_MAC,
-                &format!("/var/log/xen/console/guest-{DOMAIN_NAME}-serial.log"),
-            )),
+            Hypervisor::XenHvm => lines.extend(hvm::config(agent_args, GUEST_MAC)),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
@@ -260,6 +256,12 @@ impl Backend for Xen {
             .domain(DOMAIN_NAME)
             .context("the domU is not listed after xl create")?;
         self.source_domid = Some(domid);
+        if self.hypervisor == Hypervisor::XenHvm {
+            let took = hvm::wait_for_init(h.as_ref(), domid, hvm::INIT_TIMEOUT);
+            self.save_console();
+            self.info.hypervisor_version +=
+                &format!("; HVM domU kernel to init in {} ms", took?.as_millis());
+        }
         Ok(())
     }
 
