@@ -32,16 +32,6 @@ const DOMAIN_CFG: &str = "/run/x0.cfg";
 const GUEST_MAC: &str = "00:16:3e:4d:53:01";
 const XL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Why xen-hvm does not run here (set MIGSUITE_XEN_HVM=try to try anyway).
-/// Measured: the Xen host has SVM ("HVM: SVM enabled", "HAP detected"),
-/// dom0 starts qemu-system-xen, hvmloader and SeaBIOS run and boot the
-/// kernel from QEMU's linuxboot option ROM ("Booting from cb00:003c"), then
-/// the domain shuts down ("Domain 1 has shut down, reason code 0 0x0")
-/// without one line on its serial console.
-pub const HVM_UNSUPPORTED: &str = "xen-hvm: not supported on this lab yet: in the nested Xen host (QEMU TCG with SVM), \
-the HVM domU's SeaBIOS boots the kernel from the linuxboot option ROM (\"Booting from cb00:003c\") and the domain then \
-shuts down (xl: \"Domain 1 has shut down, reason code 0 0x0\") without printing anything on its serial console";
-
 /// The Xen host of this process, and the dom0 initramfs it booted (what
 /// decides whether it can be reused).
 static HOST: Mutex<Option<(std::path::PathBuf, Arc<XenHost>)>> = Mutex::new(None);
@@ -90,11 +80,6 @@ impl Xen {
                 "{}: the suite forces accel: kvm, but the nested Xen host runs under QEMU TCG here (Xen needs a CPU with SVM/VT-x exposed to it)",
                 case.hypervisor
             ));
-        }
-        if case.hypervisor == Hypervisor::XenHvm
-            && std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try")
-        {
-            return Err(HVM_UNSUPPORTED.into());
         }
         // Both guests (source and incoming) fit next to dom0 in the host.
         let room = (host::HOST_MEMORY_MIB - host::DOM0_MEMORY_MIB - 256) / 2;
