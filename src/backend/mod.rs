@@ -191,8 +191,6 @@ pub fn release_unneeded(case: &Case) {
 pub fn refusal(h: Hypervisor) -> Option<String> {
     match h {
         Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz => None,
-        Hypervisor::XenPv => None,
-        Hypervisor::XenHvm => (std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try"))
-            .then(|| xen::HVM_UNSUPPORTED.to_string()),
+        Hypervisor::XenPv | Hypervisor::XenHvm => None,
     }
 }

@@ -170,8 +170,10 @@ fn case_html(c: &SavedCase) -> Result<String> {
         "<p class=\"note\">migrated by {} ({})</p>",
         r.case.migration.strategy,
         match r.case.migration.topology {
-            Topology::TwoHosts => "two hosts: from the source lab host to the destination over the migration link",
-            Topology::OneHost => "one host: both ends on the source lab host, as the study ran them",
+            Topology::TwoHosts =>
+                "two hosts: from the source lab host to the destination over the migration link",
+            Topology::OneHost =>
+                "one host: both ends on the source lab host, as the study ran them",
         }
     )?;
     if !c.verdict.failures.is_empty() {

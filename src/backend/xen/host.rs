@@ -606,7 +606,7 @@ impl XenHost {
                 .context("dom0's EPOCHREALTIME")?;
             let received = now();
             let half_trip = (received - sent) / 2.0;
-            if best.map_or(true, |(_, h)| half_trip < h) {
+            if best.is_none_or(|(_, h)| half_trip < h) {
                 best = Some((dom0 - (sent + half_trip), half_trip));
             }
         }

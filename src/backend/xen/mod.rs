@@ -18,6 +18,7 @@
 
 pub mod dom0;
 pub mod host;
+mod hvm;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation, ProcessProbe};
 use crate::case::{AccelChoice, Case, Hypervisor, Topology};
@@ -39,16 +40,6 @@ const GUEST_MAC: &str = "00:16:3e:4d:53:01";
 const XL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where a destination dom0's migsuite-listen takes the stream.
 const MIGRATION_PORT: u16 = 5500;
-
-/// Why xen-hvm does not run here (set MIGSUITE_XEN_HVM=try to try anyway).
-/// Measured: the Xen host has SVM ("HVM: SVM enabled", "HAP detected"),
-/// dom0 starts qemu-system-xen, hvmloader and SeaBIOS run and boot the
-/// kernel from QEMU's linuxboot option ROM ("Booting from cb00:003c"), then
-/// the domain shuts down ("Domain 1 has shut down, reason code 0 0x0")
-/// without one line on its serial console.
-pub const HVM_UNSUPPORTED: &str = "xen-hvm: not supported on this lab yet: in the nested Xen host (QEMU TCG with SVM), \
-the HVM domU's SeaBIOS boots the kernel from the linuxboot option ROM (\"Booting from cb00:003c\") and the domain then \
-shuts down (xl: \"Domain 1 has shut down, reason code 0 0x0\") without printing anything on its serial console";
 
 /// The Xen hosts of this process, by lab host index, each with the dom0
 /// initramfs it booted (what decides whether it can be reused).
@@ -132,11 +123,6 @@ impl Xen {
                 case.hypervisor
             ));
         }
-        if case.hypervisor == Hypervisor::XenHvm
-            && std::env::var("MIGSUITE_XEN_HVM").as_deref() != Ok("try")
-        {
-            return Err(HVM_UNSUPPORTED.into());
-        }
         // One host: both guests (source and incoming) fit next to dom0.
         let (guests, times) = match case.migration.topology {
             Topology::OneHost => (2, "twice"),
@@ -198,24 +184,7 @@ impl Xen {
             "on_crash=\"preserve\"".into(),
         ];
         match self.hypervisor {
-            Hypervisor::XenHvm => lines.extend([
-                "type=\"hvm\"".into(),
-                format!("extra=\"console=ttyS0 {agent_args}\""),
-                // Fully virtualised: no Xen platform device, so the guest
-                // keeps the emulated e1000 instead of unplugging it for
-                // netfront.
-                "xen_platform_pci=0".into(),
-                "serial=\"pty\"".into(),
-                "vnc=0".into(),
-                "sdl=0".into(),
-                "nographic=1".into(),
-                "device_model_version=\"qemu-xen\"".into(),
-                "device_model_override=\"/usr/libexec/xen-qemu-system-i386\"".into(),
-                format!(
-                    "vif=[\"mac={GUEST_MAC},bridge={},model=e1000,script=vif-migsuite\"]",
-                    dom0::BRIDGE
-                ),
-            ]),
+            Hypervisor::XenHvm => lines.extend(hvm::config(agent_args, GUEST_MAC)),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
@@ -358,6 +327,12 @@ impl Backend for Xen {
             .domain(self.on, DOMAIN_NAME)
             .context("the domU is not listed after xl create")?;
         self.source_domid = Some(domid);
+        if self.hypervisor == Hypervisor::XenHvm {
+            let took = hvm::wait_for_init(h.as_ref(), domid, hvm::INIT_TIMEOUT);
+            self.save_console();
+            self.info.hypervisor_version +=
+                &format!("; HVM domU kernel to init in {} ms", took?.as_millis());
+        }
         Ok(())
     }
 
@@ -819,7 +794,11 @@ mod probe {
                 if !c.trim().is_empty() {
                     let t = Instant::now();
                     let a = h.sh(c, Duration::from_secs(120));
-                    eprintln!("==== host {}: {c} ({} ms)\n{a:?}", h.index, t.elapsed().as_millis());
+                    eprintln!(
+                        "==== host {}: {c} ({} ms)\n{a:?}",
+                        h.index,
+                        t.elapsed().as_millis()
+                    );
                 }
             }
         }
