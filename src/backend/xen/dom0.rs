@@ -130,20 +130,20 @@ echo $$ > $d/recv.pid
 # Nothing of the receiver (xl migrate-receive stays in the background to
 # watch the domain) may keep the sender's stderr pipe open.
 exec 2>>$d/recv.err 4<&0
-# pv: an unbuffered relay (a buffering one deadlocks the handshake at the
-# end of the stream) that prints the byte count every second and at the end.
-pv -f -n -b -i 1 <&4 2>$d/recv.bytes | xl -vvv migrate-receive 2> >(stamp > $d/recv.log) &
+# dd and pv: unbuffered relays (a buffering one deadlocks the handshake at
+# the end of the stream) with large reads (a syscall costs a nested dom0
+# dearly: 1 KiB reads held a socket to 1.5 MiB/s, 1 MiB ones carried 60);
+# pv prints the byte count every second and at the end.
+dd bs=1M <&4 2>/dev/null | pv -f -n -b -B 1m -i 1 2>$d/recv.bytes | xl -vvv migrate-receive 2> >(stamp > $d/recv.log) &
 wait $!
 "#;
 
 /// The destination's side of a migration from another Xen host: one
-/// connection on port `$1`, relayed by nc to and from migsuite-recv.
-/// Returns once the port listens. (Measured in nested dom0: 50 MiB
-/// through `nc -l | consumer` in 1.1 s; through `nc -l -e consumer`, whose
-/// consumer reads the socket itself, 59 s.)
+/// connection on port `$1`, the socket handed to migsuite-recv. Returns
+/// once the port listens.
 const LISTEN: &str = r#"#!/bin/bash
-d=/run/migsuite; rm -rf $d; mkdir -p $d; mkfifo $d/replies
-setsid bash -c "nc -l -p $1 < $d/replies | /usr/local/sbin/migsuite-recv > $d/replies" </dev/null >/dev/null 2>$d/listen.err &
+d=/run/migsuite; rm -rf $d; mkdir -p $d
+setsid nc -l -p "$1" -e /usr/local/sbin/migsuite-recv </dev/null >/dev/null 2>$d/listen.err &
 echo $! > $d/listen.pid
 # nc listens on a dual-stack socket: tcp6.
 port=$(printf ':%04X ' "$1")
@@ -153,13 +153,17 @@ echo "nothing listens on port $1: $(cat $d/listen.err)"; exit 1
 
 /// What `xl migrate` runs on the source to reach another Xen host's
 /// migsuite-listen (`$1` address, `$2` port); killing it cuts the stream.
+/// dd relays both ways in large reads (see migsuite-recv; nc's 1 KiB ones
+/// are far too slow here).
 const SEND_TO: &str = r#"#!/bin/bash
 echo $$ > /run/migsuite/recv.pid
-exec nc "$1" "$2"
+exec 3<>"/dev/tcp/$1/$2" || exit 1
+dd bs=64k <&3 2>/dev/null &
+exec dd bs=1M >&3 2>/dev/null
 "#;
 
 /// Kills the receiving end of this dom0's migration (migsuite-listen's
-/// relay, migsuite-recv or migsuite-send-to) and everything it started.
+/// nc, migsuite-recv or migsuite-send-to) and everything it started.
 const KILL_RECEIVER: &str = r#"#!/bin/bash
 killtree() {
   local s pid comm state ppid rest
