@@ -195,10 +195,16 @@ fn make_wire_like(ns: &Netns, dev: &str, link: &LinkSpec) -> Result<()> {
 /// Segmentation and receive offloads off; checksum offloads too on a veth
 /// (bridges lack those features).
 fn offloads_off(ns: &Netns, dev: &str, is_veth: bool) -> Result<()> {
+    ns.exec("ethtool", &offloads_off_args(dev, is_veth))?;
+    Ok(())
+}
+
+/// `ethtool`'s arguments that turn `dev`'s offloads off (for a namespace
+/// that is not a `Netns`, such as a nested host's).
+pub fn offloads_off_args(dev: &str, is_veth: bool) -> Vec<&str> {
     let mut args = vec!["-K", dev, "tso", "off", "gso", "off", "gro", "off"];
     if is_veth {
         args.extend_from_slice(&["tx", "off", "rx", "off"]);
     }
-    ns.exec("ethtool", &args)?;
-    Ok(())
+    args
 }

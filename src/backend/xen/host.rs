@@ -580,17 +580,14 @@ impl XenHost {
         self.keeper
             .exec("ip", &["link", "set", ours, "master", bridge, "up"])?;
         if !offloads {
-            let off = [
-                "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
-            ];
             for dev in [tap, ours] {
-                let mut a = vec!["-K", dev];
-                a.extend_from_slice(&off);
-                self.keeper.exec("ethtool", &a)?;
+                // A tap takes the same switches as a veth.
+                self.keeper
+                    .exec("ethtool", &network::offloads_off_args(dev, true))?;
             }
-            let mut a = vec!["-K", theirs];
-            a.extend_from_slice(&off);
-            lab_host.netns.exec("ethtool", &a)?;
+            lab_host
+                .netns
+                .exec("ethtool", &network::offloads_off_args(theirs, true))?;
         } else {
             // GRO where packets enter the Xen host (a veth does it only
             // when asked): dom0 gets them merged, as a host's kernel would.
