@@ -589,9 +589,10 @@ impl XenHost {
                 .netns
                 .exec("ethtool", &network::offloads_off_args(theirs, true))?;
         } else {
-            // GRO where packets enter the Xen host (a veth does it only
-            // when asked): dom0 gets them merged, as a host's kernel would.
+            // GRO where packets enter the Xen host: a veth merges only when
+            // asked to, and only what its peer sends without TSO.
             self.keeper.exec("ethtool", &["-K", ours, "gro", "on"])?;
+            lab_host.netns.exec("ethtool", &["-K", theirs, "tso", "off"])?;
         }
         Ok(theirs.to_string())
     }
