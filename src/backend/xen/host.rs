@@ -592,7 +592,9 @@ impl XenHost {
             // GRO where packets enter the Xen host: a veth merges only when
             // asked to, and only what its peer sends without TSO.
             self.keeper.exec("ethtool", &["-K", ours, "gro", "on"])?;
-            lab_host.netns.exec("ethtool", &["-K", theirs, "tso", "off"])?;
+            lab_host
+                .netns
+                .exec("ethtool", &["-K", theirs, "tso", "off"])?;
         }
         Ok(theirs.to_string())
     }
