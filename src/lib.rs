@@ -25,3 +25,4 @@ pub mod stats;
 pub mod suite;
 pub mod verdict;
 pub mod wire;
+pub mod yaml;
