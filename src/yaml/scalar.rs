@@ -67,10 +67,15 @@ pub(crate) use deserialize_scalar;
 /// Declares an enum written as one of a few words. (serde's derive would
 /// word a type error in terms of YAML tags, which helps nobody.)
 macro_rules! keyword_enum {
-    ($vis:vis $name:ident($what:literal) { $($variant:ident = $word:literal),+ $(,)? }) => {
+    (
+        $(#[$doc:meta])* $vis:vis $name:ident($what:literal) {
+            $($(#[$variant_doc:meta])* $variant:ident = $word:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         $vis enum $name {
-            $($variant),+
+            $($(#[$variant_doc])* $variant),+
         }
 
         impl $crate::yaml::scalar::Scalar for $name {
