@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use migsuite::backend;
 use migsuite::case::{Case, Expect, LinkSpec};
+use migsuite::inventory::Inventory;
 use migsuite::lab::{calibration, Lab};
 use migsuite::report::{case_table, html, study_table, suite_table, CaseReport, RunReport};
 use migsuite::session::Session;
@@ -27,6 +28,9 @@ enum Command {
         /// Suite files or directories of suites.
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
+        /// A lab inventory (labs/*.yaml) to check as well.
+        #[arg(long)]
+        lab: Option<PathBuf>,
     },
     /// List the cases the suites expand to, and whether this build runs them.
     List {
@@ -78,9 +82,9 @@ fn main() -> ExitCode {
     };
     let done = match Cli::parse().command {
         Command::Calibrate { mtu, rate_mbit } => Ok(calibrate(mtu, rate_mbit)),
-        Command::Validate { paths } => cases(&paths).map(|cases| {
+        Command::Validate { paths, lab } => cases(&paths).and_then(|cases| {
             println!("ok: {} cases", cases.len());
-            ExitCode::SUCCESS
+            lab.map_or(Ok(ExitCode::SUCCESS), |lab| validate_lab(&lab))
         }),
         Command::List { paths } => cases(&paths).map(|cases| {
             for c in &cases {
@@ -116,6 +120,21 @@ fn main() -> ExitCode {
         }
     };
     done.unwrap_or_else(|failed| failed)
+}
+
+/// Checks the lab inventory at `path`, and says what it holds.
+fn validate_lab(path: &Path) -> Result<ExitCode, ExitCode> {
+    let lab = Inventory::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    println!(
+        "ok: lab {} (hosts: {}, pairs: {})",
+        lab.name,
+        lab.hosts.len(),
+        lab.pairs().count()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the HTML page of the JSON report `json` to `page`, and says

@@ -30,6 +30,11 @@ const STATE_DIRS: [&str; 5] = [
     "/etc/libvirt",
 ];
 
+/// The URI of the daemon listening at `addr`.
+pub fn uri_at(addr: Ipv4Addr) -> String {
+    format!("qemu+tcp://{addr}/system")
+}
+
 #[derive(Debug)]
 pub struct Libvirtd {
     pub addr: Ipv4Addr,
@@ -97,7 +102,7 @@ impl Libvirtd {
     }
 
     pub fn uri(&self) -> String {
-        format!("qemu+tcp://{}/system", self.addr)
+        uri_at(self.addr)
     }
 
     pub fn pid(&self) -> u32 {

@@ -24,6 +24,8 @@ use std::path::Path;
 use std::time::Duration;
 
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hosts' names, by index.
+pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 
 /// One simulated lab host.
 #[derive(Debug)]
@@ -77,8 +79,8 @@ impl Lab {
                 netns: ns,
             })
         };
-        let source = host("a", ns_a, 0)?;
-        let destination = host("b", ns_b, 1)?;
+        let source = host(HOST_NAMES[0], ns_a, 0)?;
+        let destination = host(HOST_NAMES[1], ns_b, 1)?;
         let lab = Lab {
             source,
             destination,

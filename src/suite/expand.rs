@@ -1,17 +1,18 @@
 //! Rules that span several fields, then the matrix product: one `Case` per
 //! hypervisor x mtu x workload, with every default applied.
 
-use super::locate::FieldPath;
 use super::model::{
     AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, NoiseDef,
     Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, WorkloadDef,
 };
-use super::scalar::{Ident, Mtu};
+use super::scalar::Mtu;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
     Workload,
 };
+use crate::yaml::scalar::Ident;
+use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::Path;
@@ -24,13 +25,6 @@ const INTERVAL_MS: u64 = 100;
 const SETTLE_MS: u64 = 5_000;
 /// More cases than a lab runs in a day; a matrix this large is a mistake.
 const MAX_CASES: usize = 1000;
-
-/// A rule broken after parsing; the caller finds `path` in the text.
-#[derive(Debug)]
-pub(super) struct Invalid {
-    pub path: FieldPath,
-    pub message: String,
-}
 
 pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     let guest = guest_spec(suite.guest.unwrap_or_default());
@@ -123,9 +117,10 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
 /// every workload listed also defined, and a product a lab can run.
 fn check_matrix(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Result<(), Invalid> {
     let path = FieldPath::default().key("matrix");
-    distinct(&matrix.hypervisor, path.clone().key("hypervisor"))?;
-    distinct(&matrix.mtu, path.clone().key("mtu"))?;
-    distinct(&matrix.workload, path.clone().key("workload"))?;
+    let why = "each case name must be unique";
+    distinct(&matrix.hypervisor, path.clone().key("hypervisor"), why)?;
+    distinct(&matrix.mtu, path.clone().key("mtu"), why)?;
+    distinct(&matrix.workload, path.clone().key("workload"), why)?;
     let (h, m, w) = (
         matrix.hypervisor.len(),
         matrix.mtu.len(),
@@ -162,27 +157,6 @@ fn check_matrix(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> Re
         }),
         None => Ok(()),
     }
-}
-
-fn distinct<T: PartialEq + Display>(items: &[T], path: FieldPath) -> Result<(), Invalid> {
-    if items.is_empty() {
-        return Err(Invalid {
-            path,
-            message: "must list at least one value".into(),
-        });
-    }
-    for (i, item) in items.iter().enumerate() {
-        if let Some(first) = items[..i].iter().position(|x| x == item) {
-            return Err(Invalid {
-                message: format!(
-                    "`{item}` is listed twice (also as {path}[{first}]); \
-                     each case name must be unique"
-                ),
-                path: path.index(i),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// An override must select at least one case. The matrix is a full product,
@@ -377,14 +351,6 @@ fn check_fit(workloads: &BTreeMap<Ident, WorkloadDef>, memory_mib: u32) -> Resul
         }
     }
     Ok(())
-}
-
-fn list<T: Display>(items: impl IntoIterator<Item = T>) -> String {
-    items
-        .into_iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn guest_spec(def: GuestDef) -> GuestSpec {

@@ -4,7 +4,7 @@
 //! inputs in every `cargo test`; `MIGSUITE_FUZZ_SEED` and
 //! `MIGSUITE_FUZZ_INPUTS` explore further.
 
-use super::{parse_str, SuiteError};
+use super::{parse_str, FileError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRng, TestRunner};
 use std::path::Path;
@@ -144,7 +144,7 @@ fn mutated_suites_never_panic_and_every_refusal_is_placed() {
             }
             match parse_str(Path::new("fuzz.yaml"), &text) {
                 Ok(cases) => prop_assert!(!cases.is_empty()),
-                Err(SuiteError::Invalid {
+                Err(FileError::Invalid {
                     location, message, ..
                 }) => prop_assert!(
                     location.is_some() || message.starts_with("the file is empty"),

@@ -2,11 +2,7 @@
 //! Everything optional stays an `Option` here; defaults are applied in
 //! `expand`, so this file reads as the grammar of the language.
 
-use super::error::did_you_mean;
-use super::scalar::{
-    deserialize_scalar, keyword_enum, Count, HypervisorName, Ident, Mtu, PacketSizeDef, Reject,
-    Scalar,
-};
+use super::scalar::{Count, Mtu, PacketSizeDef};
 use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
 
 /// Ranges of the quantities a suite may give, in ms and %.
@@ -23,6 +19,10 @@ pub(super) type TimeBound = Within<Duration, 1, { 24 * HOUR }>;
 pub(super) type CpuBound = Within<Percent, 1, 100_000>;
 /// A relative change of the baseline's median.
 pub(super) type NoisePercent = Within<Percent, 1, 1000>;
+use crate::yaml::did_you_mean;
+use crate::yaml::scalar::{
+    deserialize_scalar, keyword_enum, HypervisorName, Ident, Reject, Scalar,
+};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -53,7 +53,7 @@ pub(super) struct Suite {
     pub snapshot: Option<SnapshotDef>,
 }
 
-keyword_enum!(TierDef("tier") { Gate = "gate", Lab = "lab" });
+keyword_enum!(pub(super) TierDef("tier") { Gate = "gate", Lab = "lab" });
 
 #[derive(Debug, Deserialize)]
 #[serde(
@@ -77,7 +77,7 @@ pub(super) struct GuestDef {
     pub accel: Option<AccelDef>,
 }
 
-keyword_enum!(AccelDef("accel") { Auto = "auto", Kvm = "kvm", Tcg = "tcg" });
+keyword_enum!(pub(super) AccelDef("accel") { Auto = "auto", Kvm = "kvm", Tcg = "tcg" });
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(
@@ -123,7 +123,7 @@ pub(super) struct FailureDef {
     pub after: Moment,
 }
 
-keyword_enum!(FailureKind("failure kind") { Warned = "warned" });
+keyword_enum!(pub(super) FailureKind("failure kind") { Warned = "warned" });
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
@@ -149,12 +149,12 @@ impl MigrationDef {
     }
 }
 
-keyword_enum!(TopologyDef("topology") {
+keyword_enum!(pub(super) TopologyDef("topology") {
     TwoHosts = "two-hosts",
     OneHost = "one-host",
 });
 
-keyword_enum!(StrategyDef("strategy") {
+keyword_enum!(pub(super) StrategyDef("strategy") {
     Precopy = "precopy",
     Postcopy = "postcopy",
     AutoConverge = "auto-converge",
@@ -205,7 +205,7 @@ impl BoundsDef {
     }
 }
 
-keyword_enum!(AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
+keyword_enum!(pub(super) AggregateDef("aggregate") { Worst = "worst", Mean = "mean" });
 
 /// Per-case changes: bounds, and the migration (e.g. the strategy a
 /// hypervisor of the matrix can do).

@@ -12,7 +12,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn parse(text: &str) -> Result<Vec<Case>, SuiteError> {
+fn parse(text: &str) -> Result<Vec<Case>, FileError> {
     parse_str(Path::new("t.yaml"), text)
 }
 
@@ -531,7 +531,7 @@ fn a_byte_order_mark_is_skipped() {
 #[test]
 fn missing_files_name_the_path() {
     let err = load_file(Path::new("/nonexistent/suite.yaml")).unwrap_err();
-    assert!(matches!(err, SuiteError::Io { .. }));
+    assert!(matches!(err, FileError::Io { .. }));
     assert!(
         err.to_string().starts_with("/nonexistent/suite.yaml: "),
         "{err}"

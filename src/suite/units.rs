@@ -2,7 +2,7 @@
 //! A bare number is refused with a hint, because `downtime: 5` is ambiguous
 //! (5 ms? 5 s?) and silently guessing is how thresholds end up 1000x off.
 
-use super::scalar::{deserialize_scalar, Reject, Scalar};
+use crate::yaml::scalar::{deserialize_scalar, Reject, Scalar};
 use std::fmt;
 
 /// Milliseconds; fractional so that bounds keep `1.5ms` exactly.
@@ -120,7 +120,7 @@ impl<'de, T: Magnitude, const MIN: u64, const MAX: u64> serde::Deserialize<'de>
     for Within<T, MIN, MAX>
 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        super::scalar::deserialize(d)
+        crate::yaml::scalar::deserialize(d)
     }
 }
 
@@ -334,7 +334,7 @@ mod tests {
     use rstest::rstest;
 
     fn parse<T: Scalar>(yaml: &str) -> Result<T, String> {
-        super::super::scalar::deserialize(serde_yaml::Deserializer::from_str(yaml))
+        crate::yaml::scalar::deserialize(serde_yaml::Deserializer::from_str(yaml))
             .map_err(|e: serde_yaml::Error| e.to_string())
     }
 

@@ -16,7 +16,7 @@ enum Segment {
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct FieldPath(Vec<Segment>);
+pub(crate) struct FieldPath(Vec<Segment>);
 
 impl FieldPath {
     pub fn key(mut self, key: impl Into<String>) -> Self {

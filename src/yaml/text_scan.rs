@@ -4,12 +4,12 @@
 
 use super::error::Location;
 
-/// Deeper than any suite needs (they nest four levels), far below the depth
-/// at which parsing slows down.
+/// Deeper than any of our files needs (suites nest four levels), far below
+/// the depth at which parsing slows down.
 const MAX_NESTING: usize = 64;
 
-/// The first problem of `text`, where it is.
-pub(super) fn problem(text: &str) -> Option<(Location, String)> {
+/// The first problem of `text`, where it is; `noun` is what the file is.
+pub(super) fn problem(text: &str, noun: &str) -> Option<(Location, String)> {
     let mut depth = 0usize;
     let mut content_seen = false;
     for (l, line) in text.lines().enumerate() {
@@ -26,9 +26,10 @@ pub(super) fn problem(text: &str) -> Option<(Location, String)> {
         if (marker || directive) && content_seen {
             return Some((
                 at(1),
-                "a second YAML document starts here; a suite file holds one document \
-                 (put another suite in a file of its own)"
-                    .into(),
+                format!(
+                    "a second YAML document starts here; a {noun} file holds one document \
+                     (put another {noun} in a file of its own)"
+                ),
             ));
         }
         let trimmed = line.trim_start();
@@ -40,7 +41,7 @@ pub(super) fn problem(text: &str) -> Option<(Location, String)> {
                     return Some((
                         at(c + 1),
                         format!(
-                            "control character U+{:04X}; a suite is YAML text",
+                            "control character U+{:04X}; a {noun} is YAML text",
                             u32::from(ch)
                         ),
                     ))
@@ -50,7 +51,7 @@ pub(super) fn problem(text: &str) -> Option<(Location, String)> {
                     if depth > MAX_NESTING {
                         return Some((
                             at(c + 1),
-                            format!("brackets nested deeper than {MAX_NESTING} levels; a suite needs a few"),
+                            format!("brackets nested deeper than {MAX_NESTING} levels; a {noun} needs a few"),
                         ));
                     }
                 }
@@ -74,7 +75,7 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> Option<(usize, usize)> {
-        problem(text).map(|(l, _)| (l.line, l.column))
+        problem(text, "suite").map(|(l, _)| (l.line, l.column))
     }
 
     #[test]

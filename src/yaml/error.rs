@@ -1,10 +1,10 @@
-//! The one error type of the suite language, and the rewording of serde's
-//! messages into ones that say what would have been valid.
+//! The one error type of the project's YAML files, and the rewording of
+//! serde's messages into ones that say what would have been valid.
 
 use std::fmt;
 use std::path::PathBuf;
 
-/// Where in a suite file (1-based).
+/// Where in a file (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub line: usize,
@@ -21,7 +21,7 @@ impl From<serde_yaml::Location> for Location {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SuiteError {
+pub enum FileError {
     #[error("{}: {source}", file.display())]
     Io {
         file: PathBuf,
@@ -61,12 +61,14 @@ impl fmt::Display for Field<'_> {
     }
 }
 
-impl SuiteError {
+impl FileError {
     /// From a failed deserialization: serde_yaml knows where, serde_path_to_error
     /// knows which field, and serde's message is reworded to help.
+    /// `example` says what a missing required field looks like.
     pub(super) fn from_serde(
         file: PathBuf,
         err: serde_path_to_error::Error<serde_yaml::Error>,
+        example: fn(&str) -> Option<&'static str>,
     ) -> Self {
         // "." is the root, "?" a key serde_path_to_error never saw (syntax
         // errors): neither names a field.
@@ -76,8 +78,8 @@ impl SuiteError {
         };
         let location = err.inner().location().map(Location::from);
         let message = bare_message(err.inner(), &field);
-        let (field, message) = reword(field, message);
-        SuiteError::Invalid {
+        let (field, message) = reword(field, message, example);
+        FileError::Invalid {
             file,
             location,
             field,
@@ -113,7 +115,11 @@ fn bare_message(err: &serde_yaml::Error, field: &str) -> String {
 /// Turns serde's generic messages about fields into specific ones, naming
 /// the field in the path. serde builds them from fixed templates (`unknown
 /// field `x`, expected one of `a`, `b``), so reading them back is reliable.
-fn reword(field: String, message: String) -> (String, String) {
+fn reword(
+    field: String,
+    message: String,
+    example: fn(&str) -> Option<&'static str>,
+) -> (String, String) {
     let quoted = backquoted(&message);
     let Some((&first, expected)) = quoted.split_first() else {
         return (field, message);
@@ -157,21 +163,8 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// What a required section looks like, for the "missing" message.
-fn example(field: &str) -> Option<&'static str> {
-    Some(match field {
-        "name" => "name: ci",
-        "matrix" => "matrix: { hypervisor: [kvm-pv], mtu: [1500], workload: [idle] }",
-        "workloads" => "workloads: { idle: {} }",
-        "failure" => "failure: { kind: warned, after: 3s }",
-        "failure.kind" => "kind: warned",
-        "failure.after" => "after: 3s",
-        _ => return None,
-    })
-}
-
 /// `" (did you mean `x`?)"` for the closest of `candidates`, if one is close.
-pub(super) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+pub(crate) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     candidates
         .iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -195,24 +188,29 @@ mod tests {
         assert_eq!(did_you_mean("colour", &keys), "");
     }
 
+    fn example(field: &str) -> Option<&'static str> {
+        (field == "failure.after").then_some("after: 3s")
+    }
+
     #[test]
     fn rewords_serde_field_messages() {
         let (field, message) = reword(
             "bounds.dowtime".into(),
             "unknown field `dowtime`, expected one of `apply_to`, `downtime`".into(),
+            example,
         );
         assert_eq!(field, "bounds.dowtime");
         assert_eq!(
             message,
             "unknown field `dowtime` (did you mean `downtime`?); valid fields: apply_to, downtime"
         );
-        let (field, message) = reword("failure".into(), "missing field `after`".into());
+        let (field, message) = reword("failure".into(), "missing field `after`".into(), example);
         assert_eq!(field, "failure.after");
         assert_eq!(
             message,
             "required field `after` is missing, e.g. `after: 3s`"
         );
-        let (field, message) = reword(String::new(), "duplicate field `repeat`".into());
+        let (field, message) = reword(String::new(), "duplicate field `repeat`".into(), example);
         assert_eq!(
             (field.as_str(), message.as_str()),
             ("repeat", "`repeat` is given twice; keep one")
@@ -221,7 +219,7 @@ mod tests {
 
     #[test]
     fn displays_with_and_without_location() {
-        let error = |location, field: &str| SuiteError::Invalid {
+        let error = |location, field: &str| FileError::Invalid {
             file: "s.yaml".into(),
             location,
             field: field.into(),

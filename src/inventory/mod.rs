@@ -1,0 +1,146 @@
+//! Lab inventories: YAML files (`labs/*.yaml`) naming a lab's hosts, how
+//! libvirt reaches each, and which hosts are measured together.
+//!
+//! ```yaml
+//! name: local
+//! simulated: true     # migsuite builds these hosts itself; default false
+//! storage: local      # local | shared
+//! observer: 10.250.0.254
+//! hosts:
+//!   - name: a
+//!     uri: qemu+tcp://10.249.0.1/system
+//!     insecure: false # true allows qemu+tcp:// to another machine
+//!     migration_address: 10.251.0.1
+//!     bridge: br0
+//!     pool: migsuite
+//!     backends: [kvm-fv, kvm-pv]
+//!   - ...
+//! pairs:
+//!   - [a, b]
+//! ```
+//!
+//! Malformed values are refused while parsing (`model`), rules across
+//! fields afterwards (`rules`); both at the line and column of the field,
+//! with its path and what would be valid, like suites (`crate::yaml`).
+
+mod model;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+pub use model::Storage;
+
+use crate::case::Hypervisor;
+use crate::yaml::{Document, FileError, Kind};
+use std::net::IpAddr;
+use std::path::Path;
+
+const INVENTORY: Kind = Kind {
+    noun: "lab inventory",
+    required: &["name", "storage", "observer", "hosts", "pairs"],
+    example,
+};
+
+/// What a missing required field looks like; a host's fields are the same
+/// in every host.
+fn example(field: &str) -> Option<&'static str> {
+    let host_key = field
+        .strip_prefix("hosts[")
+        .and_then(|f| f.split_once("]."))
+        .map(|(_, key)| key);
+    Some(match (host_key, field) {
+        (Some("name"), _) => "name: a",
+        (Some("uri"), _) => "uri: qemu+ssh://root@lab-a/system",
+        (Some("migration_address"), _) => "migration_address: 192.0.2.1",
+        (Some("bridge"), _) => "bridge: br0",
+        (Some("pool"), _) => "pool: default",
+        (Some("backends"), _) => "backends: [kvm-fv, kvm-pv]",
+        (None, "name") => "name: lab",
+        (None, "storage") => "storage: local",
+        (None, "observer") => "observer: 192.0.2.254",
+        (None, "hosts") => "hosts: [{ name: a, uri: qemu+ssh://root@lab-a/system, ... }]",
+        (None, "pairs") => "pairs: [[a, b]]",
+        _ => return None,
+    })
+}
+
+/// A lab, as its inventory describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inventory {
+    pub name: String,
+    /// The hosts are network namespaces on this machine that migsuite
+    /// builds itself (`crate::lab`), not machines of their own.
+    pub simulated: bool,
+    pub storage: Storage,
+    /// Where guests report: the runner's address on the guest LAN.
+    pub observer: IpAddr,
+    pub hosts: Vec<Host>,
+    /// Indices into `hosts`; no host is in two pairs.
+    pairs: Vec<[usize; 2]>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    pub name: String,
+    /// libvirt's URI of the host's system daemon.
+    pub uri: String,
+    /// The host's end of the migration link.
+    pub migration_address: IpAddr,
+    /// The bridge guests' NICs join.
+    pub bridge: String,
+    /// The libvirt storage pool guest disks go in.
+    pub pool: String,
+    /// What the host can run, in the order the inventory lists them.
+    pub backends: Vec<Hypervisor>,
+}
+
+impl Host {
+    pub fn offers(&self, hypervisor: Hypervisor) -> bool {
+        self.backends.contains(&hypervisor)
+    }
+}
+
+/// Two hosts measured together: a guest migrates back and forth between
+/// them.
+#[derive(Clone, Copy, Debug)]
+pub struct Pair<'a> {
+    pub hosts: [&'a Host; 2],
+}
+
+impl Pair<'_> {
+    /// Whether a case of `hypervisor` can run on this pair.
+    pub fn offers(&self, hypervisor: Hypervisor) -> bool {
+        self.hosts.iter().all(|h| h.offers(hypervisor))
+    }
+
+    /// The backends both hosts offer, in the first host's order.
+    pub fn backends(&self) -> Vec<Hypervisor> {
+        let [a, _] = self.hosts;
+        a.backends
+            .iter()
+            .copied()
+            .filter(|&b| self.offers(b))
+            .collect()
+    }
+}
+
+impl Inventory {
+    /// Reads and validates one inventory file.
+    pub fn load(path: &Path) -> Result<Inventory, FileError> {
+        Inventory::parse_str(path, &crate::yaml::read(path, &INVENTORY)?)
+    }
+
+    /// Like [`Inventory::load`] on `text`; `path` is only used in messages.
+    pub fn parse_str(path: &Path, text: &str) -> Result<Inventory, FileError> {
+        let document = Document::new(path, text, &INVENTORY);
+        rules::validate(document.parse()?).map_err(|e| document.refuse(e))
+    }
+
+    /// The pairs, in the inventory's order.
+    pub fn pairs(&self) -> impl Iterator<Item = Pair<'_>> {
+        self.pairs.iter().map(|&[a, b]| Pair {
+            hosts: [&self.hosts[a], &self.hosts[b]],
+        })
+    }
+}

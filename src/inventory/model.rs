@@ -1,0 +1,225 @@
+//! The inventory file as written: serde structs mirroring the YAML one to
+//! one, and the scalars that refuse a bad value where it is written. Rules
+//! that span fields are `rules`'.
+
+use crate::yaml::scalar::{deserialize_scalar, keyword, keyword_enum, HypervisorName, Ident};
+use crate::yaml::scalar::{Reject, Scalar};
+use serde::Deserialize;
+use std::fmt;
+use std::net::IpAddr;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InventoryDef {
+    pub name: Ident,
+    /// Left out: a real lab, whose addresses are other machines'.
+    #[serde(default)]
+    pub simulated: bool,
+    pub storage: Storage,
+    pub observer: Address,
+    pub hosts: Vec<HostDef>,
+    /// Each a list rather than a pair type, so that a pair of the wrong
+    /// length is refused with a message of ours, at its place.
+    pub pairs: Vec<Vec<Ident>>,
+}
+
+keyword_enum!(
+    /// Where a guest's disk lives, which decides what a migration copies.
+    pub Storage("storage") {
+        /// Each host has a pool of its own: the disk migrates with the guest.
+        Local = "local",
+        /// The hosts of a pair see one pool: only memory and state migrate.
+        Shared = "shared",
+    }
+);
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `name`, `uri`, `migration_address`, `bridge`, `pool`, `backends`"
+)]
+pub(super) struct HostDef {
+    pub name: Ident,
+    pub uri: LibvirtUri,
+    /// Allows qemu+tcp:// to another machine, which has no authentication.
+    #[serde(default)]
+    pub insecure: bool,
+    pub migration_address: Address,
+    pub bridge: InterfaceName,
+    pub pool: PoolName,
+    pub backends: Vec<HypervisorName>,
+}
+
+/// An IP address. Not a host name: the address picks the network a stream
+/// crosses, and a name can resolve to another one (the management
+/// network's, say) and silently measure the wrong link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Address(pub IpAddr);
+
+impl Scalar for Address {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an IP address like 10.251.0.1")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        v.parse().map(Address).map_err(|_| {
+            Reject::Invalid(format!(
+                "`{v}` is not an IP address, e.g. 10.251.0.1 or fd00::1: give the address \
+                 itself, not a host name, so that the network used is the one meant"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How libvirt reaches a host's daemon: the scheme of its URI.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Transport {
+    /// This machine's daemon, through its UNIX socket.
+    Local,
+    Ssh,
+    Tls,
+    /// Plain TCP: no authentication, no encryption.
+    Tcp,
+}
+
+const TRANSPORTS: [(&str, Transport); 4] = [
+    ("qemu+ssh", Transport::Ssh),
+    ("qemu+tls", Transport::Tls),
+    ("qemu+tcp", Transport::Tcp),
+    ("qemu", Transport::Local),
+];
+
+/// A libvirt URI of QEMU's system daemon: `qemu+ssh://root@lab-a/system`,
+/// `qemu:///system`.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct LibvirtUri {
+    /// As the `url` crate writes it back (scheme in lowercase).
+    pub text: String,
+    pub transport: Transport,
+    /// None for `Local`; an IPv6 address is in brackets.
+    pub host: Option<String>,
+}
+
+impl LibvirtUri {
+    /// Whether the daemon is on this machine's loopback (a name other than
+    /// `localhost` could be anywhere).
+    pub fn is_loopback(&self) -> bool {
+        self.host.as_deref().is_none_or(|host| {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    }
+}
+
+const URI_EXAMPLE: &str = "qemu+ssh://root@lab-a/system";
+
+impl Scalar for LibvirtUri {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a libvirt URI like {URI_EXAMPLE}")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let url = url::Url::parse(v).map_err(|e| {
+            Reject::Invalid(format!(
+                "`{v}` is not a libvirt URI ({e}), e.g. {URI_EXAMPLE}"
+            ))
+        })?;
+        let transport = keyword(url.scheme(), "libvirt transport", &TRANSPORTS)?;
+        let host = url.host_str().filter(|h| !h.is_empty()).map(str::to_owned);
+        match (transport, &host) {
+            (Transport::Local, Some(host)) => {
+                return Err(Reject::Invalid(format!(
+                    "to libvirt, qemu:// with a host means TLS to `{host}`: write \
+                     qemu+tls://{host}/system, or qemu:///system for this machine"
+                )))
+            }
+            (Transport::Ssh | Transport::Tls | Transport::Tcp, None) => {
+                return Err(Reject::Invalid(format!(
+                    "{}:// needs a host, e.g. {URI_EXAMPLE}; qemu:///system is this machine",
+                    url.scheme()
+                )))
+            }
+            _ => {}
+        }
+        if url.path() != "/system" {
+            return Err(Reject::Invalid(format!(
+                "path `{}`: migsuite drives QEMU's system daemon, which owns the bridges and \
+                 storage pools, so the path is /system, e.g. {URI_EXAMPLE}",
+                url.path()
+            )));
+        }
+        Ok(LibvirtUri {
+            text: url.to_string(),
+            transport,
+            host,
+        })
+    }
+}
+
+impl fmt::Display for LibvirtUri {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A network interface name as Linux takes it: the bridge guests join.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct InterfaceName(pub String);
+
+/// Linux's IFNAMSIZ less the terminating NUL.
+const MAX_INTERFACE_NAME: usize = 15;
+
+impl Scalar for InterfaceName {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a network interface name like br0")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let valid = !v.is_empty()
+            && v.len() <= MAX_INTERFACE_NAME
+            && v != "."
+            && v != ".."
+            && !v.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+        if valid {
+            Ok(InterfaceName(v.to_owned()))
+        } else {
+            Err(Reject::Invalid(format!(
+                "`{v}` is not a network interface name: Linux takes 1 to {MAX_INTERFACE_NAME} \
+                 characters, none of them `/`, `:` or white space, e.g. br0"
+            )))
+        }
+    }
+}
+
+/// The name of a libvirt storage pool on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PoolName(pub String);
+
+impl Scalar for PoolName {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a libvirt storage pool name like default")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        if !v.trim().is_empty() && !v.contains('/') {
+            Ok(PoolName(v.to_owned()))
+        } else {
+            Err(Reject::Invalid(format!(
+                "`{v}` is not a storage pool name: give the pool's name as \
+                 `virsh pool-list` shows it (a pool is named, not given by its path)"
+            )))
+        }
+    }
+}
+
+deserialize_scalar!(Address, LibvirtUri, InterfaceName, PoolName);

@@ -1,0 +1,171 @@
+//! Inventories end to end: the shipped lab is the one `crate::lab` builds;
+//! bad inventories are refused with where, which field, and what would be
+//! valid.
+
+use super::*;
+use crate::lab::{libvirtd, network, HOST_NAMES};
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse(text: &str) -> Result<Inventory, FileError> {
+    Inventory::parse_str(Path::new("t.yaml"), text)
+}
+
+/// A real lab of two hosts; tests change a line of it.
+const RACK: &str = "\
+name: rack
+storage: shared
+observer: 192.0.2.254
+hosts:
+  - name: a
+    uri: qemu+ssh://root@192.0.2.1/system
+    migration_address: 198.51.100.1
+    bridge: br0
+    pool: default
+    backends: [kvm-fv, kvm-pv, xen-pv]
+  - name: b
+    uri: qemu+ssh://root@192.0.2.2/system
+    migration_address: 198.51.100.2
+    bridge: br0
+    pool: default
+    backends: [xen-pv, kvm-pv]
+pairs:
+  - [a, b]
+";
+
+fn rack_with(old: &str, new: &str) -> String {
+    assert!(RACK.contains(old), "{old}");
+    RACK.replacen(old, new, 1)
+}
+
+#[test]
+fn the_local_lab_is_the_simulated_pair() {
+    let lab = Inventory::load(&root().join("labs/local.yaml")).unwrap();
+    assert_eq!(lab.name, "local");
+    assert!(lab.simulated);
+    // The simulated hosts keep the guest's disk in one directory they both see.
+    assert_eq!(lab.storage, Storage::Shared);
+    assert_eq!(lab.observer, IpAddr::from(network::OBSERVER_ADDR));
+    assert_eq!(lab.hosts.len(), HOST_NAMES.len());
+    for (index, host) in (0..).zip(&lab.hosts) {
+        assert_eq!(host.name, HOST_NAMES[usize::from(index)]);
+        assert_eq!(host.uri, libvirtd::uri_at(network::management_addr(index)));
+        assert_eq!(
+            host.migration_address,
+            IpAddr::from(network::link_addr(index))
+        );
+        assert_eq!(host.bridge, network::HOST_BRIDGE);
+        assert!(Hypervisor::ALL.iter().all(|&h| host.offers(h)));
+    }
+    let pairs: Vec<Pair> = lab.pairs().collect();
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0].hosts.map(|h| h.name.as_str()), HOST_NAMES);
+}
+
+#[test]
+fn a_pair_offers_what_both_hosts_run() {
+    let lab = parse(RACK).unwrap();
+    let pair = lab.pairs().next().unwrap();
+    assert_eq!(pair.backends(), [Hypervisor::KvmPv, Hypervisor::XenPv]);
+    assert!(pair.offers(Hypervisor::XenPv));
+    assert!(!pair.offers(Hypervisor::KvmFv), "only a runs kvm-fv");
+    assert!(pair.hosts[0].offers(Hypervisor::KvmFv));
+}
+
+#[test]
+fn a_real_lab_loads_as_written() {
+    let lab = parse(RACK).unwrap();
+    assert!(!lab.simulated, "a lab is real unless it says otherwise");
+    let b = &lab.hosts[1];
+    assert_eq!(
+        (b.uri.as_str(), b.pool.as_str()),
+        ("qemu+ssh://root@192.0.2.2/system", "default")
+    );
+    assert_eq!(
+        b.migration_address,
+        "198.51.100.2".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[rstest::rstest]
+#[case::this_machine("qemu:///system")]
+#[case::tls("qemu+tls://lab-a.example/system")]
+#[case::ssh_with_options("qemu+ssh://root@lab-a:2222/system?keyfile=/root/.ssh/lab")]
+#[case::tcp_to_loopback("qemu+tcp://127.0.0.1/system")]
+#[case::tcp_to_localhost("qemu+tcp://localhost:16509/system")]
+#[case::tcp_to_ipv6_loopback("qemu+tcp://[::1]/system")]
+#[case::tcp_with_insecure("qemu+tcp://192.0.2.1/system\n    insecure: true")]
+#[case::upper_case_scheme("QEMU+SSH://root@192.0.2.1/system")]
+fn uris_a_lab_may_use(#[case] uri: &str) {
+    let text = rack_with("qemu+ssh://root@192.0.2.1/system", uri);
+    let lab = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lab.hosts[0].uri.contains("/system"), "{}", lab.hosts[0].uri);
+}
+
+#[test]
+fn tcp_to_another_address_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
+    let simulated = rack_with("storage: shared", "simulated: true\nstorage: shared")
+        .replace("qemu+ssh://root@", "qemu+tcp://");
+    assert!(parse(&simulated).is_ok());
+    let needless = simulated.replacen(
+        "    pool: default",
+        "    insecure: true\n    pool: default",
+        1,
+    );
+    let err = parse(&needless).unwrap_err().to_string();
+    assert!(
+        err.starts_with("t.yaml:10:15: hosts[0].insecure: `insecure: true` allows qemu+tcp://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn addresses_may_be_ipv6() {
+    let text = rack_with("198.51.100.1", "fd00::1").replacen("192.0.2.254", "'fd00::fe'", 1);
+    let lab = parse(&text).unwrap();
+    assert_eq!(
+        lab.hosts[0].migration_address,
+        "fd00::1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(lab.observer, "fd00::fe".parse::<IpAddr>().unwrap());
+}
+
+/// Each fixture's second line is the refusal it must get, whole, from the
+/// file's name on (`# expected: name.yaml:line:col: field: message`).
+#[test]
+fn bad_labs_say_where_and_why() {
+    let dir = root().join("tests/fixtures/bad-labs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "{} fixtures", files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix("# expected: "))
+            .unwrap_or_else(|| panic!("{}: no `# expected: ` line", file.display()));
+        let message = Inventory::load(&file).unwrap_err().to_string();
+        let relative = message
+            .strip_prefix(&format!("{}/", dir.display()))
+            .unwrap_or_else(|| panic!("{message}\ndoes not start with the path"));
+        assert_eq!(relative, expected);
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+}
+
+#[test]
+fn missing_files_name_the_path() {
+    let err = Inventory::load(Path::new("/nonexistent/lab.yaml")).unwrap_err();
+    assert!(matches!(err, FileError::Io { .. }));
+    assert!(
+        err.to_string().starts_with("/nonexistent/lab.yaml: "),
+        "{err}"
+    );
+}
