@@ -28,7 +28,7 @@ enum Command {
         /// Suite files or directories of suites.
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
-        /// A lab inventory (labs/*.yaml) to check as well.
+        /// A lab inventory (suites/labs/*.yaml) to check as well.
         #[arg(long)]
         lab: Option<PathBuf>,
     },

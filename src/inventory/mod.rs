@@ -1,4 +1,4 @@
-//! Lab inventories: YAML files (`labs/*.yaml`) naming a lab's hosts, how
+//! Lab inventories: YAML files (`suites/labs/*.yaml`) naming a lab's hosts, how
 //! libvirt reaches each, and which hosts are measured together.
 //!
 //! ```yaml

@@ -43,7 +43,7 @@ fn rack_with(old: &str, new: &str) -> String {
 
 #[test]
 fn the_local_lab_is_the_simulated_pair() {
-    let lab = Inventory::load(&root().join("labs/local.yaml")).unwrap();
+    let lab = Inventory::load(&root().join("suites/labs/local.yaml")).unwrap();
     assert_eq!(lab.name, "local");
     assert!(lab.simulated);
     // The simulated hosts keep the guest's disk in one directory they both see.
