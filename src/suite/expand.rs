@@ -46,10 +46,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
             .and_then(|f| f.kill_destination_after)
             .map(|d| d.0.whole_ms()),
     };
-    let expect = match suite.expect.unwrap_or(ExpectDef::Pass) {
-        ExpectDef::Pass => Expect::Pass,
-        ExpectDef::Fail(reason_contains) => Expect::Fail { reason_contains },
-    };
+    let base_expect = suite.expect.unwrap_or(ExpectDef::Pass);
     let workloads: BTreeMap<Ident, Workload> = suite
         .workloads
         .0
@@ -84,6 +81,8 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                 )?;
                 check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
+                let expect =
+                    selected().fold(base_expect.clone(), |e, o| o.expect.clone().unwrap_or(e));
                 cases.push(Case {
                     suite: suite.name.0.clone(),
                     file: file.to_owned(),
@@ -104,7 +103,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     repeat: suite.repeat.map_or(1, |r| r.0),
                     sampling: sampling.clone(),
                     bounds: bounds_spec(bounds),
-                    expect: expect.clone(),
+                    expect: expect_spec(expect),
                     noise: noise_spec(noise),
                 });
             }
@@ -374,6 +373,13 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
         max_downtime_ms: def.max_downtime.map_or(MAX_DOWNTIME_MS, |d| d.0.whole_ms()),
         timeout_ms: def.timeout.map_or(TIMEOUT_MS, |d| d.0.whole_ms()),
         topology: def.topology.map_or(Topology::TwoHosts, Into::into),
+    }
+}
+
+fn expect_spec(def: ExpectDef) -> Expect {
+    match def {
+        ExpectDef::Pass => Expect::Pass,
+        ExpectDef::Fail(reason_contains) => Expect::Fail { reason_contains },
     }
 }
 

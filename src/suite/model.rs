@@ -212,7 +212,7 @@ keyword_enum!(pub(super) AggregateDef("aggregate") { Worst = "worst", Mean = "me
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`"
+    expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`, `expect`"
 )]
 pub(super) struct Override {
     pub when: When,
@@ -224,6 +224,9 @@ pub(super) struct Override {
     /// the CPU rather than the link swings more between runs).
     #[serde(default)]
     pub noise: NoiseDef,
+    /// What the selected cases must do (e.g. fail with "does not converge"
+    /// where the workload dirties memory faster than the link can carry).
+    pub expect: Option<ExpectDef>,
 }
 
 /// Selects matrix cases; keys left out match everything.
@@ -238,7 +241,7 @@ pub(super) struct When {
     pub workload: Option<Ident>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum ExpectDef {
     Pass,
     Fail(String),

@@ -486,6 +486,27 @@ fn expect_forms(#[case] line: &str, #[case] expect: Expect) {
     );
 }
 
+#[test]
+fn an_override_sets_what_its_cases_expect() {
+    let text = "name: t\nmatrix: { hypervisor: [kvm-pv], mtu: [1500, 128], workload: [w] }\n\
+                workloads: { w: { dirty: { size: 1MiB, rate: 1MiB/s } } }\n\
+                failure: { kind: warned, after: 1s }\n\
+                expect: { fail: destination }\n\
+                overrides:\n  - when: { mtu: 128 }\n    expect: { fail: does not converge }\n";
+    let expects: Vec<_> = parse(text).unwrap().into_iter().map(|c| c.expect).collect();
+    assert_eq!(
+        expects,
+        [
+            Expect::Fail {
+                reason_contains: "destination".into()
+            },
+            Expect::Fail {
+                reason_contains: "does not converge".into()
+            },
+        ]
+    );
+}
+
 #[rstest]
 #[case("expect: fail", "`fail` needs the text")]
 #[case("expect: pas", "did you mean `pass`?")]
