@@ -3,8 +3,8 @@
 //!
 //! ```yaml
 //! name: local
-//! simulated: true     # migsuite builds these hosts itself; default false
-//! storage: local      # local | shared
+//! simulated: true     # the hosts are namespaces on this machine; default false
+//! storage: shared     # local | shared: whether both hosts see the guest disk
 //! observer: 10.250.0.254
 //! hosts:
 //!   - name: a
