@@ -46,7 +46,11 @@ impl FailureMonitor {
                 while !stop.load(Ordering::Relaxed) {
                     let going_down = warns.as_ref().is_some_and(|w| w.load(Ordering::Relaxed));
                     let _ = sock.send_to(
-                        if going_down { HOST_GOING_DOWN } else { HOST_ALIVE },
+                        if going_down {
+                            HOST_GOING_DOWN
+                        } else {
+                            HOST_ALIVE
+                        },
                         (MANAGEMENT_ADDR, MONITOR_PORT),
                     );
                     std::thread::sleep(HOST_HEARTBEAT);
