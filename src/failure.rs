@@ -6,20 +6,22 @@
 
 use crate::lab::network::MANAGEMENT_ADDR;
 use crate::lab::Lab;
-use crate::wire::MONITOR_PORT;
+use crate::wire::{HOST_ALIVE, HOST_GOING_DOWN, MONITOR_PORT};
 use anyhow::{bail, Result};
-use std::net::UdpSocket;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const HOST_HEARTBEAT: Duration = Duration::from_millis(100);
-const ALIVE: &[u8] = b"alive";
-const GOING_DOWN: &[u8] = b"going-down";
 
 pub struct FailureMonitor {
     socket: UdpSocket,
+    /// The source host's address: the only one whose warning is heeded
+    /// (anyone on the guest LAN can send a datagram to the monitor).
+    source: IpAddr,
     warn_source: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     senders: Vec<JoinHandle<()>>,
@@ -44,7 +46,11 @@ impl FailureMonitor {
                 while !stop.load(Ordering::Relaxed) {
                     let going_down = warns.as_ref().is_some_and(|w| w.load(Ordering::Relaxed));
                     let _ = sock.send_to(
-                        if going_down { GOING_DOWN } else { ALIVE },
+                        if going_down {
+                            HOST_GOING_DOWN
+                        } else {
+                            HOST_ALIVE
+                        },
                         (MANAGEMENT_ADDR, MONITOR_PORT),
                     );
                     std::thread::sleep(HOST_HEARTBEAT);
@@ -53,6 +59,7 @@ impl FailureMonitor {
         }
         Ok(FailureMonitor {
             socket,
+            source: lab.source.libvirtd.addr.into(),
             warn_source,
             stop,
             senders,
@@ -64,19 +71,33 @@ impl FailureMonitor {
         self.warn_source.store(true, Ordering::Relaxed);
     }
 
-    /// Blocks until the monitor hears the warning; returns when it did.
-    pub fn wait_warning(&self, timeout: Duration) -> Result<Instant> {
+    /// Blocks until the monitor hears the source host's warning.
+    pub fn wait_warning(&self, timeout: Duration) -> Result<Warning> {
         let deadline = Instant::now() + timeout;
+        let mut ignored = BTreeSet::new();
         let mut buf = [0u8; 64];
         while Instant::now() < deadline {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                if &buf[..n] == GOING_DOWN {
-                    return Ok(Instant::now());
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                if &buf[..n] == HOST_GOING_DOWN {
+                    if from.ip() == self.source {
+                        return Ok(Warning {
+                            heard_at: Instant::now(),
+                            ignored_from: ignored,
+                        });
+                    }
+                    ignored.insert(from.ip());
                 }
             }
         }
         bail!("no failure warning reached the monitor within {timeout:?}")
     }
+}
+
+/// The source host's warning, and the warnings from elsewhere that the
+/// monitor did not heed before it.
+pub struct Warning {
+    pub heard_at: Instant,
+    pub ignored_from: BTreeSet<IpAddr>,
 }
 
 impl Drop for FailureMonitor {

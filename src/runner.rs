@@ -8,7 +8,7 @@ use crate::case::Case;
 use crate::failure::FailureMonitor;
 use crate::lab::libvirtd;
 use crate::lab::netns;
-use crate::lab::network::{self, GUEST_ADDR, OBSERVER_ADDR, PREFIX_LEN};
+use crate::lab::network::{self, GUEST_ADDR, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
 use crate::lab::{calibration, link};
 use crate::measure::{
@@ -121,7 +121,7 @@ fn agent_args(case: &Case, dirty_rate_mib_s: u32) -> String {
     format!(
         "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={OBSERVER_ADDR}:{} migsuite.mtu={} \
          migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={} \
-         migsuite.probe={}",
+         migsuite.probe={} migsuite.monitor={MANAGEMENT_ADDR}:{}",
         wire::OBSERVER_PORT,
         case.link.mtu,
         w.dirty_mib,
@@ -129,6 +129,7 @@ fn agent_args(case: &Case, dirty_rate_mib_s: u32) -> String {
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
         probe.join(","),
+        wire::MONITOR_PORT,
     )
 }
 
@@ -268,13 +269,24 @@ fn run_once(
     );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     monitor.inject();
-    let t0 = monitor.wait_warning(WARNING_TIMEOUT)?;
+    let warning = monitor.wait_warning(WARNING_TIMEOUT)?;
+    let t0 = warning.heard_at;
     progress(&format!(
         "{}: host {} warned it is going down; evacuating to {}",
         case.name(),
         lab.source.name,
         lab.destination.name
     ));
+    if !warning.ignored_from.is_empty() {
+        let from: Vec<String> = warning.ignored_from.iter().map(|a| a.to_string()).collect();
+        progress(&format!(
+            "{}: the failure monitor ignored warnings from {} (only host {} at {} is heeded)",
+            case.name(),
+            from.join(", "),
+            lab.source.name,
+            lab.source.libvirtd.addr
+        ));
+    }
 
     let crosses_link = backend.stream_crosses_link();
     let link_monitor = link::Monitor::start(&lab.source.netns.name)?;

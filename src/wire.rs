@@ -8,6 +8,9 @@ pub const OBSERVER_PORT: u16 = 7000;
 pub const DATA_PORT: u16 = 7002;
 /// Lab hosts' heartbeats (failure warnings) go here.
 pub const MONITOR_PORT: u16 = 7001;
+/// What a lab host's heartbeat says: alive, or about to go down.
+pub const HOST_ALIVE: &[u8] = b"alive";
+pub const HOST_GOING_DOWN: &[u8] = b"going-down";
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1;
 
 pub const KIND_HELLO: u8 = 0;

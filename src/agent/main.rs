@@ -84,6 +84,8 @@ fn run() -> Result<(), String> {
     let data_to = SocketAddr::new(observer.ip(), wire::DATA_PORT);
     let (dirty_mib, dirty_rate) = (num("dirty_mib")?, num("dirty_rate")?);
     let reached = control_plane_reached(get("probe")?, observer.ip());
+    let monitor: SocketAddr = get("monitor")?.parse().map_err(|e| format!("migsuite.monitor: {e}"))?;
+    forge_warnings(monitor, observer.ip())?;
     let hello = wire::encode_hello(&format!(
         "guest={}\nnic={}\ndisks={}\nkernel={}\nmodule_errors={}\ndirty_capacity_mib_s={:.0}\ncontrol_plane_reached={}\n",
         if in_container { "container" } else { "vm" },
@@ -129,6 +131,20 @@ fn control_plane_reached(targets: &str, via: IpAddr) -> Vec<String> {
         let _ = sh(&["ip", "route", "del", &host(t)]);
     }
     reached
+}
+
+/// As a hostile guest would: tells the runner's failure monitor, every
+/// second and through `via` (the one router-like address it knows), that a
+/// host is going down. The monitor heeds only the source host's address;
+/// the runner reports what it ignored.
+fn forge_warnings(monitor: SocketAddr, via: IpAddr) -> Result<(), String> {
+    sh(&["ip", "route", "add", &format!("{}/32", monitor.ip()), "via", &via.to_string()])?;
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    std::thread::spawn(move || loop {
+        let _ = sock.send_to(wire::HOST_GOING_DOWN, monitor);
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    Ok(())
 }
 
 /// Every millisecond, on an absolute schedule so that a stall shows as a gap

@@ -11,7 +11,9 @@
 //!   guests' own traffic is a few hundred packets a second).
 //! - **management network**: a second bridge in the switch namespace and
 //!   one veth per host: libvirtd and the hosts' heartbeats. Hosts have no
-//!   address on `br0` and route nothing, so a guest cannot reach a daemon.
+//!   address on `br0` and route nothing, so a guest cannot reach a daemon;
+//!   the switch drops what enters from the guest LAN with a management
+//!   network's source address (reverse-path filter).
 
 use super::netns::Netns;
 use crate::case::LinkSpec;
@@ -90,6 +92,9 @@ pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> 
     let mtu = link.mtu.to_string();
     bridge(switch, "sw0", &mtu, Some(OBSERVER_ADDR))?;
     bridge(switch, "mgmt0", MANAGEMENT_MTU, Some(MANAGEMENT_ADDR))?;
+    // Strict reverse-path filtering: a guest on sw0 cannot pass for a host
+    // of the management network (the failure monitor heeds a host's address).
+    switch.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1"])?;
     if !link.offloads {
         offloads_off(switch, "sw0", false)?;
     }
