@@ -16,7 +16,9 @@ bpo=/etc/apt/sources.list.d/bookworm-backports.list
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
   echo "deb http://deb.debian.org/debian bookworm-backports main" > "$bpo"
 fi
-from_backports=(qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+# The storage driver gives each host a pool that guest files are uploaded to
+# (libvirt's volume upload) and that copy-storage migration pre-creates in.
+from_backports=(qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage libvirt-clients libvirt-dev)
 from_stable=(busybox-static ethtool iproute2 kmod pkg-config util-linux)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends -t bookworm-backports "${from_backports[@]}" >/dev/null
