@@ -65,6 +65,9 @@ fn example(field: &str) -> Option<&'static str> {
     })
 }
 
+/// The storage pool of the simulated hosts.
+const SIMULATED_POOL: &str = "migsuite";
+
 /// A lab, as its inventory describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inventory {
@@ -126,6 +129,32 @@ impl Pair<'_> {
 }
 
 impl Inventory {
+    /// The simulated pair `crate::lab` builds on this machine: what runs use
+    /// without an inventory file (with shared storage, as the gate's
+    /// baselines were measured), and what `suites/labs/local.yaml` says.
+    pub fn simulated(name: &str, storage: Storage) -> Inventory {
+        use crate::lab::{libvirtd, network, HOST_NAMES};
+        let hosts = (0u8..)
+            .zip(HOST_NAMES)
+            .map(|(i, name)| Host {
+                name: name.to_string(),
+                uri: libvirtd::uri_at(network::management_addr(i)),
+                migration_address: network::link_addr(i).into(),
+                bridge: network::HOST_BRIDGE.to_string(),
+                pool: SIMULATED_POOL.to_string(),
+                backends: Hypervisor::ALL.to_vec(),
+            })
+            .collect();
+        Inventory {
+            name: name.to_string(),
+            simulated: true,
+            storage,
+            observer: network::OBSERVER_ADDR.into(),
+            hosts,
+            pairs: vec![[0, 1]],
+        }
+    }
+
     /// Reads and validates one inventory file.
     pub fn load(path: &Path) -> Result<Inventory, FileError> {
         Inventory::parse_str(path, &crate::yaml::read(path, &INVENTORY)?)

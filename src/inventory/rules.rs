@@ -3,13 +3,18 @@
 
 use super::model::{HostDef, InventoryDef, Transport};
 use super::{Host, Inventory};
+use crate::lab::{libvirtd, network};
 use crate::yaml::scalar::Ident;
 use crate::yaml::{did_you_mean, distinct, list, FieldPath, Invalid};
 use std::fmt::Display;
+use std::net::IpAddr;
 
 pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
     check_hosts(&def)?;
     let pairs = check_pairs(&def)?;
+    if def.simulated {
+        check_simulated(&def)?;
+    }
     let inventory = Inventory {
         name: def.name.0,
         simulated: def.simulated,
@@ -107,6 +112,63 @@ fn check_transport(simulated: bool, h: &HostDef, at: FieldPath) -> Result<(), In
                 h.uri
             ),
         });
+    }
+    Ok(())
+}
+
+/// A simulated lab is built by `crate::lab` on this machine with its own
+/// addressing plan (`network`): the inventory must describe that plan, or
+/// its figures would be labelled with addresses nothing used.
+fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
+    let hosts_at = FieldPath::default().key("hosts");
+    if def.hosts.len() != 2 || def.pairs.len() != 1 {
+        return Err(Invalid {
+            path: if def.hosts.len() != 2 {
+                hosts_at
+            } else {
+                FieldPath::default().key("pairs")
+            },
+            message: format!(
+                "a simulated lab is one pair of two hosts (it has {} hosts and {} pairs); \
+                 several simulated pairs are not built yet",
+                def.hosts.len(),
+                def.pairs.len()
+            ),
+        });
+    }
+    let observer = IpAddr::from(network::OBSERVER_ADDR);
+    if def.observer.0 != observer {
+        return Err(Invalid {
+            path: FieldPath::default().key("observer"),
+            message: format!(
+                "the simulated lab's observer listens at {observer} (src/lab/network.rs), not {}",
+                def.observer
+            ),
+        });
+    }
+    for (i, h) in (0u8..).zip(&def.hosts) {
+        let at = hosts_at.clone().index(usize::from(i));
+        let expected = [
+            ("uri", h.uri.text.clone(), libvirtd::uri_at(network::management_addr(i))),
+            (
+                "migration_address",
+                h.migration_address.to_string(),
+                network::link_addr(i).to_string(),
+            ),
+            ("bridge", h.bridge.0.clone(), network::HOST_BRIDGE.to_string()),
+        ];
+        for (key, given, wanted) in expected {
+            if given != wanted {
+                return Err(Invalid {
+                    path: at.clone().key(key),
+                    message: format!(
+                        "the simulated lab gives its host {} the {key} `{wanted}` \
+                         (src/lab/network.rs), not `{given}`",
+                        i + 1
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! valid.
 
 use super::*;
-use crate::lab::{libvirtd, network, HOST_NAMES};
+use crate::lab::HOST_NAMES;
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
@@ -42,27 +42,24 @@ fn rack_with(old: &str, new: &str) -> String {
 }
 
 #[test]
-fn the_local_lab_is_the_simulated_pair() {
+fn the_local_lab_is_the_simulated_pair_with_a_pool_per_host() {
     let lab = Inventory::load(&root().join("suites/labs/local.yaml")).unwrap();
-    assert_eq!(lab.name, "local");
-    assert!(lab.simulated);
-    // The simulated hosts keep the guest's disk in one directory they both see.
-    assert_eq!(lab.storage, Storage::Shared);
-    assert_eq!(lab.observer, IpAddr::from(network::OBSERVER_ADDR));
-    assert_eq!(lab.hosts.len(), HOST_NAMES.len());
-    for (index, host) in (0..).zip(&lab.hosts) {
-        assert_eq!(host.name, HOST_NAMES[usize::from(index)]);
-        assert_eq!(host.uri, libvirtd::uri_at(network::management_addr(index)));
-        assert_eq!(
-            host.migration_address,
-            IpAddr::from(network::link_addr(index))
-        );
-        assert_eq!(host.bridge, network::HOST_BRIDGE);
-        assert!(Hypervisor::ALL.iter().all(|&h| host.offers(h)));
-    }
+    assert_eq!(lab, Inventory::simulated("local", Storage::Local));
     let pairs: Vec<Pair> = lab.pairs().collect();
-    assert_eq!(pairs.len(), 1);
     assert_eq!(pairs[0].hosts.map(|h| h.name.as_str()), HOST_NAMES);
+    assert!(pairs[0].backends() == Hypervisor::ALL);
+}
+
+#[test]
+fn a_simulated_lab_must_describe_the_pair_migsuite_builds() {
+    let local = std::fs::read_to_string(root().join("suites/labs/local.yaml")).unwrap();
+    let moved = local.replacen("migration_address: 10.251.0.2", "migration_address: 10.251.0.9", 1);
+    let err = parse(&moved).unwrap_err().to_string();
+    assert!(err.contains("hosts[1].migration_address"), "{err}");
+    assert!(err.contains("`10.251.0.2`"), "{err}");
+    let observer = local.replacen("observer: 10.250.0.254", "observer: 10.250.0.1", 1);
+    let err = parse(&observer).unwrap_err().to_string();
+    assert!(err.contains("observer") && err.contains("10.250.0.254"), "{err}");
 }
 
 #[test]
@@ -106,18 +103,17 @@ fn uris_a_lab_may_use(#[case] uri: &str) {
 }
 
 #[test]
-fn tcp_to_another_address_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
-    let simulated = rack_with("storage: shared", "simulated: true\nstorage: shared")
-        .replace("qemu+ssh://root@", "qemu+tcp://");
-    assert!(parse(&simulated).is_ok());
-    let needless = simulated.replacen(
-        "    pool: default",
-        "    insecure: true\n    pool: default",
+fn tcp_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
+    // local.yaml's hosts are reached by qemu+tcp:// (it loads: see above).
+    let local = std::fs::read_to_string(root().join("suites/labs/local.yaml")).unwrap();
+    let needless = local.replacen(
+        "    pool: migsuite",
+        "    insecure: true\n    pool: migsuite",
         1,
     );
     let err = parse(&needless).unwrap_err().to_string();
     assert!(
-        err.starts_with("t.yaml:10:15: hosts[0].insecure: `insecure: true` allows qemu+tcp://"),
+        err.contains("hosts[0].insecure: `insecure: true` allows qemu+tcp://"),
         "{err}"
     );
 }
