@@ -14,6 +14,14 @@ pub struct Provenance {
     pub accel: String,
     /// "local: 2 netns hosts on <hostname>" or the real hosts' URIs.
     pub host_kind: String,
+    /// Which lab, from which inventory, and its storage (`Inventory::describe`);
+    /// empty in reports written before labs had inventories.
+    #[serde(default)]
+    pub lab: String,
+    /// What a migration did with the guest's storage (e.g. its disk copied
+    /// with it); empty in older reports.
+    #[serde(default)]
+    pub storage: String,
     /// Host kernel release (uname -r).
     pub host_kernel: String,
     /// e.g. "QEMU 7.2.22".

@@ -6,6 +6,7 @@
 use crate::backend::{self, Backend};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
+use crate::inventory::Inventory;
 use crate::lab::libvirtd;
 use crate::lab::netns;
 use crate::lab::network::{self, GUEST_ADDR, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN};
@@ -56,7 +57,12 @@ pub fn exclusive(progress: &dyn Fn(&str)) -> Result<Exclusive> {
     })
 }
 
-pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunError> {
+/// Runs `case` on the lab `inventory` describes.
+pub fn run_case(
+    case: &Case,
+    inventory: &Inventory,
+    progress: &dyn Fn(&str),
+) -> Result<CaseResult, RunError> {
     let _exclusive = exclusive(progress)?;
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
@@ -67,7 +73,7 @@ pub fn run_case(case: &Case, progress: &dyn Fn(&str)) -> Result<CaseResult, RunE
         return Err(RunError::Refused(why));
     }
     backend::release_unneeded(case);
-    let mut lab = Lab::start(&case.link)?;
+    let mut lab = Lab::start(&case.link, inventory)?;
     let result = run_in(&mut lab, case, backend.as_mut(), progress);
     let logs = logs_dir(case);
     match lab.save_logs(&logs) {
@@ -234,6 +240,8 @@ fn run_in(
             "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
             num_cpus()
         ),
+        lab: lab.inventory.describe(),
+        storage: info.storage,
         host_kernel: crate::sh::kernel_release(),
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,

@@ -5,6 +5,7 @@
 //! baseline stored in the case's snapshot.
 
 use crate::case::Case;
+use crate::inventory::Inventory;
 use crate::measure::CaseResult;
 use crate::report::snapshot::{baseline, snap_body};
 use crate::runner;
@@ -27,15 +28,19 @@ type Slot = Arc<OnceLock<Result<Arc<Judged>, String>>>;
 pub struct Session {
     started: Instant,
     snapshots: PathBuf,
+    /// The lab every case runs on.
+    pub lab: Inventory,
     results: Mutex<HashMap<String, Slot>>,
 }
 
 impl Session {
-    /// Baselines are read from `<snapshots>/<case slug>.snap`.
-    pub fn new(snapshots: PathBuf) -> Session {
+    /// Cases run on `lab`; baselines are read from `<snapshots>/<name>.snap`
+    /// (`snapshot_name`).
+    pub fn new(snapshots: PathBuf, lab: Inventory) -> Session {
         Session {
             started: Instant::now(),
             snapshots,
+            lab,
             results: Mutex::new(HashMap::new()),
         }
     }
@@ -44,8 +49,18 @@ impl Session {
         eprintln!("[{:7.1}s] {message}", self.started.elapsed().as_secs_f64());
     }
 
+    /// The case's snapshot: `<slug>` on the built-in pair, `<slug>@<lab>`
+    /// on an inventory's lab, whose figures are not the gate's.
+    pub fn snapshot_name(&self, case: &Case) -> String {
+        match self.lab.snapshot_suffix() {
+            Some(lab) => format!("{}@{lab}", case.slug()),
+            None => case.slug(),
+        }
+    }
+
     pub fn snapshot_path(&self, case: &Case) -> PathBuf {
-        self.snapshots.join(format!("{}.snap", case.slug()))
+        self.snapshots
+            .join(format!("{}.snap", self.snapshot_name(case)))
     }
 
     /// The case's measurements and verdict, running it if this session has
@@ -60,8 +75,8 @@ impl Session {
             .or_default()
             .clone();
         slot.get_or_init(|| {
-            let result =
-                runner::run_case(case, &|m| self.progress(m)).map_err(|e| e.to_string())?;
+            let result = runner::run_case(case, &self.lab, &|m| self.progress(m))
+                .map_err(|e| e.to_string())?;
             let stored = std::fs::read_to_string(self.snapshot_path(case))
                 .ok()
                 .map(|t| snap_body(&t).to_string());

@@ -11,6 +11,7 @@
 use libtest_mimic::{Arguments, Failed, Trial};
 use migsuite::backend;
 use migsuite::case::{Case, Tier};
+use migsuite::inventory::Inventory;
 use migsuite::report::json::{CaseReport, RunReport};
 use migsuite::report::{case_snapshot, case_table, html, study_table, suite_table};
 use migsuite::session::Session;
@@ -26,7 +27,13 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1)
     });
-    let session: &'static Session = Box::leak(Box::new(Session::new(root().join("snapshots"))));
+    // MIGSUITE_LAB names the lab's inventory; without it, the built-in pair.
+    let lab = Inventory::from_env().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    let session: &'static Session =
+        Box::leak(Box::new(Session::new(root().join("snapshots"), lab)));
     let mut trials: Vec<Trial> = cases
         .iter()
         .cloned()
@@ -60,7 +67,7 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
         let rebaseline = std::env::var_os("MIGSUITE_REBASELINE").is_some_and(|v| v == "1");
         let stored = judged.stored.as_deref().filter(|_| !rebaseline);
         let text = case_snapshot(verdict, &result.provenance, stored);
-        let snapshot = assert_snapshot(&case.slug(), text);
+        let snapshot = assert_snapshot(&session.snapshot_name(&case), text);
         if !verdict.passed {
             return Err(verdict.to_string().into());
         }

@@ -74,6 +74,8 @@ pub struct BackendInfo {
     pub accel: String,
     pub hypervisor_version: String,
     pub toolstack_version: String,
+    /// What a migration does with the guest's storage.
+    pub storage: String,
 }
 
 pub trait Backend {

@@ -61,6 +61,10 @@ enum Command {
         /// Where the JSON report of each suite goes.
         #[arg(long, default_value = "target/migsuite/reports")]
         report_dir: PathBuf,
+        /// The lab inventory to run on (suites/labs/*.yaml); by default
+        /// $MIGSUITE_LAB, else the built-in simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
     },
     /// Write the HTML page of a JSON report: one self-contained file (inline
     /// figures and style, no scripts, no outside links).
@@ -99,7 +103,16 @@ fn main() -> ExitCode {
             filter,
             repeat,
             report_dir,
-        } => cases(&paths).map(|cases| {
+            lab,
+        } => cases(&paths).and_then(|cases| {
+            let lab = match lab {
+                Some(path) => Inventory::load(&path),
+                None => Inventory::from_env(),
+            }
+            .map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            })?;
             let selected: Vec<Case> = cases
                 .into_iter()
                 .filter(|c| {
@@ -112,7 +125,7 @@ fn main() -> ExitCode {
                     ..c
                 })
                 .collect();
-            run(&selected, &report_dir)
+            Ok(run(&selected, lab, &report_dir))
         }),
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
@@ -160,7 +173,7 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
     };
     let measured = (|| -> anyhow::Result<_> {
         let _exclusive = migsuite::runner::exclusive(&|m| eprintln!("{m}"))?;
-        let lab = Lab::start(&link)?;
+        let lab = Lab::start(&link, &Inventory::from_env()?)?;
         let in_lab = calibration::link_rates(&lab)?;
         drop(lab);
         Ok((in_lab, calibration::bare_pair_rates(&link)?))
@@ -196,9 +209,11 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
     }
 }
 
-fn run(cases: &[Case], report_dir: &Path) -> ExitCode {
-    // Judged against the baselines of the gate's snapshots.
-    let session = Session::new(PathBuf::from("snapshots"));
+fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
+    // Judged against the baselines of the gate's snapshots (the lab's own,
+    // for an inventory's lab).
+    let session = Session::new(PathBuf::from("snapshots"), lab);
+    session.progress(&session.lab.describe());
     let (mut passed, mut failed, mut refused) = (0, 0, 0);
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();

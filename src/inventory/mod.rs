@@ -34,7 +34,7 @@ pub use model::Storage;
 use crate::case::Hypervisor;
 use crate::yaml::{Document, FileError, Kind};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const INVENTORY: Kind = Kind {
     noun: "lab inventory",
@@ -65,6 +65,11 @@ fn example(field: &str) -> Option<&'static str> {
     })
 }
 
+/// The environment variable naming the inventory `cargo test` uses.
+pub const LAB_VARIABLE: &str = "MIGSUITE_LAB";
+/// The built-in simulated pair's name.
+const BUILT_IN: &str = "simulated";
+
 /// The storage pool of the simulated hosts.
 const SIMULATED_POOL: &str = "migsuite";
 
@@ -81,6 +86,8 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     /// Indices into `hosts`; no host is in two pairs.
     pairs: Vec<[usize; 2]>,
+    /// The file it was read from; None for the built-in simulated pair.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -152,12 +159,48 @@ impl Inventory {
             observer: network::OBSERVER_ADDR.into(),
             hosts,
             pairs: vec![[0, 1]],
+            file: None,
         }
+    }
+
+    /// The lab runs use: the inventory at `MIGSUITE_LAB` if set, else the
+    /// built-in simulated pair with shared storage.
+    pub fn from_env() -> Result<Inventory, FileError> {
+        match std::env::var_os(LAB_VARIABLE) {
+            Some(path) => Inventory::load(Path::new(&path)),
+            None => Ok(Inventory::simulated(BUILT_IN, Storage::Shared)),
+        }
+    }
+
+    /// Which lab produced a figure, as reports say it: "lab: local
+    /// (inventory suites/labs/local.yaml), simulated: ...".
+    pub fn describe(&self) -> String {
+        let source = match &self.file {
+            Some(file) => format!("inventory {}", file.display()),
+            None => "built in, no inventory".into(),
+        };
+        let kind = if self.simulated {
+            "simulated: network-namespace hosts on one machine"
+        } else {
+            "real hosts"
+        };
+        format!("lab: {} ({source}), {kind}", self.name)
+    }
+
+    /// The suffix of its baselines' snapshot files: none for the built-in
+    /// pair (the gate's), the lab's name for an inventory's, so that no
+    /// lab's figures are judged against another's.
+    pub fn snapshot_suffix(&self) -> Option<&str> {
+        self.file.as_ref().map(|_| self.name.as_str())
     }
 
     /// Reads and validates one inventory file.
     pub fn load(path: &Path) -> Result<Inventory, FileError> {
-        Inventory::parse_str(path, &crate::yaml::read(path, &INVENTORY)?)
+        let inventory = Inventory::parse_str(path, &crate::yaml::read(path, &INVENTORY)?)?;
+        Ok(Inventory {
+            file: Some(path.to_path_buf()),
+            ..inventory
+        })
     }
 
     /// Like [`Inventory::load`] on `text`; `path` is only used in messages.

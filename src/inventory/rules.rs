@@ -22,6 +22,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
         observer: def.observer.0,
         hosts: def.hosts.into_iter().map(host).collect(),
         pairs,
+        file: None,
     };
     check_backends(&inventory)?;
     Ok(inventory)
@@ -149,13 +150,21 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
     for (i, h) in (0u8..).zip(&def.hosts) {
         let at = hosts_at.clone().index(usize::from(i));
         let expected = [
-            ("uri", h.uri.text.clone(), libvirtd::uri_at(network::management_addr(i))),
+            (
+                "uri",
+                h.uri.text.clone(),
+                libvirtd::uri_at(network::management_addr(i)),
+            ),
             (
                 "migration_address",
                 h.migration_address.to_string(),
                 network::link_addr(i).to_string(),
             ),
-            ("bridge", h.bridge.0.clone(), network::HOST_BRIDGE.to_string()),
+            (
+                "bridge",
+                h.bridge.0.clone(),
+                network::HOST_BRIDGE.to_string(),
+            ),
         ];
         for (key, given, wanted) in expected {
             if given != wanted {

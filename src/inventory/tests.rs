@@ -44,7 +44,14 @@ fn rack_with(old: &str, new: &str) -> String {
 #[test]
 fn the_local_lab_is_the_simulated_pair_with_a_pool_per_host() {
     let lab = Inventory::load(&root().join("suites/labs/local.yaml")).unwrap();
-    assert_eq!(lab, Inventory::simulated("local", Storage::Local));
+    assert_eq!(lab.file, Some(root().join("suites/labs/local.yaml")));
+    assert_eq!(
+        Inventory {
+            file: None,
+            ..lab.clone()
+        },
+        Inventory::simulated("local", Storage::Local)
+    );
     let pairs: Vec<Pair> = lab.pairs().collect();
     assert_eq!(pairs[0].hosts.map(|h| h.name.as_str()), HOST_NAMES);
     assert!(pairs[0].backends() == Hypervisor::ALL);
@@ -53,13 +60,20 @@ fn the_local_lab_is_the_simulated_pair_with_a_pool_per_host() {
 #[test]
 fn a_simulated_lab_must_describe_the_pair_migsuite_builds() {
     let local = std::fs::read_to_string(root().join("suites/labs/local.yaml")).unwrap();
-    let moved = local.replacen("migration_address: 10.251.0.2", "migration_address: 10.251.0.9", 1);
+    let moved = local.replacen(
+        "migration_address: 10.251.0.2",
+        "migration_address: 10.251.0.9",
+        1,
+    );
     let err = parse(&moved).unwrap_err().to_string();
     assert!(err.contains("hosts[1].migration_address"), "{err}");
     assert!(err.contains("`10.251.0.2`"), "{err}");
     let observer = local.replacen("observer: 10.250.0.254", "observer: 10.250.0.1", 1);
     let err = parse(&observer).unwrap_err().to_string();
-    assert!(err.contains("observer") && err.contains("10.250.0.254"), "{err}");
+    assert!(
+        err.contains("observer") && err.contains("10.250.0.254"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -44,10 +44,23 @@ pub struct Libvirtd {
 }
 
 impl Libvirtd {
-    pub fn start(ns: &Netns, addr: Ipv4Addr, state: &Path, timeout: Duration) -> Result<Libvirtd> {
+    /// Starts the daemon of a simulated host in `ns`, listening at `addr`,
+    /// its state in `state`, its storage pool's directory `pool_dir` (seen
+    /// by it at `pool::SIMULATED_TARGET`).
+    pub fn start(
+        ns: &Netns,
+        addr: Ipv4Addr,
+        state: &Path,
+        pool_dir: &Path,
+        timeout: Duration,
+    ) -> Result<Libvirtd> {
         let mut binds = String::new();
-        for dir in STATE_DIRS {
-            let own = state.join(dir.trim_start_matches('/'));
+        let own_dirs = STATE_DIRS
+            .iter()
+            .map(|dir| (state.join(dir.trim_start_matches('/')), *dir));
+        // The pool's mount point is inside /var/lib/libvirt: bound after it.
+        for (own, dir) in own_dirs.chain([(pool_dir.to_path_buf(), super::pool::SIMULATED_TARGET)])
+        {
             fs::create_dir_all(&own)?;
             binds.push_str(&format!(
                 "mkdir -p '{dir}' && mount --bind '{}' '{dir}' && ",

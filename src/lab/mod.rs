@@ -13,10 +13,12 @@ pub mod libvirtd;
 pub mod link;
 pub mod netns;
 pub mod network;
+pub mod pool;
 pub mod root;
 
 use crate::case::LinkSpec;
-use anyhow::{Context, Result};
+use crate::inventory::{Inventory, Storage};
+use anyhow::{bail, Context, Result};
 use libvirtd::Libvirtd;
 use netns::Netns;
 use std::net::Ipv4Addr;
@@ -30,9 +32,12 @@ pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 /// One simulated lab host.
 #[derive(Debug)]
 pub struct Host {
-    /// Which of the two hosts this is: "a" or "b" (the role, source or
-    /// destination, changes as the guest moves back and forth).
-    pub name: &'static str,
+    /// Its name in the inventory, "a" or "b" in the simulated pair (the
+    /// role, source or destination, changes as the guest moves back and
+    /// forth).
+    pub name: String,
+    /// The inventory's storage pool on this host.
+    pub pool: String,
     /// 0 for "a", 1 for "b": what addresses and nested hosts are numbered by.
     pub index: u8,
     /// Its address on the migration link.
@@ -51,12 +56,25 @@ pub struct Lab {
     /// runner's sockets and libvirt clients live here.
     pub switch: Netns,
     pub link: LinkSpec,
-    /// Lab-private files; `shared/` is the storage both hosts see.
+    /// What the lab is: its name, storage and hosts.
+    pub inventory: Inventory,
+    /// Lab-private files; `shared/` is a directory both hosts see (the
+    /// container's root, logs), whatever the pools' storage.
     dir: cleanup::LabDir,
 }
 
 impl Lab {
-    pub fn start(link: &LinkSpec) -> Result<Lab> {
+    /// Builds the first pair of `inventory`, which must be simulated (the
+    /// rules of `crate::inventory` make its addresses the ones built here).
+    pub fn start(link: &LinkSpec, inventory: &Inventory) -> Result<Lab> {
+        if !inventory.simulated {
+            bail!(
+                "lab {}: its hosts are real machines, and migsuite drives only the simulated \
+                 pair yet (`simulated: true`, e.g. suites/labs/local.yaml)",
+                inventory.name
+            );
+        }
+        let pair = inventory.pairs().next().context("a lab without a pair")?;
         let (dir, building) = cleanup::new_lab()?;
         let id = &dir.id;
         let switch = Netns::create(&format!("{id}-lan"))?;
@@ -64,28 +82,38 @@ impl Lab {
         let ns_b = Netns::create(&format!("{id}-b"))?;
         network::build(&switch, [&ns_a, &ns_b], link)?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
-        let host = |name, ns: Netns, index: u8| -> Result<Host> {
+        let host = |spec: &crate::inventory::Host, ns: Netns, index: u8| -> Result<Host> {
+            let pool_dir = pool::simulated_dir(
+                &inventory.name,
+                match inventory.storage {
+                    Storage::Local => &spec.name,
+                    Storage::Shared => "shared",
+                },
+            )?;
             let libvirtd = Libvirtd::start(
                 &ns,
                 network::management_addr(index),
-                &dir.path().join(name),
+                &dir.path().join(&spec.name),
+                &pool_dir,
                 DAEMON_START_TIMEOUT,
             )?;
             Ok(Host {
-                name,
+                name: spec.name.clone(),
+                pool: spec.pool.clone(),
                 index,
                 link_addr: network::link_addr(index),
                 libvirtd,
                 netns: ns,
             })
         };
-        let source = host(HOST_NAMES[0], ns_a, 0)?;
-        let destination = host(HOST_NAMES[1], ns_b, 1)?;
+        let source = host(pair.hosts[0], ns_a, 0)?;
+        let destination = host(pair.hosts[1], ns_b, 1)?;
         let lab = Lab {
             source,
             destination,
             switch,
             link: link.clone(),
+            inventory: inventory.clone(),
             dir,
         };
         drop(building);
@@ -93,6 +121,19 @@ impl Lab {
             h.libvirtd.warm(&lab.connect(&h.libvirtd.uri())?)?;
         }
         Ok(lab)
+    }
+
+    /// The lab's id: what its namespaces and per-case volumes are named by.
+    pub fn id(&self) -> &str {
+        &self.dir.id
+    }
+
+    /// Host `host`'s storage pool, opened through its daemon.
+    pub fn pool(&self, host: &Host) -> Result<(libvirtd::Connection, pool::Pool)> {
+        let conn = self.connect(&host.libvirtd.uri())?;
+        let pool = pool::Pool::open(&conn, &host.pool, self.inventory.simulated)
+            .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
+        Ok((conn, pool))
     }
 
     pub fn shared_dir(&self) -> std::path::PathBuf {
@@ -128,6 +169,22 @@ impl Lab {
     /// where it came from is where the next run sends it.
     pub fn swap_roles(&mut self) {
         std::mem::swap(&mut self.source, &mut self.destination);
+    }
+}
+
+impl Drop for Lab {
+    /// The case's disk goes with its lab, from each host that has it
+    /// (before the daemons stop; a killed run's is swept by `pool::Pool::open`).
+    fn drop(&mut self) {
+        let disk = pool::disk_name(self.id());
+        for host in [&self.source, &self.destination] {
+            if let Err(e) = self.pool(host).and_then(|(_, p)| p.delete(&disk)) {
+                eprintln!(
+                    "migsuite: cannot delete volume {disk} on host {}: {e:#}",
+                    host.name
+                );
+            }
+        }
     }
 }
 

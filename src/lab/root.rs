@@ -22,15 +22,31 @@ const LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 pub fn ensure() -> Result<&'static Path> {
     let root = Path::new(LAB_ROOT);
     let parent = root.parent().expect("the lab root has a parent");
-    for (dir, mode) in [(parent, 0o755), (root, 0o700)] {
-        match DirBuilder::new().mode(mode).create(dir) {
+    ensure_private_dirs(parent, root)?;
+    Ok(root)
+}
+
+/// `base` (mode 0755) and every directory from it down to `dir` (0700),
+/// created if missing, each refused if anyone but root could change it.
+pub fn ensure_private_dirs(base: &Path, dir: &Path) -> Result<()> {
+    let below = dir
+        .strip_prefix(base)
+        .context("a private directory outside its base")?;
+    let mut path = base.to_path_buf();
+    let mut levels = vec![(path.clone(), 0o755)];
+    for part in below {
+        path.push(part);
+        levels.push((path.clone(), 0o700));
+    }
+    for (dir, mode) in levels {
+        match DirBuilder::new().mode(mode).create(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(e).with_context(|| format!("creating {}", dir.display()))
             }
-            _ => check_private_dir(dir, nix::unistd::geteuid().as_raw())?,
+            _ => check_private_dir(&dir, nix::unistd::geteuid().as_raw())?,
         }
     }
-    Ok(root)
+    Ok(())
 }
 
 /// `dir` is a directory (not a link to one), owned by `owner`, and not

@@ -56,6 +56,8 @@ pub(crate) fn provenance() -> Provenance {
     Provenance {
         accel: "tcg (kvm_pvm cannot run stock kernels)".into(),
         host_kind: "local: 2 netns hosts on lab1".into(),
+        lab: "lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine".into(),
+        storage: "disk on storage both hosts see: not copied".into(),
         host_kernel: "6.18.0".into(),
         hypervisor_version: "QEMU 7.2.22".into(),
         toolstack_version: "libvirt 9.0.0".into(),

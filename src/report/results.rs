@@ -265,6 +265,8 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
             "hypervisors",
             "accelerator",
             "host",
+            "lab",
+            "storage",
             "host kernel",
             "host CPUs",
             "host memory",
@@ -280,6 +282,8 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
             Cell::text(names.join(", ")),
             Cell::text(&p.accel),
             Cell::text(&p.host_kind),
+            Cell::text(&p.lab),
+            Cell::text(&p.storage),
             Cell::text(&p.host_kernel),
             Cell::opt(p.host_cpus.map(f64::from), None, 0),
             Cell::opt(p.host_memory_mib, Some(Unit::Mib), 0),
@@ -295,9 +299,10 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
 
 /// What ran (accelerator, host), then the versions, on a line of their own
 /// (`VERSIONS`); snapshots keep only the first.
-fn provenance_lines(p: &Provenance) -> [String; 3] {
+fn provenance_lines(p: &Provenance) -> [String; 4] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),
+        format!("{}; storage: {}", p.lab, p.storage),
         format!(
             "{VERSIONS}hypervisor {}; toolstack {}",
             p.hypervisor_version, p.toolstack_version
@@ -346,6 +351,7 @@ mod tests {
             "\
 ci::kvm-fv::mtu128::game
 accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
+lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
 versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 beside it on the machine: nothing above 5 % of a core
 outcome: 1 of 3 runs failed
@@ -418,9 +424,11 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             "\
 suite ci
 kvm-fv: accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
+kvm-fv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
 kvm-fv: versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 kvm-fv: beside it on the machine: nothing above 5 % of a core
 xen-pv: accel: tcg (nested); host: local: 2 netns hosts on lab1
+xen-pv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
 xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
 xen-pv: beside it on the machine: nothing above 5 % of a core
 

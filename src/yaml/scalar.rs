@@ -88,6 +88,13 @@ macro_rules! keyword_enum {
             }
         }
 
+        impl std::fmt::Display for $name {
+            /// As written in the file.
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(match self { $($name::$variant => $word),+ })
+            }
+        }
+
         $crate::yaml::scalar::deserialize_scalar!($name);
     };
 }

@@ -66,6 +66,7 @@ impl OpenVz {
                 "criu {} dump, page-server, lazy-pages and restore (no daemon)",
                 criu.version
             ),
+            storage: "container root on a directory both hosts see: not copied".into(),
         };
         Ok(OpenVz {
             criu,

@@ -3,7 +3,6 @@
 
 use super::accel::Accel;
 use crate::case::{Case, Hypervisor};
-use crate::guest::image::GuestImage;
 use crate::lab::network::HOST_BRIDGE;
 use std::path::Path;
 
@@ -38,11 +37,17 @@ pub fn device_model(h: Hypervisor) -> DeviceModel {
     }
 }
 
+/// The guest's files, as paths on the hosts (volumes of their pools).
+pub struct GuestFiles {
+    pub kernel: String,
+    pub initrd: String,
+    pub disk: String,
+}
+
 pub fn xml(
     case: &Case,
     accel: &Accel,
-    image: &GuestImage,
-    disk: &Path,
+    files: &GuestFiles,
     console: &Path,
     agent_args: &str,
 ) -> String {
@@ -86,9 +91,9 @@ pub fn xml(
         dtype = accel.domain_type(),
         mem = case.guest.memory_mib,
         vcpus = case.guest.vcpus,
-        kernel = image.kernel.display(),
-        initrd = image.initrd.display(),
-        disk = disk.display(),
+        kernel = files.kernel,
+        initrd = files.initrd,
+        disk = files.disk,
         console = console.display(),
         disk_dev = dev.disk_dev,
         disk_bus = dev.disk_bus,

@@ -7,8 +7,9 @@ pub mod domain;
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
+use crate::inventory::Storage;
 use crate::lab::libvirtd::Connection;
-use crate::lab::Lab;
+use crate::lab::{self, Lab};
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
 use anyhow::{Context, Result};
@@ -73,6 +74,7 @@ impl Kvm {
             accel: accel.description.clone(),
             hypervisor_version: String::new(),
             toolstack_version: String::new(),
+            storage: String::new(),
         };
         Ok(Kvm {
             hypervisor: case.hypervisor,
@@ -97,18 +99,15 @@ impl Backend for Kvm {
     }
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
-        let shared = lab.shared_dir();
-        let disk = shared.join("disk.img");
-        std::fs::File::create(&disk)?.set_len(DISK_BYTES)?;
+        let files = self.put_guest_files(lab)?;
         let conn = lab.connect(&lab.source.libvirtd.uri())?;
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
         let xml = domain::xml(
             case,
             &self.accel,
-            &self.image,
-            &disk,
-            &shared.join("console.log"),
+            &files,
+            &lab.shared_dir().join("console.log"),
             agent_args,
         );
         let dom = conn
@@ -251,6 +250,65 @@ impl Convergence {
 }
 
 impl Kvm {
+    /// The guest's kernel and initramfs in both hosts' pools (uploaded where
+    /// missing), its disk a new volume in the source's. With local storage
+    /// the destination gets the disk when the guest moves.
+    fn put_guest_files(&mut self, lab: &Lab) -> Result<domain::GuestFiles> {
+        let disk = lab::pool::disk_name(lab.id());
+        let mut paths = Vec::new();
+        for host in [&lab.source, &lab.destination] {
+            let (conn, pool) = lab.pool(host)?;
+            if lab.inventory.simulated {
+                pool.remove_stale_disks(&disk)?;
+            }
+            let mut uploaded = Vec::new();
+            let mut put = |what: &str, file: &std::path::Path| -> Result<String> {
+                let (path, now) = pool.upload(&conn, what, file)?;
+                if now {
+                    uploaded.push(what.to_string());
+                }
+                Ok(path)
+            };
+            let kernel = put("kernel", &self.image.kernel)?;
+            let initrd = put("initrd", &self.image.initrd)?;
+            if !uploaded.is_empty() {
+                eprintln!(
+                    "migsuite: uploaded the guest's {} to host {}'s pool `{}`",
+                    uploaded.join(" and "),
+                    host.name,
+                    host.pool
+                );
+            }
+            paths.push((kernel, initrd));
+        }
+        // One domain definition serves both hosts: the volumes must sit at
+        // one path on each.
+        anyhow::ensure!(
+            paths[0] == paths[1],
+            "the guest's files are at {:?} on host {} and {:?} on host {}: migsuite needs the \
+             hosts' pools at one path",
+            paths[0],
+            lab.source.name,
+            paths[1],
+            lab.destination.name
+        );
+        let (_, pool) = lab.pool(&lab.source)?;
+        let disk_path = pool.create(&disk, DISK_BYTES)?.path()?;
+        self.info.storage = match lab.inventory.storage {
+            Storage::Local => format!(
+                "disk ({} MiB) copied with the guest (copy-storage migration, NBD over the migration link)",
+                DISK_BYTES >> 20
+            ),
+            Storage::Shared => "disk on storage both hosts see: not copied".into(),
+        };
+        let (kernel, initrd) = paths.swap_remove(0);
+        Ok(domain::GuestFiles {
+            kernel,
+            initrd,
+            disk: disk_path,
+        })
+    }
+
     fn try_evacuate(
         &mut self,
         lab: &Lab,
@@ -260,10 +318,23 @@ impl Kvm {
         let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
         dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
         let dest_uri = lab.destination.libvirtd.uri();
-        let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER
+        let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER;
+        let mut params = virt::domain::MigrateParameters {
+            uri: Some(format!("tcp://{}", lab.destination.link_addr)),
+            ..Default::default()
+        };
+        match lab.inventory.storage {
             // Both hosts see the disk on one file system: shared storage
             // libvirt cannot recognise as such.
-            | sys::VIR_MIGRATE_UNSAFE;
+            Storage::Shared => flags |= sys::VIR_MIGRATE_UNSAFE,
+            // The disk is mirrored to the destination's pool (libvirt
+            // creates the volume there) over the migration link too.
+            Storage::Local => {
+                flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+                params.migrate_disks = vec![domain::device_model(self.hypervisor).disk_dev.into()];
+                params.disks_uri = Some(format!("tcp://{}", lab.destination.link_addr));
+            }
+        }
         match case.migration.strategy {
             Strategy::Precopy => {}
             Strategy::AutoConverge => flags |= sys::VIR_MIGRATE_AUTO_CONVERGE,
@@ -272,10 +343,6 @@ impl Kvm {
             // clock starts, so its downtime figure would not be comparable.
             Strategy::StopAndCopy => anyhow::bail!("{}: stop-and-copy is not offered for QEMU guests; use precopy, postcopy or auto-converge", self.hypervisor),
         }
-        let params = virt::domain::MigrateParameters {
-            uri: Some(format!("tcp://{}", lab.destination.link_addr)),
-            ..Default::default()
-        };
 
         // The destination is watched on a thread of its own: the guest runs
         // there well before libvirt's closing handshake (Finish, Confirm)

@@ -162,6 +162,7 @@ impl Xen {
             .into(),
             hypervisor_version: String::new(),
             toolstack_version: String::new(),
+            storage: "no disk: the domU runs from its initramfs".into(),
         };
         Ok(Xen {
             hypervisor: case.hypervisor,
@@ -798,7 +799,7 @@ mod probe {
             rate_mbit: Some(1000),
             offloads: false,
         };
-        let lab = Lab::start(&link).unwrap();
+        let lab = Lab::start(&link, &crate::inventory::Inventory::from_env().unwrap()).unwrap();
         let hosts = shared_hosts(&image, &[0, 1]).unwrap();
         for h in &hosts {
             h.attach(lab.host(h.index), &link).unwrap();
@@ -839,6 +840,7 @@ mod probe {
                 accel: String::new(),
                 hypervisor_version: String::new(),
                 toolstack_version: String::new(),
+                storage: String::new(),
             },
             topology: Topology::OneHost,
             hosts: vec![h.clone()],

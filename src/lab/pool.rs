@@ -1,0 +1,175 @@
+//! A host's storage pool, and the guest's files in it, reached through
+//! libvirt only (no ssh or copy of our own): the kernel and initramfs are
+//! uploaded by libvirt's volume upload and named by their content, so a
+//! host keeps what it already has; a case's disk is a volume of its own,
+//! deleted with the case.
+//!
+//! A real host's pool is the inventory's, defined by its owners. A simulated
+//! host's is a directory pool migsuite creates in the host's daemon, on a
+//! directory of this machine kept across runs (`simulated_dir`): one per host
+//! for `storage: local`, one for both for `storage: shared`.
+
+use super::libvirtd::Connection;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+/// Where a simulated host's daemon sees its pool (libvirt's default
+/// images directory, inside the daemon's private mount namespace).
+pub const SIMULATED_TARGET: &str = "/var/lib/libvirt/images";
+/// Upload chunk: libvirt's streams carry at most 256 KiB per message.
+const CHUNK: usize = 256 << 10;
+/// The prefix of every volume migsuite makes, that nothing else's is touched.
+const PREFIX: &str = "migsuite-";
+/// A complete upload leaves this beside its volume: a volume without one
+/// was cut short and is uploaded again.
+const COMPLETE: &str = ".complete";
+
+/// The directory of this machine that is a simulated host's pool: `holder`
+/// is the host's name, or "shared" for a pool both hosts see. Root's
+/// alone, like the lab root.
+pub fn simulated_dir(lab: &str, holder: &str) -> Result<PathBuf> {
+    let artifacts = crate::guest::image::artifacts_dir();
+    let dir = artifacts.join("pools").join(lab).join(holder);
+    super::root::ensure_private_dirs(&artifacts, &dir)?;
+    Ok(dir)
+}
+
+/// One host's pool.
+pub struct Pool {
+    pool: StoragePool,
+}
+
+impl Pool {
+    /// The pool `name` of the daemon behind `conn`. On a simulated host the
+    /// pool is made (a transient directory pool on SIMULATED_TARGET) if the
+    /// daemon has none of that name.
+    pub fn open(conn: &Connection, name: &str, simulated: bool) -> Result<Pool> {
+        let pool = match conn.lookup_storage_pool_by_name(name) {
+            Ok(pool) => pool,
+            Err(_) if simulated => conn
+                .create_storage_pool_xml(
+                    &format!(
+                        "<pool type='dir'><name>{name}</name>\
+                         <target><path>{SIMULATED_TARGET}</path></target></pool>"
+                    ),
+                    0,
+                )
+                .with_context(|| format!("creating the simulated host's pool `{name}`"))?,
+            Err(e) => bail!(
+                "the host has no storage pool `{name}` ({}): define it (virsh pool-define-as \
+                 {name} dir --target /var/lib/libvirt/images; virsh pool-start {name}) or name \
+                 the host's pool in the inventory",
+                e.message()
+            ),
+        };
+        if !pool.is_active().unwrap_or(false) {
+            pool.create(0)
+                .with_context(|| format!("starting the storage pool `{name}`"))?;
+        }
+        // Another daemon (the other simulated host, on shared storage) may
+        // have added volumes since this one last looked.
+        pool.refresh(0)?;
+        Ok(Pool { pool })
+    }
+
+    fn volume(&self, name: &str) -> Option<StorageVol> {
+        self.pool.lookup_storage_vol_by_name(name).ok()
+    }
+
+    /// Puts `file` in the pool, named `migsuite-<what>-<sha256 prefix>`,
+    /// unless a complete upload of it is there already; returns the
+    /// volume's path on the host and whether it was uploaded now.
+    pub fn upload(&self, conn: &Connection, what: &str, file: &Path) -> Result<(String, bool)> {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let hash = Sha256::digest(&bytes);
+        let name = format!(
+            "{PREFIX}{what}-{}",
+            hash.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let marker = format!("{name}{COMPLETE}");
+        if let (Some(vol), Some(_)) = (self.volume(&name), self.volume(&marker)) {
+            return Ok((vol.path()?, false));
+        }
+        for stale in [&name, &marker] {
+            if let Some(vol) = self.volume(stale) {
+                vol.delete(0)?;
+            }
+        }
+        let vol = self.create(&name, bytes.len() as u64)?;
+        let stream = Stream::new(conn, 0)?;
+        vol.upload(&stream, 0, bytes.len() as u64, 0)
+            .with_context(|| format!("uploading {} to volume {name}", file.display()))?;
+        let mut rest: &[u8] = &bytes;
+        let mut chunk = vec![0; CHUNK];
+        loop {
+            let n = rest.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            let mut sent = 0;
+            while sent < n {
+                sent += usize::try_from(stream.send(&chunk[sent..n])?)
+                    .context("the upload stream refused data")?;
+            }
+        }
+        stream
+            .finish()
+            .with_context(|| format!("finishing the upload of {name}"))?;
+        self.create(&marker, 0)?;
+        Ok((vol.path()?, true))
+    }
+
+    /// A new raw volume of `bytes`, or the one of that name if a run cut
+    /// short left it.
+    pub fn create(&self, name: &str, bytes: u64) -> Result<StorageVol> {
+        if let Some(old) = self.volume(name) {
+            old.delete(0)?;
+        }
+        StorageVol::create_xml(
+            &self.pool,
+            &format!(
+                "<volume><name>{name}</name><capacity unit='bytes'>{bytes}</capacity>\
+                 <target><format type='raw'/></target></volume>"
+            ),
+            0,
+        )
+        .with_context(|| format!("creating volume {name}"))
+    }
+
+    /// Deletes volume `name` if the pool has it.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.pool.refresh(0)?;
+        match self.volume(name) {
+            Some(vol) => Ok(vol.delete(0)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Pool {
+    /// Deletes the disks of cases that were killed before their lab could
+    /// (a simulated lab's pools are this machine's, where one lab runs at a
+    /// time), all but `keep`.
+    pub fn remove_stale_disks(&self, keep: &str) -> Result<()> {
+        let stale = format!("{PREFIX}disk-");
+        for name in self.pool.list_volumes()? {
+            if name.starts_with(&stale) && name != keep {
+                self.delete(&name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A case's disk volume name: never content-named, it is written to.
+pub fn disk_name(lab_id: &str) -> String {
+    format!("{PREFIX}disk-{lab_id}")
+}
