@@ -22,6 +22,9 @@ pub struct Provenance {
     /// with it); empty in older reports.
     #[serde(default)]
     pub storage: String,
+    /// The lab's hosts it ran between, e.g. "a and b"; empty in older reports.
+    #[serde(default)]
+    pub hosts: String,
     /// Host kernel release (uname -r).
     pub host_kernel: String,
     /// e.g. "QEMU 7.2.22".
@@ -264,6 +267,11 @@ pub struct CaseResult {
     pub provenance: Provenance,
     pub calibration: Calibration,
     pub runs: Vec<RunMeasurement>,
+    /// When the case took its pair of hosts, and when it gave it back
+    /// (Unix ms): which cases overlapped, with several pairs. None in older
+    /// reports.
+    #[serde(default)]
+    pub held_unix_ms: Option<[u64; 2]>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::failure::FailureMonitor;
 use crate::inventory::Inventory;
 use crate::lab::libvirtd;
 use crate::lab::netns;
-use crate::lab::network::{self, GUEST_ADDR, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN};
+use crate::lab::network::{GUEST_ADDR, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN};
 use crate::lab::{self, Lab};
 use crate::lab::{calibration, link};
 use crate::measure::{
@@ -22,7 +22,6 @@ use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
 use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
@@ -41,20 +40,18 @@ pub enum RunError {
     Lab(#[from] anyhow::Error),
 }
 
-/// Measured cases never overlap: one lab at a time per machine, whatever
-/// the number of test threads or processes.
+/// Measured cases never overlap on a pair: one case per pair at a time,
+/// whatever the number of test threads or processes.
 pub struct Exclusive {
-    _thread: MutexGuard<'static, ()>,
-    _machine: lab::root::LabLock,
+    /// Which of the lab's pairs is ours.
+    pub pair: usize,
+    _lock: lab::root::LabLock,
 }
 
-pub fn exclusive(progress: &dyn Fn(&str)) -> Result<Exclusive> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let thread = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    Ok(Exclusive {
-        _thread: thread,
-        _machine: lab::root::lock(progress)?,
-    })
+/// Waits for a free pair of `inventory`'s.
+pub fn exclusive(inventory: &Inventory, progress: &dyn Fn(&str)) -> Result<Exclusive> {
+    let (pair, lock) = lab::root::lock(inventory.pairs().count(), progress)?;
+    Ok(Exclusive { pair, _lock: lock })
 }
 
 /// Runs `case` on the lab `inventory` describes.
@@ -63,7 +60,7 @@ pub fn run_case(
     inventory: &Inventory,
     progress: &dyn Fn(&str),
 ) -> Result<CaseResult, RunError> {
-    let _exclusive = exclusive(progress)?;
+    let exclusive = exclusive(inventory, progress)?;
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
     }
@@ -73,7 +70,8 @@ pub fn run_case(
         return Err(RunError::Refused(why));
     }
     backend::release_unneeded(case);
-    let mut lab = Lab::start(&case.link, inventory)?;
+    let started = std::time::SystemTime::now();
+    let mut lab = Lab::start(&case.link, inventory, exclusive.pair)?;
     let result = run_in(&mut lab, case, backend.as_mut(), progress);
     let logs = logs_dir(case);
     match lab.save_logs(&logs) {
@@ -86,7 +84,15 @@ pub fn run_case(
     }
     // The guest goes before its lab.
     drop(backend);
-    Ok(result?)
+    drop(lab);
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    Ok(CaseResult {
+        held_unix_ms: Some([unix_ms(started), unix_ms(std::time::SystemTime::now())]),
+        ..result?
+    })
 }
 
 fn summary_line(run: &RunMeasurement) -> String {
@@ -116,12 +122,13 @@ fn summary_line(run: &RunMeasurement) -> String {
     }
 }
 
-fn agent_args(case: &Case, dirty_rate_mib_s: u32) -> String {
+fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
     let w = &case.workload;
     // The hosts' libvirtd (no authentication) on every address they have:
     // the agent checks that none is reachable from the guest.
-    let probe: Vec<String> = (0..2)
-        .flat_map(|i| [network::management_addr(i), network::link_addr(i)])
+    let probe: Vec<String> = [&lab.source, &lab.destination]
+        .iter()
+        .flat_map(|h| [h.libvirtd.addr, h.link_addr])
         .map(|addr| format!("{addr}:{}", libvirtd::LIBVIRTD_PORT))
         .collect();
     format!(
@@ -164,7 +171,7 @@ fn run_in(
         case.workload.dirty_mib
     ));
     let observer = Observer::start(lab)?;
-    backend.provision(lab, case, &agent_args(case, dirty_rate))?;
+    backend.provision(lab, case, &agent_args(lab, case, dirty_rate))?;
     let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
     backend.check_guest(&hello)?;
     match hello.get("control_plane_reached").map(String::as_str) {
@@ -242,6 +249,7 @@ fn run_in(
         ),
         lab: lab.inventory.describe(),
         storage: info.storage,
+        hosts: format!("{} and {}", lab.host(0).name, lab.host(1).name),
         host_kernel: crate::sh::kernel_release(),
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,
@@ -256,6 +264,7 @@ fn run_in(
         provenance,
         calibration,
         runs,
+        held_unix_ms: None,
     })
 }
 

@@ -66,6 +66,9 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
         // MIGSUITE_REBASELINE=1: the new runs become the baseline.
         let rebaseline = std::env::var_os("MIGSUITE_REBASELINE").is_some_and(|v| v == "1");
         let stored = judged.stored.as_deref().filter(|_| !rebaseline);
+        if let Some(run) = nextest_run() {
+            write_case_report(&case, &judged, &run)?;
+        }
         let text = case_snapshot(verdict, &result.provenance, stored);
         let snapshot = assert_snapshot(&session.snapshot_name(&case), text);
         if !verdict.passed {
@@ -82,6 +85,15 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
     let suite = cases[0].suite.clone();
     let ignore = cases.iter().all(ignored);
     Trial::test(format!("{suite}::table"), move || {
+        if let Some(run) = nextest_run() {
+            eprintln!(
+                "under nextest each case runs in a process of its own, so this one would run them \
+                 again: the cases wrote their reports to {}; merge them with `cargo run -- merge {}`",
+                nextest_dir(&run).display(),
+                nextest_dir(&run).display()
+            );
+            return Ok(());
+        }
         let mut report = RunReport::new(&suite, std::time::SystemTime::now());
         let mut results = Vec::new();
         // The suite's cases that ran: a lab-tier suite's only with
@@ -114,6 +126,34 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         Ok(())
     })
     .with_ignored_flag(ignore)
+}
+
+/// The id of the nextest run this process is a test of, if it is one.
+fn nextest_run() -> Option<String> {
+    std::env::var("NEXTEST_RUN_ID").ok()
+}
+
+/// Where the cases of nextest run `run` leave their reports.
+fn nextest_dir(run: &str) -> std::path::PathBuf {
+    Path::new("target/migsuite/reports").join(format!("nextest-{run}"))
+}
+
+/// A case's report on its own, for `migsuite merge` to join with the
+/// others of its nextest run (and of the run's other partitions).
+fn write_case_report(
+    case: &Case,
+    judged: &migsuite::session::Judged,
+    run: &str,
+) -> Result<(), Failed> {
+    let mut report = RunReport::new(&case.suite, std::time::SystemTime::now());
+    report.cases.push(CaseReport::new(
+        judged.result.clone(),
+        judged.verdict.clone(),
+    ));
+    let path = nextest_dir(run).join(format!("{}.json", case.slug()));
+    report.write_file(&path).map_err(|e| e.to_string())?;
+    eprintln!("report: {}", path.display());
+    Ok(())
 }
 
 /// Compares `text` with `snapshots/<name>.snap`: insta prints the diff; the

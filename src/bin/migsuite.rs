@@ -10,6 +10,7 @@ use migsuite::session::Session;
 use migsuite::suite;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,17 @@ enum Command {
         /// $MIGSUITE_LAB, else the built-in simulated pair.
         #[arg(long)]
         lab: Option<PathBuf>,
+    },
+    /// Merge the JSON reports of runs that measured a suite's cases apart
+    /// (nextest partitions, one process per case) into one report per
+    /// suite, with its table and HTML page.
+    Merge {
+        /// Reports, or directories of them (e.g. target/migsuite/reports/nextest-*).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where the merged reports go.
+        #[arg(long, default_value = "target/migsuite/reports")]
+        report_dir: PathBuf,
     },
     /// Write the HTML page of a JSON report: one self-contained file (inline
     /// figures and style, no scripts, no outside links).
@@ -127,6 +139,7 @@ fn main() -> ExitCode {
                 .collect();
             Ok(run(&selected, lab, &report_dir))
         }),
+        Command::Merge { paths, report_dir } => Ok(merge(&paths, &report_dir)),
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))
@@ -148,6 +161,46 @@ fn validate_lab(path: &Path) -> Result<ExitCode, ExitCode> {
         lab.pairs().count()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Merges the reports at `paths`, writes each suite's merged report and
+/// page to `report_dir`, and prints its table.
+fn merge(paths: &[PathBuf], report_dir: &Path) -> ExitCode {
+    let written = (|| -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(report_dir)?;
+        let mut written = Vec::new();
+        for report in migsuite::report::json::merge(paths)? {
+            let path = report_dir.join(format!(
+                "{}-merged-{}.json",
+                report["suite"]
+                    .as_str()
+                    .unwrap_or("suite")
+                    .replace(['/', '\\'], "_"),
+                report["started_unix_s"]
+            ));
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+            let saved = migsuite::report::json::SavedRun::read(&path)?;
+            let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
+            println!("{}\n", suite_table(&saved.suite, &results));
+            written.push(path);
+        }
+        Ok(written)
+    })();
+    match written {
+        Ok(paths) => {
+            for path in paths {
+                println!("report: {}", path.display());
+                if write_html(&path, &html::html_path(&path)) != ExitCode::SUCCESS {
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("merge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Writes the HTML page of the JSON report `json` to `page`, and says
@@ -172,8 +225,9 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
         offloads: false,
     };
     let measured = (|| -> anyhow::Result<_> {
-        let _exclusive = migsuite::runner::exclusive(&|m| eprintln!("{m}"))?;
-        let lab = Lab::start(&link, &Inventory::from_env()?)?;
+        let inventory = Inventory::from_env()?;
+        let exclusive = migsuite::runner::exclusive(&inventory, &|m| eprintln!("{m}"))?;
+        let lab = Lab::start(&link, &inventory, exclusive.pair)?;
         let in_lab = calibration::link_rates(&lab)?;
         drop(lab);
         Ok((in_lab, calibration::bare_pair_rates(&link)?))
@@ -214,31 +268,45 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
     // for an inventory's lab).
     let session = Session::new(PathBuf::from("snapshots"), lab);
     session.progress(&session.lab.describe());
+    // One worker per pair of the lab takes the next case: with one pair the
+    // cases run one after another, with n up to n at once (one per pair).
+    let workers = session.lab.pairs().count().clamp(1, cases.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::SystemTime::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Some(case) = cases.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    session.progress(&format!("case: {}", case.name()));
+                    match session.judged(case) {
+                        Ok(judged) => println!(
+                            "{}\n{}\n",
+                            case_table(case, &judged.result.provenance, &judged.result.runs),
+                            judged.verdict
+                        ),
+                        Err(e) => eprintln!("{}: {e}", case.name()),
+                    }
+                }
+            });
+        }
+    });
+    // The tables and reports, in the suites' order.
     let (mut passed, mut failed, mut refused) = (0, 0, 0);
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
     for suite in suites {
-        let mut report = RunReport::new(suite, std::time::SystemTime::now());
+        let mut report = RunReport::new(suite, started);
         let mut rows = Vec::new();
-        for (i, case) in cases.iter().filter(|c| c.suite == suite).enumerate() {
-            session.progress(&format!("case {}: {}", i + 1, case.name()));
-            let judged = match session.judged(case) {
-                Ok(j) => j,
-                Err(e) => {
-                    eprintln!("{}: {e}", case.name());
-                    if backend::refusal(case.hypervisor).is_some() {
-                        refused += 1
-                    } else {
-                        failed += 1
-                    }
-                    continue;
+        for case in cases.iter().filter(|c| c.suite == suite) {
+            let Ok(judged) = session.judged(case) else {
+                if backend::refusal(case.hypervisor).is_some() {
+                    refused += 1
+                } else {
+                    failed += 1
                 }
+                continue;
             };
             let (result, verdict) = (&judged.result, &judged.verdict);
-            println!(
-                "{}\n{verdict}\n",
-                case_table(case, &result.provenance, &result.runs)
-            );
             if verdict.passed {
                 passed += 1
             } else {

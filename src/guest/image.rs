@@ -71,7 +71,7 @@ impl GuestImage {
         let initrd = cached("initrd", hash);
         if !initrd.exists() {
             fs::create_dir_all(initrd.parent().unwrap())?;
-            let tmp = initrd.with_extension("tmp");
+            let tmp = temp_beside(&initrd);
             write_initramfs(&tmp, &busybox, &modules_dir, &modules)?;
             fs::rename(&tmp, &initrd)?;
         }
@@ -156,6 +156,12 @@ fn write_initramfs(
     cpio.file("etc/modules.order", 0o644, order.as_bytes())?;
     cpio.finish()?.finish()?.flush()?;
     Ok(())
+}
+
+/// A temporary file beside `path`, to be renamed onto it: a name of its
+/// own, since labs of several pairs may build one cached image at once.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// Where an image built from what `hash` has seen is kept:

@@ -209,6 +209,14 @@ impl Inventory {
         rules::validate(document.parse()?).map_err(|e| document.refuse(e))
     }
 
+    /// Each pair's hosts' places in `hosts`, which number a simulated
+    /// host's addresses.
+    pub fn pair_slots(&self) -> impl Iterator<Item = [u8; 2]> + '_ {
+        self.pairs
+            .iter()
+            .map(|p| p.map(|i| u8::try_from(i).expect("an inventory of at most 255 hosts")))
+    }
+
     /// The pairs, in the inventory's order.
     pub fn pairs(&self) -> impl Iterator<Item = Pair<'_>> {
         self.pairs.iter().map(|&[a, b]| Pair {

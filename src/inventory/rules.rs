@@ -117,23 +117,22 @@ fn check_transport(simulated: bool, h: &HostDef, at: FieldPath) -> Result<(), In
     Ok(())
 }
 
+/// The most hosts a simulated lab numbers on its /24 networks.
+const SIMULATED_HOSTS_MAX: usize = 200;
+
 /// A simulated lab is built by `crate::lab` on this machine with its own
-/// addressing plan (`network`): the inventory must describe that plan, or
-/// its figures would be labelled with addresses nothing used.
+/// addressing plan (`network`, by each host's place in `hosts`): the
+/// inventory must describe that plan, or its figures would be labelled with
+/// addresses nothing used. Each pair gets a switch of its own.
 fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
     let hosts_at = FieldPath::default().key("hosts");
-    if def.hosts.len() != 2 || def.pairs.len() != 1 {
+    if def.hosts.len() > SIMULATED_HOSTS_MAX {
         return Err(Invalid {
-            path: if def.hosts.len() != 2 {
-                hosts_at
-            } else {
-                FieldPath::default().key("pairs")
-            },
+            path: hosts_at,
             message: format!(
-                "a simulated lab is one pair of two hosts (it has {} hosts and {} pairs); \
-                 several simulated pairs are not built yet",
-                def.hosts.len(),
-                def.pairs.len()
+                "a simulated lab numbers its hosts' addresses from 1 to {SIMULATED_HOSTS_MAX}; \
+                 this one has {} hosts",
+                def.hosts.len()
             ),
         });
     }
@@ -171,7 +170,7 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
                 return Err(Invalid {
                     path: at.clone().key(key),
                     message: format!(
-                        "the simulated lab gives its host {} the {key} `{wanted}` \
+                        "the simulated lab gives its host number {} the {key} `{wanted}` \
                          (src/lab/network.rs), not `{given}`",
                         i + 1
                     ),

@@ -58,6 +58,30 @@ fn the_local_lab_is_the_simulated_pair_with_a_pool_per_host() {
 }
 
 #[test]
+fn two_simulated_pairs_number_their_hosts_in_order() {
+    let lab = Inventory::load(&root().join("suites/labs/local-two-pairs.yaml")).unwrap();
+    assert!(lab.simulated);
+    let pairs: Vec<[&str; 2]> = lab
+        .pairs()
+        .map(|p| p.hosts.map(|h| h.name.as_str()))
+        .collect();
+    assert_eq!(pairs, [["a", "b"], ["c", "d"]]);
+    assert_eq!(lab.pair_slots().collect::<Vec<_>>(), [[0, 1], [2, 3]]);
+    let swapped = std::fs::read_to_string(root().join("suites/labs/local-two-pairs.yaml"))
+        .unwrap()
+        .replacen(
+            "uri: qemu+tcp://10.249.0.3/system",
+            "uri: qemu+tcp://10.249.0.9/system",
+            1,
+        );
+    let err = parse(&swapped).unwrap_err().to_string();
+    assert!(
+        err.contains("hosts[2].uri") && err.contains("qemu+tcp://10.249.0.3/system"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_simulated_lab_must_describe_the_pair_migsuite_builds() {
     let local = std::fs::read_to_string(root().join("suites/labs/local.yaml")).unwrap();
     let moved = local.replacen(

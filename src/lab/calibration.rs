@@ -56,7 +56,7 @@ pub fn bare_pair_rates(link: &LinkSpec) -> Result<LinkRates> {
         Netns::create(&format!("{}-a", lab.id))?,
         Netns::create(&format!("{}-b", lab.id))?,
     );
-    network::cable([&a, &b], link)?;
+    network::cable([&a, &b], [0, 1], link)?;
     drop(building);
     rates_between(&a, &b, network::link_addr(1))
 }

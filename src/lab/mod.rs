@@ -38,10 +38,12 @@ pub struct Host {
     pub name: String,
     /// The inventory's storage pool on this host.
     pub pool: String,
-    /// 0 for "a", 1 for "b": what addresses and nested hosts are numbered by.
+    /// 0 or 1: its place in the pair, which nested hosts are numbered by.
     pub index: u8,
     /// Its address on the migration link.
     pub link_addr: Ipv4Addr,
+    /// The other host's address on the migration link.
+    pub peer_link_addr: Ipv4Addr,
     // Declaration order is drop order: the daemon stops before its namespace goes.
     pub libvirtd: Libvirtd,
     pub netns: Netns,
@@ -58,15 +60,17 @@ pub struct Lab {
     pub link: LinkSpec,
     /// What the lab is: its name, storage and hosts.
     pub inventory: Inventory,
+    /// Which of the inventory's pairs this is.
+    pub pair: usize,
     /// Lab-private files; `shared/` is a directory both hosts see (the
     /// container's root, logs), whatever the pools' storage.
     dir: cleanup::LabDir,
 }
 
 impl Lab {
-    /// Builds the first pair of `inventory`, which must be simulated (the
-    /// rules of `crate::inventory` make its addresses the ones built here).
-    pub fn start(link: &LinkSpec, inventory: &Inventory) -> Result<Lab> {
+    /// Builds pair `pair` of `inventory`, which must be simulated (the rules
+    /// of `crate::inventory` make its addresses the ones built here).
+    pub fn start(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
         if !inventory.simulated {
             bail!(
                 "lab {}: its hosts are real machines, and migsuite drives only the simulated \
@@ -74,25 +78,29 @@ impl Lab {
                 inventory.name
             );
         }
-        let pair = inventory.pairs().next().context("a lab without a pair")?;
+        let (pair, slots) = inventory
+            .pairs()
+            .zip(inventory.pair_slots())
+            .nth(pair_index)
+            .with_context(|| format!("lab {} has no pair {pair_index}", inventory.name))?;
         let (dir, building) = cleanup::new_lab()?;
         let id = &dir.id;
         let switch = Netns::create(&format!("{id}-lan"))?;
         let ns_a = Netns::create(&format!("{id}-a"))?;
         let ns_b = Netns::create(&format!("{id}-b"))?;
-        network::build(&switch, [&ns_a, &ns_b], link)?;
+        network::build(&switch, [&ns_a, &ns_b], slots, link)?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
         let host = |spec: &crate::inventory::Host, ns: Netns, index: u8| -> Result<Host> {
-            let pool_dir = pool::simulated_dir(
-                &inventory.name,
-                match inventory.storage {
-                    Storage::Local => &spec.name,
-                    Storage::Shared => "shared",
-                },
-            )?;
+            // Shared storage is the pair's: another pair's cases clear
+            // their own disks, never this one's.
+            let holder = match inventory.storage {
+                Storage::Local => spec.name.clone(),
+                Storage::Shared => format!("shared-{}-{}", pair.hosts[0].name, pair.hosts[1].name),
+            };
+            let pool_dir = pool::simulated_dir(&inventory.name, &holder)?;
             let libvirtd = Libvirtd::start(
                 &ns,
-                network::management_addr(index),
+                network::management_addr(slots[usize::from(index)]),
                 &dir.path().join(&spec.name),
                 &pool_dir,
                 DAEMON_START_TIMEOUT,
@@ -101,7 +109,8 @@ impl Lab {
                 name: spec.name.clone(),
                 pool: spec.pool.clone(),
                 index,
-                link_addr: network::link_addr(index),
+                link_addr: network::link_addr(slots[usize::from(index)]),
+                peer_link_addr: network::link_addr(slots[usize::from(1 - index)]),
                 libvirtd,
                 netns: ns,
             })
@@ -114,6 +123,7 @@ impl Lab {
             switch,
             link: link.clone(),
             inventory: inventory.clone(),
+            pair: pair_index,
             dir,
         };
         drop(building);

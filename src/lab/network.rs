@@ -60,20 +60,19 @@ pub fn nested_addr(index: u8) -> Ipv4Addr {
 }
 
 /// Makes lab host `index` the router between its nested host (behind
-/// `dev`) and the other host's, over the migration link. Forwarding is on
+/// `dev`) and the other host's (at `peer_link` across the migration link). Forwarding is on
 /// for `dev` and the link only: a host still routes nothing for br0, so a
 /// guest reaches neither the hosts nor the nested hosts' dom0s.
-pub fn route_nested(host: &Netns, index: u8, dev: &str) -> Result<()> {
+pub fn route_nested(host: &Netns, index: u8, dev: &str, peer_link: Ipv4Addr) -> Result<()> {
     address(host, dev, nested_gateway(index))?;
-    let peer = 1 - index;
     host.exec(
         "ip",
         &[
             "route",
             "add",
-            &nested_net(peer),
+            &nested_net(1 - index),
             "via",
-            &link_addr(peer).to_string(),
+            &peer_link.to_string(),
             "dev",
             LINK_DEV,
         ],
@@ -87,8 +86,11 @@ pub fn route_nested(host: &Netns, index: u8, dev: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the three networks between `switch` and the two `hosts`.
-pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
+/// Builds the three networks between `switch` and the two `hosts`, which
+/// take the addresses of their `slots` (their places in the lab's
+/// inventory: each pair of a lab has a switch of its own, but every host
+/// an address of its own).
+pub fn build(switch: &Netns, hosts: [&Netns; 2], slots: [u8; 2], link: &LinkSpec) -> Result<()> {
     let mtu = link.mtu.to_string();
     bridge(switch, "sw0", &mtu, Some(OBSERVER_ADDR))?;
     bridge(switch, "mgmt0", MANAGEMENT_MTU, Some(MANAGEMENT_ADDR))?;
@@ -114,14 +116,14 @@ pub fn build(switch: &Netns, hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> 
         let port = format!("m{i}");
         veth(switch, &port, host, "mgmt0", MANAGEMENT_MTU)?;
         switch.exec("ip", &["link", "set", &port, "master", "mgmt0", "up"])?;
-        address(host, "mgmt0", management_addr(i as u8))?;
+        address(host, "mgmt0", management_addr(slots[i]))?;
     }
-    cable(hosts, link)
+    cable(hosts, slots, link)
 }
 
 /// The migration link: one veth pair from host 0 to host 1, `LINK_DEV` at
-/// `link_addr(i)` on each, with the link's MTU, offloads and rate.
-pub fn cable(hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
+/// `link_addr(slot)` on each, with the link's MTU, offloads and rate.
+pub fn cable(hosts: [&Netns; 2], slots: [u8; 2], link: &LinkSpec) -> Result<()> {
     veth(
         hosts[0],
         LINK_DEV,
@@ -130,7 +132,7 @@ pub fn cable(hosts: [&Netns; 2], link: &LinkSpec) -> Result<()> {
         &link.mtu.to_string(),
     )?;
     for (i, host) in hosts.iter().enumerate() {
-        address(host, LINK_DEV, link_addr(i as u8))?;
+        address(host, LINK_DEV, link_addr(slots[i]))?;
         make_wire_like(host, LINK_DEV, link)?;
     }
     Ok(())

@@ -7,12 +7,11 @@
 //! A real host's pool is the inventory's, defined by its owners. A simulated
 //! host's is a directory pool migsuite creates in the host's daemon, on a
 //! directory of this machine kept across runs (`simulated_dir`): one per host
-//! for `storage: local`, one for both for `storage: shared`.
+//! for `storage: local`, one per pair for `storage: shared`.
 
 use super::libvirtd::Connection;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
@@ -30,7 +29,7 @@ const PREFIX: &str = "migsuite-";
 const COMPLETE: &str = ".complete";
 
 /// The directory of this machine that is a simulated host's pool: `holder`
-/// is the host's name, or "shared" for a pool both hosts see. Root's
+/// is the host's name, or the pair's for a pool both its hosts see. Root's
 /// alone, like the lab root.
 pub fn simulated_dir(lab: &str, holder: &str) -> Result<PathBuf> {
     let artifacts = crate::guest::image::artifacts_dir();
@@ -107,16 +106,10 @@ impl Pool {
         let stream = Stream::new(conn, 0)?;
         vol.upload(&stream, 0, bytes.len() as u64, 0)
             .with_context(|| format!("uploading {} to volume {name}", file.display()))?;
-        let mut rest: &[u8] = &bytes;
-        let mut chunk = vec![0; CHUNK];
-        loop {
-            let n = rest.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
+        for piece in bytes.chunks(CHUNK) {
             let mut sent = 0;
-            while sent < n {
-                sent += usize::try_from(stream.send(&chunk[sent..n])?)
+            while sent < piece.len() {
+                sent += usize::try_from(stream.send(&piece[sent..])?)
                     .context("the upload stream refused data")?;
             }
         }

@@ -78,19 +78,69 @@ pub fn check_private_dir(dir: &Path, owner: u32) -> Result<()> {
     Ok(())
 }
 
-/// Held while a lab exists: one measured case at a time per machine.
-/// (The lock is released when the file is closed.)
+/// Held while a lab's pair is in use: one measured case at a time per
+/// pair, whatever the process. (The lock is released when the file is
+/// closed; flock(2) locks of two opens exclude each other even in one
+/// process.)
 pub struct LabLock(#[allow(dead_code)] File);
 
-/// Takes the lab lock, waiting (at most `LOCK_WAIT`, saying for whom) while
-/// another migsuite holds it.
-pub fn lock(progress: &dyn Fn(&str)) -> Result<LabLock> {
-    lock_at(&ensure()?.join(".lock"), LOCK_WAIT, progress)
+/// Takes the lock of a free pair among the first `pairs` (pair 0's is
+/// `.lock`, pair k's `.lock-k`), waiting (at most `LOCK_WAIT`, saying for
+/// whom) while all are held; returns which pair it took.
+pub fn lock(pairs: usize, progress: &dyn Fn(&str)) -> Result<(usize, LabLock)> {
+    let root = ensure()?;
+    let paths: Vec<_> = (0..pairs.max(1))
+        .map(|k| match k {
+            0 => root.join(".lock"),
+            k => root.join(format!(".lock-{k}")),
+        })
+        .collect();
+    lock_first_free(&paths, LOCK_WAIT, progress)
 }
 
-fn lock_at(path: &Path, wait: Duration, progress: &dyn Fn(&str)) -> Result<LabLock> {
-    // No O_TRUNC, and never through a symbolic link.
-    let mut file = OpenOptions::new()
+fn lock_first_free(
+    paths: &[std::path::PathBuf],
+    wait: Duration,
+    progress: &dyn Fn(&str),
+) -> Result<(usize, LabLock)> {
+    let mut files = paths
+        .iter()
+        .map(|p| open_lock(p))
+        .collect::<Result<Vec<File>>>()?;
+    let began = Instant::now();
+    let mut told = false;
+    loop {
+        for (k, file) in files.iter_mut().enumerate() {
+            match file.try_lock() {
+                Ok(()) => return claim(k, file),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", paths[k].display()))
+                }
+            }
+        }
+        let holders: Vec<String> = files.iter_mut().map(holder).collect();
+        let holders = holders.join("; ");
+        if began.elapsed() >= wait {
+            bail!(
+                "the lab is still held by {holders} after {} s; stop that run, or wait and try again",
+                wait.as_secs()
+            );
+        }
+        if !told {
+            progress(&format!(
+                "waiting for the lab: held by {holders} (at most {} s)",
+                wait.as_secs()
+            ));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The lock file at `path`: no O_TRUNC, and never through a symbolic link.
+fn open_lock(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -106,34 +156,12 @@ fn lock_at(path: &Path, wait: Duration, progress: &dyn Fn(&str)) -> Result<LabLo
             path.display()
         );
     }
-    let began = Instant::now();
-    let mut told = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = holder(&mut file);
-                if began.elapsed() >= wait {
-                    bail!(
-                        "the lab is still held by {holder} after {} s; stop that run, or wait and try again",
-                        wait.as_secs()
-                    );
-                }
-                if !told {
-                    progress(&format!(
-                        "waiting for the lab: held by {holder} (at most {} s)",
-                        wait.as_secs()
-                    ));
-                    told = true;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()))
-            }
-        }
-    }
-    // Who holds it, for whoever waits next.
+    Ok(file)
+}
+
+/// Pair `k`'s lock, just taken in `file`: says who holds it, for whoever
+/// waits next.
+fn claim(k: usize, file: &mut File) -> Result<(usize, LabLock)> {
     file.set_len(0)?;
     file.rewind()?;
     let me = std::process::id();
@@ -141,7 +169,8 @@ fn lock_at(path: &Path, wait: Duration, progress: &dyn Fn(&str)) -> Result<LabLo
         .unwrap_or_default()
         .replace('\0', " ");
     write!(file, "pid {me}: {}", command.trim())?;
-    Ok(LabLock(file))
+    let taken = file.try_clone()?;
+    Ok((k, LabLock(taken)))
 }
 
 /// What the lock file says of its holder.
@@ -207,10 +236,10 @@ mod tests {
     #[test]
     fn the_lock_names_its_holder_and_waits_with_a_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(".lock");
-        let _held = lock_at(&path, Duration::ZERO, &|_| {}).unwrap();
+        let path = [dir.path().join(".lock")];
+        let _held = lock_first_free(&path, Duration::ZERO, &|_| {}).unwrap();
         let said = std::sync::Mutex::new(Vec::new());
-        let err = lock_at(&path, Duration::from_millis(300), &|m| {
+        let err = lock_first_free(&path, Duration::from_millis(300), &|m| {
             said.lock().unwrap().push(m.to_string())
         })
         .err()
@@ -225,13 +254,27 @@ mod tests {
     }
 
     #[test]
+    fn a_case_takes_the_first_free_pair_and_frees_it_when_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join(".lock"), dir.path().join(".lock-1")];
+        let (first, held) = lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap();
+        let (second, _) = lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap();
+        assert_eq!((first, second), (0, 1));
+        drop(held);
+        assert_eq!(
+            lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap().0,
+            0
+        );
+    }
+
+    #[test]
     fn the_lock_does_not_follow_a_planted_link() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "precious").unwrap();
         let path = dir.path().join(".lock");
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        assert!(lock_at(&path, Duration::ZERO, &|_| {}).is_err());
+        assert!(lock_first_free(&[path], Duration::ZERO, &|_| {}).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 }

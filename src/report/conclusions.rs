@@ -334,6 +334,7 @@ mod tests {
             case,
             provenance: provenance(),
             calibration: Default::default(),
+            held_unix_ms: None,
             runs: vec![run(total_ms, downtime_ms)],
         }
     }

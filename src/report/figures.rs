@@ -369,6 +369,7 @@ mod tests {
             case: case(),
             provenance: provenance(),
             calibration: Default::default(),
+            held_unix_ms: None,
             runs,
         }
     }

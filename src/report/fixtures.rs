@@ -58,6 +58,7 @@ pub(crate) fn provenance() -> Provenance {
         host_kind: "local: 2 netns hosts on lab1".into(),
         lab: "lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine".into(),
         storage: "disk on storage both hosts see: not copied".into(),
+        hosts: "a and b".into(),
         host_kernel: "6.18.0".into(),
         hypervisor_version: "QEMU 7.2.22".into(),
         toolstack_version: "libvirt 9.0.0".into(),

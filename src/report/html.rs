@@ -266,6 +266,7 @@ mod tests {
                     case,
                     provenance: provenance(),
                     calibration: Default::default(),
+                    held_unix_ms: None,
                     runs: vec![run(2000.0, 100.0), run(2200.0, 120.0)],
                 },
                 verdict: SavedVerdict {

@@ -31,6 +31,8 @@ pub struct CaseReport {
     pub runs: Vec<RunMeasurement>,
     pub summary: CaseSummary,
     pub verdict: Verdict,
+    /// When the case held its pair of hosts (Unix ms, from, to).
+    pub held_unix_ms: Option<[u64; 2]>,
 }
 
 impl CaseReport {
@@ -41,10 +43,12 @@ impl CaseReport {
             provenance,
             calibration,
             runs,
+            held_unix_ms,
         }: CaseResult,
         verdict: Verdict,
     ) -> CaseReport {
         CaseReport {
+            held_unix_ms,
             calibration,
             name: case.name(),
             summary: CaseSummary::of(&runs),
@@ -72,15 +76,87 @@ impl RunReport {
     /// Writes pretty JSON to `<dir>/<suite>-<unix seconds>.json` (creating
     /// `dir`) and returns that path.
     pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
         let path = dir.join(format!(
             "{}-{}.json",
             self.suite.replace(['/', '\\'], "_"),
             self.started_unix_s
         ));
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
+        self.write_file(&path)?;
         Ok(path)
     }
+
+    /// Writes pretty JSON to `path`, creating its directory.
+    pub fn write_file(&self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// The run reports at `paths` (each a report, or a directory of them)
+/// merged into one per suite, as if one lab had run every case: what
+/// partitions of a suite run apart (`cargo nextest run --partition`, one
+/// process per case) give back. Each suite's cases keep their reports'
+/// order, oldest report first; a case found twice is refused, since its two
+/// measurements could not both stand in one table.
+pub fn merge(paths: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut reports = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let started = report["started_unix_s"].as_u64();
+        anyhow::ensure!(
+            report["suite"].is_string() && report["cases"].is_array() && started.is_some(),
+            "{} is not a migsuite run report (suite, started_unix_s, cases)",
+            file.display()
+        );
+        reports.push((started.unwrap_or_default(), file, report));
+    }
+    anyhow::ensure!(!reports.is_empty(), "no run reports in {paths:?}");
+    reports.sort_by_key(|(started, _, _)| *started);
+    let mut merged: Vec<serde_json::Value> = Vec::new();
+    let mut seen: std::collections::HashMap<String, &Path> = Default::default();
+    for (_, file, report) in &reports {
+        for case in report["cases"].as_array().into_iter().flatten() {
+            let name = case["name"].as_str().unwrap_or_default().to_string();
+            if let Some(first) = seen.insert(name.clone(), file) {
+                anyhow::bail!(
+                    "case {name} is in both {} and {}: merge the reports of one run of each case",
+                    first.display(),
+                    file.display()
+                );
+            }
+        }
+        let suite = &report["suite"];
+        match merged.iter_mut().find(|m| m["suite"] == *suite) {
+            Some(into) => {
+                let cases = report["cases"].as_array().cloned().unwrap_or_default();
+                if let Some(all) = into["cases"].as_array_mut() {
+                    all.extend(cases);
+                }
+            }
+            None => merged.push(report.clone()),
+        }
+    }
+    Ok(merged)
 }
 
 /// A run report read back from its JSON, for the HTML report: each case's
@@ -166,6 +242,7 @@ mod tests {
                 case: case(),
                 provenance: provenance(),
                 calibration: Default::default(),
+                held_unix_ms: None,
                 runs,
             },
             verdict,
@@ -209,6 +286,7 @@ mod tests {
                 case: bounded,
                 provenance: provenance(),
                 calibration: Default::default(),
+                held_unix_ms: None,
                 runs,
             },
             verdict,

@@ -282,7 +282,7 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
             Cell::text(names.join(", ")),
             Cell::text(&p.accel),
             Cell::text(&p.host_kind),
-            Cell::text(&p.lab),
+            Cell::text(format!("{}, hosts {}", p.lab, p.hosts)),
             Cell::text(&p.storage),
             Cell::text(&p.host_kernel),
             Cell::opt(p.host_cpus.map(f64::from), None, 0),
@@ -302,7 +302,7 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
 fn provenance_lines(p: &Provenance) -> [String; 4] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),
-        format!("{}; storage: {}", p.lab, p.storage),
+        format!("{}, hosts {}; storage: {}", p.lab, p.hosts, p.storage),
         format!(
             "{VERSIONS}hypervisor {}; toolstack {}",
             p.hypervisor_version, p.toolstack_version
@@ -351,7 +351,7 @@ mod tests {
             "\
 ci::kvm-fv::mtu128::game
 accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
-lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
+lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine, hosts a and b; storage: disk on storage both hosts see: not copied
 versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 beside it on the machine: nothing above 5 % of a core
 outcome: 1 of 3 runs failed
@@ -400,6 +400,7 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             case,
             provenance,
             calibration: Default::default(),
+            held_unix_ms: None,
             runs,
         };
         let results = vec![
@@ -424,11 +425,11 @@ run 3: migration failed: timed out after 25000 ms (source still running)
             "\
 suite ci
 kvm-fv: accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
-kvm-fv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
+kvm-fv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine, hosts a and b; storage: disk on storage both hosts see: not copied
 kvm-fv: versions: hypervisor QEMU 7.2.22; toolstack libvirt 9.0.0
 kvm-fv: beside it on the machine: nothing above 5 % of a core
 xen-pv: accel: tcg (nested); host: local: 2 netns hosts on lab1
-xen-pv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine; storage: disk on storage both hosts see: not copied
+xen-pv: lab: simulated (built in, no inventory), simulated: network-namespace hosts on one machine, hosts a and b; storage: disk on storage both hosts see: not copied
 xen-pv: versions: hypervisor Xen 4.17; toolstack libvirt 9.0.0
 xen-pv: beside it on the machine: nothing above 5 % of a core
 
@@ -487,6 +488,7 @@ means over 2 completed runs; times in ms after the warning
             case: case(),
             provenance: provenance(),
             calibration: Default::default(),
+            held_unix_ms: None,
             runs: vec![],
         };
         let t = suite_table("ci", &[empty]);

@@ -226,6 +226,7 @@ mod tests {
             case,
             provenance: provenance(),
             calibration: Default::default(),
+            held_unix_ms: None,
             runs: vec![run(9500.0, 320.0), run(9400.0, 300.0), run(9700.0, 330.0)],
         }
     }

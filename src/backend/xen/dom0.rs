@@ -253,7 +253,7 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
         return Ok(out);
     }
     fs::create_dir_all(out.parent().unwrap())?;
-    let tmp = out.with_extension("tmp");
+    let tmp = crate::guest::image::temp_beside(&out);
     let gz = flate2::write::GzEncoder::new(fs::File::create(&tmp)?, flate2::Compression::fast());
     let mut cpio = Newc::new(gz);
     for d in [

@@ -520,7 +520,12 @@ impl XenHost {
             (lab_host, link.mtu),
             true,
         )?;
-        network::route_nested(&lab_host.netns, lab_host.index, &stream)?;
+        network::route_nested(
+            &lab_host.netns,
+            lab_host.index,
+            &stream,
+            lab_host.peer_link_addr,
+        )?;
         let mtu = link.mtu;
         let (addr, gateway) = (
             network::nested_addr(self.index),

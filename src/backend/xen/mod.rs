@@ -799,7 +799,7 @@ mod probe {
             rate_mbit: Some(1000),
             offloads: false,
         };
-        let lab = Lab::start(&link, &crate::inventory::Inventory::from_env().unwrap()).unwrap();
+        let lab = Lab::start(&link, &crate::inventory::Inventory::from_env().unwrap(), 0).unwrap();
         let hosts = shared_hosts(&image, &[0, 1]).unwrap();
         for h in &hosts {
             h.attach(lab.host(h.index), &link).unwrap();
@@ -825,7 +825,11 @@ mod probe {
     #[test]
     #[ignore]
     fn xen_pv_migrates_in_dom0() {
-        let _lab_lock = crate::runner::exclusive(&|m| eprintln!("{m}")).unwrap();
+        let _lab_lock =
+            crate::runner::exclusive(&crate::inventory::Inventory::from_env().unwrap(), &|m| {
+                eprintln!("{m}")
+            })
+            .unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_hosts(&image, &[0]).unwrap().remove(0);
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
