@@ -45,8 +45,9 @@ impl Census {
 
     /// Processes that used at least `MIN_CPU_PCT` of a core from this census
     /// until now, except the ones `own` (pids of the case) or this process
-    /// started, and kernel threads.
-    pub fn neighbours_since(&self, own: &HashSet<i32>) -> Neighbours {
+    /// started, and kernel threads; but what this process started for
+    /// `others` (other cases, on other pairs of the lab) is a neighbour.
+    pub fn neighbours_since(&self, own: &HashSet<i32>, others: &HashSet<i32>) -> Neighbours {
         let seconds = self.at.elapsed().as_secs_f64().max(1e-3);
         let hz = procfs::clock_ticks();
         let now: HashMap<i32, procfs::Stat> = procfs::pids()
@@ -59,7 +60,13 @@ impl Census {
             // case's own pids; kernel threads descend from kthreadd (2).
             let mut p = pid;
             for _ in 0..64 {
-                if p == me || own.contains(&p) || p == 2 {
+                if own.contains(&p) || p == 2 {
+                    return true;
+                }
+                if others.contains(&p) {
+                    return false;
+                }
+                if p == me {
                     return true;
                 }
                 match now.get(&p) {
@@ -125,8 +132,9 @@ mod tests {
         let census = Census::take();
         let pid = spinner();
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let others = census.neighbours_since(&HashSet::new());
-        let own = census.neighbours_since(&HashSet::from([pid]));
+        let none = HashSet::new();
+        let others = census.neighbours_since(&none, &none);
+        let own = census.neighbours_since(&HashSet::from([pid]), &none);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         assert!(
             others
@@ -136,6 +144,27 @@ mod tests {
             "{others}"
         );
         assert!(own.0.iter().all(|n| n.pid != pid), "{own}");
+    }
+
+    #[test]
+    fn what_this_process_started_for_another_pair_is_a_neighbour() {
+        let census = Census::take();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let none = HashSet::new();
+        let for_us = census.neighbours_since(&none, &none);
+        let for_another_pair = census.neighbours_since(&none, &HashSet::from([pid]));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(for_us.0.iter().all(|n| n.pid != pid), "{for_us}");
+        assert!(
+            for_another_pair.0.iter().any(|n| n.pid == pid),
+            "{for_another_pair}"
+        );
     }
 
     #[test]

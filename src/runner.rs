@@ -61,6 +61,7 @@ pub fn run_case(
     progress: &dyn Fn(&str),
 ) -> Result<CaseResult, RunError> {
     let exclusive = exclusive(inventory, progress)?;
+    let started = std::time::SystemTime::now();
     if let Some(why) = backend::refusal(case.hypervisor) {
         return Err(RunError::Refused(why));
     }
@@ -69,8 +70,7 @@ pub fn run_case(
     if let Some(why) = backend.host_refusal(case) {
         return Err(RunError::Refused(why));
     }
-    backend::release_unneeded(case);
-    let started = std::time::SystemTime::now();
+    backend::release_unneeded(case, exclusive.pair);
     let mut lab = Lab::start(&case.link, inventory, exclusive.pair)?;
     let result = run_in(&mut lab, case, backend.as_mut(), progress);
     let logs = logs_dir(case);
@@ -240,7 +240,11 @@ fn run_in(
         .iter()
         .flat_map(|ns| netns::processes(&ns.name))
         .collect();
-    let beside = census.neighbours_since(&own);
+    let others: HashSet<i32> = lab::cleanup::other_labs_processes(lab.id())
+        .into_iter()
+        .chain(backend::kept_for_other_pairs(lab.pair))
+        .collect();
+    let beside = census.neighbours_since(&own, &others);
     let provenance = Provenance {
         accel: info.accel,
         host_kind: format!(

@@ -180,13 +180,20 @@ pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool 
     matches!(hypervisor, Hypervisor::KvmFv | Hypervisor::KvmPv) && strategy != Strategy::StopAndCopy
 }
 
-/// Stops what a backend keeps running between its cases (the nested Xen
-/// host, which busies a core under TCG) when `case` is not one of them, so
-/// that no case is measured beside it.
-pub fn release_unneeded(case: &Case) {
+/// Stops what a backend keeps running between its cases on lab pair
+/// `pair` (the nested Xen hosts, which busy a core under TCG) when `case`
+/// is not one of them, so that no case is measured beside its own pair's.
+/// (Another pair's, busy with a case of its own, stays.)
+pub fn release_unneeded(case: &Case, pair: usize) {
     if !matches!(case.hypervisor, Hypervisor::XenPv | Hypervisor::XenHvm) {
-        xen::shutdown_shared_hosts();
+        xen::shutdown_shared_hosts(Some(pair));
     }
+}
+
+/// What backends keep running for other lab pairs than `pair` (nested Xen
+/// hosts): other cases' processes, though this one started them.
+pub fn kept_for_other_pairs(pair: usize) -> Vec<i32> {
+    xen::other_pairs_hosts(pair)
 }
 
 /// Why a hypervisor cannot run in this build; None if it can.

@@ -88,6 +88,22 @@ impl Drop for Registration {
     }
 }
 
+/// The processes in the namespaces of this process's live labs other than
+/// `id`: on a lab of several pairs, the other pairs' cases.
+pub fn other_labs_processes(id: &str) -> Vec<i32> {
+    let live: Vec<String> = LIVE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .filter(|other| *other != id)
+        .cloned()
+        .collect();
+    live.iter()
+        .flat_map(|other| ["a", "b", "lan"].map(|side| format!("{other}-{side}")))
+        .flat_map(|ns| netns::processes(&ns))
+        .collect()
+}
+
 fn install_signal_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

@@ -62,6 +62,8 @@ pub struct Lab {
     pub inventory: Inventory,
     /// Which of the inventory's pairs this is.
     pub pair: usize,
+    /// The case's disk volume, once made (`create_disk`).
+    disk: std::sync::OnceLock<String>,
     /// Lab-private files; `shared/` is a directory both hosts see (the
     /// container's root, logs), whatever the pools' storage.
     dir: cleanup::LabDir,
@@ -124,6 +126,7 @@ impl Lab {
             link: link.clone(),
             inventory: inventory.clone(),
             pair: pair_index,
+            disk: std::sync::OnceLock::new(),
             dir,
         };
         drop(building);
@@ -136,6 +139,20 @@ impl Lab {
     /// The lab's id: what its namespaces and per-case volumes are named by.
     pub fn id(&self) -> &str {
         &self.dir.id
+    }
+
+    /// A new disk volume of `bytes` for the case in the source host's pool
+    /// (a simulated host's pool losing the disks of killed runs first);
+    /// returns its path there. Deleted with the lab.
+    pub fn create_disk(&self, bytes: u64) -> Result<String> {
+        let name = pool::disk_name(self.id());
+        let (_, pool) = self.pool(&self.source)?;
+        if self.inventory.simulated {
+            pool.remove_stale_disks(&name)?;
+        }
+        let path = pool.create(&name, bytes)?.path()?;
+        let _ = self.disk.set(name);
+        Ok(path)
     }
 
     /// Host `host`'s storage pool, opened through its daemon.
@@ -156,6 +173,9 @@ impl Lab {
 
     /// A libvirt connection to `uri`, opened from the runner's place.
     pub fn connect(&self, uri: &str) -> Result<libvirtd::Connection> {
+        // Errors come back as values; libvirt's default handler would also
+        // print each of them (a missing volume is no news).
+        virt::error::clear_error_callback();
         self.on_lan(|| virt::connect::Connect::open(Some(uri)))?
             .map(libvirtd::Connection::new)
             .with_context(|| format!("connecting to {uri}"))
@@ -186,9 +206,9 @@ impl Drop for Lab {
     /// The case's disk goes with its lab, from each host that has it
     /// (before the daemons stop; a killed run's is swept by `pool::Pool::open`).
     fn drop(&mut self) {
-        let disk = pool::disk_name(self.id());
+        let Some(disk) = self.disk.get() else { return };
         for host in [&self.source, &self.destination] {
-            if let Err(e) = self.pool(host).and_then(|(_, p)| p.delete(&disk)) {
+            if let Err(e) = self.pool(host).and_then(|(_, p)| p.delete(disk)) {
                 eprintln!(
                     "migsuite: cannot delete volume {disk} on host {}: {e:#}",
                     host.name

@@ -9,7 +9,7 @@ use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
 use crate::lab::libvirtd::Connection;
-use crate::lab::{self, Lab};
+use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
 use anyhow::{Context, Result};
@@ -65,9 +65,6 @@ fn version(v: u32) -> String {
 
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
-        // Errors come back as values; libvirt's default handler would also
-        // print each of them.
-        virt::error::clear_error_callback();
         let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo {
@@ -254,13 +251,9 @@ impl Kvm {
     /// missing), its disk a new volume in the source's. With local storage
     /// the destination gets the disk when the guest moves.
     fn put_guest_files(&mut self, lab: &Lab) -> Result<domain::GuestFiles> {
-        let disk = lab::pool::disk_name(lab.id());
         let mut paths = Vec::new();
         for host in [&lab.source, &lab.destination] {
             let (conn, pool) = lab.pool(host)?;
-            if lab.inventory.simulated {
-                pool.remove_stale_disks(&disk)?;
-            }
             let mut uploaded = Vec::new();
             let mut put = |what: &str, file: &std::path::Path| -> Result<String> {
                 let (path, now) = pool.upload(&conn, what, file)?;
@@ -292,8 +285,7 @@ impl Kvm {
             paths[1],
             lab.destination.name
         );
-        let (_, pool) = lab.pool(&lab.source)?;
-        let disk_path = pool.create(&disk, DISK_BYTES)?.path()?;
+        let disk = lab.create_disk(DISK_BYTES)?;
         self.info.storage = match lab.inventory.storage {
             Storage::Local => format!(
                 "disk ({} MiB) copied with the guest (copy-storage migration, NBD over the migration link)",
@@ -305,7 +297,7 @@ impl Kvm {
         Ok(domain::GuestFiles {
             kernel,
             initrd,
-            disk: disk_path,
+            disk,
         })
     }
 

@@ -192,7 +192,12 @@ impl XenHost {
         )?;
         keeper.exec("ip", &["link", "set", MIGRATION_BRIDGE, "up"])?;
 
-        let ctl_name = format!("migsuite-xen-{}-{index}-ctl", std::process::id());
+        // Unique in the process: two lab pairs each boot a Xen host `index`.
+        let ctl_name = format!(
+            "migsuite-xen-{}-{index}-{}-ctl",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         let args: Vec<String> = vec![
             "-name".into(),
             format!("migsuite-xen-host-{index}"),

@@ -125,7 +125,7 @@ mod probe {
             })
             .unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
-        let h = shared_hosts(&image, &[0]).unwrap().remove(0);
+        let h = shared_hosts(&image, 0, &[0]).unwrap().remove(0);
         let dir = std::path::Path::new("/tmp/xsh");
         std::fs::create_dir_all(dir).unwrap();
         let fifo = dir.join("in");
@@ -182,7 +182,7 @@ mod probe {
             }
         }
         let _ = std::fs::write(dir.join("console"), h.console());
-        shutdown_shared_hosts();
+        shutdown_shared_hosts(None);
     }
 
     fn base64(data: &[u8]) -> String {

@@ -44,18 +44,26 @@ const MIGRATION_PORT: u16 = 5500;
 /// The Xen hosts of this process, by lab host index, each with the dom0
 /// initramfs it booted (what decides whether it can be reused).
 #[allow(clippy::type_complexity)]
-static HOSTS: Mutex<[Option<(std::path::PathBuf, Arc<XenHost>)>; 2]> = Mutex::new([None, None]);
+/// Per lab pair: the Xen hosts behind its two lab hosts, with the dom0
+/// image each booted.
+type Slots = [Option<(std::path::PathBuf, Arc<XenHost>)>; 2];
+static HOSTS: Mutex<Vec<Slots>> = Mutex::new(Vec::new());
 
-/// The booted Xen hosts `indexes` for `guest`, booting (side by side) those
-/// that are missing, died or carry another guest image; the others are
-/// stopped, so that no case runs beside an idle Xen host.
+/// The booted Xen hosts `indexes` of lab pair `pair` for `guest`, booting
+/// (side by side) those that are missing, died or carry another guest
+/// image; the pair's others are stopped, so that no case runs beside an
+/// idle Xen host of its own pair.
 ///
 /// The machine's cores are shared out, not overcommitted: with more vCPUs
 /// than cores, a vCPU preempted in Xen or dom0 while holding a spinlock
 /// stalls the others (two 2-vCPU hosts on 2 cores moved a migration stream
 /// at 3.8 MiB/s).
-pub fn shared_hosts(guest: &GuestImage, indexes: &[u8]) -> Result<Vec<Arc<XenHost>>> {
-    let mut slots = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+pub fn shared_hosts(guest: &GuestImage, pair: usize, indexes: &[u8]) -> Result<Vec<Arc<XenHost>>> {
+    let mut pairs = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    if pairs.len() <= pair {
+        pairs.resize_with(pair + 1, Default::default);
+    }
+    let slots = &mut pairs[pair];
     let key = dom0::initramfs(guest)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpus = (cores / indexes.len().max(1)).max(1);
@@ -101,12 +109,31 @@ pub fn shared_hosts(guest: &GuestImage, indexes: &[u8]) -> Result<Vec<Arc<XenHos
         .collect())
 }
 
-/// Stops the process's Xen hosts, if any (the kernel also kills them when
-/// the process ends, whichever way).
-pub fn shutdown_shared_hosts() {
-    for slot in HOSTS.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-        if let Some((_, h)) = slot.take() {
-            h.shutdown();
+/// The QEMU processes of the Xen hosts kept for lab pairs other than
+/// `pair`: another case's, on a lab of several pairs.
+pub fn other_pairs_hosts(pair: usize) -> Vec<i32> {
+    let pairs = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    pairs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| *k != pair)
+        .flat_map(|(_, slots)| slots.iter().flatten().map(|(_, h)| h.qemu_pid()))
+        .collect()
+}
+
+/// Stops the process's Xen hosts of lab pair `pair`, or of every pair, if
+/// any (the kernel also kills them when the process ends, whichever way).
+pub fn shutdown_shared_hosts(pair: Option<usize>) {
+    let mut pairs = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    for (_, slots) in pairs
+        .iter_mut()
+        .enumerate()
+        .filter(|(k, _)| pair.is_none_or(|p| p == *k))
+    {
+        for slot in slots.iter_mut() {
+            if let Some((_, h)) = slot.take() {
+                h.shutdown();
+            }
         }
     }
 }
@@ -292,7 +319,7 @@ impl Backend for Xen {
             Topology::OneHost => &[0],
             Topology::TwoHosts => &[0, 1],
         };
-        self.hosts = shared_hosts(&self.image, behind)?;
+        self.hosts = shared_hosts(&self.image, lab.pair, behind)?;
         self.console_from = self.hosts.iter().map(|h| h.console_len()).collect();
         self.console_path = Some(lab.shared_dir().join("console.log"));
         let boots: Vec<String> = self
@@ -763,7 +790,7 @@ mod tests {
     #[ignore]
     fn xen_host_boots() {
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
-        for h in shared_hosts(&image, &[0, 1]).unwrap() {
+        for h in shared_hosts(&image, 0, &[0, 1]).unwrap() {
             eprintln!(
                 "host {}: boot {} ms, {}, {}",
                 h.index, h.boot_ms, h.xen_version, h.tools_version
@@ -779,7 +806,7 @@ mod tests {
                 }
             }
         }
-        shutdown_shared_hosts();
+        shutdown_shared_hosts(None);
     }
 }
 
@@ -800,7 +827,7 @@ mod probe {
             offloads: false,
         };
         let lab = Lab::start(&link, &crate::inventory::Inventory::from_env().unwrap(), 0).unwrap();
-        let hosts = shared_hosts(&image, &[0, 1]).unwrap();
+        let hosts = shared_hosts(&image, 0, &[0, 1]).unwrap();
         for h in &hosts {
             h.attach(lab.host(h.index), &link).unwrap();
         }
@@ -817,7 +844,7 @@ mod probe {
                 }
             }
         }
-        shutdown_shared_hosts();
+        shutdown_shared_hosts(None);
     }
 
     /// Boots the Xen host, starts a PV domU without a lab and migrates it,
@@ -831,7 +858,7 @@ mod probe {
             })
             .unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
-        let h = shared_hosts(&image, &[0]).unwrap().remove(0);
+        let h = shared_hosts(&image, 0, &[0]).unwrap().remove(0);
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
             Hypervisor::XenHvm
         } else {
@@ -906,6 +933,6 @@ mod probe {
                 a.output
             );
         }
-        shutdown_shared_hosts();
+        shutdown_shared_hosts(None);
     }
 }
