@@ -122,15 +122,19 @@ fn summary_line(run: &RunMeasurement) -> String {
     }
 }
 
-fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
-    let w = &case.workload;
-    // The hosts' libvirtd (no authentication) on every address they have:
-    // the agent checks that none is reachable from the guest.
-    let probe: Vec<String> = [&lab.source, &lab.destination]
+/// The hosts' libvirtd (no authentication) on every address they have:
+/// the agent checks that none is reachable from the guest.
+fn probe_targets(lab: &Lab) -> Vec<String> {
+    [&lab.source, &lab.destination]
         .iter()
         .flat_map(|h| [h.libvirtd.addr, h.link_addr])
         .map(|addr| format!("{addr}:{}", libvirtd::LIBVIRTD_PORT))
-        .collect();
+        .collect()
+}
+
+fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
+    let w = &case.workload;
+    let probe = probe_targets(lab);
     format!(
         "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={OBSERVER_ADDR}:{} migsuite.mtu={} \
          migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={} \
@@ -175,7 +179,11 @@ fn run_in(
     let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
     backend.check_guest(&hello)?;
     match hello.get("control_plane_reached").map(String::as_str) {
-        Some("none") => {}
+        Some("none") => progress(&format!(
+            "{}: from the guest, no host's libvirtd answered ({})",
+            case.name(),
+            probe_targets(lab).join(", ")
+        )),
         reached => anyhow::bail!(
             "the guest reached the lab's control plane (libvirtd without authentication): {}",
             reached.unwrap_or("the agent did not say (an older agent?)")

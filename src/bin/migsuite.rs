@@ -139,7 +139,9 @@ fn main() -> ExitCode {
                 .collect();
             Ok(run(&selected, lab, &report_dir))
         }),
-        Command::Merge { paths, report_dir } => Ok(merge(&paths, &report_dir)),
+        Command::Merge { paths, report_dir } => {
+            cases(&[PathBuf::from("suites")]).map(|cases| merge(&paths, &cases, &report_dir))
+        }
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))
@@ -163,13 +165,15 @@ fn validate_lab(path: &Path) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Merges the reports at `paths`, writes each suite's merged report and
-/// page to `report_dir`, and prints its table.
-fn merge(paths: &[PathBuf], report_dir: &Path) -> ExitCode {
+/// Merges the reports at `paths` (their cases in the order of `cases`, the
+/// suites'), writes each suite's merged report and page to `report_dir`,
+/// and prints its table.
+fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
+    let order: Vec<String> = cases.iter().map(Case::name).collect();
     let written = (|| -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(report_dir)?;
         let mut written = Vec::new();
-        for report in migsuite::report::json::merge(paths)? {
+        for report in migsuite::report::json::merge(paths, &order)? {
             let path = report_dir.join(format!(
                 "{}-merged-{}.json",
                 report["suite"]

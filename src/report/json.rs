@@ -97,10 +97,11 @@ impl RunReport {
 /// The run reports at `paths` (each a report, or a directory of them)
 /// merged into one per suite, as if one lab had run every case: what
 /// partitions of a suite run apart (`cargo nextest run --partition`, one
-/// process per case) give back. Each suite's cases keep their reports'
-/// order, oldest report first; a case found twice is refused, since its two
-/// measurements could not both stand in one table.
-pub fn merge(paths: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
+/// process per case) give back. Each suite's cases come in the order of
+/// `order` (case names; others after them, oldest report first); a case
+/// found twice is refused, since its two measurements could not both stand
+/// in one table.
+pub fn merge(paths: &[PathBuf], order: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -154,6 +155,15 @@ pub fn merge(paths: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
                 }
             }
             None => merged.push(report.clone()),
+        }
+    }
+    let rank = |case: &serde_json::Value| {
+        let name = case["name"].as_str().unwrap_or_default();
+        order.iter().position(|n| n == name).unwrap_or(order.len())
+    };
+    for report in &mut merged {
+        if let Some(cases) = report["cases"].as_array_mut() {
+            cases.sort_by_key(rank);
         }
     }
     Ok(merged)
@@ -229,6 +239,61 @@ mod tests {
     #[case(4_107_542_399, "2100-02-28T23:59:59Z")]
     fn utc_timestamps(#[case] unix_s: u64, #[case] text: &str) {
         assert_eq!(rfc3339(unix_s), text);
+    }
+
+    /// A report of `cases` (names of the fixture case's variants) written
+    /// in `dir` as `file`, started at `unix_s`.
+    fn report_of(dir: &Path, file: &str, unix_s: u64, names: &[&str]) -> PathBuf {
+        let mut report = RunReport::new("ci", UNIX_EPOCH + Duration::from_secs(unix_s));
+        for name in names {
+            let mut c = case();
+            c.workload.name = name.to_string();
+            let runs = vec![run(2000.0, 100.0)];
+            let verdict = judge(&c, &runs, &Default::default());
+            report.cases.push(CaseReport::new(
+                CaseResult {
+                    case: c,
+                    provenance: provenance(),
+                    calibration: Default::default(),
+                    held_unix_ms: None,
+                    runs,
+                },
+                verdict,
+            ));
+        }
+        let path = dir.join(file);
+        report.write_file(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn partitions_merge_into_one_report_in_the_suite_s_order() {
+        let dir = tempfile::tempdir().unwrap();
+        report_of(dir.path(), "p2.json", 200, &["b"]);
+        report_of(dir.path(), "p1.json", 100, &["c", "a"]);
+        let order = ["a", "b", "c"].map(|w| format!("ci::kvm-fv::mtu128::{w}"));
+        let merged = merge(&[dir.path().to_path_buf()], &order).unwrap();
+        assert_eq!(merged.len(), 1);
+        let names: Vec<&str> = merged[0]["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, order.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(merged[0]["started_unix_s"], 100);
+    }
+
+    #[test]
+    fn a_case_measured_twice_is_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = report_of(dir.path(), "one.json", 100, &["a"]);
+        let two = report_of(dir.path(), "two.json", 200, &["a"]);
+        let err = merge(&[one, two], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("case ci::kvm-fv::mtu128::a is in both"),
+            "{err}"
+        );
     }
 
     #[test]
