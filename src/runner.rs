@@ -48,23 +48,49 @@ pub struct Exclusive {
     _lock: lab::root::LabLock,
 }
 
-/// Waits for a free pair of `inventory`'s.
-pub fn exclusive(inventory: &Inventory, progress: &dyn Fn(&str)) -> Result<Exclusive> {
-    let (pair, lock) = lab::root::lock(inventory.pairs().count(), progress)?;
+/// Waits for a free pair among `pairs` (indices into the lab's pairs).
+pub fn exclusive(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<Exclusive> {
+    let (pair, lock) = lab::root::lock(pairs, progress)?;
     Ok(Exclusive { pair, _lock: lock })
 }
 
-/// Runs `case` on the lab `inventory` describes.
+/// Why `case` cannot run on the lab `inventory` describes; None if it can.
+pub fn refusal(case: &Case, inventory: &Inventory) -> Option<String> {
+    backend::refusal(case.hypervisor)
+        .or_else(|| {
+            (!inventory.simulated).then(|| {
+                format!(
+                    "lab {}: its hosts are real machines, and migsuite drives only simulated \
+                     labs yet (`simulated: true`, e.g. suites/labs/local.yaml)",
+                    inventory.name
+                )
+            })
+        })
+        .or_else(|| {
+            inventory
+                .pairs_offering(case.hypervisor)
+                .is_empty()
+                .then(|| {
+                    format!(
+                        "no pair of lab {} offers {} (the `backends` both hosts of a pair list)",
+                        inventory.name, case.hypervisor
+                    )
+                })
+        })
+}
+
+/// Runs `case` on the lab `inventory` describes, on the first free pair
+/// that offers its hypervisor.
 pub fn run_case(
     case: &Case,
     inventory: &Inventory,
     progress: &dyn Fn(&str),
 ) -> Result<CaseResult, RunError> {
-    let exclusive = exclusive(inventory, progress)?;
-    let started = std::time::SystemTime::now();
-    if let Some(why) = backend::refusal(case.hypervisor) {
+    if let Some(why) = refusal(case, inventory) {
         return Err(RunError::Refused(why));
     }
+    let exclusive = exclusive(&inventory.pairs_offering(case.hypervisor), progress)?;
+    let started = std::time::SystemTime::now();
     let mut backend =
         backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
     if let Some(why) = backend.host_refusal(case) {
@@ -443,4 +469,28 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::Hypervisor;
+    use crate::inventory::Storage;
+    use crate::report::fixtures::case;
+
+    #[test]
+    fn a_case_runs_only_where_a_simulated_pair_offers_its_hypervisor() {
+        let lab = Inventory::simulated("local", Storage::Local);
+        assert_eq!(refusal(&case(), &lab), None);
+        let mut real = lab.clone();
+        real.simulated = false;
+        let why = refusal(&case(), &real).unwrap();
+        assert!(why.contains("real machines"), "{why}");
+        let mut kvm_only = lab.clone();
+        for host in &mut kvm_only.hosts {
+            host.backends = vec![Hypervisor::KvmPv];
+        }
+        let why = refusal(&case(), &kvm_only).unwrap();
+        assert!(why.contains("no pair of lab local offers kvm-fv"), "{why}");
+    }
 }

@@ -9,11 +9,11 @@
 //! hypervisor fails with the reason).
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use migsuite::backend;
 use migsuite::case::{Case, Tier};
 use migsuite::inventory::Inventory;
 use migsuite::report::json::{CaseReport, RunReport};
 use migsuite::report::{case_snapshot, case_table, html, study_table, suite_table};
+use migsuite::runner;
 use migsuite::session::Session;
 use std::path::Path;
 
@@ -48,14 +48,16 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn ignored(case: &Case) -> bool {
-    case.tier == Tier::Lab || backend::refusal(case.hypervisor).is_some()
+/// Lab-tier cases, and the cases the lab cannot run (which say why when
+/// run with --include-ignored).
+fn ignored(session: &Session, case: &Case) -> bool {
+    case.tier == Tier::Lab || runner::refusal(case, &session.lab).is_some()
 }
 
 /// A case: its verdict (expectation, bounds, change against the baseline),
 /// then its snapshot.
 fn case_trial(session: &'static Session, case: Case) -> Trial {
-    let ignore = ignored(&case);
+    let ignore = ignored(session, &case);
     Trial::test(case.name(), move || {
         let judged = session.judged(&case)?;
         let (result, verdict) = (&judged.result, &judged.verdict);
@@ -83,7 +85,7 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
 /// verdicts.
 fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
     let suite = cases[0].suite.clone();
-    let ignore = cases.iter().all(ignored);
+    let ignore = cases.iter().all(|c| ignored(session, c));
     Trial::test(format!("{suite}::table"), move || {
         if let Some(run) = nextest_run() {
             eprintln!(
@@ -100,7 +102,7 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         // --include-ignored (its table is ignored like them otherwise).
         for case in cases
             .iter()
-            .filter(|c| backend::refusal(c.hypervisor).is_none())
+            .filter(|c| runner::refusal(c, &session.lab).is_none())
         {
             let judged = session.judged(case)?;
             report.cases.push(CaseReport::new(

@@ -230,7 +230,8 @@ fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
     };
     let measured = (|| -> anyhow::Result<_> {
         let inventory = Inventory::from_env()?;
-        let exclusive = migsuite::runner::exclusive(&inventory, &|m| eprintln!("{m}"))?;
+        let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
+        let exclusive = migsuite::runner::exclusive(&pairs, &|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link, &inventory, exclusive.pair)?;
         let in_lab = calibration::link_rates(&lab)?;
         drop(lab);
@@ -303,7 +304,7 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
         let mut rows = Vec::new();
         for case in cases.iter().filter(|c| c.suite == suite) {
             let Ok(judged) = session.judged(case) else {
-                if backend::refusal(case.hypervisor).is_some() {
+                if migsuite::runner::refusal(case, &session.lab).is_some() {
                     refused += 1
                 } else {
                     failed += 1

@@ -209,6 +209,15 @@ impl Inventory {
         rules::validate(document.parse()?).map_err(|e| document.refuse(e))
     }
 
+    /// The indices of the pairs whose hosts both offer `hypervisor`.
+    pub fn pairs_offering(&self, hypervisor: Hypervisor) -> Vec<usize> {
+        (0..)
+            .zip(self.pairs())
+            .filter(|(_, pair)| pair.offers(hypervisor))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// Each pair's hosts' places in `hosts`, which number a simulated
     /// host's addresses.
     pub fn pair_slots(&self) -> impl Iterator<Item = [u8; 2]> + '_ {

@@ -108,6 +108,8 @@ fn a_pair_offers_what_both_hosts_run() {
     assert!(pair.offers(Hypervisor::XenPv));
     assert!(!pair.offers(Hypervisor::KvmFv), "only a runs kvm-fv");
     assert!(pair.hosts[0].offers(Hypervisor::KvmFv));
+    assert_eq!(lab.pairs_offering(Hypervisor::XenPv), [0]);
+    assert!(lab.pairs_offering(Hypervisor::KvmFv).is_empty());
 }
 
 #[test]

@@ -142,14 +142,16 @@ impl Lab {
     }
 
     /// A new disk volume of `bytes` for the case in the source host's pool
-    /// (a simulated host's pool losing the disks of killed runs first);
+    /// (both simulated hosts' pools losing the disks of killed runs first);
     /// returns its path there. Deleted with the lab.
     pub fn create_disk(&self, bytes: u64) -> Result<String> {
         let name = pool::disk_name(self.id());
-        let (_, pool) = self.pool(&self.source)?;
         if self.inventory.simulated {
-            pool.remove_stale_disks(&name)?;
+            for host in [&self.destination, &self.source] {
+                self.pool(host)?.1.remove_stale_disks(&name)?;
+            }
         }
+        let (_, pool) = self.pool(&self.source)?;
         let path = pool.create(&name, bytes)?.path()?;
         let _ = self.disk.set(name);
         Ok(path)
@@ -204,7 +206,8 @@ impl Lab {
 
 impl Drop for Lab {
     /// The case's disk goes with its lab, from each host that has it
-    /// (before the daemons stop; a killed run's is swept by `pool::Pool::open`).
+    /// (before the daemons stop; a killed run's is swept by the next
+    /// `create_disk`).
     fn drop(&mut self) {
         let Some(disk) = self.disk.get() else { return };
         for host in [&self.source, &self.destination] {

@@ -84,18 +84,22 @@ pub fn check_private_dir(dir: &Path, owner: u32) -> Result<()> {
 /// process.)
 pub struct LabLock(#[allow(dead_code)] File);
 
-/// Takes the lock of a free pair among the first `pairs` (pair 0's is
-/// `.lock`, pair k's `.lock-k`), waiting (at most `LOCK_WAIT`, saying for
-/// whom) while all are held; returns which pair it took.
-pub fn lock(pairs: usize, progress: &dyn Fn(&str)) -> Result<(usize, LabLock)> {
+/// Takes the lock of a free pair among `pairs` (indices into a lab's
+/// pairs: pair 0's lock is `.lock`, pair k's `.lock-k`, whatever the lab,
+/// so two labs' pair k exclude each other on one machine), waiting (at most
+/// `LOCK_WAIT`, saying for whom) while all are held; returns which pair it
+/// took.
+pub fn lock(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<(usize, LabLock)> {
     let root = ensure()?;
-    let paths: Vec<_> = (0..pairs.max(1))
+    let paths: Vec<_> = pairs
+        .iter()
         .map(|k| match k {
             0 => root.join(".lock"),
             k => root.join(format!(".lock-{k}")),
         })
         .collect();
-    lock_first_free(&paths, LOCK_WAIT, progress)
+    let (i, lock) = lock_first_free(&paths, LOCK_WAIT, progress)?;
+    Ok((pairs[i], lock))
 }
 
 fn lock_first_free(
