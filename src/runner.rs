@@ -57,15 +57,7 @@ pub fn exclusive(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<Exclusive> 
 /// Why `case` cannot run on the lab `inventory` describes; None if it can.
 pub fn refusal(case: &Case, inventory: &Inventory) -> Option<String> {
     backend::refusal(case.hypervisor)
-        .or_else(|| {
-            (!inventory.simulated).then(|| {
-                format!(
-                    "lab {}: its hosts are real machines, and migsuite drives only simulated \
-                     labs yet (`simulated: true`, e.g. suites/labs/local.yaml)",
-                    inventory.name
-                )
-            })
-        })
+        .or_else(|| lab::cannot_build(inventory))
         .or_else(|| {
             inventory
                 .pairs_offering(case.hypervisor)

@@ -183,7 +183,7 @@ fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
                 report["started_unix_s"]
             ));
             std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-            let saved = migsuite::report::json::SavedRun::read(&path)?;
+            let saved: migsuite::report::json::SavedRun = serde_json::from_value(report)?;
             let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
             println!("{}\n", suite_table(&saved.suite, &results));
             written.push(path);

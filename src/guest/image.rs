@@ -164,15 +164,19 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()))
 }
 
-/// Where an image built from what `hash` has seen is kept:
-/// `<artifacts>/cache/<name>-<first 8 bytes of the hash, hex>.cpio.gz`.
-pub fn cached(name: &str, hash: Sha256) -> PathBuf {
-    let key: String = hash
-        .finalize()
+/// What names a file by its content: the first 8 bytes of `hash`, hex.
+pub fn content_key(hash: Sha256) -> String {
+    hash.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+/// Where an image built from what `hash` has seen is kept:
+/// `<artifacts>/cache/<name>-<first 8 bytes of the hash, hex>.cpio.gz`.
+pub fn cached(name: &str, hash: Sha256) -> PathBuf {
+    let key = content_key(hash);
     artifacts_dir()
         .join("cache")
         .join(format!("{name}-{key}.cpio.gz"))

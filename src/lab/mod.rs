@@ -69,16 +69,23 @@ pub struct Lab {
     dir: cleanup::LabDir,
 }
 
+/// Why migsuite cannot build the lab `inventory` describes; None if it can.
+pub fn cannot_build(inventory: &Inventory) -> Option<String> {
+    (!inventory.simulated).then(|| {
+        format!(
+            "lab {}: its hosts are real machines, and migsuite drives only simulated labs yet \
+             (`simulated: true`, e.g. suites/labs/local.yaml)",
+            inventory.name
+        )
+    })
+}
+
 impl Lab {
     /// Builds pair `pair` of `inventory`, which must be simulated (the rules
     /// of `crate::inventory` make its addresses the ones built here).
     pub fn start(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
-        if !inventory.simulated {
-            bail!(
-                "lab {}: its hosts are real machines, and migsuite drives only the simulated \
-                 pair yet (`simulated: true`, e.g. suites/labs/local.yaml)",
-                inventory.name
-            );
+        if let Some(why) = cannot_build(inventory) {
+            bail!(why);
         }
         let (pair, slots) = inventory
             .pairs()
@@ -146,12 +153,11 @@ impl Lab {
     /// returns its path there. Deleted with the lab.
     pub fn create_disk(&self, bytes: u64) -> Result<String> {
         let name = pool::disk_name(self.id());
-        if self.inventory.simulated {
-            for host in [&self.destination, &self.source] {
-                self.pool(host)?.1.remove_stale_disks(&name)?;
-            }
-        }
         let (_, pool) = self.pool(&self.source)?;
+        if self.inventory.simulated {
+            self.pool(&self.destination)?.1.remove_stale_disks(&name)?;
+            pool.remove_stale_disks(&name)?;
+        }
         let path = pool.create(&name, bytes)?.path()?;
         let _ = self.disk.set(name);
         Ok(path)

@@ -10,6 +10,7 @@
 //! for `storage: local`, one per pair for `storage: shared`.
 
 use super::libvirtd::Connection;
+use crate::guest::image::content_key;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -85,13 +86,9 @@ impl Pool {
     /// volume's path on the host and whether it was uploaded now.
     pub fn upload(&self, conn: &Connection, what: &str, file: &Path) -> Result<(String, bool)> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let hash = Sha256::digest(&bytes);
         let name = format!(
             "{PREFIX}{what}-{}",
-            hash.iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            content_key(Sha256::new_with_prefix(&bytes))
         );
         let marker = format!("{name}{COMPLETE}");
         if let (Some(vol), Some(_)) = (self.volume(&name), self.volume(&marker)) {
@@ -120,6 +117,20 @@ impl Pool {
         Ok((vol.path()?, true))
     }
 
+    /// Deletes the disks of cases that were killed before their lab could
+    /// (a simulated lab's pools are this machine's, where one lab runs at a
+    /// time), all but `keep`.
+    pub fn remove_stale_disks(&self, keep: &str) -> Result<()> {
+        let stale = format!("{PREFIX}disk-");
+        for vol in self.pool.list_all_volumes(0)? {
+            let name = vol.name()?;
+            if name.starts_with(&stale) && name != keep {
+                vol.delete(0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A new raw volume of `bytes`, or the one of that name if a run cut
     /// short left it.
     pub fn create(&self, name: &str, bytes: u64) -> Result<StorageVol> {
@@ -144,21 +155,6 @@ impl Pool {
             Some(vol) => Ok(vol.delete(0)?),
             None => Ok(()),
         }
-    }
-}
-
-impl Pool {
-    /// Deletes the disks of cases that were killed before their lab could
-    /// (a simulated lab's pools are this machine's, where one lab runs at a
-    /// time), all but `keep`.
-    pub fn remove_stale_disks(&self, keep: &str) -> Result<()> {
-        let stale = format!("{PREFIX}disk-");
-        for name in self.pool.list_volumes()? {
-            if name.starts_with(&stale) && name != keep {
-                self.delete(&name)?;
-            }
-        }
-        Ok(())
     }
 }
 
