@@ -78,6 +78,18 @@ enum Command {
         #[arg(long, default_value = "target/migsuite/reports")]
         report_dir: PathBuf,
     },
+    /// List the volumes migsuite keeps in each host's storage pool (uploaded
+    /// kernels and initramfs, disks of runs cut short), through libvirt;
+    /// with --remove, delete them. Waits for each pair to be free.
+    Volumes {
+        /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
+        /// simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+        /// Delete the volumes listed.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Write the HTML page of a JSON report: one self-contained file (inline
     /// figures and style, no scripts, no outside links).
     Report {
@@ -117,14 +129,7 @@ fn main() -> ExitCode {
             report_dir,
             lab,
         } => cases(&paths).and_then(|cases| {
-            let lab = match lab {
-                Some(path) => Inventory::load(&path),
-                None => Inventory::from_env(),
-            }
-            .map_err(|e| {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            })?;
+            let lab = inventory(lab)?;
             let selected: Vec<Case> = cases
                 .into_iter()
                 .filter(|c| {
@@ -142,12 +147,76 @@ fn main() -> ExitCode {
         Command::Merge { paths, report_dir } => {
             cases(&[PathBuf::from("suites")]).map(|cases| merge(&paths, &cases, &report_dir))
         }
+        Command::Volumes { lab, remove } => inventory(lab).map(|lab| volumes(&lab, remove)),
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))
         }
     };
     done.unwrap_or_else(|failed| failed)
+}
+
+/// The lab inventory at `path`; without one, $MIGSUITE_LAB's or the built-in
+/// simulated pair.
+fn inventory(path: Option<PathBuf>) -> Result<Inventory, ExitCode> {
+    match path {
+        Some(path) => Inventory::load(&path),
+        None => Inventory::from_env(),
+    }
+    .map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Lists, and with `remove` deletes, the volumes migsuite keeps in the pool
+/// of each host of `inventory`, pair by pair (each held as a case holds it).
+fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
+    let link = LinkSpec {
+        mtu: 1500,
+        rate_mbit: None,
+        offloads: false,
+    };
+    let listed = (|| -> anyhow::Result<()> {
+        for pair in 0..inventory.pairs().count() {
+            let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
+            let lab = Lab::start(&link, inventory, pair)?;
+            for host in [&lab.source, &lab.destination] {
+                let (_conn, pool) = lab.pool(host)?;
+                let kept = pool.kept()?;
+                let mib = kept.iter().map(|v| v.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
+                let shared = match inventory.storage {
+                    migsuite::inventory::Storage::Shared => ", the pair's shared storage",
+                    migsuite::inventory::Storage::Local => "",
+                };
+                println!(
+                    "host {} (pool {}{shared}): {} volume(s), {mib:.1} MiB",
+                    host.name,
+                    host.pool,
+                    kept.len()
+                );
+                for volume in kept {
+                    println!(
+                        "  {} {:.1} MiB",
+                        volume.name,
+                        volume.bytes as f64 / f64::from(1 << 20)
+                    );
+                    if remove {
+                        pool.delete(&volume.name)?;
+                        println!("    removed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    match listed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volumes: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Checks the lab inventory at `path`, and says what it holds.
@@ -167,9 +236,10 @@ fn validate_lab(path: &Path) -> Result<ExitCode, ExitCode> {
 
 /// Merges the reports at `paths` (their cases in the order of `cases`, the
 /// suites'), writes each suite's merged report and page to `report_dir`,
-/// and prints its table.
+/// and prints its table. Fails, as `run` does, when a merged case failed.
 fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
     let order: Vec<String> = cases.iter().map(Case::name).collect();
+    let mut failed = Vec::new();
     let written = (|| -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(report_dir)?;
         let mut written = Vec::new();
@@ -184,6 +254,13 @@ fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
             ));
             std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
             let saved: migsuite::report::json::SavedRun = serde_json::from_value(report)?;
+            failed.extend(
+                saved
+                    .cases
+                    .iter()
+                    .filter(|c| !c.verdict.passed)
+                    .map(|c| c.result.case.name()),
+            );
             let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
             println!("{}\n", suite_table(&saved.suite, &results));
             written.push(path);
@@ -198,7 +275,16 @@ fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            ExitCode::SUCCESS
+            if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "merge: {} case(s) failed: {}",
+                    failed.len(),
+                    failed.join(", ")
+                );
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("merge: {e:#}");

@@ -2,7 +2,8 @@
 //! libvirt only (no ssh or copy of our own): the kernel and initramfs are
 //! uploaded by libvirt's volume upload and named by their content, so a
 //! host keeps what it already has; a case's disk is a volume of its own,
-//! deleted with the case.
+//! deleted with the case. `migsuite volumes --remove` deletes what a host
+//! kept.
 //!
 //! A real host's pool is the inventory's, defined by its owners. A simulated
 //! host's is a directory pool migsuite creates in the host's daemon, on a
@@ -148,6 +149,21 @@ impl Pool {
         .with_context(|| format!("creating volume {name}"))
     }
 
+    /// The volumes migsuite made in this pool (uploads, their markers, the
+    /// disks of runs cut short), by name.
+    pub fn kept(&self) -> Result<Vec<Kept>> {
+        let mut kept = Vec::new();
+        for vol in self.pool.list_all_volumes(0)? {
+            let name = vol.name()?;
+            if name.starts_with(PREFIX) {
+                let bytes = vol.info()?.allocation;
+                kept.push(Kept { name, bytes });
+            }
+        }
+        kept.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(kept)
+    }
+
     /// Deletes volume `name` if the pool has it.
     pub fn delete(&self, name: &str) -> Result<()> {
         self.pool.refresh(0)?;
@@ -156,6 +172,14 @@ impl Pool {
             None => Ok(()),
         }
     }
+}
+
+/// A volume migsuite made, as the host's pool reports it.
+#[derive(Debug)]
+pub struct Kept {
+    pub name: String,
+    /// Bytes the host has allocated to it.
+    pub bytes: u64,
 }
 
 /// A case's disk volume name: never content-named, it is written to.

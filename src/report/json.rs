@@ -100,7 +100,8 @@ impl RunReport {
 /// process per case) give back. Each suite's cases come in the order of
 /// `order` (case names; others after them, oldest report first); a case
 /// found twice is refused, since its two measurements could not both stand
-/// in one table.
+/// in one table, and so are reports of different labs, whose figures no
+/// table can set side by side.
 pub fn merge(paths: &[PathBuf], order: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut files = Vec::new();
     for path in paths {
@@ -135,9 +136,21 @@ pub fn merge(paths: &[PathBuf], order: &[String]) -> anyhow::Result<Vec<serde_js
     reports.sort_by_key(|(started, _, _)| *started);
     let mut merged: Vec<serde_json::Value> = Vec::new();
     let mut seen: std::collections::HashMap<String, &Path> = Default::default();
+    let mut lab: Option<(&str, &Path)> = None;
     for (_, file, report) in &reports {
         for case in report["cases"].as_array().into_iter().flatten() {
             let name = case["name"].as_str().unwrap_or_default().to_string();
+            let this_lab = case["provenance"]["lab"].as_str().unwrap_or_default();
+            match lab {
+                Some((first_lab, first)) if first_lab != this_lab => anyhow::bail!(
+                    "{} was measured on \"{first_lab}\" but case {name} in {} on \"{this_lab}\": \
+                     merge the reports of one lab",
+                    first.display(),
+                    file.display()
+                ),
+                Some(_) => {}
+                None => lab = Some((this_lab, file)),
+            }
             if let Some(first) = seen.insert(name.clone(), file) {
                 anyhow::bail!(
                     "case {name} is in both {} and {}: merge the reports of one run of each case",
@@ -294,6 +307,20 @@ mod tests {
             err.contains("case ci::kvm-fv::mtu128::a is in both"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reports_of_two_labs_are_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = report_of(dir.path(), "one.json", 100, &["a"]);
+        let two = report_of(dir.path(), "two.json", 200, &["b"]);
+        let mut other: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&two).unwrap()).unwrap();
+        other["cases"][0]["provenance"]["lab"] = "lab: rack-7 (inventory rack.yaml)".into();
+        std::fs::write(&two, other.to_string()).unwrap();
+        let err = merge(&[one, two], &[]).unwrap_err().to_string();
+        assert!(err.contains("merge the reports of one lab"), "{err}");
+        assert!(err.contains("rack-7"), "{err}");
     }
 
     #[test]
