@@ -7,16 +7,33 @@ use crate::procfs;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::time::Instant;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Below this share of one core a process is not worth naming.
 const MIN_CPU_PCT: f64 = 5.0;
+/// How often a watched census looks again: a neighbour that lived longer is
+/// named even if it ended before the case (a look costs a few ms of CPU).
+const LOOK_EVERY: Duration = Duration::from_secs(2);
 
-/// Every process's CPU time at one instant.
+/// Which pids are the case's own now, and which this process runs for other
+/// pairs (see `Census::look`).
+pub type Whose = dyn Fn() -> (HashSet<i32>, HashSet<i32>) + Send + Sync;
+
+/// Every process's CPU time when a case began, and every process seen at a
+/// later look (`look`), so that one which ended before the case did is
+/// still counted.
 pub struct Census {
     at: Instant,
-    /// (pid, start time) -> CPU ticks so far.
+    /// (pid, start time) -> CPU ticks at the census.
     ticks: HashMap<(i32, u64), u64>,
+    /// (pid, start time) -> the process as last seen.
+    seen: HashMap<(i32, u64), procfs::Stat>,
+    /// The case's own pids, and those this process ran for other pairs, at
+    /// any look.
+    own: HashSet<i32>,
+    others: HashSet<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,60 +48,86 @@ pub struct Neighbour {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Neighbours(pub Vec<Neighbour>);
 
+/// Every process now, by (pid, start time).
+fn processes() -> HashMap<(i32, u64), procfs::Stat> {
+    procfs::pids()
+        .into_iter()
+        .filter_map(|pid| procfs::stat(pid).map(|s| ((pid, s.start_ticks), s)))
+        .collect()
+}
+
 impl Census {
-    pub fn take() -> Census {
-        let ticks = procfs::pids()
-            .into_iter()
-            .filter_map(|pid| procfs::stat(pid).map(|s| ((pid, s.start_ticks), s.cpu_ticks)))
-            .collect();
+    fn take() -> Census {
         Census {
             at: Instant::now(),
-            ticks,
+            ticks: processes()
+                .into_iter()
+                .map(|(key, s)| (key, s.cpu_ticks))
+                .collect(),
+            seen: HashMap::new(),
+            own: HashSet::new(),
+            others: HashSet::new(),
         }
     }
 
-    /// Processes that used at least `MIN_CPU_PCT` of a core from this census
-    /// until now, except the ones `own` (pids of the case) or this process
-    /// started, and kernel threads; but what this process started for
-    /// `others` (other cases, on other pairs of the lab) is a neighbour.
-    pub fn neighbours_since(&self, own: &HashSet<i32>, others: &HashSet<i32>) -> Neighbours {
+    /// Looks at every process again, given which pids are the case's own
+    /// now and which this process runs for other pairs (other cases).
+    fn look(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) {
+        self.seen.extend(processes());
+        self.own.extend(own);
+        self.others.extend(others);
+    }
+
+    /// Processes that used at least `MIN_CPU_PCT` of a core from the census
+    /// until now (a last look, with `own` and `others` as in `look`), except
+    /// the case's own, the ones this process started, and kernel threads;
+    /// but what this process started for other pairs is a neighbour.
+    fn neighbours(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) -> Neighbours {
+        self.look(own, others);
         let seconds = self.at.elapsed().as_secs_f64().max(1e-3);
         let hz = procfs::clock_ticks();
-        let now: HashMap<i32, procfs::Stat> = procfs::pids()
-            .into_iter()
-            .filter_map(|pid| procfs::stat(pid).map(|s| (pid, s)))
-            .collect();
+        // Each pid's newest process, for the parent chains.
+        let mut newest: HashMap<i32, &procfs::Stat> = HashMap::new();
+        for (&(pid, _), s) in &self.seen {
+            if newest
+                .get(&pid)
+                .is_none_or(|n| n.start_ticks < s.start_ticks)
+            {
+                newest.insert(pid, s);
+            }
+        }
         let me = std::process::id() as i32;
         let ours = |pid: i32| {
             // Up the parent chain: ours if it reaches this process or the
             // case's own pids; kernel threads descend from kthreadd (2).
             let mut p = pid;
             for _ in 0..64 {
-                if own.contains(&p) || p == 2 {
+                if self.own.contains(&p) || p == 2 {
                     return true;
                 }
-                if others.contains(&p) {
+                if self.others.contains(&p) {
                     return false;
                 }
                 if p == me {
                     return true;
                 }
-                match now.get(&p) {
+                match newest.get(&p) {
                     Some(s) if s.ppid > 0 => p = s.ppid,
                     _ => return false,
                 }
             }
             false
         };
-        let mut busy: Vec<Neighbour> = now
+        let mut busy: Vec<Neighbour> = self
+            .seen
             .iter()
-            .filter(|(&pid, _)| !ours(pid))
-            .filter_map(|(&pid, s)| {
+            .filter(|(&(pid, _), _)| !ours(pid))
+            .filter_map(|(key, s)| {
                 // Started during the case: all of its time is within it.
-                let before = self.ticks.get(&(pid, s.start_ticks)).copied().unwrap_or(0);
+                let before = self.ticks.get(key).copied().unwrap_or(0);
                 let cpu_pct = s.cpu_ticks.saturating_sub(before) as f64 / hz / seconds * 100.0;
                 (cpu_pct >= MIN_CPU_PCT).then(|| Neighbour {
-                    pid,
+                    pid: key.0,
                     command: s.command.clone(),
                     cpu_pct,
                 })
@@ -92,6 +135,67 @@ impl Census {
             .collect();
         busy.sort_by(|a, b| b.cpu_pct.total_cmp(&a.cpu_pct));
         Neighbours(busy)
+    }
+}
+
+/// A census that looks again every `LOOK_EVERY` in a thread of its own,
+/// until `neighbours` or drop.
+pub struct Watch {
+    census: Arc<Mutex<Census>>,
+    whose: Arc<Whose>,
+    // Dropping the sender stops the thread.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Census {
+    /// Takes a census and keeps looking, `whose` telling the case's pids.
+    pub fn watch(whose: Arc<Whose>) -> Watch {
+        let census = Arc::new(Mutex::new(Census::take()));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = {
+            let (census, whose) = (census.clone(), whose.clone());
+            std::thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LOOK_EVERY) {
+                    let (own, others) = whose();
+                    census
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .look(&own, &others);
+                }
+            })
+        };
+        Watch {
+            census,
+            whose,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Watch {
+    /// The neighbours from the census until now.
+    pub fn neighbours(mut self) -> Neighbours {
+        self.stop_looking();
+        let (own, others) = (self.whose)();
+        self.census
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .neighbours(&own, &others)
+    }
+
+    fn stop_looking(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop_looking();
     }
 }
 
@@ -129,12 +233,12 @@ mod tests {
 
     #[test]
     fn a_busy_process_outside_the_case_is_named_unless_it_is_the_case_s() {
-        let census = Census::take();
+        let mut census = Census::take();
         let pid = spinner();
         std::thread::sleep(std::time::Duration::from_millis(500));
         let none = HashSet::new();
-        let others = census.neighbours_since(&none, &none);
-        let own = census.neighbours_since(&HashSet::from([pid]), &none);
+        let others = census.neighbours(&none, &none);
+        let own = census.neighbours(&HashSet::from([pid]), &none);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         assert!(
             others
@@ -148,7 +252,7 @@ mod tests {
 
     #[test]
     fn what_this_process_started_for_another_pair_is_a_neighbour() {
-        let census = Census::take();
+        let mut census = Census::take();
         let mut child = std::process::Command::new("sh")
             .args(["-c", "while :; do :; done"])
             .spawn()
@@ -156,8 +260,8 @@ mod tests {
         let pid = child.id() as i32;
         std::thread::sleep(std::time::Duration::from_millis(500));
         let none = HashSet::new();
-        let for_us = census.neighbours_since(&none, &none);
-        let for_another_pair = census.neighbours_since(&none, &HashSet::from([pid]));
+        let for_us = census.neighbours(&none, &none);
+        let for_another_pair = census.neighbours(&none, &HashSet::from([pid]));
         let _ = child.kill();
         let _ = child.wait();
         assert!(for_us.0.iter().all(|n| n.pid != pid), "{for_us}");
@@ -165,6 +269,35 @@ mod tests {
             for_another_pair.0.iter().any(|n| n.pid == pid),
             "{for_another_pair}"
         );
+    }
+
+    #[test]
+    fn a_neighbour_that_ended_before_the_case_is_still_named() {
+        let mut census = Census::take();
+        let pid = spinner();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let none = HashSet::new();
+        census.look(&none, &none);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            procfs::stat(pid).is_none_or(|s| s.state == 'Z')
+        });
+        assert!(gone, "the spinner {pid} outlived SIGKILL");
+        let beside = census.neighbours(&none, &none);
+        assert!(beside.0.iter().any(|n| n.pid == pid), "{beside}");
+    }
+
+    #[test]
+    fn a_watch_names_a_neighbour_that_ended_between_its_looks() {
+        let none = || (HashSet::new(), HashSet::new());
+        let watch = Census::watch(Arc::new(none));
+        let pid = spinner();
+        std::thread::sleep(LOOK_EVERY + Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(300));
+        let beside = watch.neighbours();
+        assert!(beside.0.iter().any(|n| n.pid == pid), "{beside}");
     }
 
     #[test]

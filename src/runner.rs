@@ -16,12 +16,11 @@ use crate::measure::{
     Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
     Unit, MIB,
 };
-use crate::neighbours::Census;
+use crate::neighbours::{Census, Whose};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
@@ -223,7 +222,7 @@ fn run_in(
         info.accel,
         info.hypervisor_version
     ));
-    let census = Census::take();
+    let census = Census::watch(lab_processes(lab));
     let mut runs = Vec::new();
     for i in 1..=case.repeat {
         progress(&format!(
@@ -262,15 +261,7 @@ fn run_in(
             backend.adopt_moved_guest(lab)?;
         }
     }
-    let own: HashSet<i32> = [&lab.source.netns, &lab.destination.netns, &lab.switch]
-        .iter()
-        .flat_map(|ns| netns::processes(&ns.name))
-        .collect();
-    let others: HashSet<i32> = lab::cleanup::other_labs_processes(lab.id())
-        .into_iter()
-        .chain(backend::kept_for_other_pairs(lab.pair))
-        .collect();
-    let beside = census.neighbours_since(&own, &others);
+    let beside = census.neighbours();
     let provenance = Provenance {
         accel: info.accel,
         host_kind: format!(
@@ -299,6 +290,28 @@ fn run_in(
 }
 
 /// One measured migration of the running guest, from the lab's source.
+/// What tells, at any time, the pids of `lab` (its namespaces' processes)
+/// and those this process runs for other pairs: what the census of its
+/// neighbours must not and must name.
+fn lab_processes(lab: &Lab) -> std::sync::Arc<Whose> {
+    let namespaces: Vec<String> = [&lab.source.netns, &lab.destination.netns, &lab.switch]
+        .iter()
+        .map(|ns| ns.name.clone())
+        .collect();
+    let (id, pair) = (lab.id().to_string(), lab.pair);
+    std::sync::Arc::new(move || {
+        let own = namespaces
+            .iter()
+            .flat_map(|ns| netns::processes(ns))
+            .collect();
+        let others = lab::cleanup::other_labs_processes(&id)
+            .into_iter()
+            .chain(backend::kept_for_other_pairs(pair))
+            .collect();
+        (own, others)
+    })
+}
+
 fn run_once(
     lab: &Lab,
     case: &Case,

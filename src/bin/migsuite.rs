@@ -182,7 +182,7 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
             let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
             let lab = Lab::start(&link, inventory, pair)?;
             for host in [&lab.source, &lab.destination] {
-                let (_conn, pool) = lab.pool(host)?;
+                let pool = lab.pool(host)?;
                 let kept = pool.kept()?;
                 let mib = kept.iter().map(|v| v.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
                 let shared = match inventory.storage {

@@ -51,6 +51,9 @@ pub struct Host {
 
 #[derive(Debug)]
 pub struct Lab {
+    /// Each host's storage pool, by host index, once opened (`pool`);
+    /// first, so its connections close before the daemons stop.
+    pools: [std::sync::OnceLock<pool::Pool>; 2],
     /// Where the guest is now, and where it goes next.
     pub source: Host,
     pub destination: Host,
@@ -127,6 +130,7 @@ impl Lab {
         let source = host(pair.hosts[0], ns_a, 0)?;
         let destination = host(pair.hosts[1], ns_b, 1)?;
         let lab = Lab {
+            pools: Default::default(),
             source,
             destination,
             switch,
@@ -153,9 +157,9 @@ impl Lab {
     /// returns its path there. Deleted with the lab.
     pub fn create_disk(&self, bytes: u64) -> Result<String> {
         let name = pool::disk_name(self.id());
-        let (_, pool) = self.pool(&self.source)?;
+        let pool = self.pool(&self.source)?;
         if self.inventory.simulated {
-            self.pool(&self.destination)?.1.remove_stale_disks(&name)?;
+            self.pool(&self.destination)?.remove_stale_disks(&name)?;
             pool.remove_stale_disks(&name)?;
         }
         let path = pool.create(&name, bytes)?.path()?;
@@ -163,12 +167,16 @@ impl Lab {
         Ok(path)
     }
 
-    /// Host `host`'s storage pool, opened through its daemon.
-    pub fn pool(&self, host: &Host) -> Result<(libvirtd::Connection, pool::Pool)> {
+    /// Host `host`'s storage pool, opened through its daemon the first time.
+    pub fn pool(&self, host: &Host) -> Result<&pool::Pool> {
+        let opened = &self.pools[usize::from(host.index)];
+        if let Some(pool) = opened.get() {
+            return Ok(pool);
+        }
         let conn = self.connect(&host.libvirtd.uri())?;
-        let pool = pool::Pool::open(&conn, &host.pool, self.inventory.simulated)
+        let pool = pool::Pool::open(conn, &host.pool, self.inventory.simulated)
             .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
-        Ok((conn, pool))
+        Ok(opened.get_or_init(|| pool))
     }
 
     pub fn shared_dir(&self) -> std::path::PathBuf {
@@ -217,7 +225,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let Some(disk) = self.disk.get() else { return };
         for host in [&self.source, &self.destination] {
-            if let Err(e) = self.pool(host).and_then(|(_, p)| p.delete(disk)) {
+            if let Err(e) = self.pool(host).and_then(|p| p.delete(disk)) {
                 eprintln!(
                     "migsuite: cannot delete volume {disk} on host {}: {e:#}",
                     host.name

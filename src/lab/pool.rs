@@ -40,16 +40,25 @@ pub fn simulated_dir(lab: &str, holder: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// One host's pool.
+/// One host's pool, and the connection it was opened by.
 pub struct Pool {
+    // Declaration order is drop order: the pool before its connection.
     pool: StoragePool,
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let name = self.pool.name().unwrap_or_default();
+        f.debug_struct("Pool").field("name", &name).finish()
+    }
 }
 
 impl Pool {
     /// The pool `name` of the daemon behind `conn`. On a simulated host the
     /// pool is made (a transient directory pool on SIMULATED_TARGET) if the
     /// daemon has none of that name.
-    pub fn open(conn: &Connection, name: &str, simulated: bool) -> Result<Pool> {
+    pub fn open(conn: Connection, name: &str, simulated: bool) -> Result<Pool> {
         let pool = match conn.lookup_storage_pool_by_name(name) {
             Ok(pool) => pool,
             Err(_) if simulated => conn
@@ -72,26 +81,32 @@ impl Pool {
             pool.create(0)
                 .with_context(|| format!("starting the storage pool `{name}`"))?;
         }
-        // Another daemon (the other simulated host, on shared storage) may
-        // have added volumes since this one last looked.
-        pool.refresh(0)?;
-        Ok(Pool { pool })
+        Ok(Pool { pool, conn })
     }
 
     fn volume(&self, name: &str) -> Option<StorageVol> {
         self.pool.lookup_storage_vol_by_name(name).ok()
     }
 
+    /// Every volume in the pool now: another daemon (the other simulated
+    /// host, on shared storage) may have added or removed some since this
+    /// one last looked.
+    fn volumes(&self) -> Result<Vec<StorageVol>> {
+        self.pool.refresh(0)?;
+        Ok(self.pool.list_all_volumes(0)?)
+    }
+
     /// Puts `file` in the pool, named `migsuite-<what>-<sha256 prefix>`,
     /// unless a complete upload of it is there already; returns the
     /// volume's path on the host and whether it was uploaded now.
-    pub fn upload(&self, conn: &Connection, what: &str, file: &Path) -> Result<(String, bool)> {
+    pub fn upload(&self, what: &str, file: &Path) -> Result<(String, bool)> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let name = format!(
             "{PREFIX}{what}-{}",
             content_key(Sha256::new_with_prefix(&bytes))
         );
         let marker = format!("{name}{COMPLETE}");
+        self.pool.refresh(0)?;
         if let (Some(vol), Some(_)) = (self.volume(&name), self.volume(&marker)) {
             return Ok((vol.path()?, false));
         }
@@ -101,7 +116,7 @@ impl Pool {
             }
         }
         let vol = self.create(&name, bytes.len() as u64)?;
-        let stream = Stream::new(conn, 0)?;
+        let stream = Stream::new(&self.conn, 0)?;
         vol.upload(&stream, 0, bytes.len() as u64, 0)
             .with_context(|| format!("uploading {} to volume {name}", file.display()))?;
         for piece in bytes.chunks(CHUNK) {
@@ -123,7 +138,7 @@ impl Pool {
     /// time), all but `keep`.
     pub fn remove_stale_disks(&self, keep: &str) -> Result<()> {
         let stale = format!("{PREFIX}disk-");
-        for vol in self.pool.list_all_volumes(0)? {
+        for vol in self.volumes()? {
             let name = vol.name()?;
             if name.starts_with(&stale) && name != keep {
                 vol.delete(0)?;
@@ -153,7 +168,7 @@ impl Pool {
     /// disks of runs cut short), by name.
     pub fn kept(&self) -> Result<Vec<Kept>> {
         let mut kept = Vec::new();
-        for vol in self.pool.list_all_volumes(0)? {
+        for vol in self.volumes()? {
             let name = vol.name()?;
             if name.starts_with(PREFIX) {
                 let bytes = vol.info()?.allocation;

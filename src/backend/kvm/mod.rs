@@ -253,10 +253,10 @@ impl Kvm {
     fn put_guest_files(&mut self, lab: &Lab) -> Result<domain::GuestFiles> {
         let mut paths = Vec::new();
         for host in [&lab.source, &lab.destination] {
-            let (conn, pool) = lab.pool(host)?;
+            let pool = lab.pool(host)?;
             let mut uploaded = Vec::new();
             let mut put = |what: &str, file: &std::path::Path| -> Result<String> {
-                let (path, now) = pool.upload(&conn, what, file)?;
+                let (path, now) = pool.upload(what, file)?;
                 if now {
                     uploaded.push(what.to_string());
                 }
