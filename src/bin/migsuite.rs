@@ -46,6 +46,10 @@ enum Command {
         /// Token-bucket rate of the link, Mbit/s; 0 = unshaped.
         #[arg(long, default_value_t = 1000)]
         rate_mbit: u64,
+        /// The lab inventory whose first free pair is measured; by default
+        /// $MIGSUITE_LAB, else the built-in simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
     },
     /// Run the cases on the local lab, print the tables, write a JSON report
     /// and its HTML page beside it.
@@ -109,7 +113,11 @@ fn main() -> ExitCode {
         })
     };
     let done = match Cli::parse().command {
-        Command::Calibrate { mtu, rate_mbit } => Ok(calibrate(mtu, rate_mbit)),
+        Command::Calibrate {
+            mtu,
+            rate_mbit,
+            lab,
+        } => inventory(lab).map(|lab| calibrate(mtu, rate_mbit, &lab)),
         Command::Validate { paths, lab } => cases(&paths).and_then(|cases| {
             println!("ok: {} cases", cases.len());
             lab.map_or(Ok(ExitCode::SUCCESS), |lab| validate_lab(&lab))
@@ -308,17 +316,16 @@ fn write_html(json: &Path, page: &Path) -> ExitCode {
     }
 }
 
-fn calibrate(mtu: u32, rate_mbit: u64) -> ExitCode {
+fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
     let link = LinkSpec {
         mtu,
         rate_mbit: (rate_mbit > 0).then_some(rate_mbit),
         offloads: false,
     };
     let measured = (|| -> anyhow::Result<_> {
-        let inventory = Inventory::from_env()?;
         let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
         let exclusive = migsuite::runner::exclusive(&pairs, &|m| eprintln!("{m}"))?;
-        let lab = Lab::start(&link, &inventory, exclusive.pair)?;
+        let lab = Lab::start(&link, inventory, exclusive.pair)?;
         let in_lab = calibration::link_rates(&lab)?;
         drop(lab);
         Ok((in_lab, calibration::bare_pair_rates(&link)?))
