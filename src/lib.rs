@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod case;
 pub mod failure;
 pub mod guest;
+pub mod heartbeat;
 pub mod inventory;
 pub mod lab;
 pub mod landmarks;

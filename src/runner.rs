@@ -328,8 +328,7 @@ fn run_once(
         backend.process_probe(lab),
     );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
-    monitor.inject();
-    let warning = monitor.wait_warning(WARNING_TIMEOUT)?;
+    let warning = monitor.inject(WARNING_TIMEOUT)?;
     let t0 = warning.heard_at;
     progress(&format!(
         "{}: host {} warned it is going down; evacuating to {}",
@@ -340,11 +339,11 @@ fn run_once(
     if !warning.ignored_from.is_empty() {
         let from: Vec<String> = warning.ignored_from.iter().map(|a| a.to_string()).collect();
         progress(&format!(
-            "{}: the failure monitor ignored warnings from {} (only host {} at {} is heeded)",
+            "{}: the failure monitor ignored unauthenticated datagrams from {} (only host {}'s \
+             agent, sealing with the lab's key, is heeded)",
             case.name(),
             from.join(", "),
             lab.source.name,
-            lab.source.libvirtd.addr
         ));
     }
 

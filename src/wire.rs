@@ -6,11 +6,11 @@ pub const MAGIC: [u8; 4] = *b"MSW1";
 /// Heartbeats and hellos go here; the packet stream goes to DATA_PORT.
 pub const OBSERVER_PORT: u16 = 7000;
 pub const DATA_PORT: u16 = 7002;
-/// Lab hosts' heartbeats (failure warnings) go here.
+/// Lab hosts' heartbeats (failure warnings, `crate::heartbeat`) go here.
 pub const MONITOR_PORT: u16 = 7001;
-/// What a lab host's heartbeat says: alive, or about to go down.
-pub const HOST_ALIVE: &[u8] = b"alive";
-pub const HOST_GOING_DOWN: &[u8] = b"going-down";
+/// The warning a hostile guest forges: not sealed with the lab's key, so
+/// the monitor does not heed it.
+pub const FORGED_GOING_DOWN: &[u8] = b"going-down";
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1;
 
 pub const KIND_HELLO: u8 = 0;

@@ -94,6 +94,24 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Run a lab host's agent: sends the host's heartbeat to the failure
+    /// monitor and announces going down when the runner orders it, every
+    /// datagram sealed with the lab's key (a real host runs this as a
+    /// service; a simulated host's agent is a thread of the runner).
+    HostAgent {
+        /// The host's name in the lab inventory.
+        #[arg(long)]
+        name: String,
+        /// The lab's heartbeat key: at least 32 bytes, mode 600.
+        #[arg(long)]
+        key: PathBuf,
+        /// The host's management address, where it takes the runner's orders.
+        #[arg(long)]
+        listen: std::net::IpAddr,
+        /// The failure monitor's address and port (the runner's).
+        #[arg(long)]
+        monitor: std::net::SocketAddr,
+    },
     /// Write the HTML page of a JSON report: one self-contained file (inline
     /// figures and style, no scripts, no outside links).
     Report {
@@ -156,6 +174,12 @@ fn main() -> ExitCode {
             cases(&[PathBuf::from("suites")]).map(|cases| merge(&paths, &cases, &report_dir))
         }
         Command::Volumes { lab, remove } => inventory(lab).map(|lab| volumes(&lab, remove)),
+        Command::HostAgent {
+            name,
+            key,
+            listen,
+            monitor,
+        } => Ok(host_agent(&name, &key, listen, monitor)),
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))
@@ -222,6 +246,35 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("volumes: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves as host `name`'s agent until interrupted.
+fn host_agent(
+    name: &str,
+    key: &Path,
+    listen: std::net::IpAddr,
+    monitor: std::net::SocketAddr,
+) -> ExitCode {
+    use migsuite::heartbeat;
+    let served = (|| -> anyhow::Result<()> {
+        let key = heartbeat::Key::load(key)?;
+        let socket = std::net::UdpSocket::bind((listen, heartbeat::AGENT_PORT))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_signal = stop.clone();
+        ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))?;
+        eprintln!(
+            "host {name}'s agent: orders on {listen}:{}, heartbeats to {monitor}",
+            heartbeat::AGENT_PORT
+        );
+        heartbeat::serve(name, &key, &socket, monitor, &stop)
+    })();
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("host-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
