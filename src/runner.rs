@@ -3,7 +3,7 @@
 //! hosts), settling; teardown. Produces
 //! measurements only; judging and reporting happen downstream.
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, BackendInfo};
 use crate::case::Case;
 use crate::failure::FailureMonitor;
 use crate::inventory::Inventory;
@@ -16,11 +16,12 @@ use crate::measure::{
     Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
     Unit, MIB,
 };
-use crate::neighbours::{Census, Whose};
+use crate::neighbours::{Census, Neighbours, Whose};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
@@ -261,8 +262,25 @@ fn run_in(
             backend.adopt_moved_guest(lab)?;
         }
     }
-    let beside = census.neighbours();
-    let provenance = Provenance {
+    Ok(CaseResult {
+        case: case.clone(),
+        provenance: provenance(lab, info, &hello, census.neighbours()),
+        calibration,
+        runs,
+        held_unix_ms: None,
+    })
+}
+
+/// What produced a case's figures: the lab and its machine, what the
+/// backend ran (`info`), the guest's own report (`hello`), and what ran
+/// beside it.
+fn provenance(
+    lab: &Lab,
+    info: BackendInfo,
+    hello: &BTreeMap<String, String>,
+    beside: Neighbours,
+) -> Provenance {
+    Provenance {
         accel: info.accel,
         host_kind: format!(
             "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
@@ -279,17 +297,9 @@ fn run_in(
         beside,
         host_cpus: Some(num_cpus() as u32),
         host_memory_mib: crate::procfs::meminfo_mib("MemTotal"),
-    };
-    Ok(CaseResult {
-        case: case.clone(),
-        provenance,
-        calibration,
-        runs,
-        held_unix_ms: None,
-    })
+    }
 }
 
-/// One measured migration of the running guest, from the lab's source.
 /// What tells, at any time, the pids of `lab` (its namespaces' processes)
 /// and those this process runs for other pairs: what the census of its
 /// neighbours must not and must name.
@@ -312,6 +322,7 @@ fn lab_processes(lab: &Lab) -> std::sync::Arc<Whose> {
     })
 }
 
+/// One measured migration of the running guest, from the lab's source.
 fn run_once(
     lab: &Lab,
     case: &Case,

@@ -17,6 +17,10 @@ pub struct Pids {
     pub toolstack: [Option<i32>; 2],
 }
 
+/// What the sampler calls at every tick to find the pids to sample (a
+/// backend's `process_probe`): processes come and go as the guest moves.
+pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
+
 /// Timeline names per host: (hypervisor CPU, hypervisor memory, toolstack CPU).
 const NAMES: [(&str, &str, &str); 2] = [
     (
@@ -63,7 +67,7 @@ fn machine_used_mib() -> Option<f64> {
 }
 
 impl Sampler {
-    pub fn start(interval: Duration, pids: crate::backend::ProcessProbe) -> Sampler {
+    pub fn start(interval: Duration, pids: ProcessProbe) -> Sampler {
         let series = Arc::new(Mutex::new(Series::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (series2, stop2) = (series.clone(), stop.clone());

@@ -11,7 +11,7 @@ pub mod xen;
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::{netns, Lab};
 use crate::measure::{Outcome, Phases};
-use crate::sampler::Pids;
+use crate::sampler::{Pids, ProcessProbe};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -135,8 +135,6 @@ pub trait Backend {
         })
     }
 }
-
-pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 
 /// The backend for `hypervisor`, or why this build cannot run it.
 pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {

@@ -17,11 +17,12 @@ mod post_copy;
 pub mod stats;
 mod stop_and_copy;
 
-use super::{Backend, BackendInfo, Evacuation, ProcessProbe};
+use super::{Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Strategy};
 use crate::lab::{netns, Lab};
 use crate::pidfd::ProcessHandle;
 use crate::sampler::Pids;
+use crate::sampler::ProcessProbe;
 use anyhow::Result;
 use binary::Criu;
 use nix::sys::signal::Signal;

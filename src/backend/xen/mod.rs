@@ -20,12 +20,13 @@ pub mod dom0;
 pub mod host;
 mod hvm;
 
-use super::{span_ms, Backend, BackendInfo, Evacuation, ProcessProbe};
+use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{AccelChoice, Case, Hypervisor, Topology};
 use crate::guest::image::GuestImage;
 use crate::lab::{network, Lab};
 use crate::measure::{Outcome, Phases};
 use crate::sampler::Pids;
+use crate::sampler::ProcessProbe;
 use anyhow::{bail, Context, Result};
 use host::XenHost;
 use std::collections::BTreeMap;
