@@ -1,9 +1,13 @@
 //! The study's conclusions, checked one by one against a run: each holds,
-//! does not hold here, or was not measured, with the numbers that decide it.
+//! does not hold here, is within noise, or was not measured, with the
+//! numbers that decide it.
 //!
 //! Our figures are medians over the completed runs of every case that stands
 //! for one of the study's rows (hypervisor and packet data size, as
-//! `study::packet_data_size` matches them).
+//! `study::packet_data_size` matches them). Two figures closer than the
+//! cases' noise threshold for the metric (the gate's, `noise` in suites),
+//! or whose runs' ranges overlap, decide nothing: one run more could turn
+//! a strict comparison of them either way.
 
 use super::study::packet_data_size;
 use super::table::{Cell, Table};
@@ -17,6 +21,8 @@ use std::collections::BTreeMap;
 enum Finding {
     Holds,
     DoesNotHold,
+    /// No comparison failed, but some were too close to tell.
+    WithinNoise,
     NotMeasured,
 }
 
@@ -25,9 +31,72 @@ impl Finding {
         match self {
             Finding::Holds => "holds",
             Finding::DoesNotHold => "does not hold here",
+            Finding::WithinNoise => "within noise here",
             Finding::NotMeasured => "not measured",
         }
     }
+}
+
+/// What one comparison found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    Yes,
+    No,
+    /// The figures are too close to tell.
+    Close,
+}
+
+impl Held {
+    fn mark(self) -> &'static str {
+        match self {
+            Held::Yes => "✓",
+            Held::No => "✗",
+            Held::Close => "≈",
+        }
+    }
+}
+
+/// One row's figure of a metric: the median of its runs, their range, and
+/// the noise threshold of its cases for the metric, if it has one.
+#[derive(Clone, Copy, Debug)]
+struct Figure {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: usize,
+    noise: Option<f64>,
+}
+
+impl Figure {
+    /// Whether `self` is clearly below `other`: `Close` when they differ
+    /// by less than the larger noise threshold (a fraction of the larger
+    /// figure), or when both have several runs and the ranges overlap.
+    fn below(&self, other: &Figure) -> Held {
+        let noise = match (self.noise, other.noise) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let larger = self.median.abs().max(other.median.abs());
+        let close_medians = noise.is_some_and(|n| (self.median - other.median).abs() < n * larger);
+        let overlapping =
+            self.runs > 1 && other.runs > 1 && self.min <= other.max && other.min <= self.max;
+        if close_medians || overlapping {
+            Held::Close
+        } else if self.median < other.median {
+            Held::Yes
+        } else {
+            Held::No
+        }
+    }
+}
+
+/// All of `helds` together: No if any is, Yes if all are, else Close.
+fn all(helds: impl IntoIterator<Item = Held>) -> Held {
+    helds.into_iter().fold(Held::Yes, |all, h| match (all, h) {
+        (Held::No, _) | (_, Held::No) => Held::No,
+        (Held::Close, _) | (_, Held::Close) => Held::Close,
+        _ => Held::Yes,
+    })
 }
 
 /// What a conclusion says of the figures, at every packet data size.
@@ -124,8 +193,8 @@ struct Checked {
     statement: &'static str,
     stated: &'static str,
     finding: Finding,
-    /// Each comparison made, with its numbers, marked ✓ where it held and
-    /// ✗ where not.
+    /// Each comparison made, with its numbers, marked ✓ where it held, ✗
+    /// where not and ≈ where the figures were too close to tell.
     evidence: Vec<String>,
 }
 
@@ -146,14 +215,23 @@ impl<'a> Grid<'a> {
         Grid { cases }
     }
 
-    fn median(&self, hypervisor: Hypervisor, size: u32, metric: &Metric) -> Option<f64> {
-        let values: Vec<f64> = self
-            .cases
-            .get(&(hypervisor, size))?
-            .iter()
-            .flat_map(|r| metric.values(&r.runs))
-            .collect();
-        Summary::of(&values).map(|s| s.median)
+    fn figure(&self, hypervisor: Hypervisor, size: u32, metric: &Metric) -> Option<Figure> {
+        let cases = self.cases.get(&(hypervisor, size))?;
+        let values: Vec<f64> = cases.iter().flat_map(|r| metric.values(&r.runs)).collect();
+        let s = Summary::of(&values)?;
+        let noise = metric.gated.and_then(|threshold| {
+            cases
+                .iter()
+                .map(|r| threshold(&r.case.noise))
+                .reduce(f64::max)
+        });
+        Some(Figure {
+            median: s.median,
+            min: s.min,
+            max: s.max,
+            runs: s.n,
+            noise,
+        })
     }
 
     /// The packet data sizes measured, largest first.
@@ -165,35 +243,39 @@ impl<'a> Grid<'a> {
     }
 
     /// (hypervisor, figure) at `size` for every hypervisor that has one.
-    fn figures(&self, size: u32, metric: &Metric) -> Vec<(Hypervisor, f64)> {
+    fn figures(&self, size: u32, metric: &Metric) -> Vec<(Hypervisor, Figure)> {
         Hypervisor::ALL
             .into_iter()
-            .filter_map(|h| Some((h, self.median(h, size, metric)?)))
+            .filter_map(|h| Some((h, self.figure(h, size, metric)?)))
             .collect()
     }
 }
 
-/// Every comparison `claim` makes on `metric`: its text and whether it held.
-fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, bool)> {
-    let show = |v: f64| metric.unit.format(v);
+/// Every comparison `claim` makes on `metric`: its text and what it found.
+fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, Held)> {
+    let show = |f: &Figure| metric.unit.format(f.median);
     let mut out = vec![];
     match *claim {
         Claim::Below { lower, higher } => {
             for size in grid.sizes() {
                 let (Some(lo), Some(hi)) = (
-                    grid.median(lower, size, metric),
-                    grid.median(higher, size, metric),
+                    grid.figure(lower, size, metric),
+                    grid.figure(higher, size, metric),
                 ) else {
                     continue;
                 };
-                let held = lo < hi;
+                let held = lo.below(&hi);
+                let sign = match held {
+                    Held::Yes => "<",
+                    Held::No => ">=",
+                    Held::Close => "≈",
+                };
                 out.push((
                     format!(
-                        "{} at {size} B: {lower} {} {} {higher} {}",
+                        "{} at {size} B: {lower} {} {sign} {higher} {}",
                         metric.label,
-                        show(lo),
-                        if held { "<" } else { ">=" },
-                        show(hi)
+                        show(&lo),
+                        show(&hi)
                     ),
                     held,
                 ));
@@ -205,21 +287,21 @@ fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, bool)> {
                 let Some(&(_, own)) = figures.iter().find(|(h, _)| *h == largest) else {
                     continue;
                 };
-                let others: Vec<&(Hypervisor, f64)> =
+                let others: Vec<&(Hypervisor, Figure)> =
                     figures.iter().filter(|(h, _)| *h != largest).collect();
                 if others.is_empty() {
                     continue;
                 }
-                let held = others.iter().all(|(_, v)| own > *v);
+                let held = all(others.iter().map(|(_, f)| f.below(&own)));
                 let listed: Vec<String> = others
                     .iter()
-                    .map(|(h, v)| format!("{h} {}", show(*v)))
+                    .map(|(h, f)| format!("{h} {}", show(f)))
                     .collect();
                 out.push((
                     format!(
                         "{} at {size} B: {largest} {} against {}",
                         metric.label,
-                        show(own),
+                        show(&own),
                         listed.join(", ")
                     ),
                     held,
@@ -228,18 +310,18 @@ fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, bool)> {
         }
         Claim::GrowsAsPacketsShrink => {
             for hypervisor in Hypervisor::ALL {
-                let figures: Vec<(u32, f64)> = grid
+                let figures: Vec<(u32, Figure)> = grid
                     .sizes()
                     .into_iter()
-                    .filter_map(|size| Some((size, grid.median(hypervisor, size, metric)?)))
+                    .filter_map(|size| Some((size, grid.figure(hypervisor, size, metric)?)))
                     .collect();
                 if figures.len() < 2 {
                     continue;
                 }
-                let held = figures.windows(2).all(|w| w[1].1 > w[0].1);
+                let held = all(figures.windows(2).map(|w| w[0].1.below(&w[1].1)));
                 let listed: Vec<String> = figures
                     .iter()
-                    .map(|(size, v)| format!("{size} B {}", show(*v)))
+                    .map(|(size, f)| format!("{size} B {}", show(f)))
                     .collect();
                 out.push((
                     format!("{} of {hypervisor}: {}", metric.label, listed.join(", ")),
@@ -258,7 +340,7 @@ fn check(results: &[CaseResult]) -> Vec<Checked> {
     CONCLUSIONS
         .iter()
         .map(|c| {
-            let comparisons: Vec<(String, bool)> = c
+            let comparisons: Vec<(String, Held)> = c
                 .metrics
                 .iter()
                 .filter_map(|key| METRICS.iter().find(|m| m.key == *key))
@@ -266,10 +348,12 @@ fn check(results: &[CaseResult]) -> Vec<Checked> {
                 .collect();
             let finding = if comparisons.is_empty() {
                 Finding::NotMeasured
-            } else if comparisons.iter().all(|(_, held)| *held) {
-                Finding::Holds
             } else {
-                Finding::DoesNotHold
+                match all(comparisons.iter().map(|(_, held)| *held)) {
+                    Held::Yes => Finding::Holds,
+                    Held::No => Finding::DoesNotHold,
+                    Held::Close => Finding::WithinNoise,
+                }
             };
             Checked {
                 statement: c.statement,
@@ -277,7 +361,7 @@ fn check(results: &[CaseResult]) -> Vec<Checked> {
                 finding,
                 evidence: comparisons
                     .into_iter()
-                    .map(|(text, held)| format!("{} {text}", if held { "✓" } else { "✗" }))
+                    .map(|(text, held)| format!("{} {text}", held.mark()))
                     .collect(),
             }
         })
@@ -296,7 +380,10 @@ pub fn conclusions_table(results: &[CaseResult]) -> Table {
         ],
     );
     t.notes.push(
-        "medians over the completed runs of the cases standing for each of the study's rows".into(),
+        "medians over the completed runs of the cases standing for each of the study's rows; \
+         ≈: closer than the cases' noise threshold for the metric, or with runs whose ranges \
+         overlap (within noise)"
+            .into(),
     );
     for c in check(results) {
         t.rows.push(vec![
@@ -316,12 +403,26 @@ pub fn conclusions_table(results: &[CaseResult]) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case::PacketSize;
+    use crate::case::{NoiseThresholds, PacketSize};
     use crate::report::fixtures::{case, provenance, run};
 
-    /// A case of the study's game standing for `size` B, its runs taking
-    /// `total_ms` with `downtime_ms`.
+    /// A case of the study's game standing for `size` B, its run taking
+    /// `total_ms` with `downtime_ms`, judged without noise thresholds.
     fn result(hypervisor: Hypervisor, size: u32, total_ms: f64, downtime_ms: f64) -> CaseResult {
+        let mut r = noisy(hypervisor, size, &[(total_ms, downtime_ms)]);
+        r.case.noise = NoiseThresholds {
+            total_time: 0.0,
+            downtime: 0.0,
+            guest_downtime: 0.0,
+            throughput: 0.0,
+            peak_memory: 0.0,
+        };
+        r
+    }
+
+    /// A case of the study's game standing for `size` B, with the default
+    /// noise thresholds and a run of each (total, downtime) in `runs`.
+    fn noisy(hypervisor: Hypervisor, size: u32, runs: &[(f64, f64)]) -> CaseResult {
         let mut case = case();
         case.hypervisor = hypervisor;
         case.link.mtu = if size == 32 { 1500 } else { size };
@@ -335,7 +436,7 @@ mod tests {
             provenance: provenance(),
             calibration: Default::default(),
             held_unix_ms: None,
-            runs: vec![run(total_ms, downtime_ms)],
+            runs: runs.iter().map(|&(total, down)| run(total, down)).collect(),
         }
     }
 
@@ -400,6 +501,48 @@ mod tests {
             finding(&checked, "CPU consumption grows").0,
             Finding::DoesNotHold
         );
+    }
+
+    #[test]
+    fn figures_within_noise_decide_nothing() {
+        // Total times 10 % apart, under the 20 % threshold; downtimes of
+        // three runs each whose ranges overlap.
+        let checked = check(&[
+            noisy(
+                Hypervisor::Openvz,
+                1500,
+                &[(2700.0, 40.0), (2700.0, 90.0), (2700.0, 60.0)],
+            ),
+            noisy(
+                Hypervisor::XenPv,
+                1500,
+                &[(3000.0, 80.0), (3000.0, 200.0), (3000.0, 150.0)],
+            ),
+        ]);
+        let (f, evidence) = finding(&checked, "OpenVZ's total");
+        assert_eq!(f, Finding::WithinNoise);
+        assert_eq!(
+            evidence,
+            "≈ total time at 1500 B: openvz 2700.0 ms ≈ xen-pv 3000.0 ms"
+        );
+        assert_eq!(
+            finding(&checked, "OpenVZ's downtime").0,
+            Finding::WithinNoise
+        );
+        // Apart by more than the threshold and the runs' ranges: decided.
+        let checked = check(&[
+            noisy(Hypervisor::Openvz, 1500, &[(1000.0, 40.0), (1100.0, 50.0)]),
+            noisy(Hypervisor::XenPv, 1500, &[(3000.0, 200.0), (3200.0, 210.0)]),
+        ]);
+        assert_eq!(finding(&checked, "OpenVZ's total").0, Finding::Holds);
+        assert_eq!(finding(&checked, "OpenVZ's downtime").0, Finding::Holds);
+    }
+
+    #[test]
+    fn a_failed_comparison_outweighs_a_close_one() {
+        assert_eq!(all([Held::Yes, Held::Close, Held::No]), Held::No);
+        assert_eq!(all([Held::Yes, Held::Close]), Held::Close);
+        assert_eq!(all([Held::Yes, Held::Yes]), Held::Yes);
     }
 
     #[test]

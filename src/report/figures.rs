@@ -1,7 +1,7 @@
 //! Figures of a run, drawn as SVG text for the HTML report: per case, CPU
 //! and memory of both hosts over time with the moments of the migration
 //! marked; per suite, total time and downtime per hypervisor and MTU as
-//! grouped bars. Text is left to the SVG viewer's fonts (no font files).
+//! grouped bars (on a log scale where they span more than ×20). Text is left to the SVG viewer's fonts (no font files).
 
 use crate::case::{Case, Strategy};
 use crate::landmarks::run_landmarks;
@@ -27,6 +27,83 @@ const COLOURS: [RGBColor; 6] = [
 const MARK_COLOUR: RGBColor = RGBColor(90, 90, 90);
 /// Room above the highest value for the legend and the marks' labels.
 const HEADROOM: f64 = 1.45;
+/// Bars whose values span more than this factor are drawn on a log scale:
+/// on a linear one, a Xen row's minutes flatten KVM's seconds to slivers.
+const LOG_SPAN: f64 = 20.0;
+
+/// The value axis of a bar panel: linear from 0, or log10 from the decade
+/// below the smallest value. Bars are drawn in axis units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scale {
+    Linear,
+    /// The lowest decade shown (log10 of it).
+    Log {
+        floor: f64,
+    },
+}
+
+impl Scale {
+    /// The scale for `values` (positive figures).
+    fn of(values: &[f64]) -> Scale {
+        let positive = values.iter().copied().filter(|v| *v > 0.0);
+        let min = positive.clone().fold(f64::INFINITY, f64::min);
+        let max = positive.fold(0.0, f64::max);
+        if min.is_finite() && max / min > LOG_SPAN {
+            Scale::Log {
+                floor: min.log10().floor(),
+            }
+        } else {
+            Scale::Linear
+        }
+    }
+
+    /// Where `value` sits on the axis.
+    fn axis(self, value: f64) -> f64 {
+        match self {
+            Scale::Linear => value,
+            Scale::Log { floor } => value.max(f64::MIN_POSITIVE).log10().max(floor),
+        }
+    }
+
+    /// The axis's bottom.
+    fn bottom(self) -> f64 {
+        match self {
+            Scale::Linear => 0.0,
+            Scale::Log { floor } => floor,
+        }
+    }
+
+    /// The axis's top, with room for the legend above `max`.
+    fn top(self, max: f64) -> f64 {
+        match self {
+            Scale::Linear => max * HEADROOM,
+            // The legend's room, as a linear axis keeps it, in decades.
+            Scale::Log { floor } => {
+                let top = max.log10();
+                top + (top - floor) * (HEADROOM - 1.0)
+            }
+        }
+    }
+
+    /// The value an axis position stands for, as its label; on a log scale
+    /// only whole decades are labelled.
+    fn label(self, axis: f64) -> String {
+        match self {
+            Scale::Linear => format!("{axis:.0}"),
+            Scale::Log { .. } if (axis - axis.round()).abs() < 1e-6 => {
+                format!("{:.0}", 10f64.powf(axis.round()))
+            }
+            Scale::Log { .. } => String::new(),
+        }
+    }
+
+    fn describe(self, unit: &str) -> String {
+        match self {
+            Scale::Linear => unit.to_string(),
+            Scale::Log { .. } => format!("{unit} (log scale)"),
+        }
+    }
+}
 
 /// A moment of one run, in ms after the warning.
 #[derive(Clone, Debug, PartialEq)]
@@ -301,18 +378,19 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                 })?;
                 CaseSummary::of(&r.runs).get(key).map(|s| s.median)
             };
-            let top_ms = hypervisors
+            let values: Vec<f64> = hypervisors
                 .iter()
                 .flat_map(|h| bars.iter().filter_map(|(_, bar)| value(h, bar)))
-                .fold(1.0f64, f64::max)
-                * HEADROOM;
+                .collect();
+            let scale = Scale::of(&values);
+            let top = scale.top(values.iter().copied().fold(1.0f64, f64::max));
             let n = hypervisors.len();
             let mut chart = ChartBuilder::on(area)
                 .caption(title, (FONT, 15))
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(70)
-                .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top_ms)?;
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, scale.bottom()..top)?;
             let names = hypervisors.clone();
             let group_name = move |x: &f64| {
                 let i = x.round();
@@ -327,8 +405,8 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                 .disable_x_mesh()
                 .x_labels(n + 1)
                 .x_label_formatter(&group_name)
-                .y_desc("ms")
-                .y_label_formatter(&|v| format!("{v:.0}"))
+                .y_desc(scale.describe("ms"))
+                .y_label_formatter(&|v| scale.label(*v))
                 .draw()?;
             let width = 0.8 / bars.len() as f64;
             for (j, (_, bar)) in bars.iter().enumerate() {
@@ -336,7 +414,10 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                 let rects = hypervisors.iter().enumerate().filter_map(|(i, h)| {
                     let left = i as f64 - 0.4 + j as f64 * width;
                     Some(Rectangle::new(
-                        [(left, 0.0), (left + width * 0.9, value(h, bar)?)],
+                        [
+                            (left, scale.bottom()),
+                            (left + width * 0.9, scale.axis(value(h, bar)?)),
+                        ],
                         colour.filled(),
                     ))
                 });
@@ -467,6 +548,23 @@ mod tests {
             );
         }
         assert!(svg.matches("<rect").count() > 6);
+        assert!(!svg.contains("log scale"), "3000 against 1000 ms: linear");
         assert!(suite_figure(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bars_spanning_more_than_twenty_fold_are_drawn_on_a_log_scale() {
+        let mut xen = result(vec![run(240_000.0, 2000.0)]);
+        xen.case.hypervisor = crate::case::Hypervisor::XenPv;
+        let svg = suite_figure(&[result(vec![run(2000.0, 100.0)]), xen])
+            .unwrap()
+            .unwrap();
+        assert!(svg.contains("ms (log scale)"), "{svg}");
+        assert_eq!(Scale::of(&[2000.0, 240_000.0]), Scale::Log { floor: 3.0 });
+        let log = Scale::Log { floor: 3.0 };
+        assert_eq!(log.label(log.axis(100_000.0)), "100000");
+        assert_eq!(log.label(4.5), "", "only whole decades are labelled");
+        assert_eq!(log.axis(10.0), 3.0, "below the floor, a bar is empty");
+        assert_eq!(Scale::of(&[100.0, 1900.0]), Scale::Linear);
     }
 }
