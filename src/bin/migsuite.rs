@@ -82,6 +82,16 @@ enum Command {
         #[arg(long, default_value = "target/migsuite/reports")]
         report_dir: PathBuf,
     },
+    /// Ask each host of a lab, through libvirt, what it offers: versions,
+    /// the machine, the accelerator, and whether the bridge, the pool and a
+    /// driver for each backend the inventory lists are there. A simulated
+    /// lab's pairs are built for it, each when free.
+    Hosts {
+        /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
+        /// simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+    },
     /// List the volumes migsuite keeps in each host's storage pool (uploaded
     /// kernels and initramfs, disks of runs cut short), through libvirt;
     /// with --remove, delete them. Waits for each pair to be free.
@@ -173,6 +183,7 @@ fn main() -> ExitCode {
         Command::Merge { paths, report_dir } => {
             cases(&[PathBuf::from("suites")]).map(|cases| merge(&paths, &cases, &report_dir))
         }
+        Command::Hosts { lab } => inventory(lab).map(|lab| hosts(&lab)),
         Command::Volumes { lab, remove } => inventory(lab).map(|lab| volumes(&lab, remove)),
         Command::HostAgent {
             name,
@@ -199,6 +210,54 @@ fn inventory(path: Option<PathBuf>) -> Result<Inventory, ExitCode> {
         eprintln!("{e}");
         ExitCode::FAILURE
     })
+}
+
+/// How long `hosts` waits for a real host's daemon to answer.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Surveys every host of `inventory`; fails if any question had no answer.
+fn hosts(inventory: &Inventory) -> ExitCode {
+    use migsuite::lab::{libvirtd, survey};
+    let mut surveys = Vec::new();
+    let asked = (|| -> anyhow::Result<()> {
+        if inventory.simulated {
+            let link = LinkSpec {
+                mtu: 1500,
+                rate_mbit: None,
+                offloads: false,
+            };
+            for (pair, hosts) in inventory.pairs().enumerate() {
+                let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
+                let lab = Lab::start(&link, inventory, pair)?;
+                for (spec, host) in hosts.hosts.iter().zip([&lab.source, &lab.destination]) {
+                    surveys.push(match lab.connect(&host.libvirtd.uri()) {
+                        Ok(conn) => survey::survey(conn, spec, true),
+                        Err(e) => survey::unreachable(spec, format!("{e:#}")),
+                    });
+                }
+            }
+        } else {
+            for spec in &inventory.hosts {
+                surveys.push(match libvirtd::connect_within(&spec.uri, CONNECT_TIMEOUT) {
+                    Ok(conn) => survey::survey(conn, spec, false),
+                    Err(e) => survey::unreachable(spec, format!("{e:#}")),
+                });
+            }
+        }
+        Ok(())
+    })();
+    println!("{}", inventory.describe());
+    for s in &surveys {
+        print!("{s}");
+    }
+    match asked {
+        Err(e) => {
+            eprintln!("hosts: {e:#}");
+            ExitCode::FAILURE
+        }
+        Ok(()) if surveys.iter().all(survey::Survey::clean) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::FAILURE,
+    }
 }
 
 /// Lists, and with `remove` deletes, the volumes migsuite keeps in the pool

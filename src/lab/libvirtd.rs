@@ -229,6 +229,29 @@ impl Drop for Libvirtd {
     }
 }
 
+/// A version as libvirt encodes it (major * 1e6 + minor * 1e3 + release),
+/// written out.
+pub fn version(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
+/// A connection to `uri` from this process's place, or why not within
+/// `timeout` (an ssh or TLS handshake to a host that does not answer could
+/// take minutes; its thread is left to libvirt's own timeout).
+pub fn connect_within(uri: &str, timeout: std::time::Duration) -> anyhow::Result<Connection> {
+    let (sent, opened) = std::sync::mpsc::channel();
+    let target = uri.to_string();
+    std::thread::spawn(move || {
+        virt::error::clear_error_callback();
+        let _ = sent.send(virt::connect::Connect::open(Some(&target)).map(Connection::new));
+    });
+    match opened.recv_timeout(timeout) {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => anyhow::bail!("connecting to {uri}: {}", e.message()),
+        Err(_) => anyhow::bail!("connecting to {uri}: no answer within {timeout:?}"),
+    }
+}
+
 /// A client connection to a libvirtd. virt's own `Connect` panics when it is
 /// dropped and virConnectClose fails; in the Drop of a failed case that
 /// would abort the whole test process, so this one says so and goes on.

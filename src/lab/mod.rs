@@ -15,6 +15,7 @@ pub mod netns;
 pub mod network;
 pub mod pool;
 pub mod root;
+pub mod survey;
 
 use crate::case::LinkSpec;
 use crate::inventory::{Inventory, Storage};

@@ -179,6 +179,22 @@ impl Pool {
         Ok(kept)
     }
 
+    /// How much the pool holds and has free, and where it is.
+    pub fn room(&self) -> Result<Room> {
+        self.pool.refresh(0)?;
+        let info = self.pool.info()?;
+        let xml = self.pool.xml_desc(0)?;
+        let path = xml
+            .split_once("<path>")
+            .and_then(|(_, rest)| rest.split_once("</path>"))
+            .map_or_else(|| "no path".to_string(), |(path, _)| path.to_string());
+        Ok(Room {
+            capacity: info.capacity,
+            available: info.available,
+            path,
+        })
+    }
+
     /// Deletes volume `name` if the pool has it.
     pub fn delete(&self, name: &str) -> Result<()> {
         self.pool.refresh(0)?;
@@ -195,6 +211,15 @@ pub struct Kept {
     pub name: String,
     /// Bytes the host has allocated to it.
     pub bytes: u64,
+}
+
+/// A pool's room, as its host reports it.
+#[derive(Debug)]
+pub struct Room {
+    pub capacity: u64,
+    pub available: u64,
+    /// Its directory (or device) on the host.
+    pub path: String,
 }
 
 /// A case's disk volume name: never content-named, it is written to.

@@ -22,8 +22,9 @@ impl Accel {
     }
 }
 
-/// Why KVM cannot run a stock Debian guest here, or None if it can.
-fn kvm_unusable() -> Option<String> {
+/// Why KVM cannot run a stock Debian guest on this machine, or None if it
+/// can.
+pub fn kvm_unusable() -> Option<String> {
     if !Path::new("/dev/kvm").exists() {
         return Some("no /dev/kvm".into());
     }

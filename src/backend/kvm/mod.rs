@@ -8,7 +8,7 @@ use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
-use crate::lab::libvirtd::Connection;
+use crate::lab::libvirtd::{version, Connection};
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
@@ -57,10 +57,6 @@ fn job_stats(
     let stats = virt::domain::JobStats::from((kind, copy));
     unsafe { sys::virTypedParamsFree(params, nparams) };
     Some(stats)
-}
-
-fn version(v: u32) -> String {
-    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }
 
 impl Kvm {

@@ -1,0 +1,216 @@
+//! What each host of a lab offers, asked of its libvirtd alone: the first
+//! thing to run against a lab (`migsuite hosts`), real or simulated. It
+//! says what libvirt reports (versions, the machine, the accelerator), and
+//! whether what the inventory names is there (the storage pool, the bridge,
+//! a driver for each backend listed).
+
+use super::libvirtd::{version, Connection};
+use super::pool::Pool;
+use crate::case::Hypervisor;
+use crate::inventory;
+use std::fmt;
+
+/// One thing asked of a host, and its answer, or why there is none.
+pub struct Finding {
+    pub what: &'static str,
+    pub answer: Result<String, String>,
+}
+
+/// A host's findings.
+pub struct Survey {
+    pub host: String,
+    pub uri: String,
+    pub findings: Vec<Finding>,
+}
+
+impl Survey {
+    /// Whether every question had an answer.
+    pub fn clean(&self) -> bool {
+        self.findings.iter().all(|f| f.answer.is_ok())
+    }
+}
+
+impl fmt::Display for Survey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "host {} ({}):", self.host, self.uri)?;
+        for finding in &self.findings {
+            match &finding.answer {
+                Ok(answer) => writeln!(f, "  {}: {answer}", finding.what)?,
+                Err(problem) => writeln!(f, "  {}: PROBLEM: {problem}", finding.what)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A host that could not be asked anything.
+pub fn unreachable(host: &inventory::Host, why: String) -> Survey {
+    Survey {
+        host: host.name.clone(),
+        uri: host.uri.clone(),
+        findings: vec![Finding {
+            what: "connection",
+            answer: Err(why),
+        }],
+    }
+}
+
+/// Asks host `host`'s daemon, behind `conn`, what the runner needs of it.
+/// On a simulated host the pool is made if missing, as a case makes it.
+pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Survey {
+    let err = |e: virt::error::Error| e.message().to_string();
+    let driver = conn.driver_type().map_err(err);
+    let capabilities = conn.capabilities().map_err(err);
+    let mut findings = vec![
+        Finding {
+            what: "libvirt",
+            answer: conn.lib_version().map(version).map_err(err),
+        },
+        Finding {
+            what: "hypervisor",
+            answer: driver.clone().and_then(|d| {
+                let v = conn.hyp_version().map_err(err)?;
+                Ok(format!("{d} {}", version(v)))
+            }),
+        },
+        Finding {
+            what: "machine",
+            answer: conn
+                .node_info()
+                .map_err(err)
+                .map(|n| format!("{} CPUs ({}), {} MiB", n.cpus, n.model, n.memory >> 10)),
+        },
+        Finding {
+            what: "accelerator",
+            answer: capabilities.map(|caps| accelerator(&caps, simulated)),
+        },
+        Finding {
+            what: "bridge",
+            answer: bridge(&conn, &host.bridge, simulated),
+        },
+    ];
+    for backend in &host.backends {
+        findings.push(Finding {
+            what: backend.name(),
+            answer: runs(*backend, driver.as_deref(), simulated),
+        });
+    }
+    findings.push(Finding {
+        what: "pool",
+        answer: pool(conn, &host.pool, simulated),
+    });
+    Survey {
+        host: host.name.clone(),
+        uri: host.uri.clone(),
+        findings,
+    }
+}
+
+/// What libvirt offers guests to run on, from its capabilities; on a
+/// simulated host, which is this machine, also whether a stock guest
+/// kernel can use KVM (migsuite's own check, as each KVM case makes it).
+fn accelerator(capabilities: &str, simulated: bool) -> String {
+    if !capabilities.contains("<domain type='kvm'") {
+        return "libvirt offers no KVM: guests run under TCG (emulated CPUs)".into();
+    }
+    match crate::backend::kvm::accel::kvm_unusable() {
+        Some(why) if simulated => {
+            format!("libvirt offers KVM, but migsuite runs guests under TCG here: {why}")
+        }
+        _ => "libvirt offers KVM for guests".into(),
+    }
+}
+
+/// Whether the host's network interfaces include bridge `name`, from
+/// libvirt's node devices (a simulated host's is migsuite's own).
+fn bridge(conn: &Connection, name: &str, simulated: bool) -> Result<String, String> {
+    if simulated {
+        return Ok(format!(
+            "`{name}`, built by migsuite in the host's namespace"
+        ));
+    }
+    let devices = conn
+        .list_all_node_devices(virt::sys::VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET)
+        .map_err(|e| {
+            format!(
+                "cannot tell whether `{name}` exists: libvirt lists no network devices ({}; \
+                 the host's node-device driver, e.g. Debian's libvirt-daemon-driver-nodedev, \
+                 lists them)",
+                e.message()
+            )
+        })?;
+    let interface = format!("<interface>{name}</interface>");
+    let found = devices
+        .iter()
+        .any(|d| d.xml_desc(0).is_ok_and(|xml| xml.contains(&interface)));
+    if found {
+        Ok(format!("`{name}` present"))
+    } else {
+        Err(format!(
+            "no network interface `{name}` on the host: name the bridge guests' NICs join"
+        ))
+    }
+}
+
+/// Whether the host can run `backend`, given its libvirt driver.
+fn runs(
+    backend: Hypervisor,
+    driver: Result<&str, &String>,
+    simulated: bool,
+) -> Result<String, String> {
+    if simulated {
+        return Ok(match backend {
+            Hypervisor::KvmFv | Hypervisor::KvmPv => "QEMU guests of this host's libvirtd",
+            Hypervisor::XenPv | Hypervisor::XenHvm => "nested Xen hosts migsuite starts",
+            Hypervisor::Openvz => "containers migsuite moves with CRIU",
+        }
+        .into());
+    }
+    let driver = driver.map_err(|e| e.clone())?;
+    let needs =
+        match backend {
+            Hypervisor::KvmFv | Hypervisor::KvmPv => "QEMU",
+            Hypervisor::XenPv | Hypervisor::XenHvm => "Xen",
+            Hypervisor::Openvz => return Err(
+                "migsuite moves containers with CRIU on simulated hosts only; list no openvz here"
+                    .into(),
+            ),
+        };
+    if driver.eq_ignore_ascii_case(needs) {
+        Ok(format!("libvirt's {driver} driver"))
+    } else {
+        Err(format!(
+            "needs libvirt's {needs} driver, and the URI reaches its {driver} driver"
+        ))
+    }
+}
+
+/// The pool's state and room.
+fn pool(conn: Connection, name: &str, simulated: bool) -> Result<String, String> {
+    let pool = Pool::open(conn, name, simulated).map_err(|e| format!("{e:#}"))?;
+    let room = pool.room().map_err(|e| format!("{e:#}"))?;
+    let gib = |b: u64| b as f64 / f64::from(1 << 30);
+    Ok(format!(
+        "`{name}`, active, {:.1} GiB free of {:.1} GiB, at {}",
+        gib(room.available),
+        gib(room.capacity),
+        room.path
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_needs_the_driver_that_runs_it() {
+        let qemu = Ok("QEMU");
+        assert!(runs(Hypervisor::KvmPv, qemu, false).is_ok());
+        let err = runs(Hypervisor::XenPv, qemu, false).unwrap_err();
+        assert!(err.contains("needs libvirt's Xen driver"), "{err}");
+        assert!(runs(Hypervisor::Openvz, qemu, false).is_err());
+        assert!(runs(Hypervisor::Openvz, qemu, true).is_ok());
+        let down = "connection lost".to_string();
+        assert_eq!(runs(Hypervisor::KvmFv, Err(&down), false), Err(down));
+    }
+}
