@@ -258,7 +258,10 @@ fn run_in(
             break;
         }
         if moved && i < case.repeat {
-            lab.swap_roles();
+            // A guest moved within one host (one-host topology) stays on it.
+            if backend.stream_crosses_link() {
+                lab.swap_roles();
+            }
             backend.adopt_moved_guest(lab)?;
         }
     }
@@ -331,7 +334,14 @@ fn run_once(
     wire_mbit: f64,
     progress: &dyn Fn(&str),
 ) -> Result<RunMeasurement> {
-    let direction = format!("{}->{}", lab.source.name, lab.destination.name);
+    // One host (a Xen domU moved within it): both ends are the source.
+    let from = &lab.source.name;
+    let to = if backend.stream_crosses_link() {
+        &lab.destination.name
+    } else {
+        from
+    };
+    let direction = format!("{from}->{to}");
     let monitor = FailureMonitor::start(lab)?;
     let sampling_from = Instant::now();
     let sampler = Sampler::start(
@@ -342,10 +352,14 @@ fn run_once(
     let warning = monitor.inject(WARNING_TIMEOUT)?;
     let t0 = warning.heard_at;
     progress(&format!(
-        "{}: host {} warned it is going down; evacuating to {}",
+        "{}: host {} warned it is going down; evacuating {}",
         case.name(),
         lab.source.name,
-        lab.destination.name
+        if from == to {
+            format!("within host {to} (one-host topology)")
+        } else {
+            format!("to {to}")
+        }
     ));
     if !warning.ignored_from.is_empty() {
         let from: Vec<String> = warning.ignored_from.iter().map(|a| a.to_string()).collect();
