@@ -272,17 +272,27 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
         for pair in 0..inventory.pairs().count() {
             let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
             let lab = Lab::start(&link, inventory, pair)?;
-            for host in [&lab.source, &lab.destination] {
+            // A pool both hosts of the pair see is listed once.
+            let (hosts, whose) = match inventory.storage {
+                migsuite::inventory::Storage::Shared => (
+                    vec![&lab.source],
+                    format!("hosts {} and {}", lab.source.name, lab.destination.name),
+                ),
+                migsuite::inventory::Storage::Local => {
+                    (vec![&lab.source, &lab.destination], String::new())
+                }
+            };
+            for host in hosts {
                 let pool = lab.pool(host)?;
                 let kept = pool.kept()?;
                 let mib = kept.iter().map(|v| v.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
-                let shared = match inventory.storage {
-                    migsuite::inventory::Storage::Shared => ", the pair's shared storage",
-                    migsuite::inventory::Storage::Local => "",
+                let holder = if whose.is_empty() {
+                    format!("host {}", host.name)
+                } else {
+                    format!("{whose}, shared")
                 };
                 println!(
-                    "host {} (pool {}{shared}): {} volume(s), {mib:.1} MiB",
-                    host.name,
+                    "{holder} (pool {}): {} volume(s), {mib:.1} MiB",
                     host.pool,
                     kept.len()
                 );

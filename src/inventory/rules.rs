@@ -3,8 +3,9 @@
 
 use super::model::{HostDef, InventoryDef, Transport};
 use super::{Host, Inventory};
+use crate::case::Hypervisor;
 use crate::lab::{libvirtd, network};
-use crate::yaml::scalar::Ident;
+use crate::yaml::scalar::{HypervisorName, Ident};
 use crate::yaml::{did_you_mean, distinct, list, FieldPath, Invalid};
 use std::fmt::Display;
 use std::net::IpAddr;
@@ -82,9 +83,32 @@ fn check_hosts(def: &InventoryDef) -> Result<(), Invalid> {
             at.clone().key("backends"),
             "name each backend once",
         )?;
+        check_real_backends(def.simulated, h, &at)?;
         check_transport(def.simulated, h, at)?;
     }
     Ok(())
+}
+
+/// A real host is driven through libvirt's QEMU driver, the one its URI
+/// reaches: the Xen rows run on nested Xen hosts and openvz by CRIU, both
+/// of which migsuite builds only in a simulated lab.
+fn check_real_backends(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
+    if simulated {
+        return Ok(());
+    }
+    let kvm = |b: &HypervisorName| matches!(b.0, Hypervisor::KvmFv | Hypervisor::KvmPv);
+    match h.backends.iter().position(|b| !kvm(b)) {
+        Some(j) => Err(Invalid {
+            path: at.clone().key("backends").index(j),
+            message: format!(
+                "a real host runs kvm-fv and kvm-pv (libvirt's QEMU driver, which its URI \
+                 reaches); {} runs only in a simulated lab (`simulated: true`), where migsuite \
+                 builds it",
+                h.backends[j].0
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// qemu+tcp:// authenticates nobody: whoever reaches the daemon runs VMs as

@@ -25,13 +25,13 @@ hosts:
     migration_address: 198.51.100.1
     bridge: br0
     pool: default
-    backends: [kvm-fv, kvm-pv, xen-pv]
+    backends: [kvm-fv, kvm-pv]
   - name: b
     uri: qemu+ssh://root@192.0.2.2/system
     migration_address: 198.51.100.2
     bridge: br0
     pool: default
-    backends: [xen-pv, kvm-pv]
+    backends: [kvm-pv]
 pairs:
   - [a, b]
 ";
@@ -104,11 +104,11 @@ fn a_simulated_lab_must_describe_the_pair_migsuite_builds() {
 fn a_pair_offers_what_both_hosts_run() {
     let lab = parse(RACK).unwrap();
     let pair = lab.pairs().next().unwrap();
-    assert_eq!(pair.backends(), [Hypervisor::KvmPv, Hypervisor::XenPv]);
-    assert!(pair.offers(Hypervisor::XenPv));
+    assert_eq!(pair.backends(), [Hypervisor::KvmPv]);
+    assert!(pair.offers(Hypervisor::KvmPv));
     assert!(!pair.offers(Hypervisor::KvmFv), "only a runs kvm-fv");
     assert!(pair.hosts[0].offers(Hypervisor::KvmFv));
-    assert_eq!(lab.pairs_offering(Hypervisor::XenPv), [0]);
+    assert_eq!(lab.pairs_offering(Hypervisor::KvmPv), [0]);
     assert!(lab.pairs_offering(Hypervisor::KvmFv).is_empty());
 }
 

@@ -2,7 +2,7 @@
 //! thing to run against a lab (`migsuite hosts`), real or simulated. It
 //! says what libvirt reports (versions, the machine, the accelerator), and
 //! whether what the inventory names is there (the storage pool, the bridge,
-//! a driver for each backend listed).
+//! the driver each backend listed needs).
 
 use super::libvirtd::{version, Connection};
 use super::pool::Pool;
@@ -152,7 +152,8 @@ fn bridge(conn: &Connection, name: &str, simulated: bool) -> Result<String, Stri
     }
 }
 
-/// Whether the host can run `backend`, given its libvirt driver.
+/// Whether the host can run `backend`, given its libvirt driver: on a real
+/// host `validate` allows only the KVM rows, which need QEMU's.
 fn runs(
     backend: Hypervisor,
     driver: Result<&str, &String>,
@@ -167,20 +168,11 @@ fn runs(
         .into());
     }
     let driver = driver.map_err(|e| e.clone())?;
-    let needs =
-        match backend {
-            Hypervisor::KvmFv | Hypervisor::KvmPv => "QEMU",
-            Hypervisor::XenPv | Hypervisor::XenHvm => "Xen",
-            Hypervisor::Openvz => return Err(
-                "migsuite moves containers with CRIU on simulated hosts only; list no openvz here"
-                    .into(),
-            ),
-        };
-    if driver.eq_ignore_ascii_case(needs) {
+    if driver.eq_ignore_ascii_case("QEMU") {
         Ok(format!("libvirt's {driver} driver"))
     } else {
         Err(format!(
-            "needs libvirt's {needs} driver, and the URI reaches its {driver} driver"
+            "{backend} needs libvirt's QEMU driver, and the URI reaches its {driver} driver"
         ))
     }
 }
@@ -204,12 +196,10 @@ mod tests {
 
     #[test]
     fn a_backend_needs_the_driver_that_runs_it() {
-        let qemu = Ok("QEMU");
-        assert!(runs(Hypervisor::KvmPv, qemu, false).is_ok());
-        let err = runs(Hypervisor::XenPv, qemu, false).unwrap_err();
-        assert!(err.contains("needs libvirt's Xen driver"), "{err}");
-        assert!(runs(Hypervisor::Openvz, qemu, false).is_err());
-        assert!(runs(Hypervisor::Openvz, qemu, true).is_ok());
+        assert!(runs(Hypervisor::KvmPv, Ok("QEMU"), false).is_ok());
+        let err = runs(Hypervisor::KvmFv, Ok("LXC"), false).unwrap_err();
+        assert!(err.contains("kvm-fv needs libvirt's QEMU driver"), "{err}");
+        assert!(runs(Hypervisor::Openvz, Ok("QEMU"), true).is_ok());
         let down = "connection lost".to_string();
         assert_eq!(runs(Hypervisor::KvmFv, Err(&down), false), Err(down));
     }
