@@ -345,33 +345,55 @@ mod tests {
         assert!(err.contains("fewer than 32"), "{err}");
     }
 
-    /// An agent and a monitor on this machine's loopback: the order brings
-    /// the warning; a forged warning and a played-back order do not.
+    /// Host `a`'s agent on this machine's loopback, sending its heartbeats
+    /// to `monitor` and taking orders at `orders`, until stopped.
+    struct LoopbackAgent {
+        monitor: UdpSocket,
+        orders: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<()>>,
+    }
+
+    impl LoopbackAgent {
+        fn start(key: &Key) -> LoopbackAgent {
+            let monitor = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = monitor.local_addr().unwrap();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let orders = socket.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let (stop, key) = (stop.clone(), key.clone());
+                std::thread::spawn(move || serve("a", &key, &socket, to, &stop))
+            };
+            LoopbackAgent {
+                monitor,
+                orders,
+                stop,
+                thread,
+            }
+        }
+
+        fn stop(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+
+    /// The order brings the warning; a forged one does not count.
     #[test]
     fn an_agent_warns_when_ordered_and_forgeries_are_ignored() {
         let key = Key::random().unwrap();
-        let monitor_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let monitor_addr = monitor_socket.local_addr().unwrap();
-        let agent_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let agent_addr = agent_socket.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let agent = {
-            let (stop, key) = (stop.clone(), key.clone());
-            std::thread::spawn(move || serve("a", &key, &agent_socket, monitor_addr, &stop))
-        };
-        let monitor = Monitor::new(monitor_socket, key).unwrap();
+        let agent = LoopbackAgent::start(&key);
+        let to = agent.monitor.local_addr().unwrap();
+        let monitor = Monitor::new(agent.monitor.try_clone().unwrap(), key).unwrap();
         let forger = UdpSocket::bind("127.0.0.2:0").unwrap();
-        forger.send_to(b"going-down", monitor_addr).unwrap();
-        // A warning sealed with another key, and an order for another host.
+        forger.send_to(b"going-down", to).unwrap();
+        // A warning sealed with another key.
         let other = Key::random().unwrap();
-        forger
-            .send_to(
-                &seal(&other, Say::GoingDown, Sequence::default().advance(), "a"),
-                monitor_addr,
-            )
-            .unwrap();
+        let forged = seal(&other, Say::GoingDown, Sequence::default().advance(), "a");
+        forger.send_to(&forged, to).unwrap();
         let heard = monitor
-            .bring_down("a", agent_addr, Duration::from_secs(5))
+            .bring_down("a", agent.orders, Duration::from_secs(5))
             .unwrap();
         assert!(
             heard
@@ -380,8 +402,7 @@ mod tests {
             "{:?}",
             heard.unauthenticated
         );
-        stop.store(true, Ordering::Relaxed);
-        agent.join().unwrap().unwrap();
+        agent.stop();
     }
 
     /// What the agent says over the next `window`, as the monitor hears it.
@@ -400,44 +421,36 @@ mod tests {
     #[test]
     fn an_agent_heeds_no_order_for_another_host_nor_one_played_back() {
         let key = Key::random().unwrap();
-        let monitor = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let agent = LoopbackAgent::start(&key);
+        let monitor = &agent.monitor;
         monitor
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
-        let monitor_addr = monitor.local_addr().unwrap();
-        let agent_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let agent_addr = agent_socket.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let agent = {
-            let (stop, key) = (stop.clone(), key.clone());
-            std::thread::spawn(move || serve("a", &key, &agent_socket, monitor_addr, &stop))
-        };
         let runner = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut seq = Sequence::default();
         // Ten heartbeats or more each, so a busy machine does not starve it.
         let window = Duration::from_secs(1);
         runner
-            .send_to(&seal(&key, Say::GoDown, seq.advance(), "b"), agent_addr)
+            .send_to(&seal(&key, Say::GoDown, seq.advance(), "b"), agent.orders)
             .unwrap();
-        let says = heard(&key, &monitor, window);
+        let says = heard(&key, monitor, window);
         assert!(
             !says.is_empty() && says.iter().all(|s| *s == Say::Alive),
             "{says:?}"
         );
         let down = seal(&key, Say::GoDown, seq.advance(), "a");
-        runner.send_to(&down, agent_addr).unwrap();
-        assert!(heard(&key, &monitor, window).contains(&Say::GoingDown));
+        runner.send_to(&down, agent.orders).unwrap();
+        assert!(heard(&key, monitor, window).contains(&Say::GoingDown));
         runner
-            .send_to(&seal(&key, Say::StayUp, seq.advance(), "a"), agent_addr)
+            .send_to(&seal(&key, Say::StayUp, seq.advance(), "a"), agent.orders)
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        runner.send_to(&down, agent_addr).unwrap();
-        let says = heard(&key, &monitor, window);
+        runner.send_to(&down, agent.orders).unwrap();
+        let says = heard(&key, monitor, window);
         assert!(
             says.iter().rev().take(2).all(|s| *s == Say::Alive),
             "{says:?}"
         );
-        stop.store(true, Ordering::Relaxed);
-        agent.join().unwrap().unwrap();
+        agent.stop();
     }
 }

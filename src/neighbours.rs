@@ -7,23 +7,14 @@ use crate::procfs;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Below this share of one core a process is not worth naming.
 const MIN_CPU_PCT: f64 = 5.0;
-/// How often a watched census looks again: a neighbour that lived longer is
-/// named even if it ended before the case (a look costs a few ms of CPU).
-const LOOK_EVERY: Duration = Duration::from_secs(2);
-
-/// Which pids are the case's own now, and which this process runs for other
-/// pairs (see `Census::look`).
-pub type Whose = dyn Fn() -> (HashSet<i32>, HashSet<i32>) + Send + Sync;
 
 /// Every process's CPU time when a case began, and every process seen at a
-/// later look (`look`), so that one which ended before the case did is
-/// still counted.
+/// later look (`look`, between runs: never while a run is measured), so
+/// that one which ended before the case did is still counted.
 pub struct Census {
     at: Instant,
     /// (pid, start time) -> CPU ticks at the census.
@@ -57,7 +48,7 @@ fn processes() -> HashMap<(i32, u64), procfs::Stat> {
 }
 
 impl Census {
-    fn take() -> Census {
+    pub fn take() -> Census {
         Census {
             at: Instant::now(),
             ticks: processes()
@@ -72,7 +63,7 @@ impl Census {
 
     /// Looks at every process again, given which pids are the case's own
     /// now and which this process runs for other pairs (other cases).
-    fn look(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) {
+    pub fn look(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) {
         self.seen.extend(processes());
         self.own.extend(own);
         self.others.extend(others);
@@ -82,7 +73,7 @@ impl Census {
     /// until now (a last look, with `own` and `others` as in `look`), except
     /// the case's own, the ones this process started, and kernel threads;
     /// but what this process started for other pairs is a neighbour.
-    fn neighbours(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) -> Neighbours {
+    pub fn neighbours(&mut self, own: &HashSet<i32>, others: &HashSet<i32>) -> Neighbours {
         self.look(own, others);
         let seconds = self.at.elapsed().as_secs_f64().max(1e-3);
         let hz = procfs::clock_ticks();
@@ -135,67 +126,6 @@ impl Census {
             .collect();
         busy.sort_by(|a, b| b.cpu_pct.total_cmp(&a.cpu_pct));
         Neighbours(busy)
-    }
-}
-
-/// A census that looks again every `LOOK_EVERY` in a thread of its own,
-/// until `neighbours` or drop.
-pub struct Watch {
-    census: Arc<Mutex<Census>>,
-    whose: Arc<Whose>,
-    // Dropping the sender stops the thread.
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Census {
-    /// Takes a census and keeps looking, `whose` telling the case's pids.
-    pub fn watch(whose: Arc<Whose>) -> Watch {
-        let census = Arc::new(Mutex::new(Census::take()));
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = {
-            let (census, whose) = (census.clone(), whose.clone());
-            std::thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LOOK_EVERY) {
-                    let (own, others) = whose();
-                    census
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .look(&own, &others);
-                }
-            })
-        };
-        Watch {
-            census,
-            whose,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Watch {
-    /// The neighbours from the census until now.
-    pub fn neighbours(mut self) -> Neighbours {
-        self.stop_looking();
-        let (own, others) = (self.whose)();
-        self.census
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .neighbours(&own, &others)
-    }
-
-    fn stop_looking(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.stop_looking();
     }
 }
 
@@ -285,18 +215,6 @@ mod tests {
         });
         assert!(gone, "the spinner {pid} outlived SIGKILL");
         let beside = census.neighbours(&none, &none);
-        assert!(beside.0.iter().any(|n| n.pid == pid), "{beside}");
-    }
-
-    #[test]
-    fn a_watch_names_a_neighbour_that_ended_between_its_looks() {
-        let none = || (HashSet::new(), HashSet::new());
-        let watch = Census::watch(Arc::new(none));
-        let pid = spinner();
-        std::thread::sleep(LOOK_EVERY + Duration::from_millis(500));
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        std::thread::sleep(Duration::from_millis(300));
-        let beside = watch.neighbours();
         assert!(beside.0.iter().any(|n| n.pid == pid), "{beside}");
     }
 

@@ -16,12 +16,12 @@ use crate::measure::{
     Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
     Unit, MIB,
 };
-use crate::neighbours::{Census, Neighbours, Whose};
+use crate::neighbours::{Census, Neighbours};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
@@ -223,7 +223,8 @@ fn run_in(
         info.accel,
         info.hypervisor_version
     ));
-    let census = Census::watch(lab_processes(lab));
+    // Looked at between runs only: a look costs CPU the runs would miss.
+    let mut census = Census::take();
     let mut runs = Vec::new();
     for i in 1..=case.repeat {
         progress(&format!(
@@ -250,6 +251,8 @@ fn run_in(
             } => *source_survived,
         };
         runs.push(run);
+        let (own, others) = lab_processes(lab);
+        census.look(&own, &others);
         if !alive {
             progress(&format!(
                 "{}: the guest was lost; no further runs",
@@ -267,7 +270,10 @@ fn run_in(
     }
     Ok(CaseResult {
         case: case.clone(),
-        provenance: provenance(lab, info, &hello, census.neighbours()),
+        provenance: provenance(lab, info, &hello, {
+            let (own, others) = lab_processes(lab);
+            census.neighbours(&own, &others)
+        }),
         calibration,
         runs,
         held_unix_ms: None,
@@ -303,26 +309,19 @@ fn provenance(
     }
 }
 
-/// What tells, at any time, the pids of `lab` (its namespaces' processes)
-/// and those this process runs for other pairs: what the census of its
-/// neighbours must not and must name.
-fn lab_processes(lab: &Lab) -> std::sync::Arc<Whose> {
-    let namespaces: Vec<String> = [&lab.source.netns, &lab.destination.netns, &lab.switch]
+/// The pids of `lab` (its namespaces' processes), and those this process
+/// runs for other pairs: what the census of its neighbours must not and
+/// must name.
+fn lab_processes(lab: &Lab) -> (HashSet<i32>, HashSet<i32>) {
+    let own = [&lab.source.netns, &lab.destination.netns, &lab.switch]
         .iter()
-        .map(|ns| ns.name.clone())
+        .flat_map(|ns| netns::processes(&ns.name))
         .collect();
-    let (id, pair) = (lab.id().to_string(), lab.pair);
-    std::sync::Arc::new(move || {
-        let own = namespaces
-            .iter()
-            .flat_map(|ns| netns::processes(ns))
-            .collect();
-        let others = lab::cleanup::other_labs_processes(&id)
-            .into_iter()
-            .chain(backend::kept_for_other_pairs(pair))
-            .collect();
-        (own, others)
-    })
+    let others = lab::cleanup::other_labs_processes(lab.id())
+        .into_iter()
+        .chain(backend::kept_for_other_pairs(lab.pair))
+        .collect();
+    (own, others)
 }
 
 /// One measured migration of the running guest, from the lab's source.
