@@ -221,21 +221,20 @@ fn hosts(inventory: &Inventory) -> ExitCode {
     let mut surveys = Vec::new();
     let asked = (|| -> anyhow::Result<()> {
         if inventory.simulated {
-            let link = LinkSpec {
-                mtu: 1500,
-                rate_mbit: None,
-                offloads: false,
-            };
-            for (pair, hosts) in inventory.pairs().enumerate() {
-                let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
-                let lab = Lab::start(&link, inventory, pair)?;
-                for (spec, host) in hosts.hosts.iter().zip([&lab.source, &lab.destination]) {
+            each_pair(inventory, |lab| {
+                for host in [&lab.source, &lab.destination] {
+                    let spec = inventory
+                        .hosts
+                        .iter()
+                        .find(|h| h.name == host.name)
+                        .expect("a lab's hosts are its inventory's");
                     surveys.push(match lab.connect(&host.libvirtd.uri()) {
                         Ok(conn) => survey::survey(conn, spec, true),
                         Err(e) => survey::unreachable(spec, format!("{e:#}")),
                     });
                 }
-            }
+                Ok(())
+            })?;
         } else {
             for spec in &inventory.hosts {
                 surveys.push(match libvirtd::connect_within(&spec.uri, CONNECT_TIMEOUT) {
@@ -263,54 +262,45 @@ fn hosts(inventory: &Inventory) -> ExitCode {
 /// Lists, and with `remove` deletes, the volumes migsuite keeps in the pool
 /// of each host of `inventory`, pair by pair (each held as a case holds it).
 fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
-    let link = LinkSpec {
-        mtu: 1500,
-        rate_mbit: None,
-        offloads: false,
-    };
-    let listed = (|| -> anyhow::Result<()> {
-        for pair in 0..inventory.pairs().count() {
-            let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
-            let lab = Lab::start(&link, inventory, pair)?;
-            // A pool both hosts of the pair see is listed once.
-            let (hosts, whose) = match inventory.storage {
-                migsuite::inventory::Storage::Shared => (
-                    vec![&lab.source],
-                    format!("hosts {} and {}", lab.source.name, lab.destination.name),
-                ),
-                migsuite::inventory::Storage::Local => {
-                    (vec![&lab.source, &lab.destination], String::new())
-                }
+    let listed = each_pair(inventory, |lab| {
+        // A pool both hosts of the pair see is listed once.
+        let (hosts, whose) = match inventory.storage {
+            migsuite::inventory::Storage::Shared => (
+                vec![&lab.source],
+                format!("hosts {} and {}", lab.source.name, lab.destination.name),
+            ),
+            migsuite::inventory::Storage::Local => {
+                (vec![&lab.source, &lab.destination], String::new())
+            }
+        };
+        for host in hosts {
+            let pool = lab.pool(host)?;
+            let kept = pool.kept()?;
+            let mib = kept.iter().map(|v| v.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
+            let holder = if whose.is_empty() {
+                format!("host {}", host.name)
+            } else {
+                format!("{whose}, shared")
             };
-            for host in hosts {
-                let pool = lab.pool(host)?;
-                let kept = pool.kept()?;
-                let mib = kept.iter().map(|v| v.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
-                let holder = if whose.is_empty() {
-                    format!("host {}", host.name)
-                } else {
-                    format!("{whose}, shared")
-                };
+            println!(
+                "{holder} (pool {}): {} volume(s), {mib:.1} MiB",
+                host.pool,
+                kept.len()
+            );
+            for volume in kept {
                 println!(
-                    "{holder} (pool {}): {} volume(s), {mib:.1} MiB",
-                    host.pool,
-                    kept.len()
+                    "  {} {:.1} MiB",
+                    volume.name,
+                    volume.bytes as f64 / f64::from(1 << 20)
                 );
-                for volume in kept {
-                    println!(
-                        "  {} {:.1} MiB",
-                        volume.name,
-                        volume.bytes as f64 / f64::from(1 << 20)
-                    );
-                    if remove {
-                        pool.delete(&volume.name)?;
-                        println!("    removed");
-                    }
+                if remove {
+                    pool.delete(&volume.name)?;
+                    println!("    removed");
                 }
             }
         }
         Ok(())
-    })();
+    });
     match listed {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -318,6 +308,24 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `f` on each pair of the simulated lab `inventory` in turn, built
+/// (at MTU 1500, unshaped) and held as a case holds it.
+fn each_pair(
+    inventory: &Inventory,
+    mut f: impl FnMut(&Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let link = LinkSpec {
+        mtu: 1500,
+        rate_mbit: None,
+        offloads: false,
+    };
+    for pair in 0..inventory.pairs().count() {
+        let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
+        f(&Lab::start(&link, inventory, pair)?)?;
+    }
+    Ok(())
 }
 
 /// Serves as host `name`'s agent until interrupted.
