@@ -128,8 +128,9 @@ pub struct Workload {
 #[serde(rename_all = "kebab-case")]
 pub enum DirtyRate {
     MibPerSec(u32),
-    /// A share of the migration link's goodput, as calibrated before the
-    /// case: a gate case keeps the same convergence margin on any lab.
+    /// A share of what the migration stream can carry (the link's goodput,
+    /// or its nested hosts' path if less), as calibrated before the case:
+    /// a gate case keeps the same convergence margin on any lab.
     OfLink(f64),
 }
 

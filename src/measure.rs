@@ -113,7 +113,10 @@ pub struct Calibration {
     /// The rate on the wire that goodput makes (frames, headers included):
     /// what a migration stream's wire rate is compared with.
     pub wire_mbit: f64,
-    /// The workload's dirty rate, resolved against the goodput.
+    /// TCP goodput of the stream's own path where nested hosts relay it
+    /// (Xen: dom0 to dom0 through the link); None where the link is the path.
+    pub stream_path_goodput_mbit: Option<f64>,
+    /// The workload's dirty rate, resolved against the lesser goodput.
     pub workload_dirty_rate_mib_s: u32,
     /// The most the guest could dirty, measured by its agent at boot.
     pub guest_dirty_capacity_mib_s: Option<f64>,

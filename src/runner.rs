@@ -182,14 +182,22 @@ fn run_in(
     backend: &mut dyn Backend,
     progress: &dyn Fn(&str),
 ) -> Result<CaseResult> {
+    backend.prepare(lab, case)?;
     let link = calibration::link_rates(lab)?;
     let goodput_mbit = link.goodput_mbit;
-    let dirty_rate = case.workload.dirty_rate.mib_s(goodput_mbit);
+    let stream_path_goodput_mbit = backend.stream_path_goodput(lab).transpose()?;
+    // A share of the link is a share of what the stream can carry: where
+    // nested hosts relay it, that is their path, not the link alone.
+    let carried_mbit = stream_path_goodput_mbit.map_or(goodput_mbit, |p| p.min(goodput_mbit));
+    let dirty_rate = case.workload.dirty_rate.mib_s(carried_mbit);
     progress(&format!(
-        "{}: the migration link carries {goodput_mbit:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}; the workload dirties {} MiB at {dirty_rate} MiB/s",
+        "{}: the migration link carries {goodput_mbit:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}{}; the workload dirties {} MiB at {dirty_rate} MiB/s",
         case.name(),
         link.wire_mbit,
         case.link.mtu,
+        stream_path_goodput_mbit
+            .map(|p| format!(", the stream's path through the nested hosts {p:.0} Mbit/s"))
+            .unwrap_or_default(),
         case.workload.dirty_mib
     ));
     let observer = Observer::start(lab)?;
@@ -212,6 +220,7 @@ fn run_in(
         mtu: case.link.mtu,
         goodput_mbit,
         wire_mbit: link.wire_mbit,
+        stream_path_goodput_mbit,
         workload_dirty_rate_mib_s: dirty_rate,
         guest_dirty_capacity_mib_s: hello
             .get("dirty_capacity_mib_s")

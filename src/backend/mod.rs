@@ -87,6 +87,19 @@ pub trait Backend {
         None
     }
 
+    /// Makes the hosts ready for `case` before the lab is calibrated, e.g.
+    /// nested hosts booted and wired to the lab. Nothing by default.
+    fn prepare(&mut self, _lab: &Lab, _case: &Case) -> Result<()> {
+        Ok(())
+    }
+
+    /// TCP goodput (Mbit/s) of the stream's path from source to
+    /// destination where it is more than the lab's link (nested hosts
+    /// relay it), measured after `prepare`. None: the link is the path.
+    fn stream_path_goodput(&self, _lab: &Lab) -> Option<Result<f64>> {
+        None
+    }
+
     /// Starts the guest on the source host, the agent's configuration in
     /// `agent_args` (kernel command line form). Returns once it is started;
     /// the runner waits for the agent's hello.

@@ -139,11 +139,11 @@ wait $!
 "#;
 
 /// The destination's side of a migration from another Xen host: one
-/// connection on port `$1`, the socket handed to migsuite-recv. Returns
-/// once the port listens.
+/// connection on port `$1`, the socket handed to migsuite-recv (or to the
+/// receiver `$2`). Returns once the port listens.
 const LISTEN: &str = r#"#!/bin/bash
 d=/run/migsuite; rm -rf $d; mkdir -p $d
-setsid nc -l -p "$1" -e /usr/local/sbin/migsuite-recv </dev/null >/dev/null 2>$d/listen.err &
+setsid nc -l -p "$1" -e "${2:-/usr/local/sbin/migsuite-recv}" </dev/null >/dev/null 2>$d/listen.err &
 echo $! > $d/listen.pid
 # nc listens on a dual-stack socket: tcp6.
 port=$(printf ':%04X ' "$1")
@@ -160,6 +160,27 @@ echo $$ > /run/migsuite/recv.pid
 exec 3<>"/dev/tcp/$1/$2" || exit 1
 dd bs=64k <&3 2>/dev/null &
 exec dd bs=1M >&3 2>/dev/null
+"#;
+
+/// The stream's path without xl, to calibrate it: migsuite-recv's relay
+/// into nothing, timed on dom0's clock. Writes start, end and bytes to
+/// /run/migsuite/sink.out when the sender closes.
+const SINK: &str = r#"#!/bin/bash
+d=/run/migsuite
+start=$EPOCHREALTIME
+dd bs=1M 2>/dev/null | pv -f -n -b -B 1m -i 1 2>$d/sink.bytes >/dev/null
+printf 'start=%s\nend=%s\nbytes=%s\n' "$start" "$EPOCHREALTIME" "$(tail -n 1 $d/sink.bytes)" > $d/sink.tmp
+mv $d/sink.tmp $d/sink.out
+"#;
+
+/// Sends `$3` MiB of zeros to another Xen host's migsuite-listen (`$1`
+/// address, `$2` port) through a pipe and migsuite-send-to's relay, as
+/// `xl migrate` sends a stream: the sending half of the calibration. (Not
+/// migsuite-send-to itself: its reader of the way back would hold the
+/// socket open after the last byte.)
+const SEND_ZEROS: &str = r#"#!/bin/bash
+exec 3<>"/dev/tcp/$1/$2" || exit 1
+dd if=/dev/zero bs=1M count="$3" 2>/dev/null | dd bs=1M >&3 2>/dev/null
 "#;
 
 /// Kills the receiving end of this dom0's migration (migsuite-listen's
@@ -235,6 +256,8 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
         LISTEN,
         SEND_TO,
         KILL_RECEIVER,
+        SINK,
+        SEND_ZEROS,
     ] {
         hash.update(part.as_bytes());
     }
@@ -284,6 +307,12 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     cpio.file("usr/local/sbin/migsuite-migrate", 0o755, MIGRATE.as_bytes())?;
     cpio.file("usr/local/sbin/migsuite-listen", 0o755, LISTEN.as_bytes())?;
     cpio.file("usr/local/sbin/migsuite-send-to", 0o755, SEND_TO.as_bytes())?;
+    cpio.file("usr/local/sbin/migsuite-sink", 0o755, SINK.as_bytes())?;
+    cpio.file(
+        "usr/local/sbin/migsuite-send-zeros",
+        0o755,
+        SEND_ZEROS.as_bytes(),
+    )?;
     cpio.file(
         "usr/local/sbin/migsuite-kill-receiver",
         0o755,

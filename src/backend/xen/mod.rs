@@ -315,7 +315,7 @@ impl Backend for Xen {
         &self.info
     }
 
-    fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
+    fn prepare(&mut self, lab: &Lab, case: &Case) -> Result<()> {
         let behind: &[u8] = match self.topology {
             Topology::OneHost => &[0],
             Topology::TwoHosts => &[0, 1],
@@ -342,6 +342,28 @@ impl Backend for Xen {
             h.attach(lab.host(h.index), &case.link)
                 .with_context(|| format!("wiring Xen host {} to the lab", h.index))?;
         }
+        Ok(())
+    }
+
+    fn stream_path_goodput(&self, lab: &Lab) -> Option<Result<f64>> {
+        (self.topology == Topology::TwoHosts).then(|| {
+            let (src, dst) = (
+                self.host(lab.source.index)?,
+                self.host(lab.destination.index)?,
+            );
+            dom0_goodput(src, dst)
+                .inspect_err(|_| {
+                    // Nothing of a cut calibration may listen on into the case.
+                    let _ = dst.sh(
+                        "/usr/local/sbin/migsuite-kill-receiver",
+                        Duration::from_secs(10),
+                    );
+                })
+                .context("calibrating the stream's path from dom0 to dom0")
+        })
+    }
+
+    fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         self.on = lab.source.index;
         let h = self.host(self.on)?.clone();
         h.check(
@@ -486,6 +508,47 @@ fn parse_kv(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
+}
+
+/// How much the calibration sends: about a second from dom0 to dom0.
+const CALIBRATION_MIB: u32 = 32;
+
+/// TCP goodput, Mbit/s, from `src`'s dom0 to `dst`'s over the migration
+/// link, through the relays an `xl migrate` stream takes (a pipe and dd
+/// on the way out; dd and pv on the way in), timed on `dst`'s clock. A
+/// nested dom0 under TCG carries far less than the link: this, not the
+/// link, is what a dirty rate must stay below for pre-copy to converge.
+fn dom0_goodput(src: &XenHost, dst: &XenHost) -> Result<f64> {
+    dst.check(
+        &format!("/usr/local/sbin/migsuite-listen {MIGRATION_PORT} /usr/local/sbin/migsuite-sink"),
+        Duration::from_secs(20),
+    )?;
+    let sent = src.sh(
+        &format!(
+            "/usr/local/sbin/migsuite-send-zeros {} {MIGRATION_PORT} {CALIBRATION_MIB}",
+            network::nested_addr(dst.index)
+        ),
+        Duration::from_secs(60),
+    )?;
+    anyhow::ensure!(
+        sent.status == 0,
+        "sending to dom0 {}: exit {}: {}",
+        dst.index,
+        sent.status,
+        sent.output.trim()
+    );
+    let out = dst.check(
+        "for i in $(seq 100); do [ -s /run/migsuite/sink.out ] && break; sleep 0.1; done; cat /run/migsuite/sink.out",
+        Duration::from_secs(20),
+    )?;
+    let kv = parse_kv(&out);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    match (num("start"), num("end"), num("bytes")) {
+        (Some(start), Some(end), Some(bytes)) if end > start && bytes > 0.0 => {
+            Ok(bytes * 8.0 / (end - start) / 1e6)
+        }
+        _ => bail!("dom0 {}'s receiver said: {}", dst.index, out.trim()),
+    }
 }
 
 impl Xen {
