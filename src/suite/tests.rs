@@ -121,6 +121,10 @@ failure: { kind: warned, after: 3s }
     "one-host-for-kvm.yaml:10:28: overrides[1].migration.topology: ",
     &["kvm-pv cannot migrate to the host it runs on", "only xen-pv and xen-hvm"],
 )]
+#[case::share_of_link_on_one_host(
+    "share-of-link-on-one-host.yaml:4:39: workloads.game.dirty.rate: ",
+    &["`25% of link` is a share of the migration link", "never crosses", "like 16MiB/s"],
+)]
 #[case::downtime_limit_for_xen(
     "downtime-limit-for-xen.yaml:7:32: overrides[0].migration.max_downtime: ",
     &["xen-pv by precopy has no downtime limit to set"],
