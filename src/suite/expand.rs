@@ -333,8 +333,8 @@ fn check_topology(
 
 /// A dirty rate that is a share of the link means nothing where the
 /// stream never crosses it (`one-host`): it would be a share of another
-/// path. Measured: 25 % of the link dirtied 27 MiB/s against a one-host
-/// Xen stream of 23 MiB/s, and pre-copy did not converge.
+/// path. Measured: a quarter of the link is 29 MiB/s here; at 27 MiB/s a
+/// one-host Xen stream carried 23 MiB/s, and pre-copy did not converge.
 fn check_share_of_link(
     workload: &Workload,
     name: &Ident,
