@@ -11,7 +11,7 @@ use crate::case::{
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
     Workload,
 };
-use crate::yaml::scalar::{HypervisorName, Ident};
+use crate::yaml::scalar::Ident;
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -80,11 +80,10 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     &migration,
                 )?;
                 check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
-                check_share_of_link(&workloads[name], name, hypervisor, &migration)?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 let expect =
                     selected().fold(base_expect.clone(), |e, o| o.expect.clone().unwrap_or(e));
-                cases.push(Case {
+                let case = Case {
                     suite: suite.name.0.clone(),
                     file: file.to_owned(),
                     tier: suite.tier.map_or(Tier::Gate, Into::into),
@@ -106,7 +105,9 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     bounds: bounds_spec(bounds),
                     expect: expect_spec(expect),
                     noise: noise_spec(noise),
-                });
+                };
+                check_share_of_link(&case, name)?;
+                cases.push(case);
             }
         }
     }
@@ -207,11 +208,7 @@ fn check_packets(matrix: &Matrix, workloads: &BTreeMap<Ident, WorkloadDef>) -> R
             size.filter(|s| s.payload(mtu) > PacketSize::Fill.payload(mtu))
         {
             return Err(Invalid {
-                path: FieldPath::default()
-                    .key("workloads")
-                    .key(&name.0)
-                    .key("packets")
-                    .key("size"),
+                path: workload_field(name, "packets", "size"),
                 message: format!(
                     "a {bytes}-byte payload does not fit in one packet at MTU {mtu} (matrix.mtu): \
                      at most {} bytes do; use `fill` or a size up to that",
@@ -335,28 +332,27 @@ fn check_topology(
 /// stream never crosses it (`one-host`): it would be a share of another
 /// path. Measured: a quarter of the link is 29 MiB/s here; at 27 MiB/s a
 /// one-host Xen stream carried 23 MiB/s, and pre-copy did not converge.
-fn check_share_of_link(
-    workload: &Workload,
-    name: &Ident,
-    hypervisor: HypervisorName,
-    migration: &MigrationDef,
-) -> Result<(), Invalid> {
-    let one_host = migration.topology.map(Topology::from) == Some(Topology::OneHost);
-    match workload.dirty_rate {
-        DirtyRate::OfLink(_) if one_host => Err(Invalid {
-            path: FieldPath::default()
-                .key("workloads")
-                .key(&name.0)
-                .key("dirty")
-                .key("rate"),
+fn check_share_of_link(case: &Case, workload: &Ident) -> Result<(), Invalid> {
+    match case.workload.dirty_rate {
+        DirtyRate::OfLink(_) if case.migration.topology == Topology::OneHost => Err(Invalid {
+            path: workload_field(workload, "dirty", "rate"),
             message: format!(
-                "`{}` is a share of the migration link, which {hypervisor}'s stream in `one-host` \
+                "`{}` is a share of the migration link, which {}'s stream in `one-host` \
                  never crosses (both ends are in one Xen host): give the rate itself, like 16MiB/s",
-                workload.dirty_rate
+                case.workload.dirty_rate, case.hypervisor
             ),
         }),
         _ => Ok(()),
     }
+}
+
+/// `workloads.<workload>.<section>.<field>`, where a workload's rule points.
+fn workload_field(workload: &Ident, section: &str, field: &str) -> FieldPath {
+    FieldPath::default()
+        .key("workloads")
+        .key(&workload.0)
+        .key(section)
+        .key(field)
 }
 
 /// The dirtied memory has to fit in the guest next to its kernel.
@@ -365,11 +361,7 @@ fn check_fit(workloads: &BTreeMap<Ident, WorkloadDef>, memory_mib: u32) -> Resul
         let size = def.dirty.as_ref().and_then(|d| d.size);
         if let Some(size) = size.filter(|s| s.0 >= memory_mib) {
             return Err(Invalid {
-                path: FieldPath::default()
-                    .key("workloads")
-                    .key(&name.0)
-                    .key("dirty")
-                    .key("size"),
+                path: workload_field(name, "dirty", "size"),
                 message: format!(
                     "{}MiB does not fit in the guest's {memory_mib}MiB (guest.memory); \
                      make it smaller or give the guest more memory",

@@ -510,6 +510,11 @@ fn parse_kv(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The number a dom0 script printed as `key=`.
+fn number(kv: &BTreeMap<String, String>, key: &str) -> Option<f64> {
+    kv.get(key).and_then(|v| v.parse().ok())
+}
+
 /// How much the calibration sends: about a second from dom0 to dom0.
 const CALIBRATION_MIB: u32 = 32;
 
@@ -542,8 +547,11 @@ fn dom0_goodput(src: &XenHost, dst: &XenHost) -> Result<f64> {
         Duration::from_secs(20),
     )?;
     let kv = parse_kv(&out);
-    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
-    match (num("start"), num("end"), num("bytes")) {
+    match (
+        number(&kv, "start"),
+        number(&kv, "end"),
+        number(&kv, "bytes"),
+    ) {
         (Some(start), Some(end), Some(bytes)) if end > start && bytes > 0.0 => {
             Ok(bytes * 8.0 / (end - start) / 1e6)
         }
@@ -611,9 +619,8 @@ impl Xen {
             a.output.trim()
         );
         let rc: i32 = kv.get("rc").and_then(|v| v.parse().ok()).unwrap_or(-1);
-        let secs = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
-        let elapsed_ms = secs("start")
-            .zip(secs("end"))
+        let elapsed_ms = number(&kv, "start")
+            .zip(number(&kv, "end"))
             .map(|(s, e)| (e - s) * 1000.0);
         let read = |h: &XenHost, command: &str| {
             h.sh(command, Duration::from_secs(20))
