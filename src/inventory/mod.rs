@@ -6,11 +6,18 @@
 //! simulated: true     # the hosts are namespaces on this machine; default false
 //! storage: shared     # local | shared: whether both hosts see the guest disk
 //! observer: 10.250.0.254
+//! # A real lab's (a simulated one's are src/lab/network.rs's):
+//! guest: 192.0.2.100/24   # the guest's address on the LAN of the bridges
+//! link_mtu: 1500          # the migration network's MTU
+//! heartbeat:
+//!   key: /etc/migsuite/lab.key   # shared with the hosts' agents
+//!   monitor: 198.51.100.254      # where the agents send heartbeats
 //! hosts:
 //!   - name: a
 //!     uri: qemu+tcp://10.249.0.1/system
 //!     insecure: false # true allows qemu+tcp:// to another machine
 //!     migration_address: 10.251.0.1
+//!     agent: 198.51.100.1     # a real host's `migsuite host-agent`
 //!     bridge: br0
 //!     pool: migsuite
 //!     backends: [kvm-fv, kvm-pv]
@@ -33,7 +40,7 @@ pub use model::Storage;
 
 use crate::case::Hypervisor;
 use crate::yaml::{Document, FileError, Kind};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 const INVENTORY: Kind = Kind {
@@ -83,6 +90,16 @@ pub struct Inventory {
     pub storage: Storage,
     /// Where guests report: the runner's address on the guest LAN.
     pub observer: IpAddr,
+    /// The guest's address and prefix length on the guest LAN.
+    pub guest: (Ipv4Addr, u8),
+    /// The runner's address where the hosts' agents send heartbeats.
+    pub monitor: IpAddr,
+    /// A real lab's heartbeat key file; a simulated lab's agents are this
+    /// process's, with a key made for each run.
+    pub heartbeat_key: Option<PathBuf>,
+    /// A real lab's migration network MTU, which cases must match; a
+    /// simulated lab's link takes each case's.
+    pub link_mtu: Option<u32>,
     pub hosts: Vec<Host>,
     /// Indices into `hosts`; no host is in two pairs.
     pairs: Vec<[usize; 2]>,
@@ -97,6 +114,8 @@ pub struct Host {
     pub uri: String,
     /// The host's end of the migration link.
     pub migration_address: IpAddr,
+    /// Where the host's agent takes orders, on the management network.
+    pub agent: IpAddr,
     /// The bridge guests' NICs join.
     pub bridge: String,
     /// The libvirt storage pool guest disks go in.
@@ -147,6 +166,7 @@ impl Inventory {
                 name: name.to_string(),
                 uri: libvirtd::uri_at(network::management_addr(i)),
                 migration_address: network::link_addr(i).into(),
+                agent: network::management_addr(i).into(),
                 bridge: network::HOST_BRIDGE.to_string(),
                 pool: SIMULATED_POOL.to_string(),
                 backends: Hypervisor::ALL.to_vec(),
@@ -157,6 +177,10 @@ impl Inventory {
             simulated: true,
             storage,
             observer: network::OBSERVER_ADDR.into(),
+            guest: (network::GUEST_ADDR, network::PREFIX_LEN),
+            monitor: network::MANAGEMENT_ADDR.into(),
+            heartbeat_key: None,
+            link_mtu: None,
             hosts,
             pairs: vec![[0, 1]],
             file: None,

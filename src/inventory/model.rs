@@ -3,10 +3,11 @@
 //! that span fields are `rules`'.
 
 use crate::yaml::scalar::{deserialize_scalar, keyword, keyword_enum, HypervisorName, Ident};
-use crate::yaml::scalar::{Reject, Scalar};
+use crate::yaml::scalar::{Mtu, Reject, Scalar};
 use serde::Deserialize;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +18,16 @@ pub(super) struct InventoryDef {
     pub simulated: bool,
     pub storage: Storage,
     pub observer: Address,
+    /// A real lab's places, which a simulated lab's network fixes
+    /// (`crate::lab::network`): the guest's address on the LAN, ...
+    #[serde(default)]
+    pub guest: Option<GuestAddress>,
+    /// ... the migration network's MTU, which migsuite does not set there, ...
+    #[serde(default)]
+    pub link_mtu: Option<Mtu>,
+    /// ... and the hosts' agents' key and the monitor they report to.
+    #[serde(default)]
+    pub heartbeat: Option<HeartbeatDef>,
     pub hosts: Vec<HostDef>,
     /// Each a list rather than a pair type, so that a pair of the wrong
     /// length is refused with a message of ours, at its place.
@@ -45,9 +56,68 @@ pub(super) struct HostDef {
     #[serde(default)]
     pub insecure: bool,
     pub migration_address: Address,
+    /// Where a real host's `migsuite host-agent` takes orders.
+    #[serde(default)]
+    pub agent: Option<Address>,
     pub bridge: InterfaceName,
     pub pool: PoolName,
     pub backends: Vec<HypervisorName>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `key` and `monitor`")]
+pub(super) struct HeartbeatDef {
+    pub key: KeyPath,
+    /// The runner's address the agents send their heartbeats to.
+    pub monitor: Address,
+}
+
+/// The lab's heartbeat key file, on the runner's machine.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct KeyPath(pub PathBuf);
+
+impl Scalar for KeyPath {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an absolute path like /etc/migsuite/lab.key")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        if v.starts_with('/') {
+            Ok(KeyPath(PathBuf::from(v)))
+        } else {
+            Err(Reject::Invalid(format!(
+                "`{v}` is not an absolute path: give the key file's whole path, e.g. \
+                 /etc/migsuite/lab.key, so that the runner reads it wherever it is started"
+            )))
+        }
+    }
+}
+
+/// The guest's IPv4 address with its prefix length: `192.0.2.100/24`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct GuestAddress(pub Ipv4Addr, pub u8);
+
+const GUEST_EXAMPLE: &str = "192.0.2.100/24";
+
+impl Scalar for GuestAddress {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an IPv4 address and prefix length like {GUEST_EXAMPLE}")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let parsed = v.split_once('/').and_then(|(addr, len)| {
+            Some((addr.parse::<Ipv4Addr>().ok()?, len.parse::<u8>().ok()?))
+        });
+        match parsed {
+            // The guest's agent configures IPv4 only; a /31 or /32 leaves
+            // no room for the observer beside it.
+            Some((addr, len)) if (8..=30).contains(&len) => Ok(GuestAddress(addr, len)),
+            _ => Err(Reject::Invalid(format!(
+                "`{v}` is not an IPv4 address with a prefix length from 8 to 30, e.g. \
+                 {GUEST_EXAMPLE}: the guest takes that address on the LAN its hosts' bridges join"
+            ))),
+        }
+    }
 }
 
 /// An IP address. Not a host name: the address picks the network a stream
@@ -222,4 +292,11 @@ impl Scalar for PoolName {
     }
 }
 
-deserialize_scalar!(Address, LibvirtUri, InterfaceName, PoolName);
+deserialize_scalar!(
+    Address,
+    LibvirtUri,
+    InterfaceName,
+    PoolName,
+    KeyPath,
+    GuestAddress
+);

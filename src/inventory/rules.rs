@@ -8,32 +8,56 @@ use crate::lab::{libvirtd, network};
 use crate::yaml::scalar::{HypervisorName, Ident};
 use crate::yaml::{did_you_mean, distinct, list, FieldPath, Invalid};
 use std::fmt::Display;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
     check_hosts(&def)?;
     let pairs = check_pairs(&def)?;
-    if def.simulated {
+    check_backends(&def, &pairs)?;
+    let inventory = if def.simulated {
         check_simulated(&def)?;
-    }
-    let inventory = Inventory {
-        name: def.name.0,
-        simulated: def.simulated,
-        storage: def.storage,
-        observer: def.observer.0,
-        hosts: def.hosts.into_iter().map(host).collect(),
-        pairs,
-        file: None,
+        let built = Inventory::simulated(&def.name.0, def.storage);
+        Inventory {
+            hosts: def
+                .hosts
+                .into_iter()
+                .zip(0u8..)
+                .map(|(h, i)| host(h, network::management_addr(i).into()))
+                .collect(),
+            pairs,
+            ..built
+        }
+    } else {
+        let real = check_real(&def)?;
+        Inventory {
+            name: def.name.0,
+            simulated: false,
+            storage: def.storage,
+            observer: def.observer.0,
+            guest: real.guest,
+            monitor: real.monitor,
+            heartbeat_key: Some(real.key),
+            link_mtu: Some(real.link_mtu),
+            hosts: def
+                .hosts
+                .into_iter()
+                .zip(real.agents)
+                .map(|(h, agent)| host(h, agent))
+                .collect(),
+            pairs,
+            file: None,
+        }
     };
-    check_backends(&inventory)?;
     Ok(inventory)
 }
 
-fn host(def: HostDef) -> Host {
+fn host(def: HostDef, agent: IpAddr) -> Host {
     Host {
         name: def.name.0,
         uri: def.uri.text,
         migration_address: def.migration_address.0,
+        agent,
         bridge: def.bridge.0,
         pool: def.pool.0,
         backends: def.backends.into_iter().map(|b| b.0).collect(),
@@ -160,6 +184,31 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
             ),
         });
     }
+    let real_only = [
+        ("guest", def.guest.is_some()),
+        ("link_mtu", def.link_mtu.is_some()),
+        ("heartbeat", def.heartbeat.is_some()),
+    ];
+    let given = real_only
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(key, _)| FieldPath::default().key(*key))
+        .chain(
+            (def.hosts.iter().enumerate())
+                .filter(|(_, h)| h.agent.is_some())
+                .map(|(i, _)| FieldPath::default().key("hosts").index(i).key("agent")),
+        )
+        .next();
+    if let Some(path) = given {
+        return Err(Invalid {
+            message: format!(
+                "`{path}` is a real lab's: a simulated lab's guest address, link MTU, \
+                 heartbeats and agents are the ones migsuite builds (src/lab/network.rs), \
+                 so remove it"
+            ),
+            path,
+        });
+    }
     let observer = IpAddr::from(network::OBSERVER_ADDR);
     if def.observer.0 != observer {
         return Err(Invalid {
@@ -203,6 +252,87 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// What a real lab must say that a simulated lab's network fixes.
+struct RealPlaces {
+    guest: (Ipv4Addr, u8),
+    link_mtu: u32,
+    key: PathBuf,
+    monitor: IpAddr,
+    /// Each host's agent, in the order of `hosts`.
+    agents: Vec<IpAddr>,
+}
+
+fn check_real(def: &InventoryDef) -> Result<RealPlaces, Invalid> {
+    let missing = |path: FieldPath, example: &str, what: &str| Invalid {
+        path,
+        message: format!("a real lab gives {what}, e.g. `{example}`"),
+    };
+    let top = FieldPath::default();
+    let guest = def.guest.ok_or_else(|| {
+        missing(
+            top.clone().key("guest"),
+            "guest: 192.0.2.100/24",
+            "the guest's address on the LAN its hosts' bridges join",
+        )
+    })?;
+    let link_mtu = def.link_mtu.ok_or_else(|| {
+        missing(
+            top.clone().key("link_mtu"),
+            "link_mtu: 1500",
+            "its migration network's MTU (migsuite does not change a real link's)",
+        )
+    })?;
+    let heartbeat = def.heartbeat.as_ref().ok_or_else(|| {
+        missing(
+            top.clone().key("heartbeat"),
+            "heartbeat: { key: /etc/migsuite/lab.key, monitor: 198.51.100.254 }",
+            "the key its hosts' agents seal heartbeats with and the runner's address they \
+             send them to",
+        )
+    })?;
+    let on_guest_lan = |addr: Ipv4Addr| {
+        let mask = u32::MAX << (32 - u32::from(guest.1));
+        u32::from(addr) & mask == u32::from(guest.0) & mask
+    };
+    match def.observer.0 {
+        IpAddr::V4(observer) if observer == guest.0 => return Err(Invalid {
+            path: top.key("observer"),
+            message: format!(
+                "`{observer}` is the guest's own address (`guest`): the observer is the runner's"
+            ),
+        }),
+        IpAddr::V4(observer) if on_guest_lan(observer) => {}
+        observer => {
+            return Err(Invalid {
+                path: top.key("observer"),
+                message: format!(
+                    "`{observer}` is not on the guest's network ({}/{}): the guest reports to \
+                     the observer directly, with no router between",
+                    guest.0, guest.1
+                ),
+            })
+        }
+    }
+    let mut agents = Vec::new();
+    for (i, h) in def.hosts.iter().enumerate() {
+        let agent = h.agent.ok_or_else(|| {
+            missing(
+                top.clone().key("hosts").index(i).key("agent"),
+                "agent: 198.51.100.1",
+                "each host's address where its `migsuite host-agent` takes orders",
+            )
+        })?;
+        agents.push(agent.0);
+    }
+    Ok(RealPlaces {
+        guest: (guest.0, guest.1),
+        link_mtu: link_mtu.0,
+        key: heartbeat.key.0.clone(),
+        monitor: heartbeat.monitor.0,
+        agents,
+    })
 }
 
 /// Each pair two different hosts of the lab, and no host in two pairs: a
@@ -265,10 +395,10 @@ fn check_pairs(def: &InventoryDef) -> Result<Vec<[usize; 2]>, Invalid> {
 }
 
 /// A pair whose hosts share no backend could run no case.
-fn check_backends(inventory: &Inventory) -> Result<(), Invalid> {
-    for (j, pair) in inventory.pairs().enumerate() {
-        if pair.backends().is_empty() {
-            let [a, b] = pair.hosts;
+fn check_backends(def: &InventoryDef, pairs: &[[usize; 2]]) -> Result<(), Invalid> {
+    for (j, &[a, b]) in pairs.iter().enumerate() {
+        let (a, b) = (&def.hosts[a], &def.hosts[b]);
+        if !a.backends.iter().any(|x| b.backends.contains(x)) {
             return Err(Invalid {
                 path: FieldPath::default().key("pairs").index(j),
                 message: format!(

@@ -19,16 +19,23 @@ const RACK: &str = "\
 name: rack
 storage: shared
 observer: 192.0.2.254
+guest: 192.0.2.100/24
+link_mtu: 1500
+heartbeat:
+  key: /etc/migsuite/lab.key
+  monitor: 203.0.113.254
 hosts:
   - name: a
     uri: qemu+ssh://root@192.0.2.1/system
     migration_address: 198.51.100.1
+    agent: 203.0.113.1
     bridge: br0
     pool: default
     backends: [kvm-fv, kvm-pv]
   - name: b
     uri: qemu+ssh://root@192.0.2.2/system
     migration_address: 198.51.100.2
+    agent: 203.0.113.2
     bridge: br0
     pool: default
     backends: [kvm-pv]
@@ -125,6 +132,62 @@ fn a_real_lab_loads_as_written() {
         b.migration_address,
         "198.51.100.2".parse::<IpAddr>().unwrap()
     );
+    assert_eq!(b.agent, "203.0.113.2".parse::<IpAddr>().unwrap());
+    assert_eq!(lab.guest, ("192.0.2.100".parse().unwrap(), 24));
+    assert_eq!(lab.link_mtu, Some(1500));
+    assert_eq!(lab.monitor, "203.0.113.254".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        lab.heartbeat_key,
+        Some(PathBuf::from("/etc/migsuite/lab.key"))
+    );
+}
+
+#[rstest::rstest]
+#[case::no_guest(
+    "guest: 192.0.2.100/24\n",
+    "",
+    "guest: a real lab gives the guest's address"
+)]
+#[case::no_mtu(
+    "link_mtu: 1500\n",
+    "",
+    "link_mtu: a real lab gives its migration network's MTU"
+)]
+#[case::no_agent(
+    "    agent: 203.0.113.2\n",
+    "",
+    "hosts[1].agent: a real lab gives each host's"
+)]
+#[case::guest_without_prefix("192.0.2.100/24", "192.0.2.100", "prefix length from 8 to 30")]
+#[case::observer_elsewhere(
+    "observer: 192.0.2.254",
+    "observer: 198.51.100.254",
+    "observer: `198.51.100.254` is not on the guest's network (192.0.2.100/24)"
+)]
+#[case::observer_is_guest("observer: 192.0.2.254", "observer: 192.0.2.100", "the guest's own")]
+#[case::relative_key("key: /etc/migsuite/lab.key", "key: lab.key", "not an absolute path")]
+fn a_real_lab_says_where_its_guest_and_agents_are(
+    #[case] old: &str,
+    #[case] new: &str,
+    #[case] expected: &str,
+) {
+    let err = parse(&rack_with(old, new)).unwrap_err().to_string();
+    assert!(err.contains(expected), "{err}");
+}
+
+#[test]
+fn a_simulated_lab_gives_no_real_lab_places() {
+    let local = std::fs::read_to_string(root().join("suites/labs/local.yaml")).unwrap();
+    let agent = local.replacen(
+        "    bridge: br0",
+        "    agent: 10.249.0.1\n    bridge: br0",
+        1,
+    );
+    let err = parse(&agent).unwrap_err().to_string();
+    assert!(
+        err.contains("hosts[0].agent: `hosts[0].agent` is a real lab's"),
+        "{err}"
+    );
 }
 
 #[rstest::rstest]
@@ -160,13 +223,14 @@ fn tcp_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
 
 #[test]
 fn addresses_may_be_ipv6() {
-    let text = rack_with("198.51.100.1", "fd00::1").replacen("192.0.2.254", "'fd00::fe'", 1);
+    // Not the observer's: the guest's agent speaks IPv4.
+    let text = rack_with("198.51.100.1", "fd00::1").replacen("203.0.113.254", "'fd00::fe'", 1);
     let lab = parse(&text).unwrap();
     assert_eq!(
         lab.hosts[0].migration_address,
         "fd00::1".parse::<IpAddr>().unwrap()
     );
-    assert_eq!(lab.observer, "fd00::fe".parse::<IpAddr>().unwrap());
+    assert_eq!(lab.monitor, "fd00::fe".parse::<IpAddr>().unwrap());
 }
 
 /// Each fixture's second line is the refusal it must get, whole, from the

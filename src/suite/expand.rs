@@ -5,13 +5,13 @@ use super::model::{
     AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, NoiseDef,
     Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, WorkloadDef,
 };
-use super::scalar::Mtu;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
     Workload,
 };
 use crate::yaml::scalar::Ident;
+use crate::yaml::scalar::Mtu;
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
 use std::fmt::Display;

@@ -2,8 +2,9 @@
 //! Everything optional stays an `Option` here; defaults are applied in
 //! `expand`, so this file reads as the grammar of the language.
 
-use super::scalar::{Count, Mtu, PacketSizeDef};
+use super::scalar::{Count, PacketSizeDef};
 use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
+use crate::yaml::scalar::Mtu;
 
 /// Ranges of the quantities a suite may give, in ms and %.
 const HOUR: u64 = 3_600_000;

@@ -6,38 +6,6 @@ use crate::yaml::scalar::{deserialize, deserialize_scalar, Reject, Scalar};
 use serde::de::Deserializer;
 use std::fmt;
 
-/// Link MTU in bytes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Mtu(pub u32);
-
-impl Scalar for Mtu {
-    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an MTU in bytes from 68 to 65535")
-    }
-
-    fn from_u64(n: u64) -> Result<Self, Reject> {
-        match n {
-            68..=65535 => Ok(Mtu(n as u32)),
-            // The study's "32 B MTU" is the classic mistake: it cannot be
-            // configured on Linux, so point at what it really meant.
-            0..=67 => Err(Reject::Invalid(format!(
-                "mtu less than device minimum: {n} is below 68, Linux's minimum IPv4/Ethernet \
-                 MTU; the study's 32-byte packets are expressed as a workload's \
-                 `packets.size: 32`, not as an MTU"
-            ))),
-            _ => Err(Reject::Invalid(format!(
-                "mtu greater than device maximum: {n} is above 65535"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Mtu {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
 /// UDP payload size of a workload's packets.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PacketSizeDef(pub PacketSize);
@@ -98,4 +66,4 @@ impl<'de, const LO: u32, const HI: u32> serde::Deserialize<'de> for Count<LO, HI
     }
 }
 
-deserialize_scalar!(Mtu, PacketSizeDef);
+deserialize_scalar!(PacketSizeDef);
