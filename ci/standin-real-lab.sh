@@ -348,53 +348,72 @@ EOF
 
 # ---------------------------------------------------------------- down
 
-# Ends the process in pid file $1 if it is still the one it names
-# (its command line holds $2; a pid may have been reused).
-kill_pidfile() {
+# Whether process $1 still runs: a zombie has ended (this machine's init
+# may take seconds to reap the daemons it inherited).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# The pid in pid file $1 if that process still runs and is the one the file
+# names (its command line holds $2: a pid may have been reused).
+pid_from() {
   local file=$1 what=$2 pid
-  [ -f "$file" ] || return 0
   pid=$(cat "$file" 2>/dev/null) || return 0
   [[ $pid =~ ^[0-9]+$ ]] || return 0
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$what" || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$what" || return 0
+  echo "$pid"
+}
+
+# Processes of $@ that still run.
+still_alive() {
+  local pid
+  for pid in "$@"; do
+    if alive "$pid"; then echo "$pid"; fi
+  done
+}
+
+# Ends processes $@: TERM, then KILL those left after 10 s.
+end_processes() {
+  local left
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
   for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    [ -n "$(still_alive "$@")" ] || return 0
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null || true
+  mapfile -t left < <(still_alive "$@")
+  [ ${#left[@]} -eq 0 ] || kill -KILL "${left[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    [ -n "$(still_alive "$@")" ] || return 0
+    sleep 0.1
+  done
+  echo "$me: warning: processes still running: $(still_alive "$@" | tr '\n' ' ')" >&2
 }
 
 # Ends every process still in namespace $1 (guests' QEMUs, a run left in
 # msr-run): they would keep the namespace and the private mounts alive.
 kill_namespace() {
-  local ns=$1 pids
-  ns_exists "$ns" || return 0
-  pids=$(ip netns pids "$ns" 2>/dev/null || true)
-  [ -n "$pids" ] || return 0
-  # shellcheck disable=SC2086  # a list of pids
-  kill -TERM $pids 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -z "$(ip netns pids "$ns" 2>/dev/null || true)" ] && return 0
-    sleep 0.1
-  done
-  pids=$(ip netns pids "$ns" 2>/dev/null || true)
-  # shellcheck disable=SC2086
-  [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -z "$(ip netns pids "$ns" 2>/dev/null || true)" ] && return 0
-    sleep 0.1
-  done
-  echo "$me: warning: processes still in $ns: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')" >&2
+  local pids
+  ns_exists "$1" || return 0
+  mapfile -t pids < <(ip netns pids "$1" 2>/dev/null || true)
+  end_processes "${pids[@]}"
 }
 
 down() {
   [ $# -eq 0 ] || usage
-  local h ns mnt
-  # Agents first (they would report the hosts' daemons gone), then daemons.
+  local h ns mnt pid pids=()
+  # The daemons and agents by their pid files: they may have outlived their
+  # namespaces' names.
   for h in "${HOSTS[@]}"; do
-    kill_pidfile "$STATE/$h/host-agent.pid" host-agent
-    kill_pidfile "$STATE/$h/libvirtd.pid" libvirtd
+    for pid in "$(pid_from "$STATE/$h/host-agent.pid" host-agent)" \
+               "$(pid_from "$STATE/$h/libvirtd.pid" libvirtd)"; do
+      [ -z "$pid" ] || pids+=("$pid")
+    done
   done
+  end_processes "${pids[@]}"
   for ns in "$(ns_of a)" "$(ns_of b)" "$RUNNER"; do
     kill_namespace "$ns"
   done

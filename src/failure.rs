@@ -8,10 +8,9 @@
 //! the host's namespace; a real host runs `migsuite host-agent`.
 
 use crate::heartbeat::{self, Key, Monitor};
-use crate::lab::network::MANAGEMENT_ADDR;
-use crate::lab::Lab;
+use crate::lab::{Lab, Place};
 use crate::wire::MONITOR_PORT;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,19 +27,32 @@ pub struct FailureMonitor {
 }
 
 impl FailureMonitor {
-    /// The monitor, and a host agent on each simulated host, under a new key.
+    /// The monitor at the lab's `monitor` address. A simulated lab's hosts
+    /// get an agent each, under a new key; a real lab's run their own, under
+    /// the key of its inventory.
     pub fn start(lab: &Lab) -> Result<FailureMonitor> {
-        let socket = lab.on_lan(|| UdpSocket::bind((MANAGEMENT_ADDR, MONITOR_PORT)))??;
-        let monitor = Monitor::new(socket, Key::random()?)?;
+        let inventory = &lab.inventory;
+        let to = SocketAddr::from((inventory.monitor, MONITOR_PORT));
+        let socket = lab
+            .on_lan(|| UdpSocket::bind(to))?
+            .with_context(|| format!("the failure monitor's address {to}"))?;
+        let key = match &inventory.heartbeat_key {
+            Some(path) => Key::load(path)
+                .with_context(|| format!("lab {}'s `heartbeat.key`", inventory.name))?,
+            None => Key::random()?,
+        };
+        let monitor = Monitor::new(socket, key)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut agents = Vec::new();
         for host in [&lab.source, &lab.destination] {
-            let socket = host
+            let Place::Simulated(simulated) = &host.place else {
+                continue;
+            };
+            let socket = simulated
                 .netns
-                .enter(|| UdpSocket::bind((host.libvirtd.addr, heartbeat::AGENT_PORT)))??;
+                .enter(|| UdpSocket::bind((host.agent, heartbeat::AGENT_PORT)))??;
             let (name, key, stop) = (host.name.clone(), monitor.key().clone(), stop.clone());
             agents.push(std::thread::spawn(move || {
-                let to = (MANAGEMENT_ADDR, MONITOR_PORT).into();
                 if let Err(e) = heartbeat::serve(&name, &key, &socket, to, &stop) {
                     eprintln!("migsuite: host {name}'s agent stopped: {e:#}");
                 }
@@ -50,7 +62,7 @@ impl FailureMonitor {
             monitor,
             source: (
                 lab.source.name.clone(),
-                (lab.source.libvirtd.addr, heartbeat::AGENT_PORT).into(),
+                (lab.source.agent, heartbeat::AGENT_PORT).into(),
             ),
             stop,
             agents,

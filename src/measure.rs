@@ -108,11 +108,12 @@ pub struct Landmarks {
 #[serde(default)]
 pub struct Calibration {
     pub mtu: u32,
-    /// TCP goodput from source to destination over the migration link.
-    pub goodput_mbit: f64,
+    /// TCP goodput from source to destination over the migration link;
+    /// None on a real lab, whose link migsuite does not measure.
+    pub goodput_mbit: Option<f64>,
     /// The rate on the wire that goodput makes (frames, headers included):
     /// what a migration stream's wire rate is compared with.
-    pub wire_mbit: f64,
+    pub wire_mbit: Option<f64>,
     /// TCP goodput of the stream's own path where nested hosts relay it
     /// (Xen: dom0 to dom0 through the link); None where the link is the path.
     pub stream_path_goodput_mbit: Option<f64>,

@@ -4,13 +4,12 @@
 //! measurements only; judging and reporting happen downstream.
 
 use crate::backend::{self, Backend, BackendInfo};
-use crate::case::Case;
+use crate::case::{Case, DirtyRate};
 use crate::failure::FailureMonitor;
 use crate::inventory::Inventory;
 use crate::lab::libvirtd;
 use crate::lab::netns;
-use crate::lab::network::{GUEST_ADDR, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN};
-use crate::lab::{self, Lab};
+use crate::lab::{self, Lab, Place};
 use crate::lab::{calibration, link};
 use crate::measure::{
     Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
@@ -57,7 +56,7 @@ pub fn exclusive(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<Exclusive> 
 /// Why `case` cannot run on the lab `inventory` describes; None if it can.
 pub fn refusal(case: &Case, inventory: &Inventory) -> Option<String> {
     backend::refusal(case.hypervisor)
-        .or_else(|| lab::cannot_build(inventory))
+        .or_else(|| lab::cannot_run(inventory, case))
         .or_else(|| {
             inventory
                 .pairs_offering(case.hypervisor)
@@ -140,23 +139,27 @@ fn summary_line(run: &RunMeasurement) -> String {
     }
 }
 
-/// The hosts' libvirtd (no authentication) on every address they have:
-/// the agent checks that none is reachable from the guest.
+/// The hosts' libvirtd (no authentication in a simulated lab) on their
+/// management and migration addresses: the agent checks that none is
+/// reachable from the guest.
 fn probe_targets(lab: &Lab) -> Vec<String> {
     [&lab.source, &lab.destination]
         .iter()
-        .flat_map(|h| [h.libvirtd.addr, h.link_addr])
-        .map(|addr| format!("{addr}:{}", libvirtd::LIBVIRTD_PORT))
+        .flat_map(|h| [h.agent, h.migration_address])
+        .map(|addr| std::net::SocketAddr::from((addr, libvirtd::LIBVIRTD_PORT)).to_string())
         .collect()
 }
 
 fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
     let w = &case.workload;
     let probe = probe_targets(lab);
+    let lab = &lab.inventory;
+    let (guest, prefix_len) = lab.guest;
     format!(
-        "migsuite.ip={GUEST_ADDR}/{PREFIX_LEN} migsuite.observer={OBSERVER_ADDR}:{} migsuite.mtu={} \
+        "migsuite.ip={guest}/{prefix_len} migsuite.observer={}:{} migsuite.mtu={} \
          migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={} \
-         migsuite.probe={} migsuite.monitor={MANAGEMENT_ADDR}:{}",
+         migsuite.probe={} migsuite.monitor={}:{}",
+        lab.observer,
         wire::OBSERVER_PORT,
         case.link.mtu,
         w.dirty_mib,
@@ -164,6 +167,7 @@ fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
         probe.join(","),
+        lab.monitor,
         wire::MONITOR_PORT,
     )
 }
@@ -184,20 +188,39 @@ fn run_in(
 ) -> Result<CaseResult> {
     backend.prepare(lab, case)?;
     let link = calibration::link_rates(lab)?;
-    let goodput_mbit = link.goodput_mbit;
+    let goodput_mbit = link.as_ref().map(|l| l.goodput_mbit);
+    let wire_mbit = link.as_ref().map(|l| l.wire_mbit);
     let stream_path_goodput_mbit = backend.stream_path_goodput(lab).transpose()?;
     // A share of the link is a share of what the stream can carry: where
     // nested hosts relay it, that is their path, not the link alone.
-    let carried_mbit = stream_path_goodput_mbit.map_or(goodput_mbit, |p| p.min(goodput_mbit));
-    let dirty_rate = case.workload.dirty_rate.mib_s(carried_mbit);
+    let carried_mbit = [goodput_mbit, stream_path_goodput_mbit]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min);
+    let dirty_rate = match (case.workload.dirty_rate, carried_mbit) {
+        (rate, Some(carried)) => rate.mib_s(carried),
+        (DirtyRate::MibPerSec(rate), None) => rate,
+        // `lab::cannot_run` refuses it on a lab whose link is not measured.
+        (share, None) => anyhow::bail!("`{share}` needs the link measured, and it was not"),
+    };
+    let carries = match link {
+        Some(link) => format!(
+            "the migration link carries {:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}{}",
+            link.goodput_mbit,
+            link.wire_mbit,
+            case.link.mtu,
+            stream_path_goodput_mbit
+                .map(|p| format!(", the stream's path through the nested hosts {p:.0} Mbit/s"))
+                .unwrap_or_default(),
+        ),
+        None => format!(
+            "the migration network is lab {}'s own at MTU {}, neither shaped nor measured by migsuite",
+            lab.inventory.name, case.link.mtu
+        ),
+    };
     progress(&format!(
-        "{}: the migration link carries {goodput_mbit:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}{}; the workload dirties {} MiB at {dirty_rate} MiB/s",
+        "{}: {carries}; the workload dirties {} MiB at {dirty_rate} MiB/s",
         case.name(),
-        link.wire_mbit,
-        case.link.mtu,
-        stream_path_goodput_mbit
-            .map(|p| format!(", the stream's path through the nested hosts {p:.0} Mbit/s"))
-            .unwrap_or_default(),
         case.workload.dirty_mib
     ));
     let observer = Observer::start(lab)?;
@@ -219,7 +242,7 @@ fn run_in(
     let calibration = Calibration {
         mtu: case.link.mtu,
         goodput_mbit,
-        wire_mbit: link.wire_mbit,
+        wire_mbit,
         stream_path_goodput_mbit,
         workload_dirty_rate_mib_s: dirty_rate,
         guest_dirty_capacity_mib_s: hello
@@ -242,7 +265,7 @@ fn run_in(
             case.repeat,
             case.failure.after_ms
         ));
-        let run = run_once(lab, case, backend, &observer, link.wire_mbit, progress)?;
+        let run = run_once(lab, case, backend, &observer, wire_mbit, progress)?;
         progress(&format!(
             "{}: run {i} ({}): {}",
             case.name(),
@@ -298,32 +321,51 @@ fn provenance(
     hello: &BTreeMap<String, String>,
     beside: Neighbours,
 ) -> Provenance {
+    // A real lab's hosts are not this machine: their CPUs, memory and
+    // kernel are not the runner's to report.
+    let (host_kind, this_machine) = match lab.source.place {
+        Place::Simulated(_) => (
+            format!(
+                "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
+                num_cpus()
+            ),
+            true,
+        ),
+        Place::Real => (
+            "real lab: 2 machines, reached through their libvirt URIs".to_string(),
+            false,
+        ),
+    };
     Provenance {
         accel: info.accel,
-        host_kind: format!(
-            "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
-            num_cpus()
-        ),
+        host_kind,
         lab: lab.inventory.describe(),
         storage: info.storage,
         hosts: format!("{} and {}", lab.host(0).name, lab.host(1).name),
-        host_kernel: crate::sh::kernel_release(),
+        host_kernel: if this_machine {
+            crate::sh::kernel_release()
+        } else {
+            "not reported (real hosts)".into()
+        },
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,
         guest_kernel: hello.get("kernel").cloned().unwrap_or_default(),
         migsuite_version: env!("CARGO_PKG_VERSION").to_string(),
         beside,
-        host_cpus: Some(num_cpus() as u32),
-        host_memory_mib: crate::procfs::meminfo_mib("MemTotal"),
+        host_cpus: this_machine.then(|| num_cpus() as u32),
+        host_memory_mib: crate::procfs::meminfo_mib("MemTotal").filter(|_| this_machine),
     }
 }
 
-/// The pids of `lab` (its namespaces' processes), and those this process
-/// runs for other pairs: what the census of its neighbours must not and
-/// must name.
+/// The pids of `lab` (a simulated lab's namespaces' processes; a real
+/// lab has none here), and those this process runs for other pairs: what
+/// the census of its neighbours must not and must name.
 fn lab_processes(lab: &Lab) -> (HashSet<i32>, HashSet<i32>) {
-    let own = [&lab.source.netns, &lab.destination.netns, &lab.switch]
-        .iter()
+    let hosts = [&lab.source, &lab.destination].map(|h| h.simulated().ok().map(|s| &s.netns));
+    let own = hosts
+        .into_iter()
+        .chain([lab.switch.as_ref()])
+        .flatten()
         .flat_map(|ns| netns::processes(&ns.name))
         .collect();
     let others = lab::cleanup::other_labs_processes(lab.id())
@@ -339,7 +381,7 @@ fn run_once(
     case: &Case,
     backend: &mut dyn Backend,
     observer: &Observer,
-    wire_mbit: f64,
+    wire_mbit: Option<f64>,
     progress: &dyn Fn(&str),
 ) -> Result<RunMeasurement> {
     // One host (a Xen domU moved within it): both ends are the source.
@@ -354,7 +396,7 @@ fn run_once(
     let sampling_from = Instant::now();
     let sampler = Sampler::start(
         Duration::from_millis(case.sampling.interval_ms),
-        backend.process_probe(lab),
+        backend.sample_source(lab)?,
     );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     let warning = monitor.inject(WARNING_TIMEOUT)?;
@@ -381,16 +423,24 @@ fn run_once(
     }
 
     let crosses_link = backend.stream_crosses_link();
-    let link_monitor = link::Monitor::start(&lab.source.netns.name)?;
+    // A simulated link's counters; a real lab's stream is known by what
+    // its hypervisor reports only.
+    let link_monitor = match &lab.source.place {
+        Place::Simulated(s) => Some(link::Monitor::start(&s.netns.name)?),
+        Place::Real => None,
+    };
     let evacuation = backend.evacuate(lab, case, progress);
-    let on_link = link_monitor.finish()?;
-    let link_bytes = on_link.bytes();
+    let on_link = link_monitor.map(link::Monitor::finish).transpose()?;
+    let link_bytes = on_link.as_ref().map(|l| l.bytes());
     let mut outcome = evacuation.outcome;
     // A stream that should cross the link and left it idle went elsewhere:
     // what was measured is not what the case asked for.
-    if let (Outcome::Completed, true, Some(sent)) =
-        (&outcome, crosses_link, evacuation.bytes_transferred)
-    {
+    if let (Outcome::Completed, true, Some(sent), Some(link_bytes)) = (
+        &outcome,
+        crosses_link,
+        evacuation.bytes_transferred,
+        link_bytes,
+    ) {
         if link_bytes < sent / 2 {
             outcome = Outcome::Failed {
                 reason: format!(
@@ -424,7 +474,8 @@ fn run_once(
     }
     std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
     let mut timelines = sampler.finish(t0);
-    if crosses_link {
+    let on_link = on_link.filter(|_| crosses_link);
+    if let Some(on_link) = &on_link {
         timelines.push(Timeline {
             name: "link.source.tx".into(),
             unit: Unit::Mbit,
@@ -451,7 +502,7 @@ fn run_once(
             .reduce(f64::max)
     };
     let completed = matches!(outcome, Outcome::Completed);
-    let throughput_mbit = if crosses_link {
+    let throughput_mbit = if let Some(on_link) = &on_link {
         on_link.active_rate_mbit()
     } else {
         evacuation
@@ -491,10 +542,11 @@ fn run_once(
         peak_memory_mib: peak("memory.", &timelines),
         phases: evacuation.phases,
         throughput_mbit,
-        link_bytes: Some(link_bytes),
+        link_bytes,
         efficiency: throughput_mbit
-            .filter(|_| crosses_link)
-            .map(|t| t / wire_mbit),
+            .filter(|_| on_link.is_some())
+            .zip(wire_mbit)
+            .map(|(t, wire)| t / wire),
         passes: Pass::of(&progress_samples),
         progress: progress_samples,
         outcome,
@@ -516,18 +568,41 @@ mod tests {
     use crate::report::fixtures::case;
 
     #[test]
-    fn a_case_runs_only_where_a_simulated_pair_offers_its_hypervisor() {
+    fn a_case_runs_only_where_a_pair_offers_its_hypervisor() {
         let lab = Inventory::simulated("local", Storage::Local);
         assert_eq!(refusal(&case(), &lab), None);
-        let mut real = lab.clone();
-        real.simulated = false;
-        let why = refusal(&case(), &real).unwrap();
-        assert!(why.contains("real machines"), "{why}");
         let mut kvm_only = lab.clone();
         for host in &mut kvm_only.hosts {
             host.backends = vec![Hypervisor::KvmPv];
         }
         let why = refusal(&case(), &kvm_only).unwrap();
         assert!(why.contains("no pair of lab local offers kvm-fv"), "{why}");
+    }
+
+    /// A real lab's network is as its hosts have it, and its link is not
+    /// measured: the case must fit it.
+    #[test]
+    fn a_real_lab_runs_cases_that_fit_its_network() {
+        let mut real = Inventory::simulated("rack", Storage::Local);
+        (real.simulated, real.link_mtu) = (false, Some(1500));
+        let mut fits = case();
+        (fits.link.mtu, fits.link.rate_mbit) = (1500, None);
+        assert_eq!(refusal(&fits, &real), None);
+        let refused = |change: &dyn Fn(&mut Case)| {
+            let mut c = fits.clone();
+            change(&mut c);
+            refusal(&c, &real).unwrap()
+        };
+        let why = refused(&|c| c.link.mtu = 128);
+        assert!(
+            why.contains("MTU 1500 (its inventory's `link_mtu`)"),
+            "{why}"
+        );
+        let why = refused(&|c| c.link.rate_mbit = Some(1000));
+        assert!(why.contains("does not shape a real lab's network"), "{why}");
+        let why = refused(&|c| c.workload.dirty_rate = DirtyRate::OfLink(0.25));
+        assert!(why.contains("give the rate itself"), "{why}");
+        let why = refused(&|c| c.faults.kill_destination_after_ms = Some(500));
+        assert!(why.contains("only on a simulated host"), "{why}");
     }
 }

@@ -1,5 +1,7 @@
-//! Samples CPU and memory over time: the hypervisor processes of each host,
-//! each host's toolstack daemon, and the whole machine, from /proc.
+//! Samples CPU and memory over time. On simulated hosts, from this
+//! machine's /proc: the hypervisor processes of each host, each host's
+//! toolstack daemon, and the whole machine. On real hosts, from what their
+//! hypervisors report of the guest.
 
 use crate::measure::{Timeline, Unit};
 use crate::procfs;
@@ -20,6 +22,25 @@ pub struct Pids {
 /// What the sampler calls at every tick to find the pids to sample (a
 /// backend's `process_probe`): processes come and go as the guest moves.
 pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
+
+/// The guest's hypervisor on one host, as that host reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reported {
+    /// CPU time used since it started, ns.
+    pub cpu_ns: u64,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+}
+
+/// What a backend gives the sampler to look at.
+pub enum Source {
+    /// This machine's processes: the hosts are its namespaces.
+    Processes(ProcessProbe),
+    /// What each host (source, destination) reports of the guest's
+    /// hypervisor, None where it runs none: the hosts are machines of
+    /// their own.
+    Reported(Box<dyn FnMut() -> [Option<Reported>; 2] + Send>),
+}
 
 /// Timeline names per host: (hypervisor CPU, hypervisor memory, toolstack CPU).
 const NAMES: [(&str, &str, &str); 2] = [
@@ -66,21 +87,104 @@ fn machine_used_mib() -> Option<f64> {
     Some(procfs::meminfo_mib("MemTotal")? - procfs::meminfo_mib("MemAvailable")?)
 }
 
+/// A timeline's name, unit and value at one tick.
+type Point = (&'static str, Unit, f64);
+
+/// Each tick's look at this machine's processes (`pids`) and at the machine,
+/// given the seconds since the last.
+fn processes(pids: ProcessProbe) -> impl FnMut(f64) -> Vec<Point> {
+    let hz = procfs::clock_ticks();
+    let page_mib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as f64 / (1 << 20) as f64;
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    // Keyed by pid and start time: a pid reused by a new process
+    // starts a count of its own.
+    let mut last_ticks: HashMap<(i32, u64), u64> = HashMap::new();
+    let mut last_machine = machine_cpu();
+    move |dt| {
+        let p = pids();
+        let mut out = Vec::new();
+        // (percent of one CPU, RSS MiB) summed over `pids`.
+        let mut usage = |pids: &[i32]| -> (f64, f64) {
+            let (mut ticks, mut rss) = (0, 0);
+            for &pid in pids {
+                if let Some(s) = procfs::stat(pid) {
+                    let t = s.cpu_ticks;
+                    // A process first seen now counts from here: its
+                    // earlier CPU belongs to before this interval.
+                    let before = last_ticks.insert((pid, s.start_ticks), t).unwrap_or(t);
+                    ticks += t.saturating_sub(before);
+                    rss += s.rss_pages;
+                }
+            }
+            (ticks as f64 / hz / dt * 100.0, rss as f64 * page_mib)
+        };
+        for (i, (cpu_name, mem_name, toolstack_name)) in NAMES.into_iter().enumerate() {
+            let (cpu, rss) = usage(&p.guest[i]);
+            out.push((cpu_name, Unit::Percent, cpu));
+            out.push((mem_name, Unit::Mib, rss));
+            let (cpu, _) = usage(p.toolstack[i].as_slice());
+            out.push((toolstack_name, Unit::Percent, cpu));
+        }
+        if let (Some((b0, t0)), Some((b1, t1))) = (last_machine, machine_cpu()) {
+            // Percent of the whole machine (all CPUs).
+            let pct = if t1 > t0 {
+                b1.saturating_sub(b0) as f64 / (t1 - t0) as f64 * 100.0
+            } else {
+                0.0
+            };
+            out.push(("cpu.machine", Unit::Percent, pct.min(100.0 * ncpu)));
+            last_machine = Some((b1, t1));
+        }
+        if let Some(used) = machine_used_mib() {
+            out.push(("memory.machine", Unit::Mib, used));
+        }
+        out
+    }
+}
+
+/// Each tick's look at what the hosts report of the guest's hypervisor.
+/// Neither their toolstacks nor their machines are in it: the runner sees
+/// only what libvirt tells.
+fn reported(
+    mut report: Box<dyn FnMut() -> [Option<Reported>; 2] + Send>,
+) -> impl FnMut(f64) -> Vec<Point> {
+    let mut last: [Option<u64>; 2] = [None, None];
+    move |dt| {
+        let now = report();
+        let mut out = Vec::new();
+        for (i, (cpu_name, mem_name, _)) in NAMES.into_iter().enumerate() {
+            let (cpu, rss) = match now[i] {
+                Some(r) => {
+                    // A hypervisor first seen now, or started anew (its
+                    // count went back), counts from here.
+                    let before = last[i].filter(|&b| b <= r.cpu_ns).unwrap_or(r.cpu_ns);
+                    last[i] = Some(r.cpu_ns);
+                    ((r.cpu_ns - before) as f64 / 1e9 / dt * 100.0, r.rss_mib)
+                }
+                None => {
+                    last[i] = None;
+                    (0.0, 0.0)
+                }
+            };
+            out.push((cpu_name, Unit::Percent, cpu));
+            out.push((mem_name, Unit::Mib, rss));
+        }
+        out
+    }
+}
+
 impl Sampler {
-    pub fn start(interval: Duration, pids: ProcessProbe) -> Sampler {
+    pub fn start(interval: Duration, source: Source) -> Sampler {
         let series = Arc::new(Mutex::new(Series::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (series2, stop2) = (series.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let hz = procfs::clock_ticks();
-            let page_mib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as f64 / (1 << 20) as f64;
-            let ncpu = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1) as f64;
-            // Keyed by pid and start time: a pid reused by a new process
-            // starts a count of its own.
-            let mut last_ticks: HashMap<(i32, u64), u64> = HashMap::new();
-            let mut last_machine = machine_cpu();
+            let mut look: Box<dyn FnMut(f64) -> Vec<Point> + Send> = match source {
+                Source::Processes(pids) => Box::new(processes(pids)),
+                Source::Reported(report) => Box::new(reported(report)),
+            };
             let mut last = Instant::now();
             let mut next = last + interval;
             while !stop2.load(Ordering::Relaxed) {
@@ -89,43 +193,7 @@ impl Sampler {
                 let now = Instant::now();
                 let dt = (now - last).as_secs_f64();
                 last = now;
-                let p = pids();
-                let mut out = Vec::new();
-                // (percent of one CPU, RSS MiB) summed over `pids`.
-                let mut usage = |pids: &[i32]| -> (f64, f64) {
-                    let (mut ticks, mut rss) = (0, 0);
-                    for &pid in pids {
-                        if let Some(s) = procfs::stat(pid) {
-                            let t = s.cpu_ticks;
-                            // A process first seen now counts from here: its
-                            // earlier CPU belongs to before this interval.
-                            let before = last_ticks.insert((pid, s.start_ticks), t).unwrap_or(t);
-                            ticks += t.saturating_sub(before);
-                            rss += s.rss_pages;
-                        }
-                    }
-                    (ticks as f64 / hz / dt * 100.0, rss as f64 * page_mib)
-                };
-                for (i, (cpu_name, mem_name, toolstack_name)) in NAMES.into_iter().enumerate() {
-                    let (cpu, rss) = usage(&p.guest[i]);
-                    out.push((cpu_name, Unit::Percent, cpu));
-                    out.push((mem_name, Unit::Mib, rss));
-                    let (cpu, _) = usage(p.toolstack[i].as_slice());
-                    out.push((toolstack_name, Unit::Percent, cpu));
-                }
-                if let (Some((b0, t0)), Some((b1, t1))) = (last_machine, machine_cpu()) {
-                    // Percent of the whole machine (all CPUs).
-                    let pct = if t1 > t0 {
-                        b1.saturating_sub(b0) as f64 / (t1 - t0) as f64 * 100.0
-                    } else {
-                        0.0
-                    };
-                    out.push(("cpu.machine", Unit::Percent, pct.min(100.0 * ncpu)));
-                    last_machine = Some((b1, t1));
-                }
-                if let Some(used) = machine_used_mib() {
-                    out.push(("memory.machine", Unit::Mib, used));
-                }
+                let out = look(dt);
                 let mut s = series2.lock().unwrap();
                 s.points
                     .extend(out.into_iter().map(|(n, u, v)| (now, n, u, v)));

@@ -11,7 +11,7 @@ pub mod xen;
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::{netns, Lab};
 use crate::measure::{Outcome, Phases};
-use crate::sampler::{Pids, ProcessProbe};
+use crate::sampler::{Pids, ProcessProbe, Source};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -128,25 +128,35 @@ pub trait Backend {
     /// repeats migrate one booted guest back and forth.
     fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()>;
 
-    /// What the sampler calls at every tick to find the guest's hypervisor
-    /// processes and the toolstack daemon of (source, destination). By
-    /// default: everything running in a host's network namespace but its
-    /// libvirtd, which for QEMU guests is their QEMU processes.
-    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
-        let hosts = [&lab.source, &lab.destination]
-            .map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
-        Box::new(move || {
-            let mut pids = Pids::default();
-            for (i, (ns, daemon)) in hosts.iter().enumerate() {
-                pids.guest[i] = netns::processes(ns)
-                    .into_iter()
-                    .filter(|p| p != daemon)
-                    .collect();
-                pids.toolstack[i] = Some(*daemon);
-            }
-            pids
-        })
+    /// What the sampler looks at: by default the processes of the hosts'
+    /// namespaces (`namespace_processes`).
+    fn sample_source(&self, lab: &Lab) -> Result<Source> {
+        Ok(Source::Processes(namespace_processes(lab)?))
     }
+}
+
+/// What the sampler calls at every tick to find the guest's hypervisor
+/// processes and the toolstack daemon of (source, destination) on simulated
+/// hosts: everything running in a host's network namespace but its
+/// libvirtd, which for QEMU guests is their QEMU processes.
+pub fn namespace_processes(lab: &Lab) -> Result<ProcessProbe> {
+    let hosts = [&lab.source, &lab.destination].map(|h| {
+        h.simulated()
+            .map(|s| (s.netns.name.clone(), s.libvirtd.pid() as i32))
+    });
+    let [source, destination] = hosts;
+    let hosts = [source?, destination?];
+    Ok(Box::new(move || {
+        let mut pids = Pids::default();
+        for (i, (ns, daemon)) in hosts.iter().enumerate() {
+            pids.guest[i] = netns::processes(ns)
+                .into_iter()
+                .filter(|p| p != daemon)
+                .collect();
+            pids.toolstack[i] = Some(*daemon);
+        }
+        pids
+    }))
 }
 
 /// The backend for `hypervisor`, or why this build cannot run it.

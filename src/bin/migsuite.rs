@@ -228,7 +228,7 @@ fn hosts(inventory: &Inventory) -> ExitCode {
                         .iter()
                         .find(|h| h.name == host.name)
                         .expect("a lab's hosts are its inventory's");
-                    surveys.push(match lab.connect(&host.libvirtd.uri()) {
+                    surveys.push(match lab.connect(&host.uri) {
                         Ok(conn) => survey::survey(conn, spec, true),
                         Err(e) => survey::unreachable(spec, format!("{e:#}")),
                     });
@@ -453,10 +453,15 @@ fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
         offloads: false,
     };
     let measured = (|| -> anyhow::Result<_> {
+        anyhow::ensure!(
+            inventory.simulated,
+            "lab {} is real: `calibrate` measures a simulated lab's link against a bare veth pair",
+            inventory.name
+        );
         let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
         let exclusive = migsuite::runner::exclusive(&pairs, &|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link, inventory, exclusive.pair)?;
-        let in_lab = calibration::link_rates(&lab)?;
+        let in_lab = calibration::link_rates(&lab)?.expect("a simulated lab's link is measured");
         drop(lab);
         Ok((in_lab, calibration::bare_pair_rates(&link)?))
     })();

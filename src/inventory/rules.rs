@@ -297,12 +297,14 @@ fn check_real(def: &InventoryDef) -> Result<RealPlaces, Invalid> {
         u32::from(addr) & mask == u32::from(guest.0) & mask
     };
     match def.observer.0 {
-        IpAddr::V4(observer) if observer == guest.0 => return Err(Invalid {
-            path: top.key("observer"),
-            message: format!(
+        IpAddr::V4(observer) if observer == guest.0 => {
+            return Err(Invalid {
+                path: top.key("observer"),
+                message: format!(
                 "`{observer}` is the guest's own address (`guest`): the observer is the runner's"
             ),
-        }),
+            })
+        }
         IpAddr::V4(observer) if on_guest_lan(observer) => {}
         observer => {
             return Err(Invalid {

@@ -26,13 +26,15 @@ pub struct LinkRates {
     pub wire_mbit: f64,
 }
 
-/// What the link from the lab's source host to its destination carries.
-pub fn link_rates(lab: &Lab) -> Result<LinkRates> {
-    rates_between(
-        &lab.source.netns,
-        &lab.destination.netns,
-        lab.destination.link_addr,
-    )
+/// What the link from the lab's source host to its destination carries,
+/// in a simulated lab (a real lab's hosts run nothing of migsuite's that
+/// could send or receive: None).
+pub fn link_rates(lab: &Lab) -> Result<Option<LinkRates>> {
+    if !lab.inventory.simulated {
+        return Ok(None);
+    }
+    let (from, to) = (lab.source.simulated()?, lab.destination.simulated()?);
+    rates_between(&from.netns, &to.netns, to.link_addr).map(Some)
 }
 
 /// What a cable (`network::cable`) from `from` to `to` (at `to_addr`) carries.

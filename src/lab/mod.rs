@@ -1,7 +1,9 @@
-//! The local two-host lab: two simulated hosts (network namespaces, one
-//! libvirtd each) joined by a migration link whose MTU and rate are the
-//! case's, a guest LAN and a management network (`network`), reached
-//! through qemu+tcp:// URIs from the runner's place in the switch namespace.
+//! A lab pair: two hosts a case's guest moves between. A simulated pair is
+//! built here: two network namespaces, one libvirtd each, joined by a
+//! migration link whose MTU and rate are the case's, a guest LAN and a
+//! management network (`network`), reached through qemu+tcp:// URIs from
+//! the runner's place in the switch namespace. A real pair is two machines
+//! of the inventory, reached at their URIs from where the runner runs.
 //!
 //! Everything a lab creates is released when it is dropped, when the process
 //! is interrupted (`cleanup::install_signal_handler`), and, for a run that was
@@ -17,12 +19,12 @@ pub mod pool;
 pub mod root;
 pub mod survey;
 
-use crate::case::LinkSpec;
+use crate::case::{Case, DirtyRate, LinkSpec};
 use crate::inventory::{Inventory, Storage};
 use anyhow::{bail, Context, Result};
 use libvirtd::Libvirtd;
 use netns::Netns;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,17 +32,40 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The hosts' names, by index.
 pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 
-/// One simulated lab host.
+/// One lab host.
 #[derive(Debug)]
 pub struct Host {
     /// Its name in the inventory, "a" or "b" in the simulated pair (the
     /// role, source or destination, changes as the guest moves back and
     /// forth).
     pub name: String,
+    /// libvirt's URI of its daemon.
+    pub uri: String,
     /// The inventory's storage pool on this host.
     pub pool: String,
+    /// The bridge the guest's NIC joins.
+    pub bridge: String,
     /// 0 or 1: its place in the pair, which nested hosts are numbered by.
     pub index: u8,
+    /// Its end of the migration link: where the stream to it goes.
+    pub migration_address: IpAddr,
+    /// Where its agent takes orders (`crate::failure`).
+    pub agent: IpAddr,
+    pub place: Place,
+}
+
+/// What a host is.
+#[derive(Debug)]
+pub enum Place {
+    /// A network namespace of this machine, with a daemon migsuite started.
+    Simulated(Simulated),
+    /// A machine of its own, which migsuite reaches only through its URI
+    /// and its agent.
+    Real,
+}
+
+#[derive(Debug)]
+pub struct Simulated {
     /// Its address on the migration link.
     pub link_addr: Ipv4Addr,
     /// The other host's address on the migration link.
@@ -48,6 +73,30 @@ pub struct Host {
     // Declaration order is drop order: the daemon stops before its namespace goes.
     pub libvirtd: Libvirtd,
     pub netns: Netns,
+}
+
+impl Host {
+    /// The simulated host's namespace and daemon. Only the backends that
+    /// run in simulated labs ask (the inventory refuses them on real
+    /// hosts), so a real host here is a bug, said as an error.
+    pub fn simulated(&self) -> Result<&Simulated> {
+        match &self.place {
+            Place::Simulated(s) => Ok(s),
+            Place::Real => bail!(
+                "host {} is a real machine: this needs a simulated host (a network namespace \
+                 migsuite built)",
+                self.name
+            ),
+        }
+    }
+
+    /// `tcp://ADDRESS`: where a QEMU stream to this host goes.
+    pub fn migration_uri(&self) -> String {
+        match self.migration_address {
+            IpAddr::V4(a) => format!("tcp://{a}"),
+            IpAddr::V6(a) => format!("tcp://[{a}]"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,9 +107,10 @@ pub struct Lab {
     /// Where the guest is now, and where it goes next.
     pub source: Host,
     pub destination: Host,
-    /// The switch of the guest LAN and of the management network; the
-    /// runner's sockets and libvirt clients live here.
-    pub switch: Netns,
+    /// A simulated lab's switch of the guest LAN and of the management
+    /// network, where the runner's sockets and libvirt clients live; None on
+    /// a real lab, where they live wherever the runner was started.
+    pub switch: Option<Netns>,
     pub link: LinkSpec,
     /// What the lab is: its name, storage and hosts.
     pub inventory: Inventory,
@@ -73,24 +123,58 @@ pub struct Lab {
     dir: cleanup::LabDir,
 }
 
-/// Why migsuite cannot build the lab `inventory` describes; None if it can.
-pub fn cannot_build(inventory: &Inventory) -> Option<String> {
-    (!inventory.simulated).then(|| {
+/// Why `case` cannot run on the lab `inventory` describes; None if it can.
+pub fn cannot_run(inventory: &Inventory, case: &Case) -> Option<String> {
+    if inventory.simulated {
+        return None;
+    }
+    let link = &case.link;
+    if case.faults.kill_destination_after_ms.is_some() {
+        return Some(format!(
+            "the case kills the destination's QEMU process, which migsuite reaches only on a \
+             simulated host, not on lab {}'s",
+            inventory.name
+        ));
+    }
+    if let DirtyRate::OfLink(_) = case.workload.dirty_rate {
+        return Some(format!(
+            "the workload dirties `{}`, a share of the link's goodput, which migsuite measures \
+             only in a simulated lab, not on lab {}'s network: give the rate itself, like 16MiB/s",
+            case.workload.dirty_rate, inventory.name
+        ));
+    }
+    let real_mtu = inventory.link_mtu.filter(|&mtu| mtu != link.mtu);
+    if let Some(mtu) = real_mtu {
+        return Some(format!(
+            "lab {}'s migration network has MTU {mtu} (its inventory's `link_mtu`), and \
+             migsuite does not change a real lab's network: a case at MTU {} runs on a lab \
+             whose link has it",
+            inventory.name, link.mtu
+        ));
+    }
+    link.rate_mbit.map(|rate| {
         format!(
-            "lab {}: its hosts are real machines, and migsuite drives only simulated labs yet \
-             (`simulated: true`, e.g. suites/labs/local.yaml)",
+            "the case shapes the link to {rate} Mbit/s, and migsuite does not shape a real \
+             lab's network (lab {}): leave `rate` out for it",
             inventory.name
         )
     })
 }
 
 impl Lab {
-    /// Builds pair `pair` of `inventory`, which must be simulated (the rules
-    /// of `crate::inventory` make its addresses the ones built here).
+    /// Builds pair `pair_index` of `inventory` for a case on `link`, or,
+    /// in a real lab, reaches its hosts.
     pub fn start(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
-        if let Some(why) = cannot_build(inventory) {
-            bail!(why);
+        if inventory.simulated {
+            Lab::build(link, inventory, pair_index)
+        } else {
+            Lab::reach(link, inventory, pair_index)
         }
+    }
+
+    /// Builds simulated pair `pair_index` (the rules of `crate::inventory`
+    /// make its addresses the ones built here).
+    fn build(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
         let (pair, slots) = inventory
             .pairs()
             .zip(inventory.pair_slots())
@@ -120,12 +204,18 @@ impl Lab {
             )?;
             Ok(Host {
                 name: spec.name.clone(),
+                uri: libvirtd.uri(),
                 pool: spec.pool.clone(),
+                bridge: spec.bridge.clone(),
                 index,
-                link_addr: network::link_addr(slots[usize::from(index)]),
-                peer_link_addr: network::link_addr(slots[usize::from(1 - index)]),
-                libvirtd,
-                netns: ns,
+                migration_address: spec.migration_address,
+                agent: spec.agent,
+                place: Place::Simulated(Simulated {
+                    link_addr: network::link_addr(slots[usize::from(index)]),
+                    peer_link_addr: network::link_addr(slots[usize::from(1 - index)]),
+                    libvirtd,
+                    netns: ns,
+                }),
             })
         };
         let source = host(pair.hosts[0], ns_a, 0)?;
@@ -134,7 +224,7 @@ impl Lab {
             pools: Default::default(),
             source,
             destination,
-            switch,
+            switch: Some(switch),
             link: link.clone(),
             inventory: inventory.clone(),
             pair: pair_index,
@@ -143,9 +233,47 @@ impl Lab {
         };
         drop(building);
         for h in [&lab.source, &lab.destination] {
-            h.libvirtd.warm(&lab.connect(&h.libvirtd.uri())?)?;
+            h.simulated()?.libvirtd.warm(&lab.connect(&h.uri)?)?;
         }
         Ok(lab)
+    }
+
+    /// Reaches real pair `pair_index`: its daemons must answer within
+    /// `DAEMON_START_TIMEOUT`. Nothing is built; the lab directory keeps
+    /// this side's files (logs).
+    fn reach(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
+        let pair = inventory
+            .pairs()
+            .nth(pair_index)
+            .with_context(|| format!("lab {} has no pair {pair_index}", inventory.name))?;
+        let (dir, building) = cleanup::new_lab()?;
+        std::fs::create_dir_all(dir.path().join("shared"))?;
+        drop(building);
+        let host = |spec: &crate::inventory::Host, index: u8| -> Result<Host> {
+            libvirtd::connect_within(&spec.uri, DAEMON_START_TIMEOUT)
+                .with_context(|| format!("host {} of lab {}", spec.name, inventory.name))?;
+            Ok(Host {
+                name: spec.name.clone(),
+                uri: spec.uri.clone(),
+                pool: spec.pool.clone(),
+                bridge: spec.bridge.clone(),
+                index,
+                migration_address: spec.migration_address,
+                agent: spec.agent,
+                place: Place::Real,
+            })
+        };
+        Ok(Lab {
+            pools: Default::default(),
+            source: host(pair.hosts[0], 0)?,
+            destination: host(pair.hosts[1], 1)?,
+            switch: None,
+            link: link.clone(),
+            inventory: inventory.clone(),
+            pair: pair_index,
+            disk: std::sync::OnceLock::new(),
+            dir,
+        })
     }
 
     /// The lab's id: what its namespaces and per-case volumes are named by.
@@ -174,7 +302,7 @@ impl Lab {
         if let Some(pool) = opened.get() {
             return Ok(pool);
         }
-        let conn = self.connect(&host.libvirtd.uri())?;
+        let conn = self.connect(&host.uri)?;
         let pool = pool::Pool::open(conn, &host.pool, self.inventory.simulated)
             .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
         Ok(opened.get_or_init(|| pool))
@@ -198,9 +326,13 @@ impl Lab {
             .with_context(|| format!("connecting to {uri}"))
     }
 
-    /// Runs `f` where the runner sits on the lab's switch.
+    /// Runs `f` where the runner sits on the lab's networks: a simulated
+    /// lab's switch, or where it was started.
     pub fn on_lan<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        self.switch.enter(f)
+        match &self.switch {
+            Some(switch) => switch.enter(f),
+            None => Ok(f()),
+        }
     }
 
     /// Lab host `index` ("a" is 0, "b" is 1), whatever its role now.

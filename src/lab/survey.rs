@@ -110,7 +110,7 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
 /// simulated host, which is this machine, also whether a stock guest
 /// kernel can use KVM (migsuite's own check, as each KVM case makes it).
 fn accelerator(capabilities: &str, simulated: bool) -> String {
-    if !capabilities.contains("<domain type='kvm'") {
+    if !crate::backend::kvm::accel::offers_kvm(capabilities) {
         return "libvirt offers no KVM: guests run under TCG (emulated CPUs)".into();
     }
     match crate::backend::kvm::accel::kvm_unusable() {

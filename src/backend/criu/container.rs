@@ -70,7 +70,7 @@ pub struct Started {
 }
 
 pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Started> {
-    let ns = &lab.source.netns.name;
+    let ns = &lab.source.simulated()?.netns.name;
     let console = std::fs::OpenOptions::new()
         .append(true)
         .open(root.join("console.log"))?;

@@ -19,10 +19,9 @@ mod stop_and_copy;
 
 use super::{Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Strategy};
-use crate::lab::{netns, Lab};
+use crate::lab::Lab;
 use crate::pidfd::ProcessHandle;
-use crate::sampler::Pids;
-use crate::sampler::ProcessProbe;
+use crate::sampler::Source;
 use anyhow::Result;
 use binary::Criu;
 use nix::sys::signal::Signal;
@@ -163,22 +162,18 @@ impl Backend for OpenVz {
     /// Per host: the CRIU processes and the container's anchor in the host's
     /// namespace (not its idle libvirtd), and the container's processes,
     /// which live in a namespace of their own.
-    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
-        let hosts = [&lab.source, &lab.destination]
-            .map(|h| (h.netns.name.clone(), h.libvirtd.pid() as i32));
+    fn sample_source(&self, lab: &Lab) -> Result<Source> {
+        let in_namespaces = super::namespace_processes(lab)?;
         let inits = self.inits.clone();
-        Box::new(move || {
+        Ok(Source::Processes(Box::new(move || {
             let inits = *inits.lock().unwrap();
-            let mut pids = Pids::default();
-            for (i, (ns, daemon)) in hosts.iter().enumerate() {
-                pids.guest[i] = netns::processes(ns)
-                    .into_iter()
-                    .filter(|p| p != daemon)
-                    .collect();
-                pids.guest[i].extend(inits[i].map(container::tree).unwrap_or_default());
+            let mut pids = in_namespaces();
+            pids.toolstack = Default::default();
+            for (i, init) in inits.iter().enumerate() {
+                pids.guest[i].extend(init.map(container::tree).unwrap_or_default());
             }
             pids
-        })
+        })))
     }
 }
 

@@ -160,7 +160,7 @@ pub(super) fn restore(
     // destination's namespace (see container.rs).
     let mut restore = vz
         .criu
-        .command_in(&lab.destination.netns.name, &args)
+        .command_in(&simulated(&lab.destination)?.netns.name, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -299,6 +299,11 @@ pub(super) fn error_lines(log: &Path) -> Vec<String> {
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+/// `host`'s namespace and daemon: CRIU runs only on simulated hosts.
+pub(super) fn simulated(host: &crate::lab::Host) -> Result<&crate::lab::Simulated, String> {
+    host.simulated().map_err(|e| format!("{e:#}"))
 }
 
 pub(super) fn ms(d: Duration) -> f64 {

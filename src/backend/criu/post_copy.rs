@@ -78,8 +78,12 @@ pub(super) fn evacuate(
     let source = vz.source_pid()?;
     let started = Instant::now();
     let mut clock = Clock::new(case, started);
-    let (src_ns, dst_ns) = (&lab.source.netns.name, &lab.destination.netns.name);
-    let src_addr = lab.source.link_addr.to_string();
+    let (src, dst) = (
+        phases::simulated(&lab.source)?,
+        phases::simulated(&lab.destination)?,
+    );
+    let (src_ns, dst_ns) = (&src.netns.name, &dst.netns.name);
+    let src_addr = src.link_addr.to_string();
     let (images, dest) = phases::image_dirs(lab)?;
     let path = |p: &Path| p.display().to_string();
 

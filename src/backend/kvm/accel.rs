@@ -1,6 +1,7 @@
 //! KVM where the host can run a stock guest kernel with it, TCG otherwise.
 
 use crate::case::AccelChoice;
+use crate::lab::libvirtd::Connection;
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -37,8 +38,31 @@ pub fn kvm_unusable() -> Option<String> {
     Some("/dev/kvm has neither kvm_intel nor kvm_amd loaded".into())
 }
 
+/// Whether libvirt's `capabilities` (XML) offer KVM guests.
+pub fn offers_kvm(capabilities: &str) -> bool {
+    capabilities.contains("<domain type='kvm'")
+}
+
+/// On this machine (a simulated lab's hosts are its namespaces).
 pub fn choose(choice: AccelChoice) -> Result<Accel> {
-    let unusable = kvm_unusable();
+    choose_given(choice, kvm_unusable())
+}
+
+/// On real hosts: KVM where every one of them offers it (the guest
+/// migrates between them), as their daemons tell.
+pub fn choose_on(choice: AccelChoice, hosts: &[&Connection]) -> Result<Accel> {
+    let mut unusable = None;
+    for conn in hosts {
+        let caps = conn.capabilities()?;
+        if !offers_kvm(&caps) {
+            let uri = conn.uri().unwrap_or_default();
+            unusable = Some(format!("libvirt at {uri} offers no KVM"));
+        }
+    }
+    choose_given(choice, unusable)
+}
+
+fn choose_given(choice: AccelChoice, unusable: Option<String>) -> Result<Accel> {
     Ok(match (choice, unusable) {
         (AccelChoice::Tcg, _) => Accel {
             kvm: false,

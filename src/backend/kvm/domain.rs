@@ -3,8 +3,6 @@
 
 use super::accel::Accel;
 use crate::case::{Case, Hypervisor};
-use crate::lab::network::HOST_BRIDGE;
-use std::path::Path;
 
 /// The study's name for the migrated VM.
 pub const DOMAIN_NAME: &str = "x0";
@@ -44,14 +42,30 @@ pub struct GuestFiles {
     pub disk: String,
 }
 
+/// Where the guest's NIC and serial console go on its host.
+pub struct Attachments<'a> {
+    /// The bridge of the guest LAN.
+    pub bridge: &'a str,
+    /// A file of this machine for the console, where the host is one of
+    /// its namespaces; None on a real host, whose console is a pty there.
+    pub console: Option<&'a std::path::Path>,
+}
+
 pub fn xml(
     case: &Case,
     accel: &Accel,
     files: &GuestFiles,
-    console: &Path,
+    at: &Attachments,
     agent_args: &str,
 ) -> String {
     let dev = device_model(case.hypervisor);
+    let serial = match at.console {
+        Some(file) => format!(
+            "<serial type='file'>\n      <source path='{}' append='on'/>\n      <target port='0'/>\n    </serial>",
+            file.display()
+        ),
+        None => "<serial type='pty'>\n      <target port='0'/>\n    </serial>".into(),
+    };
     format!(
         r#"<domain type='{dtype}'>
   <name>{DOMAIN_NAME}</name>
@@ -75,15 +89,12 @@ pub fn xml(
       <target dev='{disk_dev}' bus='{disk_bus}'/>
     </disk>
     <interface type='bridge'>
-      <source bridge='{HOST_BRIDGE}'/>
+      <source bridge='{bridge}'/>
       <mac address='52:54:00:fa:00:64'/>
       <model type='{nic}'/>
       <mtu size='{mtu}'/>
     </interface>
-    <serial type='file'>
-      <source path='{console}' append='on'/>
-      <target port='0'/>
-    </serial>
+    {serial}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
@@ -94,7 +105,7 @@ pub fn xml(
         kernel = files.kernel,
         initrd = files.initrd,
         disk = files.disk,
-        console = console.display(),
+        bridge = at.bridge,
         disk_dev = dev.disk_dev,
         disk_bus = dev.disk_bus,
         nic = dev.nic,

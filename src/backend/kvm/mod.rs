@@ -12,6 +12,7 @@ use crate::lab::libvirtd::{version, Connection};
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
+use crate::sampler::{Reported, Source};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,23 @@ fn job_stats(
     Some(stats)
 }
 
+/// The guest's QEMU as the daemon behind `conn` reports it, if it runs
+/// one (also while a migration comes in).
+fn reported_by(conn: &Connection) -> Option<Reported> {
+    let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).ok()?;
+    let cpu_ns = dom.info().ok()?.cpu_time;
+    let rss_kib = dom
+        .memory_stats(0)
+        .ok()?
+        .into_iter()
+        .find(|s| s.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS as u32)?
+        .val;
+    Some(Reported {
+        cpu_ns,
+        rss_mib: rss_kib as f64 / 1024.0,
+    })
+}
+
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
         let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
@@ -93,16 +111,22 @@ impl Backend for Kvm {
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         let files = self.put_guest_files(lab)?;
-        let conn = lab.connect(&lab.source.libvirtd.uri())?;
+        let conn = lab.connect(&lab.source.uri)?;
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
-        let xml = domain::xml(
-            case,
-            &self.accel,
-            &files,
-            &lab.shared_dir().join("console.log"),
-            agent_args,
-        );
+        if !lab.inventory.simulated {
+            self.accel = accel::choose_on(
+                case.guest.accel,
+                &[&conn, &lab.connect(&lab.destination.uri)?],
+            )?;
+            self.info.accel = self.accel.description.clone();
+        }
+        let console = lab.shared_dir().join("console.log");
+        let at = domain::Attachments {
+            bridge: &lab.source.bridge,
+            console: lab.inventory.simulated.then_some(console.as_path()),
+        };
+        let xml = domain::xml(case, &self.accel, &files, &at, agent_args);
         let dom = conn
             .create_domain_xml(&xml, 0)
             .context("starting the guest on the source host")?;
@@ -141,8 +165,24 @@ impl Backend for Kvm {
         self.source.as_ref().is_some_and(|(_, d)| is_running(d))
     }
 
+    /// On a simulated lab, the QEMU processes of the hosts' namespaces; on
+    /// a real one, what each host's libvirt reports of the guest's QEMU
+    /// (its CPU time and resident memory).
+    fn sample_source(&self, lab: &Lab) -> Result<Source> {
+        if lab.inventory.simulated {
+            return Ok(Source::Processes(super::namespace_processes(lab)?));
+        }
+        let hosts = [
+            lab.connect(&lab.source.uri)?,
+            lab.connect(&lab.destination.uri)?,
+        ];
+        Ok(Source::Reported(Box::new(move || {
+            hosts.each_ref().map(reported_by)
+        })))
+    }
+
     fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
-        let conn = lab.connect(&lab.source.libvirtd.uri())?;
+        let conn = lab.connect(&lab.source.uri)?;
         let dom = conn
             .lookup_domain_by_name(domain::DOMAIN_NAME)
             .context("the migrated guest is not on its new host")?;
@@ -305,10 +345,10 @@ impl Kvm {
     ) -> Result<Evacuation> {
         let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
         dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
-        let dest_uri = lab.destination.libvirtd.uri();
+        let dest_uri = lab.destination.uri.clone();
         let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER;
         let mut params = virt::domain::MigrateParameters {
-            uri: Some(format!("tcp://{}", lab.destination.link_addr)),
+            uri: Some(lab.destination.migration_uri()),
             ..Default::default()
         };
         match lab.inventory.storage {
@@ -320,7 +360,7 @@ impl Kvm {
             Storage::Local => {
                 flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
                 params.migrate_disks = vec![domain::device_model(self.hypervisor).disk_dev.into()];
-                params.disks_uri = Some(format!("tcp://{}", lab.destination.link_addr));
+                params.disks_uri = Some(lab.destination.migration_uri());
             }
         }
         match case.migration.strategy {
@@ -425,7 +465,9 @@ impl Kvm {
             }
             if let (Some(at), Some(since), None) = (kill_at, transfer_started, killed_at) {
                 if since.elapsed() >= at {
-                    if let Some(pid) = lab.destination.libvirtd.qemu_pid(domain::DOMAIN_NAME) {
+                    // Only simulated: a real lab refuses the fault (`lab::cannot_run`).
+                    let qemu = lab.destination.simulated().ok();
+                    if let Some(pid) = qemu.and_then(|s| s.libvirtd.qemu_pid(domain::DOMAIN_NAME)) {
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::SIGKILL,
@@ -525,7 +567,7 @@ impl Kvm {
     }
 
     fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
-        let conn = lab.connect(&lab.destination.libvirtd.uri())?;
+        let conn = lab.connect(&lab.destination.uri)?;
         let dom = conn
             .lookup_domain_by_name(domain::DOMAIN_NAME)
             .context("the guest is not on the destination")?;

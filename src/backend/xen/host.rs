@@ -508,28 +508,29 @@ impl XenHost {
             lab_host.name
         );
         let n = self.link_seq.fetch_add(1, Ordering::Relaxed);
+        let simulated = lab_host.simulated()?;
         let lan = self.uplink(
             &format!("xup{n}"),
             &format!("xen{n}"),
             (TAP, BRIDGE),
-            (lab_host, link.mtu),
+            (simulated, link.mtu),
             link.offloads,
         )?;
-        lab_host
+        simulated
             .netns
             .exec("ip", &["link", "set", &lan, "master", HOST_BRIDGE, "up"])?;
         let stream = self.uplink(
             &format!("xmup{n}"),
             &format!("xmig{n}"),
             (MIGRATION_TAP, MIGRATION_BRIDGE),
-            (lab_host, link.mtu),
+            (simulated, link.mtu),
             true,
         )?;
         network::route_nested(
-            &lab_host.netns,
+            &simulated.netns,
             lab_host.index,
             &stream,
-            lab_host.peer_link_addr,
+            simulated.peer_link_addr,
         )?;
         let mtu = link.mtu;
         let (addr, gateway) = (
@@ -560,7 +561,7 @@ impl XenHost {
         ours: &str,
         theirs: &str,
         (tap, bridge): (&str, &str),
-        (lab_host, mtu): (&lab::Host, u32),
+        (lab_host, mtu): (&lab::Simulated, u32),
         offloads: bool,
     ) -> Result<String> {
         let mtu = mtu.to_string();

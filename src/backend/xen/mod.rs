@@ -25,8 +25,7 @@ use crate::case::{AccelChoice, Case, Hypervisor, Topology};
 use crate::guest::image::GuestImage;
 use crate::lab::{network, Lab};
 use crate::measure::{Outcome, Phases};
-use crate::sampler::Pids;
-use crate::sampler::ProcessProbe;
+use crate::sampler::{Pids, Source};
 use anyhow::{bail, Context, Result};
 use host::XenHost;
 use std::collections::BTreeMap;
@@ -489,16 +488,16 @@ impl Backend for Xen {
     /// toolstack, xl and xenstored, runs inside it): the source's and the
     /// destination's are sampled as their hypervisors. In one-host both
     /// ends are the same process, counted once, on the source.
-    fn process_probe(&self, lab: &Lab) -> ProcessProbe {
+    fn sample_source(&self, lab: &Lab) -> Result<Source> {
         let pid = |index| self.host(index).ok().map(|h| h.qemu_pid());
         let source = pid(lab.source.index);
         let destination = pid(lab.destination.index).filter(|d| Some(*d) != source);
-        Box::new(move || {
+        Ok(Source::Processes(Box::new(move || {
             let mut pids = Pids::default();
             pids.guest[0] = source.into_iter().collect();
             pids.guest[1] = destination.into_iter().collect();
             pids
-        })
+        })))
     }
 }
 
