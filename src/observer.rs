@@ -3,10 +3,9 @@
 //! every heartbeat. The longest gap between arrivals is the downtime the
 //! guest's peers saw.
 
-use crate::lab::network::OBSERVER_ADDR;
 use crate::lab::Lab;
 use crate::wire::{self, Heartbeat};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,12 +28,15 @@ pub struct Observer {
 
 impl Observer {
     pub fn start(lab: &Lab) -> Result<Observer> {
-        let (hb_sock, data_sock) = lab.on_lan(|| -> std::io::Result<_> {
-            Ok((
-                UdpSocket::bind((OBSERVER_ADDR, wire::OBSERVER_PORT))?,
-                UdpSocket::bind((OBSERVER_ADDR, wire::DATA_PORT))?,
-            ))
-        })??;
+        let at = lab.inventory.observer;
+        let (hb_sock, data_sock) = lab
+            .on_lan(|| -> std::io::Result<_> {
+                Ok((
+                    UdpSocket::bind((at, wire::OBSERVER_PORT))?,
+                    UdpSocket::bind((at, wire::DATA_PORT))?,
+                ))
+            })?
+            .with_context(|| format!("the observer's address {at} (the inventory's `observer`)"))?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let data_bytes = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));

@@ -586,7 +586,7 @@ mod tests {
         let mut real = Inventory::simulated("rack", Storage::Local);
         (real.simulated, real.link_mtu) = (false, Some(1500));
         let mut fits = case();
-        (fits.link.mtu, fits.link.rate_mbit) = (1500, None);
+        (fits.link.mtu, fits.link.rate_mbit, fits.link.offloads) = (1500, None, true);
         assert_eq!(refusal(&fits, &real), None);
         let refused = |change: &dyn Fn(&mut Case)| {
             let mut c = fits.clone();
@@ -598,6 +598,8 @@ mod tests {
             why.contains("MTU 1500 (its inventory's `link_mtu`)"),
             "{why}"
         );
+        let why = refused(&|c| c.link.offloads = false);
+        assert!(why.contains("offloads off"), "{why}");
         let why = refused(&|c| c.link.rate_mbit = Some(1000));
         assert!(why.contains("does not shape a real lab's network"), "{why}");
         let why = refused(&|c| c.workload.dirty_rate = DirtyRate::OfLink(0.25));

@@ -30,6 +30,9 @@ pub struct Reported {
     pub cpu_ns: u64,
     /// Resident memory, MiB.
     pub rss_mib: f64,
+    /// When the host answered: a daemon may hold an answer back while a
+    /// migration job runs, so ticks do not time it.
+    pub at: Instant,
 }
 
 /// What a backend gives the sampler to look at.
@@ -150,26 +153,32 @@ fn processes(pids: ProcessProbe) -> impl FnMut(f64) -> Vec<Point> {
 fn reported(
     mut report: Box<dyn FnMut() -> [Option<Reported>; 2] + Send>,
 ) -> impl FnMut(f64) -> Vec<Point> {
-    let mut last: [Option<u64>; 2] = [None, None];
-    move |dt| {
+    /// Answers closer than this (a late tick catching up) give no rate.
+    const SHORTEST: Duration = Duration::from_millis(20);
+    let mut last: [Option<Reported>; 2] = [None, None];
+    move |_| {
         let now = report();
         let mut out = Vec::new();
         for (i, (cpu_name, mem_name, _)) in NAMES.into_iter().enumerate() {
-            let (cpu, rss) = match now[i] {
-                Some(r) => {
-                    // A hypervisor first seen now, or started anew (its
-                    // count went back), counts from here.
-                    let before = last[i].filter(|&b| b <= r.cpu_ns).unwrap_or(r.cpu_ns);
-                    last[i] = Some(r.cpu_ns);
-                    ((r.cpu_ns - before) as f64 / 1e9 / dt * 100.0, r.rss_mib)
-                }
-                None => {
-                    last[i] = None;
-                    (0.0, 0.0)
-                }
+            let Some(r) = now[i] else {
+                last[i] = None;
+                out.push((cpu_name, Unit::Percent, 0.0));
+                out.push((mem_name, Unit::Mib, 0.0));
+                continue;
             };
-            out.push((cpu_name, Unit::Percent, cpu));
-            out.push((mem_name, Unit::Mib, rss));
+            out.push((mem_name, Unit::Mib, r.rss_mib));
+            // A hypervisor first seen now, or started anew (its count went
+            // back), counts from here.
+            match last[i].filter(|b| b.cpu_ns <= r.cpu_ns) {
+                Some(b) if r.at - b.at < SHORTEST => continue,
+                Some(b) => {
+                    let seconds = (r.at - b.at).as_secs_f64();
+                    let pct = (r.cpu_ns - b.cpu_ns) as f64 / 1e9 / seconds * 100.0;
+                    out.push((cpu_name, Unit::Percent, pct));
+                }
+                None => {}
+            }
+            last[i] = Some(r);
         }
         out
     }

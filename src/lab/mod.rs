@@ -152,6 +152,13 @@ pub fn cannot_run(inventory: &Inventory, case: &Case) -> Option<String> {
             inventory.name, link.mtu
         ));
     }
+    if !link.offloads {
+        return Some(format!(
+            "the case turns the link's offloads off (`offloads: false`), and migsuite does not \
+             change a real lab's network (lab {}): leave it out",
+            inventory.name
+        ));
+    }
     link.rate_mbit.map(|rate| {
         format!(
             "the case shapes the link to {rate} Mbit/s, and migsuite does not shape a real \

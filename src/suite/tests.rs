@@ -183,7 +183,8 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("fail-openvz-postcopy-killed"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(cases.len(), 50);
+    assert_eq!(count("real-lab"), 2);
+    assert_eq!(cases.len(), 52);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
         names[..20],
@@ -211,8 +212,9 @@ fn shipped_suites_load_in_file_order() {
             "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[20], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[49], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[20], "real-lab::kvm-fv::mtu1500::game");
+    assert_eq!(names[22], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[51], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
     assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
     assert_eq!(cases[4].migration.strategy, Strategy::Precopy);

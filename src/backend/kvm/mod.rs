@@ -36,6 +36,9 @@ pub struct Kvm {
     image: GuestImage,
     info: BackendInfo,
     source: Option<(Connection, Domain)>,
+    /// Both hosts' daemons, once the guest is started: where it is
+    /// destroyed when the case ends, wherever it went.
+    hosts: Vec<Connection>,
 }
 
 /// The domain's job statistics, None if libvirt has none. Not virt 0.5's
@@ -64,16 +67,22 @@ fn job_stats(
 /// one (also while a migration comes in).
 fn reported_by(conn: &Connection) -> Option<Reported> {
     let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).ok()?;
+    // An incoming QEMU reads 0 until libvirt knows its process.
     let cpu_ns = dom.info().ok()?.cpu_time;
+    if cpu_ns == 0 {
+        return None;
+    }
+    let at = Instant::now();
     let rss_kib = dom
         .memory_stats(0)
         .ok()?
         .into_iter()
-        .find(|s| s.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS as u32)?
+        .find(|s| s.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS)?
         .val;
     Some(Reported {
         cpu_ns,
         rss_mib: rss_kib as f64 / 1024.0,
+        at,
     })
 }
 
@@ -93,6 +102,7 @@ impl Kvm {
             image,
             info,
             source: None,
+            hosts: Vec::new(),
         })
     }
 }
@@ -112,6 +122,23 @@ impl Backend for Kvm {
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         let files = self.put_guest_files(lab)?;
         let conn = lab.connect(&lab.source.uri)?;
+        // The pair is this case's (`runner::exclusive`), but a real host's
+        // daemon outlives runs: a guest of the name left there by a run
+        // killed outright, or someone's own, is not ours to destroy.
+        for host in [&lab.source, &lab.destination] {
+            let there = lab.connect(&host.uri)?;
+            if there.lookup_domain_by_name(domain::DOMAIN_NAME).is_ok() {
+                anyhow::bail!(
+                    "host {} already runs a domain named {}: a guest of a migsuite run that did \
+                     not end, or someone else's; if it is migsuite's, `virsh -c {} destroy {}`",
+                    host.name,
+                    domain::DOMAIN_NAME,
+                    host.uri,
+                    domain::DOMAIN_NAME
+                );
+            }
+            self.hosts.push(there);
+        }
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
         if !lab.inventory.simulated {
@@ -188,6 +215,24 @@ impl Backend for Kvm {
             .context("the migrated guest is not on its new host")?;
         self.source = Some((conn, dom));
         Ok(())
+    }
+}
+
+impl Drop for Kvm {
+    /// The guest goes with its case, from whichever host it is on (a
+    /// simulated host's would also go with its daemon; a real one's would not).
+    fn drop(&mut self) {
+        self.source = None;
+        for conn in &self.hosts {
+            if let Ok(dom) = conn.lookup_domain_by_name(domain::DOMAIN_NAME) {
+                if let Err(e) = dom.destroy() {
+                    eprintln!(
+                        "migsuite: cannot destroy the guest {}: {e}",
+                        domain::DOMAIN_NAME
+                    );
+                }
+            }
+        }
     }
 }
 
