@@ -76,11 +76,13 @@ impl Observer {
         })
     }
 
-    /// The agent's hello (`key=value` lines), once it arrives.
+    /// The agent's hello (`key=value` lines), once it arrives; if it does
+    /// not, the error ends with the last lines of the guest's `console`
+    /// (a file of this machine; None where the console stays on its host).
     pub fn wait_hello(
         &self,
         timeout: Duration,
-        console: &std::path::Path,
+        console: Option<&std::path::Path>,
     ) -> Result<BTreeMap<String, String>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -92,12 +94,18 @@ impl Observer {
                     .collect());
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(console).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let said = match console {
+                    Some(file) => {
+                        let log = std::fs::read_to_string(file).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("last console lines:\n{}", tail.join("\n"))
+                    }
+                    None => "its console was on its host (a pty there), not kept".into(),
+                };
                 bail!(
-                    "the guest's agent did not say hello within {} s; last console lines:\n{}",
-                    timeout.as_secs(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "the guest's agent did not say hello within {} s; {said}",
+                    timeout.as_secs()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -40,17 +40,48 @@ pub enum RunError {
 }
 
 /// Measured cases never overlap on a pair: one case per pair at a time,
-/// whatever the number of test threads or processes.
+/// whatever the number of test threads or processes, or, on a real lab,
+/// of runners on other machines.
 pub struct Exclusive {
     /// Which of the lab's pairs is ours.
     pub pair: usize,
+    _holds: lab::hold::Holds,
     _lock: lab::root::LabLock,
 }
 
-/// Waits for a free pair among `pairs` (indices into the lab's pairs).
-pub fn exclusive(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<Exclusive> {
-    let (pair, lock) = lab::root::lock(pairs, progress)?;
-    Ok(Exclusive { pair, _lock: lock })
+/// How long a pair whose hosts a runner elsewhere holds is left before it
+/// is asked again (each ask is a connection to its hosts).
+const HELD_ELSEWHERE_RETRY: Duration = Duration::from_secs(5);
+
+/// Waits for a free pair among `pairs` (indices into the pairs of
+/// `inventory`).
+pub fn exclusive(
+    inventory: &Inventory,
+    pairs: &[usize],
+    progress: &dyn Fn(&str),
+) -> Result<Exclusive> {
+    let mut held_elsewhere: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
+    let mut hold = |pair: usize| -> Result<lab::root::Hold<lab::hold::Holds>> {
+        if inventory.simulated {
+            return Ok(Ok(lab::hold::Holds::none()));
+        }
+        if let Some((asked, who)) = held_elsewhere.get(&pair) {
+            if asked.elapsed() < HELD_ELSEWHERE_RETRY {
+                return Ok(Err(who.clone()));
+            }
+        }
+        let held = lab::hold::Holds::take(inventory, pair)?;
+        if let Err(who) = &held {
+            held_elsewhere.insert(pair, (Instant::now(), who.clone()));
+        }
+        Ok(held)
+    };
+    let (pair, lock, holds) = lab::root::lock(pairs, &mut hold, progress)?;
+    Ok(Exclusive {
+        pair,
+        _holds: holds,
+        _lock: lock,
+    })
 }
 
 /// Why `case` cannot run on the lab `inventory` describes; None if it can.
@@ -80,7 +111,11 @@ pub fn run_case(
     if let Some(why) = refusal(case, inventory) {
         return Err(RunError::Refused(why));
     }
-    let exclusive = exclusive(&inventory.pairs_offering(case.hypervisor), progress)?;
+    let exclusive = exclusive(
+        inventory,
+        &inventory.pairs_offering(case.hypervisor),
+        progress,
+    )?;
     let started = std::time::SystemTime::now();
     let mut backend =
         backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
@@ -158,7 +193,7 @@ fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
     format!(
         "migsuite.ip={guest}/{prefix_len} migsuite.observer={}:{} migsuite.mtu={} \
          migsuite.dirty_mib={} migsuite.dirty_rate={} migsuite.pkt_size={} migsuite.pkt_rate={} \
-         migsuite.probe={} migsuite.monitor={}:{}",
+         migsuite.probe={} migsuite.monitor={}",
         lab.observer,
         wire::OBSERVER_PORT,
         case.link.mtu,
@@ -167,8 +202,7 @@ fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
         probe.join(","),
-        lab.monitor,
-        wire::MONITOR_PORT,
+        std::net::SocketAddr::from((lab.monitor, wire::MONITOR_PORT)),
     )
 }
 
@@ -225,7 +259,10 @@ fn run_in(
     ));
     let observer = Observer::start(lab)?;
     backend.provision(lab, case, &agent_args(lab, case, dirty_rate))?;
-    let hello = observer.wait_hello(BOOT_TIMEOUT, &lab.shared_dir().join("console.log"))?;
+    // A real host's guest console is a pty there (`kvm::domain`).
+    let console = lab.shared_dir().join("console.log");
+    let console = lab.inventory.simulated.then_some(console.as_path());
+    let hello = observer.wait_hello(BOOT_TIMEOUT, console)?;
     backend.check_guest(&hello)?;
     match hello.get("control_plane_reached").map(String::as_str) {
         Some("none") => progress(&format!(

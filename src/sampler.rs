@@ -28,8 +28,8 @@ pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 pub struct Reported {
     /// CPU time used since it started, ns.
     pub cpu_ns: u64,
-    /// Resident memory, MiB.
-    pub rss_mib: f64,
+    /// Resident memory, MiB, if the host could tell it at once.
+    pub rss_mib: Option<f64>,
     /// When the host answered: a daemon may hold an answer back while a
     /// migration job runs, so ticks do not time it.
     pub at: Instant,
@@ -166,7 +166,9 @@ fn reported(
                 out.push((mem_name, Unit::Mib, 0.0));
                 continue;
             };
-            out.push((mem_name, Unit::Mib, r.rss_mib));
+            if let Some(rss) = r.rss_mib {
+                out.push((mem_name, Unit::Mib, rss));
+            }
             // A hypervisor first seen now, or started anew (its count went
             // back), counts from here.
             match last[i].filter(|b| b.cpu_ns <= r.cpu_ns) {
@@ -249,5 +251,46 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop_thread();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64, cpu_ms: u64) -> [Option<Reported>; 2] {
+        let r = Reported {
+            cpu_ns: cpu_ms * 1_000_000,
+            rss_mib: Some(100.0),
+            at: t0 + Duration::from_millis(ms),
+        };
+        [Some(r), None]
+    }
+
+    /// A real host's daemon may answer late (while a migration job runs):
+    /// its CPU is rated over the times it answered, never over a tick.
+    #[test]
+    fn a_hosts_cpu_is_rated_over_the_times_it_answered() {
+        let t0 = Instant::now();
+        let mut answers = vec![
+            at(t0, 0, 1000),
+            at(t0, 1000, 1500),
+            // A late tick catching up: too close to rate.
+            at(t0, 1005, 1600),
+            // Started anew (the guest came back): counted from here.
+            at(t0, 2000, 200),
+            at(t0, 3000, 400),
+        ]
+        .into_iter();
+        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        let cpu = |points: Vec<Point>| -> Option<f64> {
+            let source = points.iter().find(|p| p.0 == "cpu.source.hypervisor");
+            source.map(|p| p.2)
+        };
+        assert_eq!(cpu(look(0.1)), None, "first seen: no rate yet");
+        approx::assert_relative_eq!(cpu(look(0.1)).unwrap(), 50.0, epsilon = 1e-9);
+        assert_eq!(cpu(look(0.1)), None);
+        assert_eq!(cpu(look(0.1)), None);
+        approx::assert_relative_eq!(cpu(look(0.1)).unwrap(), 20.0, epsilon = 1e-9);
     }
 }

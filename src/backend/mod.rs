@@ -43,8 +43,8 @@ pub struct Evacuation {
     /// evacuation, which is the warning.
     pub phases: Phases,
     /// How long the stream was busy moving `bytes_transferred`, ms; needed
-    /// only where the stream does not cross the lab's link, whose counters
-    /// tell it otherwise.
+    /// only where no counter of a simulated lab's link tells it (a stream
+    /// that does not cross the link, a real lab's).
     pub stream_ms: Option<f64>,
     pub progress: Vec<Progress>,
 }

@@ -293,7 +293,13 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
                     volume.name,
                     volume.bytes as f64 / f64::from(1 << 20)
                 );
-                if remove {
+                // The pair is held while listed: a hold on it is this run's.
+                let held = [&lab.source, &lab.destination]
+                    .iter()
+                    .any(|h| volume.name == migsuite::lab::pool::hold_name(&h.name));
+                if held {
+                    println!("    this run's hold on the host, let go when it ends");
+                } else if remove {
                     pool.delete(&volume.name)?;
                     println!("    removed");
                 }
@@ -310,8 +316,9 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
     }
 }
 
-/// Runs `f` on each pair of the simulated lab `inventory` in turn, built
-/// (at MTU 1500, unshaped) and held as a case holds it.
+/// Runs `f` on each pair of `inventory` in turn, built (a simulated pair,
+/// at MTU 1500, unshaped) or reached (a real one), and held as a case holds
+/// it.
 fn each_pair(
     inventory: &Inventory,
     mut f: impl FnMut(&Lab) -> anyhow::Result<()>,
@@ -322,7 +329,7 @@ fn each_pair(
         offloads: false,
     };
     for pair in 0..inventory.pairs().count() {
-        let _held = migsuite::runner::exclusive(&[pair], &|m| eprintln!("{m}"))?;
+        let _held = migsuite::runner::exclusive(inventory, &[pair], &|m| eprintln!("{m}"))?;
         f(&Lab::start(&link, inventory, pair)?)?;
     }
     Ok(())
@@ -459,7 +466,7 @@ fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
             inventory.name
         );
         let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
-        let exclusive = migsuite::runner::exclusive(&pairs, &|m| eprintln!("{m}"))?;
+        let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link, inventory, exclusive.pair)?;
         let in_lab = calibration::link_rates(&lab)?.expect("a simulated lab's link is measured");
         drop(lab);

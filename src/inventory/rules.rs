@@ -317,6 +317,16 @@ fn check_real(def: &InventoryDef) -> Result<RealPlaces, Invalid> {
             })
         }
     }
+    // The guest's agent, which speaks IPv4, plays a forger at it.
+    if let IpAddr::V6(monitor) = heartbeat.monitor.0 {
+        return Err(Invalid {
+            path: top.key("heartbeat").key("monitor"),
+            message: format!(
+                "`{monitor}` is IPv6: give the runner's IPv4 address, which the guest's agent \
+                 (IPv4 only) checks it cannot fool"
+            ),
+        });
+    }
     let mut agents = Vec::new();
     for (i, h) in def.hosts.iter().enumerate() {
         let agent = h.agent.ok_or_else(|| {

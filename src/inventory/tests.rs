@@ -165,6 +165,11 @@ fn a_real_lab_loads_as_written() {
     "observer: `198.51.100.254` is not on the guest's network (192.0.2.100/24)"
 )]
 #[case::observer_is_guest("observer: 192.0.2.254", "observer: 192.0.2.100", "the guest's own")]
+#[case::monitor_v6(
+    "monitor: 203.0.113.254",
+    "monitor: 'fd00::fe'",
+    "heartbeat.monitor: `fd00::fe` is IPv6"
+)]
 #[case::relative_key("key: /etc/migsuite/lab.key", "key: lab.key", "not an absolute path")]
 fn a_real_lab_says_where_its_guest_and_agents_are(
     #[case] old: &str,
@@ -223,14 +228,14 @@ fn tcp_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
 
 #[test]
 fn addresses_may_be_ipv6() {
-    // Not the observer's: the guest's agent speaks IPv4.
-    let text = rack_with("198.51.100.1", "fd00::1").replacen("203.0.113.254", "'fd00::fe'", 1);
+    // Not the observer's nor the monitor's: the guest's agent speaks IPv4.
+    let text = rack_with("198.51.100.1", "fd00::1").replacen("203.0.113.2\n", "'fd00::2'\n", 1);
     let lab = parse(&text).unwrap();
     assert_eq!(
         lab.hosts[0].migration_address,
         "fd00::1".parse::<IpAddr>().unwrap()
     );
-    assert_eq!(lab.monitor, "fd00::fe".parse::<IpAddr>().unwrap());
+    assert_eq!(lab.hosts[1].agent, "fd00::2".parse::<IpAddr>().unwrap());
 }
 
 /// Each fixture's second line is the refusal it must get, whole, from the

@@ -1,20 +1,29 @@
 //! Nothing of a lab outlives the run: labs register here so that Ctrl-C and
 //! SIGTERM tear them down, and a lab whose owner died (SIGKILL, crash) is
 //! swept by the next run. Lab ids name their owner by pid and start time, so
-//! a pid reused by another process does not keep a stale lab alive.
+//! a pid reused by another process does not keep a stale lab alive. What a
+//! run makes on a real lab's hosts (its guest, its volumes) is registered
+//! here too, as what undoes it (`on_interrupt`); a run killed outright
+//! leaves it there, where the next run finds it and says so.
 
 use super::{netns, root};
 use crate::procfs;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 const PREFIX: &str = "migsuite-";
 
 static LIVE: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+
+type Undo = Box<dyn FnOnce() + Send>;
+
+/// What undoes, at an interruption, what was made outside this machine; by
+/// registration number.
+static UNDO: Mutex<Vec<(u64, Undo)>> = Mutex::new(Vec::new());
 
 /// Held while a lab's parts are created: the interrupt handler waits for it,
 /// so that it never exits between creating a part and registering it.
@@ -104,6 +113,33 @@ pub fn other_labs_processes(id: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Registers `undo` to run if the process is interrupted (Ctrl-C,
+/// SIGTERM) while the returned guard lives: drop the guard once what it
+/// undoes is undone (or made to outlive the run on purpose). Undone
+/// newest first: a guest goes before the volumes under it.
+#[must_use]
+pub fn on_interrupt(undo: impl FnOnce() + Send + 'static) -> OnInterrupt {
+    install_signal_handler();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    UNDO.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((n, Box::new(undo)));
+    OnInterrupt(n)
+}
+
+/// A registration of `on_interrupt`, withdrawn when dropped.
+#[derive(Debug)]
+pub struct OnInterrupt(u64);
+
+impl Drop for OnInterrupt {
+    fn drop(&mut self) {
+        UNDO.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| *n != self.0);
+    }
+}
+
 fn install_signal_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -114,6 +150,10 @@ fn install_signal_handler() {
             let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
             for (id, dir) in live {
                 destroy_lab(&id, &dir);
+            }
+            let undo = std::mem::take(&mut *UNDO.lock().unwrap_or_else(|p| p.into_inner()));
+            for (_, undo) in undo.into_iter().rev() {
+                undo();
             }
             std::process::exit(130);
         });

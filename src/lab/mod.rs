@@ -11,6 +11,7 @@
 
 pub mod calibration;
 pub mod cleanup;
+pub mod hold;
 pub mod libvirtd;
 pub mod link;
 pub mod netns;
@@ -117,10 +118,18 @@ pub struct Lab {
     /// Which of the inventory's pairs this is.
     pub pair: usize,
     /// The case's disk volume, once made (`create_disk`).
-    disk: std::sync::OnceLock<String>,
+    disk: std::sync::OnceLock<Disk>,
     /// Lab-private files; `shared/` is a directory both hosts see (the
     /// container's root, logs), whatever the pools' storage.
     dir: cleanup::LabDir,
+}
+
+/// A case's disk volume: its name, and on a real lab what deletes it from
+/// the hosts if the run is interrupted.
+#[derive(Debug)]
+struct Disk {
+    name: String,
+    _undo: Option<cleanup::OnInterrupt>,
 }
 
 /// Why `case` cannot run on the lab `inventory` describes; None if it can.
@@ -299,7 +308,17 @@ impl Lab {
             pool.remove_stale_disks(&name)?;
         }
         let path = pool.create(&name, bytes)?.path()?;
-        let _ = self.disk.set(name);
+        // A simulated host's pool is swept by the next run (above).
+        let undo = (!self.inventory.simulated).then(|| {
+            let places = [&self.source, &self.destination].map(|h| (h.uri.clone(), h.pool.clone()));
+            let name = name.clone();
+            cleanup::on_interrupt(move || {
+                for (uri, pool) in places {
+                    pool::delete_at(&uri, &pool, &name);
+                }
+            })
+        });
+        let _ = self.disk.set(Disk { name, _undo: undo });
         Ok(path)
     }
 
@@ -363,7 +382,9 @@ impl Drop for Lab {
     /// (before the daemons stop; a killed run's is swept by the next
     /// `create_disk`).
     fn drop(&mut self) {
-        let Some(disk) = self.disk.get() else { return };
+        let Some(Disk { name: disk, .. }) = self.disk.get() else {
+            return;
+        };
         for host in [&self.source, &self.destination] {
             if let Err(e) = self.pool(host).and_then(|p| p.delete(disk)) {
                 eprintln!(

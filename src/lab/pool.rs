@@ -15,6 +15,7 @@ use crate::guest::image::content_key;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use virt::error::{ErrorNumber, ErrorNumberEnum};
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
@@ -153,15 +154,20 @@ impl Pool {
         if let Some(old) = self.volume(name) {
             old.delete(0)?;
         }
-        StorageVol::create_xml(
-            &self.pool,
-            &format!(
-                "<volume><name>{name}</name><capacity unit='bytes'>{bytes}</capacity>\
-                 <target><format type='raw'/></target></volume>"
-            ),
-            0,
-        )
-        .with_context(|| format!("creating volume {name}"))
+        StorageVol::create_xml(&self.pool, &volume_xml(name, bytes), 0)
+            .with_context(|| format!("creating volume {name}"))
+    }
+
+    /// Creates the empty volume `name` unless the pool has one: the daemon
+    /// decides, so of two runners asking at once one gets it. Returns
+    /// whether this one did.
+    pub fn claim(&self, name: &str) -> Result<bool> {
+        self.pool.refresh(0)?;
+        match StorageVol::create_xml(&self.pool, &volume_xml(name, 0), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == ErrorNumberEnum::Known(ErrorNumber::StorageVolExist) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("creating volume {name}")),
+        }
     }
 
     /// The volumes migsuite made in this pool (uploads, their markers, the
@@ -205,6 +211,21 @@ impl Pool {
     }
 }
 
+/// Deletes volume `name` from pool `pool` of the real host at `uri`, if it
+/// has it: what an interrupted run undoes (`cleanup::on_interrupt`), so it
+/// waits little for the host and says what it could not do.
+pub fn delete_at(uri: &str, pool: &str, name: &str) {
+    let deleted = super::libvirtd::connect_within(uri, INTERRUPTED_WAIT)
+        .and_then(|conn| Pool::open(conn, pool, false))
+        .and_then(|pool| pool.delete(name));
+    if let Err(e) = deleted {
+        eprintln!("migsuite: cannot delete volume {name} at {uri}: {e:#}");
+    }
+}
+
+/// How long an interrupted run waits for a real host's daemon.
+pub const INTERRUPTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A volume migsuite made, as the host's pool reports it.
 #[derive(Debug)]
 pub struct Kept {
@@ -220,6 +241,19 @@ pub struct Room {
     pub available: u64,
     /// Its directory (or device) on the host.
     pub path: String,
+}
+
+/// A raw volume of `bytes` named `name`, as libvirt takes its definition.
+fn volume_xml(name: &str, bytes: u64) -> String {
+    format!(
+        "<volume><name>{name}</name><capacity unit='bytes'>{bytes}</capacity>\
+         <target><format type='raw'/></target></volume>"
+    )
+}
+
+/// The volume by which a runner holds host `host` (`super::hold`).
+pub fn hold_name(host: &str) -> String {
+    format!("{PREFIX}held-{host}")
 }
 
 /// A case's disk volume name: never content-named, it is written to.

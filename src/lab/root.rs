@@ -86,10 +86,15 @@ pub struct LabLock(#[allow(dead_code)] File);
 
 /// Takes the lock of a free pair among `pairs` (indices into a lab's
 /// pairs: pair 0's lock is `.lock`, pair k's `.lock-k`, whatever the lab,
-/// so two labs' pair k exclude each other on one machine), waiting (at most
-/// `LOCK_WAIT`, saying for whom) while all are held; returns which pair it
-/// took.
-pub fn lock(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<(usize, LabLock)> {
+/// so two labs' pair k exclude each other on one machine) whose hosts
+/// `hold` also takes (a real lab's, against runners on other machines),
+/// waiting (at most `LOCK_WAIT`, saying for whom) while none is free;
+/// returns which pair it took, and what `hold` gave.
+pub fn lock<H>(
+    pairs: &[usize],
+    hold: &mut dyn FnMut(usize) -> Result<Hold<H>>,
+    progress: &dyn Fn(&str),
+) -> Result<(usize, LabLock, H)> {
     let root = ensure()?;
     let paths: Vec<_> = pairs
         .iter()
@@ -98,15 +103,19 @@ pub fn lock(pairs: &[usize], progress: &dyn Fn(&str)) -> Result<(usize, LabLock)
             k => root.join(format!(".lock-{k}")),
         })
         .collect();
-    let (i, lock) = lock_first_free(&paths, LOCK_WAIT, progress)?;
-    Ok((pairs[i], lock))
+    let (i, lock, held) = lock_first_free(&paths, LOCK_WAIT, &mut |i| hold(pairs[i]), progress)?;
+    Ok((pairs[i], lock, held))
 }
 
-fn lock_first_free(
+/// A pair's hosts, held; or who holds them.
+pub type Hold<H> = std::result::Result<H, String>;
+
+fn lock_first_free<H>(
     paths: &[std::path::PathBuf],
     wait: Duration,
+    hold: &mut dyn FnMut(usize) -> Result<Hold<H>>,
     progress: &dyn Fn(&str),
-) -> Result<(usize, LabLock)> {
+) -> Result<(usize, LabLock, H)> {
     let mut files = paths
         .iter()
         .map(|p| open_lock(p))
@@ -114,16 +123,25 @@ fn lock_first_free(
     let began = Instant::now();
     let mut told = false;
     loop {
+        let mut holders = Vec::new();
         for (k, file) in files.iter_mut().enumerate() {
             match file.try_lock() {
-                Ok(()) => return claim(k, file),
-                Err(std::fs::TryLockError::WouldBlock) => {}
+                Ok(()) => match hold(k)? {
+                    Ok(held) => {
+                        let lock = claim(file)?;
+                        return Ok((k, lock, held));
+                    }
+                    Err(elsewhere) => {
+                        file.unlock()?;
+                        holders.push(elsewhere);
+                    }
+                },
+                Err(std::fs::TryLockError::WouldBlock) => holders.push(holder(file)),
                 Err(std::fs::TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("locking {}", paths[k].display()))
                 }
             }
         }
-        let holders: Vec<String> = files.iter_mut().map(holder).collect();
         let holders = holders.join("; ");
         if began.elapsed() >= wait {
             bail!(
@@ -163,9 +181,9 @@ fn open_lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Pair `k`'s lock, just taken in `file`: says who holds it, for whoever
+/// A pair's lock, just taken in `file`: says who holds it, for whoever
 /// waits next.
-fn claim(k: usize, file: &mut File) -> Result<(usize, LabLock)> {
+fn claim(file: &mut File) -> Result<LabLock> {
     file.set_len(0)?;
     file.rewind()?;
     let me = std::process::id();
@@ -174,7 +192,7 @@ fn claim(k: usize, file: &mut File) -> Result<(usize, LabLock)> {
         .replace('\0', " ");
     write!(file, "pid {me}: {}", command.trim())?;
     let taken = file.try_clone()?;
-    Ok((k, LabLock(taken)))
+    Ok(LabLock(taken))
 }
 
 /// What the lock file says of its holder.
@@ -194,6 +212,11 @@ mod tests {
 
     fn me() -> u32 {
         nix::unistd::geteuid().as_raw()
+    }
+
+    /// No hosts to hold (a simulated lab's).
+    fn free(_: usize) -> Result<Hold<()>> {
+        Ok(Ok(()))
     }
 
     #[test]
@@ -241,9 +264,9 @@ mod tests {
     fn the_lock_names_its_holder_and_waits_with_a_bound() {
         let dir = tempfile::tempdir().unwrap();
         let path = [dir.path().join(".lock")];
-        let _held = lock_first_free(&path, Duration::ZERO, &|_| {}).unwrap();
+        let _held = lock_first_free(&path, Duration::ZERO, &mut free, &|_| {}).unwrap();
         let said = std::sync::Mutex::new(Vec::new());
-        let err = lock_first_free(&path, Duration::from_millis(300), &|m| {
+        let err = lock_first_free(&path, Duration::from_millis(300), &mut free, &|m| {
             said.lock().unwrap().push(m.to_string())
         })
         .err()
@@ -261,14 +284,42 @@ mod tests {
     fn a_case_takes_the_first_free_pair_and_frees_it_when_done() {
         let dir = tempfile::tempdir().unwrap();
         let paths = [dir.path().join(".lock"), dir.path().join(".lock-1")];
-        let (first, held) = lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap();
-        let (second, _) = lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap();
+        let (first, held, _) = lock_first_free(&paths, Duration::ZERO, &mut free, &|_| {}).unwrap();
+        let (second, _, _) = lock_first_free(&paths, Duration::ZERO, &mut free, &|_| {}).unwrap();
         assert_eq!((first, second), (0, 1));
         drop(held);
         assert_eq!(
-            lock_first_free(&paths, Duration::ZERO, &|_| {}).unwrap().0,
+            lock_first_free(&paths, Duration::ZERO, &mut free, &|_| {})
+                .unwrap()
+                .0,
             0
         );
+    }
+
+    /// A pair whose hosts another machine's runner holds is passed over,
+    /// its lock file left free; the wait names who holds it.
+    #[test]
+    fn a_pair_held_elsewhere_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join(".lock"), dir.path().join(".lock-1")];
+        let mut first_elsewhere = |k| {
+            Ok(if k == 0 {
+                Err("host a's hold".into())
+            } else {
+                Ok(k)
+            })
+        };
+        let (k, _held, given) =
+            lock_first_free(&paths, Duration::ZERO, &mut first_elsewhere, &|_| {}).unwrap();
+        assert_eq!((k, given), (1, 1));
+        let mut nowhere = |_| Ok(Err::<(), _>("host a's hold".into()));
+        let err = lock_first_free(&paths[..1], Duration::ZERO, &mut nowhere, &|_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("held by host a's hold"), "{err}");
+        // Its lock file was let go: this machine can take it.
+        lock_first_free(&paths[..1], Duration::ZERO, &mut free, &|_| {}).unwrap();
     }
 
     #[test]
@@ -278,7 +329,7 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         let path = dir.path().join(".lock");
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        assert!(lock_first_free(&[path], Duration::ZERO, &|_| {}).is_err());
+        assert!(lock_first_free(&[path], Duration::ZERO, &mut free, &|_| {}).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 }

@@ -8,7 +8,9 @@ use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
-use crate::lab::libvirtd::{version, Connection};
+use crate::lab::cleanup::{self, OnInterrupt};
+use crate::lab::libvirtd::{self, version, Connection};
+use crate::lab::pool;
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
@@ -39,6 +41,9 @@ pub struct Kvm {
     /// Both hosts' daemons, once the guest is started: where it is
     /// destroyed when the case ends, wherever it went.
     hosts: Vec<Connection>,
+    /// On a real lab, what destroys it if the run is interrupted (a
+    /// simulated host's daemon goes with its namespace, and the guest with it).
+    _undo: Option<OnInterrupt>,
 }
 
 /// The domain's job statistics, None if libvirt has none. Not virt 0.5's
@@ -64,24 +69,42 @@ fn job_stats(
 }
 
 /// The guest's QEMU as the daemon behind `conn` reports it, if it runs
-/// one (also while a migration comes in).
+/// one (also while a migration comes in). Asked with NOWAIT: a figure that
+/// would wait for the migration's job (the resident memory, at times) is
+/// left out, rather than holding the sampler up until the job ends.
 fn reported_by(conn: &Connection) -> Option<Reported> {
     let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).ok()?;
-    // An incoming QEMU reads 0 until libvirt knows its process.
-    let cpu_ns = dom.info().ok()?.cpu_time;
-    if cpu_ns == 0 {
+    let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    let n = unsafe {
+        sys::virDomainListGetStats(
+            doms.as_mut_ptr(),
+            sys::VIR_DOMAIN_STATS_CPU_TOTAL | sys::VIR_DOMAIN_STATS_BALLOON,
+            &mut records,
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+        )
+    };
+    let at = Instant::now();
+    if records.is_null() {
         return None;
     }
-    let at = Instant::now();
-    let rss_kib = dom
-        .memory_stats(0)
-        .ok()?
-        .into_iter()
-        .find(|s| s.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS)?
-        .val;
+    let get = |name: &std::ffi::CStr| -> Option<u64> {
+        let first = unsafe { *records };
+        if n < 1 || first.is_null() {
+            return None;
+        }
+        let (params, nparams) = unsafe { ((*first).params, (*first).nparams) };
+        let mut value = 0;
+        let found =
+            unsafe { sys::virTypedParamsGetULLong(params, nparams, name.as_ptr(), &mut value) };
+        (found == 1).then_some(value)
+    };
+    let (cpu_ns, rss_kib) = (get(c"cpu.time"), get(c"balloon.rss"));
+    unsafe { sys::virDomainStatsRecordListFree(records) };
+    // An incoming QEMU reads 0 until libvirt knows its process.
     Some(Reported {
-        cpu_ns,
-        rss_mib: rss_kib as f64 / 1024.0,
+        cpu_ns: cpu_ns.filter(|&ns| ns > 0)?,
+        rss_mib: rss_kib.map(|kib| kib as f64 / 1024.0),
         at,
     })
 }
@@ -103,6 +126,7 @@ impl Kvm {
             info,
             source: None,
             hosts: Vec::new(),
+            _undo: None,
         })
     }
 }
@@ -157,6 +181,18 @@ impl Backend for Kvm {
         let dom = conn
             .create_domain_xml(&xml, 0)
             .context("starting the guest on the source host")?;
+        if !lab.inventory.simulated {
+            let uris = [&lab.source, &lab.destination].map(|h| h.uri.clone());
+            self._undo = Some(cleanup::on_interrupt(move || {
+                for uri in uris {
+                    let conn = libvirtd::connect_within(&uri, pool::INTERRUPTED_WAIT);
+                    let dom = conn.and_then(|c| Ok(c.lookup_domain_by_name(domain::DOMAIN_NAME)?));
+                    if let Ok(dom) = dom {
+                        let _ = dom.destroy();
+                    }
+                }
+            }));
+        }
         self.source = Some((conn, dom));
         Ok(())
     }
@@ -598,6 +634,10 @@ impl Kvm {
                         Duration::try_from_secs_f64(e.reported_downtime_ms? / 1000.0).ok()?;
                     resumed_at?.checked_sub(downtime)
                 });
+                // From the first byte of memory to the resume (a disk
+                // copied with the guest moved before it, and is counted in
+                // the bytes: a little fast).
+                e.stream_ms = span_ms(transfer_started, resumed_at);
                 e.phases = Phases {
                     preparation_ms: span_ms(Some(started), transfer_started),
                     memory_transfer_ms: span_ms(transfer_started, switchover_at),

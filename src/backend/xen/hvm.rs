@@ -119,7 +119,12 @@ mod probe {
     #[test]
     #[ignore]
     fn xen_dom0_shell() {
-        let _lab_lock = crate::runner::exclusive(&[0], &|m| eprintln!("{m}")).unwrap();
+        let _lab_lock = crate::runner::exclusive(
+            &crate::inventory::Inventory::simulated("simulated", crate::inventory::Storage::Shared),
+            &[0],
+            &|m| eprintln!("{m}"),
+        )
+        .unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_hosts(&image, 0, &[0]).unwrap().remove(0);
         let dir = std::path::Path::new("/tmp/xsh");

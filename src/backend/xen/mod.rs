@@ -922,7 +922,12 @@ mod probe {
     #[test]
     #[ignore]
     fn xen_pv_migrates_in_dom0() {
-        let _lab_lock = crate::runner::exclusive(&[0], &|m| eprintln!("{m}")).unwrap();
+        let _lab_lock = crate::runner::exclusive(
+            &crate::inventory::Inventory::simulated("simulated", crate::inventory::Storage::Shared),
+            &[0],
+            &|m| eprintln!("{m}"),
+        )
+        .unwrap();
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_hosts(&image, 0, &[0]).unwrap().remove(0);
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
