@@ -21,6 +21,7 @@ use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
 use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
@@ -174,15 +175,30 @@ fn summary_line(run: &RunMeasurement) -> String {
     }
 }
 
-/// The hosts' libvirtd (no authentication in a simulated lab) on their
-/// management and migration addresses: the agent checks that none is
-/// reachable from the guest.
+/// libvirtd's TCP port (no authentication in a simulated lab) on every
+/// address of the hosts migsuite knows: the agent checks that none is
+/// reachable from the guest. IPv4 only, as the guest is.
 fn probe_targets(lab: &Lab) -> Vec<String> {
     [&lab.source, &lab.destination]
         .iter()
-        .flat_map(|h| [h.agent, h.migration_address])
-        .map(|addr| std::net::SocketAddr::from((addr, libvirtd::LIBVIRTD_PORT)).to_string())
+        .flat_map(|h| control_addresses(h))
+        .filter(IpAddr::is_ipv4)
+        .map(|addr| SocketAddr::from((addr, libvirtd::LIBVIRTD_PORT)).to_string())
         .collect()
+}
+
+/// A simulated host's management and link addresses; a real host's
+/// agent and migration addresses, and its URI's host where that is an
+/// address.
+fn control_addresses(host: &lab::Host) -> Vec<IpAddr> {
+    match &host.place {
+        Place::Simulated(s) => vec![s.libvirtd.addr.into(), host.migration_address],
+        Place::Real => {
+            let mut addresses = vec![host.agent, host.migration_address];
+            addresses.extend(host.uri_address().filter(|a| !addresses.contains(a)));
+            addresses
+        }
+    }
 }
 
 fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
@@ -202,7 +218,7 @@ fn agent_args(lab: &Lab, case: &Case, dirty_rate_mib_s: u32) -> String {
         w.packet_size.payload(case.link.mtu),
         w.packet_rate_pps,
         probe.join(","),
-        std::net::SocketAddr::from((lab.monitor, wire::MONITOR_PORT)),
+        SocketAddr::from((lab.monitor, wire::MONITOR_PORT)),
     )
 }
 

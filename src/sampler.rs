@@ -20,7 +20,7 @@ pub struct Pids {
 }
 
 /// What the sampler calls at every tick to find the pids to sample (a
-/// backend's `process_probe`): processes come and go as the guest moves.
+/// backend's `sample_source`): processes come and go as the guest moves.
 pub type ProcessProbe = Box<dyn Fn() -> Pids + Send>;
 
 /// The guest's hypervisor on one host, as that host reports it.

@@ -221,7 +221,7 @@ fn hosts(inventory: &Inventory) -> ExitCode {
     let mut surveys = Vec::new();
     let asked = (|| -> anyhow::Result<()> {
         if inventory.simulated {
-            each_pair(inventory, |lab| {
+            each_pair(inventory, true, |lab| {
                 for host in [&lab.source, &lab.destination] {
                     let spec = inventory
                         .hosts
@@ -262,7 +262,8 @@ fn hosts(inventory: &Inventory) -> ExitCode {
 /// Lists, and with `remove` deletes, the volumes migsuite keeps in the pool
 /// of each host of `inventory`, pair by pair (each held as a case holds it).
 fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
-    let listed = each_pair(inventory, |lab| {
+    // A real pair is held only to remove: a case there may use its volumes.
+    let listed = each_pair(inventory, remove, |lab| {
         // A pool both hosts of the pair see is listed once.
         let (hosts, whose) = match inventory.storage {
             migsuite::inventory::Storage::Shared => (
@@ -293,12 +294,9 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
                     volume.name,
                     volume.bytes as f64 / f64::from(1 << 20)
                 );
-                // The pair is held while listed: a hold on it is this run's.
-                let held = [&lab.source, &lab.destination]
-                    .iter()
-                    .any(|h| volume.name == migsuite::lab::pool::hold_name(&h.name));
-                if held {
-                    println!("    this run's hold on the host, let go when it ends");
+                if migsuite::lab::pool::is_hold(&volume.name) {
+                    // Its holder's, this run's or another's: see README, cargo-nextest.
+                    println!("    a hold on the host, deleted by its holder");
                 } else if remove {
                     pool.delete(&volume.name)?;
                     println!("    removed");
@@ -317,10 +315,11 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
 }
 
 /// Runs `f` on each pair of `inventory` in turn, built (a simulated pair,
-/// at MTU 1500, unshaped) or reached (a real one), and held as a case holds
-/// it.
+/// at MTU 1500, unshaped, and so held) or reached (a real one, held as a
+/// case holds it if `hold`).
 fn each_pair(
     inventory: &Inventory,
+    hold: bool,
     mut f: impl FnMut(&Lab) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let link = LinkSpec {
@@ -329,7 +328,9 @@ fn each_pair(
         offloads: false,
     };
     for pair in 0..inventory.pairs().count() {
-        let _held = migsuite::runner::exclusive(inventory, &[pair], &|m| eprintln!("{m}"))?;
+        let _held = (hold || inventory.simulated)
+            .then(|| migsuite::runner::exclusive(inventory, &[pair], &|m| eprintln!("{m}")))
+            .transpose()?;
         f(&Lab::start(&link, inventory, pair)?)?;
     }
     Ok(())

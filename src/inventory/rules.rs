@@ -327,6 +327,16 @@ fn check_real(def: &InventoryDef) -> Result<RealPlaces, Invalid> {
             ),
         });
     }
+    // One guest address, observer and monitor: one case at a time.
+    if def.pairs.len() > 1 {
+        return Err(Invalid {
+            path: top.key("pairs").index(1),
+            message: "a real lab's inventory gives one guest address, observer and monitor, \
+                      which serve one case at a time: one pair per inventory (another pair \
+                      gets an inventory of its own, with its own addresses, for another runner)"
+                .into(),
+        });
+    }
     let mut agents = Vec::new();
     for (i, h) in def.hosts.iter().enumerate() {
         let agent = h.agent.ok_or_else(|| {

@@ -4,7 +4,8 @@
 //! a pid reused by another process does not keep a stale lab alive. What a
 //! run makes on a real lab's hosts (its guest, its volumes) is registered
 //! here too, as what undoes it (`on_interrupt`); a run killed outright
-//! leaves it there, where the next run finds it and says so.
+//! leaves it there: the next run says so of its guest and takes over its
+//! holds (`hold`), and its disk stays until `migsuite volumes --remove`.
 
 use super::{netns, root};
 use crate::procfs;
@@ -30,7 +31,7 @@ static UNDO: Mutex<Vec<(u64, Undo)>> = Mutex::new(Vec::new());
 static BUILDING: Mutex<()> = Mutex::new(());
 
 /// `<pid>@<start time>`: this process, across pid reuse.
-fn owner_tag() -> String {
+pub fn owner_tag() -> String {
     let pid = std::process::id();
     let start = procfs::stat(pid as i32).map_or(0, |s| s.start_ticks);
     format!("{pid}@{start}")
@@ -173,7 +174,7 @@ fn destroy_lab(id: &str, dir: &Path) {
 /// Whether the owner named in a lab's `name` still runs: the pid exists and
 /// started when the name says (`start_of` reads a pid's start time). Names
 /// that are not a lab's are never swept.
-fn owner_alive(name: &str, start_of: impl Fn(i32) -> Option<u64>) -> bool {
+fn is_owner_alive(name: &str, start_of: impl Fn(i32) -> Option<u64>) -> bool {
     let Some(owner) = name
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split('-').next())
@@ -198,6 +199,13 @@ fn lab_id(name: &str) -> String {
     name.splitn(4, '-').take(3).collect::<Vec<_>>().join("-")
 }
 
+/// Whether the process `tag` names (`owner_tag`) still runs on this machine.
+pub fn owner_alive(tag: &str) -> bool {
+    is_owner_alive(&format!("{PREFIX}{tag}"), |pid| {
+        procfs::stat(pid).map(|s| s.start_ticks)
+    })
+}
+
 /// Tears down labs whose owning process is gone.
 pub fn sweep_stale() {
     let start_of = |pid: i32| procfs::stat(pid).map(|s| s.start_ticks);
@@ -205,7 +213,7 @@ pub fn sweep_stale() {
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PREFIX) && !owner_alive(&name, start_of) {
+            if name.starts_with(PREFIX) && !is_owner_alive(&name, start_of) {
                 stale.entry(lab_id(&name)).or_insert_with(PathBuf::new);
             }
         }
@@ -213,7 +221,7 @@ pub fn sweep_stale() {
     if let Ok(entries) = std::fs::read_dir(root::LAB_ROOT) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PREFIX) && !owner_alive(&name, start_of) {
+            if name.starts_with(PREFIX) && !is_owner_alive(&name, start_of) {
                 stale.insert(lab_id(&name), e.path());
             }
         }
@@ -232,17 +240,17 @@ mod tests {
     fn a_reused_pid_does_not_keep_a_stale_lab_alive() {
         // pid 4242 runs, but it started at 900, not at 100 as the lab says.
         let start_of = |pid: i32| (pid == 4242).then_some(900);
-        assert!(!owner_alive("migsuite-4242@100-0-a", start_of));
-        assert!(owner_alive("migsuite-4242@900-0-a", start_of));
-        assert!(!owner_alive("migsuite-77@100-3-lan", start_of));
-        assert!(owner_alive("not-ours", start_of));
+        assert!(!is_owner_alive("migsuite-4242@100-0-a", start_of));
+        assert!(is_owner_alive("migsuite-4242@900-0-a", start_of));
+        assert!(!is_owner_alive("migsuite-77@100-3-lan", start_of));
+        assert!(is_owner_alive("not-ours", start_of));
     }
 
     #[test]
     fn this_process_s_labs_are_alive_and_ids_are_unique_to_it() {
         let start_of = |pid: i32| procfs::stat(pid).map(|s| s.start_ticks);
         let name = format!("{PREFIX}{}-5-b", owner_tag());
-        assert!(owner_alive(&name, start_of));
+        assert!(is_owner_alive(&name, start_of));
         assert_eq!(lab_id(&name), format!("{PREFIX}{}-5", owner_tag()));
         assert_eq!(lab_id(&format!("{name}-Xy12")), lab_id(&name));
     }

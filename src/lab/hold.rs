@@ -1,17 +1,19 @@
 //! Holding a real lab's pair against runners on other machines. This
 //! machine's runners keep off each other's pairs by lock files
-//! (`root::lock`); runners elsewhere with the same inventory (CI jobs of one
-//! `nextest --partition`, say) see none of those. So a real host is also
-//! held on itself: by a volume `migsuite-held-<host>` in its pool, which
-//! its daemon creates only if it has none of that name (of two runners
-//! asking at once, one gets it), deleted when the case ends. A runner
-//! killed outright leaves it behind: `virsh -c URI vol-delete
-//! migsuite-held-<host> --pool POOL` once no run holds the host.
+//! (`root::lock`); runners elsewhere (each with an inventory of its own
+//! addresses, naming the same hosts) see none of those. So a real host is
+//! also held on itself: by a volume `migsuite-held-<host>` in its pool,
+//! which its daemon creates only if it has none of that name (of two
+//! runners asking at once, one gets it), deleted when the case ends or is
+//! interrupted. Beside it a marker volume, `<hold>.by.<pid>@<start>.<machine>`,
+//! names the holder: a hold left by a run of this machine that is gone is
+//! taken over; one of another machine is named in the wait, with the
+//! command that removes it.
 
 use super::cleanup::{self, OnInterrupt};
 use super::libvirtd;
 use super::pool::{self, Pool};
-use crate::inventory::Inventory;
+use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
 use std::time::Duration;
 
@@ -22,9 +24,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// interrupted.
 #[derive(Debug, Default)]
 pub struct Holds {
-    /// Each hold's volume, and the pool it is in.
-    held: Vec<(String, Pool)>,
-    _undo: Option<OnInterrupt>,
+    /// Each hold's volume and marker, and the pool they are in.
+    held: Vec<(String, String, Pool)>,
+    _undo: Vec<OnInterrupt>,
+}
+
+/// Who holds a host, as the marker beside the hold says.
+struct Holder {
+    /// `<pid>@<start time>` (`cleanup::owner_tag`).
+    owner: String,
+    machine: String,
 }
 
 impl Holds {
@@ -35,44 +44,107 @@ impl Holds {
     }
 
     /// Both hosts of `pair` of real lab `inventory`; or, where another runner
-    /// holds one, which (whatever was taken is let go).
+    /// holds one, who (whatever was taken is let go).
     pub fn take(inventory: &Inventory, pair: usize) -> Result<Result<Holds, String>> {
         let pair = inventory
             .pairs()
             .nth(pair)
             .with_context(|| format!("lab {} has no pair {pair}", inventory.name))?;
         let mut held = Holds::none();
-        let mut places = Vec::new();
         for host in pair.hosts {
             let conn = libvirtd::connect_within(&host.uri, CONNECT_TIMEOUT)
                 .with_context(|| format!("host {} of lab {}", host.name, inventory.name))?;
             let pool = Pool::open(conn, &host.pool, false)
                 .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
             let name = pool::hold_name(&host.name);
-            if !pool.claim(&name)? {
-                return Ok(Err(format!(
-                    "a runner elsewhere (volume {name} in host {}'s pool `{}`)",
-                    host.name, host.pool
-                )));
+            if !claim(&pool, &name)? {
+                return Ok(Err(busy(&pool, &name, host)?));
             }
-            places.push((host.uri.clone(), host.pool.clone(), name.clone()));
-            held.held.push((name, pool));
+            let (uri, pool_name, hold) = (host.uri.clone(), host.pool.clone(), name.clone());
+            held._undo.push(cleanup::on_interrupt(move || {
+                pool::delete_at(&uri, &pool_name, &hold);
+            }));
+            let marker = format!(
+                "{}{}.{}",
+                marker_prefix(&name),
+                cleanup::owner_tag(),
+                machine()
+            );
+            for old in pool.names_starting(&marker_prefix(&name))? {
+                pool.delete(&old)?;
+            }
+            pool.claim(&marker)?;
+            held.held.push((name, marker, pool));
         }
-        held._undo = Some(cleanup::on_interrupt(move || {
-            for (uri, pool, name) in places {
-                pool::delete_at(&uri, &pool, &name);
-            }
-        }));
         Ok(Ok(held))
     }
 }
 
 impl Drop for Holds {
     fn drop(&mut self) {
-        for (name, pool) in self.held.drain(..) {
-            if let Err(e) = pool.delete(&name) {
-                eprintln!("migsuite: cannot let go of {name}: {e:#}");
+        for (name, marker, pool) in self.held.drain(..) {
+            for volume in [&marker, &name] {
+                if let Err(e) = pool.delete(volume) {
+                    eprintln!("migsuite: cannot let go of {volume}: {e:#}");
+                }
             }
         }
     }
+}
+
+fn marker_prefix(hold: &str) -> String {
+    format!("{hold}.by.")
+}
+
+/// This machine's host name, as a holder is named by.
+fn machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Claims hold `name`, taking it over from a run of this machine that is
+/// gone (killed before it could let go).
+fn claim(pool: &Pool, name: &str) -> Result<bool> {
+    if pool.claim(name)? {
+        return Ok(true);
+    }
+    match holder(pool, name)? {
+        Some(h) if h.machine == machine() && !cleanup::owner_alive(&h.owner) => {
+            eprintln!(
+                "migsuite: taking over {name}, left by pid {} of this machine, which is gone",
+                h.owner
+            );
+            pool.delete(name)?;
+            pool.claim(name)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn holder(pool: &Pool, name: &str) -> Result<Option<Holder>> {
+    let prefix = marker_prefix(name);
+    Ok(pool
+        .names_starting(&prefix)?
+        .into_iter()
+        .find_map(|marker| {
+            let (owner, machine) = marker.strip_prefix(&prefix)?.split_once('.')?;
+            Some(Holder {
+                owner: owner.to_string(),
+                machine: machine.to_string(),
+            })
+        }))
+}
+
+/// Who holds `host` by `name`, and how to let it go if nobody does.
+fn busy(pool: &Pool, name: &str, host: &inventory::Host) -> Result<String> {
+    let who = match holder(pool, name)? {
+        Some(h) => format!("pid {} on {}", h.owner, h.machine),
+        None => "a runner elsewhere".into(),
+    };
+    Ok(format!(
+        "{who} (volume {name} in host {}'s pool `{}`; if no run holds it any more: virsh -c {} \
+         vol-delete {name} --pool {})",
+        host.name, host.pool, host.uri, host.pool
+    ))
 }

@@ -91,6 +91,12 @@ impl Host {
         }
     }
 
+    /// The address in its URI, if it names one (not a host name).
+    pub fn uri_address(&self) -> Option<IpAddr> {
+        let url = url::Url::parse(&self.uri).ok()?;
+        url.host_str()?.trim_matches(['[', ']']).parse().ok()
+    }
+
     /// `tcp://ADDRESS`: where a QEMU stream to this host goes.
     pub fn migration_uri(&self) -> String {
         match self.migration_address {
@@ -380,7 +386,8 @@ impl Lab {
 impl Drop for Lab {
     /// The case's disk goes with its lab, from each host that has it
     /// (before the daemons stop; a killed run's is swept by the next
-    /// `create_disk`).
+    /// `create_disk` in a simulated lab, by `migsuite volumes --remove` in
+    /// a real one).
     fn drop(&mut self) {
         let Some(Disk { name: disk, .. }) = self.disk.get() else {
             return;

@@ -89,11 +89,35 @@ impl Pool {
         self.pool.lookup_storage_vol_by_name(name).ok()
     }
 
+    /// Makes the daemon look at the pool again (another daemon, on storage
+    /// both see, may have changed it). libvirt refuses while a volume of
+    /// the pool is being built (another runner's, say): that passes.
+    fn refresh(&self) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.pool.refresh(0) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.message().contains("asynchronous jobs running") && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e).context("refreshing the storage pool"),
+            }
+        }
+    }
+
+    /// The names of the pool's volumes that start with `prefix`.
+    pub fn names_starting(&self, prefix: &str) -> Result<Vec<String>> {
+        let volumes = self.volumes()?;
+        let names = volumes.iter().filter_map(|v| v.name().ok());
+        Ok(names.filter(|n| n.starts_with(prefix)).collect())
+    }
+
     /// Every volume in the pool now: another daemon (the other simulated
     /// host, on shared storage) may have added or removed some since this
     /// one last looked.
     fn volumes(&self) -> Result<Vec<StorageVol>> {
-        self.pool.refresh(0)?;
+        self.refresh()?;
         Ok(self.pool.list_all_volumes(0)?)
     }
 
@@ -107,7 +131,7 @@ impl Pool {
             content_key(Sha256::new_with_prefix(&bytes))
         );
         let marker = format!("{name}{COMPLETE}");
-        self.pool.refresh(0)?;
+        self.refresh()?;
         if let (Some(vol), Some(_)) = (self.volume(&name), self.volume(&marker)) {
             return Ok((vol.path()?, false));
         }
@@ -162,8 +186,8 @@ impl Pool {
     /// decides, so of two runners asking at once one gets it. Returns
     /// whether this one did.
     pub fn claim(&self, name: &str) -> Result<bool> {
-        self.pool.refresh(0)?;
-        match StorageVol::create_xml(&self.pool, &volume_xml(name, 0), 0) {
+        // Not refreshed first: a name only this daemon gives is in its list.
+        match StorageVol::create_xml(&self.pool, &volume_xml(name, CLAIM_BYTES), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.code() == ErrorNumberEnum::Known(ErrorNumber::StorageVolExist) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("creating volume {name}")),
@@ -187,7 +211,7 @@ impl Pool {
 
     /// How much the pool holds and has free, and where it is.
     pub fn room(&self) -> Result<Room> {
-        self.pool.refresh(0)?;
+        self.refresh()?;
         let info = self.pool.info()?;
         let xml = self.pool.xml_desc(0)?;
         let path = xml
@@ -201,10 +225,17 @@ impl Pool {
         })
     }
 
-    /// Deletes volume `name` if the pool has it.
+    /// Deletes volume `name` if the pool has it (looking again only if
+    /// this daemon does not know it).
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.pool.refresh(0)?;
-        match self.volume(name) {
+        let volume = match self.volume(name) {
+            Some(volume) => Some(volume),
+            None => {
+                self.refresh()?;
+                self.volume(name)
+            }
+        };
+        match volume {
             Some(vol) => Ok(vol.delete(0)?),
             None => Ok(()),
         }
@@ -243,6 +274,9 @@ pub struct Room {
     pub path: String,
 }
 
+/// A claim's size: none would do, but some pools (LVM) take no empty volume.
+const CLAIM_BYTES: u64 = 4096;
+
 /// A raw volume of `bytes` named `name`, as libvirt takes its definition.
 fn volume_xml(name: &str, bytes: u64) -> String {
     format!(
@@ -254,6 +288,12 @@ fn volume_xml(name: &str, bytes: u64) -> String {
 /// The volume by which a runner holds host `host` (`super::hold`).
 pub fn hold_name(host: &str) -> String {
     format!("{PREFIX}held-{host}")
+}
+
+/// Whether volume `name` is a hold or its marker, which only its holder, or
+/// whoever knows it is stale, deletes.
+pub fn is_hold(name: &str) -> bool {
+    name.starts_with(&hold_name(""))
 }
 
 /// A case's disk volume name: never content-named, it is written to.

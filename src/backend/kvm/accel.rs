@@ -50,7 +50,7 @@ pub fn choose(choice: AccelChoice) -> Result<Accel> {
 
 /// On real hosts: KVM where every one of them offers it (the guest
 /// migrates between them), as their daemons tell.
-pub fn choose_on(choice: AccelChoice, hosts: &[&Connection]) -> Result<Accel> {
+pub fn choose_on(choice: AccelChoice, hosts: &[Connection]) -> Result<Accel> {
     let mut unusable = None;
     for conn in hosts {
         let caps = conn.capabilities()?;

@@ -11,7 +11,7 @@ use crate::inventory::Storage;
 use crate::lab::cleanup::{self, OnInterrupt};
 use crate::lab::libvirtd::{self, version, Connection};
 use crate::lab::pool;
-use crate::lab::Lab;
+use crate::lab::{Lab, Place};
 use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
 use crate::sampler::{Reported, Source};
@@ -34,7 +34,6 @@ const PASS_LIMIT: u64 = 12;
 
 pub struct Kvm {
     hypervisor: Hypervisor,
-    accel: accel::Accel,
     image: GuestImage,
     info: BackendInfo,
     source: Option<(Connection, Domain)>,
@@ -111,17 +110,16 @@ fn reported_by(conn: &Connection) -> Option<Reported> {
 
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
-        let accel = accel::choose(case.guest.accel).map_err(|e| e.to_string())?;
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo {
-            accel: accel.description.clone(),
+            // Chosen with the hosts (`provision`).
+            accel: String::new(),
             hypervisor_version: String::new(),
             toolstack_version: String::new(),
             storage: String::new(),
         };
         Ok(Kvm {
             hypervisor: case.hypervisor,
-            accel,
             image,
             info,
             source: None,
@@ -144,8 +142,6 @@ impl Backend for Kvm {
     }
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
-        let files = self.put_guest_files(lab)?;
-        let conn = lab.connect(&lab.source.uri)?;
         // The pair is this case's (`runner::exclusive`), but a real host's
         // daemon outlives runs: a guest of the name left there by a run
         // killed outright, or someone's own, is not ours to destroy.
@@ -163,21 +159,24 @@ impl Backend for Kvm {
             }
             self.hosts.push(there);
         }
+        // KVM where the hosts can run it: this machine, whose namespaces
+        // the simulated hosts are, or a real lab's machines, as their
+        // libvirt says.
+        let accel = match lab.source.place {
+            Place::Simulated(_) => accel::choose(case.guest.accel)?,
+            Place::Real => accel::choose_on(case.guest.accel, &self.hosts)?,
+        };
+        self.info.accel = accel.description.clone();
+        let files = self.put_guest_files(lab)?;
+        let conn = lab.connect(&lab.source.uri)?;
         self.info.hypervisor_version = format!("QEMU {}", version(conn.hyp_version()?));
         self.info.toolstack_version = format!("libvirt {}", version(conn.lib_version()?));
-        if !lab.inventory.simulated {
-            self.accel = accel::choose_on(
-                case.guest.accel,
-                &[&conn, &lab.connect(&lab.destination.uri)?],
-            )?;
-            self.info.accel = self.accel.description.clone();
-        }
         let console = lab.shared_dir().join("console.log");
         let at = domain::Attachments {
             bridge: &lab.source.bridge,
             console: lab.inventory.simulated.then_some(console.as_path()),
         };
-        let xml = domain::xml(case, &self.accel, &files, &at, agent_args);
+        let xml = domain::xml(case, &accel, &files, &at, agent_args);
         let dom = conn
             .create_domain_xml(&xml, 0)
             .context("starting the guest on the source host")?;
@@ -477,6 +476,8 @@ impl Kvm {
         // Faults count from the start of the memory transfer: before it, the
         // destination QEMU is still starting.
         let mut transfer_started: Option<Instant> = None;
+        // The stream's first byte: a disk copied with the guest goes first.
+        let mut stream_started: Option<Instant> = None;
         let mut killed_at: Option<Duration> = None;
         let mut postcopy_started = false;
         let mut aborted = false;
@@ -501,6 +502,10 @@ impl Kvm {
             let iteration = job.as_ref().and_then(|j| j.mem_iteration).unwrap_or(0);
             if processed > 0 && transfer_started.is_none() {
                 transfer_started = Some(Instant::now());
+            }
+            let streamed = job.as_ref().and_then(|j| j.data_processed).unwrap_or(0);
+            if (streamed > 0 || processed > 0) && stream_started.is_none() {
+                stream_started = Some(Instant::now());
             }
             if switchover_at.is_none() && transfer_started.is_some() && is_paused(dom) {
                 switchover_at = Some(Instant::now());
@@ -634,10 +639,8 @@ impl Kvm {
                         Duration::try_from_secs_f64(e.reported_downtime_ms? / 1000.0).ok()?;
                     resumed_at?.checked_sub(downtime)
                 });
-                // From the first byte of memory to the resume (a disk
-                // copied with the guest moved before it, and is counted in
-                // the bytes: a little fast).
-                e.stream_ms = span_ms(transfer_started, resumed_at);
+                // All the bytes, disk and memory, over the time they took.
+                e.stream_ms = span_ms(stream_started, resumed_at);
                 e.phases = Phases {
                     preparation_ms: span_ms(Some(started), transfer_started),
                     memory_transfer_ms: span_ms(transfer_started, switchover_at),
