@@ -260,11 +260,17 @@ pub enum Expect {
 /// baseline's) that the gate reports as a regression or an improvement,
 /// when it is also statistically significant (`baseline`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Reports from before a threshold existed read back with its default.
+#[serde(default)]
 pub struct NoiseThresholds {
     pub total_time: f64,
     pub downtime: f64,
     pub guest_downtime: f64,
     pub throughput: f64,
+    /// What the stream's path carried before each run: where the link
+    /// sets it (MTU 1500), a slower link; where the machine sets it (small
+    /// MTUs, nested hosts), the machine, which the gate scales by instead.
+    pub path_rate: f64,
     pub peak_memory: f64,
 }
 
@@ -278,6 +284,7 @@ impl Default for NoiseThresholds {
             downtime: 0.50,
             guest_downtime: 0.50,
             throughput: 0.08,
+            path_rate: 0.08,
             peak_memory: 0.30,
         }
     }

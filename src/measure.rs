@@ -257,6 +257,12 @@ pub struct RunMeasurement {
     pub throughput_mbit: Option<f64>,
     /// `throughput_mbit` over the calibrated wire rate of the link.
     pub efficiency: Option<f64>,
+    /// What the stream's path (the link, or nested hosts' relay where that
+    /// carries less) carried just before this run, Mbit/s of TCP payload:
+    /// the machine's pace that the gate scales this run's figures by. None
+    /// on a real lab (not measured) and in one host (no path to measure).
+    #[serde(default)]
+    pub path_rate_mbit: Option<f64>,
     pub progress: Vec<ProgressSample>,
     /// Per pass, from `progress` (the last, cut short by the switch-over,
     /// is left out).

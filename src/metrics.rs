@@ -5,11 +5,25 @@
 
 use crate::case::{Bounds, NoiseThresholds};
 use crate::measure::{RunMeasurement, Unit, MIB};
+use crate::stats::{median, sorted};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Better {
     Lower,
     Higher,
+}
+
+/// How a run's figure follows the pace of the stream's path (the run's
+/// `path_rate_mbit`): the gate brings it to the baseline's pace before
+/// comparing, so a slower machine is not a regression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// A time: twice the path's rate, half the time.
+    Time,
+    /// A rate: it moves with the path's.
+    Rate,
+    /// Not the path's (memory; the path's rate itself).
+    Own,
 }
 
 pub struct Metric {
@@ -24,7 +38,12 @@ pub struct Metric {
     pub bound: Option<fn(&Bounds) -> Option<f64>>,
     /// Its noise threshold, if the gate compares it with the baseline.
     pub gated: Option<fn(&NoiseThresholds) -> f64>,
+    pub pace: Pace,
 }
+
+/// The label of what the stream's path carried before each run: the
+/// pace the gate brings the other figures to.
+pub const PATH_RATE: &str = "path rate";
 
 /// Every metric, in the order tables and snapshots show them.
 pub const METRICS: &[Metric] = &[
@@ -36,6 +55,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.total_time_ms,
         bound: Some(|b| b.total_time_ms),
         gated: Some(|n| n.total_time),
+        pace: Pace::Time,
     },
     Metric {
         key: "downtime",
@@ -45,6 +65,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.reported_downtime_ms,
         bound: Some(|b| b.downtime_ms),
         gated: Some(|n| n.downtime),
+        pace: Pace::Time,
     },
     Metric {
         key: "guest_downtime",
@@ -54,6 +75,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.guest_downtime_ms,
         bound: Some(|b| b.guest_downtime_ms),
         gated: Some(|n| n.guest_downtime),
+        pace: Pace::Time,
     },
     Metric {
         key: "throughput",
@@ -63,6 +85,17 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.throughput_mbit,
         bound: None,
         gated: Some(|n| n.throughput),
+        pace: Pace::Rate,
+    },
+    Metric {
+        key: "path_rate",
+        label: PATH_RATE,
+        unit: Unit::Mbit,
+        better: Better::Higher,
+        value: |r| r.path_rate_mbit,
+        bound: None,
+        gated: Some(|n| n.path_rate),
+        pace: Pace::Own,
     },
     Metric {
         key: "efficiency",
@@ -72,6 +105,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.efficiency,
         bound: None,
         gated: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "preparation",
@@ -81,6 +115,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.phases.preparation_ms,
         bound: None,
         gated: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "transferred",
@@ -90,6 +125,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.bytes_transferred.map(|b| b as f64 / MIB),
         bound: None,
         gated: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "passes",
@@ -99,6 +135,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.memory_iterations.map(|i| i as f64),
         bound: None,
         gated: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "peak_cpu",
@@ -108,6 +145,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.peak_cpu_pct,
         bound: Some(|b| b.peak_cpu_pct),
         gated: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "peak_memory",
@@ -117,6 +155,7 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.peak_memory_mib,
         bound: Some(|b| b.peak_memory_mib),
         gated: Some(|n| n.peak_memory),
+        pace: Pace::Own,
     },
 ];
 
@@ -127,6 +166,34 @@ impl Metric {
             .filter(|r| r.outcome.not_completed().is_none())
             .filter_map(self.value)
             .collect()
+    }
+
+    /// Its values over the runs that completed, brought from the median of
+    /// their path rates to `pace_mbit`: None for a metric of its own pace, or
+    /// when a run that measured it did not measure its path (a real lab).
+    /// One factor for the case, not one per run: a path's rate measured
+    /// before each run scatters more than the runs do (nested Xen:
+    /// 299-457 Mbit/s around runs of 7.4-10.0 s; KVM at MTU 128: 346-484
+    /// around 2.7-3.4 s), so its median is the case's pace.
+    pub fn values_at_pace(&self, runs: &[RunMeasurement], pace_mbit: f64) -> Option<Vec<f64>> {
+        if self.pace == Pace::Own {
+            return None;
+        }
+        let completed = runs.iter().filter(|r| r.outcome.not_completed().is_none());
+        let (values, paths): (Vec<f64>, Vec<Option<f64>>) = completed
+            .filter_map(|r| Some(((self.value)(r)?, r.path_rate_mbit)))
+            .unzip();
+        let paths: Vec<f64> = paths.into_iter().collect::<Option<_>>()?;
+        if paths.is_empty() {
+            return None;
+        }
+        let ratio = median(&sorted(paths)) / pace_mbit;
+        let scale = if self.pace == Pace::Time {
+            ratio
+        } else {
+            1.0 / ratio
+        };
+        (ratio > 0.0).then(|| values.iter().map(|v| v * scale).collect())
     }
 
     pub fn by_label(label: &str) -> Option<&'static Metric> {

@@ -4,7 +4,7 @@
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{RunMeasurement, Unit};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, PATH_RATE};
 use crate::neighbours::Neighbours;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -20,6 +20,10 @@ pub struct Gate {
     pub metric: &'static str,
     pub unit: Unit,
     pub new: Estimate,
+    /// The baseline's path rate, to which the new runs' figures were
+    /// brought before the comparison (`Comparison::new` is at that pace);
+    /// None: compared as measured.
+    pub paced_to_mbit: Option<f64>,
     /// None: no baseline stored yet, or too few runs to compare.
     pub comparison: Option<Comparison>,
 }
@@ -144,20 +148,30 @@ fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
 /// would be flagged for that alone.
 const MIN_COMPARED_RUNS: usize = 3;
 
+/// Each gated metric against its baseline. Where both the baseline and the
+/// runs measured the stream's path, the runs' times and rates are first
+/// brought from their median path rate to the baseline's (`Pace`): a
+/// machine that carries half as much takes twice as long, and only what is
+/// left of a change is judged. The path rate itself is gated as measured: where the
+/// link sets it, a slower link is a regression.
 fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate> {
+    let pace = baseline.get(PATH_RATE).map(|e| e.median);
     METRICS
         .iter()
         .filter_map(|m| {
             let threshold = m.gated?(&case.noise);
             let values = m.values(runs);
+            let paced = pace.and_then(|p| Some((p, m.values_at_pace(runs, p)?)));
+            let compared = paced.as_ref().map_or(&values, |(_, v)| v);
             Some(Gate {
                 metric: m.label,
                 unit: m.unit,
                 new: Estimate::of(&values)?,
+                paced_to_mbit: paced.as_ref().map(|(p, _)| *p),
                 comparison: baseline
                     .get(m.label)
-                    .filter(|_| values.len() >= MIN_COMPARED_RUNS)
-                    .and_then(|b| compare(*b, &values, m.better, threshold)),
+                    .filter(|_| compared.len() >= MIN_COMPARED_RUNS)
+                    .and_then(|b| compare(*b, compared, m.better, threshold)),
             })
         })
         .collect()
@@ -199,24 +213,36 @@ impl fmt::Display for Verdict {
         for g in &self.gates {
             let fmt = |v: f64| g.unit.format(v);
             match &g.comparison {
-                Some(c) => write!(
-                    f,
-                    "\n  {:<24}baseline {} [{}, {}] n={}, new {} [{}, {}] n={}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, noise threshold {:.0} %): {}",
-                    g.metric,
-                    fmt(c.baseline.median),
-                    fmt(c.baseline.lo),
-                    fmt(c.baseline.hi),
-                    c.baseline.n,
-                    fmt(c.new.median),
-                    fmt(c.new.lo),
-                    fmt(c.new.hi),
-                    c.new.n,
-                    c.change_pct,
-                    c.interval_pct.0,
-                    c.interval_pct.1,
-                    c.noise_threshold_pct,
-                    c.change
-                )?,
+                Some(c) => {
+                    let new = format!(
+                        "{} [{}, {}] n={}",
+                        fmt(c.new.median),
+                        fmt(c.new.lo),
+                        fmt(c.new.hi),
+                        c.new.n
+                    );
+                    let new = match g.paced_to_mbit {
+                        Some(p) => format!(
+                            "{} as measured, at the baseline's path rate ({p:.0} Mbit/s) {new}",
+                            fmt(g.new.median)
+                        ),
+                        None => new,
+                    };
+                    write!(
+                        f,
+                        "\n  {:<24}baseline {} [{}, {}] n={}, new {new}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, noise threshold {:.0} %): {}",
+                        g.metric,
+                        fmt(c.baseline.median),
+                        fmt(c.baseline.lo),
+                        fmt(c.baseline.hi),
+                        c.baseline.n,
+                        c.change_pct,
+                        c.interval_pct.0,
+                        c.interval_pct.1,
+                        c.noise_threshold_pct,
+                        c.change
+                    )?
+                }
                 None => write!(
                     f,
                     "\n  {:<24}new {} [{}, {}] n={}: {}",
@@ -252,6 +278,7 @@ impl fmt::Display for Verdict {
 mod tests {
     use super::*;
     use crate::report::fixtures::{case, failed, run};
+    use approx::assert_relative_eq;
     use rstest::rstest;
 
     fn bounded(apply_to: Aggregate) -> Case {
@@ -364,6 +391,88 @@ mod tests {
         ));
         let passed = judge(&case(), &[run(2000.0, 100.0)], &Baseline::new()).measured_beside(busy);
         assert!(!passed.to_string().contains("measured beside"));
+    }
+
+    /// Five runs whose times are `slower` times a steady set's and whose
+    /// stream rate is 1/`slower` of it, measured on a path carrying `path`.
+    fn runs_at(slower: f64, path: Option<f64>) -> Vec<RunMeasurement> {
+        [2000.0, 2050.0, 1980.0, 2010.0, 2030.0]
+            .iter()
+            .map(|t| {
+                let mut r = run(t * slower, 100.0 * slower);
+                r.throughput_mbit = Some(400.0 / slower);
+                r.path_rate_mbit = path;
+                r
+            })
+            .collect()
+    }
+
+    /// The gated estimates of `runs`, as a stored baseline.
+    fn recorded(c: &Case, runs: &[RunMeasurement]) -> Baseline {
+        judge(c, runs, &Baseline::new())
+            .gates
+            .into_iter()
+            .map(|g| (g.metric.to_string(), g.new))
+            .collect()
+    }
+
+    fn change(v: &Verdict, metric: &str) -> Change {
+        let gate = v.gates.iter().find(|g| g.metric == metric).unwrap();
+        gate.comparison.as_ref().unwrap().change
+    }
+
+    /// Where the machine sets the path's rate (its noise threshold wide), a
+    /// machine carrying half as much takes twice as long: paced, no change.
+    #[test]
+    fn a_machine_half_as_fast_is_not_a_regression() {
+        let mut c = case();
+        c.noise.path_rate = 0.9;
+        let baseline = recorded(&c, &runs_at(1.0, Some(500.0)));
+        let v = judge(&c, &runs_at(2.0, Some(250.0)), &baseline);
+        assert!(v.passed, "{v}");
+        for metric in ["total time", "downtime (reported)", "stream throughput"] {
+            assert_eq!(change(&v, metric), Change::Noise, "{metric}: {v}");
+        }
+        let total = v.gates.iter().find(|g| g.metric == "total time").unwrap();
+        assert_eq!(total.paced_to_mbit, Some(500.0));
+        assert_relative_eq!(
+            total.comparison.as_ref().unwrap().change_pct,
+            0.0,
+            epsilon = 1e-9
+        );
+        assert!(
+            v.to_string().contains(
+                "baseline 2010.0 ms [1980.0 ms, 2050.0 ms] n=5, new 4020.0 ms as measured, at the baseline's path rate (500 Mbit/s) 2010.0 ms"
+            ),
+            "{v}"
+        );
+        // Unpaced (a real lab measures no path), the same runs regress.
+        let baseline = recorded(&c, &runs_at(1.0, None));
+        let v = judge(&c, &runs_at(2.0, None), &baseline);
+        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+    }
+
+    #[test]
+    fn a_slower_migration_on_the_same_path_regresses() {
+        let c = case();
+        let baseline = recorded(&c, &runs_at(1.0, Some(500.0)));
+        let v = judge(&c, &runs_at(1.4, Some(500.0)), &baseline);
+        assert!(!v.passed, "{v}");
+        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "stream throughput"), Change::Regression, "{v}");
+        assert_eq!(change(&v, PATH_RATE), Change::Noise, "{v}");
+    }
+
+    /// Where the link sets the path's rate (threshold 8 %), a 40 % slower
+    /// link is the regression, though the migration kept pace with it.
+    #[test]
+    fn a_slower_link_regresses_the_path_rate() {
+        let c = case();
+        let baseline = recorded(&c, &runs_at(1.0, Some(500.0)));
+        let v = judge(&c, &runs_at(1.0 / 0.6, Some(300.0)), &baseline);
+        assert!(!v.passed, "{v}");
+        assert_eq!(change(&v, PATH_RATE), Change::Regression, "{v}");
+        assert_eq!(change(&v, "total time"), Change::Noise, "{v}");
     }
 
     #[test]

@@ -415,6 +415,7 @@ mod tests {
             downtime: 0.0,
             guest_downtime: 0.0,
             throughput: 0.0,
+            path_rate: 0.0,
             peak_memory: 0.0,
         };
         r

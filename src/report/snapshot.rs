@@ -103,7 +103,13 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
                     .lines()
                     .find(|l| l.starts_with(&format!("{} | median ", g.metric)))
             });
-        lines.push(kept.map_or_else(|| estimate_line(g.metric, &g.new, g.unit), str::to_string));
+        // A regressed figure is written at the baseline's path rate, beside
+        // the path rate line it was brought to.
+        let new = match (&g.comparison, g.paced_to_mbit) {
+            (Some(c), Some(_)) => &c.new,
+            _ => &g.new,
+        };
+        lines.push(kept.map_or_else(|| estimate_line(g.metric, new, g.unit), str::to_string));
     }
     lines.join("\n")
 }

@@ -413,6 +413,7 @@ fn noise_spec(def: NoiseDef) -> NoiseThresholds {
         downtime: pick(def.downtime, d.downtime),
         guest_downtime: pick(def.guest_downtime, d.guest_downtime),
         throughput: pick(def.throughput, d.throughput),
+        path_rate: pick(def.path_rate, d.path_rate),
         peak_memory: pick(def.peak_memory, d.peak_memory),
     }
 }

@@ -382,13 +382,14 @@ pub(super) struct SnapshotDef {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `peak_memory`"
+    expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `path_rate`, `peak_memory`"
 )]
 pub(super) struct NoiseDef {
     pub total_time: Option<NoisePercent>,
     pub downtime: Option<NoisePercent>,
     pub guest_downtime: Option<NoisePercent>,
     pub throughput: Option<NoisePercent>,
+    pub path_rate: Option<NoisePercent>,
     pub peak_memory: Option<NoisePercent>,
 }
 
@@ -400,6 +401,7 @@ impl NoiseDef {
             downtime: self.downtime.or(base.downtime),
             guest_downtime: self.guest_downtime.or(base.guest_downtime),
             throughput: self.throughput.or(base.throughput),
+            path_rate: self.path_rate.or(base.path_rate),
             peak_memory: self.peak_memory.or(base.peak_memory),
         }
     }

@@ -279,6 +279,7 @@ fn ci_suite_expands_to_the_documented_case() {
                 downtime: 1.0,
                 guest_downtime: 1.0,
                 throughput: 0.4,
+                path_rate: 0.9,
                 peak_memory: 0.3
             },
         }
