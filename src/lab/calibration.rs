@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Bytes received before this much time has passed are not counted: TCP's
 /// slow start and the token bucket's initial burst.
 const WARM_UP: Duration = Duration::from_millis(100);
-const MEASURE: Duration = Duration::from_millis(400);
+const MEASURE: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the link carried: payload and wire rates, Mbit/s.

@@ -514,8 +514,8 @@ fn number(kv: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     kv.get(key).and_then(|v| v.parse().ok())
 }
 
-/// How much the calibration sends: about a second from dom0 to dom0.
-const CALIBRATION_MIB: u32 = 32;
+/// How much the calibration sends: a few seconds from dom0 to dom0.
+const CALIBRATION_MIB: u32 = 96;
 
 /// TCP goodput, Mbit/s, from `src`'s dom0 to `dst`'s over the migration
 /// link, through the relays an `xl migrate` stream takes (a pipe and dd
