@@ -211,31 +211,25 @@ impl fmt::Display for Verdict {
             write!(f, "\n  {:<24}{measured:>10}   {bound:<14}{ok}", c.metric)?;
         }
         for g in &self.gates {
-            let fmt = |v: f64| g.unit.format(v);
+            let estimate = |e: &Estimate| {
+                let fmt = |v: f64| g.unit.format(v);
+                format!("{} [{}, {}] n={}", fmt(e.median), fmt(e.lo), fmt(e.hi), e.n)
+            };
             match &g.comparison {
                 Some(c) => {
-                    let new = format!(
-                        "{} [{}, {}] n={}",
-                        fmt(c.new.median),
-                        fmt(c.new.lo),
-                        fmt(c.new.hi),
-                        c.new.n
-                    );
                     let new = match g.paced_to_mbit {
                         Some(p) => format!(
-                            "{} as measured, at the baseline's path rate ({p:.0} Mbit/s) {new}",
-                            fmt(g.new.median)
+                            "{} as measured, at the baseline's path rate ({p:.0} Mbit/s) {}",
+                            g.unit.format(g.new.median),
+                            estimate(&c.new)
                         ),
-                        None => new,
+                        None => estimate(&c.new),
                     };
                     write!(
                         f,
-                        "\n  {:<24}baseline {} [{}, {}] n={}, new {new}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, noise threshold {:.0} %): {}",
+                        "\n  {:<24}baseline {}, new {new}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, noise threshold {:.0} %): {}",
                         g.metric,
-                        fmt(c.baseline.median),
-                        fmt(c.baseline.lo),
-                        fmt(c.baseline.hi),
-                        c.baseline.n,
+                        estimate(&c.baseline),
                         c.change_pct,
                         c.interval_pct.0,
                         c.interval_pct.1,
@@ -245,12 +239,9 @@ impl fmt::Display for Verdict {
                 }
                 None => write!(
                     f,
-                    "\n  {:<24}new {} [{}, {}] n={}: {}",
+                    "\n  {:<24}new {}: {}",
                     g.metric,
-                    fmt(g.new.median),
-                    fmt(g.new.lo),
-                    fmt(g.new.hi),
-                    g.new.n,
+                    estimate(&g.new),
                     if g.new.n < MIN_COMPARED_RUNS {
                         format!("too few runs to compare with the baseline (at least {MIN_COMPARED_RUNS})")
                     } else {
