@@ -172,9 +172,9 @@ impl Metric {
     /// their path rates to `pace_mbit`: None for a metric of its own pace, or
     /// when a run that measured it did not measure its path (a real lab).
     /// One factor for the case, not one per run: a path's rate measured
-    /// before each run scatters more than the runs do (nested Xen:
-    /// 299-457 Mbit/s around runs of 7.4-10.0 s; KVM at MTU 128: 346-484
-    /// around 2.7-3.4 s), so its median is the case's pace.
+    /// before each run scatters more than the runs do (nested Xen, loaded:
+    /// 274-522 Mbit/s around runs of 10.0-14.2 s), so its median is the
+    /// case's pace.
     pub fn values_at_pace(&self, runs: &[RunMeasurement], pace_mbit: f64) -> Option<Vec<f64>> {
         if self.pace == Pace::Own {
             return None;

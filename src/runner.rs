@@ -383,9 +383,9 @@ fn carried(link_goodput_mbit: Option<f64>, nested_path_mbit: Option<f64>) -> Opt
 
 /// What the stream's path carries just before a run, measured again each
 /// run with the guest running, as the runs are: the gate brings the case's
-/// figures to the baseline's pace by the median of these (one measurement
-/// at the case's start, before the guest boots, overstated the pace: 647
-/// against 299-457 Mbit/s before the runs of one nested Xen case).
+/// figures to the baseline's pace by the median of these (the case's
+/// calibration, before the guest boots, overstates it: 836 against
+/// 476-632 Mbit/s before the runs of one nested Xen case).
 fn path_rate(lab: &Lab, backend: &dyn Backend) -> Result<Option<f64>> {
     if !backend.stream_crosses_link() {
         return Ok(None);
