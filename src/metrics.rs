@@ -159,13 +159,15 @@ pub const METRICS: &[Metric] = &[
     },
 ];
 
+/// The runs that completed: the only ones whose figures are compared.
+fn completed(runs: &[RunMeasurement]) -> impl Iterator<Item = &RunMeasurement> {
+    runs.iter().filter(|r| r.outcome.not_completed().is_none())
+}
+
 impl Metric {
     /// Its values over the runs that completed.
     pub fn values(&self, runs: &[RunMeasurement]) -> Vec<f64> {
-        runs.iter()
-            .filter(|r| r.outcome.not_completed().is_none())
-            .filter_map(self.value)
-            .collect()
+        completed(runs).filter_map(self.value).collect()
     }
 
     /// Its values over the runs that completed, brought from the median of
@@ -179,8 +181,7 @@ impl Metric {
         if self.pace == Pace::Own {
             return None;
         }
-        let completed = runs.iter().filter(|r| r.outcome.not_completed().is_none());
-        let (values, paths): (Vec<f64>, Vec<Option<f64>>) = completed
+        let (values, paths): (Vec<f64>, Vec<Option<f64>>) = completed(runs)
             .filter_map(|r| Some(((self.value)(r)?, r.path_rate_mbit)))
             .unzip();
         let paths: Vec<f64> = paths.into_iter().collect::<Option<_>>()?;

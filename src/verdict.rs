@@ -152,8 +152,8 @@ const MIN_COMPARED_RUNS: usize = 3;
 /// runs measured the stream's path, the runs' times and rates are first
 /// brought from their median path rate to the baseline's (`Pace`): a
 /// machine that carries half as much takes twice as long, and only what is
-/// left of a change is judged. The path rate itself is gated as measured: where the
-/// link sets it, a slower link is a regression.
+/// left of a change is judged. The path rate itself is gated as measured:
+/// where the link sets it, a slower link is a regression.
 fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate> {
     let pace = baseline.get(PATH_RATE).map(|e| e.median);
     METRICS
@@ -407,9 +407,12 @@ mod tests {
             .collect()
     }
 
+    fn gate<'v>(v: &'v Verdict, metric: &str) -> &'v Gate {
+        v.gates.iter().find(|g| g.metric == metric).unwrap()
+    }
+
     fn change(v: &Verdict, metric: &str) -> Change {
-        let gate = v.gates.iter().find(|g| g.metric == metric).unwrap();
-        gate.comparison.as_ref().unwrap().change
+        gate(v, metric).comparison.as_ref().unwrap().change
     }
 
     /// Where the machine sets the path's rate (its noise threshold wide), a
@@ -424,7 +427,7 @@ mod tests {
         for metric in ["total time", "downtime (reported)", "stream throughput"] {
             assert_eq!(change(&v, metric), Change::Noise, "{metric}: {v}");
         }
-        let total = v.gates.iter().find(|g| g.metric == "total time").unwrap();
+        let total = gate(&v, "total time");
         assert_eq!(total.paced_to_mbit, Some(500.0));
         assert_relative_eq!(
             total.comparison.as_ref().unwrap().change_pct,
