@@ -3,12 +3,14 @@
 //! network, to the monitor on the runner's side; the injected failure is the
 //! runner's order to the source host's agent to announce that the host is
 //! going down (the study's heartbeat warning). The monitor's reception of
-//! that warning is time zero of every timeline, and what triggers the
-//! evacuation. A simulated host's agent is a thread of this process bound in
+//! that warning, in answer to the run's own order, is time zero of every
+//! timeline, and what triggers the evacuation; after the run the runner
+//! orders the host to stay up again. A simulated host's agent is a thread of this process bound in
 //! the host's namespace; a real host runs `migsuite host-agent`.
 
 use crate::heartbeat::{self, Key, Monitor};
 use crate::lab::{Lab, Place};
+use crate::measure::WarningSeq;
 use crate::wire::MONITOR_PORT;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
@@ -70,21 +72,37 @@ impl FailureMonitor {
     }
 
     /// Injects the failure and waits until the monitor hears the source
-    /// host's authenticated warning.
+    /// host's authenticated warning, in answer to this order.
     pub fn inject(&self, timeout: Duration) -> Result<Warning> {
         let (host, agent) = &self.source;
         let heard = self.monitor.bring_down(host, *agent, timeout)?;
         Ok(Warning {
             heard_at: heard.at,
+            seq: WarningSeq {
+                first_order: heard.first_order,
+                answered_order: heard.answers,
+                going_down: heard.seq,
+            },
             ignored_from: heard.unauthenticated,
         })
     }
+
+    /// Puts the source host back up after `inject`, and waits until it is
+    /// heard alive again: a real host's agent outlives the run, and would
+    /// announce going down through the next runs' steady states.
+    pub fn stand_up(&self, timeout: Duration) -> Result<()> {
+        let (host, agent) = &self.source;
+        self.monitor.stand_up(host, *agent, timeout)?;
+        Ok(())
+    }
 }
 
-/// The source host's warning, and where the datagrams came from that the
-/// monitor did not heed before it (no host's sealed heartbeat).
+/// The source host's warning, which heartbeat it was, and where the
+/// datagrams came from that the monitor did not heed before it (no host's
+/// sealed heartbeat).
 pub struct Warning {
     pub heard_at: Instant,
+    pub seq: WarningSeq,
     pub ignored_from: BTreeSet<IpAddr>,
 }
 

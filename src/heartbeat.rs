@@ -3,17 +3,20 @@
 //! host's namespace, or `migsuite host-agent` on a real host) that tells the
 //! failure monitor every `INTERVAL` whether the host is alive or going
 //! down, and takes the runner's order to announce going down (the injected
-//! failure). Every datagram carries a sequence number and an HMAC-SHA256
-//! under the lab's key: without the key (a guest, anyone on the LAN) a
-//! warning or an order can be neither forged nor played back.
+//! failure) or to stay up. Every datagram carries a sequence number and an
+//! HMAC-SHA256 under the lab's key: without the key (a guest, anyone on the
+//! LAN) a warning or an order can be neither forged nor played back. Every
+//! heartbeat names the last order its agent obeyed, so the monitor takes
+//! only the answer to its own order, never one queued or captured before.
 
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where a host agent takes the runner's orders.
@@ -24,7 +27,9 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 /// the sequence check, nothing recorded can be played back later. Lab hosts'
 /// clocks must agree within it (NTP does).
 const FRESH: Duration = Duration::from_secs(30);
-const MAGIC: [u8; 4] = *b"MSH1";
+/// MSH1 heartbeats named no order: the version is in the magic, so the two
+/// never mix.
+const MAGIC: [u8; 4] = *b"MSH2";
 const MAC_LEN: usize = 32;
 /// The shortest key `Key::load` takes.
 const KEY_LEN: usize = 32;
@@ -57,6 +62,28 @@ impl Say {
             .into_iter()
             .find(|s| s.byte() == b)
     }
+
+    /// What an agent says once it obeyed this order; None if it is none.
+    fn answer(self) -> Option<Say> {
+        match self {
+            Say::GoDown => Some(Say::GoingDown),
+            Say::StayUp => Some(Say::Alive),
+            Say::Alive | Say::GoingDown => None,
+        }
+    }
+}
+
+/// What a datagram says, opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub say: Say,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// A heartbeat's: the seq of the last order its agent obeyed (0 before
+    /// any); an order's: 0.
+    pub answers: u64,
+    /// The host it is from or for.
+    pub host: String,
 }
 
 /// The lab's heartbeat key, shared by the runner and the host agents.
@@ -104,13 +131,15 @@ impl Key {
     }
 }
 
-/// `say` from or for host `host`, numbered `seq`, sealed with `key`: magic,
-/// what it says, seq, the host's name (length first), then the MAC.
-pub fn seal(key: &Key, say: Say, seq: u64, host: &str) -> Vec<u8> {
+/// `say` from or for host `host`, numbered `seq`, answering the order
+/// numbered `answers`, sealed with `key`: magic, what it says, seq, answers,
+/// the host's name (length first), then the MAC of all that.
+pub fn seal(key: &Key, say: Say, seq: u64, answers: u64, host: &str) -> Vec<u8> {
     let name = &host.as_bytes()[..host.len().min(255)];
     let mut b = MAGIC.to_vec();
     b.push(say.byte());
     b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&answers.to_le_bytes());
     b.push(name.len() as u8);
     b.extend_from_slice(name);
     let mut mac = key.mac();
@@ -119,9 +148,9 @@ pub fn seal(key: &Key, say: Say, seq: u64, host: &str) -> Vec<u8> {
     b
 }
 
-/// What a datagram sealed with `key` says, its seq and host; None if it is
-/// not one (forged, damaged, or sealed with another key).
-pub fn open(key: &Key, b: &[u8]) -> Option<(Say, u64, String)> {
+/// What a datagram sealed with `key` says; None if it is not one (forged,
+/// damaged, sealed with another key, or of another version).
+pub fn open(key: &Key, b: &[u8]) -> Option<Message> {
     let body = b.get(..b.len().checked_sub(MAC_LEN)?)?;
     let mut mac = key.mac();
     mac.update(body);
@@ -130,10 +159,16 @@ pub fn open(key: &Key, b: &[u8]) -> Option<(Say, u64, String)> {
         return None;
     }
     let say = Say::from_byte(*body.get(4)?)?;
-    let seq = u64::from_le_bytes(body.get(5..13)?.try_into().ok()?);
-    let len = usize::from(*body.get(13)?);
-    let host = std::str::from_utf8(body.get(14..14 + len)?).ok()?;
-    (body.len() == 14 + len).then(|| (say, seq, host.to_string()))
+    let u64_at = |at: usize| Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?));
+    let (seq, answers) = (u64_at(5)?, u64_at(13)?);
+    let len = usize::from(*body.get(21)?);
+    let host = std::str::from_utf8(body.get(22..22 + len)?).ok()?;
+    (body.len() == 22 + len).then(|| Message {
+        say,
+        seq,
+        answers,
+        host: host.to_string(),
+    })
 }
 
 fn now_ns() -> u64 {
@@ -176,7 +211,8 @@ impl Replay {
 const RUNNER: &str = "runner";
 
 /// A host agent, until `stop`: tells `monitor` every `INTERVAL` how host
-/// `name` is, and takes orders sealed for it from `socket`, at once.
+/// `name` is, naming the last order it obeyed, and takes orders sealed for
+/// it from `socket`, at once.
 pub fn serve(
     name: &str,
     key: &Key,
@@ -185,12 +221,13 @@ pub fn serve(
     stop: &AtomicBool,
 ) -> Result<()> {
     let (mut state, mut seq, mut replay) = (Say::Alive, Sequence::default(), Replay::default());
+    let mut obeyed = 0;
     let mut next = Instant::now();
     let mut buf = [0u8; 512];
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             // A monitor not listening yet is no reason to stop.
-            let _ = socket.send_to(&seal(key, state, seq.advance(), name), monitor);
+            let _ = socket.send_to(&seal(key, state, seq.advance(), obeyed, name), monitor);
             next = Instant::now() + INTERVAL;
         }
         let wait = next.saturating_duration_since(Instant::now());
@@ -198,21 +235,21 @@ pub fn serve(
         let Ok((n, _)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let Some((say, order_seq, host)) = open(key, &buf[..n]) else {
+        let Some(order) = open(key, &buf[..n]) else {
             continue;
         };
-        if host != name || !replay.accept(RUNNER, order_seq) {
+        // A heartbeat played back here is no order, and must not raise the
+        // runner's last seq above its next order's.
+        let Some(answer) = order.say.answer() else {
+            continue;
+        };
+        if order.host != name || !replay.accept(RUNNER, order.seq) {
             continue;
         }
-        let was = state;
-        match say {
-            Say::GoDown => state = Say::GoingDown,
-            Say::StayUp => state = Say::Alive,
-            Say::Alive | Say::GoingDown => {}
-        }
-        if state != was {
-            next = Instant::now();
-        }
+        (state, obeyed) = (answer, order.seq);
+        // At once, even if the state is the same: the monitor waits for the
+        // answer to this very order (a warning's is time zero).
+        next = Instant::now();
     }
     Ok(())
 }
@@ -221,15 +258,25 @@ pub fn serve(
 pub struct Monitor {
     socket: UdpSocket,
     key: Key,
-    seq: std::sync::Mutex<Sequence>,
+    seq: Mutex<Sequence>,
+    /// For as long as the monitor listens: a heartbeat taken in one call is
+    /// refused in every later one.
+    replay: Mutex<Replay>,
 }
 
-/// What the monitor heard from a host: its authenticated warning, when.
+/// What the monitor heard from a host: its authenticated answer to the
+/// orders of one call, and when.
 pub struct Heard {
     pub at: Instant,
+    /// The seq of the call's first order.
+    pub first_order: u64,
+    /// The answer's own seq, and the order it answered (the first, or one
+    /// sent again since).
+    pub seq: u64,
+    pub answers: u64,
     /// Where datagrams that were no host's authenticated heartbeat came
-    /// from (a guest forging a warning, say), before the warning.
-    pub unauthenticated: std::collections::BTreeSet<std::net::IpAddr>,
+    /// from (a guest forging a warning, say), before the answer.
+    pub unauthenticated: BTreeSet<IpAddr>,
 }
 
 impl Monitor {
@@ -240,6 +287,7 @@ impl Monitor {
             socket,
             key,
             seq: Default::default(),
+            replay: Default::default(),
         })
     }
 
@@ -247,48 +295,87 @@ impl Monitor {
         &self.key
     }
 
-    /// Sends `say` to host `host`'s agent at `agent`.
-    pub fn order(&self, host: &str, agent: SocketAddr, say: Say) -> Result<()> {
+    /// Sends `say` to host `host`'s agent at `agent`; returns its seq.
+    pub fn order(&self, host: &str, agent: SocketAddr, say: Say) -> Result<u64> {
         let seq = self.seq.lock().unwrap_or_else(|p| p.into_inner()).advance();
         self.socket
-            .send_to(&seal(&self.key, say, seq, host), agent)
+            .send_to(&seal(&self.key, say, seq, 0, host), agent)
             .with_context(|| format!("ordering host {host}'s agent at {agent}"))?;
-        Ok(())
+        Ok(seq)
     }
 
-    /// Orders host `host` (agent at `agent`) to go down, again every
-    /// `INTERVAL` (datagrams get lost), until its authenticated warning is
-    /// heard, or `timeout`.
+    /// Orders host `host` (agent at `agent`) to go down, until its warning
+    /// is heard, or `timeout`.
     pub fn bring_down(&self, host: &str, agent: SocketAddr, timeout: Duration) -> Result<Heard> {
+        self.until_answered(host, agent, Say::GoDown, timeout)
+    }
+
+    /// Orders host `host` (agent at `agent`) to stay up, until it is heard
+    /// alive again, or `timeout`: once ordered down, an agent announces
+    /// going down until told otherwise.
+    pub fn stand_up(&self, host: &str, agent: SocketAddr, timeout: Duration) -> Result<Heard> {
+        self.until_answered(host, agent, Say::StayUp, timeout)
+    }
+
+    /// Sends `order` to host `host`'s agent at `agent`, again every
+    /// `INTERVAL` (datagrams get lost), until the host's heartbeat that
+    /// answers one of these orders is heard (authenticated, fresh, not
+    /// played back), or `timeout`.
+    fn until_answered(
+        &self,
+        host: &str,
+        agent: SocketAddr,
+        order: Say,
+        timeout: Duration,
+    ) -> Result<Heard> {
+        let answer = order.answer().expect("only orders are sent");
         let deadline = Instant::now() + timeout;
-        let mut replay = Replay::default();
-        let mut unauthenticated = std::collections::BTreeSet::new();
+        let mut unauthenticated = BTreeSet::new();
         let mut buf = [0u8; 512];
-        let mut next_order = Instant::now();
+        // What is queued was sent before these orders and answers none of
+        // them: dropped unheeded, but where forgeries came from is told.
+        self.socket.set_nonblocking(true)?;
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            if open(&self.key, &buf[..n]).is_none() {
+                unauthenticated.insert(from.ip());
+            }
+        }
+        self.socket.set_nonblocking(false)?;
+        let first_order = self.order(host, agent, order)?;
+        let mut next_order = Instant::now() + INTERVAL;
         while Instant::now() < deadline {
             if Instant::now() >= next_order {
-                self.order(host, agent, Say::GoDown)?;
+                self.order(host, agent, order)?;
                 next_order = Instant::now() + INTERVAL;
             }
             let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
                 continue;
             };
-            match open(&self.key, &buf[..n]) {
-                Some((Say::GoingDown, seq, sender))
-                    if sender == host && replay.accept(&sender, seq) =>
-                {
-                    return Ok(Heard {
-                        at: Instant::now(),
-                        unauthenticated,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    unauthenticated.insert(from.ip());
-                }
+            let Some(heard) = open(&self.key, &buf[..n]) else {
+                unauthenticated.insert(from.ip());
+                continue;
+            };
+            // Orders' seqs rise (the runner's clock): an answer to an
+            // earlier call's order names one below this call's first.
+            if heard.say == answer
+                && heard.host == host
+                && heard.answers >= first_order
+                && self
+                    .replay
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accept(host, heard.seq)
+            {
+                return Ok(Heard {
+                    at: Instant::now(),
+                    first_order,
+                    seq: heard.seq,
+                    answers: heard.answers,
+                    unauthenticated,
+                });
             }
         }
-        bail!("host {host}'s agent at {agent} did not announce going down within {timeout:?}")
+        bail!("host {host}'s agent at {agent} did not answer {order:?} with {answer:?} within {timeout:?}")
     }
 }
 
@@ -300,8 +387,14 @@ mod tests {
     #[test]
     fn a_sealed_message_opens_only_with_its_key_and_intact() {
         let (key, other) = (Key::random().unwrap(), Key::random().unwrap());
-        let sealed = seal(&key, Say::GoingDown, 42, "a");
-        assert_eq!(open(&key, &sealed), Some((Say::GoingDown, 42, "a".into())));
+        let sealed = seal(&key, Say::GoingDown, 42, 41, "a");
+        let message = Message {
+            say: Say::GoingDown,
+            seq: 42,
+            answers: 41,
+            host: "a".into(),
+        };
+        assert_eq!(open(&key, &sealed), Some(message));
         assert_eq!(open(&other, &sealed), None);
         for i in 0..sealed.len() {
             let mut bent = sealed.clone();
@@ -310,6 +403,14 @@ mod tests {
         }
         assert_eq!(open(&key, b"going-down"), None);
         assert_eq!(open(&key, &[]), None);
+        // MSH1, sealed with the right key: it names no order.
+        let mut old = b"MSH1\x01".to_vec();
+        old.extend_from_slice(&42u64.to_le_bytes());
+        old.extend_from_slice(b"\x01a");
+        let mut mac = key.mac();
+        mac.update(&old);
+        old.extend_from_slice(&mac.finalize().into_bytes());
+        assert_eq!(open(&key, &old), None);
     }
 
     #[test]
@@ -390,7 +491,13 @@ mod tests {
         forger.send_to(b"going-down", to).unwrap();
         // A warning sealed with another key.
         let other = Key::random().unwrap();
-        let forged = seal(&other, Say::GoingDown, Sequence::default().advance(), "a");
+        let forged = seal(
+            &other,
+            Say::GoingDown,
+            Sequence::default().advance(),
+            0,
+            "a",
+        );
         forger.send_to(&forged, to).unwrap();
         let heard = monitor
             .bring_down("a", agent.orders, Duration::from_secs(5))
@@ -412,7 +519,7 @@ mod tests {
         let mut buf = [0u8; 512];
         while Instant::now() < until {
             if let Ok(n) = monitor.recv(&mut buf) {
-                says.extend(open(key, &buf[..n]).map(|m| m.0));
+                says.extend(open(key, &buf[..n]).map(|m| m.say));
             }
         }
         says
@@ -431,18 +538,24 @@ mod tests {
         // Ten heartbeats or more each, so a busy machine does not starve it.
         let window = Duration::from_secs(1);
         runner
-            .send_to(&seal(&key, Say::GoDown, seq.advance(), "b"), agent.orders)
+            .send_to(
+                &seal(&key, Say::GoDown, seq.advance(), 0, "b"),
+                agent.orders,
+            )
             .unwrap();
         let says = heard(&key, monitor, window);
         assert!(
             !says.is_empty() && says.iter().all(|s| *s == Say::Alive),
             "{says:?}"
         );
-        let down = seal(&key, Say::GoDown, seq.advance(), "a");
+        let down = seal(&key, Say::GoDown, seq.advance(), 0, "a");
         runner.send_to(&down, agent.orders).unwrap();
         assert!(heard(&key, monitor, window).contains(&Say::GoingDown));
         runner
-            .send_to(&seal(&key, Say::StayUp, seq.advance(), "a"), agent.orders)
+            .send_to(
+                &seal(&key, Say::StayUp, seq.advance(), 0, "a"),
+                agent.orders,
+            )
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
         runner.send_to(&down, agent.orders).unwrap();
@@ -452,5 +565,118 @@ mod tests {
             "{says:?}"
         );
         agent.stop();
+    }
+    /// A datagram the agent sent that says `say`, as heard on `monitor`.
+    fn capture(key: &Key, monitor: &UdpSocket, say: Say) -> Vec<u8> {
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 512];
+        while Instant::now() < until {
+            if let Ok(n) = monitor.recv(&mut buf) {
+                if open(key, &buf[..n]).is_some_and(|m| m.say == say) {
+                    return buf[..n].to_vec();
+                }
+            }
+        }
+        panic!("the agent did not say {say:?}");
+    }
+
+    /// Two runs against one agent, stood up between them: the second
+    /// warning answers the second call's order, and a going-down of the
+    /// first run, captured and played back before and during the second
+    /// call, is not taken.
+    #[test]
+    fn a_warning_answers_its_own_order_and_a_captured_one_is_not_taken() {
+        let key = Key::random().unwrap();
+        let agent = LoopbackAgent::start(&key);
+        let to = agent.monitor.local_addr().unwrap();
+        let monitor = Monitor::new(agent.monitor.try_clone().unwrap(), key.clone()).unwrap();
+        let timeout = Duration::from_secs(5);
+        let first = monitor.bring_down("a", agent.orders, timeout).unwrap();
+        assert!(first.answers >= first.first_order);
+        let captured = capture(&key, &agent.monitor, Say::GoingDown);
+        let up = monitor.stand_up("a", agent.orders, timeout).unwrap();
+        assert!(up.first_order > first.answers && up.answers >= up.first_order);
+        let replayer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        replayer.send_to(&captured, to).unwrap();
+        let done = AtomicBool::new(false);
+        let second = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    replayer.send_to(&captured, to).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+            let heard = monitor.bring_down("a", agent.orders, timeout);
+            done.store(true, Ordering::Relaxed);
+            heard
+        })
+        .unwrap();
+        let captured = open(&key, &captured).unwrap();
+        assert!(captured.answers < second.first_order);
+        assert!(
+            second.answers >= second.first_order && second.seq > captured.seq,
+            "took {} answering {}; the second call's first order is {}",
+            second.seq,
+            second.answers,
+            second.first_order
+        );
+        agent.stop();
+    }
+
+    /// An agent still going down when the next call starts (never stood
+    /// up): the going-downs it queued on the monitor's socket, answering
+    /// the earlier order, are not the warning.
+    #[test]
+    fn going_downs_queued_before_a_call_are_not_its_warning() {
+        let key = Key::random().unwrap();
+        let agent = LoopbackAgent::start(&key);
+        let monitor = Monitor::new(agent.monitor.try_clone().unwrap(), key).unwrap();
+        let timeout = Duration::from_secs(5);
+        let first = monitor.bring_down("a", agent.orders, timeout).unwrap();
+        std::thread::sleep(5 * INTERVAL);
+        let second = monitor.bring_down("a", agent.orders, timeout).unwrap();
+        assert!(second.first_order > first.answers);
+        assert!(
+            second.answers >= second.first_order,
+            "took {} answering {}; the call's first order is {}",
+            second.seq,
+            second.answers,
+            second.first_order
+        );
+        agent.stop();
+    }
+
+    /// A going-down sent before the agent took the order, arriving after it
+    /// went out (fresh, sealed, never taken), is not the warning either.
+    #[test]
+    fn a_going_down_answering_an_earlier_order_is_not_the_warning() {
+        let key = Key::random().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let monitor = Monitor::new(socket, key.clone()).unwrap();
+        // Host a's agent, scripted: going down since an earlier order, it
+        // sends one more going-down answering that before its answer.
+        let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        agent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let orders = agent.local_addr().unwrap();
+        let earlier = Sequence::default().advance();
+        let heard = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut buf = [0u8; 512];
+                let n = agent.recv(&mut buf).unwrap();
+                let order = open(&key, &buf[..n]).unwrap();
+                let mut seq = Sequence::default();
+                for answers in [earlier, order.seq] {
+                    let going_down = seal(&key, Say::GoingDown, seq.advance(), answers, "a");
+                    agent.send_to(&going_down, to).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            monitor.bring_down("a", orders, Duration::from_secs(5))
+        })
+        .unwrap();
+        assert_eq!(heard.answers, heard.first_order);
     }
 }

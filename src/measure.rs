@@ -222,6 +222,20 @@ impl Outcome {
     }
 }
 
+/// The sequence numbers of a run's warning: that its time zero is the
+/// source host's going-down sent in answer to this run's own order. Each is
+/// its sender's clock, ns since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarningSeq {
+    /// The runner's first order to go down in this run.
+    pub first_order: u64,
+    /// The order the going-down answered: the first, or one sent again
+    /// since (never below the first).
+    pub answered_order: u64,
+    /// The going-down heartbeat's own.
+    pub going_down: u64,
+}
+
 /// Measurements of one repeat of one case.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 // Reports written before a field existed read it as not measured.
@@ -263,6 +277,10 @@ pub struct RunMeasurement {
     /// on a real lab (not measured) and in one host (no path to measure).
     #[serde(default)]
     pub path_rate_mbit: Option<f64>,
+    /// Which heartbeat was time zero, and which order it answered; None in
+    /// older reports.
+    #[serde(default)]
+    pub warning_seq: Option<WarningSeq>,
     pub progress: Vec<ProgressSample>,
     /// Per pass, from `progress` (the last, cut short by the switch-over,
     /// is left out).

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 /// Agent boot under TCG takes ~10 s; leave room for a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const WARNING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a host's agent may take to answer an order (to go down, to stay
+/// up).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the guest may stay silent after it resumed, on either host.
 const RESUME_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -483,160 +485,177 @@ fn run_once(
         backend.sample_source(lab)?,
     );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
-    let warning = monitor.inject(WARNING_TIMEOUT)?;
-    let t0 = warning.heard_at;
-    progress(&format!(
-        "{}: host {} warned it is going down; evacuating {}",
-        case.name(),
-        lab.source.name,
-        if from == to {
-            format!("within host {to} (one-host topology)")
-        } else {
-            format!("to {to}")
-        }
-    ));
-    if !warning.ignored_from.is_empty() {
-        let from: Vec<String> = warning.ignored_from.iter().map(|a| a.to_string()).collect();
+    let run = (|| -> Result<RunMeasurement> {
+        let warning = monitor.inject(ANSWER_TIMEOUT)?;
+        let t0 = warning.heard_at;
         progress(&format!(
-            "{}: the failure monitor ignored unauthenticated datagrams from {} (only host {}'s \
-             agent, sealing with the lab's key, is heeded)",
+            "{}: host {} warned it is going down (heartbeat {}, in answer to order {}; the \
+             run's first order {}); evacuating {}",
             case.name(),
-            from.join(", "),
             lab.source.name,
+            warning.seq.going_down,
+            warning.seq.answered_order,
+            warning.seq.first_order,
+            if from == to {
+                format!("within host {to} (one-host topology)")
+            } else {
+                format!("to {to}")
+            }
         ));
-    }
+        if !warning.ignored_from.is_empty() {
+            let from: Vec<String> = warning.ignored_from.iter().map(|a| a.to_string()).collect();
+            progress(&format!(
+                "{}: the failure monitor ignored unauthenticated datagrams from {} (only host {}'s \
+                 agent, sealing with the lab's key, is heeded)",
+                case.name(),
+                from.join(", "),
+                lab.source.name,
+            ));
+        }
 
-    let crosses_link = backend.stream_crosses_link();
-    // A simulated link's counters; a real lab's stream is known by what
-    // its hypervisor reports only.
-    let link_monitor = match &lab.source.place {
-        Place::Simulated(s) => Some(link::Monitor::start(&s.netns.name)?),
-        Place::Real => None,
-    };
-    let evacuation = backend.evacuate(lab, case, progress);
-    let on_link = link_monitor.map(link::Monitor::finish).transpose()?;
-    let link_bytes = on_link.as_ref().map(|l| l.bytes());
-    let mut outcome = evacuation.outcome;
-    // A stream that should cross the link and left it idle went elsewhere:
-    // what was measured is not what the case asked for.
-    if let (Outcome::Completed, true, Some(sent), Some(link_bytes)) = (
-        &outcome,
-        crosses_link,
-        evacuation.bytes_transferred,
-        link_bytes,
-    ) {
-        if link_bytes < sent / 2 {
-            outcome = Outcome::Failed {
-                reason: format!(
-                    "the migration stream did not cross the migration link: {:.1} MiB on {} for {:.1} MiB transferred",
-                    link_bytes as f64 / MIB,
-                    crate::lab::network::LINK_DEV,
-                    sent as f64 / MIB
-                ),
-                source_survived: false,
-            };
-        }
-    }
-    let ended = Instant::now();
-    // The guest must be heard again: from the destination after a
-    // migration, from the source after a failed one.
-    let heard_again = observer.heartbeat_after(ended, RESUME_HEARTBEAT_TIMEOUT);
-    match &mut outcome {
-        Outcome::Failed {
-            source_survived, ..
-        }
-        | Outcome::NotConverged {
-            source_survived, ..
-        } => *source_survived &= heard_again,
-        Outcome::Completed if !heard_again => {
-            outcome = Outcome::Failed {
-                reason: "the guest was not heard from after the migration".into(),
-                source_survived: false,
+        let crosses_link = backend.stream_crosses_link();
+        // A simulated link's counters; a real lab's stream is known by what
+        // its hypervisor reports only.
+        let link_monitor = match &lab.source.place {
+            Place::Simulated(s) => Some(link::Monitor::start(&s.netns.name)?),
+            Place::Real => None,
+        };
+        let evacuation = backend.evacuate(lab, case, progress);
+        let on_link = link_monitor.map(link::Monitor::finish).transpose()?;
+        let link_bytes = on_link.as_ref().map(|l| l.bytes());
+        let mut outcome = evacuation.outcome;
+        // A stream that should cross the link and left it idle went elsewhere:
+        // what was measured is not what the case asked for.
+        if let (Outcome::Completed, true, Some(sent), Some(link_bytes)) = (
+            &outcome,
+            crosses_link,
+            evacuation.bytes_transferred,
+            link_bytes,
+        ) {
+            if link_bytes < sent / 2 {
+                outcome = Outcome::Failed {
+                    reason: format!(
+                        "the migration stream did not cross the migration link: {:.1} MiB on {} for {:.1} MiB transferred",
+                        link_bytes as f64 / MIB,
+                        crate::lab::network::LINK_DEV,
+                        sent as f64 / MIB
+                    ),
+                    source_survived: false,
+                };
             }
         }
-        Outcome::Completed => {}
-    }
-    std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
-    let mut timelines = sampler.finish(t0);
-    let on_link = on_link.filter(|_| crosses_link);
-    if let Some(on_link) = &on_link {
-        timelines.push(Timeline {
-            name: "link.source.tx".into(),
-            unit: Unit::Mbit,
-            points: on_link.rate_timeline(t0, Duration::from_millis(case.sampling.interval_ms)),
-        });
-    }
-    let beats = observer.heartbeats();
-    if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
-        if last.memory_errors > 0 {
-            outcome = Outcome::Failed {
-                reason: format!(
-                    "the guest found {} pages not holding what it wrote",
-                    last.memory_errors
-                ),
-                source_survived: false,
-            };
+        let ended = Instant::now();
+        // The guest must be heard again: from the destination after a
+        // migration, from the source after a failed one.
+        let heard_again = observer.heartbeat_after(ended, RESUME_HEARTBEAT_TIMEOUT);
+        match &mut outcome {
+            Outcome::Failed {
+                source_survived, ..
+            }
+            | Outcome::NotConverged {
+                source_survived, ..
+            } => *source_survived &= heard_again,
+            Outcome::Completed if !heard_again => {
+                outcome = Outcome::Failed {
+                    reason: "the guest was not heard from after the migration".into(),
+                    source_survived: false,
+                }
+            }
+            Outcome::Completed => {}
+        }
+        std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
+        let mut timelines = sampler.finish(t0);
+        let on_link = on_link.filter(|_| crosses_link);
+        if let Some(on_link) = &on_link {
+            timelines.push(Timeline {
+                name: "link.source.tx".into(),
+                unit: Unit::Mbit,
+                points: on_link.rate_timeline(t0, Duration::from_millis(case.sampling.interval_ms)),
+            });
+        }
+        let beats = observer.heartbeats();
+        if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
+            if last.memory_errors > 0 {
+                outcome = Outcome::Failed {
+                    reason: format!(
+                        "the guest found {} pages not holding what it wrote",
+                        last.memory_errors
+                    ),
+                    source_survived: false,
+                };
+            }
+        }
+        let peak = |prefix: &str, timelines: &[Timeline]| -> Option<f64> {
+            timelines
+                .iter()
+                .filter(|t| t.name.starts_with(prefix) && t.name.ends_with(".hypervisor"))
+                .flat_map(|t| t.points.iter().filter(|(ms, _)| *ms >= 0).map(|(_, v)| *v))
+                .reduce(f64::max)
+        };
+        let completed = matches!(outcome, Outcome::Completed);
+        let throughput_mbit = if let Some(on_link) = &on_link {
+            on_link.active_rate_mbit()
+        } else {
+            evacuation
+                .bytes_transferred
+                .zip(evacuation.stream_ms)
+                .filter(|(_, ms)| *ms > 0.0)
+                .map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
+        }
+        .filter(|_| completed);
+        let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
+        let progress_samples: Vec<ProgressSample> = evacuation
+            .progress
+            .iter()
+            .map(|p| ProgressSample {
+                t_ms: since_t0(p.at),
+                transferred_mib: p.transferred_bytes as f64 / MIB,
+                remaining_mib: p.remaining_bytes as f64 / MIB,
+                pass: p.pass,
+                dirty_rate_mib_s: p.dirty_bytes_s.map(|b| b as f64 / MIB),
+                throughput_mbit: p.bytes_s.map(|b| b as f64 * 8.0 / 1e6),
+            })
+            .collect();
+        Ok(RunMeasurement {
+            direction,
+            total_time_ms: evacuation
+                .completed_at
+                .filter(|_| completed)
+                .map(|t| (t - t0).as_secs_f64() * 1000.0),
+            reported_total_ms: evacuation.reported_total_ms,
+            reported_downtime_ms: evacuation.reported_downtime_ms,
+            guest_downtime_ms: longest_gap_ms(&beats, t0, Instant::now()),
+            baseline_gap_ms: longest_gap_ms(&beats, sampling_from, t0),
+            setup_time_ms: evacuation.setup_time_ms,
+            bytes_transferred: evacuation.bytes_transferred,
+            memory_iterations: evacuation.memory_iterations,
+            peak_cpu_pct: peak("cpu.", &timelines),
+            peak_memory_mib: peak("memory.", &timelines),
+            phases: evacuation.phases,
+            throughput_mbit,
+            link_bytes,
+            efficiency: throughput_mbit
+                .filter(|_| on_link.is_some())
+                .zip(wire_mbit)
+                .map(|(t, wire)| t / wire),
+            path_rate_mbit,
+            passes: Pass::of(&progress_samples),
+            progress: progress_samples,
+            outcome,
+            timelines,
+            warning_seq: Some(warning.seq),
+        })
+    })();
+    // The order to go down stands until another, even after a failed run
+    // or an unheard warning: the source host is put back up for the next.
+    match (run, monitor.stand_up(ANSWER_TIMEOUT)) {
+        (run, Ok(())) => run,
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Err(up)) => {
+            progress(&format!("{}: {up:#}", case.name()));
+            Err(e)
         }
     }
-    let peak = |prefix: &str, timelines: &[Timeline]| -> Option<f64> {
-        timelines
-            .iter()
-            .filter(|t| t.name.starts_with(prefix) && t.name.ends_with(".hypervisor"))
-            .flat_map(|t| t.points.iter().filter(|(ms, _)| *ms >= 0).map(|(_, v)| *v))
-            .reduce(f64::max)
-    };
-    let completed = matches!(outcome, Outcome::Completed);
-    let throughput_mbit = if let Some(on_link) = &on_link {
-        on_link.active_rate_mbit()
-    } else {
-        evacuation
-            .bytes_transferred
-            .zip(evacuation.stream_ms)
-            .filter(|(_, ms)| *ms > 0.0)
-            .map(|(bytes, ms)| bytes as f64 * 8.0 / ms / 1000.0)
-    }
-    .filter(|_| completed);
-    let since_t0 = |at: Instant| at.saturating_duration_since(t0).as_millis() as i64;
-    let progress_samples: Vec<ProgressSample> = evacuation
-        .progress
-        .iter()
-        .map(|p| ProgressSample {
-            t_ms: since_t0(p.at),
-            transferred_mib: p.transferred_bytes as f64 / MIB,
-            remaining_mib: p.remaining_bytes as f64 / MIB,
-            pass: p.pass,
-            dirty_rate_mib_s: p.dirty_bytes_s.map(|b| b as f64 / MIB),
-            throughput_mbit: p.bytes_s.map(|b| b as f64 * 8.0 / 1e6),
-        })
-        .collect();
-    Ok(RunMeasurement {
-        direction,
-        total_time_ms: evacuation
-            .completed_at
-            .filter(|_| completed)
-            .map(|t| (t - t0).as_secs_f64() * 1000.0),
-        reported_total_ms: evacuation.reported_total_ms,
-        reported_downtime_ms: evacuation.reported_downtime_ms,
-        guest_downtime_ms: longest_gap_ms(&beats, t0, Instant::now()),
-        baseline_gap_ms: longest_gap_ms(&beats, sampling_from, t0),
-        setup_time_ms: evacuation.setup_time_ms,
-        bytes_transferred: evacuation.bytes_transferred,
-        memory_iterations: evacuation.memory_iterations,
-        peak_cpu_pct: peak("cpu.", &timelines),
-        peak_memory_mib: peak("memory.", &timelines),
-        phases: evacuation.phases,
-        throughput_mbit,
-        link_bytes,
-        efficiency: throughput_mbit
-            .filter(|_| on_link.is_some())
-            .zip(wire_mbit)
-            .map(|(t, wire)| t / wire),
-        path_rate_mbit,
-        passes: Pass::of(&progress_samples),
-        progress: progress_samples,
-        outcome,
-        timelines,
-    })
 }
 
 fn num_cpus() -> usize {
