@@ -92,6 +92,11 @@ echo "fs.pipe-max-size: $(cat /proc/sys/fs/pipe-max-size)"
 echo "== Xen lab host (xen-pv rows)"
 bash "$(dirname "$0")/setup-xen.sh"
 
+echo "== stand-in lab of machines (tests/real_lab.rs): the hosts' disk image"
+# openssh-client: the runner reaches the stand-in's hosts over qemu+ssh.
+apt-get install -y -qq --no-install-recommends openssh-client openssl mmdebstrap e2fsprogs qemu-utils >/dev/null
+bash "$(dirname "$0")/standin-machines.sh" image
+
 echo "== cargo-insta (reviewing snapshot diffs: cargo insta review)"
 command -v cargo-insta >/dev/null || cargo install --quiet --locked cargo-insta
 

@@ -1,10 +1,12 @@
-//! The real-lab path end to end: `migsuite run --lab` on a lab whose hosts
-//! migsuite did not build. `ci/standin-real-lab.sh` stands them in on this
-//! machine (namespaces with a libvirtd, a storage pool and a `migsuite
-//! host-agent` each, and a runner namespace), and migsuite reaches them
-//! only as a real lab's: by their URIs, their agents and the addresses of
-//! the inventory the script writes. The case holds the machine's pair lock
-//! like any other, so it is never measured beside another.
+//! The real-lab path end to end on machines migsuite did not build.
+//! `ci/standin-machines.sh` boots two Debian hosts (virtual machines with
+//! their own kernel, Debian's libvirt with its defaults, sshd, `migsuite
+//! host-agent`), and migsuite reaches them only as a real lab's: from the
+//! runner machine, through an inventory, over qemu+ssh and over qemu+tls,
+//! and each host's libvirtd migrates to the other itself (peer to peer),
+//! authenticated by the keys or certificates the stand-in gave the hosts.
+//! The cases hold the machine's pair lock like any other, so they are never
+//! measured beside another.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -13,9 +15,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-const STANDIN: &str = "ci/standin-real-lab.sh";
-const INVENTORY: &str = "/run/migsuite-standin/lab.yaml";
-const RUNNER_NAMESPACE: &str = "msr-run";
+const STANDIN: &str = "ci/standin-machines.sh";
+/// Runs in each direction, so each host's libvirtd opens the other's URI.
 const RUNS: &str = "2";
 
 /// The stand-in lab, taken down when dropped (also when the test panics).
@@ -47,9 +48,9 @@ fn down() {
         .run();
 }
 
-/// suites/real-lab.yaml under TCG: the stand-in's hosts are this machine,
-/// whose /dev/kvm (where there is one) runs no stock guest kernel, though
-/// libvirt offers it (lab-notes: kvm_pvm).
+/// suites/real-lab.yaml under TCG: the stand-in's hosts are themselves
+/// emulated, and their KVM (QEMU's emulated AMD-V) resets a host when a
+/// guest under it migrates.
 fn suite_under_tcg(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(root().join("suites/real-lab.yaml")).unwrap();
     assert!(text.contains("  accel: auto\n"));
@@ -58,44 +59,42 @@ fn suite_under_tcg(dir: &Path) -> PathBuf {
     path
 }
 
+/// The domains host `host` (1 or 2) has, asked from the runner machine.
 fn domains(host: u8) -> String {
     duct::cmd!(
-        "ip",
-        "netns",
+        "bash",
+        STANDIN,
         "exec",
-        RUNNER_NAMESPACE,
         "virsh",
         "-c",
-        format!("qemu+tcp://10.248.0.{host}/system"),
+        format!("qemu+ssh://root@10.248.0.{host}/system"),
         "list",
         "--all",
         "--name"
     )
+    .dir(root())
     .read()
     .unwrap()
 }
 
-#[test]
-fn the_kvm_rows_run_on_hosts_migsuite_did_not_build() {
-    let migsuite = env!("CARGO_BIN_EXE_migsuite");
-    let dir = tempfile::tempdir().unwrap();
-    let suite = suite_under_tcg(dir.path());
-    let reports = dir.path().join("reports");
-    let _lab = Standin::up(migsuite);
+/// Runs `suite`'s cases matching `filter` on the lab of `inventory`, from
+/// the runner machine; returns the cases of its JSON report.
+fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Path) -> Vec<Value> {
     let run = duct::cmd!(
-        "ip",
-        "netns",
+        "bash",
+        STANDIN,
         "exec",
-        RUNNER_NAMESPACE,
         migsuite,
         "run",
         "--lab",
-        INVENTORY,
+        inventory,
+        "--filter",
+        filter,
         "--repeat",
         RUNS,
         "--report-dir",
-        &reports,
-        &suite
+        reports,
+        suite
     )
     .dir(root())
     .stderr_to_stdout()
@@ -103,62 +102,77 @@ fn the_kvm_rows_run_on_hosts_migsuite_did_not_build() {
     .run()
     .unwrap();
     let said = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "migsuite run failed:\n{said}");
-
-    let report = std::fs::read_dir(&reports)
+    assert!(run.status.success(), "migsuite run --lab {inventory} failed:\n{said}");
+    let report = std::fs::read_dir(reports)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json"))
         .expect("a JSON report");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    let cases = report["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 2, "kvm-fv and kvm-pv");
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let provenance = &case["provenance"];
-        assert!(
-            provenance["lab"].as_str().unwrap().contains("real hosts"),
-            "{name}: {provenance}"
+    report["cases"].as_array().unwrap().clone()
+}
+
+fn check_case(case: &Value, transport: &str) {
+    let name = case["name"].as_str().unwrap();
+    let provenance = &case["provenance"];
+    assert!(
+        provenance["lab"].as_str().unwrap().contains("real hosts"),
+        "{name} over {transport}: {provenance}"
+    );
+    assert!(provenance["storage"]
+        .as_str()
+        .unwrap()
+        .contains("copied with the guest"));
+    let runs = case["runs"].as_array().unwrap();
+    let directions: Vec<&str> = runs
+        .iter()
+        .map(|r| r["direction"].as_str().unwrap())
+        .collect();
+    assert_eq!(directions, ["a->b", "b->a"], "{name} over {transport}");
+    for r in runs {
+        assert_eq!(
+            r["outcome"]["kind"], "completed",
+            "{name} over {transport}: {}",
+            r["outcome"]
         );
-        assert!(provenance["storage"]
-            .as_str()
+        assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
+        assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
+        // The source's QEMU, as its libvirt tells, before the warning.
+        let cpu = r["timelines"]
+            .as_array()
             .unwrap()
-            .contains("copied with the guest"));
-        // Nothing of the link measured: migsuite has no hand in it.
-        assert!(case["calibration"]["goodput_mbit"].is_null());
-        let runs = case["runs"].as_array().unwrap();
-        let directions: Vec<&str> = runs
             .iter()
-            .map(|r| r["direction"].as_str().unwrap())
-            .collect();
-        assert_eq!(directions, ["a->b", "b->a"], "{name}");
-        for r in runs {
-            assert_eq!(
-                r["outcome"]["kind"], "completed",
-                "{name}: {}",
-                r["outcome"]
-            );
-            assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
-            assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
-            // The source's QEMU, as its libvirt tells, before the warning.
-            let cpu = r["timelines"]
+            .find(|t| t["name"] == "cpu.source.hypervisor")
+            .expect("the source's CPU timeline");
+        assert!(
+            cpu["points"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|t| t["name"] == "cpu.source.hypervisor")
-                .expect("the source's CPU timeline");
-            assert!(
-                cpu["points"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p[1].as_f64().unwrap() > 0.0),
-                "{name}: {cpu}"
-            );
-        }
+                .any(|p| p[1].as_f64().unwrap() > 0.0),
+            "{name}: {cpu}"
+        );
     }
-    // Each case destroyed its guest, wherever it went.
-    for host in [1, 2] {
-        assert_eq!(domains(host).trim(), "", "host {host}");
+}
+
+#[test]
+fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
+    let migsuite = env!("CARGO_BIN_EXE_migsuite");
+    let dir = tempfile::tempdir().unwrap();
+    let suite = suite_under_tcg(dir.path());
+    let _lab = Standin::up(migsuite);
+    // Both rows over ssh; over TLS one (the transport is what differs).
+    for (transport, filter, rows) in [("ssh", "kvm", 2), ("tls", "kvm-pv", 1)] {
+        let reports = dir.path().join(transport);
+        let inventory = format!("/run/migsuite-standin/lab-{transport}.yaml");
+        let cases = run(migsuite, &inventory, filter, &suite, &reports);
+        assert_eq!(cases.len(), rows, "over {transport}");
+        for case in &cases {
+            check_case(case, transport);
+        }
+        // Each case destroyed its guest, wherever it went.
+        for host in [1, 2] {
+            assert_eq!(domains(host).trim(), "", "host {host} after {transport}");
+        }
     }
 }
