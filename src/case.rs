@@ -291,7 +291,8 @@ impl Default for NoiseThresholds {
 }
 
 /// `gate` suites run in `cargo test`; `lab` suites are listed but run only
-/// when asked (`--include-ignored`, or `migsuite run`).
+/// when asked (`--include-ignored`, or `migsuite run`), or on a lab whose
+/// inventory names them in its `gate` (`crate::runner::left_out`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {

@@ -4,7 +4,7 @@
 //! measurements only; judging and reporting happen downstream.
 
 use crate::backend::{self, Backend, BackendInfo};
-use crate::case::{Case, DirtyRate};
+use crate::case::{Case, DirtyRate, Tier};
 use crate::failure::FailureMonitor;
 use crate::inventory::Inventory;
 use crate::lab::libvirtd;
@@ -102,6 +102,61 @@ pub fn refusal(case: &Case, inventory: &Inventory) -> Option<String> {
                     )
                 })
         })
+}
+
+/// Why plain `cargo test` leaves `case` out on `lab` (lists it as ignored);
+/// None if it runs it. A `tier: lab` suite runs on demand, unless the lab's
+/// inventory names it in its `gate`: a real lab refuses the gate-tier
+/// suites' cases, and its gate is one made to fit it.
+pub fn left_out(case: &Case, lab: &Inventory) -> Option<String> {
+    if let Some(why) = refusal(case, lab) {
+        return Some(format!("refused: {why}"));
+    }
+    let gated = lab.gate.contains(&case.suite);
+    (case.tier == Tier::Lab && !gated).then(|| {
+        format!(
+            "on demand: suite {} is `tier: lab`, and not in lab {}'s `gate`",
+            case.suite, lab.name
+        )
+    })
+}
+
+/// Why plain `cargo test` on `lab` would measure nothing, as each suite's
+/// distinct reasons with how many cases each left out; None if it runs a
+/// case of `cases`. A lab on which it would pass having measured nothing
+/// fails instead.
+pub fn measures_nothing(cases: &[Case], lab: &Inventory) -> Option<String> {
+    let mut suites: Vec<(&str, Vec<(String, usize)>)> = Vec::new();
+    for case in cases {
+        let why = left_out(case, lab)?;
+        let at = match suites.iter().position(|(s, _)| *s == case.suite) {
+            Some(at) => at,
+            None => {
+                suites.push((&case.suite, Vec::new()));
+                suites.len() - 1
+            }
+        };
+        let reasons = &mut suites[at].1;
+        match reasons.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, count)) => *count += 1,
+            None => reasons.push((why, 1)),
+        }
+    }
+    let mut message = format!(
+        "`cargo test` would measure nothing on {}: it leaves out every case",
+        lab.describe()
+    );
+    for (suite, reasons) in suites {
+        let cases: usize = reasons.iter().map(|(_, count)| count).sum();
+        message += &format!("\n  suite {suite}, {cases} case(s):");
+        for (why, count) in reasons {
+            message += &format!("\n    {count} × {why}");
+        }
+    }
+    message += "\nName the suites that gate this lab in its inventory, e.g. `gate: [real-lab]` \
+                (plain `cargo test` runs their cases there, `tier: lab` or not), or fix the lab \
+                so that its cases fit it.";
+    Some(message)
 }
 
 /// Runs `case` on the lab `inventory` describes, on the first free pair

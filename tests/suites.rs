@@ -4,12 +4,14 @@
 //! local lab, one at a time (runner::exclusive), each at most once per
 //! process: a table test reuses the runs of its cases.
 //!
-//! Cases of `tier: lab` suites and of hypervisors this build cannot run are
-//! ignored (listed; run them with `--include-ignored`, where a refused
-//! hypervisor fails with the reason).
+//! Cases the lab refuses, and cases of `tier: lab` suites its inventory
+//! does not name in its `gate`, are ignored (listed; run them with
+//! `--include-ignored`, where a refused case fails with the reason). The
+//! `lab::gate` test fails when that leaves no case to run: `cargo test`
+//! does not pass having measured nothing.
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use migsuite::case::{Case, Tier};
+use migsuite::case::Case;
 use migsuite::inventory::Inventory;
 use migsuite::report::json::{CaseReport, RunReport};
 use migsuite::report::{case_snapshot, case_table, html, study_table, suite_table};
@@ -28,10 +30,12 @@ fn main() {
         std::process::exit(1)
     });
     // MIGSUITE_LAB names the lab's inventory; without it, the built-in pair.
-    let lab = Inventory::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(1)
-    });
+    let lab = Inventory::from_env()
+        .and_then(|lab| lab.check_gate(&cases).map(|()| lab))
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        });
     let session: &'static Session =
         Box::leak(Box::new(Session::new(root().join("snapshots"), lab)));
     let mut trials: Vec<Trial> = cases
@@ -45,13 +49,23 @@ fn main() {
         let of_suite: Vec<Case> = cases.iter().filter(|c| c.suite == suite).cloned().collect();
         trials.push(table_trial(session, of_suite));
     }
+    trials.push(gate_trial(session, cases));
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// Lab-tier cases, and the cases the lab cannot run (which say why when
-/// run with --include-ignored).
+/// The cases plain `cargo test` leaves out on the lab (`runner::left_out`):
+/// refused ones say why when run with --include-ignored.
 fn ignored(session: &Session, case: &Case) -> bool {
-    case.tier == Tier::Lab || runner::refusal(case, &session.lab).is_some()
+    runner::left_out(case, &session.lab).is_some()
+}
+
+/// `lab::gate`: fails, saying why each suite's cases were left out, when
+/// the lab would run none of them. It only reads the cases and the
+/// inventory.
+fn gate_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
+    Trial::test("lab::gate", move || {
+        runner::measures_nothing(&cases, &session.lab).map_or(Ok(()), |why| Err(why.into()))
+    })
 }
 
 /// A case: its verdict (expectation, bounds, change against the baseline),
@@ -99,7 +113,8 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         let mut report = RunReport::new(&suite, std::time::SystemTime::now());
         let mut results = Vec::new();
         // The suite's cases that ran: a lab-tier suite's only with
-        // --include-ignored (its table is ignored like them otherwise).
+        // --include-ignored or in the lab's gate (its table is ignored like
+        // them otherwise).
         for case in cases
             .iter()
             .filter(|c| runner::refusal(c, &session.lab).is_none())

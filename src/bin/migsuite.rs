@@ -1,7 +1,6 @@
 //! migsuite: validate, list and run live-migration suites.
 
 use clap::{Parser, Subcommand};
-use migsuite::backend;
 use migsuite::case::{Case, Expect, LinkSpec};
 use migsuite::inventory::Inventory;
 use migsuite::lab::{calibration, Lab};
@@ -33,10 +32,15 @@ enum Command {
         #[arg(long)]
         lab: Option<PathBuf>,
     },
-    /// List the cases the suites expand to, and whether this build runs them.
+    /// List the cases the suites expand to, and which of them plain `cargo
+    /// test` leaves out on the lab: refused there, or run on demand.
     List {
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
+        /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
+        /// simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
     },
     /// Measure what the local lab's migration link carries at an MTU, beside
     /// a bare veth pair with the same settings (what a cable costs here).
@@ -148,15 +152,20 @@ fn main() -> ExitCode {
         } => inventory(lab).map(|lab| calibrate(mtu, rate_mbit, &lab)),
         Command::Validate { paths, lab } => cases(&paths).and_then(|cases| {
             println!("ok: {} cases", cases.len());
-            lab.map_or(Ok(ExitCode::SUCCESS), |lab| validate_lab(&lab))
+            lab.map_or(Ok(ExitCode::SUCCESS), |lab| {
+                let lab = gated_inventory(Some(lab), &cases)?;
+                println!("ok: {}", lab_summary(&lab));
+                Ok(ExitCode::SUCCESS)
+            })
         }),
-        Command::List { paths } => cases(&paths).map(|cases| {
+        Command::List { paths, lab } => cases(&paths).and_then(|cases| {
+            let lab = gated_inventory(lab, &cases)?;
             for c in &cases {
-                let note = backend::refusal(c.hypervisor)
-                    .map_or(String::new(), |why| format!("  (refused: {why})"));
+                let note = migsuite::runner::left_out(c, &lab)
+                    .map_or(String::new(), |why| format!("  ({why})"));
                 println!("{}{note}", c.name());
             }
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Run {
             paths,
@@ -210,6 +219,17 @@ fn inventory(path: Option<PathBuf>) -> Result<Inventory, ExitCode> {
         eprintln!("{e}");
         ExitCode::FAILURE
     })
+}
+
+/// Like [`inventory`], with its `gate` checked against the suites of
+/// `cases`.
+fn gated_inventory(path: Option<PathBuf>, cases: &[Case]) -> Result<Inventory, ExitCode> {
+    let lab = inventory(path)?;
+    lab.check_gate(cases).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    Ok(lab)
 }
 
 /// How long `hosts` waits for a real host's daemon to answer.
@@ -365,19 +385,19 @@ fn host_agent(
     }
 }
 
-/// Checks the lab inventory at `path`, and says what it holds.
-fn validate_lab(path: &Path) -> Result<ExitCode, ExitCode> {
-    let lab = Inventory::load(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::FAILURE
-    })?;
-    println!(
-        "ok: lab {} (hosts: {}, pairs: {})",
+/// What a lab inventory holds: "lab rack (hosts: 2, pairs: 1, gate: real-lab)".
+fn lab_summary(lab: &Inventory) -> String {
+    let gate = if lab.gate.is_empty() {
+        String::new()
+    } else {
+        format!(", gate: {}", lab.gate.join(", "))
+    };
+    format!(
+        "lab {} (hosts: {}, pairs: {}{gate})",
         lab.name,
         lab.hosts.len(),
         lab.pairs().count()
-    );
-    Ok(ExitCode::SUCCESS)
+    )
 }
 
 /// Merges the reports at `paths` (their cases in the order of `cases`, the

@@ -24,6 +24,7 @@
 //!   - ...
 //! pairs:
 //!   - [a, b]
+//! gate: [real-lab]    # suites plain `cargo test` runs here, `tier: lab` or not
 //! ```
 //!
 //! Malformed values are refused while parsing (`model`), rules across
@@ -38,8 +39,8 @@ mod tests;
 
 pub use model::Storage;
 
-use crate::case::Hypervisor;
-use crate::yaml::{Document, FileError, Kind};
+use crate::case::{Case, Hypervisor};
+use crate::yaml::{did_you_mean, list, Document, FieldPath, FileError, Invalid, Kind};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -103,6 +104,10 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     /// Indices into `hosts`; no host is in two pairs.
     pairs: Vec<[usize; 2]>,
+    /// The suites that gate this lab (`gate`): plain `cargo test` runs
+    /// their cases here even if they are `tier: lab`, as a real lab refuses
+    /// the gate-tier suites' (`crate::runner::left_out`).
+    pub gate: Vec<String>,
     /// The file it was read from; None for the built-in simulated pair.
     pub file: Option<PathBuf>,
 }
@@ -183,6 +188,7 @@ impl Inventory {
             link_mtu: None,
             hosts,
             pairs: vec![[0, 1]],
+            gate: Vec::new(),
             file: None,
         }
     }
@@ -231,6 +237,41 @@ impl Inventory {
     pub fn parse_str(path: &Path, text: &str) -> Result<Inventory, FileError> {
         let document = Document::new(path, text, &INVENTORY);
         rules::validate(document.parse()?).map_err(|e| document.refuse(e))
+    }
+
+    /// Checks that each suite of its `gate` is one of `cases`' (the suites
+    /// loaded beside it), refusing an unknown one at its place in the file.
+    pub fn check_gate(&self, cases: &[Case]) -> Result<(), FileError> {
+        // Cases come suite by suite.
+        let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
+        suites.dedup();
+        let Some((i, unknown)) = (0..)
+            .zip(&self.gate)
+            .find(|(_, suite)| !suites.contains(&suite.as_str()))
+        else {
+            return Ok(());
+        };
+        let invalid = Invalid {
+            path: FieldPath::default().key("gate").index(i),
+            message: format!(
+                "no suite is named `{unknown}`{}; the suites are {}",
+                did_you_mean(unknown, &suites),
+                list(&suites)
+            ),
+        };
+        match &self.file {
+            Some(file) => {
+                let text = crate::yaml::read(file, &INVENTORY)?;
+                Err(Document::new(file, &text, &INVENTORY).refuse(invalid))
+            }
+            // Read by `parse_str`: no file to place it in, so the lab's name.
+            None => Err(FileError::Invalid {
+                file: PathBuf::from(format!("lab {}", self.name)),
+                location: None,
+                field: invalid.path.to_string(),
+                message: invalid.message,
+            }),
+        }
     }
 
     /// The indices of the pairs whose hosts both offer `hypervisor`.

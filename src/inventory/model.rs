@@ -32,6 +32,10 @@ pub(super) struct InventoryDef {
     /// Each a list rather than a pair type, so that a pair of the wrong
     /// length is refused with a message of ours, at its place.
     pub pairs: Vec<Vec<Ident>>,
+    /// The suites that gate this lab. Optional rather than empty by
+    /// default, so that `gate: []` is refused rather than taken for none.
+    #[serde(default)]
+    pub gate: Option<Vec<Ident>>,
 }
 
 keyword_enum!(

@@ -15,6 +15,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
     check_hosts(&def)?;
     let pairs = check_pairs(&def)?;
     check_backends(&def, &pairs)?;
+    let gate = check_gate(&def)?;
     let inventory = if def.simulated {
         check_simulated(&def)?;
         let built = Inventory::simulated(&def.name.0, def.storage);
@@ -26,6 +27,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
                 .map(|(h, i)| host(h, network::management_addr(i).into()))
                 .collect(),
             pairs,
+            gate,
             ..built
         }
     } else {
@@ -46,6 +48,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
                 .map(|(h, agent)| host(h, agent))
                 .collect(),
             pairs,
+            gate,
             file: None,
         }
     };
@@ -414,6 +417,20 @@ fn check_pairs(def: &InventoryDef) -> Result<Vec<[usize; 2]>, Invalid> {
         pairs.push(indices);
     }
     Ok(pairs)
+}
+
+/// The suites that gate the lab, each named once; whether they exist is
+/// [`Inventory::check_gate`]'s, beside the suites.
+fn check_gate(def: &InventoryDef) -> Result<Vec<String>, Invalid> {
+    let Some(gate) = &def.gate else {
+        return Ok(Vec::new());
+    };
+    distinct(
+        gate,
+        FieldPath::default().key("gate"),
+        "name each suite once",
+    )?;
+    Ok(gate.iter().map(|suite| suite.0.clone()).collect())
 }
 
 /// A pair whose hosts share no backend could run no case.

@@ -1,6 +1,6 @@
 //! Inventories end to end: the shipped lab is the one `crate::lab` builds;
 //! bad inventories are refused with where, which field, and what would be
-//! valid.
+//! valid; a lab's `gate` decides which cases plain `cargo test` runs there.
 
 use super::*;
 use crate::lab::HOST_NAMES;
@@ -236,6 +236,119 @@ fn addresses_may_be_ipv6() {
         "fd00::1".parse::<IpAddr>().unwrap()
     );
     assert_eq!(lab.hosts[1].agent, "fd00::2".parse::<IpAddr>().unwrap());
+}
+
+/// The shipped suites, as `cargo test` loads them.
+fn shipped_suites() -> Vec<Case> {
+    crate::suite::load_dir(&root().join("suites")).unwrap()
+}
+
+/// RACK with `gate`, read from a file of `dir` so that messages name it.
+fn rack_gated(dir: &Path, gate: &str) -> Inventory {
+    let file = dir.join("rack.yaml");
+    std::fs::write(&file, format!("{RACK}{gate}")).unwrap();
+    Inventory::load(&file).unwrap()
+}
+
+#[test]
+fn a_lab_names_the_suites_that_gate_it() {
+    let lab = parse(&format!("{RACK}gate: [real-lab, study]\n")).unwrap();
+    assert_eq!(lab.gate, ["real-lab", "study"]);
+    assert!(parse(RACK).unwrap().gate.is_empty(), "no gate unless named");
+    let twice = parse(&format!("{RACK}gate:\n  - real-lab\n  - real-lab\n"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        twice,
+        "t.yaml:28:5: gate[1]: `real-lab` is listed twice (also as gate[0]); name each suite once"
+    );
+}
+
+#[test]
+fn a_gate_names_suites_that_were_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = rack_gated(dir.path(), "gate: [real-lab, real-lb]\n");
+    let err = lab.check_gate(&shipped_suites()).unwrap_err().to_string();
+    let file = dir.path().join("rack.yaml");
+    assert_eq!(
+        err,
+        format!(
+            "{}:26:18: gate[1]: no suite is named `real-lb` (did you mean `real-lab`?); the \
+             suites are ci-no-convergence, ci-postcopy, ci, fail-destination-killed, \
+             fail-openvz-destination-killed, fail-openvz-postcopy-killed, fail-small-mtu, \
+             real-lab, study",
+            file.display()
+        )
+    );
+    let lab = rack_gated(dir.path(), "gate: [real-lab]\n");
+    lab.check_gate(&shipped_suites()).unwrap();
+}
+
+/// On a real lab every case of the gate-tier suites is refused (shaped
+/// links, shares of a link): it runs what its inventory's gate names.
+#[test]
+fn a_real_lab_runs_its_gate_suites_cases_that_fit_it() {
+    use crate::runner::{left_out, measures_nothing};
+    let suites = shipped_suites();
+    let dir = tempfile::tempdir().unwrap();
+    let gated = rack_gated(dir.path(), "gate: [real-lab]\n");
+    let running: Vec<String> = suites
+        .iter()
+        .filter(|c| left_out(c, &gated).is_none())
+        .map(Case::name)
+        .collect();
+    // Host b runs no kvm-fv: the gate's case of it is refused all the same.
+    assert_eq!(running, ["real-lab::kvm-pv::mtu1500::game"]);
+    let fv = suites
+        .iter()
+        .find(|c| c.name() == "real-lab::kvm-fv::mtu1500::game")
+        .unwrap();
+    let why = left_out(fv, &gated).unwrap();
+    assert!(
+        why.starts_with("refused: no pair of lab rack offers kvm-fv"),
+        "{why}"
+    );
+    assert_eq!(measures_nothing(&suites, &gated), None);
+
+    let ungated = rack_gated(dir.path(), "");
+    let why = measures_nothing(&suites, &ungated).unwrap();
+    let expected = [
+        format!(
+            "`cargo test` would measure nothing on lab: rack (inventory {}), real hosts: it \
+             leaves out every case",
+            dir.path().join("rack.yaml").display()
+        ),
+        "\n  suite ci, 12 case(s):\n    12 × refused: the workload dirties `25% of link`".into(),
+        "\n  suite real-lab, 2 case(s):\n    \
+         1 × refused: no pair of lab rack offers kvm-fv (the `backends` both hosts of a pair \
+         list)\n    \
+         1 × on demand: suite real-lab is `tier: lab`, and not in lab rack's `gate`\n"
+            .into(),
+        "\nName the suites that gate this lab in its inventory, e.g. `gate: [real-lab]`".into(),
+    ];
+    for part in expected {
+        assert!(why.contains(&part), "{part}\nnot in:\n{why}");
+    }
+}
+
+/// Without a gate, a lab leaves out what `cargo test` always did: the
+/// cases of `tier: lab` suites, and those it refuses.
+#[test]
+fn without_a_gate_lab_tier_and_refused_cases_are_left_out() {
+    let suites = shipped_suites();
+    let dir = tempfile::tempdir().unwrap();
+    for lab in [
+        Inventory::simulated(BUILT_IN, Storage::Shared),
+        rack_gated(dir.path(), ""),
+    ] {
+        for case in &suites {
+            let before =
+                case.tier == crate::case::Tier::Lab || crate::runner::refusal(case, &lab).is_some();
+            assert_eq!(crate::runner::left_out(case, &lab).is_some(), before);
+        }
+    }
+    let built_in = Inventory::simulated(BUILT_IN, Storage::Shared);
+    assert_eq!(crate::runner::measures_nothing(&suites, &built_in), None);
 }
 
 /// Each fixture's second line is the refusal it must get, whole, from the
