@@ -419,6 +419,8 @@ write_inventory() {
 # virtual machines with their own kernel and Debian's libvirt, reached
 # over $transport. migsuite built none of it.
 name: standin-$transport
+# What \`MIGSUITE_LAB=<this file> cargo test\` runs here.
+gate: [real-lab]
 storage: local
 observer: $LAN.$RUNNER_ADDR
 guest: $GUEST_ADDR
