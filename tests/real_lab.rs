@@ -102,7 +102,10 @@ fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Pa
     .run()
     .unwrap();
     let said = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "migsuite run --lab {inventory} failed:\n{said}");
+    assert!(
+        run.status.success(),
+        "migsuite run --lab {inventory} failed:\n{said}"
+    );
     let report = std::fs::read_dir(reports)
         .unwrap()
         .map(|e| e.unwrap().path())
