@@ -30,9 +30,20 @@ pub struct Reported {
     pub cpu_ns: u64,
     /// Resident memory, MiB, if the host could tell it at once.
     pub rss_mib: Option<f64>,
-    /// When the host answered: a daemon may hold an answer back while a
-    /// migration job runs, so ticks do not time it.
+    /// When it was asked, and when the host answered: a daemon may hold an
+    /// answer back while a migration job runs, so ticks do not time it,
+    /// and the figure was read somewhere between the two.
+    pub asked: Instant,
     pub at: Instant,
+}
+
+impl Reported {
+    /// The most likely time the host read its figures, and how far off it
+    /// may be.
+    fn read_at(&self) -> (Instant, Duration) {
+        let half = (self.at - self.asked) / 2;
+        (self.asked + half, half)
+    }
 }
 
 /// What a backend gives the sampler to look at.
@@ -155,6 +166,10 @@ fn reported(
 ) -> impl FnMut(f64) -> Vec<Point> {
     /// Answers closer than this (a late tick catching up) give no rate.
     const SHORTEST: Duration = Duration::from_millis(20);
+    /// A rate is given only over a window this many times longer than the
+    /// uncertainty of its ends' times: an answer held back and one right
+    /// after it would otherwise rate a second's CPU over a few ms.
+    const WINDOW_OVER_UNCERTAINTY: u32 = 4;
     let mut last: [Option<Reported>; 2] = [None, None];
     move |_| {
         let now = report();
@@ -171,15 +186,24 @@ fn reported(
             }
             // A hypervisor first seen now, or started anew (its count went
             // back), counts from here.
-            match last[i].filter(|b| b.cpu_ns <= r.cpu_ns) {
-                Some(b) if r.at - b.at < SHORTEST => continue,
-                Some(b) => {
-                    let seconds = (r.at - b.at).as_secs_f64();
-                    let pct = (r.cpu_ns - b.cpu_ns) as f64 / 1e9 / seconds * 100.0;
-                    out.push((cpu_name, Unit::Percent, pct));
-                }
-                None => {}
+            let Some(b) = last[i].filter(|b| b.cpu_ns <= r.cpu_ns) else {
+                last[i] = Some(r);
+                continue;
+            };
+            let ((from, off_from), (to, off_to)) = (b.read_at(), r.read_at());
+            let window = to.saturating_duration_since(from);
+            if window < SHORTEST {
+                continue;
             }
+            if (off_from + off_to) * WINDOW_OVER_UNCERTAINTY > window {
+                // No rate; the window grows from the better-timed end.
+                if off_to <= off_from {
+                    last[i] = Some(r);
+                }
+                continue;
+            }
+            let pct = (r.cpu_ns - b.cpu_ns) as f64 / 1e9 / window.as_secs_f64() * 100.0;
+            out.push((cpu_name, Unit::Percent, pct));
             last[i] = Some(r);
         }
         out
@@ -259,12 +283,23 @@ mod tests {
     use super::*;
 
     fn at(t0: Instant, ms: u64, cpu_ms: u64) -> [Option<Reported>; 2] {
+        answered(t0, ms, ms, cpu_ms)
+    }
+
+    /// Asked at `asked_ms`, answered at `ms`.
+    fn answered(t0: Instant, asked_ms: u64, ms: u64, cpu_ms: u64) -> [Option<Reported>; 2] {
         let r = Reported {
             cpu_ns: cpu_ms * 1_000_000,
             rss_mib: Some(100.0),
+            asked: t0 + Duration::from_millis(asked_ms),
             at: t0 + Duration::from_millis(ms),
         };
         [Some(r), None]
+    }
+
+    fn source_cpu(points: Vec<Point>) -> Option<f64> {
+        let source = points.iter().find(|p| p.0 == "cpu.source.hypervisor");
+        source.map(|p| p.2)
     }
 
     /// A real host's daemon may answer late (while a migration job runs):
@@ -283,14 +318,36 @@ mod tests {
         ]
         .into_iter();
         let mut look = reported(Box::new(move || answers.next().unwrap()));
-        let cpu = |points: Vec<Point>| -> Option<f64> {
-            let source = points.iter().find(|p| p.0 == "cpu.source.hypervisor");
-            source.map(|p| p.2)
-        };
+        let cpu = source_cpu;
         assert_eq!(cpu(look(0.1)), None, "first seen: no rate yet");
         approx::assert_relative_eq!(cpu(look(0.1)).unwrap(), 50.0, epsilon = 1e-9);
         assert_eq!(cpu(look(0.1)), None);
         assert_eq!(cpu(look(0.1)), None);
         approx::assert_relative_eq!(cpu(look(0.1)).unwrap(), 20.0, epsilon = 1e-9);
+    }
+
+    /// An answer held back (asked at 100 ms, answered at 1000) and one
+    /// right after it: no rate from their ends' arrival times (which would
+    /// read 1 s of CPU in 100 ms as 1000 %); the window grows until its
+    /// ends are well timed, and the rate over it is the true one.
+    #[test]
+    fn a_held_back_answer_gives_no_spike() {
+        let t0 = Instant::now();
+        let mut answers = vec![
+            answered(t0, 0, 0, 0),
+            answered(t0, 100, 1000, 500),
+            answered(t0, 1100, 1100, 1100),
+            answered(t0, 2000, 2000, 2000),
+        ]
+        .into_iter();
+        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        assert_eq!(source_cpu(look(0.1)), None);
+        assert_eq!(
+            source_cpu(look(0.1)),
+            None,
+            "its read time is 450 ms uncertain"
+        );
+        approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 100.0, epsilon = 1e-9);
+        approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 100.0, epsilon = 1e-9);
     }
 }

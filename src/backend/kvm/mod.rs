@@ -74,6 +74,7 @@ fn job_stats(
 fn reported_by(conn: &Connection) -> Option<Reported> {
     let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).ok()?;
     let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
+    let asked = Instant::now();
     let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     let n = unsafe {
         sys::virDomainListGetStats(
@@ -104,6 +105,7 @@ fn reported_by(conn: &Connection) -> Option<Reported> {
     Some(Reported {
         cpu_ns: cpu_ns.filter(|&ns| ns > 0)?,
         rss_mib: rss_kib.map(|kib| kib as f64 / 1024.0),
+        asked,
         at,
     })
 }
