@@ -472,7 +472,13 @@ fn provenance(
             true,
         ),
         Place::Real => (
-            "real lab: 2 machines, reached through their libvirt URIs".to_string(),
+            format!(
+                "real lab: host {} {}; host {} {}",
+                lab.source.name,
+                real_machine(lab, &lab.source),
+                lab.destination.name,
+                real_machine(lab, &lab.destination)
+            ),
             false,
         ),
     };
@@ -494,6 +500,19 @@ fn provenance(
         beside,
         host_cpus: this_machine.then(|| num_cpus() as u32),
         host_memory_mib: crate::procfs::meminfo_mib("MemTotal").filter(|_| this_machine),
+    }
+}
+
+/// A real host's machine as its libvirt tells (`survey::machine`), so that
+/// figures and baselines say what they were measured on.
+fn real_machine(lab: &Lab, host: &crate::lab::Host) -> String {
+    let told = lab.connect(&host.uri).and_then(|conn| {
+        let capabilities = conn.capabilities().ok();
+        Ok(crate::lab::survey::machine(&conn, capabilities.as_deref())?)
+    });
+    match told {
+        Ok(machine) => machine,
+        Err(e) => format!("(its libvirt did not tell its machine: {e:#})"),
     }
 }
 

@@ -75,10 +75,7 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
         },
         Finding {
             what: "machine",
-            answer: conn
-                .node_info()
-                .map_err(err)
-                .map(|n| format!("{} CPUs ({}), {} MiB", n.cpus, n.model, n.memory >> 10)),
+            answer: machine(&conn, capabilities.as_deref().ok()).map_err(err),
         },
         Finding {
             what: "accelerator",
@@ -104,6 +101,45 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
         uri: host.uri.clone(),
         findings,
     }
+}
+
+/// The host's machine as its libvirt tells: CPUs, their model (from the
+/// capabilities, where given) and memory, e.g. `2 CPUs (x86_64, AMD
+/// EPYC-Rome), 2971 MiB`.
+pub fn machine(
+    conn: &Connection,
+    capabilities: Option<&str>,
+) -> Result<String, virt::error::Error> {
+    let node = conn.node_info()?;
+    let model = capabilities.and_then(host_cpu_model);
+    Ok(format!(
+        "{} CPUs ({}{}), {} MiB",
+        node.cpus,
+        node.model,
+        model.map(|m| format!(", {m}")).unwrap_or_default(),
+        node.memory >> 10
+    ))
+}
+
+/// The host CPU's vendor and model from libvirt's capabilities XML
+/// (`<host><cpu>...<model>EPYC-Rome</model><vendor>AMD</vendor>`), the
+/// first `<cpu>` of `<host>`: the guests' CPUs come later.
+fn host_cpu_model(capabilities: &str) -> Option<String> {
+    let host = &capabilities[capabilities.find("<host>")?..];
+    let cpu = &host[host.find("<cpu>")?..];
+    let cpu = &cpu[..cpu.find("</cpu>")?];
+    let element = |name: &str| -> Option<&str> {
+        let open = format!("<{name}");
+        let start = cpu.find(&open)?;
+        let body = &cpu[start..];
+        let text = &body[body.find('>')? + 1..];
+        Some(text[..text.find('<')?].trim())
+    };
+    let model = element("model")?;
+    Some(match element("vendor") {
+        Some(vendor) => format!("{vendor} {model}"),
+        None => model.to_string(),
+    })
 }
 
 /// What libvirt offers guests to run on, from its capabilities; on a
@@ -202,5 +238,14 @@ mod tests {
         assert!(runs(Hypervisor::Openvz, Ok("QEMU"), true).is_ok());
         let down = "connection lost".to_string();
         assert_eq!(runs(Hypervisor::KvmFv, Err(&down), false), Err(down));
+    }
+
+    #[test]
+    fn the_host_cpu_is_read_from_the_hosts_cpu_not_a_guests() {
+        let caps = "<capabilities>\n  <host>\n    <uuid>u</uuid>\n    <cpu>\n                          <arch>x86_64</arch>\n      <model>EPYC-Rome</model>\n                          <vendor>AMD</vendor>\n    </cpu>\n    <secmodel>\n                          <model>apparmor</model>\n    </secmodel>\n  </host>\n  <guest>\n                        <cpu><model>qemu64</model></cpu>\n  </guest>\n</capabilities>";
+        assert_eq!(host_cpu_model(caps).as_deref(), Some("AMD EPYC-Rome"));
+        let no_model = "<capabilities><host><cpu><arch>x86_64</arch></cpu>\
+                        <secmodel><model>apparmor</model></secmodel></host></capabilities>";
+        assert_eq!(host_cpu_model(no_model), None);
     }
 }
