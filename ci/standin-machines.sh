@@ -342,6 +342,11 @@ build_networks() {
 # The runner's ssh client and TLS client files, where its ssh and libvirt
 # look for them: `ip netns exec` lays /etc/netns/msr-run/* over /etc.
 runner_files() {
+  # /etc/netns and /etc/pki go again with the stand-in where it made them.
+  if [ ! -d /etc/netns ]; then
+    mkdir /etc/netns
+    touch "$STATE/made-etc-netns"
+  fi
   mkdir -p "/etc/netns/$RUNNER/ssh"
   cat >"/etc/netns/$RUNNER/ssh/ssh_config" <<EOF
 Host *
@@ -539,7 +544,9 @@ down() {
     ip netns del "$ns" 2>/dev/null || echo "$me: warning: cannot delete namespace $ns" >&2
   done
   rm -rf "/etc/netns/$RUNNER"
-  if [ -e "$STATE/made-etc-pki" ]; then rmdir /etc/pki 2>/dev/null || true; fi
+  for made in netns pki; do
+    if [ -e "$STATE/made-etc-$made" ]; then rmdir "/etc/$made" 2>/dev/null || true; fi
+  done
   rm -rf "$STATE"
   echo "stand-in lab of machines is down"
 }
