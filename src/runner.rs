@@ -472,12 +472,13 @@ fn provenance(
             true,
         ),
         Place::Real => (
+            // In the inventory's order, wherever the guest went.
             format!(
                 "real lab: host {} {}; host {} {}",
-                lab.source.name,
-                real_machine(lab, &lab.source),
-                lab.destination.name,
-                real_machine(lab, &lab.destination)
+                lab.host(0).name,
+                real_machine(lab, lab.host(0)),
+                lab.host(1).name,
+                real_machine(lab, lab.host(1))
             ),
             false,
         ),
