@@ -213,6 +213,15 @@ certificate() {
 
 # ---------------------------------------------------------------- a host's files
 
+# networkd's file FILE for the NIC of MAC, with LINES (its [Link] and
+# [Network] sections, [Network] last) and no IPv6.
+nic_network() {
+  local file=$1 mac=$2
+  shift 2
+  printf '[Match]\nMACAddress=%s\n' "$mac" >"$file"
+  printf '%s\n' "$@" "LinkLocalAddressing=no" "IPv6AcceptRA=no" >>"$file"
+}
+
 # Host $1's configuration disk: the files a lab's owner puts on a host.
 host_config() {
   local h=$1 migsuite=$2 n peer dir
@@ -229,24 +238,12 @@ host_config() {
 
   # Network: the management address, the migration address, and br0 for
   # the guests on the guest LAN (no address: a guest reaches no daemon).
-  cat >"$dir/etc/systemd/network/10-mgmt.network" <<EOF
-[Match]
-MACAddress=$(mac_of "$h" 1)
-[Network]
-Address=$MGMT.$n/24
-LinkLocalAddressing=no
-IPv6AcceptRA=no
-EOF
-  cat >"$dir/etc/systemd/network/10-mig.network" <<EOF
-[Match]
-MACAddress=$(mac_of "$h" 3)
-[Link]
-MTUBytes=$MTU
-[Network]
-Address=$MIG.$n/24
-LinkLocalAddressing=no
-IPv6AcceptRA=no
-EOF
+  nic_network "$dir/etc/systemd/network/10-mgmt.network" "$(mac_of "$h" 1)" \
+    "[Network]" "Address=$MGMT.$n/24"
+  nic_network "$dir/etc/systemd/network/10-mig.network" "$(mac_of "$h" 3)" \
+    "[Link]" "MTUBytes=$MTU" "[Network]" "Address=$MIG.$n/24"
+  nic_network "$dir/etc/systemd/network/10-lan.network" "$(mac_of "$h" 2)" \
+    "[Link]" "MTUBytes=$MTU" "[Network]" "Bridge=br0"
   cat >"$dir/etc/systemd/network/20-br0.netdev" <<EOF
 [NetDev]
 Name=br0
@@ -263,16 +260,6 @@ Name=br0
 LinkLocalAddressing=no
 IPv6AcceptRA=no
 ConfigureWithoutCarrier=yes
-EOF
-  cat >"$dir/etc/systemd/network/10-lan.network" <<EOF
-[Match]
-MACAddress=$(mac_of "$h" 2)
-[Link]
-MTUBytes=$MTU
-[Network]
-Bridge=br0
-LinkLocalAddressing=no
-IPv6AcceptRA=no
 EOF
 
   # sshd: its own host key, keys only.
