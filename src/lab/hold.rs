@@ -5,14 +5,17 @@
 //! also held on itself: by a volume `migsuite-held-<host>` in its pool,
 //! which its daemon creates only if it has none of that name (of two
 //! runners asking at once, one gets it), deleted when the case ends or is
-//! interrupted. Beside it a marker volume, `<hold>.by.<pid>@<start>.<machine>`,
-//! names the holder: a hold left by a run of this machine that is gone is
-//! taken over; one of another machine is named in the wait, with the
-//! command that removes it.
+//! interrupted. The hold is named by the host's UUID (libvirt's), so that
+//! two inventories naming one machine differently hold the same thing.
+//! Beside it a marker volume, `<hold>.by.<owner>` (`owner::Owner`), names
+//! the holder: a hold left by a run of this machine that is gone (killed,
+//! or of an earlier boot) is taken over; one of another machine is named
+//! in the wait, with the command that removes it.
 
 use super::cleanup::{self, OnInterrupt};
-use super::libvirtd;
+use super::owner::{Liveness, Owner};
 use super::pool::{self, Pool};
+use super::{libvirtd, survey};
 use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -27,13 +30,6 @@ pub struct Holds {
     /// Each hold's volume and marker, and the pool they are in.
     held: Vec<(String, String, Pool)>,
     _undo: Vec<OnInterrupt>,
-}
-
-/// Who holds a host, as the marker beside the hold says.
-struct Holder {
-    /// `<pid>@<start time>` (`cleanup::owner_tag`).
-    owner: String,
-    machine: String,
 }
 
 impl Holds {
@@ -54,9 +50,15 @@ impl Holds {
         for host in pair.hosts {
             let conn = libvirtd::connect_within(&host.uri, CONNECT_TIMEOUT)
                 .with_context(|| format!("host {} of lab {}", host.name, inventory.name))?;
+            let uuid = survey::host_uuid(&conn.capabilities()?).with_context(|| {
+                format!(
+                    "host {}'s libvirt capabilities give no host UUID",
+                    host.name
+                )
+            })?;
             let pool = Pool::open(conn, &host.pool, false)
                 .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
-            let name = pool::hold_name(&host.name);
+            let name = pool::hold_name(&uuid);
             if !claim(&pool, &name)? {
                 return Ok(Err(busy(&pool, &name, host)?));
             }
@@ -64,12 +66,7 @@ impl Holds {
             held._undo.push(cleanup::on_interrupt(move || {
                 pool::delete_at(&uri, &pool_name, &hold);
             }));
-            let marker = format!(
-                "{}{}.{}",
-                marker_prefix(&name),
-                cleanup::owner_tag(),
-                machine()
-            );
+            let marker = format!("{}{}", marker_prefix(&name), Owner::this()?);
             for old in pool.names_starting(&marker_prefix(&name))? {
                 pool.delete(&old)?;
             }
@@ -96,13 +93,6 @@ fn marker_prefix(hold: &str) -> String {
     format!("{hold}.by.")
 }
 
-/// This machine's host name, as a holder is named by.
-fn machine() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Claims hold `name`, taking it over from a run of this machine that is
 /// gone (killed before it could let go).
 fn claim(pool: &Pool, name: &str) -> Result<bool> {
@@ -110,10 +100,10 @@ fn claim(pool: &Pool, name: &str) -> Result<bool> {
         return Ok(true);
     }
     match holder(pool, name)? {
-        Some(h) if h.machine == machine() && !cleanup::owner_alive(&h.owner) => {
+        Some(h) if h.liveness()? == Liveness::Gone => {
             eprintln!(
-                "migsuite: taking over {name}, left by pid {} of this machine, which is gone",
-                h.owner
+                "migsuite: taking over {name}, left by {}, which is gone",
+                h.describe()
             );
             pool.delete(name)?;
             pool.claim(name)
@@ -122,24 +112,19 @@ fn claim(pool: &Pool, name: &str) -> Result<bool> {
     }
 }
 
-fn holder(pool: &Pool, name: &str) -> Result<Option<Holder>> {
+/// Who holds hold `name`, as the marker beside it says.
+fn holder(pool: &Pool, name: &str) -> Result<Option<Owner>> {
     let prefix = marker_prefix(name);
     Ok(pool
         .names_starting(&prefix)?
         .into_iter()
-        .find_map(|marker| {
-            let (owner, machine) = marker.strip_prefix(&prefix)?.split_once('.')?;
-            Some(Holder {
-                owner: owner.to_string(),
-                machine: machine.to_string(),
-            })
-        }))
+        .find_map(|marker| Owner::parse(marker.strip_prefix(&prefix)?)))
 }
 
 /// Who holds `host` by `name`, and how to let it go if nobody does.
 fn busy(pool: &Pool, name: &str, host: &inventory::Host) -> Result<String> {
     let who = match holder(pool, name)? {
-        Some(h) => format!("pid {} on {}", h.owner, h.machine),
+        Some(h) => h.describe(),
         None => "a runner elsewhere".into(),
     };
     Ok(format!(

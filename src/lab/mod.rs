@@ -16,6 +16,7 @@ pub mod libvirtd;
 pub mod link;
 pub mod netns;
 pub mod network;
+pub mod owner;
 pub mod pool;
 pub mod root;
 pub mod survey;

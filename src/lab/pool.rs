@@ -285,9 +285,10 @@ fn volume_xml(name: &str, bytes: u64) -> String {
     )
 }
 
-/// The volume by which a runner holds host `host` (`super::hold`).
-pub fn hold_name(host: &str) -> String {
-    format!("{PREFIX}held-{host}")
+/// The volume by which a runner holds the host whose UUID is `host_uuid`
+/// (`super::hold`).
+pub fn hold_name(host_uuid: &str) -> String {
+    format!("{PREFIX}held-{host_uuid}")
 }
 
 /// Whether volume `name` is a hold or its marker, which only its holder, or

@@ -142,6 +142,15 @@ fn host_cpu_model(capabilities: &str) -> Option<String> {
     })
 }
 
+/// The host's UUID from libvirt's capabilities XML (`<host><uuid>`): the
+/// machine's SMBIOS UUID, or the daemon's `host_uuid`.
+pub fn host_uuid(capabilities: &str) -> Option<String> {
+    let host = &capabilities[capabilities.find("<host>")?..];
+    let uuid = &host[host.find("<uuid>")? + "<uuid>".len()..];
+    let uuid = uuid[..uuid.find("</uuid>")?].trim();
+    uuid::Uuid::parse_str(uuid).ok().map(|u| u.to_string())
+}
+
 /// What libvirt offers guests to run on, from its capabilities; on a
 /// simulated host, which is this machine, also whether a stock guest
 /// kernel can use KVM (migsuite's own check, as each KVM case makes it).
@@ -247,5 +256,16 @@ mod tests {
         let no_model = "<capabilities><host><cpu><arch>x86_64</arch></cpu>\
                         <secmodel><model>apparmor</model></secmodel></host></capabilities>";
         assert_eq!(host_cpu_model(no_model), None);
+    }
+
+    #[test]
+    fn the_host_uuid_is_the_host_s() {
+        let caps = "<capabilities><host>\n<uuid>52A1E2C4-0000-4000-8000-0123456789AB</uuid>\
+                    </host><guest><uuid>x</uuid></guest></capabilities>";
+        assert_eq!(
+            host_uuid(caps).as_deref(),
+            Some("52a1e2c4-0000-4000-8000-0123456789ab")
+        );
+        assert_eq!(host_uuid("<capabilities><host><uuid>u</uuid></host>"), None);
     }
 }
