@@ -3,9 +3,7 @@
 
 use super::accel::Accel;
 use crate::case::{Case, Hypervisor};
-
-/// The study's name for the migrated VM.
-pub const DOMAIN_NAME: &str = "x0";
+use crate::guest::identity::GuestIdentity;
 
 pub struct DeviceModel {
     pub nic: &'static str,
@@ -52,6 +50,7 @@ pub struct Attachments<'a> {
 }
 
 pub fn xml(
+    guest: &GuestIdentity,
     case: &Case,
     accel: &Accel,
     files: &GuestFiles,
@@ -68,7 +67,9 @@ pub fn xml(
     };
     format!(
         r#"<domain type='{dtype}'>
-  <name>{DOMAIN_NAME}</name>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  {metadata}
   <memory unit='MiB'>{mem}</memory>
   <vcpu>{vcpus}</vcpu>
   <os>
@@ -90,7 +91,7 @@ pub fn xml(
     </disk>
     <interface type='bridge'>
       <source bridge='{bridge}'/>
-      <mac address='52:54:00:fa:00:64'/>
+      <mac address='{mac}'/>
       <model type='{nic}'/>
       <mtu size='{mtu}'/>
     </interface>
@@ -99,6 +100,10 @@ pub fn xml(
     <memballoon model='none'/>
   </devices>
 </domain>"#,
+        name = guest.name,
+        uuid = guest.uuid,
+        metadata = guest.metadata_xml(),
+        mac = guest.mac,
         dtype = accel.domain_type(),
         mem = case.guest.memory_mib,
         vcpus = case.guest.vcpus,

@@ -6,10 +6,12 @@ pub mod domain;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
+use crate::guest::identity::GuestIdentity;
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
 use crate::lab::cleanup::{self, OnInterrupt};
 use crate::lab::libvirtd::{self, version, Connection};
+use crate::lab::owner::Owner;
 use crate::lab::pool;
 use crate::lab::{Lab, Place};
 use crate::measure::Outcome;
@@ -34,6 +36,8 @@ const PASS_LIMIT: u64 = 12;
 
 pub struct Kvm {
     hypervisor: Hypervisor,
+    /// The guest's UUID, name, MAC and maker, new for each case.
+    guest: GuestIdentity,
     image: GuestImage,
     info: BackendInfo,
     source: Option<(Connection, Domain)>,
@@ -71,8 +75,8 @@ fn job_stats(
 /// one (also while a migration comes in). Asked with NOWAIT: a figure that
 /// would wait for the migration's job (the resident memory, at times) is
 /// left out, rather than holding the sampler up until the job ends.
-fn reported_by(conn: &Connection) -> Option<Reported> {
-    let dom = conn.lookup_domain_by_name(domain::DOMAIN_NAME).ok()?;
+fn reported_by(conn: &Connection, guest: &GuestIdentity) -> Option<Reported> {
+    let dom = find(conn, guest).ok()?;
     let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
     let asked = Instant::now();
     let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
@@ -110,9 +114,15 @@ fn reported_by(conn: &Connection) -> Option<Reported> {
     })
 }
 
+/// The guest's domain on the host behind `conn`, found by its UUID.
+fn find(conn: &Connection, guest: &GuestIdentity) -> Result<Domain, virt::error::Error> {
+    conn.lookup_domain_by_uuid(guest.uuid)
+}
+
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
+        let owner = Owner::this().map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo {
             // Chosen with the hosts (`provision`).
             accel: String::new(),
@@ -122,6 +132,7 @@ impl Kvm {
         };
         Ok(Kvm {
             hypervisor: case.hypervisor,
+            guest: GuestIdentity::new(owner),
             image,
             info,
             source: None,
@@ -144,22 +155,8 @@ impl Backend for Kvm {
     }
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
-        // The pair is this case's (`runner::exclusive`), but a real host's
-        // daemon outlives runs: a guest of the name left there by a run
-        // killed outright, or someone's own, is not ours to destroy.
         for host in [&lab.source, &lab.destination] {
-            let there = lab.connect(&host.uri)?;
-            if there.lookup_domain_by_name(domain::DOMAIN_NAME).is_ok() {
-                anyhow::bail!(
-                    "host {} already runs a domain named {}: a guest of a migsuite run that did \
-                     not end, or someone else's; if it is migsuite's, `virsh -c {} destroy {}`",
-                    host.name,
-                    domain::DOMAIN_NAME,
-                    host.uri,
-                    domain::DOMAIN_NAME
-                );
-            }
-            self.hosts.push(there);
+            self.hosts.push(lab.connect(&host.uri)?);
         }
         // KVM where the hosts can run it: this machine, whose namespaces
         // the simulated hosts are, or a real lab's machines, as their
@@ -178,16 +175,17 @@ impl Backend for Kvm {
             bridge: &lab.source.bridge,
             console: lab.inventory.simulated.then_some(console.as_path()),
         };
-        let xml = domain::xml(case, &accel, &files, &at, agent_args);
+        let xml = domain::xml(&self.guest, case, &accel, &files, &at, agent_args);
         let dom = conn
             .create_domain_xml(&xml, 0)
             .context("starting the guest on the source host")?;
         if !lab.inventory.simulated {
             let uris = [&lab.source, &lab.destination].map(|h| h.uri.clone());
+            let guest = self.guest.clone();
             self._undo = Some(cleanup::on_interrupt(move || {
                 for uri in uris {
                     let conn = libvirtd::connect_within(&uri, pool::INTERRUPTED_WAIT);
-                    let dom = conn.and_then(|c| Ok(c.lookup_domain_by_name(domain::DOMAIN_NAME)?));
+                    let dom = conn.and_then(|c| Ok(find(&c, &guest)?));
                     if let Ok(dom) = dom {
                         let _ = dom.destroy();
                     }
@@ -240,16 +238,15 @@ impl Backend for Kvm {
             lab.connect(&lab.source.uri)?,
             lab.connect(&lab.destination.uri)?,
         ];
+        let guest = self.guest.clone();
         Ok(Source::Reported(Box::new(move || {
-            hosts.each_ref().map(reported_by)
+            hosts.each_ref().map(|h| reported_by(h, &guest))
         })))
     }
 
     fn adopt_moved_guest(&mut self, lab: &Lab) -> Result<()> {
         let conn = lab.connect(&lab.source.uri)?;
-        let dom = conn
-            .lookup_domain_by_name(domain::DOMAIN_NAME)
-            .context("the migrated guest is not on its new host")?;
+        let dom = find(&conn, &self.guest).context("the migrated guest is not on its new host")?;
         self.source = Some((conn, dom));
         Ok(())
     }
@@ -261,11 +258,11 @@ impl Drop for Kvm {
     fn drop(&mut self) {
         self.source = None;
         for conn in &self.hosts {
-            if let Ok(dom) = conn.lookup_domain_by_name(domain::DOMAIN_NAME) {
+            if let Ok(dom) = find(conn, &self.guest) {
                 if let Err(e) = dom.destroy() {
                     eprintln!(
                         "migsuite: cannot destroy the guest {}: {e}",
-                        domain::DOMAIN_NAME
+                        self.guest.name
                     );
                 }
             }
@@ -282,15 +279,12 @@ struct ResumeWatch {
 impl ResumeWatch {
     const POLL: Duration = Duration::from_millis(10);
 
-    fn start(conn: Connection) -> ResumeWatch {
+    fn start(conn: Connection, guest: GuestIdentity) -> ResumeWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                if conn
-                    .lookup_domain_by_name(domain::DOMAIN_NAME)
-                    .is_ok_and(|d| is_running(&d))
-                {
+                if find(&conn, &guest).is_ok_and(|d| is_running(&d)) {
                     return Some(Instant::now());
                 }
                 std::thread::sleep(Self::POLL);
@@ -458,7 +452,7 @@ impl Kvm {
         // there well before libvirt's closing handshake (Finish, Confirm)
         // returns the call, and while QEMU stops and copies, calls to the
         // source block for a second or more.
-        let resume = ResumeWatch::start(lab.connect(&dest_uri)?);
+        let resume = ResumeWatch::start(lab.connect(&dest_uri)?, self.guest.clone());
 
         // The migration call blocks; it runs on its own thread so that this
         // one can watch the clock, inject faults and cancel.
@@ -555,7 +549,7 @@ impl Kvm {
                 if since.elapsed() >= at {
                     // Only simulated: a real lab refuses the fault (`lab::cannot_run`).
                     let qemu = lab.destination.simulated().ok();
-                    if let Some(pid) = qemu.and_then(|s| s.libvirtd.qemu_pid(domain::DOMAIN_NAME)) {
+                    if let Some(pid) = qemu.and_then(|s| s.libvirtd.qemu_pid(&self.guest.name)) {
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::SIGKILL,
@@ -658,9 +652,7 @@ impl Kvm {
 
     fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
         let conn = lab.connect(&lab.destination.uri)?;
-        let dom = conn
-            .lookup_domain_by_name(domain::DOMAIN_NAME)
-            .context("the guest is not on the destination")?;
+        let dom = find(&conn, &self.guest).context("the guest is not on the destination")?;
         let deadline = Instant::now() + RESUME_TIMEOUT;
         while !is_running(&dom) {
             anyhow::ensure!(
