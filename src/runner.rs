@@ -74,8 +74,13 @@ pub fn exclusive(
             }
         }
         let held = lab::hold::Holds::take(inventory, pair)?;
-        if let Err(who) = &held {
-            held_elsewhere.insert(pair, (Instant::now(), who.clone()));
+        match &held {
+            // Nobody else runs on the pair now: what is there of a run
+            // that is gone is left over.
+            Ok(_) => lab::leftovers::remove(inventory, pair)?,
+            Err(who) => {
+                held_elsewhere.insert(pair, (Instant::now(), who.clone()));
+            }
         }
         Ok(held)
     };

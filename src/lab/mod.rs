@@ -12,6 +12,7 @@
 pub mod calibration;
 pub mod cleanup;
 pub mod hold;
+pub mod leftovers;
 pub mod libvirtd;
 pub mod link;
 pub mod netns;
@@ -308,7 +309,7 @@ impl Lab {
     /// (both simulated hosts' pools losing the disks of killed runs first);
     /// returns its path there. Deleted with the lab.
     pub fn create_disk(&self, bytes: u64) -> Result<String> {
-        let name = pool::disk_name(self.id());
+        let name = pool::disk_name(owner::Owner::this()?, self.id());
         let pool = self.pool(&self.source)?;
         if self.inventory.simulated {
             self.pool(&self.destination)?.remove_stale_disks(&name)?;

@@ -11,6 +11,7 @@
 //! for `storage: local`, one per pair for `storage: shared`.
 
 use super::libvirtd::Connection;
+use super::owner::Owner;
 use crate::guest::image::content_key;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -162,10 +163,9 @@ impl Pool {
     /// (a simulated lab's pools are this machine's, where one lab runs at a
     /// time), all but `keep`.
     pub fn remove_stale_disks(&self, keep: &str) -> Result<()> {
-        let stale = format!("{PREFIX}disk-");
         for vol in self.volumes()? {
             let name = vol.name()?;
-            if name.starts_with(&stale) && name != keep {
+            if name.starts_with(DISK_PREFIX) && name != keep {
                 vol.delete(0)?;
             }
         }
@@ -297,7 +297,36 @@ pub fn is_hold(name: &str) -> bool {
     name.starts_with(&hold_name(""))
 }
 
-/// A case's disk volume name: never content-named, it is written to.
-pub fn disk_name(lab_id: &str) -> String {
-    format!("{PREFIX}disk-{lab_id}")
+/// What every case disk's name starts with.
+pub const DISK_PREFIX: &str = "migsuite-disk-";
+
+/// The name of the disk of lab `lab_id`'s case, `migsuite-disk-<owner>-<n>`:
+/// never content-named (it is written to), and its maker named, so a later
+/// run can tell one left by a killed run (`super::leftovers`).
+pub fn disk_name(owner: &Owner, lab_id: &str) -> String {
+    let n = lab_id.rsplit('-').next().unwrap_or(lab_id);
+    format!("{DISK_PREFIX}{owner}-{n}")
+}
+
+/// The runner that made disk `name`, if its name says.
+pub fn disk_owner(name: &str) -> Option<Owner> {
+    Owner::parse(name.strip_prefix(DISK_PREFIX)?.rsplit_once('-')?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_names_its_maker() {
+        let owner = Owner::this().unwrap();
+        let name = disk_name(owner, &format!("migsuite-{}-3", owner.process));
+        assert!(
+            name.starts_with(DISK_PREFIX) && name.ends_with("-3"),
+            "{name}"
+        );
+        assert_eq!(disk_owner(&name).as_ref(), Some(owner));
+        // Disks of runs from before makers were named are not told apart.
+        assert_eq!(disk_owner("migsuite-disk-migsuite-4242@900-0"), None);
+    }
 }

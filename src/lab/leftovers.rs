@@ -1,0 +1,116 @@
+//! What a run killed outright (SIGKILL, a crash, a runner machine lost)
+//! left on a real pair's hosts: its guest, perhaps half migrated, and its
+//! disks. A run that holds the pair (`hold`) removes them before its case:
+//! every guest and disk names its maker (`guest::identity`,
+//! `pool::disk_owner`), and one whose maker is gone is removed. What a
+//! runner of another machine made is only named, with the command that
+//! removes it: that machine alone can tell whether its run is over.
+
+use super::libvirtd::{self, Connection};
+use super::owner::{Liveness, Owner};
+use super::pool::{self, Pool};
+use crate::guest::identity::{owner_in_metadata, METADATA_URI};
+use crate::inventory::{self, Inventory};
+use anyhow::{Context, Result};
+use std::time::Duration;
+use virt::domain::Domain;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Removes from the hosts of `pair` of `inventory` what runs that are gone
+/// left there.
+pub fn remove(inventory: &Inventory, pair: usize) -> Result<()> {
+    let pair = inventory
+        .pairs()
+        .nth(pair)
+        .with_context(|| format!("lab {} has no pair {pair}", inventory.name))?;
+    for host in pair.hosts {
+        let conn = libvirtd::connect_within(&host.uri, CONNECT_TIMEOUT)
+            .with_context(|| format!("host {} of lab {}", host.name, inventory.name))?;
+        remove_guests(&conn, host)?;
+        let pool = Pool::open(conn, &host.pool, false)
+            .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
+        remove_disks(&pool, host)?;
+    }
+    Ok(())
+}
+
+/// The guests migsuite made on `host` whose makers are gone.
+fn remove_guests(conn: &Connection, host: &inventory::Host) -> Result<()> {
+    let domains = conn
+        .list_all_domains(0)
+        .with_context(|| format!("listing host {}'s domains", host.name))?;
+    for dom in domains {
+        let Some(owner) = maker(&dom) else {
+            continue;
+        };
+        let name = dom.name().unwrap_or_default();
+        match owner.liveness()? {
+            Liveness::Alive => {}
+            Liveness::Gone => {
+                eprintln!(
+                    "migsuite: removing guest {name} from host {}, left by {}, which is gone",
+                    host.name,
+                    owner.describe()
+                );
+                if dom.is_active().unwrap_or(false) {
+                    dom.destroy()
+                        .with_context(|| format!("destroying {name} on host {}", host.name))?;
+                }
+                if dom.is_persistent().unwrap_or(false) {
+                    dom.undefine()
+                        .with_context(|| format!("undefining {name} on host {}", host.name))?;
+                }
+            }
+            Liveness::Elsewhere => eprintln!(
+                "migsuite: host {} runs guest {name} of {}; if that run is over: virsh -c {} \
+                 destroy {name}",
+                host.name,
+                owner.describe(),
+                host.uri
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The runner that made `dom`, if migsuite did.
+fn maker(dom: &Domain) -> Option<Owner> {
+    let element = dom
+        .metadata(
+            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(METADATA_URI),
+            0,
+        )
+        .ok()?;
+    owner_in_metadata(&element)
+}
+
+/// The disks in `host`'s pool whose makers are gone.
+fn remove_disks(pool: &Pool, host: &inventory::Host) -> Result<()> {
+    for name in pool.names_starting(pool::DISK_PREFIX)? {
+        let Some(owner) = pool::disk_owner(&name) else {
+            continue;
+        };
+        match owner.liveness()? {
+            Liveness::Alive => {}
+            Liveness::Gone => {
+                eprintln!(
+                    "migsuite: deleting disk {name} from host {}'s pool, left by {}, which is gone",
+                    host.name,
+                    owner.describe()
+                );
+                pool.delete(&name)?;
+            }
+            Liveness::Elsewhere => eprintln!(
+                "migsuite: host {}'s pool holds disk {name} of {}; if that run is over: virsh -c \
+                 {} vol-delete {name} --pool {}",
+                host.name,
+                owner.describe(),
+                host.uri,
+                host.pool
+            ),
+        }
+    }
+    Ok(())
+}
