@@ -29,10 +29,11 @@ pub struct FailureMonitor {
 }
 
 impl FailureMonitor {
-    /// The monitor at the lab's `monitor` address. A simulated lab's hosts
-    /// get an agent each, under a new key; a real lab's run their own, under
-    /// the key of its inventory.
-    pub fn start(lab: &Lab) -> Result<FailureMonitor> {
+    /// The monitor at the lab's `monitor` address, once both hosts are
+    /// heard up within `timeout`. A simulated lab's hosts get an agent
+    /// each, under a new key; a real lab's run their own, under the key of
+    /// its inventory.
+    pub fn start(lab: &Lab, timeout: Duration) -> Result<FailureMonitor> {
         let inventory = &lab.inventory;
         let to = SocketAddr::from((inventory.monitor, MONITOR_PORT));
         let socket = lab
@@ -59,6 +60,14 @@ impl FailureMonitor {
                     eprintln!("migsuite: host {name}'s agent stopped: {e:#}");
                 }
             }));
+        }
+        // A run killed after its order left a real host's agent announcing
+        // going down: the steady state before the warning is both hosts up.
+        for host in [&lab.source, &lab.destination] {
+            let agent = (host.agent, heartbeat::AGENT_PORT).into();
+            monitor
+                .stand_up(&host.name, agent, timeout)
+                .with_context(|| format!("host {}'s agent at {agent}", host.name))?;
         }
         Ok(FailureMonitor {
             monitor,

@@ -558,7 +558,7 @@ fn run_once(
         from
     };
     let direction = format!("{from}->{to}");
-    let monitor = FailureMonitor::start(lab)?;
+    let monitor = FailureMonitor::start(lab, ANSWER_TIMEOUT)?;
     let sampling_from = Instant::now();
     let sampler = Sampler::start(
         Duration::from_millis(case.sampling.interval_ms),
