@@ -71,22 +71,84 @@ fn suite_for_standin(dir: &Path) -> PathBuf {
     path
 }
 
-/// The domains host `host` (1 or 2) has, asked from the runner machine.
+/// What `virsh <args>` says of host `host` (1 or 2), asked from the
+/// runner machine.
+fn virsh(host: u8, args: &[&str]) -> String {
+    let uri = format!("qemu+ssh://root@10.248.0.{host}/system");
+    let mut argv = vec![STANDIN, "exec", "virsh", "-c", &uri];
+    argv.extend_from_slice(args);
+    duct::cmd("bash", argv).dir(root()).read().unwrap()
+}
+
+/// The domains host `host` has.
 fn domains(host: u8) -> String {
-    duct::cmd!(
+    virsh(host, &["list", "--all", "--name"])
+}
+
+/// The case disks and holds in host `host`'s pool.
+fn disks_and_holds(host: u8) -> Vec<String> {
+    virsh(host, &["vol-list", "--pool", "migsuite"])
+        .split_whitespace()
+        .filter(|w| w.starts_with("migsuite-disk-") || w.starts_with("migsuite-held-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts a run of `suite`'s kvm-pv case on the lab of `inventory` and
+/// SIGKILLs it once its migration moves bytes: what it made on the hosts
+/// stays there (it had no chance to undo it). Returns what it left.
+fn killed_mid_migration(migsuite: &str, inventory: &str, suite: &Path, reports: &Path) -> String {
+    let run = duct::cmd!(
         "bash",
         STANDIN,
         "exec",
-        "virsh",
-        "-c",
-        format!("qemu+ssh://root@10.248.0.{host}/system"),
-        "list",
-        "--all",
-        "--name"
+        migsuite,
+        "run",
+        "--lab",
+        inventory,
+        "--filter",
+        "kvm-pv",
+        "--repeat",
+        "1",
+        "--report-dir",
+        reports,
+        suite
     )
     .dir(root())
-    .read()
-    .unwrap()
+    .stderr_to_stdout()
+    .unchecked()
+    .reader()
+    .unwrap();
+    let mut said = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(&run)) {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        // The stand-in's `exec` is migsuite itself (exec, then ip netns exec).
+        if line.contains("migrating:") {
+            for pid in run.pids() {
+                duct::cmd!("kill", "-KILL", pid.to_string()).run().unwrap();
+            }
+            break;
+        }
+    }
+    assert!(
+        said.contains("migrating:"),
+        "the run to kill never migrated:\n{said}"
+    );
+    let _ = run.kill();
+    let left: Vec<String> = [1, 2]
+        .into_iter()
+        .flat_map(|h| {
+            domains(h)
+                .lines()
+                .chain(disks_and_holds(h).iter().map(String::as_str))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| !w.trim().is_empty())
+        .collect();
+    left.join(" ")
 }
 
 /// Runs `suite`'s cases matching `filter` on the lab of `inventory`, from
@@ -118,6 +180,19 @@ fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Pa
         run.status.success(),
         "migsuite run --lab {inventory} failed:\n{said}"
     );
+    // What it cleaned up, and the warnings' sequence numbers.
+    for line in said.lines().filter(|l| {
+        [
+            "removing",
+            "deleting",
+            "taking over",
+            "warned it is going down",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    }) {
+        eprintln!("{line}");
+    }
     let report = std::fs::read_dir(reports)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -176,6 +251,16 @@ fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     let suite = suite_for_standin(dir.path());
     let _lab = Standin::up(migsuite);
+    // A run killed outright leaves its guest, disk and holds; the next run
+    // (over ssh, below) must remove them and pass.
+    let left = killed_mid_migration(
+        migsuite,
+        "/run/migsuite-standin/lab-ssh.yaml",
+        &suite,
+        &dir.path().join("killed"),
+    );
+    assert!(left.contains("x0-"), "the killed run left no guest: {left}");
+    eprintln!("left by the killed run: {left}");
     // Both rows over ssh; over TLS one (the transport is what differs).
     for (transport, filter, rows) in [("ssh", "kvm", 2), ("tls", "kvm-pv", 1)] {
         let reports = dir.path().join(transport);
@@ -185,9 +270,15 @@ fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
         for case in &cases {
             check_case(case, transport);
         }
-        // Each case destroyed its guest, wherever it went.
+        // Each case destroyed its guest, wherever it went, and let its
+        // hosts go; nothing of the killed run is left.
         for host in [1, 2] {
             assert_eq!(domains(host).trim(), "", "host {host} after {transport}");
+            assert_eq!(
+                disks_and_holds(host),
+                Vec::<String>::new(),
+                "host {host} after {transport}"
+            );
         }
     }
 }
