@@ -3,6 +3,7 @@
 
 use crate::case::Case;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Bytes in a MiB, for the figures reported in MiB.
 pub const MIB: f64 = (1u64 << 20) as f64;
@@ -43,6 +44,44 @@ pub struct Provenance {
     pub host_cpus: Option<u32>,
     #[serde(default)]
     pub host_memory_mib: Option<f64>,
+    /// A real lab's hosts in the inventory's order, each with its machine;
+    /// empty on a simulated lab, whose hosts are this machine
+    /// (`host_cpus`), and in reports written before they were recorded.
+    #[serde(default)]
+    pub real_hosts: Vec<RealHost>,
+}
+
+/// A real lab's host and its machine as its libvirt told it (Err: why it
+/// did not).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RealHost {
+    pub name: String,
+    pub machine: Result<Machine, String>,
+}
+
+/// A host's machine as its libvirt tells (`lab::survey::machine`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: u32,
+    /// The architecture, then the host CPU's vendor and model where
+    /// libvirt's capabilities give them: "x86_64, AMD EPYC-Rome".
+    pub cpu: String,
+    pub memory_mib: u64,
+    /// libvirt's host UUID (the SMBIOS system UUID unless libvirtd.conf's
+    /// `host_uuid` says otherwise), which tells a host replaced by a machine
+    /// of the same make; None where libvirt gives none.
+    pub uuid: Option<String>,
+}
+
+/// "2 CPUs (x86_64, AMD EPYC-Rome), 2971 MiB".
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} CPUs ({}), {} MiB",
+            self.cpus, self.cpu, self.memory_mib
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ use crate::lab::netns;
 use crate::lab::{self, Lab, Place};
 use crate::lab::{calibration, link};
 use crate::measure::{
-    Calibration, CaseResult, Outcome, Pass, ProgressSample, Provenance, RunMeasurement, Timeline,
-    Unit, MIB,
+    Calibration, CaseResult, Machine, Outcome, Pass, ProgressSample, Provenance, RealHost,
+    RunMeasurement, Timeline, Unit, MIB,
 };
 use crate::neighbours::{Census, Neighbours};
 use crate::observer::{longest_gap_ms, Observer};
@@ -468,25 +468,35 @@ fn provenance(
 ) -> Provenance {
     // A real lab's hosts are not this machine: their CPUs, memory and
     // kernel are not the runner's to report.
-    let (host_kind, this_machine) = match lab.source.place {
-        Place::Simulated(_) => (
-            format!(
-                "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
-                num_cpus()
-            ),
-            true,
-        ),
-        Place::Real => (
-            // In the inventory's order, wherever the guest went.
-            format!(
-                "real lab: host {} {}; host {} {}",
-                lab.host(0).name,
-                real_machine(lab, lab.host(0)),
-                lab.host(1).name,
-                real_machine(lab, lab.host(1))
-            ),
-            false,
-        ),
+    let this_machine = matches!(lab.source.place, Place::Simulated(_));
+    let real_hosts: Vec<RealHost> = if this_machine {
+        Vec::new()
+    } else {
+        // In the inventory's order, wherever the guest went.
+        [lab.host(0), lab.host(1)]
+            .map(|host| RealHost {
+                name: host.name.clone(),
+                machine: real_machine(lab, host),
+            })
+            .into()
+    };
+    let host_kind = if this_machine {
+        format!(
+            "local lab: 2 network-namespace hosts on one machine ({} CPUs)",
+            num_cpus()
+        )
+    } else {
+        let hosts: Vec<String> = real_hosts
+            .iter()
+            .map(|h| match &h.machine {
+                Ok(machine) => format!("host {} {machine}", h.name),
+                Err(e) => format!(
+                    "host {} (its libvirt did not tell its machine: {e})",
+                    h.name
+                ),
+            })
+            .collect();
+        format!("real lab: {}", hosts.join("; "))
     };
     Provenance {
         accel: info.accel,
@@ -506,20 +516,19 @@ fn provenance(
         beside,
         host_cpus: this_machine.then(|| num_cpus() as u32),
         host_memory_mib: crate::procfs::meminfo_mib("MemTotal").filter(|_| this_machine),
+        real_hosts,
     }
 }
 
 /// A real host's machine as its libvirt tells (`survey::machine`), so that
 /// figures and baselines say what they were measured on.
-fn real_machine(lab: &Lab, host: &crate::lab::Host) -> String {
-    let told = lab.connect(&host.uri).and_then(|conn| {
-        let capabilities = conn.capabilities().ok();
-        Ok(crate::lab::survey::machine(&conn, capabilities.as_deref())?)
-    });
-    match told {
-        Ok(machine) => machine,
-        Err(e) => format!("(its libvirt did not tell its machine: {e:#})"),
-    }
+fn real_machine(lab: &Lab, host: &crate::lab::Host) -> Result<Machine, String> {
+    lab.connect(&host.uri)
+        .and_then(|conn| {
+            let capabilities = conn.capabilities().ok();
+            Ok(crate::lab::survey::machine(&conn, capabilities.as_deref())?)
+        })
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The pids of `lab` (a simulated lab's namespaces' processes; a real

@@ -8,6 +8,7 @@ use super::libvirtd::{version, Connection};
 use super::pool::Pool;
 use crate::case::Hypervisor;
 use crate::inventory;
+use crate::measure::Machine;
 use std::fmt;
 
 /// One thing asked of a host, and its answer, or why there is none.
@@ -75,7 +76,9 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
         },
         Finding {
             what: "machine",
-            answer: machine(&conn, capabilities.as_deref().ok()).map_err(err),
+            answer: machine(&conn, capabilities.as_deref().ok())
+                .map(|m| m.to_string())
+                .map_err(err),
         },
         Finding {
             what: "accelerator",
@@ -104,39 +107,46 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
 }
 
 /// The host's machine as its libvirt tells: CPUs, their model (from the
-/// capabilities, where given) and memory, e.g. `2 CPUs (x86_64, AMD
-/// EPYC-Rome), 2971 MiB`.
+/// capabilities, where given), memory and the host's UUID.
 pub fn machine(
     conn: &Connection,
     capabilities: Option<&str>,
-) -> Result<String, virt::error::Error> {
+) -> Result<Machine, virt::error::Error> {
     let node = conn.node_info()?;
-    let model = capabilities.and_then(host_cpu_model);
-    Ok(format!(
-        "{} CPUs ({}{}), {} MiB",
-        node.cpus,
-        node.model,
-        model.map(|m| format!(", {m}")).unwrap_or_default(),
-        node.memory >> 10
-    ))
+    let host = capabilities.and_then(host_section);
+    Ok(Machine {
+        cpus: node.cpus,
+        cpu: match host.and_then(host_cpu_model) {
+            Some(model) => format!("{}, {model}", node.model),
+            None => node.model,
+        },
+        memory_mib: node.memory >> 10,
+        uuid: host.and_then(|h| element(h, "uuid")).map(str::to_string),
+    })
 }
 
-/// The host CPU's vendor and model from libvirt's capabilities XML
-/// (`<host><cpu>...<model>EPYC-Rome</model><vendor>AMD</vendor>`), the
-/// first `<cpu>` of `<host>`: the guests' CPUs come later.
-fn host_cpu_model(capabilities: &str) -> Option<String> {
+/// The `<host>` element of libvirt's capabilities XML: the guests' CPUs
+/// come after it.
+fn host_section(capabilities: &str) -> Option<&str> {
     let host = &capabilities[capabilities.find("<host>")?..];
+    Some(&host[..host.find("</host>")?])
+}
+
+/// The text of the first element `name` in `xml`.
+fn element<'x>(xml: &'x str, name: &str) -> Option<&'x str> {
+    let open = format!("<{name}");
+    let body = &xml[xml.find(&open)?..];
+    let text = &body[body.find('>')? + 1..];
+    Some(text[..text.find('<')?].trim())
+}
+
+/// The host CPU's vendor and model from the capabilities' `<host>`
+/// (`<cpu>...<model>EPYC-Rome</model><vendor>AMD</vendor>`).
+fn host_cpu_model(host: &str) -> Option<String> {
     let cpu = &host[host.find("<cpu>")?..];
     let cpu = &cpu[..cpu.find("</cpu>")?];
-    let element = |name: &str| -> Option<&str> {
-        let open = format!("<{name}");
-        let start = cpu.find(&open)?;
-        let body = &cpu[start..];
-        let text = &body[body.find('>')? + 1..];
-        Some(text[..text.find('<')?].trim())
-    };
-    let model = element("model")?;
-    Some(match element("vendor") {
+    let model = element(cpu, "model")?;
+    Some(match element(cpu, "vendor") {
         Some(vendor) => format!("{vendor} {model}"),
         None => model.to_string(),
     })
@@ -251,11 +261,18 @@ mod tests {
 
     #[test]
     fn the_host_cpu_is_read_from_the_hosts_cpu_not_a_guests() {
-        let caps = "<capabilities>\n  <host>\n    <uuid>u</uuid>\n    <cpu>\n                          <arch>x86_64</arch>\n      <model>EPYC-Rome</model>\n                          <vendor>AMD</vendor>\n    </cpu>\n    <secmodel>\n                          <model>apparmor</model>\n    </secmodel>\n  </host>\n  <guest>\n                        <cpu><model>qemu64</model></cpu>\n  </guest>\n</capabilities>";
-        assert_eq!(host_cpu_model(caps).as_deref(), Some("AMD EPYC-Rome"));
+        let caps = "<capabilities>\n  <host>\n    <uuid>4c4c4544-0042-4d10-8031-b4c04f4e3432</uuid>\n    <cpu>\n                          <arch>x86_64</arch>\n      <model>EPYC-Rome</model>\n                          <vendor>AMD</vendor>\n    </cpu>\n    <secmodel>\n                          <model>apparmor</model>\n    </secmodel>\n  </host>\n  <guest>\n                        <cpu><model>qemu64</model></cpu>\n  </guest>\n</capabilities>";
+        let host = host_section(caps).unwrap();
+        assert_eq!(host_cpu_model(host).as_deref(), Some("AMD EPYC-Rome"));
+        assert_eq!(
+            element(host, "uuid"),
+            Some("4c4c4544-0042-4d10-8031-b4c04f4e3432")
+        );
         let no_model = "<capabilities><host><cpu><arch>x86_64</arch></cpu>\
                         <secmodel><model>apparmor</model></secmodel></host></capabilities>";
-        assert_eq!(host_cpu_model(no_model), None);
+        let host = host_section(no_model).unwrap();
+        assert_eq!(host_cpu_model(host), None);
+        assert_eq!(element(host, "uuid"), None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub(crate) fn provenance() -> Provenance {
         beside: Default::default(),
         host_cpus: Some(2),
         host_memory_mib: Some(4096.0),
+        real_hosts: Vec::new(),
     }
 }
 
