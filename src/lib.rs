@@ -18,6 +18,7 @@ pub mod neighbours;
 pub mod observer;
 pub mod pidfd;
 pub mod procfs;
+pub mod recorded_on;
 pub mod report;
 pub mod runner;
 pub mod sampler;

@@ -28,7 +28,8 @@ pub struct Provenance {
     pub hosts: String,
     /// Host kernel release (uname -r).
     pub host_kernel: String,
-    /// e.g. "QEMU 7.2.22".
+    /// e.g. "QEMU 7.2.22": its name and version, then in parentheses what
+    /// the backend adds (Xen's nested hosts and their boot times).
     pub hypervisor_version: String,
     /// e.g. "libvirt 9.0.0".
     pub toolstack_version: String,
