@@ -371,42 +371,8 @@ impl fmt::Display for Difference {
 mod tests {
     use super::*;
     use crate::measure::RealHost;
-    use crate::report::fixtures::provenance;
+    use crate::report::fixtures::{epyc, provenance, rack, real_lab};
     use rstest::rstest;
-
-    fn epyc(memory_mib: u64, uuid: &str) -> Machine {
-        Machine {
-            cpus: 4,
-            cpu: "x86_64, AMD EPYC-Rome".into(),
-            memory_mib,
-            uuid: Some(uuid.into()),
-        }
-    }
-
-    /// A run on a real lab of hosts a and b, KVM, QEMU 8.2.2.
-    fn real(a: Machine, b: Option<Machine>) -> Provenance {
-        Provenance {
-            accel: "kvm (auto: both hosts' libvirt offers KVM)".into(),
-            host_cpus: None,
-            host_kernel: "not reported (real hosts)".into(),
-            hypervisor_version: "QEMU 8.2.2".into(),
-            real_hosts: vec![
-                RealHost {
-                    name: "a".into(),
-                    machine: Ok(a),
-                },
-                RealHost {
-                    name: "b".into(),
-                    machine: b.ok_or_else(|| "connection reset".to_string()),
-                },
-            ],
-            ..provenance()
-        }
-    }
-
-    fn rack() -> Provenance {
-        real(epyc(7940, "u-a"), Some(epyc(7940, "u-b")))
-    }
 
     fn differences(baseline: &Provenance, run: &Provenance) -> Differences {
         RecordedOn::of(run).differences_from(Some(&RecordedOn::of(baseline)))
@@ -429,7 +395,7 @@ mod tests {
 
     #[test]
     fn a_real_lab_is_each_hosts_machine() {
-        let on = RecordedOn::of(&real(epyc(7940, "u-a"), None));
+        let on = RecordedOn::of(&real_lab(epyc(7940, "u-a"), None));
         assert_eq!(
             on.lines(),
             [
@@ -446,7 +412,7 @@ mod tests {
     #[rstest]
     #[case::simulated(provenance())]
     #[case::real(rack())]
-    #[case::not_told(real(Machine { uuid: None, ..epyc(7940, "") }, None))]
+    #[case::not_told(real_lab(Machine { uuid: None, ..epyc(7940, "") }, None))]
     #[case::no_versions(Provenance {
         hypervisor_version: String::new(),
         toolstack_version: String::new(),
@@ -501,7 +467,10 @@ mod tests {
         assert_eq!(d, Differences::default());
         assert!(d.notes().is_empty());
         // A kernel reserving a little more of a host's memory.
-        let d = differences(&rack(), &real(epyc(7900, "u-a"), Some(epyc(7940, "u-b"))));
+        let d = differences(
+            &rack(),
+            &real_lab(epyc(7900, "u-a"), Some(epyc(7940, "u-b"))),
+        );
         assert!(d.comparable(), "{d:?}");
     }
 
@@ -511,7 +480,7 @@ mod tests {
             cpu: "x86_64, Intel Skylake-Server-IBRS".into(),
             ..epyc(7940, "u-b")
         };
-        let d = differences(&rack(), &real(epyc(7940, "u-a"), Some(skylake)));
+        let d = differences(&rack(), &real_lab(epyc(7940, "u-a"), Some(skylake)));
         assert!(!d.comparable());
         assert_eq!(
             d.notes(),
@@ -523,12 +492,15 @@ mod tests {
 
     #[rstest]
     #[case::replaced_host(
-        real(epyc(7940, "u-a"), Some(epyc(7940, "u-c"))),
+        real_lab(epyc(7940, "u-a"), Some(epyc(7940, "u-c"))),
         "host b's libvirt host UUID (another machine)"
     )]
-    #[case::memory_added(real(epyc(15_988, "u-a"), Some(epyc(7940, "u-b"))), "host a's memory")]
-    #[case::fewer_cpus(real(Machine { cpus: 2, ..epyc(7940, "u-a") }, Some(epyc(7940, "u-b"))), "host a's CPUs")]
-    #[case::not_told(real(epyc(7940, "u-a"), None), "host b's machine")]
+    #[case::memory_added(
+        real_lab(epyc(15_988, "u-a"), Some(epyc(7940, "u-b"))),
+        "host a's memory"
+    )]
+    #[case::fewer_cpus(real_lab(Machine { cpus: 2, ..epyc(7940, "u-a") }, Some(epyc(7940, "u-b"))), "host a's CPUs")]
+    #[case::not_told(real_lab(epyc(7940, "u-a"), None), "host b's machine")]
     #[case::accelerator(Provenance { accel: "tcg (accel: tcg)".into(), ..rack() }, "accelerator")]
     #[case::other_host(Provenance {
         real_hosts: vec![rack().real_hosts[0].clone(), RealHost { name: "c".into(), ..rack().real_hosts[1].clone() }],

@@ -2,14 +2,16 @@
 //! process, and prints progress. The command line and the cargo test
 //! harness both drive their cases through it, so a suite table reuses the
 //! cases' runs and verdicts. The verdict is made once, here, against the
-//! baseline stored in the case's snapshot.
+//! baseline stored in the case's snapshot, if that was recorded on the
+//! machine the case ran on.
 
 use crate::case::Case;
 use crate::inventory::Inventory;
 use crate::measure::CaseResult;
-use crate::report::snapshot::{baseline, snap_body};
+use crate::recorded_on::RecordedOn;
+use crate::report::snapshot::{self, snap_body};
 use crate::runner;
-use crate::verdict::{judge, Verdict};
+use crate::verdict::{judge_stored, Verdict};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,10 +82,11 @@ impl Session {
             let stored = std::fs::read_to_string(self.snapshot_path(case))
                 .ok()
                 .map(|t| snap_body(&t).to_string());
-            let verdict = judge(
+            let verdict = judge_stored(
                 case,
                 &result.runs,
-                &stored.as_deref().map(baseline).unwrap_or_default(),
+                &RecordedOn::of(&result.provenance),
+                stored.as_deref().map(snapshot::stored).as_ref(),
             )
             .measured_beside(result.provenance.beside.clone());
             Ok(Arc::new(Judged {

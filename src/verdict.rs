@@ -1,11 +1,13 @@
-//! Did a case hold: its runs' outcomes against its expectation, and its
-//! measured figures against its bounds.
+//! Did a case hold: its runs' outcomes against its expectation, its
+//! measured figures against its bounds, and its gated figures against a
+//! baseline recorded on the same machine.
 
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{RunMeasurement, Unit};
 use crate::metrics::{METRICS, PATH_RATE};
 use crate::neighbours::Neighbours;
+use crate::recorded_on::{Differences, RecordedOn};
 use crate::stats::Summary;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -13,6 +15,13 @@ use std::fmt;
 
 /// The stored baseline: a gated metric's label -> its estimate.
 pub type Baseline = BTreeMap<String, Estimate>;
+
+/// A baseline as a snapshot stores it.
+pub struct Stored {
+    pub figures: Baseline,
+    /// None: the snapshot does not say.
+    pub recorded_on: Option<RecordedOn>,
+}
 
 /// A gated metric of this run against the stored baseline.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -24,7 +33,8 @@ pub struct Gate {
     /// brought before the comparison (`Comparison::new` is at that pace);
     /// None: compared as measured.
     pub paced_to_mbit: Option<f64>,
-    /// None: no baseline stored yet, or too few runs to compare.
+    /// None: no baseline stored yet, one of another machine, or too few
+    /// runs to compare.
     pub comparison: Option<Comparison>,
 }
 
@@ -53,6 +63,9 @@ pub struct Verdict {
     /// What else was busy on the machine meanwhile: a change the gate
     /// flags may then be the machine's rather than the code's.
     pub beside: Neighbours,
+    /// What differs between what the stored baseline was recorded on and
+    /// this run; None: no baseline stored.
+    pub since_baseline: Option<Differences>,
 }
 
 impl Verdict {
@@ -105,6 +118,34 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
         failures,
         expectation,
         beside: Neighbours::default(),
+        since_baseline: None,
+    }
+}
+
+/// The case's runs, measured on `this_run`, against the baseline `stored`
+/// in its snapshot (None: none yet). A baseline of another machine is not
+/// compared: the case fails, naming the difference. One of other versions
+/// is, and the verdict names them.
+pub fn judge_stored(
+    case: &Case,
+    runs: &[RunMeasurement],
+    this_run: &RecordedOn,
+    stored: Option<&Stored>,
+) -> Verdict {
+    let Some(stored) = stored else {
+        return judge(case, runs, &Baseline::new());
+    };
+    let differences = this_run.differences_from(stored.recorded_on.as_ref());
+    let comparable = differences.comparable();
+    let verdict = if comparable {
+        judge(case, runs, &stored.figures)
+    } else {
+        judge(case, runs, &Baseline::new())
+    };
+    Verdict {
+        passed: verdict.passed && comparable,
+        since_baseline: Some(differences),
+        ..verdict
     }
 }
 
@@ -242,13 +283,22 @@ impl fmt::Display for Verdict {
                     "\n  {:<24}new {}: {}",
                     g.metric,
                     estimate(&g.new),
-                    if g.new.n < MIN_COMPARED_RUNS {
+                    if !self
+                        .since_baseline
+                        .as_ref()
+                        .is_none_or(Differences::comparable)
+                    {
+                        "not compared (below)".to_string()
+                    } else if g.new.n < MIN_COMPARED_RUNS {
                         format!("too few runs to compare with the baseline (at least {MIN_COMPARED_RUNS})")
                     } else {
                         "no baseline stored".to_string()
                     }
                 )?,
             }
+        }
+        for note in self.since_baseline.iter().flat_map(Differences::notes) {
+            write!(f, "\n  {note}")?;
         }
         for line in &self.failures {
             write!(f, "\n  {line}")?;
@@ -268,7 +318,8 @@ impl fmt::Display for Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{case, failed, run};
+    use crate::measure::{Machine, Provenance};
+    use crate::report::fixtures::{case, epyc, failed, provenance, rack, real_lab, run};
     use approx::assert_relative_eq;
     use rstest::rstest;
 
@@ -467,6 +518,123 @@ mod tests {
         assert!(!v.passed, "{v}");
         assert_eq!(change(&v, PATH_RATE), Change::Regression, "{v}");
         assert_eq!(change(&v, "total time"), Change::Noise, "{v}");
+    }
+
+    /// What a snapshot of `runs`, measured as `prov` says, stores.
+    fn stored(c: &Case, runs: &[RunMeasurement], prov: &Provenance) -> Stored {
+        Stored {
+            figures: recorded(c, runs),
+            recorded_on: Some(RecordedOn::of(prov)),
+        }
+    }
+
+    /// `runs_at(slower)` on a lab `prov` says, against steady runs of `rack()`.
+    fn on_rack(slower: f64, prov: &Provenance) -> Verdict {
+        let c = case();
+        let baseline = stored(&c, &runs_at(1.0, None), &rack());
+        judge_stored(
+            &c,
+            &runs_at(slower, None),
+            &RecordedOn::of(prov),
+            Some(&baseline),
+        )
+    }
+
+    #[test]
+    fn a_baseline_of_the_same_machine_is_compared() {
+        let v = on_rack(1.4, &rack());
+        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        assert_eq!(v.since_baseline, Some(Default::default()));
+        assert!(!v.to_string().contains("since the baseline"), "{v}");
+    }
+
+    #[test]
+    fn a_baseline_of_another_cpu_model_is_not_compared() {
+        let skylake = Machine {
+            cpu: "x86_64, Intel Skylake-Server-IBRS".into(),
+            ..epyc(7940, "u-b")
+        };
+        let v = on_rack(1.0, &real_lab(epyc(7940, "u-a"), Some(skylake)));
+        assert!(!v.passed, "{v}");
+        assert!(v.gates.iter().all(|g| g.comparison.is_none()), "{v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("total time              new 2010.0 ms [1980.0 ms, 2050.0 ms] n=5: not compared (below)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n  not compared with the baseline, recorded on another machine: host b's CPU: \
+                 baseline recorded on `x86_64, AMD EPYC-Rome`, this run on `x86_64, Intel \
+                 Skylake-Server-IBRS`; this machine needs baselines of its own"
+            ),
+            "{text}"
+        );
+    }
+
+    /// The stand-in real lab's runs against a baseline of the simulated lab.
+    #[test]
+    fn a_simulated_labs_baseline_is_not_compared_with_a_real_labs_run() {
+        let c = case();
+        let simulated = stored(&c, &runs_at(1.0, Some(500.0)), &provenance());
+        let v = judge_stored(
+            &c,
+            &runs_at(1.0, None),
+            &RecordedOn::of(&rack()),
+            Some(&simulated),
+        );
+        assert!(!v.passed, "{v}");
+        assert!(
+            v.to_string().contains(
+                "lab: baseline recorded on `simulated, 2 network-namespace hosts on one machine \
+                 (2 CPUs)`, this run on `real hosts`"
+            ),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_new_version_is_compared_and_named_beside_the_figures() {
+        let newer = Provenance {
+            toolstack_version: "libvirt 10.0.0".into(),
+            ..rack()
+        };
+        let v = on_rack(1.4, &newer);
+        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        // Right after the gates' figures.
+        let text = v.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 1],
+            "  versions changed since the baseline (a change of the figures may be theirs): \
+             toolstack: baseline recorded on `libvirt 9.0.0`, this run on `libvirt 10.0.0`",
+            "{text}"
+        );
+        assert!(
+            lines[lines.len() - 2].starts_with("  peak memory"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_say_what_it_was_recorded_on_is_not_compared() {
+        let c = case();
+        let old = Stored {
+            recorded_on: None,
+            ..stored(&c, &runs_at(1.0, None), &rack())
+        };
+        let v = judge_stored(
+            &c,
+            &runs_at(1.0, None),
+            &RecordedOn::of(&rack()),
+            Some(&old),
+        );
+        assert!(!v.passed, "{v}");
+        assert!(
+            v.to_string()
+                .contains("machine: baseline recorded on `not stated in its snapshot`"),
+            "{v}"
+        );
     }
 
     #[test]

@@ -77,7 +77,12 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
         let (result, verdict) = (&judged.result, &judged.verdict);
         eprintln!(
             "{}\n{verdict}",
-            case_table(&case, &result.provenance, &result.runs)
+            case_table(
+                &case,
+                &result.provenance,
+                &result.runs,
+                verdict.since_baseline.as_ref()
+            )
         );
         // MIGSUITE_REBASELINE=1: the new runs become the baseline.
         let rebaseline = std::env::var_os("MIGSUITE_REBASELINE").is_some_and(|v| v == "1");
@@ -85,12 +90,19 @@ fn case_trial(session: &'static Session, case: Case) -> Trial {
         if let Some(run) = nextest_run() {
             write_case_report(&case, &judged, &run)?;
         }
+        // A failed case whose snapshot changed (a regression, a baseline of
+        // another machine) names both: why, and the proposed snapshot.
         let text = case_snapshot(verdict, &result.provenance, stored);
-        let snapshot = assert_snapshot(&session.snapshot_name(&case), text);
-        if !verdict.passed {
-            return Err(verdict.to_string().into());
+        match (
+            verdict.passed,
+            assert_snapshot(&session.snapshot_name(&case), text),
+        ) {
+            (true, snapshot) => snapshot,
+            (false, Ok(())) => Err(verdict.to_string().into()),
+            (false, Err(changed)) => {
+                Err(format!("{verdict}\n{}", changed.message().unwrap_or_default()).into())
+            }
         }
-        snapshot
     })
     .with_ignored_flag(ignore)
 }

@@ -542,7 +542,12 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
                     match session.judged(case) {
                         Ok(judged) => println!(
                             "{}\n{}\n",
-                            case_table(case, &judged.result.provenance, &judged.result.runs),
+                            case_table(
+                                case,
+                                &judged.result.provenance,
+                                &judged.result.runs,
+                                judged.verdict.since_baseline.as_ref()
+                            ),
                             judged.verdict
                         ),
                         Err(e) => eprintln!("{}: {e}", case.name()),

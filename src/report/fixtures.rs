@@ -1,7 +1,7 @@
 //! Test data shared by the unit tests of the verdict, statistics and reports.
 
 use crate::case::*;
-use crate::measure::{Outcome, Provenance, RunMeasurement, Timeline, Unit};
+use crate::measure::{Machine, Outcome, Provenance, RealHost, RunMeasurement, Timeline, Unit};
 
 pub(crate) fn case() -> Case {
     Case {
@@ -69,6 +69,43 @@ pub(crate) fn provenance() -> Provenance {
         host_memory_mib: Some(4096.0),
         real_hosts: Vec::new(),
     }
+}
+
+/// A real host's machine of 4 AMD EPYC-Rome CPUs.
+pub(crate) fn epyc(memory_mib: u64, uuid: &str) -> Machine {
+    Machine {
+        cpus: 4,
+        cpu: "x86_64, AMD EPYC-Rome".into(),
+        memory_mib,
+        uuid: Some(uuid.into()),
+    }
+}
+
+/// A run on a real lab of hosts a and b (b's libvirt not telling its
+/// machine where None), under KVM, with QEMU 8.2.2.
+pub(crate) fn real_lab(a: Machine, b: Option<Machine>) -> Provenance {
+    Provenance {
+        accel: "kvm (auto: both hosts' libvirt offers KVM)".into(),
+        host_cpus: None,
+        host_kernel: "not reported (real hosts)".into(),
+        hypervisor_version: "QEMU 8.2.2".into(),
+        real_hosts: vec![
+            RealHost {
+                name: "a".into(),
+                machine: Ok(a),
+            },
+            RealHost {
+                name: "b".into(),
+                machine: b.ok_or_else(|| "connection reset".to_string()),
+            },
+        ],
+        ..provenance()
+    }
+}
+
+/// A real lab of two such machines.
+pub(crate) fn rack() -> Provenance {
+    real_lab(epyc(7940, "u-a"), Some(epyc(7940, "u-b")))
 }
 
 /// A timeline sampled every 250 ms from -2 s: `base` before the warning,

@@ -14,6 +14,6 @@ pub mod table;
 
 pub use json::{CaseReport, RunReport};
 pub use results::{case_table, suite_table};
-pub use snapshot::{baseline, case_snapshot, snap_body};
+pub use snapshot::{case_snapshot, snap_body, stored};
 pub use study::study_table;
 pub use table::{Cell, Table};

@@ -6,6 +6,7 @@ use crate::case::{Aggregate, Case};
 use crate::landmarks::run_landmarks;
 use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
 use crate::metrics::{Metric, METRICS};
+use crate::recorded_on::Differences;
 use crate::stats::{CaseSummary, Summary};
 use crate::verdict::run_failure;
 
@@ -15,10 +16,18 @@ fn bounded() -> impl Iterator<Item = &'static Metric> {
 }
 
 /// Landmarks of every timeline and the migration figures of one case, as
-/// means over its completed runs.
-pub fn case_table(case: &Case, prov: &Provenance, runs: &[RunMeasurement]) -> Table {
+/// means over its completed runs, and what differs from what its baseline
+/// was recorded on (`since_baseline`, the verdict's).
+pub fn case_table(
+    case: &Case,
+    prov: &Provenance,
+    runs: &[RunMeasurement],
+    since_baseline: Option<&Differences>,
+) -> Table {
     let mut t = Table::new(case.name(), &["series", "measure", "value"]);
     t.notes.extend(provenance_lines(prov));
+    t.notes
+        .extend(since_baseline.into_iter().flat_map(Differences::notes));
     let failures: Vec<String> = runs
         .iter()
         .enumerate()
@@ -298,7 +307,7 @@ pub fn provenance_table(results: &[CaseResult]) -> Table {
 }
 
 /// What ran (accelerator, host), then the versions, on a line of their own
-/// (`VERSIONS`); snapshots keep only the first.
+/// (`VERSIONS`).
 fn provenance_lines(p: &Provenance) -> [String; 4] {
     [
         format!("accel: {}; host: {}", p.accel, p.host_kind),
@@ -336,6 +345,7 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::case::Hypervisor;
+    use crate::recorded_on::RecordedOn;
     use crate::report::fixtures::{case, failed, provenance, run, step};
 
     #[test]
@@ -347,7 +357,7 @@ mod tests {
             failed("timed out after 25000 ms", true),
         ];
         assert_eq!(
-            case_table(&case(), &provenance(), &runs).to_string(),
+            case_table(&case(), &provenance(), &runs, None).to_string(),
             "\
 ci::kvm-fv::mtu128::game
 accel: tcg (kvm_pvm cannot run stock kernels); host: local: 2 netns hosts on lab1
@@ -482,8 +492,23 @@ means over 2 completed runs; times in ms after the warning
     }
 
     #[test]
+    fn the_case_table_names_the_versions_since_the_baseline() {
+        let newer = Provenance {
+            hypervisor_version: "QEMU 8.0.0".into(),
+            ..provenance()
+        };
+        let since = RecordedOn::of(&newer).differences_from(Some(&RecordedOn::of(&provenance())));
+        let t = case_table(&case(), &newer, &[run(2000.0, 100.0)], Some(&since));
+        assert_eq!(
+            t.notes[4],
+            "versions changed since the baseline (a change of the figures may be theirs): \
+             hypervisor: baseline recorded on `QEMU 7.2.22`, this run on `QEMU 8.0.0`"
+        );
+    }
+
+    #[test]
     fn unmeasured_figures_are_dashes() {
-        let t = case_table(&case(), &provenance(), &[failed("timed out", true)]);
+        let t = case_table(&case(), &provenance(), &[failed("timed out", true)], None);
         assert!(t.rows.iter().all(|r| r[2] == Cell::Missing));
         let empty = CaseResult {
             case: case(),

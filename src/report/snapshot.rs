@@ -1,16 +1,20 @@
 //! Snapshot text of a judged case, one line per fact, so a change touches
-//! only its own lines: the provenance (what ran, without versions), the
-//! outcome (each failed run's reason on a line of its own), and each gated
-//! metric's baseline (median, 95 % interval, n). A metric whose new sample
-//! is noise or an improvement against the stored baseline keeps its stored
-//! line byte for byte; a regression writes the new one, for a reviewer to
-//! see in `cargo insta review`. New baselines are recorded on purpose
-//! (`MIGSUITE_REBASELINE=1`: every line new).
+//! only its own lines: what it was recorded on (`RecordedOn`: accelerator,
+//! machines, versions), the outcome (each failed run's reason on a line of
+//! its own), and each gated metric's baseline (median, 95 % interval, n).
+//! A metric whose new sample is noise or an improvement against the stored
+//! baseline keeps its stored line byte for byte; a regression writes the
+//! new one, for a reviewer to see in `cargo insta review`. The lines of what
+//! it was recorded on stay while every figure does: they are the figures'.
+//! A baseline of another machine is not compared, and every line is
+//! written anew, as when new baselines are recorded on purpose
+//! (`MIGSUITE_REBASELINE=1`).
 
 use crate::baseline::{Change, Estimate};
 use crate::measure::Provenance;
 use crate::metrics::Metric;
-use crate::verdict::{Baseline, Verdict};
+use crate::recorded_on::{Differences, RecordedOn};
+use crate::verdict::{Baseline, Stored, Verdict};
 
 /// The body of an insta `.snap` file: everything after its `---`-delimited
 /// YAML header, without the trailing newline(s) insta writes. Text without a
@@ -54,8 +58,16 @@ fn number(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// The baseline a stored snapshot holds: each metric line parsed back.
-pub fn baseline(stored: &str) -> Baseline {
+/// The baseline a stored snapshot holds: what it was recorded on, and
+/// each metric line parsed back.
+pub fn stored(text: &str) -> Stored {
+    Stored {
+        figures: figures(text),
+        recorded_on: RecordedOn::parse(text),
+    }
+}
+
+fn figures(stored: &str) -> Baseline {
     stored
         .lines()
         .filter_map(|line| {
@@ -75,13 +87,46 @@ pub fn baseline(stored: &str) -> Baseline {
         .collect()
 }
 
-/// The snapshot text of `verdict`'s case; `stored` is the snapshot it is
-/// compared with, whose lines are kept where the change is noise.
+/// The snapshot text of `verdict`'s case, measured as `prov` says; `stored`
+/// is the snapshot it is compared with, whose lines are kept where the
+/// change is noise.
 pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>) -> String {
-    let mut lines = vec![
-        verdict.case.clone(),
-        format!("accel: {}; host: {}", prov.accel, prov.host_kind),
-    ];
+    let gates: Vec<(String, bool)> = verdict
+        .gates
+        .iter()
+        .map(|g| {
+            let kept = g
+                .comparison
+                .as_ref()
+                // An improvement keeps the baseline too: a faster machine or a
+                // quieter one must not fail the gate; re-record on purpose.
+                .filter(|c| c.change != Change::Regression)
+                .and_then(|_| {
+                    stored?
+                        .lines()
+                        .find(|l| l.starts_with(&format!("{} | median ", g.metric)))
+                });
+            // A regressed figure is written at the baseline's path rate,
+            // beside the path rate line it was brought to.
+            let new = match (&g.comparison, g.paced_to_mbit) {
+                (Some(c), Some(_)) => &c.new,
+                _ => &g.new,
+            };
+            match kept {
+                Some(line) => (line.to_string(), true),
+                None => (estimate_line(g.metric, new, g.unit), false),
+            }
+        })
+        .collect();
+    let same_machine = verdict
+        .since_baseline
+        .as_ref()
+        .is_some_and(Differences::comparable);
+    let kept_on = stored
+        .and_then(RecordedOn::parse)
+        .filter(|_| same_machine && gates.iter().all(|(_, kept)| *kept));
+    let mut lines = vec![verdict.case.clone()];
+    lines.extend(kept_on.unwrap_or_else(|| RecordedOn::of(prov)).lines());
     lines.push(format!(
         "outcome: {}",
         if verdict.failures.is_empty() {
@@ -91,26 +136,7 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
         }
     ));
     lines.extend(verdict.failures.iter().map(|f| format!("outcome: {f}")));
-    for g in &verdict.gates {
-        let kept = g
-            .comparison
-            .as_ref()
-            // An improvement keeps the baseline too: a faster machine or a
-            // quieter one must not fail the gate; re-record on purpose.
-            .filter(|c| c.change != Change::Regression)
-            .and_then(|_| {
-                stored?
-                    .lines()
-                    .find(|l| l.starts_with(&format!("{} | median ", g.metric)))
-            });
-        // A regressed figure is written at the baseline's path rate, beside
-        // the path rate line it was brought to.
-        let new = match (&g.comparison, g.paced_to_mbit) {
-            (Some(c), Some(_)) => &c.new,
-            _ => &g.new,
-        };
-        lines.push(kept.map_or_else(|| estimate_line(g.metric, new, g.unit), str::to_string));
-    }
+    lines.extend(gates.into_iter().map(|(line, _)| line));
     lines.join("\n")
 }
 
@@ -118,7 +144,7 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
 mod tests {
     use super::*;
     use crate::report::fixtures::{case, provenance, run};
-    use crate::verdict::judge;
+    use crate::verdict::judge_stored;
     use rstest::rstest;
 
     fn runs(scale: f64) -> Vec<crate::measure::RunMeasurement> {
@@ -132,10 +158,16 @@ mod tests {
             .collect()
     }
 
-    fn snapshot(scale: f64, stored: Option<&str>) -> String {
-        let c = case();
-        let verdict = judge(&c, &runs(scale), &stored.map(baseline).unwrap_or_default());
-        case_snapshot(&verdict, &provenance(), stored)
+    /// The snapshot of runs `scale` times the steady ones', measured as
+    /// `prov` says, against the snapshot `old`.
+    fn snapshot_on(prov: &Provenance, scale: f64, old: Option<&str>) -> String {
+        let on = RecordedOn::of(prov);
+        let verdict = judge_stored(&case(), &runs(scale), &on, old.map(stored).as_ref());
+        case_snapshot(&verdict, prov, old)
+    }
+
+    fn snapshot(scale: f64, old: Option<&str>) -> String {
+        snapshot_on(&provenance(), scale, old)
     }
 
     #[test]
@@ -143,14 +175,16 @@ mod tests {
         let text = snapshot(1.0, None);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ci::kvm-fv::mtu128::game");
-        assert_eq!(lines[2], "outcome: as expected");
+        assert_eq!(lines[1..6], RecordedOn::of(&provenance()).lines());
+        assert_eq!(lines[6], "outcome: as expected");
         assert!(
             lines.contains(&"total time | median 2010.0 ms | 95% CI 1980.0 ms .. 2050.0 ms | n=5"),
             "{text}"
         );
-        let b = baseline(&text);
-        assert_eq!(b["total time"].median, 2010.0);
-        assert_eq!(b["stream throughput"].n, 5);
+        let b = stored(&text);
+        assert_eq!(b.figures["total time"].median, 2010.0);
+        assert_eq!(b.figures["stream throughput"].n, 5);
+        assert_eq!(b.recorded_on, Some(RecordedOn::of(&provenance())));
     }
 
     #[test]
@@ -189,6 +223,89 @@ mod tests {
             changed.iter().all(|l| !l.starts_with("downtime")),
             "{changed:?}"
         );
+    }
+
+    /// Other versions, figures within the noise: the baseline, and the
+    /// versions it was recorded with, stay.
+    #[test]
+    fn a_new_version_within_the_noise_keeps_the_snapshot() {
+        let stored = snapshot(1.0, None);
+        let newer = Provenance {
+            hypervisor_version: "QEMU 8.0.0".into(),
+            ..provenance()
+        };
+        assert_eq!(snapshot_on(&newer, 1.02, Some(&stored)), stored);
+    }
+
+    /// A regression with other versions: the new figures' lines say which.
+    #[test]
+    fn a_regression_writes_the_versions_beside_its_figures() {
+        let stored = snapshot(1.0, None);
+        let newer = Provenance {
+            hypervisor_version: "QEMU 8.0.0".into(),
+            ..provenance()
+        };
+        let new = snapshot_on(&newer, 1.3, Some(&stored));
+        let changed: Vec<&str> = new
+            .lines()
+            .filter(|l| !stored.lines().any(|o| o == *l))
+            .collect();
+        assert!(changed.contains(&"hypervisor: QEMU 8.0.0"), "{new}");
+        assert!(
+            changed.iter().all(|l| !l.starts_with("downtime")),
+            "{changed:?}"
+        );
+    }
+
+    /// Another machine's snapshot: every line is this run's, as a new
+    /// baseline's.
+    #[rstest]
+    #[case::four_cpus(Provenance { host_cpus: Some(4), ..provenance() })]
+    #[case::kvm(Provenance { accel: "kvm (auto)".into(), ..provenance() })]
+    fn another_machine_proposes_a_new_baseline(#[case] other: Provenance) {
+        let stored = snapshot(1.0, None);
+        assert_eq!(
+            snapshot_on(&other, 1.02, Some(&stored)),
+            snapshot_on(&other, 1.02, None)
+        );
+    }
+
+    /// A snapshot of before they said what they were recorded on.
+    #[test]
+    fn an_old_format_snapshot_proposes_a_new_baseline() {
+        let old = snapshot(1.0, None).replace("\nlab: simulated, ", "; host: local lab: ");
+        assert_eq!(snapshot(1.02, Some(&old)), snapshot(1.02, None), "{old}");
+    }
+
+    /// The gate's snapshots read as what any CI machine of the kind (2
+    /// CPUs) records, whatever its CPU model, memory, kernel and versions.
+    #[test]
+    fn the_gates_snapshots_were_recorded_on_the_ci_kind() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+        let gate: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .filter(|p| !p.to_string_lossy().contains('@'))
+            .collect();
+        assert!(!gate.is_empty());
+        for file in gate {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let body = snap_body(&text);
+            let on = stored(body).recorded_on;
+            let on = on.unwrap_or_else(|| panic!("{} does not say", file.display()));
+            // Kept as they are, when kept.
+            assert!(body.lines().skip(1).zip(on.lines()).all(|(a, b)| a == b));
+            let ci_machine = Provenance {
+                accel: on.accel.clone(),
+                host_cpus: Some(2),
+                host_memory_mib: Some(7000.0),
+                host_kernel: "6.1.0-99-amd64".into(),
+                ..provenance()
+            };
+            let d = RecordedOn::of(&ci_machine).differences_from(Some(&on));
+            assert!(d.comparable(), "{}: {d:?}", file.display());
+        }
     }
 
     #[rstest]
