@@ -29,6 +29,12 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1)
     });
+    // MIGSUITE_REPEAT: runs per case instead of the suites' `repeat`.
+    let repeat = migsuite::suite::repeat_override(None).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    let cases = migsuite::suite::with_repeat(cases, repeat);
     // MIGSUITE_LAB names the lab's inventory; without it, the built-in pair.
     let lab = Inventory::from_env()
         .and_then(|lab| lab.check_gate(&cases).map(|()| lab))

@@ -64,8 +64,9 @@ enum Command {
         #[arg(long)]
         filter: Option<String>,
         /// Runs per case instead of the suites' `repeat` (1 to 100), e.g. a
-        /// quicker pass over a long lab-tier suite.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        /// quicker pass over a long lab-tier suite; by default
+        /// $MIGSUITE_REPEAT, else the suites'.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(migsuite::suite::MAX_REPEAT)))]
         repeat: Option<u32>,
         /// Where the JSON report of each suite goes.
         #[arg(long, default_value = "target/migsuite/reports")]
@@ -175,6 +176,10 @@ fn main() -> ExitCode {
             lab,
         } => cases(&paths).and_then(|cases| {
             let lab = inventory(lab)?;
+            let repeat = migsuite::suite::repeat_override(repeat).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            })?;
             let selected: Vec<Case> = cases
                 .into_iter()
                 .filter(|c| {
@@ -182,12 +187,12 @@ fn main() -> ExitCode {
                         .as_ref()
                         .is_none_or(|f| c.name().contains(f.as_str()))
                 })
-                .map(|c| Case {
-                    repeat: repeat.unwrap_or(c.repeat),
-                    ..c
-                })
                 .collect();
-            Ok(run(&selected, lab, &report_dir))
+            Ok(run(
+                &migsuite::suite::with_repeat(selected, repeat),
+                lab,
+                &report_dir,
+            ))
         }),
         Command::Merge { paths, report_dir } => {
             cases(&[PathBuf::from("suites")]).map(|cases| merge(&paths, &cases, &report_dir))

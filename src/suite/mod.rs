@@ -8,6 +8,7 @@
 
 mod expand;
 mod model;
+mod repeat;
 mod scalar;
 mod units;
 
@@ -18,6 +19,7 @@ mod tests;
 
 use crate::case::Case;
 use crate::yaml::{Document, FieldPath, FileError, Invalid, Kind};
+pub use repeat::{repeat_override, with_repeat, MAX_REPEAT};
 use std::path::{Path, PathBuf};
 
 const SUITE: Kind = Kind {

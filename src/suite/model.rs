@@ -4,6 +4,7 @@
 
 use super::scalar::{Count, PacketSizeDef};
 use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
+use super::MAX_REPEAT;
 use crate::yaml::scalar::Mtu;
 
 /// Ranges of the quantities a suite may give, in ms and %.
@@ -45,7 +46,7 @@ pub(super) struct Suite {
     pub failure: FailureDef,
     pub migration: Option<MigrationDef>,
     pub faults: Option<FaultsDef>,
-    pub repeat: Option<Count<1, 100>>,
+    pub repeat: Option<Count<1, MAX_REPEAT>>,
     pub sampling: Option<SamplingDef>,
     pub bounds: Option<BoundsDef>,
     #[serde(default)]
