@@ -75,6 +75,10 @@ index_of() {
 }
 other_of() { [ "$1" = a ] && echo b || echo a; }
 # Each NIC a fixed MAC, so the host's network files match it by address.
+# A host's SMBIOS UUID, which libvirt reports as the host's: the same for
+# host a (or b) of every stand-in, since baselines are bound to it and the
+# recipe, not a boot, makes the machine.
+host_uuid() { printf '5374616e-6469-6e00-8000-0000000000%02x' "$(index_of "$1")"; }
 mac_of() { printf '52:54:00:5e:%02x:%02x' "$(index_of "$1")" "$2"; }
 ns_exists() { [ -e "/run/netns/$1" ]; }
 on_runner() { ip netns exec "$RUNNER" "$@"; }
@@ -359,7 +363,7 @@ start_host() {
   # guests with it; kvm_amd loads and offers /dev/kvm).
   setsid ip netns exec "$FABRIC" qemu-system-x86_64 -name "standin-$h" \
     -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp "$HOST_CPUS" -m "$HOST_MEMORY" \
-    -uuid "$(cat /proc/sys/kernel/random/uuid)" \
+    -uuid "$(host_uuid "$h")" \
     -nodefaults -display none -no-reboot \
     -serial "file:$dir/console.log" \
     -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \

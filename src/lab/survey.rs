@@ -121,7 +121,7 @@ pub fn machine(
             None => node.model,
         },
         memory_mib: node.memory >> 10,
-        uuid: host.and_then(|h| element(h, "uuid")).map(str::to_string),
+        uuid: capabilities.and_then(host_uuid),
     })
 }
 
@@ -155,9 +155,7 @@ fn host_cpu_model(host: &str) -> Option<String> {
 /// The host's UUID from libvirt's capabilities XML (`<host><uuid>`): the
 /// machine's SMBIOS UUID, or the daemon's `host_uuid`.
 pub fn host_uuid(capabilities: &str) -> Option<String> {
-    let host = &capabilities[capabilities.find("<host>")?..];
-    let uuid = &host[host.find("<uuid>")? + "<uuid>".len()..];
-    let uuid = uuid[..uuid.find("</uuid>")?].trim();
+    let uuid = element(host_section(capabilities)?, "uuid")?;
     uuid::Uuid::parse_str(uuid).ok().map(|u| u.to_string())
 }
 
@@ -283,6 +281,9 @@ mod tests {
             host_uuid(caps).as_deref(),
             Some("52a1e2c4-0000-4000-8000-0123456789ab")
         );
-        assert_eq!(host_uuid("<capabilities><host><uuid>u</uuid></host>"), None);
+        assert_eq!(
+            host_uuid("<capabilities><host><uuid>u</uuid></host></capabilities>"),
+            None
+        );
     }
 }
