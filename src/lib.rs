@@ -7,6 +7,7 @@ pub mod backend;
 pub mod baseline;
 pub mod case;
 pub mod failure;
+pub mod goodput;
 pub mod guest;
 pub mod heartbeat;
 pub mod inventory;

@@ -8,16 +8,12 @@ use super::link::tx_bytes as link_tx_bytes;
 use super::netns::Netns;
 use super::{cleanup, network, Lab};
 use crate::case::LinkSpec;
-use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
+use crate::goodput::{self, mbit};
+use anyhow::{Context, Result};
 use std::net::Ipv4Addr;
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Bytes received before this much time has passed are not counted: TCP's
-/// slow start and the token bucket's initial burst.
-const WARM_UP: Duration = Duration::from_millis(100);
-const MEASURE: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the link carried: payload and wire rates, Mbit/s.
@@ -42,11 +38,19 @@ fn rates_between(from: &Netns, to: &Netns, to_addr: Ipv4Addr) -> Result<LinkRate
     let listener = to.enter(|| TcpListener::bind((to_addr, 0)))??;
     let addr = listener.local_addr()?;
     let source = from.name.clone();
-    let receiver = std::thread::spawn(move || receive(&listener, &source));
+    let receiver = std::thread::spawn(move || -> Result<LinkRates> {
+        let (mut stream, _) = listener.accept()?;
+        let window = goodput::receive(&mut stream, || link_tx_bytes(&source))
+            .context("calibration: measuring the migration link")?;
+        Ok(LinkRates {
+            goodput_mbit: window.goodput_mbit(),
+            wire_mbit: mbit(window.closed.saturating_sub(window.opened), window.elapsed),
+        })
+    });
     let stream = from
         .enter(|| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))?
         .with_context(|| format!("calibration: connecting to {addr} over the migration link"))?;
-    send(stream);
+    goodput::send(stream);
     receiver.join().expect("calibration receiver panicked")
 }
 
@@ -61,64 +65,4 @@ pub fn bare_pair_rates(link: &LinkSpec) -> Result<LinkRates> {
     network::cable([&a, &b], [0, 1], link)?;
     drop(building);
     rates_between(&a, &b, network::link_addr(1))
-}
-
-/// Writes until the receiver closes, or for at most a few seconds.
-fn send(mut stream: TcpStream) {
-    let chunk = vec![0x5au8; 64 << 10];
-    let deadline = Instant::now() + WARM_UP + MEASURE + Duration::from_secs(5);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    while Instant::now() < deadline && stream.write_all(&chunk).is_ok() {}
-}
-
-fn receive(listener: &TcpListener, source_ns: &str) -> Result<LinkRates> {
-    listener.set_nonblocking(false)?;
-    let (mut stream, _) = listener.accept()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut first: Option<Instant> = None;
-    let (mut counted, mut window_start) = (0u64, None);
-    let began = Instant::now();
-    let mut wire_from = link_tx_bytes(source_ns)?;
-    let rates = |counted: u64, since: Instant, wire_from: u64| -> Result<LinkRates> {
-        let secs = since.elapsed().as_secs_f64();
-        let wire = link_tx_bytes(source_ns)?.saturating_sub(wire_from);
-        Ok(LinkRates {
-            goodput_mbit: counted as f64 * 8.0 / secs / 1e6,
-            wire_mbit: wire as f64 * 8.0 / secs / 1e6,
-        })
-    };
-    loop {
-        let n = match stream.read(&mut buf) {
-            // A link that stalls (MTU 68: the sender's minimum MSS does not
-            // fit) carries next to nothing: that is its goodput.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return rates(counted, window_start.unwrap_or(began), wire_from);
-            }
-            r => r.context("calibration: reading from the migration link")?,
-        };
-        if n == 0 {
-            bail!("calibration: the sender closed the connection early");
-        }
-        let now = Instant::now();
-        let since = now - *first.get_or_insert(now);
-        if since < WARM_UP {
-            continue;
-        }
-        // The read that opens the window carries bytes from before it.
-        let Some(start) = window_start else {
-            wire_from = link_tx_bytes(source_ns)?;
-            window_start = Some(Instant::now());
-            continue;
-        };
-        counted += n as u64;
-        if now - start >= MEASURE {
-            return rates(counted, start, wire_from);
-        }
-    }
 }
