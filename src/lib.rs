@@ -16,6 +16,7 @@ pub mod landmarks;
 pub mod measure;
 pub mod metrics;
 pub mod neighbours;
+pub mod netdev;
 pub mod observer;
 pub mod pidfd;
 pub mod procfs;

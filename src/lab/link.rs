@@ -16,16 +16,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// Bytes sent so far on the migration link, read in the calling thread's
 /// network namespace.
 fn tx_bytes_here() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(&format!("{LINK_DEV}:")))
-        .with_context(|| format!("no {LINK_DEV} in this network namespace"))?;
-    // Eight receive counters, then the bytes sent.
-    line.split_whitespace()
-        .nth(8)
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{LINK_DEV} counters: {line}"))
+    Ok(crate::netdev::counters(LINK_DEV)?.tx)
 }
 
 /// Bytes the host in namespace `ns` has sent on its migration link.
