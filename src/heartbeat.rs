@@ -33,6 +33,11 @@ const MAGIC: [u8; 4] = *b"MSH2";
 const MAC_LEN: usize = 32;
 /// The shortest key `Key::load` takes.
 const KEY_LEN: usize = 32;
+/// The most a sealed message's fields hold: with the longest host name,
+/// the message fits `DATAGRAM`.
+pub const MAX_FIELDS: usize = 512;
+/// A receiver's buffer: the longest sealed message.
+const DATAGRAM: usize = 1024;
 
 /// What a datagram says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,9 @@ pub struct Message {
     pub answers: u64,
     /// The host it is from or for.
     pub host: String,
+    /// What else it says, in a form its kind defines (empty for
+    /// heartbeats and the orders to go down and stay up).
+    pub fields: Vec<u8>,
 }
 
 /// The lab's heartbeat key, shared by the runner and the host agents.
@@ -132,9 +140,11 @@ impl Key {
 }
 
 /// `say` from or for host `host`, numbered `seq`, answering the order
-/// numbered `answers`, sealed with `key`: magic, what it says, seq, answers,
-/// the host's name (length first), then the MAC of all that.
-pub fn seal(key: &Key, say: Say, seq: u64, answers: u64, host: &str) -> Vec<u8> {
+/// numbered `answers`, with `fields` (at most `MAX_FIELDS` bytes), sealed
+/// with `key`: magic, what it says, seq, answers, the host's name (length
+/// first), the fields, then the MAC of all that. Without fields it is the
+/// same datagram as before fields existed.
+pub fn seal(key: &Key, say: Say, seq: u64, answers: u64, host: &str, fields: &[u8]) -> Vec<u8> {
     let name = &host.as_bytes()[..host.len().min(255)];
     let mut b = MAGIC.to_vec();
     b.push(say.byte());
@@ -142,6 +152,7 @@ pub fn seal(key: &Key, say: Say, seq: u64, answers: u64, host: &str) -> Vec<u8> 
     b.extend_from_slice(&answers.to_le_bytes());
     b.push(name.len() as u8);
     b.extend_from_slice(name);
+    b.extend_from_slice(&fields[..fields.len().min(MAX_FIELDS)]);
     let mut mac = key.mac();
     mac.update(&b);
     b.extend_from_slice(&mac.finalize().into_bytes());
@@ -163,11 +174,12 @@ pub fn open(key: &Key, b: &[u8]) -> Option<Message> {
     let (seq, answers) = (u64_at(5)?, u64_at(13)?);
     let len = usize::from(*body.get(21)?);
     let host = std::str::from_utf8(body.get(22..22 + len)?).ok()?;
-    (body.len() == 22 + len).then(|| Message {
+    Some(Message {
         say,
         seq,
         answers,
         host: host.to_string(),
+        fields: body[22 + len..].to_vec(),
     })
 }
 
@@ -223,11 +235,11 @@ pub fn serve(
     let (mut state, mut seq, mut replay) = (Say::Alive, Sequence::default(), Replay::default());
     let mut obeyed = 0;
     let mut next = Instant::now();
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; DATAGRAM];
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             // A monitor not listening yet is no reason to stop.
-            let _ = socket.send_to(&seal(key, state, seq.advance(), obeyed, name), monitor);
+            let _ = socket.send_to(&seal(key, state, seq.advance(), obeyed, name, &[]), monitor);
             next = Instant::now() + INTERVAL;
         }
         let wait = next.saturating_duration_since(Instant::now());
@@ -295,11 +307,12 @@ impl Monitor {
         &self.key
     }
 
-    /// Sends `say` to host `host`'s agent at `agent`; returns its seq.
-    pub fn order(&self, host: &str, agent: SocketAddr, say: Say) -> Result<u64> {
+    /// Sends `say` with `fields` to host `host`'s agent at `agent`;
+    /// returns its seq.
+    fn order(&self, host: &str, agent: SocketAddr, say: Say, fields: &[u8]) -> Result<u64> {
         let seq = self.seq.lock().unwrap_or_else(|p| p.into_inner()).advance();
         self.socket
-            .send_to(&seal(&self.key, say, seq, 0, host), agent)
+            .send_to(&seal(&self.key, say, seq, 0, host, fields), agent)
             .with_context(|| format!("ordering host {host}'s agent at {agent}"))?;
         Ok(seq)
     }
@@ -307,31 +320,37 @@ impl Monitor {
     /// Orders host `host` (agent at `agent`) to go down, until its warning
     /// is heard, or `timeout`.
     pub fn bring_down(&self, host: &str, agent: SocketAddr, timeout: Duration) -> Result<Heard> {
-        self.until_answered(host, agent, Say::GoDown, timeout)
+        let going_down = |m: &Message| (m.say == Say::GoingDown).then_some(());
+        let (heard, ()) = self.ask(host, agent, Say::GoDown, &[], going_down, timeout)?;
+        Ok(heard)
     }
 
     /// Orders host `host` (agent at `agent`) to stay up, until it is heard
     /// alive again, or `timeout`: once ordered down, an agent announces
     /// going down until told otherwise.
     pub fn stand_up(&self, host: &str, agent: SocketAddr, timeout: Duration) -> Result<Heard> {
-        self.until_answered(host, agent, Say::StayUp, timeout)
+        let alive = |m: &Message| (m.say == Say::Alive).then_some(());
+        let (heard, ()) = self.ask(host, agent, Say::StayUp, &[], alive, timeout)?;
+        Ok(heard)
     }
 
-    /// Sends `order` to host `host`'s agent at `agent`, again every
-    /// `INTERVAL` (datagrams get lost), until the host's heartbeat that
-    /// answers one of these orders is heard (authenticated, fresh, not
-    /// played back), or `timeout`.
-    fn until_answered(
+    /// Sends `order` with `fields` to host `host`'s agent at `agent`, again
+    /// every `INTERVAL` (datagrams get lost), until the host's answer to
+    /// one of these orders that `wanted` takes is heard (authenticated,
+    /// fresh, not played back), or `timeout`; returns it with what
+    /// `wanted` made of it.
+    pub fn ask<T>(
         &self,
         host: &str,
         agent: SocketAddr,
         order: Say,
+        fields: &[u8],
+        wanted: impl Fn(&Message) -> Option<T>,
         timeout: Duration,
-    ) -> Result<Heard> {
-        let answer = order.answer().expect("only orders are sent");
+    ) -> Result<(Heard, T)> {
         let deadline = Instant::now() + timeout;
         let mut unauthenticated = BTreeSet::new();
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; DATAGRAM];
         // What is queued was sent before these orders and answers none of
         // them: dropped unheeded, but where forgeries came from is told.
         self.socket.set_nonblocking(true)?;
@@ -341,11 +360,11 @@ impl Monitor {
             }
         }
         self.socket.set_nonblocking(false)?;
-        let first_order = self.order(host, agent, order)?;
+        let first_order = self.order(host, agent, order, fields)?;
         let mut next_order = Instant::now() + INTERVAL;
         while Instant::now() < deadline {
             if Instant::now() >= next_order {
-                self.order(host, agent, order)?;
+                self.order(host, agent, order, fields)?;
                 next_order = Instant::now() + INTERVAL;
             }
             let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
@@ -357,25 +376,25 @@ impl Monitor {
             };
             // Orders' seqs rise (the runner's clock): an answer to an
             // earlier call's order names one below this call's first.
-            if heard.say == answer
-                && heard.host == host
-                && heard.answers >= first_order
-                && self
-                    .replay
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .accept(host, heard.seq)
-            {
-                return Ok(Heard {
+            if heard.host != host || heard.answers < first_order {
+                continue;
+            }
+            let Some(taken) = wanted(&heard) else {
+                continue;
+            };
+            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            if replay.accept(host, heard.seq) {
+                let heard = Heard {
                     at: Instant::now(),
                     first_order,
                     seq: heard.seq,
                     answers: heard.answers,
                     unauthenticated,
-                });
+                };
+                return Ok((heard, taken));
             }
         }
-        bail!("host {host}'s agent at {agent} did not answer {order:?} with {answer:?} within {timeout:?}")
+        bail!("host {host}'s agent at {agent} did not answer {order:?} within {timeout:?}")
     }
 }
 
@@ -387,12 +406,13 @@ mod tests {
     #[test]
     fn a_sealed_message_opens_only_with_its_key_and_intact() {
         let (key, other) = (Key::random().unwrap(), Key::random().unwrap());
-        let sealed = seal(&key, Say::GoingDown, 42, 41, "a");
+        let sealed = seal(&key, Say::GoingDown, 42, 41, "a", b"fields");
         let message = Message {
             say: Say::GoingDown,
             seq: 42,
             answers: 41,
             host: "a".into(),
+            fields: b"fields".to_vec(),
         };
         assert_eq!(open(&key, &sealed), Some(message));
         assert_eq!(open(&other, &sealed), None);
@@ -411,6 +431,23 @@ mod tests {
         mac.update(&old);
         old.extend_from_slice(&mac.finalize().into_bytes());
         assert_eq!(open(&key, &old), None);
+    }
+
+    /// Heartbeats and the orders to go down and stay up carry no fields:
+    /// they are the datagrams agents and runners sent before fields existed.
+    #[test]
+    fn a_message_without_fields_is_as_before_fields_existed() {
+        let key = Key::random().unwrap();
+        let mut before = b"MSH2\x01".to_vec();
+        before.extend_from_slice(&42u64.to_le_bytes());
+        before.extend_from_slice(&41u64.to_le_bytes());
+        before.extend_from_slice(b"\x01a");
+        let mut mac = key.mac();
+        mac.update(&before);
+        before.extend_from_slice(&mac.finalize().into_bytes());
+        assert_eq!(seal(&key, Say::GoingDown, 42, 41, "a", &[]), before);
+        let long = seal(&key, Say::GoingDown, 42, 41, "a", &[7; 2 * MAX_FIELDS]);
+        assert_eq!(open(&key, &long).unwrap().fields.len(), MAX_FIELDS);
     }
 
     #[test]
@@ -497,6 +534,7 @@ mod tests {
             Sequence::default().advance(),
             0,
             "a",
+            &[],
         );
         forger.send_to(&forged, to).unwrap();
         let heard = monitor
@@ -539,7 +577,7 @@ mod tests {
         let window = Duration::from_secs(1);
         runner
             .send_to(
-                &seal(&key, Say::GoDown, seq.advance(), 0, "b"),
+                &seal(&key, Say::GoDown, seq.advance(), 0, "b", &[]),
                 agent.orders,
             )
             .unwrap();
@@ -548,12 +586,12 @@ mod tests {
             !says.is_empty() && says.iter().all(|s| *s == Say::Alive),
             "{says:?}"
         );
-        let down = seal(&key, Say::GoDown, seq.advance(), 0, "a");
+        let down = seal(&key, Say::GoDown, seq.advance(), 0, "a", &[]);
         runner.send_to(&down, agent.orders).unwrap();
         assert!(heard(&key, monitor, window).contains(&Say::GoingDown));
         runner
             .send_to(
-                &seal(&key, Say::StayUp, seq.advance(), 0, "a"),
+                &seal(&key, Say::StayUp, seq.advance(), 0, "a", &[]),
                 agent.orders,
             )
             .unwrap();
@@ -669,7 +707,7 @@ mod tests {
                 let order = open(&key, &buf[..n]).unwrap();
                 let mut seq = Sequence::default();
                 for answers in [earlier, order.seq] {
-                    let going_down = seal(&key, Say::GoingDown, seq.advance(), answers, "a");
+                    let going_down = seal(&key, Say::GoingDown, seq.advance(), answers, "a", &[]);
                     agent.send_to(&going_down, to).unwrap();
                     std::thread::sleep(Duration::from_millis(50));
                 }
