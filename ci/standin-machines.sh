@@ -25,7 +25,8 @@
 #   lan   10.247.0.0/24  guest LAN: each host's br0 (no address), the guest
 #                        .100, the runner's observer .254
 #   mig   10.246.0.0/24  migration network: hosts .1 and .2 (migration and
-#                        NBD streams, ports 49152-49215)
+#                        NBD streams, ports 49152-49215; the host agents'
+#                        measurement of it, TCP 7004)
 # Inventories: /run/migsuite-standin/lab-ssh.yaml and lab-tls.yaml.
 set -euo pipefail
 

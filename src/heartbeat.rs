@@ -8,7 +8,10 @@
 //! LAN) a warning or an order can be neither forged nor played back. Every
 //! heartbeat names the last order its agent obeyed, so the monitor takes
 //! only the answer to its own order, never one queued or captured before.
+//! The agents also take the tasks of the migration network's measurement
+//! (`crate::probe`), answered to the monitor the same way.
 
+use crate::probe;
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -50,6 +53,14 @@ pub enum Say {
     GoDown,
     /// Runner to host agent: announce being alive from now on.
     StayUp,
+    /// Runner to host agent: a task of the migration network's
+    /// measurement (fields: `probe::Order`).
+    Probe,
+    /// Host agent to runner: where that task is (fields: `probe::Answer`).
+    Probed,
+    /// Sending agent to receiving agent: the first frame of a
+    /// measurement's connection (fields: the measurement's token).
+    Stream,
 }
 
 impl Say {
@@ -59,21 +70,30 @@ impl Say {
             Say::GoingDown => 1,
             Say::GoDown => 2,
             Say::StayUp => 3,
+            Say::Probe => 4,
+            Say::Probed => 5,
+            Say::Stream => 6,
         }
     }
 
     fn from_byte(b: u8) -> Option<Say> {
-        [Say::Alive, Say::GoingDown, Say::GoDown, Say::StayUp]
+        use Say::*;
+        [Alive, GoingDown, GoDown, StayUp, Probe, Probed, Stream]
             .into_iter()
             .find(|s| s.byte() == b)
     }
 
-    /// What an agent says once it obeyed this order; None if it is none.
-    fn answer(self) -> Option<Say> {
+    fn is_order(self) -> bool {
+        matches!(self, Say::GoDown | Say::StayUp | Say::Probe)
+    }
+
+    /// What an agent's heartbeats say once it obeyed this order; None if
+    /// the order is not about its heartbeats.
+    fn heartbeat(self) -> Option<Say> {
         match self {
             Say::GoDown => Some(Say::GoingDown),
             Say::StayUp => Some(Say::Alive),
-            Say::Alive | Say::GoingDown => None,
+            _ => None,
         }
     }
 }
@@ -85,7 +105,7 @@ pub struct Message {
     /// The sender's sequence number.
     pub seq: u64,
     /// A heartbeat's: the seq of the last order its agent obeyed (0 before
-    /// any); an order's: 0.
+    /// any); an answer's: the order it answers; an order's: 0.
     pub answers: u64,
     /// The host it is from or for.
     pub host: String,
@@ -102,7 +122,7 @@ impl Key {
     /// A new random key: a simulated lab's, whose agents are this process's.
     pub fn random() -> Result<Key> {
         let mut bytes = vec![0u8; KEY_LEN];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        random(&mut bytes)?;
         Ok(Key(bytes))
     }
 
@@ -183,6 +203,12 @@ pub fn open(key: &Key, b: &[u8]) -> Option<Message> {
     })
 }
 
+/// Fills `buf` from the kernel's random source.
+pub fn random(buf: &mut [u8]) -> Result<()> {
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, buf)?;
+    Ok(())
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -224,7 +250,8 @@ const RUNNER: &str = "runner";
 
 /// A host agent, until `stop`: tells `monitor` every `INTERVAL` how host
 /// `name` is, naming the last order it obeyed, and takes orders sealed for
-/// it from `socket`, at once.
+/// it from `socket`, at once; answers a task of the link's measurement at
+/// once, with where it is (`probe::agent`).
 pub fn serve(
     name: &str,
     key: &Key,
@@ -234,6 +261,7 @@ pub fn serve(
 ) -> Result<()> {
     let (mut state, mut seq, mut replay) = (Say::Alive, Sequence::default(), Replay::default());
     let mut obeyed = 0;
+    let mut tasks = probe::agent::Tasks::new(name, key);
     let mut next = Instant::now();
     let mut buf = [0u8; DATAGRAM];
     while !stop.load(Ordering::Relaxed) {
@@ -252,16 +280,31 @@ pub fn serve(
         };
         // A heartbeat played back here is no order, and must not raise the
         // runner's last seq above its next order's.
-        let Some(answer) = order.say.answer() else {
-            continue;
-        };
-        if order.host != name || !replay.accept(RUNNER, order.seq) {
+        if !order.say.is_order() || order.host != name || !replay.accept(RUNNER, order.seq) {
             continue;
         }
-        (state, obeyed) = (answer, order.seq);
-        // At once, even if the state is the same: the monitor waits for the
-        // answer to this very order (a warning's is time zero).
-        next = Instant::now();
+        match order.say.heartbeat() {
+            Some(heartbeat) => {
+                (state, obeyed) = (heartbeat, order.seq);
+                // At once, even if the state is the same: the monitor waits
+                // for the answer to this very order (a warning's is time
+                // zero).
+                next = Instant::now();
+            }
+            None => {
+                if let Some(answer) = tasks.answer(&order.fields) {
+                    let answer = seal(
+                        key,
+                        Say::Probed,
+                        seq.advance(),
+                        order.seq,
+                        name,
+                        &answer.encode(),
+                    );
+                    let _ = socket.send_to(&answer, monitor);
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -399,9 +442,44 @@ impl Monitor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod loopback {
     use super::*;
     use std::sync::Arc;
+
+    /// Host `name`'s agent on this machine's loopback, sending its
+    /// heartbeats to `monitor` and taking orders at `orders`, until stopped.
+    pub struct Agent {
+        pub orders: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<()>>,
+    }
+
+    impl Agent {
+        pub fn start(name: &str, key: &Key, monitor: SocketAddr) -> Agent {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let orders = socket.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let (stop, key, name) = (stop.clone(), key.clone(), name.to_string());
+                std::thread::spawn(move || serve(&name, &key, &socket, monitor, &stop))
+            };
+            Agent {
+                orders,
+                stop,
+                thread,
+            }
+        }
+
+        pub fn stop(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn a_sealed_message_opens_only_with_its_key_and_intact() {
@@ -488,32 +566,22 @@ mod tests {
     struct LoopbackAgent {
         monitor: UdpSocket,
         orders: SocketAddr,
-        stop: Arc<AtomicBool>,
-        thread: std::thread::JoinHandle<Result<()>>,
+        agent: loopback::Agent,
     }
 
     impl LoopbackAgent {
         fn start(key: &Key) -> LoopbackAgent {
             let monitor = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let to = monitor.local_addr().unwrap();
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let orders = socket.local_addr().unwrap();
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = {
-                let (stop, key) = (stop.clone(), key.clone());
-                std::thread::spawn(move || serve("a", &key, &socket, to, &stop))
-            };
+            let agent = loopback::Agent::start("a", key, monitor.local_addr().unwrap());
             LoopbackAgent {
                 monitor,
-                orders,
-                stop,
-                thread,
+                orders: agent.orders,
+                agent,
             }
         }
 
         fn stop(self) {
-            self.stop.store(true, Ordering::Relaxed);
-            self.thread.join().unwrap().unwrap();
+            self.agent.stop();
         }
     }
 

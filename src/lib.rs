@@ -19,6 +19,7 @@ pub mod neighbours;
 pub mod netdev;
 pub mod observer;
 pub mod pidfd;
+pub mod probe;
 pub mod procfs;
 pub mod recorded_on;
 pub mod report;

@@ -13,6 +13,16 @@ pub struct Counters {
     pub tx: u64,
 }
 
+impl Counters {
+    /// What was counted between `earlier` and these.
+    pub fn since(self, earlier: Counters) -> Counters {
+        Counters {
+            rx: self.rx.saturating_sub(earlier.rx),
+            tx: self.tx.saturating_sub(earlier.tx),
+        }
+    }
+}
+
 /// `dev`'s counters in the calling thread's network namespace.
 pub fn counters(dev: &str) -> Result<Counters> {
     parse(&std::fs::read_to_string("/proc/thread-self/net/dev")?, dev)

@@ -376,8 +376,10 @@ fn host_agent(
         let on_signal = stop.clone();
         ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))?;
         eprintln!(
-            "host {name}'s agent: orders on {listen}:{}, heartbeats to {monitor}",
-            heartbeat::AGENT_PORT
+            "host {name}'s agent: orders on {listen}:{}, heartbeats to {monitor}, \
+             measurements on the migration address the runner gives, TCP {}",
+            heartbeat::AGENT_PORT,
+            migsuite::probe::PORT
         );
         heartbeat::serve(name, &key, &socket, monitor, &stop)
     })();
