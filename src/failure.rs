@@ -8,7 +8,7 @@
 //! orders the host to stay up again. A simulated host's agent is a thread of this process bound in
 //! the host's namespace; a real host runs `migsuite host-agent`.
 
-use crate::heartbeat::{self, Key, Monitor};
+use crate::heartbeat::{self, Monitor};
 use crate::lab::{Lab, Place};
 use crate::measure::WarningSeq;
 use crate::wire::MONITOR_PORT;
@@ -34,17 +34,8 @@ impl FailureMonitor {
     /// each, under a new key; a real lab's run their own, under the key of
     /// its inventory.
     pub fn start(lab: &Lab, timeout: Duration) -> Result<FailureMonitor> {
-        let inventory = &lab.inventory;
-        let to = SocketAddr::from((inventory.monitor, MONITOR_PORT));
-        let socket = lab
-            .on_lan(|| UdpSocket::bind(to))?
-            .with_context(|| format!("the failure monitor's address {to}"))?;
-        let key = match &inventory.heartbeat_key {
-            Some(path) => Key::load(path)
-                .with_context(|| format!("lab {}'s `heartbeat.key`", inventory.name))?,
-            None => Key::random()?,
-        };
-        let monitor = Monitor::new(socket, key)?;
+        let to = SocketAddr::from((lab.inventory.monitor, MONITOR_PORT));
+        let monitor = lab.monitor()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut agents = Vec::new();
         for host in [&lab.source, &lab.destination] {

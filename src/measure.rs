@@ -148,16 +148,23 @@ pub struct Landmarks {
 #[serde(default)]
 pub struct Calibration {
     pub mtu: u32,
-    /// TCP goodput from source to destination over the migration link;
-    /// None on a real lab, whose link migsuite does not measure.
+    /// TCP goodput from source to destination over the migration link (a
+    /// real lab's as its hosts' agents measure it; None in a real lab's
+    /// reports from before they did).
     pub goodput_mbit: Option<f64>,
     /// The rate on the wire that goodput makes (frames, headers included):
     /// what a migration stream's wire rate is compared with.
     pub wire_mbit: Option<f64>,
+    /// The same two from the destination back to the source, which the
+    /// runs going back take: measured on a real lab, whose network may
+    /// carry less one way; None on a simulated lab, whose cable is the
+    /// same both ways.
+    pub return_goodput_mbit: Option<f64>,
+    pub return_wire_mbit: Option<f64>,
     /// TCP goodput of the stream's own path where nested hosts relay it
     /// (Xen: dom0 to dom0 through the link); None where the link is the path.
     pub stream_path_goodput_mbit: Option<f64>,
-    /// The workload's dirty rate, resolved against the lesser goodput.
+    /// The workload's dirty rate, resolved against the least goodput.
     pub workload_dirty_rate_mib_s: u32,
     /// The most the guest could dirty, measured by its agent at boot.
     pub guest_dirty_capacity_mib_s: Option<f64>,
@@ -313,8 +320,9 @@ pub struct RunMeasurement {
     pub efficiency: Option<f64>,
     /// What the stream's path (the link, or nested hosts' relay where that
     /// carries less) carried just before this run, Mbit/s of TCP payload:
-    /// the machine's pace that the gate scales this run's figures by. None
-    /// on a real lab (not measured) and in one host (no path to measure).
+    /// the machine's pace that the gate scales this run's figures by (on a
+    /// real lab, as its hosts' agents measure it). None in one host (no path
+    /// to measure).
     #[serde(default)]
     pub path_rate_mbit: Option<f64>,
     /// Which heartbeat was time zero, and which order it answered; None in

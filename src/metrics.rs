@@ -172,7 +172,8 @@ impl Metric {
 
     /// Its values over the runs that completed, brought from the median of
     /// their path rates to `pace_mbit`: None for a metric of its own pace, or
-    /// when a run that measured it did not measure its path (a real lab).
+    /// when a run that measured it did not measure its path (a report from
+    /// before real labs measured theirs).
     /// One factor for the case, not one per run: a path's rate measured
     /// before each run scatters more than the runs do (nested Xen, loaded:
     /// 274-522 Mbit/s around runs of 10.0-14.2 s), so its median is the

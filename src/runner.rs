@@ -4,7 +4,7 @@
 //! measurements only; judging and reporting happen downstream.
 
 use crate::backend::{self, Backend, BackendInfo};
-use crate::case::{Case, DirtyRate, Tier};
+use crate::case::{Case, Tier};
 use crate::failure::FailureMonitor;
 use crate::inventory::Inventory;
 use crate::lab::libvirtd;
@@ -303,18 +303,18 @@ fn run_in(
 ) -> Result<CaseResult> {
     backend.prepare(lab, case)?;
     let link = calibration::link_rates(lab)?;
-    let goodput_mbit = link.as_ref().map(|l| l.goodput_mbit);
-    let wire_mbit = link.as_ref().map(|l| l.wire_mbit);
+    let back = calibration::return_rates(lab)?;
     let stream_path_goodput_mbit = backend.stream_path_goodput(lab).transpose()?;
-    let carried_mbit = carried(goodput_mbit, stream_path_goodput_mbit);
-    let dirty_rate = match (case.workload.dirty_rate, carried_mbit) {
-        (rate, Some(carried)) => rate.mib_s(carried),
-        (DirtyRate::MibPerSec(rate), None) => rate,
-        // `lab::cannot_run` refuses it on a lab whose link is not measured.
-        (share, None) => anyhow::bail!("`{share}` needs the link measured, and it was not"),
-    };
-    let carries = match link {
-        Some(link) => format!(
+    // The runs go both ways: the workload fits the way that carries less.
+    let link_mbit = back
+        .as_ref()
+        .map_or(link.goodput_mbit, |b| b.goodput_mbit.min(link.goodput_mbit));
+    let dirty_rate = case
+        .workload
+        .dirty_rate
+        .mib_s(carried(link_mbit, stream_path_goodput_mbit));
+    let carries = match &back {
+        None => format!(
             "the migration link carries {:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}{}",
             link.goodput_mbit,
             link.wire_mbit,
@@ -323,9 +323,18 @@ fn run_in(
                 .map(|p| format!(", the stream's path through the nested hosts {p:.0} Mbit/s"))
                 .unwrap_or_default(),
         ),
-        None => format!(
-            "the migration network is lab {}'s own at MTU {}, neither shaped nor measured by migsuite",
-            lab.inventory.name, case.link.mtu
+        Some(back) => format!(
+            "lab {}'s migration network (MTU {}, not shaped by migsuite) carries {:.0} Mbit/s of \
+             TCP payload ({:.0} Mbit/s on the wire) from {} to {} and {:.0} ({:.0}) back, as \
+             the hosts' agents measured",
+            lab.inventory.name,
+            case.link.mtu,
+            link.goodput_mbit,
+            link.wire_mbit,
+            lab.source.name,
+            lab.destination.name,
+            back.goodput_mbit,
+            back.wire_mbit,
         ),
     };
     progress(&format!(
@@ -352,10 +361,13 @@ fn run_in(
         ),
     }
     let info = backend.info().clone();
+    let wire_mbit = Some(link.wire_mbit);
     let calibration = Calibration {
         mtu: case.link.mtu,
-        goodput_mbit,
+        goodput_mbit: Some(link.goodput_mbit),
         wire_mbit,
+        return_goodput_mbit: back.as_ref().map(|b| b.goodput_mbit),
+        return_wire_mbit: back.as_ref().map(|b| b.wire_mbit),
         stream_path_goodput_mbit,
         workload_dirty_rate_mib_s: dirty_rate,
         guest_dirty_capacity_mib_s: hello
@@ -436,11 +448,8 @@ fn run_in(
 
 /// What the stream can carry: the link's goodput or, where nested hosts
 /// relay the stream, their path if that carries less.
-fn carried(link_goodput_mbit: Option<f64>, nested_path_mbit: Option<f64>) -> Option<f64> {
-    [link_goodput_mbit, nested_path_mbit]
-        .into_iter()
-        .flatten()
-        .reduce(f64::min)
+fn carried(link_goodput_mbit: f64, nested_path_mbit: Option<f64>) -> f64 {
+    nested_path_mbit.map_or(link_goodput_mbit, |n| n.min(link_goodput_mbit))
 }
 
 /// What the stream's path carries just before a run, measured again each
@@ -452,9 +461,9 @@ fn path_rate(lab: &Lab, backend: &dyn Backend) -> Result<Option<f64>> {
     if !backend.stream_crosses_link() {
         return Ok(None);
     }
-    let link = calibration::link_rates(lab)?.map(|l| l.goodput_mbit);
+    let link = calibration::link_rates(lab)?.goodput_mbit;
     let nested = backend.stream_path_goodput(lab).transpose()?;
-    Ok(carried(link, nested))
+    Ok(Some(carried(link, nested)))
 }
 
 /// What produced a case's figures: the lab and its machine, what the
@@ -756,7 +765,7 @@ fn num_cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case::Hypervisor;
+    use crate::case::{DirtyRate, Hypervisor};
     use crate::inventory::Storage;
     use crate::report::fixtures::case;
 
@@ -772,14 +781,16 @@ mod tests {
         assert!(why.contains("no pair of lab local offers kvm-fv"), "{why}");
     }
 
-    /// A real lab's network is as its hosts have it, and its link is not
-    /// measured: the case must fit it.
+    /// A real lab's network is as its hosts have it: the case must fit it.
+    /// Its hosts' agents measure it, so a share of it fits.
     #[test]
     fn a_real_lab_runs_cases_that_fit_its_network() {
         let mut real = Inventory::simulated("rack", Storage::Local);
         (real.simulated, real.link_mtu) = (false, Some(1500));
         let mut fits = case();
         (fits.link.mtu, fits.link.rate_mbit, fits.link.offloads) = (1500, None, true);
+        assert_eq!(refusal(&fits, &real), None);
+        fits.workload.dirty_rate = DirtyRate::OfLink(0.25);
         assert_eq!(refusal(&fits, &real), None);
         let refused = |change: &dyn Fn(&mut Case)| {
             let mut c = fits.clone();
@@ -795,8 +806,6 @@ mod tests {
         assert!(why.contains("offloads off"), "{why}");
         let why = refused(&|c| c.link.rate_mbit = Some(1000));
         assert!(why.contains("does not shape a real lab's network"), "{why}");
-        let why = refused(&|c| c.workload.dirty_rate = DirtyRate::OfLink(0.25));
-        assert!(why.contains("give the rate itself"), "{why}");
         let why = refused(&|c| c.faults.kill_destination_after_ms = Some(500));
         assert!(why.contains("only on a simulated host"), "{why}");
     }

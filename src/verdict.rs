@@ -491,7 +491,7 @@ mod tests {
             ),
             "{v}"
         );
-        // Unpaced (a real lab measures no path), the same runs regress.
+        // Unpaced (runs that measured no path), the same runs regress.
         let baseline = recorded(&c, &runs_at(1.0, None));
         let v = judge(&c, &runs_at(2.0, None), &baseline);
         assert_eq!(change(&v, "total time"), Change::Regression, "{v}");

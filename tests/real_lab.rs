@@ -213,6 +213,19 @@ fn check_case(case: &Value, transport: &str) {
         .as_str()
         .unwrap()
         .contains("copied with the guest"));
+    // The hosts' agents measured the migration network both ways.
+    let calibration = &case["calibration"];
+    for measured in [
+        "goodput_mbit",
+        "wire_mbit",
+        "return_goodput_mbit",
+        "return_wire_mbit",
+    ] {
+        assert!(
+            calibration[measured].as_f64().is_some_and(|v| v > 0.0),
+            "{name} over {transport}: {calibration}"
+        );
+    }
     let runs = case["runs"].as_array().unwrap();
     let directions: Vec<&str> = runs
         .iter()
@@ -226,6 +239,7 @@ fn check_case(case: &Value, transport: &str) {
             r["outcome"]
         );
         assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
+        assert!(r["path_rate_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
         // The source's QEMU, as its libvirt tells, before the warning.
         let cpu = r["timelines"]

@@ -496,7 +496,7 @@ fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
         let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
         let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link, inventory, exclusive.pair)?;
-        let in_lab = calibration::link_rates(&lab)?.expect("a simulated lab's link is measured");
+        let in_lab = calibration::link_rates(&lab)?;
         drop(lab);
         Ok((in_lab, calibration::bare_pair_rates(&link)?))
     })();

@@ -284,8 +284,9 @@ fn a_gate_names_suites_that_were_loaded() {
     lab.check_gate(&shipped_suites()).unwrap();
 }
 
-/// On a real lab every case of the gate-tier suites is refused (shaped
-/// links, shares of a link): it runs what its inventory's gate names.
+/// On a real lab every case of the gate-tier suites is refused (other
+/// MTUs, offloads off, shaped links): it runs what its inventory's gate
+/// names.
 #[test]
 fn a_real_lab_runs_its_gate_suites_cases_that_fit_it() {
     use crate::runner::{left_out, measures_nothing};
@@ -318,7 +319,7 @@ fn a_real_lab_runs_its_gate_suites_cases_that_fit_it() {
              leaves out every case",
             dir.path().join("rack.yaml").display()
         ),
-        "\n  suite ci, 12 case(s):\n    12 × refused: the workload dirties `25% of link`".into(),
+        "\n  suite ci, 12 case(s):\n    4 × refused: the case turns the link's offloads off".into(),
         "\n  suite real-lab, 2 case(s):\n    \
          1 × refused: no pair of lab rack offers kvm-fv (the `backends` both hosts of a pair \
          list)\n    \

@@ -2,13 +2,15 @@
 //! goodput from the source host to the destination over the same path and
 //! MTU the migration stream takes, and the rate on the wire (frames, headers
 //! included) that it makes. A built-in sender and receiver, so the figure
-//! depends on nothing but the lab.
+//! depends on nothing but the lab: this process's on a simulated lab's
+//! cable, the hosts' agents' on a real lab's network (`crate::probe`).
 
 use super::link::tx_bytes as link_tx_bytes;
 use super::netns::Netns;
-use super::{cleanup, network, Lab};
+use super::{cleanup, network, Host, Lab};
 use crate::case::LinkSpec;
 use crate::goodput::{self, mbit};
+use crate::probe;
 use anyhow::{Context, Result};
 use std::net::Ipv4Addr;
 use std::net::{TcpListener, TcpStream};
@@ -22,15 +24,34 @@ pub struct LinkRates {
     pub wire_mbit: f64,
 }
 
-/// What the link from the lab's source host to its destination carries,
-/// in a simulated lab (a real lab's hosts run nothing of migsuite's that
-/// could send or receive: None).
-pub fn link_rates(lab: &Lab) -> Result<Option<LinkRates>> {
+/// What the link from the lab's source host to its destination carries.
+pub fn link_rates(lab: &Lab) -> Result<LinkRates> {
     if !lab.inventory.simulated {
-        return Ok(None);
+        return agents_rates(lab, &lab.source, &lab.destination);
     }
     let (from, to) = (lab.source.simulated()?, lab.destination.simulated()?);
-    rates_between(&from.netns, &to.netns, to.link_addr).map(Some)
+    rates_between(&from.netns, &to.netns, to.link_addr)
+}
+
+/// What a real lab's network carries back, from the destination to the
+/// source: runs alternate direction, and a real network may carry less
+/// one way. None on a simulated lab, whose cable is the same both ways.
+pub fn return_rates(lab: &Lab) -> Result<Option<LinkRates>> {
+    if lab.inventory.simulated {
+        return Ok(None);
+    }
+    agents_rates(lab, &lab.destination, &lab.source).map(Some)
+}
+
+/// What the network carries from `from`'s migration address to `to`'s, as
+/// the hosts' agents measure it.
+fn agents_rates(lab: &Lab, from: &Host, to: &Host) -> Result<LinkRates> {
+    let monitor = lab.monitor()?;
+    let measured = probe::ask::goodput(&monitor, &from.peer(), &to.peer(), probe::PORT)?;
+    Ok(LinkRates {
+        goodput_mbit: measured.goodput_mbit(),
+        wire_mbit: measured.wire_mbit(),
+    })
 }
 
 /// What a cable (`network::cable`) from `from` to `to` (at `to_addr`) carries.

@@ -22,12 +22,15 @@ pub mod pool;
 pub mod root;
 pub mod survey;
 
-use crate::case::{Case, DirtyRate, LinkSpec};
+use crate::case::{Case, LinkSpec};
+use crate::heartbeat::{self, Key, Monitor};
 use crate::inventory::{Inventory, Storage};
+use crate::probe::ask::Peer;
+use crate::wire::MONITOR_PORT;
 use anyhow::{bail, Context, Result};
 use libvirtd::Libvirtd;
 use netns::Netns;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,6 +102,16 @@ impl Host {
         url.host_str()?.trim_matches(['[', ']']).parse().ok()
     }
 
+    /// The host as its agent's tasks of the migration network's
+    /// measurement need it.
+    pub fn peer(&self) -> Peer<'_> {
+        Peer {
+            name: &self.name,
+            agent: (self.agent, heartbeat::AGENT_PORT).into(),
+            migration_address: self.migration_address,
+        }
+    }
+
     /// `tcp://ADDRESS`: where a QEMU stream to this host goes.
     pub fn migration_uri(&self) -> String {
         match self.migration_address {
@@ -151,13 +164,6 @@ pub fn cannot_run(inventory: &Inventory, case: &Case) -> Option<String> {
             "the case kills the destination's QEMU process, which migsuite reaches only on a \
              simulated host, not on lab {}'s",
             inventory.name
-        ));
-    }
-    if let DirtyRate::OfLink(_) = case.workload.dirty_rate {
-        return Some(format!(
-            "the workload dirties `{}`, a share of the link's goodput, which migsuite measures \
-             only in a simulated lab, not on lab {}'s network: give the rate itself, like 16MiB/s",
-            case.workload.dirty_rate, inventory.name
         ));
     }
     let real_mtu = inventory.link_mtu.filter(|&mtu| mtu != link.mtu);
@@ -358,6 +364,24 @@ impl Lab {
         self.on_lan(|| virt::connect::Connect::open(Some(uri)))?
             .map(libvirtd::Connection::new)
             .with_context(|| format!("connecting to {uri}"))
+    }
+
+    /// The runner's monitor of the hosts' agents, at the inventory's
+    /// `monitor` address, under a real lab's key, or a new one for a
+    /// simulated lab's agents, which this process starts
+    /// (`crate::failure`). One at a time: each binds the address.
+    pub fn monitor(&self) -> Result<Monitor> {
+        let inventory = &self.inventory;
+        let at = SocketAddr::from((inventory.monitor, MONITOR_PORT));
+        let socket = self
+            .on_lan(|| UdpSocket::bind(at))?
+            .with_context(|| format!("the monitor's address {at}"))?;
+        let key = match &inventory.heartbeat_key {
+            Some(path) => Key::load(path)
+                .with_context(|| format!("lab {}'s `heartbeat.key`", inventory.name))?,
+            None => Key::random()?,
+        };
+        Monitor::new(socket, key)
     }
 
     /// Runs `f` where the runner sits on the lab's networks: a simulated
