@@ -71,6 +71,11 @@ impl FailureMonitor {
         })
     }
 
+    /// The monitor, for the run's other questions to the hosts' agents.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
     /// Injects the failure and waits until the monitor hears the source
     /// host's authenticated warning, in answer to this order.
     pub fn inject(&self, timeout: Duration) -> Result<Warning> {

@@ -310,7 +310,9 @@ pub struct RunMeasurement {
     pub peak_memory_mib: Option<f64>,
     pub phases: Phases,
     /// Bytes the source sent on the migration link during the evacuation
-    /// (frames whole), as the link counted them.
+    /// (frames whole), as the link counted them; on a real lab, as the
+    /// source's migration interface counted them from before the warning
+    /// to the end of the evacuation.
     pub link_bytes: Option<u64>,
     /// The stream's rate while it moved memory, Mbit/s: on the wire of the
     /// migration link, or, for a stream that does not cross it (xen-pv, in
