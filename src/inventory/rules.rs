@@ -32,6 +32,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
         }
     } else {
         let real = check_real(&def)?;
+        check_migration_addresses(&def, &pairs)?;
         Inventory {
             name: def.name.0,
             simulated: false,
@@ -358,6 +359,43 @@ fn check_real(def: &InventoryDef) -> Result<RealPlaces, Invalid> {
         monitor: heartbeat.monitor.0,
         agents,
     })
+}
+
+/// A real host's migration address is where the other host of its pair
+/// sends the stream, and where their agents measure the network: one
+/// address of this host's on a network, of the other host's family.
+fn check_migration_addresses(def: &InventoryDef, pairs: &[[usize; 2]]) -> Result<(), Invalid> {
+    for (i, h) in def.hosts.iter().enumerate() {
+        let addr = h.migration_address.0;
+        if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+            return Err(Invalid {
+                path: FieldPath::default()
+                    .key("hosts")
+                    .index(i)
+                    .key("migration_address"),
+                message: format!(
+                    "`{addr}` is no address of this host's on the migration network (it is \
+                     loopback, unspecified or multicast): give the address of its interface \
+                     there, where the other host's stream arrives"
+                ),
+            });
+        }
+    }
+    for (j, &[a, b]) in pairs.iter().enumerate() {
+        let (a, b) = (&def.hosts[a], &def.hosts[b]);
+        if a.migration_address.0.is_ipv4() != b.migration_address.0.is_ipv4() {
+            return Err(Invalid {
+                path: FieldPath::default().key("pairs").index(j),
+                message: format!(
+                    "hosts `{}` ({}) and `{}` ({}) have migration addresses of different \
+                     families, so neither's stream could reach the other: give both IPv4 or \
+                     both IPv6",
+                    a.name, a.migration_address, b.name, b.migration_address
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Each pair two different hosts of the lab, and no host in two pairs: a

@@ -229,7 +229,10 @@ fn tcp_is_fine_in_a_simulated_lab_and_insecure_is_not_wanted() {
 #[test]
 fn addresses_may_be_ipv6() {
     // Not the observer's nor the monitor's: the guest's agent speaks IPv4.
-    let text = rack_with("198.51.100.1", "fd00::1").replacen("203.0.113.2\n", "'fd00::2'\n", 1);
+    // A pair's migration addresses are of one family.
+    let text = rack_with("198.51.100.1", "fd00::1")
+        .replacen("198.51.100.2", "'fd00::3'", 1)
+        .replacen("203.0.113.2\n", "'fd00::2'\n", 1);
     let lab = parse(&text).unwrap();
     assert_eq!(
         lab.hosts[0].migration_address,
