@@ -43,11 +43,13 @@ enum Command {
         lab: Option<PathBuf>,
     },
     /// Measure what the local lab's migration link carries at an MTU, beside
-    /// a bare veth pair with the same settings (what a cable costs here).
+    /// a bare veth pair with the same settings (what a cable costs here); a
+    /// real lab's network, both ways, as its hosts' agents measure it.
     Calibrate {
+        /// A simulated link's MTU (a real lab's is its own).
         #[arg(long, default_value_t = 128)]
         mtu: u32,
-        /// Token-bucket rate of the link, Mbit/s; 0 = unshaped.
+        /// Token-bucket rate of a simulated link, Mbit/s; 0 = unshaped.
         #[arg(long, default_value_t = 1000)]
         rate_mbit: u64,
         /// The lab inventory whose first free pair is measured; by default
@@ -482,17 +484,15 @@ fn write_html(json: &Path, page: &Path) -> ExitCode {
 }
 
 fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
+    if !inventory.simulated {
+        return calibrate_real(inventory);
+    }
     let link = LinkSpec {
         mtu,
         rate_mbit: (rate_mbit > 0).then_some(rate_mbit),
         offloads: false,
     };
     let measured = (|| -> anyhow::Result<_> {
-        anyhow::ensure!(
-            inventory.simulated,
-            "lab {} is real: `calibrate` measures a simulated lab's link against a bare veth pair",
-            inventory.name
-        );
         let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
         let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
         let lab = Lab::start(&link, inventory, exclusive.pair)?;
@@ -522,6 +522,49 @@ fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
                 "  lab / bare:         {:6.0} %",
                 lab.goodput_mbit / bare.goodput_mbit * 100.0
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("calibrate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a real lab's migration network carries each way between the hosts
+/// of its first free pair, as their agents measure it.
+fn calibrate_real(inventory: &Inventory) -> ExitCode {
+    let mtu = inventory.link_mtu.unwrap_or_default();
+    let measured = (|| -> anyhow::Result<_> {
+        let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
+        let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
+        let link = LinkSpec {
+            mtu,
+            rate_mbit: None,
+            offloads: true,
+        };
+        let mut lab = Lab::start(&link, inventory, exclusive.pair)?;
+        let mut ways = Vec::new();
+        for _ in 0..2 {
+            let rates = calibration::link_rates(&lab)?;
+            ways.push((lab.source.name.clone(), lab.destination.name.clone(), rates));
+            lab.swap_roles();
+        }
+        Ok(ways)
+    })();
+    match measured {
+        Ok(ways) => {
+            println!(
+                "lab {}'s migration network, MTU {mtu}, as its hosts' agents measure it (TCP \
+                 payload; on the wire):",
+                inventory.name
+            );
+            for (from, to, rates) in ways {
+                println!(
+                    "  {from} -> {to}: {:6.0} Mbit/s; {:6.0} Mbit/s",
+                    rates.goodput_mbit, rates.wire_mbit
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
