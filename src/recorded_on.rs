@@ -39,7 +39,8 @@ pub enum Machines {
 pub struct Stack {
     pub hypervisor: Option<String>,
     pub toolstack: Option<String>,
-    /// Reported on a simulated lab only (this machine's).
+    /// This machine's on a simulated lab; each host's, as its agent tells,
+    /// on a real one.
     pub host_kernel: Option<String>,
 }
 
@@ -88,7 +89,7 @@ impl RecordedOn {
             stack: Stack {
                 hypervisor: known(version(&prov.hypervisor_version)),
                 toolstack: known(&prov.toolstack_version),
-                host_kernel: known(&prov.host_kernel).filter(|_| simulated),
+                host_kernel: known(&prov.host_kernel),
             },
         }
     }
@@ -405,6 +406,7 @@ mod tests {
                 "machine of host b: not told by its libvirt",
                 "hypervisor: QEMU 8.2.2",
                 "toolstack: libvirt 9.0.0",
+                "host kernel: host a 6.1.0-50-amd64; host b 6.1.0-50-amd64",
             ]
         );
     }

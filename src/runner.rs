@@ -522,7 +522,7 @@ fn provenance(
         host_kernel: if this_machine {
             crate::sh::kernel_release()
         } else {
-            "not reported (real hosts)".into()
+            real_kernels(lab)
         },
         hypervisor_version: info.hypervisor_version,
         toolstack_version: info.toolstack_version,
@@ -533,6 +533,20 @@ fn provenance(
         host_memory_mib: crate::procfs::meminfo_mib("MemTotal").filter(|_| this_machine),
         real_hosts,
     }
+}
+
+/// Each real host's kernel release as its agent tells it (libvirt does
+/// not), in the inventory's order: "host a 6.1.0-50-amd64; host b ...".
+fn real_kernels(lab: &Lab) -> String {
+    let told = |host: &crate::lab::Host| -> Result<String> {
+        probe::ask::kernel(&lab.monitor()?, &host.peer())
+    };
+    [lab.host(0), lab.host(1)]
+        .map(|host| match told(host) {
+            Ok(kernel) => format!("host {} {kernel}", host.name),
+            Err(e) => format!("host {} not told ({e:#})", host.name),
+        })
+        .join("; ")
 }
 
 /// A real host's machine as its libvirt tells (`survey::machine`), so that

@@ -213,6 +213,17 @@ fn check_case(case: &Value, transport: &str) {
         .as_str()
         .unwrap()
         .contains("copied with the guest"));
+    // Each host's own kernel, as its agent tells it: Debian 12's, not the
+    // runner machine's.
+    let kernels = provenance["host_kernel"].as_str().unwrap();
+    let runner_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    for host in ["a", "b"] {
+        assert!(
+            kernels.contains(&format!("host {host} 6.1.")),
+            "{name}: host_kernel {kernels}"
+        );
+    }
+    assert!(!kernels.contains(runner_kernel.trim()), "{name}: {kernels}");
     // The hosts' agents measured the migration network both ways.
     let calibration = &case["calibration"];
     for measured in [

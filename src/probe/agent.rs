@@ -48,6 +48,7 @@ impl Tasks {
                 self.name
             )),
             Some(Task::Count { address }) => count(address),
+            Some(Task::Describe) => describe(),
             Some(Task::Receive { at }) => self.start(token, move |key, _, state| {
                 receive(key, at, token, state).map(State::Measured)
             }),
@@ -85,6 +86,16 @@ impl Tasks {
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The host's kernel release.
+fn describe() -> State {
+    match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) => State::Described {
+            kernel: release.trim().to_string(),
+        },
+        Err(e) => State::Failed(format!("reading the kernel release: {e}")),
+    }
 }
 
 /// The counters of the interface that has `address`.

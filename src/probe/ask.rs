@@ -79,6 +79,19 @@ pub fn counters(monitor: &Monitor, host: &Peer) -> Result<Counted> {
     ask(monitor, host, &count, counted, WAIT)
 }
 
+/// `host`'s kernel release, as its agent tells it.
+pub fn kernel(monitor: &Monitor, host: &Peer) -> Result<String> {
+    let describe = Order {
+        token: Token::random()?,
+        task: Task::Describe,
+    };
+    let described = |s: &State| match s {
+        State::Described { kernel } => Some(kernel.clone()),
+        _ => None,
+    };
+    ask(monitor, host, &describe, described, WAIT)
+}
+
 /// Orders `host`'s agent `order` until its task is where `done` takes it,
 /// failed (an error, with the agent's reason), or `timeout`.
 fn ask<T>(

@@ -7,7 +7,8 @@
 //! task is where it waits for. The measurement's connection opens with
 //! its token sealed with the lab's key (`Say::Stream`), or the receiver
 //! drops it: nothing without the key (a guest, say) is measured as the
-//! link. This module is what the orders and answers say; `agent` does the
+//! link. The agents also tell their host's kernel, which libvirt does not.
+//! This module is what the orders and answers say; `agent` does the
 //! tasks, `ask` is the runner's side.
 
 pub mod agent;
@@ -46,6 +47,8 @@ pub enum Task {
     Send { from: IpAddr, to: SocketAddr },
     /// Read the counters of the interface that has `address`.
     Count { address: IpAddr },
+    /// Tell the host's kernel release, which its libvirt does not.
+    Describe,
 }
 
 /// What the runner orders an agent: `task`, named `token` (an order
@@ -69,6 +72,10 @@ pub enum State {
     /// Sent until the receiver closed.
     Sent,
     Counted(Counted),
+    /// The host's kernel release (`uname -r`).
+    Described {
+        kernel: String,
+    },
     Failed(String),
 }
 
@@ -115,6 +122,7 @@ impl Order {
             Task::Receive { at } => w.u8(0).socket(*at),
             Task::Send { from, to } => w.u8(1).ip(*from).socket(*to),
             Task::Count { address } => w.u8(2).ip(*address),
+            Task::Describe => w.u8(3),
         };
         w.0
     }
@@ -131,6 +139,7 @@ impl Order {
                 .zip(r.socket())
                 .map(|(from, to)| Task::Send { from, to }),
             Some(2) => r.ip().map(|address| Task::Count { address }),
+            Some(3) => Some(Task::Describe),
             _ => None,
         };
         Some((token, task.filter(|_| r.0.is_empty())))
@@ -158,6 +167,7 @@ impl Answer {
                 .u64(c.counters.rx)
                 .u64(c.counters.tx),
             State::Failed(why) => w.u8(6).text(why),
+            State::Described { kernel } => w.u8(7).text(kernel),
         };
         w.0
     }
@@ -181,6 +191,7 @@ impl Answer {
                 counters: r.counters()?,
             }),
             6 => State::Failed(r.text()?),
+            7 => State::Described { kernel: r.text()? },
             _ => return None,
         };
         r.0.is_empty().then_some(Answer { token, state })
@@ -303,6 +314,7 @@ mod tests {
             Task::Count {
                 address: "fd00::1".parse().unwrap(),
             },
+            Task::Describe,
         ];
         for task in tasks {
             let order = Order {
@@ -351,6 +363,9 @@ mod tests {
                 counters,
             }),
             State::Failed("no interface of this host has the address 10.246.0.9".into()),
+            State::Described {
+                kernel: "6.1.0-50-amd64".into(),
+            },
         ];
         for state in states {
             let answer = Answer {

@@ -87,7 +87,7 @@ pub(crate) fn real_lab(a: Machine, b: Option<Machine>) -> Provenance {
     Provenance {
         accel: "kvm (auto: both hosts' libvirt offers KVM)".into(),
         host_cpus: None,
-        host_kernel: "not reported (real hosts)".into(),
+        host_kernel: "host a 6.1.0-50-amd64; host b 6.1.0-50-amd64".into(),
         hypervisor_version: "QEMU 8.2.2".into(),
         real_hosts: vec![
             RealHost {
