@@ -77,6 +77,10 @@ enum Command {
         /// $MIGSUITE_LAB, else the built-in simulated pair.
         #[arg(long)]
         lab: Option<PathBuf>,
+        /// Propose each case's figures as its baseline: snapshots/<case>.snap.new
+        /// (`@<lab>` on an inventory's lab), for `cargo insta review`.
+        #[arg(long)]
+        record: bool,
     },
     /// Merge the JSON reports of runs that measured a suite's cases apart
     /// (nextest partitions, one process per case) into one report per
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
             repeat,
             report_dir,
             lab,
+            record,
         } => cases(&paths).and_then(|cases| {
             let lab = inventory(lab)?;
             let repeat = migsuite::suite::repeat_override(repeat).map_err(|e| {
@@ -194,6 +199,7 @@ fn main() -> ExitCode {
                 &migsuite::suite::with_repeat(selected, repeat),
                 lab,
                 &report_dir,
+                record,
             ))
         }),
         Command::Merge { paths, report_dir } => {
@@ -394,6 +400,20 @@ fn host_agent(
     }
 }
 
+/// Writes `judged`'s figures alone (no stored line kept) as the proposed
+/// baseline of `case`, and says where.
+fn propose_baseline(session: &Session, case: &Case, judged: &migsuite::session::Judged) {
+    let text = migsuite::report::case_snapshot(&judged.verdict, &judged.result.provenance, None);
+    let snap = session.snapshot_path(case);
+    match migsuite::report::snapshot::propose(&snap, &text) {
+        Ok(path) => println!(
+            "proposed baseline: {} (accept or reject with `cargo insta review`)",
+            path.display()
+        ),
+        Err(e) => eprintln!("cannot propose a baseline beside {}: {e}", snap.display()),
+    }
+}
+
 /// What a lab inventory holds: "lab rack (hosts: 2, pairs: 1, gate: real-lab)".
 fn lab_summary(lab: &Inventory) -> String {
     let gate = if lab.gate.is_empty() {
@@ -574,7 +594,7 @@ fn calibrate_real(inventory: &Inventory) -> ExitCode {
     }
 }
 
-fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
+fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitCode {
     // Judged against the baselines of the gate's snapshots (the lab's own,
     // for an inventory's lab).
     let session = Session::new(PathBuf::from("snapshots"), lab);
@@ -590,16 +610,21 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path) -> ExitCode {
                 while let Some(case) = cases.get(next.fetch_add(1, Ordering::Relaxed)) {
                     session.progress(&format!("case: {}", case.name()));
                     match session.judged(case) {
-                        Ok(judged) => println!(
-                            "{}\n{}\n",
-                            case_table(
-                                case,
-                                &judged.result.provenance,
-                                &judged.result.runs,
-                                judged.verdict.since_baseline.as_ref()
-                            ),
-                            judged.verdict
-                        ),
+                        Ok(judged) => {
+                            println!(
+                                "{}\n{}\n",
+                                case_table(
+                                    case,
+                                    &judged.result.provenance,
+                                    &judged.result.runs,
+                                    judged.verdict.since_baseline.as_ref()
+                                ),
+                                judged.verdict
+                            );
+                            if record {
+                                propose_baseline(&session, case, &judged);
+                            }
+                        }
                         Err(e) => eprintln!("{}: {e}", case.name()),
                     }
                 }

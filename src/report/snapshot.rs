@@ -15,6 +15,7 @@ use crate::measure::Provenance;
 use crate::metrics::Metric;
 use crate::recorded_on::{Differences, RecordedOn};
 use crate::verdict::{Baseline, Stored, Verdict};
+use std::path::{Path, PathBuf};
 
 /// The body of an insta `.snap` file: everything after its `---`-delimited
 /// YAML header, without the trailing newline(s) insta writes. Text without a
@@ -85,6 +86,23 @@ fn figures(stored: &str) -> Baseline {
             Some((metric.to_string(), e))
         })
         .collect()
+}
+
+/// Writes `text` as the proposed baseline of the snapshot stored at
+/// `snap` (`<name>.snap`): `<name>.snap.new`, in insta's format, which
+/// `cargo insta review` shows beside the stored one (if any) and accepts
+/// or rejects. Returns its path.
+pub fn propose(snap: &Path, text: &str) -> std::io::Result<PathBuf> {
+    let mut path = snap.as_os_str().to_owned();
+    path.push(".new");
+    let path = PathBuf::from(path);
+    // The header the suites' tests write, so that an accepted proposal
+    // reads as theirs.
+    std::fs::write(
+        &path,
+        format!("---\nsource: tests/suites.rs\n---\n{text}\n"),
+    )?;
+    Ok(path)
 }
 
 /// The snapshot text of `verdict`'s case, measured as `prov` says; `stored`
@@ -319,5 +337,14 @@ mod tests {
     #[case::empty_body("---\nsource: x\n---\n", "")]
     fn snap_bodies(#[case] file: &str, #[case] body: &str) {
         assert_eq!(snap_body(file), body);
+    }
+
+    #[test]
+    fn a_proposal_reads_back_as_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("real-lab__kvm-pv__mtu1500__game@rack.snap");
+        let path = propose(&snap, "a\nb").unwrap();
+        assert!(path.ends_with("real-lab__kvm-pv__mtu1500__game@rack.snap.new"));
+        assert_eq!(snap_body(&std::fs::read_to_string(path).unwrap()), "a\nb");
     }
 }
