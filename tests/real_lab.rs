@@ -116,27 +116,11 @@ fn disks_and_holds(host: u8) -> Vec<String> {
 /// SIGKILLs it once its migration moves bytes: what it made on the hosts
 /// stays there (it had no chance to undo it). Returns what it left.
 fn killed_mid_migration(migsuite: &str, inventory: &str, suite: &Path, reports: &Path) -> String {
-    let run = duct::cmd!(
-        "bash",
-        STANDIN,
-        "exec",
-        migsuite,
-        "run",
-        "--lab",
-        inventory,
-        "--filter",
-        "kvm-pv",
-        "--repeat",
-        "1",
-        "--report-dir",
-        reports,
-        suite
-    )
-    .dir(root())
-    .stderr_to_stdout()
-    .unchecked()
-    .reader()
-    .unwrap();
+    let run = migsuite_run(migsuite, inventory, "kvm-pv", "1", suite, reports, false)
+        .stderr_to_stdout()
+        .unchecked()
+        .reader()
+        .unwrap();
     let mut said = String::new();
     for line in std::io::BufRead::lines(std::io::BufReader::new(&run)) {
         let line = line.unwrap();
@@ -169,11 +153,19 @@ fn killed_mid_migration(migsuite: &str, inventory: &str, suite: &Path, reports: 
     left.join(" ")
 }
 
-/// Runs `suite`'s cases matching `filter` on the lab of `inventory`, from
-/// the runner machine; returns the cases of its JSON report.
-fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Path) -> Vec<Value> {
+/// `migsuite run` of `suite`'s cases matching `filter`, `runs` times each,
+/// on the lab of `inventory`, from the runner machine; with `record`, its
+/// figures proposed as baselines.
+fn migsuite_run(
+    migsuite: &str,
+    inventory: &str,
+    filter: &str,
+    runs: &str,
+    suite: &Path,
+    reports: &Path,
+    record: bool,
+) -> duct::Expression {
     let (suite, reports) = (suite.to_str().unwrap(), reports.to_str().unwrap());
-    let runs = if rebaseline() { BASELINE_RUNS } else { RUNS };
     let mut args = vec![
         STANDIN,
         "exec",
@@ -189,15 +181,29 @@ fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Pa
         reports,
         suite,
     ];
-    if rebaseline() {
+    if record {
         args.push("--record");
     }
-    let run = duct::cmd("bash", args)
-        .dir(root())
-        .stderr_to_stdout()
-        .unchecked()
-        .run()
-        .unwrap();
+    duct::cmd("bash", args).dir(root())
+}
+
+/// Runs `suite`'s cases matching `filter` on the lab of `inventory`, from
+/// the runner machine; returns the cases of its JSON report.
+fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Path) -> Vec<Value> {
+    let runs = if rebaseline() { BASELINE_RUNS } else { RUNS };
+    let run = migsuite_run(
+        migsuite,
+        inventory,
+        filter,
+        runs,
+        suite,
+        reports,
+        rebaseline(),
+    )
+    .stderr_to_stdout()
+    .unchecked()
+    .run()
+    .unwrap();
     let said = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
