@@ -45,31 +45,18 @@ fn remove_guests(conn: &Connection, host: &inventory::Host) -> Result<()> {
             continue;
         };
         let name = dom.name().unwrap_or_default();
-        match owner.liveness()? {
-            Liveness::Alive => {}
-            Liveness::Gone => {
-                eprintln!(
-                    "migsuite: removing guest {name} from host {}, left by {}, which is gone",
-                    host.name,
-                    owner.describe()
-                );
-                if dom.is_active().unwrap_or(false) {
-                    dom.destroy()
-                        .with_context(|| format!("destroying {name} on host {}", host.name))?;
-                }
-                if dom.is_persistent().unwrap_or(false) {
-                    dom.undefine()
-                        .with_context(|| format!("undefining {name} on host {}", host.name))?;
-                }
+        let by_hand = format!("virsh -c {} destroy {name}", host.uri);
+        settle(&owner, &format!("guest {name}"), host, &by_hand, || {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy()
+                    .with_context(|| format!("destroying {name} on host {}", host.name))?;
             }
-            Liveness::Elsewhere => eprintln!(
-                "migsuite: host {} runs guest {name} of {}; if that run is over: virsh -c {} \
-                 destroy {name}",
-                host.name,
-                owner.describe(),
-                host.uri
-            ),
-        }
+            if dom.is_persistent().unwrap_or(false) {
+                dom.undefine()
+                    .with_context(|| format!("undefining {name} on host {}", host.name))?;
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -92,25 +79,44 @@ fn remove_disks(pool: &Pool, host: &inventory::Host) -> Result<()> {
         let Some(owner) = pool::disk_owner(&name) else {
             continue;
         };
-        match owner.liveness()? {
-            Liveness::Alive => {}
-            Liveness::Gone => {
-                eprintln!(
-                    "migsuite: deleting disk {name} from host {}'s pool, left by {}, which is gone",
-                    host.name,
-                    owner.describe()
-                );
-                pool.delete(&name)?;
-            }
-            Liveness::Elsewhere => eprintln!(
-                "migsuite: host {}'s pool holds disk {name} of {}; if that run is over: virsh -c \
-                 {} vol-delete {name} --pool {}",
-                host.name,
-                owner.describe(),
-                host.uri,
-                host.pool
-            ),
-        }
+        let by_hand = format!(
+            "virsh -c {} vol-delete {name} --pool {}",
+            host.uri, host.pool
+        );
+        settle(&owner, &format!("disk {name}"), host, &by_hand, || {
+            pool.delete(&name)
+        })?;
     }
     Ok(())
+}
+
+/// Removes `what`, made on `host` by `owner`, with `remove` if its maker is
+/// gone; names it, with the command `by_hand` that removes it, if its maker
+/// is of another machine.
+fn settle(
+    owner: &Owner,
+    what: &str,
+    host: &inventory::Host,
+    by_hand: &str,
+    remove: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    match owner.liveness()? {
+        Liveness::Alive => Ok(()),
+        Liveness::Gone => {
+            eprintln!(
+                "migsuite: removing {what} from host {}, left by {}, which is gone",
+                host.name,
+                owner.describe()
+            );
+            remove()
+        }
+        Liveness::Elsewhere => {
+            eprintln!(
+                "migsuite: host {} has {what} of {}; if that run is over: {by_hand}",
+                host.name,
+                owner.describe()
+            );
+            Ok(())
+        }
+    }
 }
