@@ -538,8 +538,10 @@ fn provenance(
 /// Each real host's kernel release as its agent tells it (libvirt does
 /// not), in the inventory's order: "host a 6.1.0-50-amd64; host b ...".
 fn real_kernels(lab: &Lab) -> String {
+    let monitor = lab.monitor();
     let told = |host: &crate::lab::Host| -> Result<String> {
-        probe::ask::kernel(&lab.monitor()?, &host.peer())
+        let monitor = monitor.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        probe::ask::kernel(monitor, &host.peer())
     };
     [lab.host(0), lab.host(1)]
         .map(|host| match told(host) {
