@@ -48,12 +48,22 @@ impl Criu {
         }
     }
 
-    /// `criu args...` inside network namespace `ns`, to be spawned; `ip
-    /// netns exec` execs it, so the child's pid is CRIU's.
-    pub fn command_in(&self, ns: &str, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(self.argv(args));
-        cmd
+    /// `criu args...` inside network namespace `ns` if one is given, to be
+    /// spawned; `ip netns exec` execs it, so the child's pid is CRIU's.
+    pub fn command(&self, ns: Option<&str>, args: &[&str]) -> std::process::Command {
+        let argv = self.argv(args);
+        match ns {
+            Some(ns) => {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", ns]).args(argv);
+                cmd
+            }
+            None => {
+                let mut cmd = std::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+        }
     }
 
     /// Ok if `criu check --feature <name>` passes, else what CRIU said.
@@ -148,7 +158,7 @@ fn usable(mut c: Criu) -> Result<Criu, String> {
     Ok(c)
 }
 
-fn major_minor(version: &str) -> (u32, u32) {
+pub(super) fn major_minor(version: &str) -> (u32, u32) {
     let mut parts = version
         .trim()
         .split(|c: char| !c.is_ascii_digit())

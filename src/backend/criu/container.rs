@@ -1,15 +1,15 @@
 //! The container guest: the workload agent as PID 1 of its own PID, mount,
 //! network, UTS and IPC namespaces, rooted in a small tree (agent and
-//! busybox) on the lab's shared storage, with a veth whose outer end is on
-//! the host's bridge.
+//! busybox), with a veth whose outer end is on the host's bridge. A
+//! simulated lab keeps the tree on its shared storage; a real host keeps it
+//! in its `criu-host` session's directory.
 //!
-//! Its processes live outside the host's network namespace, so the lab's
-//! teardown cannot see them; each container is tied to a process that is
-//! in the host's namespace instead: `unshare --kill-child` on the source,
+//! Its processes live outside the host's network namespace, so a simulated
+//! lab's teardown cannot see them; each container is tied to a process that
+//! is in the host's namespace instead: `unshare --kill-child` on the source,
 //! `criu restore` on the destination (CRIU restores the parent-death
 //! signal), and the container dies with it.
 
-use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
 use crate::pidfd::ProcessHandle;
 use crate::sh;
@@ -38,6 +38,17 @@ exec /bin/busybox sh -c 'umount -l /.old && rmdir /.old && hostname x0 &&
 /// agent's output in it.
 pub fn prepare_root(lab: &Lab) -> Result<PathBuf> {
     let root = lab.shared_dir().join("container-root");
+    write_root(&root)?;
+    std::os::unix::fs::symlink(
+        root.join("console.log"),
+        lab.shared_dir().join("console.log"),
+    )?;
+    Ok(root)
+}
+
+/// The container's tree at `root`: the agent as `/init`, busybox, an empty
+/// console.log.
+pub fn write_root(root: &Path) -> Result<()> {
     for d in ["bin", "proc", "sys"] {
         std::fs::create_dir_all(root.join(d))?;
     }
@@ -46,11 +57,7 @@ pub fn prepare_root(lab: &Lab) -> Result<PathBuf> {
         .with_context(|| format!("{BUSYBOX} missing (install busybox-static)"))?;
     write_executable(&root.join("bin/busybox"), &busybox)?;
     std::fs::File::create(root.join("console.log"))?;
-    std::os::unix::fs::symlink(
-        root.join("console.log"),
-        lab.shared_dir().join("console.log"),
-    )?;
-    Ok(root)
+    Ok(())
 }
 
 fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -69,18 +76,28 @@ pub struct Started {
     pub init: ProcessHandle,
 }
 
-pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Started> {
-    let ns = &lab.source.simulated()?.netns.name;
+/// Starts the container rooted at `root`, in network namespace `ns` (a
+/// simulated host's) or in the host's own, its veth's outer end on `bridge`.
+pub fn start(
+    ns: Option<&str>,
+    bridge: &str,
+    root: &Path,
+    mtu: u32,
+    agent_args: &str,
+) -> Result<Started> {
     let console = std::fs::OpenOptions::new()
         .append(true)
         .open(root.join("console.log"))?;
-    let mut command = Command::new("ip");
+    let mut command = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare"]);
+            c
+        }
+        None => Command::new("unshare"),
+    };
     command
         .args([
-            "netns",
-            "exec",
-            ns,
-            "unshare",
             "--pid",
             "--mount",
             "--uts",
@@ -123,20 +140,30 @@ pub fn start(lab: &Lab, root: &Path, mtu: u32, agent_args: &str) -> Result<Start
     };
     let mtu = mtu.to_string();
     let pid = init.pid().to_string();
-    sh::run_in(
-        ns,
-        "ip",
-        &[
-            "link", "add", VETH, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
-            "netns", &pid,
-        ],
-    )?;
-    sh::run_in(
-        ns,
-        "ip",
-        &["link", "set", VETH, "master", HOST_BRIDGE, "up"],
-    )?;
-    Ok(Started { anchor, init })
+    let ip = |args: &[&str]| match ns {
+        Some(ns) => sh::run_in(ns, "ip", args),
+        None => sh::run("ip", args),
+    };
+    let wired = ip(&[
+        "link", "add", VETH, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+        "netns", &pid,
+    ])
+    .and_then(|_| ip(&["link", "set", VETH, "master", bridge, "up"]));
+    let started = Started { anchor, init };
+    if let Err(e) = wired {
+        started.kill();
+        return Err(e);
+    }
+    Ok(started)
+}
+
+impl Started {
+    /// The container and its anchor go.
+    pub fn kill(mut self) {
+        signal_tree(&self.init, Signal::SIGKILL);
+        let _ = self.anchor.kill();
+        let _ = self.anchor.wait();
+    }
 }
 
 /// The anchor's child once it runs the agent: only then is it in its own

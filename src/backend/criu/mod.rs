@@ -19,15 +19,13 @@ mod stop_and_copy;
 
 use super::{Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Strategy};
+use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
-use crate::pidfd::ProcessHandle;
 use crate::sampler::Source;
 use anyhow::Result;
 use binary::Criu;
-use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 
 pub struct OpenVz {
@@ -35,25 +33,11 @@ pub struct OpenVz {
     info: BackendInfo,
     root: Option<PathBuf>,
     source: Option<container::Started>,
-    destination: Option<Restored>,
+    /// Restored on the destination, `criu restore` its anchor (the
+    /// container's parent there).
+    destination: Option<container::Started>,
     /// The container's init on (source, destination), for the sampler.
     inits: Arc<Mutex<[Option<i32>; 2]>>,
-}
-
-/// A container restored on the destination.
-struct Restored {
-    /// `criu restore`, the container's parent in the destination's namespace.
-    restore: Child,
-    init: ProcessHandle,
-}
-
-impl Restored {
-    /// The container and its `criu restore` parent go.
-    fn kill(mut self) {
-        container::signal_tree(&self.init, Signal::SIGKILL);
-        let _ = self.restore.kill();
-        let _ = self.restore.wait();
-    }
 }
 
 impl OpenVz {
@@ -103,7 +87,8 @@ impl Backend for OpenVz {
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         let root = container::prepare_root(lab)?;
-        let started = container::start(lab, &root, case.link.mtu, agent_args)?;
+        let ns = &lab.source.simulated()?.netns.name;
+        let started = container::start(Some(ns), HOST_BRIDGE, &root, case.link.mtu, agent_args)?;
         self.inits.lock().unwrap()[0] = Some(started.init.pid());
         self.root = Some(root);
         self.source = Some(started);
@@ -152,10 +137,7 @@ impl Backend for OpenVz {
             .take()
             .ok_or_else(|| anyhow::anyhow!("no container was restored on the destination"))?;
         *self.inits.lock().unwrap() = [Some(restored.init.pid()), None];
-        self.source = Some(container::Started {
-            anchor: restored.restore,
-            init: restored.init,
-        });
+        self.source = Some(restored);
         Ok(())
     }
 
@@ -179,13 +161,11 @@ impl Backend for OpenVz {
 
 impl Drop for OpenVz {
     fn drop(&mut self) {
-        if let Some(mut s) = self.source.take() {
-            container::signal_tree(&s.init, Signal::SIGKILL);
-            let _ = s.anchor.kill();
-            let _ = s.anchor.wait();
-        }
-        if let Some(d) = self.destination.take() {
-            d.kill();
+        for container in [self.source.take(), self.destination.take()]
+            .into_iter()
+            .flatten()
+        {
+            container.kill();
         }
     }
 }

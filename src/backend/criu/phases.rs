@@ -2,9 +2,11 @@
 //! and destination fault), the restore on the destination, handing the
 //! container over or back, and reading CRIU's files.
 
+use super::binary::Criu;
+use super::container::Started;
 use super::container::{self, VETH};
 use super::stats::Stats;
-use super::{OpenVz, Restored};
+use super::OpenVz;
 use crate::case::Case;
 use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
@@ -131,16 +133,59 @@ pub(super) fn restore(
     dest: &Path,
     extra: &[&str],
     clock: &mut Clock,
-) -> Result<(Restored, Stats), String> {
-    let root = vz
-        .root
-        .as_ref()
-        .ok_or("no container root")?
-        .display()
-        .to_string();
-    let pidfile = dest.join("restore.pid");
-    let external = format!("veth[eth0]:{VETH}@{HOST_BRIDGE}");
-    let (images, pidfile_arg) = (dest.display().to_string(), pidfile.display().to_string());
+) -> Result<(Started, Stats), String> {
+    let root = vz.root.as_ref().ok_or("no container root")?;
+    let ns = &simulated(&lab.destination)?.netns.name;
+    restore_container(
+        &vz.criu,
+        Some(ns),
+        &Restoring {
+            images: dest,
+            root,
+            bridge: HOST_BRIDGE,
+            extra,
+        },
+        |restore| {
+            if clock.expired() {
+                return Err(format!(
+                    "timed out after {} ms in the restore, criu restore killed",
+                    clock.timeout_ms
+                ));
+            }
+            // Not yet waited for: its pid cannot have been reused.
+            clock.fault("criu restore", || {
+                let _ = restore.kill();
+            });
+            Ok(())
+        },
+    )
+}
+
+/// What a restore restores, and where.
+pub(super) struct Restoring<'a> {
+    pub images: &'a Path,
+    pub root: &'a Path,
+    /// The bridge the veth's outer end joins.
+    pub bridge: &'a str,
+    pub extra: &'a [&'a str],
+}
+
+/// `criu restore` of `what` in network namespace `ns` (or the host's own),
+/// waiting until the restored tasks run; `tick` is asked at every poll
+/// and ends the wait with its error. On failure nothing of it is left.
+pub(super) fn restore_container(
+    criu: &Criu,
+    ns: Option<&str>,
+    what: &Restoring,
+    tick: impl FnMut(&mut Child) -> Result<(), String>,
+) -> Result<(Started, Stats), String> {
+    let pidfile = what.images.join("restore.pid");
+    let external = format!("veth[eth0]:{VETH}@{}", what.bridge);
+    let (images, root, pidfile_arg) = (
+        what.images.display().to_string(),
+        what.root.display().to_string(),
+        pidfile.display().to_string(),
+    );
     let mut args = vec![
         "restore",
         "--images-dir",
@@ -155,20 +200,25 @@ pub(super) fn restore(
         "--log-file",
         "restore.log",
     ];
-    args.extend(extra);
+    args.extend(what.extra);
     // Not detached: `criu restore` stays the container's parent, in the
     // destination's namespace (see container.rs).
-    let mut restore = vz
-        .criu
-        .command_in(&simulated(&lab.destination)?.netns.name, &args)
+    let mut restore = criu
+        .command(ns, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting criu restore: {e}"))?;
     let restored =
-        wait_restored(&mut restore, clock).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
+        wait_restored(&mut restore, tick).and_then(|stats| Ok((stats, read_pid(&pidfile)?)));
     match restored {
-        Ok((stats, init)) => Ok((Restored { restore, init }, stats)),
+        Ok((stats, init)) => Ok((
+            Started {
+                anchor: restore,
+                init,
+            },
+            stats,
+        )),
         Err(why) => {
             // The container's init, while `criu restore` (its parent) has
             // not been reaped and so cannot have lost it.
@@ -177,14 +227,20 @@ pub(super) fn restore(
             }
             let _ = restore.kill();
             let _ = restore.wait();
-            Err(format!("{why}: {}", errors(&dest.join("restore.log"))))
+            Err(format!(
+                "{why}: {}",
+                errors(&what.images.join("restore.log"))
+            ))
         }
     }
 }
 
 /// Reads `criu restore`'s output until it prints its statistics, which it
 /// does once the restored tasks run; the process itself stays.
-fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String> {
+fn wait_restored(
+    restore: &mut Child,
+    mut tick: impl FnMut(&mut Child) -> Result<(), String>,
+) -> Result<Stats, String> {
     let (tx, rx) = mpsc::channel();
     let stdout = restore.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -214,21 +270,12 @@ fn wait_restored(restore: &mut Child, clock: &mut Clock) -> Result<Stats, String
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if clock.expired() {
-            return Err(format!(
-                "timed out after {} ms in the restore, criu restore killed",
-                clock.timeout_ms
-            ));
-        }
-        // Not yet waited for: its pid cannot have been reused.
-        clock.fault("criu restore", || {
-            let _ = restore.kill();
-        });
+        tick(restore)?;
     }
 }
 
 /// The restored container is the guest now; the sampler follows it.
-pub(super) fn adopt(vz: &mut OpenVz, restored: Restored) {
+pub(super) fn adopt(vz: &mut OpenVz, restored: Started) {
     vz.inits.lock().unwrap()[1] = Some(restored.init.pid());
     vz.destination = Some(restored);
 }

@@ -92,8 +92,8 @@ pub(super) fn evacuate(
     ));
     let (ready, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let mut command = vz.criu.command_in(
-        src_ns,
+    let mut command = vz.criu.command(
+        Some(src_ns),
         &[
             "dump",
             "--tree",

@@ -77,8 +77,8 @@ pub(super) fn evacuate(
     ));
     let mut dump = vz
         .criu
-        .command_in(
-            src_ns,
+        .command(
+            Some(src_ns),
             &[
                 "dump",
                 "--tree",
