@@ -187,7 +187,7 @@ pub fn run_case(
     )?;
     let started = std::time::SystemTime::now();
     let mut backend =
-        backend::for_hypervisor(case).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
+        backend::for_hypervisor(case, inventory).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
     if let Some(why) = backend.host_refusal(case) {
         return Err(RunError::Refused(why));
     }

@@ -9,6 +9,7 @@ pub mod kvm;
 pub mod xen;
 
 use crate::case::{Case, Hypervisor, Strategy};
+use crate::inventory::Inventory;
 use crate::lab::{netns, Lab};
 use crate::measure::{Outcome, Phases};
 use crate::sampler::{Pids, ProcessProbe, Source};
@@ -159,14 +160,19 @@ pub fn namespace_processes(lab: &Lab) -> Result<ProcessProbe> {
     }))
 }
 
-/// The backend for `hypervisor`, or why this build cannot run it.
-pub fn for_hypervisor(case: &Case) -> Result<Box<dyn Backend>, String> {
+/// The backend for `case` on the lab `inventory` describes, or why this
+/// build cannot run it.
+pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Result<Box<dyn Backend>, String> {
     match case.hypervisor {
         Hypervisor::KvmFv | Hypervisor::KvmPv => {
             kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>)
         }
         Hypervisor::XenPv | Hypervisor::XenHvm => {
             xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>)
+        }
+        // A real lab's hosts run their own CRIU; the runner needs none.
+        Hypervisor::Openvz if !inventory.simulated => {
+            Ok(Box::new(criu::remote::hosts::OnRealHosts::new(case)))
         }
         Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
     }
@@ -181,8 +187,9 @@ pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
             Strategy::Postcopy,
             Strategy::AutoConverge,
         ],
-        // Pre-copy by CRIU pre-dumps is not implemented (it needs soft-dirty, which these hosts lack).
-        Hypervisor::Openvz => &[Strategy::StopAndCopy, Strategy::Postcopy],
+        // Pre-copy by CRIU's pre-dumps needs the kernel's soft-dirty
+        // tracking, which a host without it refuses before the run.
+        Hypervisor::Openvz => &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
         // `xl migrate` does pre-copy and nothing else.
         Hypervisor::XenPv | Hypervisor::XenHvm => &[Strategy::Precopy],
     }

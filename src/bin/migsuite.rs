@@ -133,6 +133,15 @@ enum Command {
         #[arg(long)]
         monitor: std::net::SocketAddr,
     },
+    /// Serve a runner's CRIU session on this host (openvz on a real lab):
+    /// the runner starts it over ssh as root and talks to it on standard
+    /// input and output; everything it made goes when its input ends.
+    #[command(hide = true)]
+    CriuHost {
+        /// The session's name, the same on both hosts of a pair.
+        #[arg(long)]
+        session: String,
+    },
     /// Write the HTML page of a JSON report: one self-contained file (inline
     /// figures and style, no scripts, no outside links).
     Report {
@@ -213,6 +222,15 @@ fn main() -> ExitCode {
             listen,
             monitor,
         } => Ok(host_agent(&name, &key, listen, monitor)),
+        Command::CriuHost { session } => {
+            match migsuite::backend::criu::remote::serve::serve(&session) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    Err(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Report { report, output } => {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))

@@ -20,7 +20,8 @@
 //!     agent: 198.51.100.1     # a real host's `migsuite host-agent`
 //!     bridge: br0
 //!     pool: migsuite
-//!     backends: [kvm-fv, kvm-pv]
+//!     backends: [kvm-fv, kvm-pv, openvz]
+//!     ssh: root@198.51.100.1  # a real host's shell: openvz's CRIU runs there
 //!   - ...
 //! pairs:
 //!   - [a, b]
@@ -127,6 +128,8 @@ pub struct Host {
     pub pool: String,
     /// What the host can run, in the order the inventory lists them.
     pub backends: Vec<Hypervisor>,
+    /// How the runner logs in to a real host as root (`root@address`).
+    pub ssh: Option<String>,
 }
 
 impl Host {
@@ -175,6 +178,7 @@ impl Inventory {
                 bridge: network::HOST_BRIDGE.to_string(),
                 pool: SIMULATED_POOL.to_string(),
                 backends: Hypervisor::ALL.to_vec(),
+                ssh: None,
             })
             .collect();
         Inventory {

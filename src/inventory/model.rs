@@ -66,6 +66,10 @@ pub(super) struct HostDef {
     pub bridge: InterfaceName,
     pub pool: PoolName,
     pub backends: Vec<HypervisorName>,
+    /// How the runner logs in to a real host as root: what openvz needs,
+    /// whose CRIU runs on the host itself.
+    #[serde(default)]
+    pub ssh: Option<SshDestination>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,7 +300,40 @@ impl Scalar for PoolName {
     }
 }
 
+/// How the runner logs in to a host as root over ssh: `root@192.0.2.1`
+/// (the user may be left to the runner's ssh configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SshDestination(pub String);
+
+impl Scalar for SshDestination {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an ssh destination like root@192.0.2.1")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let (user, host) = v.rsplit_once('@').unwrap_or(("root", v));
+        let word = |s: &str, extra: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+        };
+        if word(user, "._-")
+            && word(host, ".-:")
+            && !user.starts_with('-')
+            && !host.starts_with('-')
+        {
+            Ok(SshDestination(v.to_owned()))
+        } else {
+            Err(Reject::Invalid(format!(
+                "`{v}` is not an ssh destination: give `root@` and the host's address or name, \
+                 e.g. root@192.0.2.1 (the runner logs in as root there, by key)"
+            )))
+        }
+    }
+}
+
 deserialize_scalar!(
+    SshDestination,
     Address,
     LibvirtUri,
     InterfaceName,

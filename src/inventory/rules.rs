@@ -65,6 +65,7 @@ fn host(def: HostDef, agent: IpAddr) -> Host {
         bridge: def.bridge.0,
         pool: def.pool.0,
         backends: def.backends.into_iter().map(|b| b.0).collect(),
+        ssh: def.ssh.map(|s| s.0),
     }
 }
 
@@ -117,25 +118,49 @@ fn check_hosts(def: &InventoryDef) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A real host is driven through libvirt's QEMU driver, the one its URI
-/// reaches: the Xen rows run on nested Xen hosts and openvz by CRIU, both
-/// of which migsuite builds only in a simulated lab.
+/// A real host runs the KVM rows through libvirt's QEMU driver (its URI)
+/// and openvz through its own CRIU, reached over ssh; the Xen rows run on
+/// nested Xen hosts, which migsuite builds only in a simulated lab. A
+/// simulated host is this machine's: nothing to log in to.
 fn check_real_backends(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
     if simulated {
-        return Ok(());
+        return match h.ssh {
+            Some(_) => Err(Invalid {
+                path: at.clone().key("ssh"),
+                message: "a simulated host is a namespace of this machine, not logged in to: \
+                          remove `ssh`"
+                    .into(),
+            }),
+            None => Ok(()),
+        };
     }
-    let kvm = |b: &HypervisorName| matches!(b.0, Hypervisor::KvmFv | Hypervisor::KvmPv);
-    match h.backends.iter().position(|b| !kvm(b)) {
-        Some(j) => Err(Invalid {
+    let real = |b: &HypervisorName| {
+        matches!(
+            b.0,
+            Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz
+        )
+    };
+    if let Some(j) = h.backends.iter().position(|b| !real(b)) {
+        return Err(Invalid {
             path: at.clone().key("backends").index(j),
             message: format!(
                 "a real host runs kvm-fv and kvm-pv (libvirt's QEMU driver, which its URI \
-                 reaches); {} runs only in a simulated lab (`simulated: true`), where migsuite \
-                 builds it",
+                 reaches) and openvz (its CRIU, over `ssh`); {} runs only in a simulated lab \
+                 (`simulated: true`), where migsuite builds it",
                 h.backends[j].0
             ),
+        });
+    }
+    let openvz = h.backends.iter().position(|b| b.0 == Hypervisor::Openvz);
+    match (openvz, &h.ssh) {
+        (Some(j), None) => Err(Invalid {
+            path: at.clone().key("backends").index(j),
+            message: "openvz runs CRIU on the host itself: give the host's `ssh` (e.g. \
+                      `ssh: root@192.0.2.1`), where root logs in by key and `migsuite` is \
+                      installed"
+                .into(),
         }),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 

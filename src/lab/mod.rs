@@ -57,6 +57,8 @@ pub struct Host {
     pub migration_address: IpAddr,
     /// Where its agent takes orders (`crate::failure`).
     pub agent: IpAddr,
+    /// How the runner logs in to it as root, on a real lab (openvz's).
+    pub ssh: Option<String>,
     pub place: Place,
 }
 
@@ -240,6 +242,7 @@ impl Lab {
                 index,
                 migration_address: spec.migration_address,
                 agent: spec.agent,
+                ssh: None,
                 place: Place::Simulated(Simulated {
                     link_addr: network::link_addr(slots[usize::from(index)]),
                     peer_link_addr: network::link_addr(slots[usize::from(1 - index)]),
@@ -290,6 +293,7 @@ impl Lab {
                 index,
                 migration_address: spec.migration_address,
                 agent: spec.agent,
+                ssh: spec.ssh.clone(),
                 place: Place::Real,
             })
         };

@@ -110,8 +110,8 @@ failure: { kind: warned, after: 3s }
     &["is not a percentage like 250%"],
 )]
 #[case::strategy_not_offered(
-    "strategy-not-offered.yaml:4:24: matrix.hypervisor[1]: ",
-    &["openvz cannot migrate by precopy (the default)", "offers stop-and-copy, postcopy"],
+    "strategy-not-offered.yaml:10:24: migration.strategy: ",
+    &["openvz cannot migrate by auto-converge", "offers precopy, stop-and-copy, postcopy"],
 )]
 #[case::strategy_by_override(
     "strategy-by-override.yaml:9:28: overrides[0].migration.strategy: ",
@@ -183,8 +183,8 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("fail-openvz-postcopy-killed"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(count("real-lab"), 2);
-    assert_eq!(cases.len(), 52);
+    assert_eq!(count("real-lab"), 3);
+    assert_eq!(cases.len(), 53);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
         names[..20],
@@ -213,8 +213,8 @@ fn shipped_suites_load_in_file_order() {
         ]
     );
     assert_eq!(names[20], "real-lab::kvm-fv::mtu1500::game");
-    assert_eq!(names[22], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[51], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[23], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[52], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
     assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
     assert_eq!(cases[4].migration.strategy, Strategy::Precopy);

@@ -14,6 +14,7 @@ pub mod binary;
 pub mod container;
 mod phases;
 mod post_copy;
+pub mod remote;
 pub mod stats;
 mod stop_and_copy;
 

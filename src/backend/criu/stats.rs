@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats(BTreeMap<String, u64>);
 
 impl Stats {
