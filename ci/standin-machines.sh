@@ -34,7 +34,7 @@ STATE=/run/migsuite-standin
 ARTIFACTS=${MIGSUITE_ARTIFACTS:-/var/lib/migsuite}
 IMAGE=$ARTIFACTS/standin
 # Bump when the image's recipe changes: `image` rebuilds then.
-IMAGE_RECIPE=4
+IMAGE_RECIPE=5
 RUNNER=msr-run
 FABRIC=msr-net
 HOSTS=(a b)
@@ -53,7 +53,7 @@ HOST_CPUS=2
 BOOT_SECONDS=600
 # The packages of a lab host; QEMU and libvirt from bookworm-backports, as
 # on the runner (ci/setup.sh says why).
-HOST_PACKAGES=systemd-sysv,udev,dbus,kmod,linux-image-amd64,initramfs-tools,openssh-server,iproute2,netbase,apparmor,ca-certificates,tar
+HOST_PACKAGES=systemd-sysv,udev,dbus,kmod,linux-image-amd64,initramfs-tools,openssh-server,iproute2,netbase,apparmor,ca-certificates,tar,criu,busybox-static
 # (the node-device driver lets `migsuite hosts` see the bridge).
 HOST_BACKPORTS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu
                 libvirt-daemon-driver-storage libvirt-daemon-driver-nodedev libvirt-clients)
@@ -164,7 +164,7 @@ EOF
   cp "$root"/boot/initrd.img-* "$IMAGE.tmp/initrd.img"
   {
     echo "kernel=$(basename "$root"/boot/vmlinuz-*)"
-    chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' qemu-system-x86 libvirt-daemon openssh-server apparmor
+    chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' qemu-system-x86 libvirt-daemon openssh-server apparmor criu
   } >"$IMAGE.tmp/VERSIONS"
   mkfs.ext4 -q -L standin -d "$root" "$IMAGE.tmp/host.img" 4G
   echo "$IMAGE_RECIPE" >"$IMAGE.tmp/RECIPE"
@@ -440,7 +440,8 @@ EOF
     migration_address: $MIG.$n
     bridge: br0
     pool: $POOL
-    backends: [kvm-fv, kvm-pv]
+    backends: [kvm-fv, kvm-pv, openvz]
+    ssh: root@$MGMT.$n
 EOF
     done
     printf 'pairs:\n  - [a, b]\n'

@@ -238,10 +238,16 @@ fn check_case(case: &Value, transport: &str) {
         provenance["lab"].as_str().unwrap().contains("real hosts"),
         "{name} over {transport}: {provenance}"
     );
-    assert!(provenance["storage"]
-        .as_str()
-        .unwrap()
-        .contains("copied with the guest"));
+    // A VM's disk goes with it; a container's root was copied beforehand.
+    let storage = if name.contains("openvz") {
+        "container root copied host to host"
+    } else {
+        "copied with the guest"
+    };
+    assert!(
+        provenance["storage"].as_str().unwrap().contains(storage),
+        "{name}: {provenance}"
+    );
     // Each host's own kernel, as its agent tells it: Debian 12's, not the
     // runner machine's.
     let kernels = provenance["host_kernel"].as_str().unwrap();
@@ -293,7 +299,8 @@ fn check_case(case: &Value, transport: &str) {
         assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["path_rate_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
-        // The source's QEMU, as its libvirt tells, before the warning.
+        // The source's QEMU, as its libvirt tells, or the container, as
+        // its host's CRIU session counts it, before the warning.
         let cpu = r["timelines"]
             .as_array()
             .unwrap()
@@ -311,8 +318,23 @@ fn check_case(case: &Value, transport: &str) {
     }
 }
 
+/// What the hosts' CRIU sessions left in their directory: nothing, once
+/// each session's input closed.
+fn criu_sessions(host: u8) -> String {
+    let host = format!("10.248.0.{host}");
+    let argv = [
+        STANDIN,
+        "exec",
+        "ssh",
+        &host,
+        "ls",
+        "/var/lib/migsuite/criu-host",
+    ];
+    duct::cmd("bash", argv).dir(root()).read().unwrap()
+}
+
 #[test]
-fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
+fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
     let migsuite = env!("CARGO_BIN_EXE_migsuite");
     let dir = tempfile::tempdir().unwrap();
     let suite = suite_for_standin(dir.path());
@@ -327,9 +349,15 @@ fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
     );
     assert!(left.contains("x0-"), "the killed run left no guest: {left}");
     eprintln!("left by the killed run: {left}");
-    // Both rows over ssh; over TLS one (the transport is what differs).
-    for (transport, filter, rows) in [("ssh", "kvm", 2), ("tls", "kvm-pv", 1)] {
-        let reports = dir.path().join(transport);
+    // The KVM rows over ssh, one over TLS (the transport is what
+    // differs); openvz's CRIU runs on the hosts, reached over ssh whatever
+    // the libvirt transport.
+    for (transport, filter, rows) in [
+        ("ssh", "kvm", 2),
+        ("tls", "kvm-pv", 1),
+        ("ssh", "openvz", 1),
+    ] {
+        let reports = dir.path().join(format!("{transport}-{filter}"));
         let inventory = format!("/run/migsuite-standin/lab-{transport}.yaml");
         let cases = run(migsuite, &inventory, filter, &suite, &reports);
         assert_eq!(cases.len(), rows, "over {transport}");
@@ -345,6 +373,7 @@ fn the_kvm_rows_run_on_machines_over_ssh_and_tls() {
                 Vec::<String>::new(),
                 "host {host} after {transport}"
             );
+            assert_eq!(criu_sessions(host).trim(), "", "host {host} after {filter}");
         }
     }
 }
