@@ -76,7 +76,15 @@ impl OpenVz {
     fn refusal(&self, strategy: Strategy) -> Option<String> {
         match strategy {
             Strategy::Postcopy => post_copy::unavailable(&self.criu),
-            _ => None,
+            Strategy::Precopy => Some(format!(
+                "openvz pre-copy (CRIU's pre-dumps) runs on a real lab's hosts (`ssh` in its \
+                 inventory); a simulated lab's container migrates by stop-and-copy or postcopy{}",
+                match self.criu.feature("mem_dirty_track") {
+                    Ok(()) => String::new(),
+                    Err(why) => format!(" (and this kernel tracks no dirty pages: {why})"),
+                }
+            )),
+            Strategy::StopAndCopy | Strategy::AutoConverge => None,
         }
     }
 }
