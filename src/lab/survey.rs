@@ -90,9 +90,13 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
         },
     ];
     for backend in &host.backends {
+        let answer = match backend {
+            Hypervisor::Openvz if !simulated => criu_on(host),
+            _ => runs(*backend, driver.as_deref(), simulated),
+        };
         findings.push(Finding {
             what: backend.name(),
-            answer: runs(*backend, driver.as_deref(), simulated),
+            answer,
         });
     }
     findings.push(Finding {
@@ -228,6 +232,30 @@ fn runs(
             "{backend} needs libvirt's QEMU driver, and the URI reaches its {driver} driver"
         ))
     }
+}
+
+/// What a real host's CRIU can do, asked by a `criu-host` session over
+/// its `ssh`, as a case asks it.
+fn criu_on(host: &inventory::Host) -> Result<String, String> {
+    use crate::backend::criu::remote::{session, Ask, Reply};
+    let ssh = host.ssh.as_deref().ok_or("openvz needs the host's `ssh`")?;
+    let asked = session::HostSession::open(&host.name, ssh, &uuid::Uuid::new_v4().to_string())
+        .map_err(|e| format!("{e:#}"))?
+        .ask(Ask::Describe, session::ANSWER_TIMEOUT)?;
+    let Reply::Described(d) = asked else {
+        return Err(format!("unexpected answer {asked:?}"));
+    };
+    let criu = d.criu?;
+    Ok(format!(
+        "CRIU {} ({}) on kernel {}, over ssh {ssh}; {}",
+        criu.version,
+        criu.origin,
+        d.kernel,
+        match criu.dirty_tracking {
+            Ok(()) => "tracks dirty pages: precopy and stop-and-copy".to_string(),
+            Err(why) => format!("tracks no dirty pages ({why}): stop-and-copy only"),
+        }
+    ))
 }
 
 /// The pool's state and room.
