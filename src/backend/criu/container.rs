@@ -223,6 +223,27 @@ pub fn signal_tree(init: &ProcessHandle, signal: Signal) {
     init.signal(signal);
 }
 
+/// Checks the agent's hello (`key=value`) comes from a container on a host
+/// running kernel `host_kernel`: the kernel is shared, so it must be the
+/// host's own.
+pub fn check_hello(
+    hello: &std::collections::BTreeMap<String, String>,
+    host_kernel: &str,
+) -> Result<()> {
+    let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
+    anyhow::ensure!(
+        seen("guest") == "container",
+        "the agent says it runs in a {}, not in a container",
+        seen("guest")
+    );
+    anyhow::ensure!(
+        seen("kernel") == host_kernel,
+        "the container runs kernel {}, not its host's {host_kernel}",
+        seen("kernel")
+    );
+    Ok(())
+}
+
 /// Whether the container's init exists and is scheduled: not stopped,
 /// traced (being dumped) or dead.
 pub fn is_running(init: i32) -> bool {

@@ -109,19 +109,7 @@ impl Backend for OpenVz {
     }
 
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
-        let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
-        anyhow::ensure!(
-            seen("guest") == "container",
-            "the agent says it runs in a {}, not in a container",
-            seen("guest")
-        );
-        let host = crate::sh::kernel_release();
-        anyhow::ensure!(
-            seen("kernel") == host,
-            "the container runs kernel {}, not the host's {host}",
-            seen("kernel")
-        );
-        Ok(())
+        container::check_hello(hello, &crate::sh::kernel_release())
     }
 
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {

@@ -8,6 +8,7 @@
 
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, CriuOnHost, Description, Reply};
+use crate::backend::criu::container;
 use crate::backend::criu::phases::{ms, page_size};
 use crate::backend::criu::stats::Stats;
 use crate::backend::{span_ms, Backend, BackendInfo, Evacuation, Progress};
@@ -395,20 +396,9 @@ impl Backend for OnRealHosts {
     }
 
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
-        let seen = |k: &str| hello.get(k).map(String::as_str).unwrap_or("none");
-        anyhow::ensure!(
-            seen("guest") == "container",
-            "the agent says it runs in a {}, not in a container",
-            seen("guest")
-        );
         let on = self.guest_on.context("no container was started")? as usize;
-        let kernel = &self.described.get(on).context("host not described")?.kernel;
-        anyhow::ensure!(
-            seen("kernel") == kernel,
-            "the container runs kernel {}, not its host's {kernel}",
-            seen("kernel")
-        );
-        Ok(())
+        let host = self.described.get(on).context("host not described")?;
+        container::check_hello(hello, &host.kernel)
     }
 
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
