@@ -259,6 +259,22 @@ impl Session {
         Ok(self.dir.join(format!("{IMAGES_PREFIX}{name}")))
     }
 
+    /// Images directory `name`, made, and the way to `prev`'s from it
+    /// (CRIU's `--prev-images-dir`, relative so that it holds on the peer).
+    fn images_after(
+        &self,
+        name: &str,
+        prev: Option<&str>,
+    ) -> Result<(PathBuf, Option<String>), String> {
+        let dir = self.images(name)?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let parent = prev
+            .map(|p| self.images(p))
+            .transpose()?
+            .map(|p| format!("../{}", p.file_name().unwrap().to_string_lossy()));
+        Ok((dir, parent))
+    }
+
     fn clear_images(&self) -> Result<(), String> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| e.to_string())?;
         for e in entries.flatten() {
@@ -373,8 +389,7 @@ impl Session {
         address: std::net::IpAddr,
         port: u16,
     ) -> Result<(), String> {
-        let dir = self.images(images)?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (dir, parent_arg) = self.images_after(images, prev)?;
         let pidfile = dir.join("page-server.pid");
         let (dir_arg, address, port, pidfile_arg) = (
             dir.display().to_string(),
@@ -396,8 +411,6 @@ impl Session {
             "--log-file",
             "page-server.log",
         ];
-        let parent = prev.map(|p| self.images(p)).transpose()?;
-        let parent_arg = parent.map(|p| format!("../{}", p.file_name().unwrap().to_string_lossy()));
         if let Some(p) = &parent_arg {
             args.extend(["--prev-images-dir", p]);
         }
@@ -427,8 +440,7 @@ impl Session {
             let state = self.state.lock().unwrap();
             state.guest.as_ref().ok_or("no container here")?.init.pid()
         };
-        let dir = self.images(images)?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (dir, parent_arg) = self.images_after(images, prev)?;
         let (pid, dir_arg, address, port) = (
             pid.to_string(),
             dir.display().to_string(),
@@ -451,8 +463,6 @@ impl Session {
             "--log-file",
             "dump.log",
         ];
-        let parent = prev.map(|p| self.images(p)).transpose()?;
-        let parent_arg = parent.map(|p| format!("../{}", p.file_name().unwrap().to_string_lossy()));
         if let Some(p) = &parent_arg {
             args.extend(["--prev-images-dir", p]);
         }
