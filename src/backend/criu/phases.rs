@@ -353,6 +353,21 @@ pub(super) fn simulated(host: &crate::lab::Host) -> Result<&crate::lab::Simulate
     host.simulated().map_err(|e| format!("{e:#}"))
 }
 
+/// When the dump that ended at `dump_ended` froze the container, from
+/// CRIU's frozen time (ms).
+pub(super) fn frozen_at(dump_ended: Instant, frozen_ms: Option<f64>) -> Option<Instant> {
+    dump_ended.checked_sub(Duration::try_from_secs_f64(frozen_ms? / 1000.0).ok()?)
+}
+
+/// What a progress line says once the container runs on the destination.
+pub(super) fn restored_line(frozen_ms: Option<f64>, restore: &Stats) -> String {
+    format!(
+        "restored: frozen {:.0} ms, restore {:.0} ms (CRIU)",
+        frozen_ms.unwrap_or(f64::NAN),
+        restore.ms("Restore time").unwrap_or(f64::NAN)
+    )
+}
+
 pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

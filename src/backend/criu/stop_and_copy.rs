@@ -24,7 +24,6 @@ use crate::measure::Outcome;
 use crate::measure::Phases;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 use std::time::Instant;
 
 const PAGE_SERVER_PORT: &str = "27027";
@@ -148,14 +147,9 @@ pub(super) fn evacuate(
     phases::retire_source(vz);
 
     let frozen_ms = dump_stats.ms("Frozen time");
-    progress(&format!(
-        "restored: frozen {:.0} ms (CRIU), restore {:.0} ms (CRIU)",
-        frozen_ms.unwrap_or(f64::NAN),
-        restore_stats.ms("Restore time").unwrap_or(f64::NAN)
-    ));
+    progress(&phases::restored_line(frozen_ms, &restore_stats));
     // The memory moves while the container is frozen: no live transfer.
-    let frozen_at = frozen_ms
-        .and_then(|f| dump_ended.checked_sub(Duration::try_from_secs_f64(f / 1000.0).ok()?));
+    let frozen_at = phases::frozen_at(dump_ended, frozen_ms);
     Ok(Evacuation {
         outcome: Outcome::Completed,
         completed_at: Some(restored_at),

@@ -9,7 +9,7 @@
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, CriuOnHost, Description, Reply};
 use crate::backend::criu::container;
-use crate::backend::criu::phases::{ms, page_size};
+use crate::backend::criu::phases::{self, ms, page_size};
 use crate::backend::criu::stats::Stats;
 use crate::backend::{span_ms, Backend, BackendInfo, Evacuation, Progress};
 use crate::case::{Case, Strategy};
@@ -223,13 +223,8 @@ impl OnRealHosts {
         if let Err(e) = source.ask(Ask::Retire, ANSWER_TIMEOUT) {
             progress(&format!("the source's stopped container did not go: {e}"));
         }
-        progress(&format!(
-            "restored: frozen {:.0} ms, restore {:.0} ms (CRIU)",
-            frozen_ms.unwrap_or(f64::NAN),
-            restored.ms("Restore time").unwrap_or(f64::NAN)
-        ));
-        let frozen_at = frozen_ms
-            .and_then(|f| dump_ended.checked_sub(Duration::try_from_secs_f64(f / 1000.0).ok()?));
+        progress(&phases::restored_line(frozen_ms, &restored));
+        let frozen_at = phases::frozen_at(dump_ended, frozen_ms);
         let memory_transfer_ms = passes
             .first()
             .and_then(|_| span_ms(Some(started), frozen_at))
