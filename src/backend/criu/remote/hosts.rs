@@ -66,14 +66,11 @@ impl OnRealHosts {
         }
     }
 
-    fn sessions(&self) -> Result<&[HostSession; 2], String> {
+    /// Both hosts' sessions, by host index (shared with the sampler).
+    fn sessions(&self) -> Result<Arc<[HostSession; 2]>, String> {
         self.sessions
-            .as_deref()
+            .clone()
             .ok_or_else(|| "the hosts' CRIU sessions are not open".to_string())
-    }
-
-    fn session(&self, host: &Host) -> Result<&HostSession, String> {
-        Ok(&self.sessions()?[host.index as usize])
     }
 
     fn try_evacuate(
@@ -89,10 +86,7 @@ impl OnRealHosts {
                 .saturating_duration_since(Instant::now())
                 .as_millis() as u64
         };
-        let sessions = self
-            .sessions
-            .clone()
-            .ok_or("the hosts' CRIU sessions are not open")?;
+        let sessions = self.sessions()?;
         let (source, destination) = (
             &sessions[lab.source.index as usize],
             &sessions[lab.destination.index as usize],
@@ -364,7 +358,8 @@ impl Backend for OnRealHosts {
     }
 
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
-        let source = self.session(&lab.source).map_err(|e| anyhow!(e))?;
+        let sessions = self.sessions().map_err(|e| anyhow!(e))?;
+        let source = &sessions[lab.source.index as usize];
         let peer = ssh_of(&lab.destination).map_err(|e| anyhow!(e))?;
         let ask = |s: &HostSession, ask: Ask| s.ask(ask, ANSWER_TIMEOUT).map_err(|e| anyhow!(e));
         ask(source, Ask::WriteRoot)?;
@@ -422,7 +417,7 @@ impl Backend for OnRealHosts {
 
     /// Each host's container and CRIU processes, as its session counts them.
     fn sample_source(&self, lab: &Lab) -> Result<Source> {
-        let sessions = self.sessions.clone().context("no sessions")?;
+        let sessions = self.sessions().map_err(|e| anyhow!(e))?;
         let order = [lab.source.index, lab.destination.index];
         Ok(Source::Reported(Box::new(move || {
             order.map(|i| {
