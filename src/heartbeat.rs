@@ -475,6 +475,54 @@ pub(crate) mod loopback {
             self.thread.join().unwrap().unwrap();
         }
     }
+
+    /// A monitor on loopback and a socket playing a host's agent, whose
+    /// answers a test writes itself.
+    pub struct Scripted {
+        pub key: Key,
+        pub monitor: Monitor,
+        /// Where the monitor listens: the agent answers there.
+        pub to: SocketAddr,
+        pub agent: UdpSocket,
+    }
+
+    impl Scripted {
+        pub fn new() -> Scripted {
+            let key = Key::random().unwrap();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = socket.local_addr().unwrap();
+            let monitor = Monitor::new(socket, key.clone()).unwrap();
+            let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+            agent
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            Scripted {
+                key,
+                monitor,
+                to,
+                agent,
+            }
+        }
+
+        /// Where the agent takes orders.
+        pub fn orders(&self) -> SocketAddr {
+            self.agent.local_addr().unwrap()
+        }
+
+        /// The next order the agent got, opened.
+        pub fn order(&self) -> Message {
+            let mut buf = [0u8; 1024];
+            let n = self.agent.recv(&mut buf).unwrap();
+            open(&self.key, &buf[..n]).unwrap()
+        }
+
+        /// Sends the monitor `say`, the agent's `seq`-th datagram, as host
+        /// `host`, answering order `answers`.
+        pub fn say(&self, say: Say, seq: u64, answers: u64, host: &str, fields: &[u8]) {
+            let sealed = seal(&self.key, say, seq, answers, host, fields);
+            self.agent.send_to(&sealed, self.to).unwrap();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -756,31 +804,21 @@ mod tests {
     /// went out (fresh, sealed, never taken), is not the warning either.
     #[test]
     fn a_going_down_answering_an_earlier_order_is_not_the_warning() {
-        let key = Key::random().unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = socket.local_addr().unwrap();
-        let monitor = Monitor::new(socket, key.clone()).unwrap();
         // Host a's agent, scripted: going down since an earlier order, it
         // sends one more going-down answering that before its answer.
-        let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        agent
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let orders = agent.local_addr().unwrap();
+        let lab = loopback::Scripted::new();
         let earlier = Sequence::default().advance();
         let heard = std::thread::scope(|s| {
             s.spawn(|| {
-                let mut buf = [0u8; 512];
-                let n = agent.recv(&mut buf).unwrap();
-                let order = open(&key, &buf[..n]).unwrap();
+                let order = lab.order();
                 let mut seq = Sequence::default();
                 for answers in [earlier, order.seq] {
-                    let going_down = seal(&key, Say::GoingDown, seq.advance(), answers, "a", &[]);
-                    agent.send_to(&going_down, to).unwrap();
+                    lab.say(Say::GoingDown, seq.advance(), answers, "a", &[]);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             });
-            monitor.bring_down("a", orders, Duration::from_secs(5))
+            lab.monitor
+                .bring_down("a", lab.orders(), Duration::from_secs(5))
         })
         .unwrap();
         assert_eq!(heard.answers, heard.first_order);

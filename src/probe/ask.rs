@@ -224,25 +224,16 @@ mod tests {
     /// earlier one's, say), is not taken.
     #[test]
     fn an_answer_about_another_task_is_not_taken() {
-        let key = Key::random().unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = socket.local_addr().unwrap();
-        let monitor = Monitor::new(socket, key.clone()).unwrap();
         // Host a's agent, scripted.
-        let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        agent
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let lab = loopback::Scripted::new();
         let host = Peer {
             name: "a",
-            agent: agent.local_addr().unwrap(),
+            agent: lab.orders(),
             migration_address: "127.0.0.1".parse().unwrap(),
         };
         let counted = std::thread::scope(|s| {
             s.spawn(|| {
-                let mut buf = [0u8; 1024];
-                let n = agent.recv(&mut buf).unwrap();
-                let order = open(&key, &buf[..n]).unwrap();
+                let order = lab.order();
                 let (token, _) = Order::decode(&order.fields).unwrap();
                 let mut seq = Sequence::default();
                 for (token, interface) in [(Token::random().unwrap(), "other"), (token, "mig0")] {
@@ -251,11 +242,10 @@ mod tests {
                         counters: Default::default(),
                     });
                     let answer = Answer { token, state }.encode();
-                    let sealed = seal(&key, Say::Probed, seq.advance(), order.seq, "a", &answer);
-                    agent.send_to(&sealed, to).unwrap();
+                    lab.say(Say::Probed, seq.advance(), order.seq, "a", &answer);
                 }
             });
-            counters(&monitor, &host)
+            counters(&lab.monitor, &host)
         })
         .unwrap();
         assert_eq!(counted.interface, "mig0");
