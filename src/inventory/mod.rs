@@ -296,6 +296,13 @@ impl Inventory {
     }
 
     /// The pairs, in the inventory's order.
+    /// Pair `index`, or an error naming the lab.
+    pub fn pair(&self, index: usize) -> anyhow::Result<Pair<'_>> {
+        self.pairs()
+            .nth(index)
+            .ok_or_else(|| anyhow::anyhow!("lab {} has no pair {index}", self.name))
+    }
+
     pub fn pairs(&self) -> impl Iterator<Item = Pair<'_>> {
         self.pairs.iter().map(|&[a, b]| Pair {
             hosts: [&self.hosts[a], &self.hosts[b]],

@@ -42,22 +42,16 @@ impl Holds {
     /// Both hosts of `pair` of real lab `inventory`; or, where another runner
     /// holds one, who (whatever was taken is let go).
     pub fn take(inventory: &Inventory, pair: usize) -> Result<Result<Holds, String>> {
-        let pair = inventory
-            .pairs()
-            .nth(pair)
-            .with_context(|| format!("lab {} has no pair {pair}", inventory.name))?;
         let mut held = Holds::none();
-        for host in pair.hosts {
-            let conn = libvirtd::connect_within(&host.uri, CONNECT_TIMEOUT)
-                .with_context(|| format!("host {} of lab {}", host.name, inventory.name))?;
+        for host in inventory.pair(pair)?.hosts {
+            let conn = libvirtd::connect_host(host, &inventory.name, CONNECT_TIMEOUT)?;
             let uuid = survey::host_uuid(&conn.capabilities()?).with_context(|| {
                 format!(
                     "host {}'s libvirt capabilities give no host UUID",
                     host.name
                 )
             })?;
-            let pool = Pool::open(conn, &host.pool, false)
-                .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
+            let pool = Pool::of_real_host(conn, host)?;
             let name = pool::hold_name(&uuid);
             if !claim(&pool, &name)? {
                 return Ok(Err(busy(&pool, &name, host)?));

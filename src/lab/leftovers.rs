@@ -20,16 +20,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Removes from the hosts of `pair` of `inventory` what runs that are gone
 /// left there.
 pub fn remove(inventory: &Inventory, pair: usize) -> Result<()> {
-    let pair = inventory
-        .pairs()
-        .nth(pair)
-        .with_context(|| format!("lab {} has no pair {pair}", inventory.name))?;
-    for host in pair.hosts {
-        let conn = libvirtd::connect_within(&host.uri, CONNECT_TIMEOUT)
-            .with_context(|| format!("host {} of lab {}", host.name, inventory.name))?;
+    for host in inventory.pair(pair)?.hosts {
+        let conn = libvirtd::connect_host(host, &inventory.name, CONNECT_TIMEOUT)?;
         remove_guests(&conn, host)?;
-        let pool = Pool::open(conn, &host.pool, false)
-            .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))?;
+        let pool = Pool::of_real_host(conn, host)?;
         remove_disks(&pool, host)?;
     }
     Ok(())

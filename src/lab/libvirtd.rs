@@ -235,6 +235,17 @@ pub fn version(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }
 
+/// A connection to real host `host` of lab `lab`, within `timeout`; the
+/// error names the host.
+pub fn connect_host(
+    host: &crate::inventory::Host,
+    lab: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Connection> {
+    use anyhow::Context;
+    connect_within(&host.uri, timeout).with_context(|| format!("host {} of lab {lab}", host.name))
+}
+
 /// A connection to `uri` from this process's place, or why not within
 /// `timeout` (an ssh or TLS handshake to a host that does not answer could
 /// take minutes; its thread is left to libvirt's own timeout).

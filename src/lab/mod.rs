@@ -275,16 +275,12 @@ impl Lab {
     /// `DAEMON_START_TIMEOUT`. Nothing is built; the lab directory keeps
     /// this side's files (logs).
     fn reach(link: &LinkSpec, inventory: &Inventory, pair_index: usize) -> Result<Lab> {
-        let pair = inventory
-            .pairs()
-            .nth(pair_index)
-            .with_context(|| format!("lab {} has no pair {pair_index}", inventory.name))?;
+        let pair = inventory.pair(pair_index)?;
         let (dir, building) = cleanup::new_lab()?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
         drop(building);
         let host = |spec: &crate::inventory::Host, index: u8| -> Result<Host> {
-            libvirtd::connect_within(&spec.uri, DAEMON_START_TIMEOUT)
-                .with_context(|| format!("host {} of lab {}", spec.name, inventory.name))?;
+            libvirtd::connect_host(spec, &inventory.name, DAEMON_START_TIMEOUT)?;
             Ok(Host {
                 name: spec.name.clone(),
                 uri: spec.uri.clone(),

@@ -86,6 +86,13 @@ impl Pool {
         Ok(Pool { pool, conn })
     }
 
+    /// Real host `host`'s pool, as its inventory names it; the error names
+    /// the host.
+    pub fn of_real_host(conn: Connection, host: &crate::inventory::Host) -> Result<Pool> {
+        Pool::open(conn, &host.pool, false)
+            .with_context(|| format!("host {}'s storage pool `{}`", host.name, host.pool))
+    }
+
     fn volume(&self, name: &str) -> Option<StorageVol> {
         self.pool.lookup_storage_vol_by_name(name).ok()
     }
