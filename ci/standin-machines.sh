@@ -3,7 +3,10 @@
 # machines with a kernel of their own (Debian 12, booted under QEMU, which
 # offers them AMD-V so that their libvirt runs guests with KVM), running
 # systemd, sshd, libvirtd (Debian's packages, Debian's defaults: QEMU as
-# libvirt-qemu, dynamic ownership, AppArmor) and `migsuite host-agent`. No
+# libvirt-qemu, dynamic ownership, AppArmor) and `migsuite host-agent`.
+# Hosts c and d are the same Debian booted as Xen's dom0 (Xen 4.17 from
+# ci/setup-xen.sh, Debian's xen-utils and its init script): a Xen lab,
+# reached over ssh to dom0, where `xl` runs. No
 # file system is shared with this machine: everything a host gets is in its
 # disk image and a configuration disk (a tar archive), as a lab's owner
 # would install it. The runner machine is the network namespace msr-run,
@@ -11,7 +14,9 @@
 # (qemu+ssh) or TLS (qemu+tls), never unauthenticated TCP.
 #
 #   ci/standin-machines.sh image                 the hosts' disk image (cached)
-#   ci/standin-machines.sh up --migsuite BIN     boot the lab, write inventories
+#   ci/standin-machines.sh up --migsuite BIN [--xen]
+#                                                boot the lab (with --xen, also
+#                                                the Xen hosts), write inventories
 #   ci/standin-machines.sh exec CMD [ARG...]     run CMD on the runner machine
 #   ci/standin-machines.sh down                  remove everything `up` made
 #
@@ -19,25 +24,34 @@
 # one a lab's owner writes on theirs.
 #
 # Networks (bridges of namespace msr-net, the lab's switches):
-#   mgmt  10.248.0.0/24  runner .254, hosts .1 and .2: ssh, libvirt (TLS
+#   mgmt  10.248.0.0/24  runner .254, hosts .1 to .4: ssh, libvirt (TLS
 #                        16514), host agents (UDP 7003), heartbeats to the
 #                        runner's monitor (UDP 7001)
-#   lan   10.247.0.0/24  guest LAN: each host's br0 (no address), the guest
-#                        .100, the runner's observer .254
-#   mig   10.246.0.0/24  migration network: hosts .1 and .2 (migration and
-#                        NBD streams, ports 49152-49215; the host agents'
+#   lan   10.247.0.0/24  guest LAN: each host's br0 (c and d: xenbr0), no
+#                        address; the guest .100, the runner's observer .254
+#   mig   10.246.0.0/24  migration network: hosts .1 to .4 (migration and
+#                        NBD streams, ports 49152-49215; CRIU's page server,
+#                        TCP 27027; xl's stream, ssh; the host agents'
 #                        measurement of it, TCP 7004)
-# Inventories: /run/migsuite-standin/lab-ssh.yaml and lab-tls.yaml.
+# Inventories (one pair each, as a real lab's runner has): hosts a and b in
+# /run/migsuite-standin/lab-ssh.yaml and lab-tls.yaml, the Xen hosts c and
+# d in lab-xen.yaml.
 set -euo pipefail
 
 STATE=/run/migsuite-standin
 ARTIFACTS=${MIGSUITE_ARTIFACTS:-/var/lib/migsuite}
 IMAGE=$ARTIFACTS/standin
 # Bump when the image's recipe changes: `image` rebuilds then.
-IMAGE_RECIPE=5
+IMAGE_RECIPE=6
 RUNNER=msr-run
 FABRIC=msr-net
+# The hosts `up` boots: a and b, and with --xen the Xen hosts c and d (the
+# same image, booted as dom0 under Xen).
 HOSTS=(a b)
+XEN_HOSTS=(c d)
+XEN=$ARTIFACTS/xen/xen
+# dom0's share of a Xen host's memory; the rest is for its domUs.
+DOM0_MEMORY=1024
 MGMT=10.248.0
 LAN=10.247.0
 MIG=10.246.0
@@ -52,8 +66,11 @@ HOST_CPUS=2
 # A Debian boot under TCG, then libvirt's first probe of QEMU.
 BOOT_SECONDS=600
 # The packages of a lab host; QEMU and libvirt from bookworm-backports, as
-# on the runner (ci/setup.sh says why).
-HOST_PACKAGES=systemd-sysv,udev,dbus,kmod,linux-image-amd64,initramfs-tools,openssh-server,iproute2,netbase,apparmor,ca-certificates,tar,criu,busybox-static
+# on the runner (ci/setup.sh says why). Xen's toolstack (xl, xenstored, the
+# HVM device model) and pv (counts a migration stream's bytes) serve hosts
+# booted under Xen; elsewhere Xen's init script finds no Xen and does
+# nothing.
+HOST_PACKAGES=systemd-sysv,udev,dbus,kmod,linux-image-amd64,initramfs-tools,openssh-server,iproute2,netbase,apparmor,ca-certificates,tar,criu,busybox-static,xen-utils-4.17,xenstore-utils,qemu-system-xen,pv
 # (the node-device driver lets `migsuite hosts` see the bridge).
 HOST_BACKPORTS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu
                 libvirt-daemon-driver-storage libvirt-daemon-driver-nodedev libvirt-clients)
@@ -64,17 +81,28 @@ die() {
   exit 1
 }
 usage() {
-  echo "usage: $0 image | up --migsuite BIN | exec CMD [ARG...] | down" >&2
+  echo "usage: $0 image | up --migsuite BIN [--xen] | exec CMD [ARG...] | down" >&2
   exit 2
 }
 index_of() {
   case $1 in
     a) echo 1 ;;
     b) echo 2 ;;
+    c) echo 3 ;;
+    d) echo 4 ;;
     *) die "no host $1" ;;
   esac
 }
-other_of() { [ "$1" = a ] && echo b || echo a; }
+# The host a host migrates to: pairs [a, b] and [c, d].
+other_of() {
+  case $1 in
+    a) echo b ;;
+    b) echo a ;;
+    c) echo d ;;
+    d) echo c ;;
+  esac
+}
+is_xen_host() { [[ " ${XEN_HOSTS[*]} " == *" $1 "* ]]; }
 # Each NIC a fixed MAC, so the host's network files match it by address.
 # A host's SMBIOS UUID, which libvirt reports as the host's: the same for
 # host a (or b) of every stand-in, since baselines are bound to it and the
@@ -114,6 +142,8 @@ image() {
   rm -f "$root"/etc/ssh/ssh_host_*
   systemctl --root="$root" enable systemd-networkd.service ssh.service >/dev/null 2>&1
   systemctl --root="$root" disable apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer >/dev/null 2>&1 || true
+  # xendomains saves and restores domUs across a dom0 reboot: not here.
+  systemctl --root="$root" disable xendomains >/dev/null 2>&1 || true
   # Under TCG, systemd never saw dbus-daemon's readiness on the first boot
   # (dbus.service timed out after 90 s, and logind, left on the bus it had
   # killed, made every ssh login wait 25 s for pam_systemd): dbus is taken
@@ -164,7 +194,7 @@ EOF
   cp "$root"/boot/initrd.img-* "$IMAGE.tmp/initrd.img"
   {
     echo "kernel=$(basename "$root"/boot/vmlinuz-*)"
-    chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' qemu-system-x86 libvirt-daemon openssh-server apparmor criu
+    chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' qemu-system-x86 libvirt-daemon openssh-server apparmor criu xen-utils-4.17
   } >"$IMAGE.tmp/VERSIONS"
   mkfs.ext4 -q -L standin -d "$root" "$IMAGE.tmp/host.img" 4G
   echo "$IMAGE_RECIPE" >"$IMAGE.tmp/RECIPE"
@@ -239,19 +269,22 @@ host_config() {
   # (The name is also on the kernel's command line: systemd sets it before
   # this disk is read.)
   echo "standin-$h" >"$dir/etc/hostname"
-  printf '127.0.0.1 localhost\n%s.1 standin-a\n%s.2 standin-b\n' "$MGMT" "$MGMT" >"$dir/etc/hosts"
+  printf '127.0.0.1 localhost\n%s.1 standin-a\n%s.2 standin-b\n%s.3 standin-c\n%s.4 standin-d\n' "$MGMT" "$MGMT" "$MGMT" "$MGMT" >"$dir/etc/hosts"
 
   # Network: the management address, the migration address, and br0 for
-  # the guests on the guest LAN (no address: a guest reaches no daemon).
+  # the guests on the guest LAN (no address: a guest reaches no daemon);
+  # a Xen host's is xenbr0, the name its toolstack defaults to.
+  local bridge=br0
+  if is_xen_host "$h"; then bridge=xenbr0; fi
   nic_network "$dir/etc/systemd/network/10-mgmt.network" "$(mac_of "$h" 1)" \
     "[Network]" "Address=$MGMT.$n/24"
   nic_network "$dir/etc/systemd/network/10-mig.network" "$(mac_of "$h" 3)" \
     "[Link]" "MTUBytes=$MTU" "[Network]" "Address=$MIG.$n/24"
   nic_network "$dir/etc/systemd/network/10-lan.network" "$(mac_of "$h" 2)" \
-    "[Link]" "MTUBytes=$MTU" "[Network]" "Bridge=br0"
+    "[Link]" "MTUBytes=$MTU" "[Network]" "Bridge=$bridge"
   cat >"$dir/etc/systemd/network/20-br0.netdev" <<EOF
 [NetDev]
-Name=br0
+Name=$bridge
 Kind=bridge
 MTUBytes=$MTU
 [Bridge]
@@ -260,7 +293,7 @@ ForwardDelaySec=0
 EOF
   cat >"$dir/etc/systemd/network/20-br0.network" <<EOF
 [Match]
-Name=br0
+Name=$bridge
 [Network]
 LinkLocalAddressing=no
 IPv6AcceptRA=no
@@ -273,10 +306,12 @@ EOF
   printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n' \
     >"$dir/etc/ssh/sshd_config.d/migsuite.conf"
   # root: the runner and the other host may log in; this host's key and
-  # the other host's host key, for migrations it sends there.
+  # the other host's host key (at both its addresses: a Xen host sends
+  # xl's stream over ssh to the other's migration address), for
+  # migrations it sends there.
   cat "$STATE/runner/id_ed25519.pub" "$STATE/$peer/id_ed25519.pub" >"$dir/root/.ssh/authorized_keys"
   install -m 600 "$STATE/$h/id_ed25519" "$dir/root/.ssh/id_ed25519"
-  echo "$MGMT.$(index_of "$peer") $(cat "$STATE/$peer/ssh_host_ed25519_key.pub")" >"$dir/root/.ssh/known_hosts"
+  echo "$MGMT.$(index_of "$peer"),$MIG.$(index_of "$peer") $(cat "$STATE/$peer/ssh_host_ed25519_key.pub")" >"$dir/root/.ssh/known_hosts"
   chmod 700 "$dir/root/.ssh"
 
   # libvirt over TLS: the CA, this host's server certificate (libvirtd) and
@@ -360,6 +395,15 @@ start_host() {
   local h=$1 dir
   dir=$STATE/$h
   qemu-img create -q -f qcow2 -F raw -b "$IMAGE/host.img" "$dir/disk.qcow2"
+  local cmdline="root=/dev/vda rw apparmor=1 security=apparmor systemd.hostname=standin-$h"
+  local boot=(-kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "$cmdline console=ttyS0")
+  if is_xen_host "$h"; then
+    # Xen first (multiboot), the Debian kernel and its initramfs as dom0's
+    # modules; Xen's console on the serial port, dom0's through Xen's.
+    boot=(-kernel "$XEN"
+      -append "dom0_mem=${DOM0_MEMORY}M,max:${DOM0_MEMORY}M dom0_max_vcpus=$HOST_CPUS bootscrub=0 console=com1 com1=115200,8n1 noreboot loglvl=warning"
+      -initrd "$IMAGE/vmlinuz $cmdline console=hvc0,$IMAGE/initrd.img")
+  fi
   # -cpu qemu64,+svm,+npt: AMD-V under TCG (lab-notes: Xen boots HVM
   # guests with it; kvm_amd loads and offers /dev/kvm).
   setsid ip netns exec "$FABRIC" qemu-system-x86_64 -name "standin-$h" \
@@ -367,8 +411,7 @@ start_host() {
     -uuid "$(host_uuid "$h")" \
     -nodefaults -display none -no-reboot \
     -serial "file:$dir/console.log" \
-    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 apparmor=1 security=apparmor systemd.hostname=standin-$h" \
+    "${boot[@]}" \
     -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2,cache=unsafe" \
     -drive "file=$dir/config.tar,if=virtio,format=raw,readonly=on" \
     -netdev "tap,id=mgmt,ifname=$h-mgmt,script=no,downscript=no" -device "virtio-net-pci,netdev=mgmt,mac=$(mac_of "$h" 1)" \
@@ -408,14 +451,19 @@ prepare_libvirt() {
   virsh_on "$h" domcapabilities --arch x86_64 --machine pc >/dev/null
 }
 
+# write_inventory TRANSPORT FILE HOST HOST
 write_inventory() {
-  local transport=$1 h n uri
+  local transport=$1 file=$2 h n uri name
+  shift 2
+  name=${file#lab-}
+  name=${name%.yaml}
   {
     cat <<EOF
 # A stand-in real lab of machines (ci/standin-machines.sh): hosts a and b are
 # virtual machines with their own kernel and Debian's libvirt, reached
-# over $transport. migsuite built none of it.
-name: standin-$transport
+# over $transport; c and d are Xen hosts (Debian as dom0, xl reached over
+# ssh; their libvirtd keeps the lab's holds). migsuite built none of it.
+name: standin-${name}
 # What \`MIGSUITE_LAB=<this file> cargo test\` runs here.
 gate: [real-lab]
 storage: local
@@ -427,25 +475,27 @@ heartbeat:
   monitor: $MGMT.$RUNNER_ADDR
 hosts:
 EOF
-    for h in "${HOSTS[@]}"; do
+    for h in "$@"; do
       n=$(index_of "$h")
       case $transport in
         ssh) uri="qemu+ssh://root@$MGMT.$n/system" ;;
         tls) uri="qemu+tls://$MGMT.$n/system" ;;
       esac
+      local bridge=br0 backends="kvm-fv, kvm-pv, openvz"
+      if is_xen_host "$h"; then bridge=xenbr0 backends="xen-pv, xen-hvm"; fi
       cat <<EOF
   - name: $h
     uri: $uri
     agent: $MGMT.$n
     migration_address: $MIG.$n
-    bridge: br0
+    bridge: $bridge
     pool: $POOL
-    backends: [kvm-fv, kvm-pv, openvz]
+    backends: [$backends]
     ssh: root@$MGMT.$n
 EOF
     done
-    printf 'pairs:\n  - [a, b]\n'
-  } >"$STATE/lab-$transport.yaml"
+    printf 'pairs:\n  - [%s, %s]\n' "$1" "$2"
+  } >"$STATE/$file"
 }
 
 up_failed() {
@@ -457,6 +507,10 @@ up() {
   local migsuite="" h
   while [ $# -gt 0 ]; do
     case $1 in
+      --xen)
+        HOSTS+=("${XEN_HOSTS[@]}")
+        shift
+        ;;
       --migsuite)
         [ $# -ge 2 ] || usage
         migsuite=$2
@@ -468,6 +522,9 @@ up() {
   [ -n "$migsuite" ] && [ -f "$migsuite" ] && [ -x "$migsuite" ] || die "--migsuite: give the migsuite binary"
   migsuite=$(readlink -f "$migsuite")
   [ -s "$IMAGE/host.img" ] || die "no host image in $IMAGE: run '$0 image' (ci/setup.sh does)"
+  if is_xen_host "${HOSTS[-1]}"; then
+    [ -s "$XEN" ] || die "no Xen hypervisor at $XEN: run ci/setup-xen.sh (ci/setup.sh does)"
+  fi
   for ns in "$RUNNER" "$FABRIC"; do
     ! ns_exists "$ns" || die "namespace $ns exists: the stand-in lab is (partly) up; run '$0 down' first"
   done
@@ -498,9 +555,11 @@ up() {
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || die "preparing libvirt failed (above)"; done
-  for t in ssh tls; do write_inventory "$t"; done
+  write_inventory ssh lab-ssh.yaml a b
+  write_inventory tls lab-tls.yaml a b
+  if is_xen_host "${HOSTS[-1]}"; then write_inventory ssh lab-xen.yaml c d; fi
   echo "== stand-in lab of machines is up after $((SECONDS - started)) s"
-  echo "inventories: $STATE/lab-ssh.yaml $STATE/lab-tls.yaml"
+  echo "inventories: $(cd "$STATE" && echo lab-*.yaml) in $STATE"
   echo "run, e.g.: $0 exec $migsuite run --lab $STATE/lab-ssh.yaml suites/real-lab.yaml"
 }
 
