@@ -50,6 +50,28 @@ fn run_for(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// ssh's options for reaching a lab host in a batch job: fail rather than
+/// ask, and notice a peer that stopped answering.
+pub const SSH_OPTIONS: [&str; 9] = [
+    "-T",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+    "-o",
+    "ServerAliveInterval=5",
+    "-o",
+    "ServerAliveCountMax=3",
+];
+
+/// An ssh client to `destination` (`[user@]host`) with `SSH_OPTIONS`; the
+/// remote command is for the caller to add.
+pub fn ssh(destination: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("ssh");
+    c.args(SSH_OPTIONS).arg("--").arg(destination);
+    c
+}
+
 /// Like `run`, inside network namespace `ns`.
 pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["netns", "exec", ns, program];

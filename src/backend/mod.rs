@@ -168,7 +168,7 @@ pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Result<Box<dyn Back
             kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>)
         }
         Hypervisor::XenPv | Hypervisor::XenHvm => {
-            xen::Xen::new(case).map(|x| Box::new(x) as Box<dyn Backend>)
+            xen::Xen::new(case, inventory.simulated).map(|x| Box::new(x) as Box<dyn Backend>)
         }
         // A real lab's hosts run their own CRIU; the runner needs none.
         Hypervisor::Openvz if !inventory.simulated => {

@@ -118,10 +118,10 @@ fn check_hosts(def: &InventoryDef) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A real host runs the KVM rows through libvirt's QEMU driver (its URI)
-/// and openvz through its own CRIU, reached over ssh; the Xen rows run on
-/// nested Xen hosts, which migsuite builds only in a simulated lab. A
-/// simulated host is this machine's: nothing to log in to.
+/// A real host runs the KVM rows through libvirt's QEMU driver (its URI),
+/// openvz through its own CRIU and the Xen rows through `xl` in its dom0,
+/// both reached over ssh. A simulated host is this machine's: nothing to
+/// log in to.
 fn check_real_backends(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
     if simulated {
         return match h.ssh {
@@ -134,31 +134,23 @@ fn check_real_backends(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(
             None => Ok(()),
         };
     }
-    let real = |b: &HypervisorName| {
-        matches!(
-            b.0,
-            Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz
-        )
+    let over_ssh = |b: &HypervisorName| match b.0 {
+        Hypervisor::Openvz => Some("openvz runs CRIU on the host itself"),
+        Hypervisor::XenPv | Hypervisor::XenHvm => Some("the Xen rows run `xl` in the host's dom0"),
+        Hypervisor::KvmFv | Hypervisor::KvmPv => None,
     };
-    if let Some(j) = h.backends.iter().position(|b| !real(b)) {
-        return Err(Invalid {
+    let needs = h
+        .backends
+        .iter()
+        .enumerate()
+        .find_map(|(j, b)| over_ssh(b).map(|why| (j, why)));
+    match (needs, &h.ssh) {
+        (Some((j, why)), None) => Err(Invalid {
             path: at.clone().key("backends").index(j),
             message: format!(
-                "a real host runs kvm-fv and kvm-pv (libvirt's QEMU driver, which its URI \
-                 reaches) and openvz (its CRIU, over `ssh`); {} runs only in a simulated lab \
-                 (`simulated: true`), where migsuite builds it",
-                h.backends[j].0
+                "{why}: give the host's `ssh` (e.g. `ssh: root@192.0.2.1`), where root logs in \
+                 by key and `migsuite` is installed"
             ),
-        });
-    }
-    let openvz = h.backends.iter().position(|b| b.0 == Hypervisor::Openvz);
-    match (openvz, &h.ssh) {
-        (Some(j), None) => Err(Invalid {
-            path: at.clone().key("backends").index(j),
-            message: "openvz runs CRIU on the host itself: give the host's `ssh` (e.g. \
-                      `ssh: root@192.0.2.1`), where root logs in by key and `migsuite` is \
-                      installed"
-                .into(),
         }),
         _ => Ok(()),
     }

@@ -92,6 +92,7 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
     for backend in &host.backends {
         let answer = match backend {
             Hypervisor::Openvz if !simulated => criu_on(host),
+            Hypervisor::XenPv | Hypervisor::XenHvm if !simulated => xen_on(host, *backend),
             _ => runs(*backend, driver.as_deref(), simulated),
         };
         findings.push(Finding {
@@ -209,8 +210,8 @@ fn bridge(conn: &Connection, name: &str, simulated: bool) -> Result<String, Stri
     }
 }
 
-/// Whether the host can run `backend`, given its libvirt driver: on a real
-/// host `validate` allows only the KVM rows, which need QEMU's.
+/// Whether the host can run `backend`, given its libvirt driver: a real
+/// host runs the KVM rows through QEMU's (the others are asked over ssh).
 fn runs(
     backend: Hypervisor,
     driver: Result<&str, &String>,
@@ -232,6 +233,27 @@ fn runs(
             "{backend} needs libvirt's QEMU driver, and the URI reaches its {driver} driver"
         ))
     }
+}
+
+/// What a real host's Xen is, asked of its dom0 over its `ssh`, where a
+/// case drives `xl`; an HVM domU needs Xen's hvm capability.
+fn xen_on(host: &inventory::Host, backend: Hypervisor) -> Result<String, String> {
+    let ssh = host
+        .ssh
+        .as_deref()
+        .ok_or("the Xen rows need the host's `ssh`")?;
+    let mut args = crate::sh::SSH_OPTIONS.to_vec();
+    args.extend(["--", ssh, "xl info"]);
+    let info = crate::sh::run("ssh", &args)
+        .map_err(|e| format!("no Xen toolstack answers in dom0 over ssh {ssh}: {e:#}"))?;
+    let v = crate::backend::xen::Versions::from_xl_info(&info, String::new());
+    if backend == Hypervisor::XenHvm && !v.caps.contains("hvm") {
+        return Err(format!(
+            "{} offers no HVM guests here (xen_caps: {}): the CPU needs VT-x or AMD-V, enabled",
+            v.xen, v.caps
+        ));
+    }
+    Ok(format!("{} (caps {}), xl over ssh {ssh}", v.xen, v.caps))
 }
 
 /// What a real host's CRIU can do, asked by a `criu-host` session over

@@ -19,6 +19,9 @@ pub const DOMU_KERNEL: &str = "/guest/vmlinuz";
 pub const DOMU_INITRD: &str = "/guest/initrd.gz";
 /// dom0's bridge, which the domUs' vifs and dom0's NIC (the uplink) join.
 pub const BRIDGE: &str = "xenbr0";
+/// Where the tools below keep a migration's files (logs, byte counts, pids):
+/// a real dom0's session says where, in `MIGSUITE_RUN`.
+pub const RUN: &str = "${MIGSUITE_RUN:-/run/migsuite}";
 
 /// dom0's modules: Xen's device drivers and back-ends, the bridge, the NIC,
 /// virtio-serial (command channel), tun (HVM device models' NICs).
@@ -39,7 +42,7 @@ const MODULES: [&str; 11] = [
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /var /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/sbin:/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LD_LIBRARY_PATH=/usr/lib/xen-4.17/lib:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -69,7 +72,7 @@ ip link set xenbr0 up
 echo "migsuite-dom0: PCI devices: $(ls /sys/bus/pci/devices | tr '\n' ' ')"
 echo "migsuite-dom0: NICs: $(ls /sys/class/net | tr '\n' ' '); virtio ports: $(ls /sys/class/virtio-ports 2>/dev/null | tr '\n' ' ')"
 echo "migsuite-dom0: ready"
-exec /usr/local/sbin/migsuite-ctl
+exec migsuite-ctl
 "#;
 
 /// The command server: reads `<id> <timeout s> <command>` lines, runs each
@@ -101,6 +104,9 @@ while true; do
 done
 "#;
 
+/// The name the nested dom0 knows its vif script by.
+pub const VIF_SCRIPT_NAME: &str = "vif-migsuite";
+
 /// Hotplug script of the domUs' vifs (and HVM taps): joins the device to xenbr0 with the
 /// bridge's MTU, and tells libxl it is connected.
 const VIF_SCRIPT: &str = r#"#!/bin/bash
@@ -124,7 +130,7 @@ esac
 /// dom0's clock, and records xl's pid so that a timeout or a fault can kill
 /// it, which is killing the destination.
 const RECV: &str = r#"#!/bin/bash
-d=/run/migsuite
+d=${MIGSUITE_RUN:-/run/migsuite}
 stamp() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
 echo $$ > $d/recv.pid
 # Nothing of the receiver (xl migrate-receive stays in the background to
@@ -142,8 +148,8 @@ wait $!
 /// connection on port `$1`, the socket handed to migsuite-recv (or to the
 /// receiver `$2`). Returns once the port listens.
 const LISTEN: &str = r#"#!/bin/bash
-d=/run/migsuite; rm -rf $d; mkdir -p $d
-setsid nc -l -p "$1" -e "${2:-/usr/local/sbin/migsuite-recv}" </dev/null >/dev/null 2>$d/listen.err &
+d=${MIGSUITE_RUN:-/run/migsuite}; rm -rf $d; mkdir -p $d
+setsid nc -l -p "$1" -e "$(command -v "${2:-migsuite-recv}")" </dev/null >/dev/null 2>$d/listen.err &
 echo $! > $d/listen.pid
 # nc listens on a dual-stack socket: tcp6.
 port=$(printf ':%04X ' "$1")
@@ -156,17 +162,32 @@ echo "nothing listens on port $1: $(cat $d/listen.err)"; exit 1
 /// dd relays both ways in large reads (see migsuite-recv; nc's 1 KiB ones
 /// are far too slow here).
 const SEND_TO: &str = r#"#!/bin/bash
-echo $$ > /run/migsuite/recv.pid
+echo $$ > "${MIGSUITE_RUN:-/run/migsuite}/recv.pid"
 exec 3<>"/dev/tcp/$1/$2" || exit 1
 dd bs=64k <&3 2>/dev/null &
 exec dd bs=1M >&3 2>/dev/null
+"#;
+
+/// What `xl migrate` runs on a real dom0 to reach the other one (`$1`, its
+/// migration address): ssh to the receiver of the same session there (the
+/// session's directory has the same path on both hosts), authenticated by
+/// the hosts' own keys, as a Xen lab migrates; killing it cuts the stream.
+/// (xl appends its own receiver, "xl migrate-receive": ours runs instead.)
+/// There the receiver talks through relays: the xl that stays behind to
+/// watch the domain inherits its descriptors, and holding the ssh
+/// session's would keep the session, and so this sender, from ending.
+const SEND_OVER_SSH: &str = r#"#!/bin/bash
+d=${MIGSUITE_RUN:-/run/migsuite}
+echo $$ > "$d/recv.pid"
+exec ssh -T -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 \
+  "root@$1" "export MIGSUITE_RUN=$d PATH=$(dirname "$0"):\$PATH; dd bs=1M 2>/dev/null | migsuite-recv 2>/dev/null | dd bs=64k 2>/dev/null"
 "#;
 
 /// The stream's path without xl, to calibrate it: migsuite-recv's relay
 /// into nothing, timed on dom0's clock. Writes start, end and bytes to
 /// /run/migsuite/sink.out when the sender closes.
 const SINK: &str = r#"#!/bin/bash
-d=/run/migsuite
+d=${MIGSUITE_RUN:-/run/migsuite}
 start=$EPOCHREALTIME
 dd bs=1M 2>/dev/null | pv -f -n -b -B 1m -i 1 2>$d/sink.bytes >/dev/null
 printf 'start=%s\nend=%s\nbytes=%s\n' "$start" "$EPOCHREALTIME" "$(tail -n 1 $d/sink.bytes)" > $d/sink.tmp
@@ -194,7 +215,8 @@ killtree() {
   done
   kill -9 "$1" 2>/dev/null
 }
-for f in /run/migsuite/listen.pid /run/migsuite/recv.pid; do
+d=${MIGSUITE_RUN:-/run/migsuite}
+for f in $d/listen.pid $d/recv.pid; do
   [ -s $f ] && killtree "$(cat $f)"
 done
 exit 0
@@ -205,10 +227,10 @@ exit 0
 /// receiver at `$1` s (timeout) or at `$2` ms (fault; "-" for none).
 /// Prints key=value lines: xl's exit status, elapsed time, stream bytes.
 const MIGRATE: &str = r#"#!/bin/bash
-timeout_s=$1; kill_ms=$2; receiver=${3:-/usr/local/sbin/migsuite-recv}
-d=/run/migsuite; rm -rf $d; mkdir -p $d
+timeout_s=$1; kill_ms=$2; receiver=${3:-migsuite-recv}
+d=${MIGSUITE_RUN:-/run/migsuite}; rm -rf $d; mkdir -p $d
 stamp() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
-killrecv() { echo "$1" > $d/$1; /usr/local/sbin/migsuite-kill-receiver; }
+killrecv() { echo "$1" > $d/$1; migsuite-kill-receiver; }
 if [ "$kill_ms" != "-" ]; then
   ( sleep "$(awk "BEGIN{print $kill_ms/1000}")"; killrecv fault ) >/dev/null 2>&1 &
   fault=$!
@@ -230,6 +252,19 @@ echo "end=$end"
 exit 0
 "#;
 
+/// The tools a dom0 runs for migsuite (file name, bash script): in the
+/// nested host's /usr/local/sbin, in a real dom0's session directory.
+pub const TOOLS: [(&str, &str); 8] = [
+    ("migsuite-recv", RECV),
+    ("migsuite-migrate", MIGRATE),
+    ("migsuite-listen", LISTEN),
+    ("migsuite-send-to", SEND_TO),
+    ("migsuite-send-over-ssh", SEND_OVER_SSH),
+    ("migsuite-sink", SINK),
+    ("migsuite-send-zeros", SEND_ZEROS),
+    ("migsuite-kill-receiver", KILL_RECEIVER),
+];
+
 /// The dom0 initramfs for `guest` and this build, made once and cached
 /// under the artifacts' cache.
 pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
@@ -247,18 +282,10 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
         fs::read("/bin/busybox").context("/bin/busybox missing (install busybox-static)")?;
 
     let mut hash = Sha256::new();
-    for part in [
-        INIT,
-        CTL,
-        VIF_SCRIPT,
-        RECV,
-        MIGRATE,
-        LISTEN,
-        SEND_TO,
-        KILL_RECEIVER,
-        SINK,
-        SEND_ZEROS,
-    ] {
+    for part in [INIT, CTL, VIF_SCRIPT]
+        .into_iter()
+        .chain(TOOLS.iter().map(|(_, text)| *text))
+    {
         hash.update(part.as_bytes());
     }
     hash.update(MODULES.join(",").as_bytes());
@@ -303,24 +330,16 @@ pub fn initramfs(guest: &GuestImage) -> Result<PathBuf> {
     cpio.file("bin/busybox", 0o755, &busybox)?;
     cpio.file("init", 0o755, INIT.as_bytes())?;
     cpio.file("usr/local/sbin/migsuite-ctl", 0o755, CTL.as_bytes())?;
-    cpio.file("usr/local/sbin/migsuite-recv", 0o755, RECV.as_bytes())?;
-    cpio.file("usr/local/sbin/migsuite-migrate", 0o755, MIGRATE.as_bytes())?;
-    cpio.file("usr/local/sbin/migsuite-listen", 0o755, LISTEN.as_bytes())?;
-    cpio.file("usr/local/sbin/migsuite-send-to", 0o755, SEND_TO.as_bytes())?;
-    cpio.file("usr/local/sbin/migsuite-sink", 0o755, SINK.as_bytes())?;
-    cpio.file(
-        "usr/local/sbin/migsuite-send-zeros",
-        0o755,
-        SEND_ZEROS.as_bytes(),
-    )?;
-    cpio.file(
-        "usr/local/sbin/migsuite-kill-receiver",
-        0o755,
-        KILL_RECEIVER.as_bytes(),
-    )?;
+    for (name, text) in TOOLS {
+        cpio.file(&format!("usr/local/sbin/{name}"), 0o755, text.as_bytes())?;
+    }
     add_tree(&mut cpio, &root, Path::new(""))?;
     // After the tree: ours wins over the package's files of the same name.
-    cpio.file("etc/xen/scripts/vif-migsuite", 0o755, VIF_SCRIPT.as_bytes())?;
+    cpio.file(
+        &format!("etc/xen/scripts/{VIF_SCRIPT_NAME}"),
+        0o755,
+        VIF_SCRIPT.as_bytes(),
+    )?;
     let mut order = String::new();
     for m in &modules {
         let name = m.rsplit('/').next().unwrap();

@@ -17,12 +17,14 @@
 //! streams, is routed by the lab host over the migration link to the other
 //! Xen host. The lab's ends go with the lab's namespaces when the case ends.
 
+use super::channel::{self, Answer, Channel, Line};
 use super::dom0;
+use super::toolstack::{Dom0, Layout, Versions};
 use crate::case::LinkSpec;
 use crate::guest::image::{artifacts_dir, GuestImage};
 use crate::lab::{self, network, network::HOST_BRIDGE};
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::process::{Child, Command, Stdio};
@@ -113,20 +115,6 @@ impl Keeper {
     }
 }
 
-/// The command channel to dom0's `migsuite-ctl`.
-struct Channel {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u32,
-}
-
-/// What a command answered.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: i32,
-    pub output: String,
-}
-
 pub struct XenHost {
     keeper: Keeper,
     qemu: Mutex<Child>,
@@ -135,8 +123,8 @@ pub struct XenHost {
     /// Xen's and dom0's serial console, as QEMU printed it.
     console: Arc<Mutex<Vec<u8>>>,
     pub boot_ms: u64,
-    pub xen_version: String,
-    pub tools_version: String,
+    versions: Versions,
+    layout: Layout,
     /// Which lab host it stands behind (0 or 1): names its addresses.
     pub index: u8,
     pub cpus: usize,
@@ -323,7 +311,7 @@ impl XenHost {
                 Err(e) => bail!("cannot connect to the Xen host's command channel: {e}"),
             }
         };
-        let mut reader = BufReader::new(stream.try_clone()?);
+        let channel = Channel::new(stream.try_clone()?, stream);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -335,23 +323,10 @@ impl XenHost {
                     tail(&console)
                 );
             }
-            reader
-                .get_ref()
-                .set_read_timeout(Some(left.min(Duration::from_secs(2))))?;
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => bail!(
-                    "the Xen host's command channel closed while booting:\n{}",
-                    tail(&console)
-                ),
-                Ok(_) if line.trim() == "@@READY" => break,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+            match channel.line(left.min(Duration::from_secs(2))) {
+                Line::Text(l) if l.trim() == channel::READY => break,
+                Line::Text(_) => {}
+                Line::TimedOut => {
                     if let Some(status) = host_child.try_wait()? {
                         bail!(
                             "the Xen host's QEMU exited ({status}) while booting:\n{}",
@@ -359,7 +334,10 @@ impl XenHost {
                         );
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Line::Closed => bail!(
+                    "the Xen host's command channel closed while booting:\n{}",
+                    tail(&console)
+                ),
             }
         }
         let boot_ms = started.elapsed().as_millis() as u64;
@@ -367,53 +345,43 @@ impl XenHost {
             keeper,
             qemu: Mutex::new(host_child),
             qemu_pid,
-            channel: Mutex::new(Channel {
-                reader,
-                writer: stream,
-                next_id: 1,
-            }),
+            channel: Mutex::new(channel),
             console,
             boot_ms,
-            xen_version: String::new(),
-            tools_version: String::new(),
+            versions: Versions::default(),
+            layout: Layout {
+                kernel: dom0::DOMU_KERNEL.into(),
+                initrd: dom0::DOMU_INITRD.into(),
+                bridge: dom0::BRIDGE.into(),
+                vif_script: Some(dom0::VIF_SCRIPT_NAME),
+                serial_log: format!(
+                    "/var/log/xen/console/guest-{}-serial.log",
+                    super::DOMAIN_NAME
+                ),
+                console_logs: "/var/log/xen/console".into(),
+                config: format!("/run/{}.cfg", super::DOMAIN_NAME),
+            },
             index,
             cpus,
             link_seq: AtomicU32::new(0),
         };
         let info = host.check("xl info", Duration::from_secs(60))?;
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(a, _)| a.trim() == k)
-                        .map(|(_, v)| v.trim().to_string())
-                })
-                .unwrap_or_default()
-        };
-        let xen_version = format!(
-            "Xen {}.{}{}",
-            field("xen_major"),
-            field("xen_minor"),
-            field("xen_extra")
-        );
-        let caps = field("xen_caps");
         let tools = std::fs::read_to_string(dir.join("VERSION")).unwrap_or_default();
-        let tools_version = format!(
-            "xl (xen-utils {})",
-            tools
-                .lines()
-                .find_map(|l| l.strip_prefix("tools="))
-                .unwrap_or("?")
+        let versions = Versions::from_xl_info(
+            &info,
+            format!(
+                "xl (xen-utils {})",
+                tools
+                    .lines()
+                    .find_map(|l| l.strip_prefix("tools="))
+                    .unwrap_or("?")
+            ),
         );
         progress(&format!(
-            "Xen host {index} up in {} ms: {xen_version}, caps {caps}",
-            boot_ms
+            "Xen host {index} up in {} ms: {}, caps {}",
+            boot_ms, versions.xen, versions.caps
         ));
-        Ok(XenHost {
-            xen_version,
-            tools_version,
-            ..host
-        })
+        Ok(XenHost { versions, ..host })
     }
 
     pub fn qemu_pid(&self) -> i32 {
@@ -427,67 +395,6 @@ impl XenHost {
     /// The serial console so far (Xen and dom0).
     pub fn console(&self) -> String {
         String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
-    }
-
-    pub fn console_len(&self) -> usize {
-        self.console.lock().unwrap().len()
-    }
-
-    /// Runs `command` (one line, bash) in dom0, with `timeout`.
-    pub fn sh(&self, command: &str, timeout: Duration) -> Result<Answer> {
-        anyhow::ensure!(!command.contains('\n'), "dom0 commands are one line");
-        let mut ch = self.channel.lock().unwrap();
-        let id = ch.next_id;
-        ch.next_id += 1;
-        let secs = timeout.as_secs().max(1);
-        writeln!(ch.writer, "{id} {secs} {command}")?;
-        // dom0's `timeout` ends the command; the channel gets some more.
-        let deadline = Instant::now() + timeout + Duration::from_secs(15);
-        let end = format!("@@END {id} ");
-        let mut output = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            anyhow::ensure!(
-                !left.is_zero(),
-                "dom0 did not answer `{command}` within {} s",
-                timeout.as_secs() + 15
-            );
-            ch.reader.get_ref().set_read_timeout(Some(left))?;
-            let mut line = String::new();
-            match ch.reader.read_line(&mut line) {
-                Ok(0) => bail!(
-                    "the Xen host's command channel closed (QEMU alive: {})",
-                    self.alive()
-                ),
-                Ok(_) => {
-                    if let Some(rest) = line.trim_end().strip_prefix(&end) {
-                        let status = rest.trim().parse().unwrap_or(-1);
-                        let output = output.strip_suffix('\n').unwrap_or(&output).to_string();
-                        return Ok(Answer { status, output });
-                    }
-                    output.push_str(&line);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Like `sh`, failing with its output unless it exits 0.
-    pub fn check(&self, command: &str, timeout: Duration) -> Result<String> {
-        let a = self.sh(command, timeout)?;
-        if a.status != 0 {
-            bail!(
-                "in dom0, `{command}` failed (exit {}): {}",
-                a.status,
-                a.output.trim()
-            );
-        }
-        Ok(a.output)
     }
 
     /// Wires the host to its lab host with the case's link: dom0's xenbr0
@@ -610,36 +517,45 @@ impl XenHost {
         Ok(theirs.to_string())
     }
 
-    /// dom0's clock minus the runner's, in seconds, and how far off that
-    /// can be (half the best of a few round trips on the command channel):
-    /// two Xen hosts keep two clocks, set from QEMU's RTC at whole seconds.
-    pub fn clock_offset(&self) -> Result<(f64, f64)> {
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        };
-        let mut best: Option<(f64, f64)> = None;
-        for _ in 0..5 {
-            let sent = now();
-            let dom0: f64 = self
-                .check("echo $EPOCHREALTIME", Duration::from_secs(10))?
-                .trim()
-                .parse()
-                .context("dom0's EPOCHREALTIME")?;
-            let received = now();
-            let half_trip = (received - sent) / 2.0;
-            if best.is_none_or(|(_, h)| half_trip < h) {
-                best = Some((dom0 - (sent + half_trip), half_trip));
-            }
-        }
-        best.context("no clock reading")
-    }
-
     /// Stops QEMU now (also done by the kernel when the process ends).
     pub fn shutdown(&self) {
         let mut q = self.qemu.lock().unwrap();
         let _ = q.kill();
         let _ = q.wait();
+    }
+}
+
+impl Dom0 for XenHost {
+    fn sh(&self, command: &str, timeout: Duration) -> Result<Answer> {
+        self.channel.lock().unwrap().sh(command, timeout, &|| {
+            format!(
+                "the Xen host's command channel closed (QEMU alive: {})",
+                self.alive()
+            )
+        })
+    }
+
+    fn index(&self) -> u8 {
+        self.index
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    fn came_up(&self) -> String {
+        format!("nested, booted in {} ms", self.boot_ms)
+    }
+
+    fn machine_console(&self) -> Option<String> {
+        Some(self.console())
+    }
+
+    fn qemu_pid(&self) -> Option<i32> {
+        Some(self.qemu_pid)
     }
 }

@@ -20,8 +20,7 @@
 //! works: in a lab run, 17.2 s and 13.7 s on dom0's clock, 151-154 MiB in
 //! the stream, 2.4 s between "guest has suspended" and "Domain started".
 
-use super::dom0;
-use super::host::XenHost;
+use super::toolstack::{Dom0, Layout};
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
@@ -32,21 +31,11 @@ use std::time::{Duration, Instant};
 /// agent's hello (which then only covers the agent's own start).
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Where the HVM domU's serial console is written in dom0 (save_console
-/// copies guest-x0*.log). The incoming domain of a migration reopens it,
-/// truncated: it keeps what the guest printed since the last migration.
-pub fn serial_log() -> String {
-    format!(
-        "/var/log/xen/console/guest-{}-serial.log",
-        super::DOMAIN_NAME
-    )
-}
-
 /// Waits until the HVM domU's kernel runs its init (the agent), as its
 /// serial console says; fails early if the domain stops.
-pub fn wait_for_init(h: &XenHost, domid: u32, timeout: Duration) -> Result<Duration> {
+pub fn wait_for_init(h: &dyn Dom0, domid: u32, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
-    let log = serial_log();
+    let log = &h.layout().serial_log;
     loop {
         let a = h.sh(
             &format!("grep -q 'Run /init' {log} && echo init; xl list {domid} | tail -n +2"),
@@ -80,7 +69,7 @@ pub fn wait_for_init(h: &XenHost, domid: u32, timeout: Duration) -> Result<Durat
 
 /// The xl lines of an HVM domU of the agent image (besides name, kernel,
 /// ramdisk, memory and vCPUs).
-pub fn config(agent_args: &str, mac: &str) -> Vec<String> {
+pub fn config(agent_args: &str, mac: &str, layout: &Layout) -> Vec<String> {
     vec![
         "type=\"hvm\"".into(),
         // Shadow paging: with HAP (nested NPT under TCG) the kernel dies
@@ -91,22 +80,21 @@ pub fn config(agent_args: &str, mac: &str) -> Vec<String> {
         // emulated e1000 instead of unplugging it for netfront.
         "xen_platform_pci=0".into(),
         // xenconsoled does not log an HVM domU's serial pty: QEMU writes it
-        // to a file next to the PV consoles' logs.
-        format!("serial=\"file:{}\"", serial_log()),
+        // to a file (the incoming domain of a migration reopens it,
+        // truncated: it keeps what the guest printed since).
+        format!("serial=\"file:{}\"", layout.serial_log),
         "vnc=0".into(),
         "sdl=0".into(),
         "nographic=1".into(),
         "device_model_version=\"qemu-xen\"".into(),
         "device_model_override=\"/usr/libexec/xen-qemu-system-i386\"".into(),
-        format!(
-            "vif=[\"mac={mac},bridge={},model=e1000,script=vif-migsuite\"]",
-            dom0::BRIDGE
-        ),
+        format!("vif=[\"{}\"]", super::vif(mac, layout, Some("e1000"))),
     ]
 }
 
 #[cfg(test)]
 mod probe {
+    use super::super::toolstack::Dom0;
     use super::super::{shared_hosts, shutdown_shared_hosts};
     use crate::guest::image::GuestImage;
     use std::io::{BufRead, Write};

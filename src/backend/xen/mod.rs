@@ -16,9 +16,12 @@
 //! with the case's MTU), so the domU's heartbeats reach the observer like a
 //! KVM guest's.
 
+mod channel;
 pub mod dom0;
 pub mod host;
 mod hvm;
+pub mod remote;
+mod toolstack;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{AccelChoice, Case, Hypervisor, Topology};
@@ -27,14 +30,17 @@ use crate::lab::{network, Lab};
 use crate::measure::{Outcome, Phases};
 use crate::sampler::{Pids, Source};
 use anyhow::{bail, Context, Result};
+use dom0::RUN;
 use host::XenHost;
+use remote::RemoteDom0;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use toolstack::Dom0;
+pub use toolstack::Versions;
 
 pub const DOMAIN_NAME: &str = "x0";
-const DOMAIN_CFG: &str = "/run/x0.cfg";
 /// The domU's MAC: Xen's OUI.
 const GUEST_MAC: &str = "00:16:3e:4d:53:01";
 const XL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -144,8 +150,13 @@ pub struct Xen {
     info: BackendInfo,
     topology: Topology,
     /// The Xen hosts of the case: behind lab hosts a and b (two-hosts), or
-    /// the one behind a (one-host).
-    hosts: Vec<Arc<XenHost>>,
+    /// the one behind a (one-host); a real lab's hosts themselves.
+    hosts: Vec<Arc<dyn Dom0>>,
+    /// The domU's UUID: what a real dom0 knows the case's domU by when it
+    /// cleans up.
+    domu: uuid::Uuid,
+    /// Whether the hosts are the simulated lab's nested ones.
+    nested: bool,
     /// The lab host whose Xen host runs the domU now.
     on: u8,
     /// The domU's id on the source (before the migration).
@@ -157,11 +168,39 @@ pub struct Xen {
 }
 
 impl Xen {
-    pub fn new(case: &Case) -> Result<Xen, String> {
+    /// `nested`: the Xen hosts are the simulated lab's own; otherwise a
+    /// real lab's, driven in their dom0 over ssh.
+    pub fn new(case: &Case, nested: bool) -> Result<Xen, String> {
         if case.guest.accel == AccelChoice::Kvm {
             return Err(format!(
-                "{}: the suite forces accel: kvm, but the nested Xen host runs under QEMU TCG here (Xen needs a CPU with SVM/VT-x exposed to it)",
+                "{}: the suite forces accel: kvm, but a Xen domU runs under Xen, not KVM",
                 case.hypervisor
+            ));
+        }
+        // Xen PV guests get xen-netfront; HVM guests the emulated e1000.
+        let image = GuestImage::prepare_with(&["xen_netfront"]).map_err(|e| format!("{e:#}"))?;
+        let xen = |accel: &str| Xen {
+            hypervisor: case.hypervisor,
+            image: image.clone(),
+            info: BackendInfo {
+                accel: accel.into(),
+                hypervisor_version: String::new(),
+                toolstack_version: String::new(),
+                storage: "no disk: the domU runs from its initramfs".into(),
+            },
+            topology: case.migration.topology,
+            hosts: Vec::new(),
+            domu: uuid::Uuid::new_v4(),
+            nested,
+            on: 0,
+            source_domid: None,
+            migrated: false,
+            console_from: Vec::new(),
+            console_path: None,
+        };
+        if !nested {
+            return Ok(xen(
+                "xen on the lab's hosts (dom0 over ssh; the stream dom0 to dom0 over ssh)",
             ));
         }
         // One host: both guests (source and incoming) fit next to dom0.
@@ -179,34 +218,14 @@ impl Xen {
                 host::DOM0_MEMORY_MIB
             ));
         }
-        // Xen PV guests get xen-netfront; HVM guests the emulated e1000.
-        let image = GuestImage::prepare_with(&["xen_netfront"]).map_err(|e| format!("{e:#}"))?;
-        let info = BackendInfo {
-            accel: match case.migration.topology {
-                Topology::TwoHosts => "tcg (nested: 2 Xen hosts in QEMU TCG, -cpu qemu64,+svm,+npt; dom0 to dom0 over the migration link)",
-                Topology::OneHost => "tcg (nested: 1 Xen host in QEMU TCG, -cpu qemu64,+svm,+npt; both ends on it, as in the study)",
-            }
-            .into(),
-            hypervisor_version: String::new(),
-            toolstack_version: String::new(),
-            storage: "no disk: the domU runs from its initramfs".into(),
-        };
-        Ok(Xen {
-            hypervisor: case.hypervisor,
-            image,
-            info,
-            topology: case.migration.topology,
-            hosts: Vec::new(),
-            on: 0,
-            source_domid: None,
-            migrated: false,
-            console_from: Vec::new(),
-            console_path: None,
-        })
+        Ok(xen(match case.migration.topology {
+            Topology::TwoHosts => "tcg (nested: 2 Xen hosts in QEMU TCG, -cpu qemu64,+svm,+npt; dom0 to dom0 over the migration link)",
+            Topology::OneHost => "tcg (nested: 1 Xen host in QEMU TCG, -cpu qemu64,+svm,+npt; both ends on it, as in the study)",
+        }))
     }
 
     /// The Xen host behind lab host `index` (in one-host, the only one).
-    fn host(&self, index: u8) -> Result<&Arc<XenHost>> {
+    fn host(&self, index: u8) -> Result<&Arc<dyn Dom0>> {
         let i = match self.topology {
             Topology::OneHost => 0,
             Topology::TwoHosts => index as usize,
@@ -214,26 +233,30 @@ impl Xen {
         self.hosts.get(i).context("no Xen host")
     }
 
-    fn domain_config(&self, case: &Case, agent_args: &str) -> Vec<String> {
+    /// xl's configuration of the domU, with its files where `layout` says.
+    fn domain_config(
+        &self,
+        case: &Case,
+        agent_args: &str,
+        layout: &toolstack::Layout,
+    ) -> Vec<String> {
         let mib = case.guest.memory_mib;
         let mut lines = vec![
             format!("name=\"{DOMAIN_NAME}\""),
-            format!("kernel=\"{}\"", dom0::DOMU_KERNEL),
-            format!("ramdisk=\"{}\"", dom0::DOMU_INITRD),
+            format!("uuid=\"{}\"", self.domu),
+            format!("kernel=\"{}\"", layout.kernel),
+            format!("ramdisk=\"{}\"", layout.initrd),
             format!("memory={mib}"),
             format!("maxmem={mib}"),
             format!("vcpus={}", case.guest.vcpus),
             "on_crash=\"preserve\"".into(),
         ];
         match self.hypervisor {
-            Hypervisor::XenHvm => lines.extend(hvm::config(agent_args, GUEST_MAC)),
+            Hypervisor::XenHvm => lines.extend(hvm::config(agent_args, GUEST_MAC, layout)),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
-                format!(
-                    "vif=[\"mac={GUEST_MAC},bridge={},script=vif-migsuite\"]",
-                    dom0::BRIDGE
-                ),
+                format!("vif=[\"{}\"]", vif(GUEST_MAC, layout, None)),
             ]),
         }
         lines
@@ -257,10 +280,16 @@ impl Xen {
         Some((f.get(1)?.parse().ok()?, f.get(4)?.to_string()))
     }
 
+    /// Removes whatever an earlier case left in the nested hosts, which are
+    /// this process's alone. (A real dom0's session removes the case's
+    /// domU itself, by its UUID.)
     fn destroy_leftovers(&self) -> Result<()> {
+        if !self.nested {
+            return Ok(());
+        }
         for h in &self.hosts {
             h.sh(
-                &format!("/usr/local/sbin/migsuite-kill-receiver; for d in {DOMAIN_NAME} {DOMAIN_NAME}--incoming {DOMAIN_NAME}--migratedaway; do xl destroy $d 2>/dev/null; done; true"),
+                &format!("migsuite-kill-receiver; for d in {DOMAIN_NAME} {DOMAIN_NAME}--incoming {DOMAIN_NAME}--migratedaway; do xl destroy $d 2>/dev/null; done; true"),
                 XL_TIMEOUT,
             )?;
         }
@@ -277,7 +306,11 @@ impl Xen {
         for (h, from) in self.hosts.iter().zip(&self.console_from) {
             let guest = h
                 .sh(
-                    &format!("cat /var/log/xen/console/guest-{DOMAIN_NAME}*.log 2>/dev/null; true"),
+                    &format!(
+                        "cat {}/guest-{DOMAIN_NAME}*.log {} 2>/dev/null; true",
+                        h.layout().console_logs,
+                        h.layout().serial_log
+                    ),
                     Duration::from_secs(20),
                 )
                 .map(|a| a.output)
@@ -285,22 +318,39 @@ impl Xen {
             // The last migration's xl logs (dom0 timestamps), debug lines left out.
             let xl = h
                 .sh(
-                    "cd /run/migsuite 2>/dev/null && for f in send.log recv.log recv.err listen.err; do [ -s $f ] && echo \"-- $f\" && grep -v ': debug: ' $f | tail -n 60; done; true",
+                    &format!("cd \"{RUN}\" 2>/dev/null && for f in send.log recv.log recv.err listen.err; do [ -s $f ] && echo \"-- $f\" && grep -v ': debug: ' $f | tail -n 60; done; true"),
                     Duration::from_secs(20),
                 )
                 .map(|a| a.output)
                 .unwrap_or_default();
-            let serial = h.console();
-            let serial = serial.get((*from).min(serial.len())..).unwrap_or("");
             text.push_str(&format!(
                 "---- domU console on Xen host {i} ----\n{guest}\n\
-                 ---- xl on Xen host {i} ----\n{xl}\n\
-                 ---- Xen host {i} serial console (Xen and dom0) during this case ----\n{serial}\n",
-                i = h.index
+                 ---- xl on Xen host {i} ----\n{xl}\n",
+                i = h.index()
             ));
+            if let Some(serial) = h.machine_console() {
+                let serial = serial.get((*from).min(serial.len())..).unwrap_or("");
+                text.push_str(&format!(
+                    "---- Xen host {} serial console (Xen and dom0) during this case ----\n{serial}\n",
+                    h.index()
+                ));
+            }
         }
         let _ = std::fs::write(path, text);
     }
+}
+
+/// xl's description of the domU's NIC: on `layout`'s bridge, through its
+/// hotplug script, of `model` (HVM's emulated NIC) if given.
+fn vif(mac: &str, layout: &toolstack::Layout, model: Option<&str>) -> String {
+    let mut spec = format!("mac={mac},bridge={}", layout.bridge);
+    if let Some(m) = model {
+        spec.push_str(&format!(",model={m}"));
+    }
+    if let Some(script) = layout.vif_script {
+        spec.push_str(&format!(",script={script}"));
+    }
+    spec
 }
 
 fn state_running(flags: &str) -> bool {
@@ -319,44 +369,48 @@ impl Backend for Xen {
             Topology::OneHost => &[0],
             Topology::TwoHosts => &[0, 1],
         };
-        self.hosts = shared_hosts(&self.image, lab.pair, behind)?;
-        self.console_from = self.hosts.iter().map(|h| h.console_len()).collect();
-        self.console_path = Some(lab.shared_dir().join("console.log"));
-        let boots: Vec<String> = self
+        self.hosts = if self.nested {
+            let hosts = shared_hosts(&self.image, lab.pair, behind)?;
+            for h in &hosts {
+                h.attach(lab.host(h.index), &case.link)
+                    .with_context(|| format!("wiring Xen host {} to the lab", h.index))?;
+            }
+            hosts.into_iter().map(|h| h as Arc<dyn Dom0>).collect()
+        } else {
+            self.open_sessions(lab, behind)?
+        };
+        self.console_from = self
             .hosts
             .iter()
-            .map(|h| format!("{} ms", h.boot_ms))
+            .map(|h| h.machine_console().map_or(0, |c| c.len()))
             .collect();
+        self.console_path = Some(lab.shared_dir().join("console.log"));
+        let came_up: Vec<String> = self.hosts.iter().map(|h| h.came_up()).collect();
         self.info.hypervisor_version = format!(
-            "{} ({} nested Xen host{} ({}), booted in {})",
-            self.hosts[0].xen_version,
+            "{} ({} Xen host{} ({}): {})",
+            self.hosts[0].versions().xen,
             self.hosts.len(),
             if self.hosts.len() > 1 { "s" } else { "" },
             self.topology,
-            boots.join(", ")
+            came_up.join("; ")
         );
-        self.info.toolstack_version = self.hosts[0].tools_version.clone();
+        self.info.toolstack_version = self.hosts[0].versions().toolstack.clone();
         self.destroy_leftovers()?;
-        for h in &self.hosts {
-            h.attach(lab.host(h.index), &case.link)
-                .with_context(|| format!("wiring Xen host {} to the lab", h.index))?;
-        }
         Ok(())
     }
 
+    /// The nested hosts' dom0s carry far less than the link; a real lab's
+    /// path is measured by its hosts' agents.
     fn stream_path_goodput(&self, lab: &Lab) -> Option<Result<f64>> {
-        (self.topology == Topology::TwoHosts).then(|| {
+        (self.nested && self.topology == Topology::TwoHosts).then(|| {
             let (src, dst) = (
                 self.host(lab.source.index)?,
                 self.host(lab.destination.index)?,
             );
-            dom0_goodput(src, dst)
+            dom0_goodput(src.as_ref(), dst.as_ref())
                 .inspect_err(|_| {
                     // Nothing of a cut calibration may listen on into the case.
-                    let _ = dst.sh(
-                        "/usr/local/sbin/migsuite-kill-receiver",
-                        Duration::from_secs(10),
-                    );
+                    let _ = dst.sh("migsuite-kill-receiver", Duration::from_secs(10));
                 })
                 .context("calibrating the stream's path from dom0 to dom0")
         })
@@ -365,20 +419,24 @@ impl Backend for Xen {
     fn provision(&mut self, lab: &Lab, case: &Case, agent_args: &str) -> Result<()> {
         self.on = lab.source.index;
         let h = self.host(self.on)?.clone();
+        let layout = h.layout().clone();
         h.check(
-            "rm -f /var/log/xen/console/guest-*.log",
+            &format!(
+                "rm -f {}/guest-{DOMAIN_NAME}*.log {}",
+                layout.console_logs, layout.serial_log
+            ),
             Duration::from_secs(10),
         )?;
         let cfg: Vec<String> = self
-            .domain_config(case, agent_args)
+            .domain_config(case, agent_args, &layout)
             .into_iter()
             .map(|l| format!("'{l}'"))
             .collect();
         h.check(
-            &format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")),
+            &format!("printf '%s\\n' {} > {}", cfg.join(" "), layout.config),
             Duration::from_secs(10),
         )?;
-        let created = h.sh(&format!("xl create {DOMAIN_CFG}"), XL_TIMEOUT)?;
+        let created = h.sh(&format!("xl create {}", layout.config), XL_TIMEOUT)?;
         if created.status != 0 {
             self.save_console();
             bail!(
@@ -484,12 +542,25 @@ impl Backend for Xen {
             .is_some_and(|(_, flags)| state_running(&flags))
     }
 
-    /// A Xen host is one QEMU process (Xen, dom0 and every domU; its
-    /// toolstack, xl and xenstored, runs inside it): the source's and the
-    /// destination's are sampled as their hypervisors. In one-host both
-    /// ends are the same process, counted once, on the source.
+    /// A nested Xen host is one QEMU process (Xen, dom0 and every domU;
+    /// its toolstack, xl and xenstored, runs inside it): the source's and
+    /// the destination's are sampled as their hypervisors. In one-host
+    /// both ends are the same process, counted once, on the source. A real
+    /// host is asked (`RemoteDom0::report`).
     fn sample_source(&self, lab: &Lab) -> Result<Source> {
-        let pid = |index| self.host(index).ok().map(|h| h.qemu_pid());
+        if !self.nested {
+            let ends = [lab.source.index, lab.destination.index].map(|i| self.host(i).cloned());
+            let [source, destination] = ends;
+            let (source, destination) = (source?, destination?);
+            let same = Arc::ptr_eq(&source, &destination);
+            return Ok(Source::Reported(Box::new(move || {
+                [
+                    source.report(),
+                    (!same).then(|| destination.report()).flatten(),
+                ]
+            })));
+        }
+        let pid = |index| self.host(index).ok().and_then(|h| h.qemu_pid());
         let source = pid(lab.source.index);
         let destination = pid(lab.destination.index).filter(|d| Some(*d) != source);
         Ok(Source::Processes(Box::new(move || {
@@ -522,27 +593,27 @@ const CALIBRATION_MIB: u32 = 96;
 /// on the way out; dd and pv on the way in), timed on `dst`'s clock. A
 /// nested dom0 under TCG carries far less than the link: this, not the
 /// link, is what a dirty rate must stay below for pre-copy to converge.
-fn dom0_goodput(src: &XenHost, dst: &XenHost) -> Result<f64> {
+fn dom0_goodput(src: &dyn Dom0, dst: &dyn Dom0) -> Result<f64> {
     dst.check(
-        &format!("/usr/local/sbin/migsuite-listen {MIGRATION_PORT} /usr/local/sbin/migsuite-sink"),
+        &format!("migsuite-listen {MIGRATION_PORT} migsuite-sink"),
         Duration::from_secs(20),
     )?;
     let sent = src.sh(
         &format!(
-            "/usr/local/sbin/migsuite-send-zeros {} {MIGRATION_PORT} {CALIBRATION_MIB}",
-            network::nested_addr(dst.index)
+            "migsuite-send-zeros {} {MIGRATION_PORT} {CALIBRATION_MIB}",
+            network::nested_addr(dst.index())
         ),
         Duration::from_secs(60),
     )?;
     anyhow::ensure!(
         sent.status == 0,
         "sending to dom0 {}: exit {}: {}",
-        dst.index,
+        dst.index(),
         sent.status,
         sent.output.trim()
     );
     let out = dst.check(
-        "for i in $(seq 100); do [ -s /run/migsuite/sink.out ] && break; sleep 0.1; done; cat /run/migsuite/sink.out",
+        &format!("for i in $(seq 100); do [ -s {RUN}/sink.out ] && break; sleep 0.1; done; cat {RUN}/sink.out"),
         Duration::from_secs(20),
     )?;
     let kv = parse_kv(&out);
@@ -554,11 +625,49 @@ fn dom0_goodput(src: &XenHost, dst: &XenHost) -> Result<f64> {
         (Some(start), Some(end), Some(bytes)) if end > start && bytes > 0.0 => {
             Ok(bytes * 8.0 / (end - start) / 1e6)
         }
-        _ => bail!("dom0 {}'s receiver said: {}", dst.index, out.trim()),
+        _ => bail!("dom0 {}'s receiver said: {}", dst.index(), out.trim()),
     }
 }
 
 impl Xen {
+    /// A session in the dom0 of each of the lab's hosts `behind`, opened
+    /// side by side, the domU's files copied there.
+    fn open_sessions(&self, lab: &Lab, behind: &[u8]) -> Result<Vec<Arc<dyn Dom0>>> {
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        let (domu, image) = (&self.domu, &self.image);
+        let opened: Vec<Result<RemoteDom0>> = std::thread::scope(|scope| {
+            let opens: Vec<_> = behind
+                .iter()
+                .map(|&i| {
+                    let (host, session) = (lab.host(i), &session);
+                    scope.spawn(move || {
+                        RemoteDom0::open(host, session, domu, &image.kernel, &image.initrd)
+                    })
+                })
+                .collect();
+            opens
+                .into_iter()
+                .map(|o| {
+                    o.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("opening a Xen session panicked")))
+                })
+                .collect()
+        });
+        let hosts = opened
+            .into_iter()
+            .map(|o| o.map(|d| Arc::new(d) as Arc<dyn Dom0>))
+            .collect::<Result<Vec<_>>>()?;
+        for h in &hosts {
+            let there = h.sh(&format!("xl list {DOMAIN_NAME}"), Duration::from_secs(20))?;
+            anyhow::ensure!(
+                there.status != 0,
+                "host {} already runs a domain {DOMAIN_NAME}, which this case did not make: remove it (xl destroy {DOMAIN_NAME}) or use another host",
+                lab.host(h.index()).name
+            );
+        }
+        Ok(hosts)
+    }
+
     fn try_evacuate(
         &mut self,
         lab: &Lab,
@@ -571,17 +680,28 @@ impl Xen {
         let source = self.source_domid.context("no guest was provisioned")?;
         let timeout_s = case.migration.timeout_ms.div_ceil(1000);
         let kill_ms = case.faults.kill_destination_after_ms;
-        let receiver = if remote {
+        let receiver = if !remote {
+            String::new()
+        } else if self.nested {
             dst.check(
-                &format!("/usr/local/sbin/migsuite-listen {MIGRATION_PORT}"),
+                &format!("migsuite-listen {MIGRATION_PORT}"),
                 Duration::from_secs(20),
             )?;
             format!(
-                "/usr/local/sbin/migsuite-send-to {} {MIGRATION_PORT}",
-                network::nested_addr(dst.index)
+                "migsuite-send-to {} {MIGRATION_PORT}",
+                network::nested_addr(dst.index())
             )
         } else {
-            String::new()
+            // The other dom0's receiver runs in its session, started by
+            // ssh from this one; its files go where migsuite-listen puts them.
+            dst.check(
+                &format!("rm -rf {RUN} && mkdir -p {RUN}"),
+                Duration::from_secs(20),
+            )?;
+            format!(
+                "migsuite-send-over-ssh {}",
+                lab.destination.migration_address
+            )
         };
         // One host: dom0's migsuite-migrate kills its own receiver; two:
         // the runner kills the other dom0's, unless the migration ended first.
@@ -597,13 +717,13 @@ impl Xen {
             } else {
                 "<receiver in dom0>"
             },
-            src.index,
-            dst.index
+            src.index(),
+            dst.index()
         ));
         let started = Instant::now();
         let a = src.sh(
             // An empty receiver ('') is dom0's own.
-            &format!("/usr/local/sbin/migsuite-migrate {timeout_s} {local_kill} '{receiver}'"),
+            &format!("migsuite-migrate {timeout_s} {local_kill} '{receiver}'"),
             Duration::from_secs(timeout_s + 60),
         )?;
         let returned = Instant::now();
@@ -621,7 +741,7 @@ impl Xen {
         let elapsed_ms = number(&kv, "start")
             .zip(number(&kv, "end"))
             .map(|(s, e)| (e - s) * 1000.0);
-        let read = |h: &XenHost, command: &str| {
+        let read = |h: &Arc<dyn Dom0>, command: &str| {
             h.sh(command, Duration::from_secs(20))
                 .map(|a| a.output)
                 .unwrap_or_default()
@@ -629,7 +749,7 @@ impl Xen {
         let bytes: Option<u64> = if remote {
             read(
                 &dst,
-                "for i in $(seq 50); do [ -s /run/migsuite/recv.bytes ] && break; sleep 0.1; done; tail -n 1 /run/migsuite/recv.bytes",
+                &format!("for i in $(seq 50); do [ -s {RUN}/recv.bytes ] && break; sleep 0.1; done; tail -n 1 {RUN}/recv.bytes"),
             )
             .trim()
             .parse()
@@ -637,17 +757,17 @@ impl Xen {
         } else {
             kv.get("bytes").and_then(|v| v.parse().ok())
         };
-        let send = read(&src, "cat /run/migsuite/send.log");
-        let recv = read(&dst, "cat /run/migsuite/recv.log");
+        let send = read(&src, &format!("cat {RUN}/send.log"));
+        let recv = read(&dst, &format!("cat {RUN}/recv.log"));
         // The receiver's stamps are on the other dom0's clock.
         let skew_s = if remote {
             let (s, s_err) = src.clock_offset()?;
             let (d, d_err) = dst.clock_offset()?;
             progress(&format!(
                 "dom0 clocks: Xen host {} is {:+.1} ms from Xen host {} (+-{:.1} ms)",
-                dst.index,
+                dst.index(),
                 (d - s) * 1000.0,
-                src.index,
+                src.index(),
                 (s_err + d_err) * 1000.0
             ));
             d - s
@@ -677,7 +797,7 @@ impl Xen {
             }
             if remote {
                 let _ = dst.sh(
-                    &format!("/usr/local/sbin/migsuite-kill-receiver; xl destroy {DOMAIN_NAME}--incoming 2>/dev/null; true"),
+                    &format!("migsuite-kill-receiver; xl destroy {DOMAIN_NAME}--incoming 2>/dev/null; true"),
                     XL_TIMEOUT,
                 );
             }
@@ -695,7 +815,7 @@ impl Xen {
             anyhow::ensure!(
                 self.domain(lab.source.index, &source.to_string()).is_none(),
                 "after xl migrate, the source domain {source} is still on Xen host {}",
-                src.index
+                src.index()
             );
         } else {
             // Same host: the received domain took the name; the source is gone.
@@ -739,16 +859,14 @@ impl Xen {
 /// Kills `dst`'s migration receiver `ms` into the migration, unless the
 /// returned sender is dropped first; the thread says whether it killed.
 fn kill_receiver_after(
-    dst: &Arc<XenHost>,
+    dst: &Arc<dyn Dom0>,
     ms: u64,
 ) -> (mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
     let (stop, stopped) = mpsc::channel::<()>();
     let dst = dst.clone();
     let thread = std::thread::spawn(move || {
         stopped.recv_timeout(Duration::from_millis(ms)) == Err(RecvTimeoutError::Timeout)
-            && dst
-                .sh("/usr/local/sbin/migsuite-kill-receiver", XL_TIMEOUT)
-                .is_ok()
+            && dst.sh("migsuite-kill-receiver", XL_TIMEOUT).is_ok()
     });
     (stop, thread)
 }
@@ -863,7 +981,10 @@ mod tests {
         for h in shared_hosts(&image, 0, &[0, 1]).unwrap() {
             eprintln!(
                 "host {}: boot {} ms, {}, {}",
-                h.index, h.boot_ms, h.xen_version, h.tools_version
+                h.index,
+                h.boot_ms,
+                h.versions().xen,
+                h.versions().toolstack
             );
             eprintln!("{}", h.check("xl list", Duration::from_secs(30)).unwrap());
             // Each `;;`-separated command of XEN_PROBE_CMDS, on every host.
@@ -935,52 +1056,35 @@ mod probe {
         } else {
             Hypervisor::XenPv
         };
-        let x = Xen {
-            hypervisor: hv,
-            image,
-            info: BackendInfo {
-                accel: String::new(),
-                hypervisor_version: String::new(),
-                toolstack_version: String::new(),
-                storage: String::new(),
-            },
-            topology: Topology::OneHost,
-            hosts: vec![h.clone()],
-            on: 0,
-            source_domid: None,
-            migrated: false,
-            console_from: vec![0],
-            console_path: None,
-        };
         let cmd = std::env::var("XEN_PROBE_CMD").unwrap_or_default();
         let text = std::fs::read_to_string("suites/ci.yaml")
             .unwrap()
             .replace("[openvz, kvm-fv, kvm-pv]", "[xen-pv, openvz]");
-        let case = crate::suite::parse_str(std::path::Path::new("ci.yaml"), &text)
+        let mut case = crate::suite::parse_str(std::path::Path::new("ci.yaml"), &text)
             .unwrap()
             .into_iter()
             .find(|c| c.hypervisor == Hypervisor::XenPv)
             .unwrap();
-        let cfg: Vec<String> = x.domain_config(&case, &format!("migsuite.ip=10.250.0.100/24 migsuite.observer=10.250.0.254:7000 migsuite.mtu=1500 {} migsuite.pkt_size=100 migsuite.pkt_rate=10", std::env::var("XEN_PROBE_DIRTY").unwrap_or("migsuite.dirty_mib=16 migsuite.dirty_rate=32".into()))).into_iter().map(|l| format!("'{l}'")).collect();
+        (case.hypervisor, case.migration.topology) = (hv, Topology::OneHost);
+        let mut x = Xen::new(&case, true).unwrap();
+        x.hosts = vec![h.clone() as Arc<dyn Dom0>];
+        let layout = h.layout().clone();
+        let cfg: Vec<String> = x.domain_config(&case, &format!("migsuite.ip=10.250.0.100/24 migsuite.observer=10.250.0.254:7000 migsuite.mtu=1500 {} migsuite.pkt_size=100 migsuite.pkt_rate=10", std::env::var("XEN_PROBE_DIRTY").unwrap_or("migsuite.dirty_mib=16 migsuite.dirty_rate=32".into())), &layout).into_iter().map(|l| format!("'{l}'")).collect();
         h.check(
-            &format!("printf '%s\\n' {} > {DOMAIN_CFG}", cfg.join(" ")),
+            &format!("printf '%s\\n' {} > {}", cfg.join(" "), layout.config),
             Duration::from_secs(10),
         )
         .unwrap();
         eprintln!(
             "{:?}",
-            h.sh(&format!("xl create {DOMAIN_CFG}"), XL_TIMEOUT)
+            h.sh(&format!("xl create {}", layout.config), XL_TIMEOUT)
                 .unwrap()
         );
         std::thread::sleep(Duration::from_secs(25));
         let skip = std::env::var("XEN_PROBE_NO_MIGRATE").is_ok();
         for c in [
             "xl list",
-            if skip {
-                ""
-            } else {
-                "/usr/local/sbin/migsuite-migrate 90 -"
-            },
+            if skip { "" } else { "migsuite-migrate 90 -" },
             "grep -v debug: /run/migsuite/send.log",
             "grep -v debug: /run/migsuite/recv.log | tail -30",
             "xl list",

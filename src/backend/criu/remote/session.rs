@@ -8,7 +8,7 @@ use super::{Answer, Ask, Reply, Request};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -36,24 +36,8 @@ pub struct HostSession {
 impl HostSession {
     /// Starts session `session` on `host`, reached as `ssh` (`root@address`).
     pub fn open(host: &str, ssh: &str, session: &str) -> Result<HostSession> {
-        let mut child = Command::new("ssh")
-            .args([
-                "-T",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=5",
-                "-o",
-                "ServerAliveCountMax=3",
-                "--",
-                ssh,
-                "migsuite",
-                "criu-host",
-                "--session",
-                session,
-            ])
+        let mut child = crate::sh::ssh(ssh)
+            .args(["migsuite", "criu-host", "--session", session])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
