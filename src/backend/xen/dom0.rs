@@ -140,7 +140,9 @@ exec 2>>$d/recv.err 4<&0
 # the end of the stream) with large reads (a syscall costs a nested dom0
 # dearly: 1 KiB reads held a socket to 1.5 MiB/s, 1 MiB ones carried 60);
 # pv prints the byte count every second and at the end.
-dd bs=1M <&4 2>/dev/null | pv -f -n -b -B 1m -i 1 2>$d/recv.bytes | xl -vvv migrate-receive 2> >(stamp > $d/recv.log) &
+# The stamping subshell drops the receiver's standard output at once (exec,
+# not a saved copy): the xl left watching the domain keeps its stderr open.
+dd bs=1M <&4 2>/dev/null | pv -f -n -b -B 1m -i 1 2>$d/recv.bytes | xl -vvv migrate-receive 2> >(exec >$d/recv.log; stamp) &
 wait $!
 "#;
 
