@@ -202,28 +202,23 @@ impl RemoteDom0 {
             use std::io::Write;
             let _ = stdin.write_all(&input);
         });
-        let deadline = Instant::now() + COPY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if status.success() {
-                    return Ok(());
-                }
-                let mut err = String::new();
-                use std::io::Read;
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                bail!("host {}: {what}: ssh {status}: {}", self.name, err.trim());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "host {}: {what} took over {} s",
-                    self.name,
-                    COPY_TIMEOUT.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !crate::sh::wait_exit(&mut child, COPY_TIMEOUT) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "host {}: {what} took over {} s",
+                self.name,
+                COPY_TIMEOUT.as_secs()
+            );
         }
+        let status = child.wait()?;
+        if !status.success() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            bail!("host {}: {what}: ssh {status}: {}", self.name, err.trim());
+        }
+        Ok(())
     }
 }
 
@@ -301,10 +296,7 @@ impl Drop for RemoteDom0 {
             let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
             let (channel, child) = &mut *g;
             channel.close();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            crate::sh::wait_exit(child, Duration::from_secs(30));
             let _ = child.kill();
             let _ = child.wait();
         }
