@@ -30,7 +30,10 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The command server, in bash, run by ssh. `@DIR@`, `@ROLE@` and `@UUID@`
 /// are filled in (a session id and a UUID: no quoting needed). The command
 /// role makes the directory and removes it, with the domU, when its input
-/// ends; the sampler role only serves.
+/// ends; the sampler role only serves. Its input may end while a command
+/// runs (a migration, minutes): the runner sends nothing else while it
+/// waits for an answer, so a reader beside the command sees the end at
+/// once, and the command goes with the session.
 const SERVER: &str = r#"set -u
 umask 077
 D=@DIR@
@@ -41,6 +44,7 @@ if [ "$role" = command ]; then
   command -v xl >/dev/null || { echo "no xl on this host (the Xen toolstack, Debian package xen-utils-4.17)"; exit 1; }
   mkdir -p -m 700 "$(dirname "$D")" && mkdir -m 700 "$D" "$D/bin" "$D/run" "$D/guest" || exit 1
   cleanup() {
+    [ -n "${job:-}" ] && kill -TERM "$job" 2>/dev/null
     migsuite-kill-receiver >/dev/null 2>&1
     for id in $(xl list -v 2>/dev/null | awk -v u=@UUID@ "NR > 1 && \$7 == u {print \$2}"); do
       xl destroy "$id" >/dev/null 2>&1
@@ -52,10 +56,23 @@ if [ "$role" = command ]; then
 else
   [ -d "$D" ] || { echo "no session $D"; exit 1; }
 fi
+exec 3<&0
 echo @@READY
-while IFS= read -r line; do
+next=""
+while if [ -n "$next" ]; then line=$next; next=""; else IFS= read -r -u 3 line; fi; do
   id=${line%% *}; rest=${line#* }; secs=${rest%% *}; cmd=${rest#* }
-  timeout -s KILL "$secs" bash -c "$cmd" >"$D/$role.out" 2>&1 </dev/null; rc=$?
+  timeout -s KILL "$secs" bash -c "$cmd" >"$D/$role.out" 2>&1 </dev/null &
+  job=$!
+  # A line before the answer (a runner that gave up waiting) comes next.
+  { IFS= read -r -u 3 early && printf "%s" "$early" >"$D/$role.next"; } &
+  reader=$!
+  wait -n "$job" "$reader"; rc=$?
+  if kill -0 "$job" 2>/dev/null; then
+    [ -e "$D/$role.next" ] || exit 1
+    wait "$job"; rc=$?
+  fi
+  kill "$reader" 2>/dev/null; wait "$reader" 2>/dev/null; job=""
+  if [ -e "$D/$role.next" ]; then next=$(cat "$D/$role.next"); rm -f "$D/$role.next"; fi
   cat "$D/$role.out"; printf "\n@@END %s %s\n" "$id" "$rc"
 done
 "#;
@@ -349,5 +366,48 @@ mod tests {
     fn the_server_script_has_no_single_quote() {
         // It is given to the remote shell inside single quotes.
         assert!(!SERVER.contains('\''));
+    }
+
+    /// The sampler's server, run here by bash in a directory of its own.
+    fn sampler_server(dir: &std::path::Path) -> Child {
+        let script = SERVER
+            .replace("@DIR@", dir.to_str().unwrap())
+            .replace("@ROLE@", "sampler")
+            .replace("@UUID@", "none");
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_server_answers_and_ends_with_its_input_even_mid_command() {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = sampler_server(dir.path());
+        let mut input = server.stdin.take().unwrap();
+        let mut output = BufReader::new(server.stdout.take().unwrap());
+        let mut answer = String::new();
+        writeln!(input, "a1 10 echo one; exit 7").unwrap();
+        while !answer.contains("@@END a1") {
+            assert_ne!(output.read_line(&mut answer).unwrap(), 0, "{answer}");
+        }
+        assert_eq!(answer, "@@READY\none\n\n@@END a1 7\n");
+        // A command of minutes, then the runner's end: the server goes at
+        // once, not when the command ends.
+        writeln!(input, "a2 130 sleep 120").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let closed = Instant::now();
+        drop(input);
+        let status = loop {
+            if let Some(status) = server.try_wait().unwrap() {
+                break status;
+            }
+            assert!(closed.elapsed() < Duration::from_secs(20), "still serving");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success());
     }
 }
