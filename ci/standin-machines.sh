@@ -31,8 +31,8 @@
 #                        address; the guest .100, the runner's observer .254
 #   mig   10.246.0.0/24  migration network: hosts .1 to .4 (migration and
 #                        NBD streams, ports 49152-49215; CRIU's page server,
-#                        TCP 27027; xl's stream, ssh; the host agents'
-#                        measurement of it, TCP 7004)
+#                        TCP 27027; xl's stream, TCP 5500; the host
+#                        agents' measurement of it, TCP 7004)
 # Inventories (one pair each, as a real lab's runner has): hosts a and b in
 # /run/migsuite-standin/lab-ssh.yaml and lab-tls.yaml, the Xen hosts c and
 # d in lab-xen.yaml.
@@ -306,12 +306,10 @@ EOF
   printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n' \
     >"$dir/etc/ssh/sshd_config.d/migsuite.conf"
   # root: the runner and the other host may log in; this host's key and
-  # the other host's host key (at both its addresses: a Xen host sends
-  # xl's stream over ssh to the other's migration address), for
-  # migrations it sends there.
+  # the other host's host key, for migrations it sends there.
   cat "$STATE/runner/id_ed25519.pub" "$STATE/$peer/id_ed25519.pub" >"$dir/root/.ssh/authorized_keys"
   install -m 600 "$STATE/$h/id_ed25519" "$dir/root/.ssh/id_ed25519"
-  echo "$MGMT.$(index_of "$peer"),$MIG.$(index_of "$peer") $(cat "$STATE/$peer/ssh_host_ed25519_key.pub")" >"$dir/root/.ssh/known_hosts"
+  echo "$MGMT.$(index_of "$peer") $(cat "$STATE/$peer/ssh_host_ed25519_key.pub")" >"$dir/root/.ssh/known_hosts"
   chmod 700 "$dir/root/.ssh"
 
   # libvirt over TLS: the CA, this host's server certificate (libvirtd) and

@@ -161,8 +161,9 @@ pub struct Calibration {
     /// same both ways.
     pub return_goodput_mbit: Option<f64>,
     pub return_wire_mbit: Option<f64>,
-    /// TCP goodput of the stream's own path where nested hosts relay it
-    /// (Xen: dom0 to dom0 through the link); None where the link is the path.
+    /// TCP goodput of the stream's own path where it is more than the link
+    /// (Xen: dom0 to dom0, through dom0's relays, nested or real); None
+    /// where the link is the path.
     pub stream_path_goodput_mbit: Option<f64>,
     /// The workload's dirty rate, resolved against the least goodput.
     pub workload_dirty_rate_mib_s: u32,

@@ -321,13 +321,8 @@ fn run_in(
         .mib_s(carried(link_mbit, stream_path_goodput_mbit));
     let carries = match &back {
         None => format!(
-            "the migration link carries {:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}{}",
-            link.goodput_mbit,
-            link.wire_mbit,
-            case.link.mtu,
-            stream_path_goodput_mbit
-                .map(|p| format!(", the stream's path through the nested hosts {p:.0} Mbit/s"))
-                .unwrap_or_default(),
+            "the migration link carries {:.0} Mbit/s of TCP payload ({:.0} Mbit/s on the wire) at MTU {}",
+            link.goodput_mbit, link.wire_mbit, case.link.mtu,
         ),
         Some(back) => format!(
             "lab {}'s migration network (MTU {}, not shaped by migsuite) carries {:.0} Mbit/s of \
@@ -343,8 +338,11 @@ fn run_in(
             back.wire_mbit,
         ),
     };
+    let stream_path = stream_path_goodput_mbit
+        .map(|p| format!(", the stream's own path host to host {p:.0} Mbit/s"))
+        .unwrap_or_default();
     progress(&format!(
-        "{}: {carries}; the workload dirties {} MiB at {dirty_rate} MiB/s",
+        "{}: {carries}{stream_path}; the workload dirties {} MiB at {dirty_rate} MiB/s",
         case.name(),
         case.workload.dirty_mib
     ));
@@ -452,10 +450,10 @@ fn run_in(
     })
 }
 
-/// What the stream can carry: the link's goodput or, where nested hosts
-/// relay the stream, their path if that carries less.
-fn carried(link_goodput_mbit: f64, nested_path_mbit: Option<f64>) -> f64 {
-    nested_path_mbit.map_or(link_goodput_mbit, |n| n.min(link_goodput_mbit))
+/// What the stream can carry: the link's goodput or, where the stream has
+/// a path of its own (dom0's relays), that if it carries less.
+fn carried(link_goodput_mbit: f64, own_path_mbit: Option<f64>) -> f64 {
+    own_path_mbit.map_or(link_goodput_mbit, |n| n.min(link_goodput_mbit))
 }
 
 /// What the stream's path carries just before a run, measured again each
@@ -468,8 +466,8 @@ fn path_rate(lab: &Lab, backend: &dyn Backend) -> Result<Option<f64>> {
         return Ok(None);
     }
     let link = calibration::link_rates(lab)?.goodput_mbit;
-    let nested = backend.stream_path_goodput(lab).transpose()?;
-    Ok(Some(carried(link, nested)))
+    let own_path = backend.stream_path_goodput(lab).transpose()?;
+    Ok(Some(carried(link, own_path)))
 }
 
 /// What produced a case's figures: the lab and its machine, what the

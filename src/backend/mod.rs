@@ -96,7 +96,8 @@ pub trait Backend {
 
     /// TCP goodput (Mbit/s) of the stream's path from source to
     /// destination where it is more than the lab's link (nested hosts
-    /// relay it), measured after `prepare`. None: the link is the path.
+    /// or a real host's dom0 relay it), measured after `prepare`. None: the
+    /// link is the path.
     fn stream_path_goodput(&self, _lab: &Lab) -> Option<Result<f64>> {
         None
     }

@@ -160,29 +160,73 @@ echo "nothing listens on port $1: $(cat $d/listen.err)"; exit 1
 "#;
 
 /// What `xl migrate` runs on the source to reach another Xen host's
-/// migsuite-listen (`$1` address, `$2` port); killing it cuts the stream.
-/// dd relays both ways in large reads (see migsuite-recv; nc's 1 KiB ones
-/// are far too slow here).
+/// migsuite-listen or migsuite-listen-peer (`$1` address, `$2` port);
+/// killing it cuts the stream. dd relays both ways in large reads (see
+/// migsuite-recv; nc's 1 KiB ones are far too slow here). A real dom0's
+/// stream opens with the migration's token.
 const SEND_TO: &str = r#"#!/bin/bash
 echo $$ > "${MIGSUITE_RUN:-/run/migsuite}/recv.pid"
 exec 3<>"/dev/tcp/$1/$2" || exit 1
+[ -n "${MIGSUITE_TOKEN:-}" ] && { cat "$MIGSUITE_TOKEN" >&3 || exit 1; }
 dd bs=64k <&3 2>/dev/null &
 exec dd bs=1M >&3 2>/dev/null
 "#;
 
-/// What `xl migrate` runs on a real dom0 to reach the other one (`$1`, its
-/// migration address): ssh to the receiver of the same session there (the
-/// session's directory has the same path on both hosts), authenticated by
-/// the hosts' own keys, as a Xen lab migrates; killing it cuts the stream.
-/// (xl appends its own receiver, "xl migrate-receive": ours runs instead.)
-/// There the receiver talks through relays: the xl that stays behind to
-/// watch the domain inherits its descriptors, and holding the ssh
-/// session's would keep the session, and so this sender, from ending.
-const SEND_OVER_SSH: &str = r#"#!/bin/bash
-d=${MIGSUITE_RUN:-/run/migsuite}
-echo $$ > "$d/recv.pid"
-exec ssh -T -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 \
-  "root@$1" "export MIGSUITE_RUN=$d PATH=$(dirname "$0"):\$PATH; dd bs=1M 2>/dev/null | migsuite-recv 2>/dev/null | dd bs=64k 2>/dev/null"
+/// The destination's side of a migration from another real dom0 (`$1`
+/// address, `$2` port): one connection from the other dom0's migration
+/// address (`$3`) that opens with the migration's token (a line the runner
+/// wrote to both dom0s over ssh, used once); anything else is dropped. The
+/// socket becomes the input and output of migsuite-recv (or of the
+/// receiver `$4`). Returns once it listens. Python: Xen's toolstack has it.
+const LISTEN_PEER: &str = r#"#!/usr/bin/python3
+import hmac, os, shutil, socket, sys
+address, port, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+receiver = sys.argv[4] if len(sys.argv) > 4 else "migsuite-recv"
+run = os.environ.get("MIGSUITE_RUN", "/run/migsuite")
+token = open(os.environ["MIGSUITE_TOKEN"], "rb").read().strip()
+shutil.rmtree(run, ignore_errors=True)
+os.makedirs(run)
+family = socket.AF_INET6 if ":" in address else socket.AF_INET
+listener = socket.socket(family, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    listener.bind((address, port))
+    listener.listen(8)
+except OSError as e:
+    sys.exit(f"cannot listen on {address} port {port}: {e}")
+child = os.fork()
+if child:
+    with open(os.path.join(run, "listen.pid"), "w") as f:
+        f.write(f"{child}\n")
+    sys.exit(0)
+os.setsid()
+null = os.open(os.devnull, os.O_RDWR)
+errors = os.open(os.path.join(run, "listen.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+os.dup2(null, 0)
+os.dup2(null, 1)
+os.dup2(errors, 2)
+while True:
+    conn, source = listener.accept()
+    conn.settimeout(10)
+    said = b""
+    try:
+        while not said.endswith(b"\n") and len(said) <= len(token):
+            byte = conn.recv(1)
+            if not byte:
+                break
+            said += byte
+    except OSError:
+        pass
+    if source[0] == peer and hmac.compare_digest(said.strip(), token):
+        break
+    print(f"dropped a connection from {source[0]}", file=sys.stderr, flush=True)
+    conn.close()
+listener.close()
+conn.settimeout(None)
+os.dup2(conn.fileno(), 0)
+os.dup2(conn.fileno(), 1)
+conn.close()
+os.execvp(receiver, [receiver])
 "#;
 
 /// The stream's path without xl, to calibrate it: migsuite-recv's relay
@@ -196,18 +240,20 @@ printf 'start=%s\nend=%s\nbytes=%s\n' "$start" "$EPOCHREALTIME" "$(tail -n 1 $d/
 mv $d/sink.tmp $d/sink.out
 "#;
 
-/// Sends `$3` MiB of zeros to another Xen host's migsuite-listen (`$1`
-/// address, `$2` port) through a pipe and migsuite-send-to's relay, as
+/// Sends `$3` MiB of zeros to another Xen host's migsuite-listen or
+/// migsuite-listen-peer (`$1` address, `$2` port) through a pipe and migsuite-send-to's relay, as
 /// `xl migrate` sends a stream: the sending half of the calibration. (Not
 /// migsuite-send-to itself: its reader of the way back would hold the
 /// socket open after the last byte.)
 const SEND_ZEROS: &str = r#"#!/bin/bash
 exec 3<>"/dev/tcp/$1/$2" || exit 1
+[ -n "${MIGSUITE_TOKEN:-}" ] && { cat "$MIGSUITE_TOKEN" >&3 || exit 1; }
 dd if=/dev/zero bs=1M count="$3" 2>/dev/null | dd bs=1M >&3 2>/dev/null
 "#;
 
 /// Kills the receiving end of this dom0's migration (migsuite-listen's
-/// nc, migsuite-recv or migsuite-send-to) and everything it started.
+/// nc, migsuite-listen-peer, migsuite-recv or migsuite-send-to) and
+/// everything it started.
 const KILL_RECEIVER: &str = r#"#!/bin/bash
 killtree() {
   local s pid comm state ppid rest
@@ -261,7 +307,7 @@ pub const TOOLS: [(&str, &str); 8] = [
     ("migsuite-migrate", MIGRATE),
     ("migsuite-listen", LISTEN),
     ("migsuite-send-to", SEND_TO),
-    ("migsuite-send-over-ssh", SEND_OVER_SSH),
+    ("migsuite-listen-peer", LISTEN_PEER),
     ("migsuite-sink", SINK),
     ("migsuite-send-zeros", SEND_ZEROS),
     ("migsuite-kill-receiver", KILL_RECEIVER),

@@ -200,7 +200,7 @@ impl Xen {
         };
         if !nested {
             return Ok(xen(
-                "xen on the lab's hosts (dom0 over ssh; the stream dom0 to dom0 over ssh)",
+                "xen on the lab's hosts (dom0 over ssh; the stream dom0 to dom0 over TCP, opened with a one-time token)",
             ));
         }
         // One host: both guests (source and incoming) fit next to dom0.
@@ -399,20 +399,26 @@ impl Backend for Xen {
         Ok(())
     }
 
-    /// The nested hosts' dom0s carry far less than the link; a real lab's
-    /// path is measured by its hosts' agents.
+    /// What dom0 to dom0 carries, through the relays an `xl migrate`
+    /// stream takes: the nested hosts' dom0s carry far less than the link,
+    /// and a real lab's may too.
     fn stream_path_goodput(&self, lab: &Lab) -> Option<Result<f64>> {
-        (self.nested && self.topology == Topology::TwoHosts).then(|| {
+        (self.topology == Topology::TwoHosts).then(|| {
             let (src, dst) = (
                 self.host(lab.source.index)?,
                 self.host(lab.destination.index)?,
             );
-            dom0_goodput(src.as_ref(), dst.as_ref())
-                .inspect_err(|_| {
-                    // Nothing of a cut calibration may listen on into the case.
-                    let _ = dst.sh("migsuite-kill-receiver", Duration::from_secs(10));
-                })
-                .context("calibrating the stream's path from dom0 to dom0")
+            let to = self.ready_receiver(lab, src.as_ref(), dst.as_ref(), "migsuite-sink")?;
+            dom0_goodput(
+                src.as_ref(),
+                dst.as_ref(),
+                &format!("migsuite-send-zeros {to} {MIGRATION_PORT} {CALIBRATION_MIB}"),
+            )
+            .inspect_err(|_| {
+                // Nothing of a cut calibration may listen on into the case.
+                let _ = dst.sh("migsuite-kill-receiver", Duration::from_secs(10));
+            })
+            .context("calibrating the stream's path from dom0 to dom0")
         })
     }
 
@@ -585,26 +591,16 @@ fn number(kv: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     kv.get(key).and_then(|v| v.parse().ok())
 }
 
-/// How much the calibration sends: a few seconds from dom0 to dom0.
+/// How much the calibration sends: a few seconds from nested dom0 to dom0.
 const CALIBRATION_MIB: u32 = 96;
 
 /// TCP goodput, Mbit/s, from `src`'s dom0 to `dst`'s over the migration
-/// link, through the relays an `xl migrate` stream takes (a pipe and dd
-/// on the way out; dd and pv on the way in), timed on `dst`'s clock. A
-/// nested dom0 under TCG carries far less than the link: this, not the
-/// link, is what a dirty rate must stay below for pre-copy to converge.
-fn dom0_goodput(src: &dyn Dom0, dst: &dyn Dom0) -> Result<f64> {
-    dst.check(
-        &format!("migsuite-listen {MIGRATION_PORT} migsuite-sink"),
-        Duration::from_secs(20),
-    )?;
-    let sent = src.sh(
-        &format!(
-            "migsuite-send-zeros {} {MIGRATION_PORT} {CALIBRATION_MIB}",
-            network::nested_addr(dst.index())
-        ),
-        Duration::from_secs(60),
-    )?;
+/// link, sent by `send` on `src` into migsuite-sink on `dst`, through
+/// the relays an `xl migrate` stream takes (a pipe and dd on the way out;
+/// dd and pv on the way in), timed on `dst`'s clock. This, not the link,
+/// is what a dirty rate must stay below for pre-copy to converge.
+fn dom0_goodput(src: &dyn Dom0, dst: &dyn Dom0, send: &str) -> Result<f64> {
+    let sent = src.sh(send, Duration::from_secs(60))?;
     anyhow::ensure!(
         sent.status == 0,
         "sending to dom0 {}: exit {}: {}",
@@ -668,6 +664,41 @@ impl Xen {
         Ok(hosts)
     }
 
+    /// Readies `dst` to take one stream from `src` into `receiver`
+    /// (migsuite-recv or migsuite-sink) and returns the address to send it
+    /// to. A nested host listens on the lab's own migration link; a real
+    /// dom0 takes only the other one's connection that opens with a fresh
+    /// token, which the runner gives both over ssh.
+    fn ready_receiver(
+        &self,
+        lab: &Lab,
+        src: &dyn Dom0,
+        dst: &dyn Dom0,
+        receiver: &str,
+    ) -> Result<String> {
+        let wait = Duration::from_secs(20);
+        if self.nested {
+            dst.check(
+                &format!("migsuite-listen {MIGRATION_PORT} {receiver}"),
+                wait,
+            )?;
+            return Ok(network::nested_addr(dst.index()).to_string());
+        }
+        let token = uuid::Uuid::new_v4().simple();
+        for dom0 in [src, dst] {
+            dom0.check(&format!("echo {token} > \"$MIGSUITE_TOKEN\""), wait)?;
+        }
+        let (from, to) = (
+            &lab.host(src.index()).migration_address,
+            &lab.host(dst.index()).migration_address,
+        );
+        dst.check(
+            &format!("migsuite-listen-peer {to} {MIGRATION_PORT} {from} {receiver}"),
+            wait,
+        )?;
+        Ok(to.to_string())
+    }
+
     fn try_evacuate(
         &mut self,
         lab: &Lab,
@@ -682,26 +713,9 @@ impl Xen {
         let kill_ms = case.faults.kill_destination_after_ms;
         let receiver = if !remote {
             String::new()
-        } else if self.nested {
-            dst.check(
-                &format!("migsuite-listen {MIGRATION_PORT}"),
-                Duration::from_secs(20),
-            )?;
-            format!(
-                "migsuite-send-to {} {MIGRATION_PORT}",
-                network::nested_addr(dst.index())
-            )
         } else {
-            // The other dom0's receiver runs in its session, started by
-            // ssh from this one; its files go where migsuite-listen puts them.
-            dst.check(
-                &format!("rm -rf {RUN} && mkdir -p {RUN}"),
-                Duration::from_secs(20),
-            )?;
-            format!(
-                "migsuite-send-over-ssh {}",
-                lab.destination.migration_address
-            )
+            let to = self.ready_receiver(lab, src.as_ref(), dst.as_ref(), "migsuite-recv")?;
+            format!("migsuite-send-to {to} {MIGRATION_PORT}")
         };
         // One host: dom0's migsuite-migrate kills its own receiver; two:
         // the runner kills the other dom0's, unless the migration ended first.

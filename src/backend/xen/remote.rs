@@ -38,7 +38,7 @@ const SERVER: &str = r#"set -u
 umask 077
 D=@DIR@
 role=@ROLE@
-export PATH="$D/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin" MIGSUITE_RUN="$D/run"
+export PATH="$D/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin" MIGSUITE_RUN="$D/run" MIGSUITE_TOKEN="$D/stream.token"
 if [ "$role" = command ]; then
   [ "$(id -u)" = 0 ] || { echo "the migsuite session runs as root (xl needs it), not as $(id -un)"; exit 1; }
   command -v xl >/dev/null || { echo "no xl on this host (the Xen toolstack, Debian package xen-utils-4.17)"; exit 1; }
