@@ -14,9 +14,10 @@
 # (qemu+ssh) or TLS (qemu+tls), never unauthenticated TCP.
 #
 #   ci/standin-machines.sh image                 the hosts' disk image (cached)
-#   ci/standin-machines.sh up --migsuite BIN [--xen]
-#                                                boot the lab (with --xen, also
-#                                                the Xen hosts), write inventories
+#   ci/standin-machines.sh up --migsuite BIN [--pairs kvm,xen]
+#                                                boot the lab's pairs (kvm: a
+#                                                and b, the default; xen: c and
+#                                                d), write their inventories
 #   ci/standin-machines.sh exec CMD [ARG...]     run CMD on the runner machine
 #   ci/standin-machines.sh down                  remove everything `up` made
 #
@@ -45,10 +46,12 @@ IMAGE=$ARTIFACTS/standin
 IMAGE_RECIPE=6
 RUNNER=msr-run
 FABRIC=msr-net
-# The hosts `up` boots: a and b, and with --xen the Xen hosts c and d (the
-# same image, booted as dom0 under Xen).
-HOSTS=(a b)
+# The pairs `up` can boot: a and b (KVM and CRIU), and the Xen hosts c and
+# d (the same image, booted as dom0 under Xen). Four TCG hosts on a small
+# machine slow each other: boot the pairs the runs need.
+KVM_HOSTS=(a b)
 XEN_HOSTS=(c d)
+HOSTS=()
 XEN=$ARTIFACTS/xen/xen
 # dom0's share of a Xen host's memory; the rest is for its domUs.
 DOM0_MEMORY=1024
@@ -81,7 +84,7 @@ die() {
   exit 1
 }
 usage() {
-  echo "usage: $0 image | up --migsuite BIN [--xen] | exec CMD [ARG...] | down" >&2
+  echo "usage: $0 image | up --migsuite BIN [--pairs kvm,xen] | exec CMD [ARG...] | down" >&2
   exit 2
 }
 index_of() {
@@ -502,12 +505,13 @@ up_failed() {
 }
 
 up() {
-  local migsuite="" h
+  local migsuite="" pairs=kvm pair h
   while [ $# -gt 0 ]; do
     case $1 in
-      --xen)
-        HOSTS+=("${XEN_HOSTS[@]}")
-        shift
+      --pairs)
+        [ $# -ge 2 ] || usage
+        pairs=$2
+        shift 2
         ;;
       --migsuite)
         [ $# -ge 2 ] || usage
@@ -518,6 +522,14 @@ up() {
     esac
   done
   [ -n "$migsuite" ] && [ -f "$migsuite" ] && [ -x "$migsuite" ] || die "--migsuite: give the migsuite binary"
+  for pair in ${pairs//,/ }; do
+    case $pair in
+      kvm) HOSTS+=("${KVM_HOSTS[@]}") ;;
+      xen) HOSTS+=("${XEN_HOSTS[@]}") ;;
+      *) die "--pairs: '$pair' is no pair of the stand-in (kvm: hosts a and b; xen: c and d)" ;;
+    esac
+  done
+  [ ${#HOSTS[@]} -gt 0 ] || die "--pairs: name kvm, xen or both"
   migsuite=$(readlink -f "$migsuite")
   [ -s "$IMAGE/host.img" ] || die "no host image in $IMAGE: run '$0 image' (ci/setup.sh does)"
   if is_xen_host "${HOSTS[-1]}"; then
@@ -553,8 +565,10 @@ up() {
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || die "preparing libvirt failed (above)"; done
-  write_inventory ssh lab-ssh.yaml a b
-  write_inventory tls lab-tls.yaml a b
+  if [[ " ${HOSTS[*]} " == *" a "* ]]; then
+    write_inventory ssh lab-ssh.yaml a b
+    write_inventory tls lab-tls.yaml a b
+  fi
   if is_xen_host "${HOSTS[-1]}"; then write_inventory ssh lab-xen.yaml c d; fi
   echo "== stand-in lab of machines is up after $((SECONDS - started)) s"
   echo "inventories: $(cd "$STATE" && echo lab-*.yaml) in $STATE"
