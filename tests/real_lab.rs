@@ -1,15 +1,18 @@
 //! The real-lab path end to end on machines migsuite did not build.
-//! `ci/standin-machines.sh` boots two Debian hosts (virtual machines with
-//! their own kernel, Debian's libvirt with its defaults, sshd, `migsuite
-//! host-agent`), and migsuite reaches them only as a real lab's: from the
-//! runner machine, through an inventory, over qemu+ssh and over qemu+tls,
-//! and each host's libvirtd migrates to the other itself (peer to peer),
-//! authenticated by the keys or certificates the stand-in gave the hosts.
-//! The cases hold the machine's pair lock like any other, so they are never
-//! measured beside another.
+//! `ci/standin-machines.sh` boots a pair of Debian hosts (virtual machines
+//! with their own kernel, Debian's libvirt with its defaults, sshd,
+//! `migsuite host-agent`), and migsuite reaches them only as a real lab's:
+//! from the runner machine, through an inventory. On the KVM pair, over
+//! qemu+ssh and over qemu+tls, each host's libvirtd migrates to the other
+//! itself (peer to peer), authenticated by the keys or certificates the
+//! stand-in gave the hosts; on the Xen pair, dom0 runs `xl` over ssh and
+//! sends the stream to the other dom0 over ssh. The cases hold the
+//! machine's pair lock like any other, so they are never measured beside
+//! another; one pair is up at a time.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,18 +32,49 @@ fn rebaseline() -> bool {
     std::env::var_os("MIGSUITE_REBASELINE").is_some_and(|v| v == "1")
 }
 
+/// A pair of the stand-in's hosts: its name for `up --pairs`, its hosts'
+/// names and addresses (10.248.0.N), the backends they run.
+struct Pair {
+    name: &'static str,
+    hosts: [(&'static str, u8); 2],
+}
+
+const KVM: Pair = Pair {
+    name: "kvm",
+    hosts: [("a", 1), ("b", 2)],
+};
+const XEN: Pair = Pair {
+    name: "xen",
+    hosts: [("c", 3), ("d", 4)],
+};
+
+/// One stand-in at a time (the tests run side by side otherwise).
+static ONE_STANDIN: Mutex<()> = Mutex::new(());
+
 /// The stand-in lab, taken down when dropped (also when the test panics).
-struct Standin;
+struct Standin {
+    _one: MutexGuard<'static, ()>,
+}
 
 impl Standin {
-    fn up(migsuite: &str) -> Standin {
+    fn up(migsuite: &str, pair: &Pair) -> Standin {
+        // A test that panicked took its stand-in down.
+        let one = ONE_STANDIN.lock().unwrap_or_else(|e| e.into_inner());
         // A stand-in left by a killed test goes first.
         down();
-        duct::cmd!("bash", STANDIN, "up", "--migsuite", migsuite)
-            .dir(root())
-            .run()
-            .expect("the stand-in lab comes up");
-        Standin
+        duct::cmd!(
+            "bash",
+            STANDIN,
+            "up",
+            "--migsuite",
+            migsuite,
+            "--pairs",
+            pair.name
+        )
+        .dir(root())
+        .run()
+        .expect("the stand-in lab comes up");
+        Standin { _one: one }
     }
 }
 
@@ -58,10 +92,10 @@ fn down() {
         .run();
 }
 
-/// suites/real-lab.yaml as the stand-in can run it: its guests under TCG
-/// (the hosts' KVM, QEMU's emulated AMD-V, resets a host when a guest
-/// under it migrates), inside hosts that are themselves emulated, so a
-/// migration takes 25-40 s and the guest, slowed twice, sees 4-11 s
+/// suites/real-lab.yaml as the stand-in's `pair` can run it: its guests
+/// under TCG (the hosts' KVM, QEMU's emulated AMD-V, resets a host when a
+/// guest under it migrates), inside hosts that are themselves emulated, so
+/// a migration takes 25-40 s and the guest, slowed twice, sees 4-11 s
 /// between its heartbeats; the suite's bounds are a real lab's. The
 /// bounds and timeout are those figures with room for a loaded machine:
 /// what this test checks is the path, not a hypervisor's speed. Its noise
@@ -69,14 +103,30 @@ fn down() {
 /// are there to show that a run on a new machine is compared with them (its
 /// hosts read as the same machines), not to catch a slower QEMU through
 /// two layers of emulation.
-fn suite_for_standin(dir: &Path) -> PathBuf {
+/// On the Xen pair, xl's stream between emulated dom0s carries 1-2 MB/s:
+/// the guest is half the size (the least a PV domU of this kernel and
+/// initramfs boots in) and dirties a share of what dom0 to dom0 carries,
+/// or a run would take three minutes; its last pass takes 6-20 s.
+fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("suites/real-lab.yaml")).unwrap();
-    for (real_lab, standin) in [
+    let xen = [
+        ("  memory: 256MiB\n", "  memory: 128MiB\n"),
+        ("rate: 8MiB/s }", "rate: 25% of link }"),
+        ("  downtime: 5s\n", "  downtime: 60s\n"),
+        // (After the common ones: an HVM domU's heartbeats come back after
+        // 60-90 s.)
+        ("  guest_downtime: 60s\n", "  guest_downtime: 180s\n"),
+    ];
+    let for_pair = if pair.name == XEN.name { &xen[..] } else { &[] };
+    for &(real_lab, standin) in [
         ("  accel: auto\n", "  accel: tcg\n"),
         ("  timeout: 90s\n", "  timeout: 240s\n"),
         ("  guest_downtime: 10s\n", "  guest_downtime: 60s\n"),
         ("  total_time: 60s\n", "  total_time: 200s\n"),
-    ] {
+    ]
+    .iter()
+    .chain(for_pair)
+    {
         assert!(text.contains(real_lab), "suites/real-lab.yaml: {real_lab}");
         text = text.replace(real_lab, standin);
     }
@@ -89,7 +139,7 @@ fn suite_for_standin(dir: &Path) -> PathBuf {
     path
 }
 
-/// What `virsh <args>` says of host `host` (1 or 2), asked from the
+/// What `virsh <args>` says of host `host` (10.248.0.N), asked from the
 /// runner machine.
 fn virsh(host: u8, args: &[&str]) -> String {
     let uri = format!("qemu+ssh://root@10.248.0.{host}/system");
@@ -98,9 +148,22 @@ fn virsh(host: u8, args: &[&str]) -> String {
     duct::cmd("bash", argv).dir(root()).read().unwrap()
 }
 
-/// The domains host `host` has.
+/// What `command` prints on host `host` (10.248.0.N), run there over ssh
+/// from the runner machine.
+fn on_host(host: u8, command: &str) -> String {
+    let host = format!("10.248.0.{host}");
+    let argv = [STANDIN, "exec", "ssh", &host, command];
+    duct::cmd("bash", argv).dir(root()).read().unwrap()
+}
+
+/// The guests host `host` has: libvirt's domains, and a Xen host's domUs.
 fn domains(host: u8) -> String {
-    virsh(host, &["list", "--all", "--name"])
+    let mut guests = virsh(host, &["list", "--all", "--name"]);
+    guests += &on_host(
+        host,
+        "command -v xl >/dev/null || exit 0; xl list 2>/dev/null | awk 'NR > 2 {print $1}'",
+    );
+    guests
 }
 
 /// The case disks and holds in host `host`'s pool.
@@ -231,16 +294,19 @@ fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Pa
     report["cases"].as_array().unwrap().clone()
 }
 
-fn check_case(case: &Value, transport: &str) {
+fn check_case(case: &Value, pair: &Pair, transport: &str) {
     let name = case["name"].as_str().unwrap();
     let provenance = &case["provenance"];
     assert!(
         provenance["lab"].as_str().unwrap().contains("real hosts"),
         "{name} over {transport}: {provenance}"
     );
-    // A VM's disk goes with it; a container's root was copied beforehand.
+    // A VM's disk goes with it; a container's root was copied beforehand;
+    // a domU runs from its initramfs.
     let storage = if name.contains("openvz") {
         "container root copied host to host"
+    } else if name.contains("xen") {
+        "the domU runs from its initramfs"
     } else {
         "copied with the guest"
     };
@@ -252,7 +318,7 @@ fn check_case(case: &Value, transport: &str) {
     // runner machine's.
     let kernels = provenance["host_kernel"].as_str().unwrap();
     let runner_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    for host in ["a", "b"] {
+    for (host, _) in pair.hosts {
         assert!(
             kernels.contains(&format!("host {host} 6.1.")),
             "{name}: host_kernel {kernels}"
@@ -277,7 +343,12 @@ fn check_case(case: &Value, transport: &str) {
         .iter()
         .map(|r| r["direction"].as_str().unwrap())
         .collect();
-    let alternating = ["a->b", "b->a"].into_iter().cycle().take(runs.len());
+    let [(first, _), (second, _)] = pair.hosts;
+    let (there, back) = (format!("{first}->{second}"), format!("{second}->{first}"));
+    let alternating = [there.as_str(), back.as_str()]
+        .into_iter()
+        .cycle()
+        .take(runs.len());
     assert!(
         directions.iter().copied().eq(alternating),
         "{name} over {transport}: {directions:?}"
@@ -299,8 +370,9 @@ fn check_case(case: &Value, transport: &str) {
         assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["path_rate_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
-        // The source's QEMU, as its libvirt tells, or the container, as
-        // its host's CRIU session counts it, before the warning.
+        // The source's QEMU, as its libvirt tells, the container, as its
+        // host's CRIU session counts it, or dom0 and the domU, as dom0's
+        // session does, before the warning.
         let cpu = r["timelines"]
             .as_array()
             .unwrap()
@@ -318,27 +390,36 @@ fn check_case(case: &Value, transport: &str) {
     }
 }
 
-/// What the hosts' CRIU sessions left in their directory: nothing, once
-/// each session's input closed.
-fn criu_sessions(host: u8) -> String {
-    let host = format!("10.248.0.{host}");
-    // (None yet before the first openvz case.)
-    let argv = [
-        STANDIN,
-        "exec",
-        "ssh",
-        &host,
-        "ls -A /var/lib/migsuite/criu-host 2>/dev/null || true",
-    ];
-    duct::cmd("bash", argv).dir(root()).read().unwrap()
+/// What the hosts' CRIU and Xen sessions left in their directories:
+/// nothing, once each session's input closed.
+fn sessions(host: u8) -> String {
+    // (None yet before the first openvz or Xen case.)
+    on_host(
+        host,
+        "for d in criu-host xen-host; do ls -A /var/lib/migsuite/$d 2>/dev/null; done; true",
+    )
+}
+
+/// Each case destroyed its guest, wherever it went, and let its hosts go;
+/// nothing of a killed run is left.
+fn left_nothing(pair: &Pair, after: &str) {
+    for (name, host) in pair.hosts {
+        assert_eq!(domains(host).trim(), "", "host {name} after {after}");
+        assert_eq!(
+            disks_and_holds(host),
+            Vec::<String>::new(),
+            "host {name} after {after}"
+        );
+        assert_eq!(sessions(host).trim(), "", "host {name} after {after}");
+    }
 }
 
 #[test]
 fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
     let migsuite = env!("CARGO_BIN_EXE_migsuite");
     let dir = tempfile::tempdir().unwrap();
-    let suite = suite_for_standin(dir.path());
-    let _lab = Standin::up(migsuite);
+    let suite = suite_for_standin(dir.path(), &KVM);
+    let _lab = Standin::up(migsuite, &KVM);
     // A run killed outright leaves its guest, disk and holds; the next run
     // (over ssh, below) must remove them and pass.
     let left = killed_mid_migration(
@@ -362,18 +443,31 @@ fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
         let cases = run(migsuite, &inventory, filter, &suite, &reports);
         assert_eq!(cases.len(), rows, "over {transport}");
         for case in &cases {
-            check_case(case, transport);
+            check_case(case, &KVM, transport);
         }
-        // Each case destroyed its guest, wherever it went, and let its
-        // hosts go; nothing of the killed run is left.
-        for host in [1, 2] {
-            assert_eq!(domains(host).trim(), "", "host {host} after {transport}");
-            assert_eq!(
-                disks_and_holds(host),
-                Vec::<String>::new(),
-                "host {host} after {transport}"
-            );
-            assert_eq!(criu_sessions(host).trim(), "", "host {host} after {filter}");
-        }
+        left_nothing(&KVM, filter);
     }
+}
+
+#[test]
+fn the_xen_rows_run_on_xen_machines_over_ssh() {
+    let migsuite = env!("CARGO_BIN_EXE_migsuite");
+    let dir = tempfile::tempdir().unwrap();
+    let suite = suite_for_standin(dir.path(), &XEN);
+    let _lab = Standin::up(migsuite, &XEN);
+    let cases = run(
+        migsuite,
+        "/run/migsuite-standin/lab-xen.yaml",
+        "xen",
+        &suite,
+        &dir.path().join("xen"),
+    );
+    assert_eq!(cases.len(), 2, "xen-pv and xen-hvm");
+    for case in &cases {
+        check_case(case, &XEN, "ssh");
+        // Its stream's pace is ssh's, dom0 to dom0, not the agents' TCP.
+        let path = &case["calibration"]["stream_path_goodput_mbit"];
+        assert!(path.as_f64().is_some_and(|v| v > 0.0), "{path}");
+    }
+    left_nothing(&XEN, "xen");
 }

@@ -323,11 +323,12 @@ fn a_real_lab_runs_its_gate_suites_cases_that_fit_it() {
             dir.path().join("rack.yaml").display()
         ),
         "\n  suite ci, 12 case(s):\n    4 × refused: the case turns the link's offloads off".into(),
-        "\n  suite real-lab, 3 case(s):\n    \
+        "\n  suite real-lab, 5 case(s):\n    \
          1 × refused: no pair of lab rack offers kvm-fv (the `backends` both hosts of a pair \
          list)\n    \
          1 × on demand: suite real-lab is `tier: lab`, and not in lab rack's `gate`\n    \
-         1 × refused: no pair of lab rack offers openvz"
+         1 × refused: no pair of lab rack offers xen-pv (the `backends` both hosts of a pair \
+         list)\n"
             .into(),
         "\nName the suites that gate this lab in its inventory, e.g. `gate: [real-lab]`".into(),
     ];

@@ -183,8 +183,8 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("fail-openvz-postcopy-killed"), 1);
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
-    assert_eq!(count("real-lab"), 3);
-    assert_eq!(cases.len(), 53);
+    assert_eq!(count("real-lab"), 5);
+    assert_eq!(cases.len(), 55);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
         names[..20],
@@ -213,8 +213,8 @@ fn shipped_suites_load_in_file_order() {
         ]
     );
     assert_eq!(names[20], "real-lab::kvm-fv::mtu1500::game");
-    assert_eq!(names[23], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[52], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[25], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[54], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
     assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
     assert_eq!(cases[4].migration.strategy, Strategy::Precopy);
