@@ -235,17 +235,46 @@ fn runs(
     }
 }
 
+/// What a case runs in a real dom0 besides `xl`, and what for.
+const DOM0_TOOLS: [(&str, &str); 2] = [
+    (
+        "python3",
+        "the migration stream's receiver; Debian's xen-utils depends on it",
+    ),
+    ("pv", "counting the migration stream's bytes"),
+];
+/// How dom0 names a tool it lacks, after `xl info`.
+const MISSING: &str = "@@missing:";
+
+/// The tools of DOM0_TOOLS that dom0 said it lacks, with what for.
+fn missing_tools(said: &str) -> Vec<String> {
+    said.lines()
+        .filter_map(|l| l.trim().strip_prefix(MISSING))
+        .filter_map(|t| DOM0_TOOLS.iter().find(|(name, _)| *name == t))
+        .map(|(name, why)| format!("`{name}` ({why})"))
+        .collect()
+}
+
 /// What a real host's Xen is, asked of its dom0 over its `ssh`, where a
-/// case drives `xl`; an HVM domU needs Xen's hvm capability.
+/// case drives `xl`, and whether dom0 has the other tools a case runs
+/// there; an HVM domU needs Xen's hvm capability.
 fn xen_on(host: &inventory::Host, backend: Hypervisor) -> Result<String, String> {
     let ssh = host
         .ssh
         .as_deref()
         .ok_or("the Xen rows need the host's `ssh`")?;
     let mut args = crate::sh::SSH_OPTIONS.to_vec();
-    args.extend(["--", ssh, "xl info"]);
+    let ask = format!(
+        "xl info && for t in {}; do command -v $t >/dev/null || echo {MISSING}$t; done",
+        DOM0_TOOLS.map(|(t, _)| t).join(" ")
+    );
+    args.extend(["--", ssh, &ask]);
     let info = crate::sh::run("ssh", &args)
         .map_err(|e| format!("no Xen toolstack answers in dom0 over ssh {ssh}: {e:#}"))?;
+    let missing = missing_tools(&info);
+    if !missing.is_empty() {
+        return Err(format!("dom0 lacks {}", missing.join(", ")));
+    }
     let v = crate::backend::xen::Versions::from_xl_info(&info, String::new());
     if backend == Hypervisor::XenHvm && !v.caps.contains("hvm") {
         return Err(format!(
@@ -296,6 +325,16 @@ fn pool(conn: Connection, name: &str, simulated: bool) -> Result<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dom0_without_the_tools_a_case_runs_says_which_and_why() {
+        let said = "host : c\nxen_version : 4.17.5\n@@missing:python3\n@@missing:other\n";
+        assert_eq!(
+            missing_tools(said),
+            ["`python3` (the migration stream's receiver; Debian's xen-utils depends on it)"]
+        );
+        assert!(missing_tools("host : c\nxen_version : 4.17.5\n").is_empty());
+    }
 
     #[test]
     fn a_backend_needs_the_driver_that_runs_it() {
