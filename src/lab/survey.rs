@@ -86,7 +86,16 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
         },
         Finding {
             what: "bridge",
-            answer: bridge(&conn, &host.bridge, simulated),
+            answer: if !simulated
+                && host
+                    .backends
+                    .iter()
+                    .any(|b| matches!(b, Hypervisor::XenPv | Hypervisor::XenHvm))
+            {
+                bridge_in_dom0(host)
+            } else {
+                bridge(&conn, &host.bridge, simulated)
+            },
         },
     ];
     for backend in &host.backends {
@@ -206,6 +215,34 @@ fn bridge(conn: &Connection, name: &str, simulated: bool) -> Result<String, Stri
     } else {
         Err(format!(
             "no network interface `{name}` on the host: name the bridge guests' NICs join"
+        ))
+    }
+}
+
+/// Whether a Xen host's dom0 has the bridge, asked over its `ssh`: domUs
+/// join it through Xen's vif script, not libvirt, whose node devices need
+/// not list it (Debian's libvirt in a dom0 did not).
+fn bridge_in_dom0(host: &inventory::Host) -> Result<String, String> {
+    let ssh = host
+        .ssh
+        .as_deref()
+        .ok_or("the Xen rows need the host's `ssh`")?;
+    let name = &host.bridge;
+    if name.contains('\'') {
+        return Err(format!(
+            "`{name}`: a bridge name with a quote is not asked for"
+        ));
+    }
+    let ask = format!("test -d '/sys/class/net/{name}/bridge' && echo present || echo absent");
+    let mut args = crate::sh::SSH_OPTIONS.to_vec();
+    args.extend(["--", ssh, &ask]);
+    let said = crate::sh::run("ssh", &args)
+        .map_err(|e| format!("cannot ask dom0 over ssh {ssh} for bridge `{name}`: {e:#}"))?;
+    if said.trim() == "present" {
+        Ok(format!("`{name}` present in dom0"))
+    } else {
+        Err(format!(
+            "no bridge `{name}` in dom0: name the bridge the domUs' vifs join"
         ))
     }
 }
