@@ -6,7 +6,8 @@
 //! qemu+ssh and over qemu+tls, each host's libvirtd migrates to the other
 //! itself (peer to peer), authenticated by the keys or certificates the
 //! stand-in gave the hosts; on the Xen pair, dom0 runs `xl` over ssh and
-//! sends the stream to the other dom0 over ssh. The cases hold the
+//! sends the stream to the other dom0 over TCP, opened with a one-time
+//! token the runner gave both. The cases hold the
 //! machine's pair lock like any other, so they are never measured beside
 //! another; one pair is up at a time.
 
@@ -465,7 +466,8 @@ fn the_xen_rows_run_on_xen_machines_over_ssh() {
     assert_eq!(cases.len(), 2, "xen-pv and xen-hvm");
     for case in &cases {
         check_case(case, &XEN, "ssh");
-        // Its stream's pace is ssh's, dom0 to dom0, not the agents' TCP.
+        // The stream's own path, dom0's relays from dom0 to dom0, measured
+        // beside the agents' link.
         let path = &case["calibration"]["stream_path_goodput_mbit"];
         assert!(path.as_f64().is_some_and(|v| v > 0.0), "{path}");
     }
