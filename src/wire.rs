@@ -12,6 +12,9 @@ pub const MONITOR_PORT: u16 = 7001;
 /// the monitor does not heed it.
 pub const FORGED_GOING_DOWN: &[u8] = b"going-down";
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1;
+/// The line the agent prints on its console as it starts: where the
+/// network is not up yet, the sign that the guest's kernel ran it.
+pub const AGENT_STARTED: &str = "migsuite-agent: started";
 
 pub const KIND_HELLO: u8 = 0;
 pub const KIND_HEARTBEAT: u8 = 1;

@@ -39,6 +39,7 @@ fn sh(args: &[&str]) -> Result<(), String> {
 }
 
 fn run() -> Result<(), String> {
+    eprintln!("{}", wire::AGENT_STARTED);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let in_container = !args.is_empty();
     let _ = fs::create_dir_all("/proc");
