@@ -30,7 +30,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a host's agent may take to answer an order (to go down, to stay
 /// up).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the guest may stay silent after it resumed, on either host.
+/// How long the guest may stay silent after its migration ended, on either
+/// host, at least (see `resume_wait`).
 const RESUME_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The least share of a migration's bytes that a real lab's source sends
 /// on its migration interface: frames carry more than their payload, and
@@ -689,7 +690,12 @@ fn run_once(
         let ended = Instant::now();
         // The guest must be heard again: from the destination after a
         // migration, from the source after a failed one.
-        let heard_again = observer.heartbeat_after(ended, RESUME_HEARTBEAT_TIMEOUT);
+        let wait = resume_wait(
+            ended,
+            observer.last_heartbeat().map(|(t, _)| t),
+            case.bounds.guest_downtime_ms,
+        );
+        let heard_again = observer.heartbeat_after(ended, wait);
         match &mut outcome {
             Outcome::Failed {
                 source_survived, ..
@@ -800,6 +806,20 @@ fn run_once(
     }
 }
 
+/// How long to wait, from the end of a migration, for the guest to be
+/// heard again: `RESUME_HEARTBEAT_TIMEOUT`, or longer when the suite's bound
+/// on the guest-observed downtime allows a longer silence since the guest
+/// was `last_heard` (a guest slower to come back than that fails its bound
+/// anyway; one within it is no lost guest).
+fn resume_wait(ended: Instant, last_heard: Option<Instant>, bound_ms: Option<f64>) -> Duration {
+    let allowed = last_heard.zip(bound_ms).map(|(heard, ms)| {
+        (heard + Duration::from_secs_f64(ms / 1000.0)).saturating_duration_since(ended)
+    });
+    allowed.map_or(RESUME_HEARTBEAT_TIMEOUT, |a| {
+        a.max(RESUME_HEARTBEAT_TIMEOUT)
+    })
+}
+
 /// Why a stream that transferred `sent` bytes went elsewhere than the
 /// migration network, whose counter saw `counted` bytes (`where_` it
 /// counted them), fewer than `share` of them; None if it took it.
@@ -831,6 +851,30 @@ mod tests {
     use crate::case::{DirtyRate, Hypervisor};
     use crate::inventory::Storage;
     use crate::report::fixtures::case;
+
+    #[test]
+    fn the_guest_is_awaited_as_long_as_its_bound_allows_it_to_be_silent() {
+        let ended = Instant::now();
+        let heard = ended - Duration::from_secs(30);
+        // No bound, or one already used up: the least wait.
+        assert_eq!(
+            resume_wait(ended, Some(heard), None),
+            RESUME_HEARTBEAT_TIMEOUT
+        );
+        assert_eq!(
+            resume_wait(ended, Some(heard), Some(20_000.0)),
+            RESUME_HEARTBEAT_TIMEOUT
+        );
+        assert_eq!(
+            resume_wait(ended, None, Some(180_000.0)),
+            RESUME_HEARTBEAT_TIMEOUT
+        );
+        // 180 s of silence allowed, 30 s of it gone.
+        assert_eq!(
+            resume_wait(ended, Some(heard), Some(180_000.0)),
+            Duration::from_secs(150)
+        );
+    }
 
     #[test]
     fn a_stream_that_left_the_migration_network_idle_went_elsewhere() {
