@@ -24,11 +24,12 @@ use crate::case::Case;
 use crate::lab::Lab;
 use crate::measure::Outcome;
 use crate::measure::Phases;
+use crate::pidfd::ProcessHandle;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,97 @@ fn pipe_of(bytes: i32) -> nix::Result<()> {
     fcntl(read.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(bytes)).map(drop)
 }
 
+/// Starts `criu dump` of the tree of `pid` into `images`, keeping its
+/// memory, which it serves from `address:port` (on the source) until a
+/// lazy-pages daemon has pulled it all; the tasks stay stopped. Returns the
+/// dump and the pipe on which it says that its page server listens.
+pub(super) fn spawn_lazy_dump(
+    criu: &Criu,
+    ns: Option<&str>,
+    pid: i32,
+    images: &Path,
+    (address, port): (&str, &str),
+    extra: &[&str],
+) -> Result<(Child, OwnedFd), String> {
+    let (ready, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (pid, images, status_fd) = (
+        pid.to_string(),
+        images.display().to_string(),
+        STATUS_FD.to_string(),
+    );
+    let mut args = vec![
+        "dump",
+        "--tree",
+        &pid,
+        "--images-dir",
+        &images,
+        "--lazy-pages",
+        "--address",
+        address,
+        "--port",
+        port,
+        "--leave-stopped",
+        "--status-fd",
+        &status_fd,
+        "-v3",
+        "--log-file",
+        "dump.log",
+    ];
+    args.extend(extra);
+    let mut command = criu.command(ns, &args);
+    let write_end = ready_w.as_raw_fd();
+    // dup2 leaves the copy open across exec, unlike the original.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::dup2(write_end, STATUS_FD)
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let dump = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting criu dump: {e}"))?;
+    Ok((dump, ready))
+}
+
+/// Starts `criu lazy-pages` on the destination: it fetches the pages of the
+/// container restored from `images` from the dump serving them at
+/// `address:port`, as its tasks fault and in the background.
+pub(super) fn start_lazy_pages(
+    criu: &Criu,
+    ns: Option<&str>,
+    images: &Path,
+    (address, port): (&str, &str),
+) -> Result<ProcessHandle, String> {
+    let pidfile = images.join("lazy-pages.pid");
+    let path = |p: &Path| p.display().to_string();
+    criu.run(
+        ns,
+        &[
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            address,
+            "--port",
+            port,
+            "--images-dir",
+            &path(images),
+            "--daemon",
+            "--pidfile",
+            &path(&pidfile),
+            "-v3",
+            "--log-file",
+            "lazy-pages.log",
+        ],
+    )
+    .map_err(|e| format!("{e:#}"))
+    .and_then(|_| read_pid(&pidfile))
+    .map_err(|e| format!("starting the lazy-pages daemon on the destination: {e}"))
+}
+
 pub(super) fn evacuate(
     vz: &mut OpenVz,
     lab: &Lab,
@@ -85,60 +177,27 @@ pub(super) fn evacuate(
     let (src_ns, dst_ns) = (&src.netns.name, &dst.netns.name);
     let src_addr = src.link_addr.to_string();
     let (images, dest) = phases::image_dirs(lab)?;
-    let path = |p: &Path| p.display().to_string();
 
     progress(&format!(
         "dumping the container; its memory stays on the source, served from {src_addr} (post-copy)"
     ));
-    let (ready, ready_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let mut command = vz.criu.command(
-        Some(src_ns),
-        &[
-            "dump",
-            "--tree",
-            &source.to_string(),
-            "--images-dir",
-            &path(&images),
-            "--lazy-pages",
-            "--address",
-            &src_addr,
-            "--port",
-            LAZY_PAGES_PORT,
-            "--leave-stopped",
-            "--network-lock",
-            "skip",
-            "--status-fd",
-            &STATUS_FD.to_string(),
-            "-v3",
-            "--log-file",
-            "dump.log",
-        ],
-    );
-    let write_end = ready_w.as_raw_fd();
-    // dup2 leaves the copy open across exec, unlike the original.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::dup2(write_end, STATUS_FD)
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
     let dump_spawned = clock.start_transfer();
-    let mut dump = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting criu dump: {e}"))?;
-    drop(ready_w);
+    let (mut dump, ready) = spawn_lazy_dump(
+        &vz.criu,
+        Some(src_ns),
+        source,
+        &images,
+        (&src_addr, LAZY_PAGES_PORT),
+        &["--network-lock", "skip"],
+    )?;
     let dump_log = images.join("dump.log");
-    let fail = |vz: &mut OpenVz, dump: &mut std::process::Child, clock: &Clock, why: String| {
+    let fail = |vz: &mut OpenVz, dump: &mut Child, clock: &Clock, why: String| {
         let _ = dump.kill();
         let _ = dump.wait();
         phases::roll_back(vz);
         clock.reason(why)
     };
-    if let Err(why) = wait_ready(ready, &mut dump, &clock) {
+    if let Err(why) = wait_ready(ready, &mut dump, &|| clock.expired(), clock.timeout_ms) {
         return Err(fail(
             vz,
             &mut dump,
@@ -150,39 +209,9 @@ pub(super) fn evacuate(
     if let Err(why) = copy_images(&images, &dest) {
         return Err(fail(vz, &mut dump, &clock, why));
     }
-    let lazy_pidfile = dest.join("lazy-pages.pid");
-    let daemon = vz.criu.run(
-        Some(dst_ns),
-        &[
-            "lazy-pages",
-            "--page-server",
-            "--address",
-            &src_addr,
-            "--port",
-            LAZY_PAGES_PORT,
-            "--images-dir",
-            &path(&dest),
-            "--daemon",
-            "--pidfile",
-            &path(&lazy_pidfile),
-            "-v3",
-            "--log-file",
-            "lazy-pages.log",
-        ],
-    );
-    let lazy = match daemon
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|_| read_pid(&lazy_pidfile))
-    {
+    let lazy = match start_lazy_pages(&vz.criu, Some(dst_ns), &dest, (&src_addr, LAZY_PAGES_PORT)) {
         Ok(pid) => pid,
-        Err(e) => {
-            return Err(fail(
-                vz,
-                &mut dump,
-                &clock,
-                format!("starting the lazy-pages daemon on the destination: {e}"),
-            ))
-        }
+        Err(e) => return Err(fail(vz, &mut dump, &clock, e)),
     };
     let stop_lazy = || lazy.kill();
 
@@ -261,8 +290,14 @@ pub(super) fn evacuate(
 }
 
 /// Waits for the dump's word that its images are written and its page
-/// server listens; a dump that dies first closes the pipe unsaid.
-fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> Result<(), String> {
+/// server listens; a dump that dies first closes the pipe unsaid. Gives up
+/// once `expired` says the `timeout_ms` are over.
+pub(super) fn wait_ready(
+    ready: OwnedFd,
+    dump: &mut Child,
+    expired: &dyn Fn() -> bool,
+    timeout_ms: u64,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut byte = [0u8; 1];
@@ -275,10 +310,9 @@ fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> 
                 let status = dump.wait().map_err(|e| e.to_string())?;
                 return Err(format!("criu dump failed ({status})"));
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if clock.expired() => {
+            Err(mpsc::RecvTimeoutError::Timeout) if expired() => {
                 return Err(format!(
-                    "timed out after {} ms in the dump, criu dump killed",
-                    clock.timeout_ms
+                    "timed out after {timeout_ms} ms in the dump, criu dump killed"
                 ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -288,7 +322,7 @@ fn wait_ready(ready: OwnedFd, dump: &mut std::process::Child, clock: &Clock) -> 
 
 /// When CRIU logged the first line containing `what`, from its start:
 /// log lines begin with "(SS.micros)".
-fn log_offset(log: &str, what: &str) -> Option<Duration> {
+pub(super) fn log_offset(log: &str, what: &str) -> Option<Duration> {
     let line = log.lines().find(|l| l.contains(what))?;
     let stamp = line.strip_prefix('(')?.split(')').next()?;
     // A garbled stamp (negative, huge, NaN) is no time at all.
@@ -297,7 +331,7 @@ fn log_offset(log: &str, what: &str) -> Option<Duration> {
 
 /// Pages the lazy-pages daemon fetched from the source: its log has one
 /// "pr<pid>-<n> Read <address> <pages> pages" line per request.
-fn pages_read(log: &str) -> u64 {
+pub(super) fn pages_read(log: &str) -> u64 {
     log.lines()
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
@@ -311,7 +345,7 @@ fn pages_read(log: &str) -> u64 {
 
 /// Bytes of the images whose names start with `prefix` (the pages CRIU
 /// wrote with the images rather than serving them lazily).
-fn image_bytes(dir: &Path, prefix: &str) -> u64 {
+pub(super) fn image_bytes(dir: &Path, prefix: &str) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
