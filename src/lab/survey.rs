@@ -335,13 +335,17 @@ fn criu_on(host: &inventory::Host) -> Result<String, String> {
     };
     let criu = d.criu?;
     Ok(format!(
-        "CRIU {} ({}) on kernel {}, over ssh {ssh}; {}",
+        "CRIU {} ({}) on kernel {}, over ssh {ssh}; {}; {}; stop-and-copy",
         criu.version,
         criu.origin,
         d.kernel,
         match criu.dirty_tracking {
-            Ok(()) => "tracks dirty pages: precopy and stop-and-copy".to_string(),
-            Err(why) => format!("tracks no dirty pages ({why}): stop-and-copy only"),
+            Ok(()) => "tracks dirty pages: precopy".to_string(),
+            Err(why) => format!("no precopy (tracks no dirty pages: {why})"),
+        },
+        match criu.lazy_pages {
+            Ok(()) => "serves lazy pages: postcopy".to_string(),
+            Err(why) => format!("no postcopy ({why})"),
         }
     ))
 }

@@ -4,7 +4,8 @@
 //! on the destination, again and again, each pass only what was dirtied
 //! since the last (the kernel's soft-dirty tracking); then it freezes the
 //! container and dumps what is left, the small images go host to host,
-//! and the destination restores. Stop-and-copy is the last pass alone.
+//! and the destination restores. Stop-and-copy is the last pass alone;
+//! post-copy is in `post_copy`.
 
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, CriuOnHost, Description, Reply};
@@ -46,10 +47,13 @@ pub struct OnRealHosts {
     described: Vec<Description>,
     /// The host index the container runs on.
     guest_on: Option<u8>,
+    /// How the container moves: the case's strategy, or post-copy where
+    /// it asks pre-copy of hosts that track no dirty pages.
+    method: Strategy,
 }
 
 impl OnRealHosts {
-    pub fn new(_case: &Case) -> OnRealHosts {
+    pub fn new(case: &Case) -> OnRealHosts {
         OnRealHosts {
             info: BackendInfo {
                 accel: "none (containers share the host kernel)".into(),
@@ -63,6 +67,7 @@ impl OnRealHosts {
             sessions: None,
             described: Vec::new(),
             guest_on: None,
+            method: case.migration.strategy,
         }
     }
 
@@ -128,7 +133,7 @@ impl OnRealHosts {
         let mut stream_ms = 0.0;
         let mut setup_ms = None;
         let mut prev: Option<String> = None;
-        let pre_copy = case.migration.strategy == Strategy::Precopy;
+        let pre_copy = self.method == Strategy::Precopy;
         let mut written_before: Option<u64> = None;
         loop {
             if !pre_copy {
@@ -195,6 +200,7 @@ impl OnRealHosts {
                     Ask::Restore {
                         images: IMAGES_LAST.into(),
                         bridge: lab.destination.bridge.clone(),
+                        lazy: false,
                         timeout_ms,
                     },
                     Duration::from_millis(timeout_ms) + ANSWER_TIMEOUT,
@@ -245,17 +251,49 @@ impl OnRealHosts {
 
 /// The host's ssh destination, which the inventory's rules require of an
 /// openvz host of a real lab.
-fn ssh_of(host: &Host) -> Result<String, String> {
+pub(super) fn ssh_of(host: &Host) -> Result<String, String> {
     host.ssh
         .clone()
         .ok_or_else(|| format!("host {} has no `ssh` in the inventory", host.name))
 }
 
 /// How long a dump or restore took on the host, and CRIU's statistics.
-fn criu_reply(reply: Reply) -> Result<(f64, Stats), String> {
+pub(super) fn criu_reply(reply: Reply) -> Result<(f64, Stats), String> {
     match reply {
         Reply::Criu { ms, stats } => Ok((ms, stats)),
         other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// How the container moves for `strategy` on the hosts that `described`
+/// themselves: live as the study's OpenVZ moved, pre-copy where every
+/// host's kernel tracks dirty pages, else post-copy (lazy pages) where
+/// every host serves them, with why; otherwise the strategy asked.
+fn live_method(
+    strategy: Strategy,
+    described: &[(String, Description)],
+) -> (Strategy, Option<String>) {
+    let criu: Vec<(&String, &CriuOnHost)> = described
+        .iter()
+        .filter_map(|(h, d)| Some((h, d.criu.as_ref().ok()?)))
+        .collect();
+    let untracked = criu
+        .iter()
+        .find_map(|(h, c)| c.dirty_tracking.as_ref().err().map(|why| (h, why)));
+    match untracked {
+        Some((host, why))
+            if strategy == Strategy::Precopy
+                && criu.len() == described.len()
+                && criu.iter().all(|(_, c)| c.lazy_pages.is_ok()) =>
+        {
+            (
+                Strategy::Postcopy,
+                Some(format!(
+                    "host {host}'s kernel tracks no dirty pages for CRIU's pre-dumps ({why})"
+                )),
+            )
+        }
+        _ => (strategy, None),
     }
 }
 
@@ -273,9 +311,16 @@ fn criu_refusal(host: &str, d: &Description, strategy: Strategy) -> Option<Strin
                 d.kernel
             )
         }),
+        Strategy::Postcopy => criu.lazy_pages.as_ref().err().map(|why| {
+            format!(
+                "host {host} cannot serve or pull CRIU's lazy pages for post-copy ({why}); \
+                 migrate by precopy or stop-and-copy"
+            )
+        }),
         Strategy::StopAndCopy => None,
         other => Some(format!(
-            "openvz migrates on a real lab's hosts by precopy or stop-and-copy, not {other}"
+            "openvz migrates on a real lab's hosts by precopy, postcopy or stop-and-copy, not \
+             {other}"
         )),
     }
 }
@@ -300,14 +345,6 @@ impl Backend for OnRealHosts {
         &self.info
     }
 
-    fn host_refusal(&self, case: &Case) -> Option<String> {
-        (case.migration.strategy == Strategy::Postcopy).then(|| {
-            "openvz post-copy (CRIU lazy pages) runs only in a simulated lab so far; a real \
-             lab's hosts migrate containers by precopy or stop-and-copy"
-                .to_string()
-        })
-    }
-
     /// Opens a session on each host and asks what its CRIU can do.
     fn prepare(&mut self, lab: &Lab, case: &Case) -> Result<()> {
         let mut by_index: Vec<&Host> = vec![&lab.source, &lab.destination];
@@ -329,29 +366,33 @@ impl Backend for OnRealHosts {
                 .ask(Ask::Describe, ANSWER_TIMEOUT)
                 .map_err(|e| anyhow!(e))?
             {
-                Reply::Described(d) => {
-                    if let Some(why) = criu_refusal(&h.name, &d, case.migration.strategy) {
-                        bail!(why);
-                    }
-                    described.push(d);
-                }
+                Reply::Described(d) => described.push((h.name.clone(), d)),
                 other => bail!("host {}: unexpected answer {other:?}", h.name),
             }
         }
-        let criu: Vec<(String, &CriuOnHost)> = by_index
+        let (method, why) = live_method(case.migration.strategy, &described);
+        for (host, d) in &described {
+            if let Some(refused) = criu_refusal(host, d, method) {
+                bail!(refused);
+            }
+        }
+        let criu: Vec<(String, &CriuOnHost)> = described
             .iter()
-            .zip(&described)
-            .filter_map(|(h, d)| Some((h.name.clone(), d.criu.as_ref().ok()?)))
+            .filter_map(|(h, d)| Some((h.clone(), d.criu.as_ref().ok()?)))
             .collect();
         self.info.hypervisor_version = versions(&criu);
         self.info.toolstack_version = format!(
-            "criu {} and restore on the hosts, by migsuite criu-host over ssh (no daemon)",
-            if case.migration.strategy == Strategy::Precopy {
-                "pre-dump, dump, page-server"
-            } else {
-                "dump, page-server"
-            }
+            "criu {} and restore on the hosts, by migsuite criu-host over ssh (no daemon){}",
+            match method {
+                Strategy::Precopy => "pre-dump, dump, page-server",
+                Strategy::Postcopy => "lazy dump, lazy-pages",
+                _ => "dump, page-server",
+            },
+            why.map(|w| format!("; post-copy, not pre-copy: {w}"))
+                .unwrap_or_default()
         );
+        self.method = method;
+        let described = described.into_iter().map(|(_, d)| d).collect();
         self.described = described;
         self.sessions = Some(sessions);
         Ok(())
@@ -392,8 +433,15 @@ impl Backend for OnRealHosts {
     }
 
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
-        self.try_evacuate(lab, case, progress)
-            .unwrap_or_else(|reason| Evacuation::failed(reason, self.running_on_source()))
+        let moved = match self.method {
+            Strategy::Postcopy => self.sessions().and_then(|sessions| {
+                let moved = super::post_copy::evacuate(&sessions, lab, case, progress)?;
+                self.guest_on = Some(lab.destination.index);
+                Ok(moved)
+            }),
+            _ => self.try_evacuate(lab, case, progress),
+        };
+        moved.unwrap_or_else(|reason| Evacuation::failed(reason, self.running_on_source()))
     }
 
     fn running_on_source(&self) -> bool {
@@ -447,6 +495,7 @@ mod tests {
                 version: "3.17.1".into(),
                 origin: "system criu".into(),
                 dirty_tracking,
+                lazy_pages: Ok(()),
             }),
         }
     }
@@ -465,6 +514,48 @@ mod tests {
     }
 
     #[test]
+    fn pre_copy_becomes_post_copy_where_a_kernel_tracks_no_dirty_pages() {
+        let hosts = |b: Description| vec![("a".to_string(), described(Ok(()))), ("b".into(), b)];
+        let tracked = hosts(described(Ok(())));
+        assert_eq!(
+            live_method(Strategy::Precopy, &tracked),
+            (Strategy::Precopy, None)
+        );
+        let untracked = hosts(described(Err("no soft-dirty".into())));
+        let (method, why) = live_method(Strategy::Precopy, &untracked);
+        assert_eq!(method, Strategy::Postcopy);
+        assert!(why.unwrap().contains(
+            "host b's kernel tracks no dirty pages for CRIU's pre-dumps (no soft-dirty)"
+        ));
+        // Asked for by name, stop-and-copy stays.
+        assert_eq!(
+            live_method(Strategy::StopAndCopy, &untracked),
+            (Strategy::StopAndCopy, None)
+        );
+        // Where lazy pages fail too, pre-copy stays, to be refused with why.
+        let mut neither = described(Err("no soft-dirty".into()));
+        if let Ok(c) = &mut neither.criu {
+            c.lazy_pages = Err("no userfaultfd".into());
+        }
+        assert_eq!(
+            live_method(Strategy::Precopy, &hosts(neither)),
+            (Strategy::Precopy, None)
+        );
+    }
+
+    #[test]
+    fn post_copy_is_refused_where_criu_cannot_serve_lazy_pages() {
+        let mut d = described(Ok(()));
+        assert_eq!(criu_refusal("a", &d, Strategy::Postcopy), None);
+        if let Ok(c) = &mut d.criu {
+            c.lazy_pages = Err("no userfaultfd".into());
+        }
+        let why = criu_refusal("a", &d, Strategy::Postcopy).unwrap();
+        assert!(why.contains("host a cannot serve or pull"), "{why}");
+        assert!(why.contains("no userfaultfd"), "{why}");
+    }
+
+    #[test]
     fn a_host_without_criu_is_refused_with_why() {
         let d = Description {
             kernel: "6.1.0".into(),
@@ -480,6 +571,7 @@ mod tests {
             version: "3.17.1".into(),
             origin: "system criu".into(),
             dirty_tracking: Ok(()),
+            lazy_pages: Ok(()),
         };
         assert_eq!(
             versions(&[("a".into(), &c), ("b".into(), &c)]),

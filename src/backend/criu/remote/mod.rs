@@ -13,6 +13,7 @@
 //! side, `session` the runner's.
 
 pub mod hosts;
+mod post_copy;
 pub mod serve;
 pub mod session;
 
@@ -73,14 +74,42 @@ pub enum Ask {
         last: bool,
         timeout_ms: u64,
     },
-    /// Restores the container from `images`, its veth on `bridge`; answers
-    /// once the restored tasks run.
+    /// Post-copy on the source: dumps the container into `images` but keeps
+    /// its memory, served from `address:port` (this host's migration
+    /// address) until the destination has pulled it all; answers once the
+    /// images are written and the pages are served. The container stays
+    /// stopped.
+    ServeLazily {
+        images: String,
+        address: IpAddr,
+        port: u16,
+        timeout_ms: u64,
+    },
+    /// Post-copy on the destination: a lazy-pages daemon for the container
+    /// to be restored from `images`, pulling its pages from the source's
+    /// `address:port`.
+    PullLazily {
+        images: String,
+        address: IpAddr,
+        port: u16,
+    },
+    /// Restores the container from `images`, its veth on `bridge` (with
+    /// `lazy`, its memory pulled by the lazy-pages daemon as it runs);
+    /// answers once the restored tasks run.
     Restore {
         images: String,
         bridge: String,
+        lazy: bool,
         timeout_ms: u64,
     },
-    /// The stopped container runs again (a failed evacuation).
+    /// Post-copy on the source: waits until the destination has pulled
+    /// the last page and the dump has ended.
+    Served { timeout_ms: u64 },
+    /// Post-copy on the destination: the lazy-pages daemon goes; answers
+    /// with what it pulled.
+    Pulled,
+    /// The stopped container runs again (a failed evacuation); a dump still
+    /// serving its pages is killed first.
     Resume,
     /// The container and its anchor go (it runs elsewhere now).
     Retire,
@@ -108,6 +137,18 @@ pub enum Reply {
         ms: f64,
         stats: Stats,
     },
+    /// A lazy dump serves its pages: ready `ms` after it was asked for, the
+    /// container frozen `frozen_ms` after (CRIU's "Seized task").
+    Serving {
+        ms: f64,
+        frozen_ms: Option<f64>,
+    },
+    /// What the lazy-pages daemon pulled: `pages` on demand and in the
+    /// background, besides `image_bytes` of pages sent with the images.
+    Pulled {
+        pages: u64,
+        image_bytes: u64,
+    },
     Running(bool),
     Sampled {
         cpu_ns: u64,
@@ -130,6 +171,9 @@ pub struct CriuOnHost {
     /// Ok where the kernel tracks dirty pages (`criu check --feature
     /// mem_dirty_track`): pre-copy by pre-dumps; else what CRIU said.
     pub dirty_tracking: Result<(), String>,
+    /// Ok where CRIU can serve and pull lazy pages here (userfaultfd,
+    /// large pipes): post-copy; else why not.
+    pub lazy_pages: Result<(), String>,
 }
 
 /// A name the runner gives an images directory or a session: letters,

@@ -8,6 +8,7 @@
 use super::super::binary::Criu;
 use super::super::container::{self, Started};
 use super::super::phases::{self, Restoring};
+use super::super::post_copy;
 use super::super::stats::Stats;
 use super::{is_plain_name, Answer, Ask, CriuOnHost, Description, Reply, Request};
 use super::{ROOT, SESSIONS_DIR};
@@ -30,6 +31,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Files naming a process the session started, as `<pid> <start ticks>`.
 const GUEST_RECORD: &str = "guest.pid";
 const PAGE_SERVER_RECORD: &str = "page-server.pid";
+const LAZY_DUMP_RECORD: &str = "lazy-dump.pid";
+const LAZY_PAGES_RECORD: &str = "lazy-pages-daemon.pid";
 const OWNER_RECORD: &str = "owner";
 /// Images directories are named `images-<name>`.
 pub(super) const IMAGES_PREFIX: &str = "images-";
@@ -119,7 +122,12 @@ fn sweep(base: &Path) {
             .and_then(|t| Owner::parse(t.trim()));
         let gone = owner.is_none_or(|o| o.liveness().is_ok_and(|l| l == Liveness::Gone));
         if gone {
-            for record in [GUEST_RECORD, PAGE_SERVER_RECORD] {
+            for record in [
+                GUEST_RECORD,
+                PAGE_SERVER_RECORD,
+                LAZY_DUMP_RECORD,
+                LAZY_PAGES_RECORD,
+            ] {
                 if let Some(p) = recorded(&dir.join(record)) {
                     container::signal_tree(&p, Signal::SIGKILL);
                 }
@@ -157,6 +165,10 @@ struct State {
     /// The container on this host: started here, or restored.
     guest: Option<Started>,
     page_server: Option<ProcessHandle>,
+    /// Post-copy: the source's dump serving pages, with its images; the
+    /// destination's lazy-pages daemon, with its images.
+    lazy_dump: Option<(std::process::Child, PathBuf)>,
+    lazy_pages: Option<(ProcessHandle, PathBuf)>,
     /// CPU ticks of each process seen, by (pid, start), and their sum
     /// over the session, which never goes back as processes end.
     ticks: HashMap<(i32, u64), u64>,
@@ -208,13 +220,32 @@ impl Session {
                 last,
                 timeout_ms,
             } => self.dump(&images, prev.as_deref(), (address, port), last, timeout_ms),
+            Ask::ServeLazily {
+                images,
+                address,
+                port,
+                timeout_ms,
+            } => self.serve_lazily(&images, (address, port), timeout_ms),
+            Ask::PullLazily {
+                images,
+                address,
+                port,
+            } => self.pull_lazily(&images, (address, port)).map(|_| done()),
             Ask::Restore {
                 images,
                 bridge,
+                lazy,
                 timeout_ms,
-            } => self.restore(&images, &bridge, timeout_ms),
+            } => self.restore(&images, &bridge, lazy, timeout_ms),
+            Ask::Served { timeout_ms } => self.served(timeout_ms).map(|_| done()),
+            Ask::Pulled => self.pulled(),
             Ask::Resume => {
-                let state = self.state.lock().unwrap();
+                let mut state = self.state.lock().unwrap();
+                // Its tasks stay stopped when it is killed: they resume below.
+                if let Some((mut dump, _)) = state.lazy_dump.take() {
+                    let _ = dump.kill();
+                    let _ = dump.wait();
+                }
                 let guest = state.guest.as_ref().ok_or("no container here")?;
                 container::signal_tree(&guest.init, Signal::SIGCONT);
                 Ok(done())
@@ -245,6 +276,7 @@ impl Session {
         let kernel = crate::sh::kernel_release();
         let criu = self.criu().cloned().map(|c| CriuOnHost {
             dirty_tracking: c.feature("mem_dirty_track"),
+            lazy_pages: post_copy::unavailable(&c).map_or(Ok(()), Err),
             version: c.version,
             origin: c.origin,
         });
@@ -511,7 +543,13 @@ impl Session {
         })
     }
 
-    fn restore(&self, images: &str, bridge: &str, timeout_ms: u64) -> Result<Reply, String> {
+    fn restore(
+        &self,
+        images: &str,
+        bridge: &str,
+        lazy: bool,
+        timeout_ms: u64,
+    ) -> Result<Reply, String> {
         let started = Instant::now();
         let criu = self.criu()?;
         if self.state.lock().unwrap().guest.is_some() {
@@ -519,7 +557,10 @@ impl Session {
         }
         let dir = self.images(images)?;
         let deadline = started + Duration::from_millis(timeout_ms);
-        let lock = network_lock(&criu.version);
+        let mut extra = network_lock(&criu.version);
+        if lazy {
+            extra.push("--lazy-pages");
+        }
         let (restored, stats) = phases::restore_container(
             criu,
             None,
@@ -527,7 +568,7 @@ impl Session {
                 images: &dir,
                 root: &self.dir.join(ROOT),
                 bridge,
-                extra: &lock,
+                extra: &extra,
             },
             |_| {
                 if Instant::now() >= deadline {
@@ -546,6 +587,125 @@ impl Session {
         })
     }
 
+    /// The container's init here.
+    fn guest_pid(&self) -> Result<i32, String> {
+        let state = self.state.lock().unwrap();
+        Ok(state.guest.as_ref().ok_or("no container here")?.init.pid())
+    }
+
+    fn serve_lazily(
+        &self,
+        images: &str,
+        (address, port): (std::net::IpAddr, u16),
+        timeout_ms: u64,
+    ) -> Result<Reply, String> {
+        let started = Instant::now();
+        let criu = self.criu()?;
+        let pid = self.guest_pid()?;
+        let (dir, _) = self.images_after(images, None)?;
+        let (mut dump, ready) = post_copy::spawn_lazy_dump(
+            criu,
+            None,
+            pid,
+            &dir,
+            (&address.to_string(), &port.to_string()),
+            &network_lock(&criu.version),
+        )?;
+        if let Ok(p) = ProcessHandle::open(dump.id() as i32) {
+            record(&self.dir.join(LAZY_DUMP_RECORD), &p);
+        }
+        let deadline = started + Duration::from_millis(timeout_ms);
+        let log = dir.join("dump.log");
+        if let Err(why) =
+            post_copy::wait_ready(ready, &mut dump, &|| Instant::now() >= deadline, timeout_ms)
+        {
+            let _ = dump.kill();
+            let _ = dump.wait();
+            return Err(format!("{why}: {}", phases::errors(&log)));
+        }
+        let frozen_ms = post_copy::log_offset(
+            &std::fs::read_to_string(&log).unwrap_or_default(),
+            "Seized task",
+        )
+        .map(phases::ms);
+        self.state.lock().unwrap().lazy_dump = Some((dump, dir));
+        Ok(Reply::Serving {
+            ms: phases::ms(started.elapsed()),
+            frozen_ms,
+        })
+    }
+
+    fn pull_lazily(
+        &self,
+        images: &str,
+        (address, port): (std::net::IpAddr, u16),
+    ) -> Result<(), String> {
+        let dir = self.images(images)?;
+        let daemon = post_copy::start_lazy_pages(
+            self.criu()?,
+            None,
+            &dir,
+            (&address.to_string(), &port.to_string()),
+        )?;
+        record(&self.dir.join(LAZY_PAGES_RECORD), &daemon);
+        if let Some((old, _)) = self.state.lock().unwrap().lazy_pages.replace((daemon, dir)) {
+            old.kill();
+        }
+        Ok(())
+    }
+
+    /// Waits for the serving dump to end (the state's lock is not held
+    /// meanwhile: samples go on); kills it at the deadline.
+    fn served(&self, timeout_ms: u64) -> Result<(), String> {
+        let (mut dump, dir) = self
+            .state
+            .lock()
+            .unwrap()
+            .lazy_dump
+            .take()
+            .ok_or("no dump serves pages here")?;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let status = loop {
+            if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = dump.kill();
+                let _ = dump.wait();
+                return Err(format!(
+                    "the destination had not pulled every page within {timeout_ms} ms; criu \
+                     dump killed"
+                ));
+            }
+            std::thread::sleep(phases::POLL);
+        };
+        let _ = std::fs::remove_file(self.dir.join(LAZY_DUMP_RECORD));
+        if !status.success() {
+            return Err(format!(
+                "criu dump failed while serving lazy pages ({status}): {}",
+                phases::errors(&dir.join("dump.log"))
+            ));
+        }
+        Ok(())
+    }
+
+    fn pulled(&self) -> Result<Reply, String> {
+        let (daemon, dir) = self
+            .state
+            .lock()
+            .unwrap()
+            .lazy_pages
+            .take()
+            .ok_or("no lazy-pages daemon here")?;
+        daemon.kill();
+        let _ = std::fs::remove_file(self.dir.join(LAZY_PAGES_RECORD));
+        let log = std::fs::read_to_string(dir.join("lazy-pages.log")).unwrap_or_default();
+        Ok(Reply::Pulled {
+            pages: post_copy::pages_read(&log),
+            image_bytes: post_copy::image_bytes(&dir, "pages-"),
+        })
+    }
+
     /// The container's processes and CRIU's (every process this session
     /// started, and the page server, which left it when it daemonized).
     fn sample(&self) -> Reply {
@@ -555,8 +715,12 @@ impl Session {
         if let Some(g) = &state.guest {
             pids.extend(container::tree(g.init.pid()));
         }
-        if let Some(s) = state.page_server.as_ref().filter(|s| s.alive()) {
-            pids.push(s.pid());
+        let daemons = [
+            state.page_server.as_ref(),
+            state.lazy_pages.as_ref().map(|(d, _)| d),
+        ];
+        for d in daemons.into_iter().flatten().filter(|d| d.alive()) {
+            pids.push(d.pid());
         }
         pids.sort_unstable();
         pids.dedup();
@@ -584,6 +748,12 @@ impl Session {
         }
         if let Some(server) = state.page_server.take() {
             server.kill();
+        }
+        if let Some((daemon, _)) = state.lazy_pages.take() {
+            daemon.kill();
+        }
+        if let Some((mut dump, _)) = state.lazy_dump.take() {
+            let _ = dump.kill();
         }
         let peers = std::mem::take(&mut state.peers);
         drop(state);
