@@ -140,6 +140,27 @@ fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
     path
 }
 
+/// The stand-in's suite (`suite_for_standin`) with its openvz row moved by
+/// post-copy (CRIU's lazy pages) instead: a suite of its own, for a
+/// baseline of its own.
+fn post_copy_suite(suite: &Path) -> PathBuf {
+    let mut text = std::fs::read_to_string(suite).unwrap();
+    for (pre_copy, post_copy) in [
+        ("name: real-lab\n", "name: real-lab-postcopy\n"),
+        ("  strategy: precopy", "  strategy: postcopy"),
+        (
+            "  hypervisor: [kvm-fv, kvm-pv, xen-pv, xen-hvm, openvz]",
+            "  hypervisor: [openvz]",
+        ),
+    ] {
+        assert!(text.contains(pre_copy), "{}: {pre_copy}", suite.display());
+        text = text.replace(pre_copy, post_copy);
+    }
+    let path = suite.with_file_name("real-lab-postcopy.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// What `virsh <args>` says of host `host` (10.248.0.N), asked from the
 /// runner machine.
 fn virsh(host: u8, args: &[&str]) -> String {
@@ -420,6 +441,7 @@ fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
     let migsuite = env!("CARGO_BIN_EXE_migsuite");
     let dir = tempfile::tempdir().unwrap();
     let suite = suite_for_standin(dir.path(), &KVM);
+    let post_copy = post_copy_suite(&suite);
     let _lab = Standin::up(migsuite, &KVM);
     // A run killed outright leaves its guest, disk and holds; the next run
     // (over ssh, below) must remove them and pass.
@@ -433,18 +455,30 @@ fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
     eprintln!("left by the killed run: {left}");
     // The KVM rows over ssh, one over TLS (the transport is what
     // differs); openvz's CRIU runs on the hosts, reached over ssh whatever
-    // the libvirt transport.
-    for (transport, filter, rows) in [
-        ("ssh", "kvm", 2),
-        ("tls", "kvm-pv", 1),
-        ("ssh", "openvz", 1),
+    // the libvirt transport, by pre-copy and by post-copy.
+    for (transport, filter, rows, suite) in [
+        ("ssh", "kvm", 2, &suite),
+        ("tls", "kvm-pv", 1, &suite),
+        ("ssh", "openvz", 1, &suite),
+        ("ssh", "openvz", 1, &post_copy),
     ] {
-        let reports = dir.path().join(format!("{transport}-{filter}"));
+        let name = suite.file_stem().unwrap().to_string_lossy();
+        let reports = dir.path().join(format!("{name}-{transport}-{filter}"));
         let inventory = format!("/run/migsuite-standin/lab-{transport}.yaml");
-        let cases = run(migsuite, &inventory, filter, &suite, &reports);
+        let cases = run(migsuite, &inventory, filter, suite, &reports);
         assert_eq!(cases.len(), rows, "over {transport}");
         for case in &cases {
             check_case(case, &KVM, transport);
+            // What moved the container: pre-dumps, or lazy pages.
+            if filter == "openvz" {
+                let toolstack = case["provenance"]["toolstack_version"].as_str().unwrap();
+                let method = if suite == &post_copy {
+                    "lazy dump, lazy-pages"
+                } else {
+                    "pre-dump"
+                };
+                assert!(toolstack.contains(method), "{name}: {toolstack}");
+            }
         }
         left_nothing(&KVM, filter);
     }
