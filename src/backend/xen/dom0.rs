@@ -240,15 +240,16 @@ printf 'start=%s\nend=%s\nbytes=%s\n' "$start" "$EPOCHREALTIME" "$(tail -n 1 $d/
 mv $d/sink.tmp $d/sink.out
 "#;
 
-/// Sends `$3` MiB of zeros to another Xen host's migsuite-listen or
-/// migsuite-listen-peer (`$1` address, `$2` port) through a pipe and migsuite-send-to's relay, as
-/// `xl migrate` sends a stream: the sending half of the calibration. (Not
-/// migsuite-send-to itself: its reader of the way back would hold the
-/// socket open after the last byte.)
+/// Sends `$3` MiB of zeros, for `$4` s at most, to another Xen host's
+/// migsuite-listen or migsuite-listen-peer (`$1` address, `$2` port)
+/// through a pipe and migsuite-send-to's relay, as `xl migrate` sends a
+/// stream: the sending half of the calibration. (Not migsuite-send-to
+/// itself: its reader of the way back would hold the socket open after the
+/// last byte.)
 const SEND_ZEROS: &str = r#"#!/bin/bash
 exec 3<>"/dev/tcp/$1/$2" || exit 1
 [ -n "${MIGSUITE_TOKEN:-}" ] && { cat "$MIGSUITE_TOKEN" >&3 || exit 1; }
-dd if=/dev/zero bs=1M count="$3" 2>/dev/null | dd bs=1M >&3 2>/dev/null
+timeout -s INT "$4" dd if=/dev/zero bs=1M count="$3" 2>/dev/null | dd bs=1M >&3 2>/dev/null
 "#;
 
 /// Kills the receiving end of this dom0's migration (migsuite-listen's
