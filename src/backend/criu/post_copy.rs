@@ -18,6 +18,7 @@
 
 use super::binary::Criu;
 use super::phases::{self, copy_images, error_lines, errors, ms, read_pid, Clock, POLL};
+use super::stats::Stats;
 use super::OpenVz;
 use crate::backend::{span_ms, Evacuation};
 use crate::case::Case;
@@ -264,29 +265,69 @@ pub(super) fn evacuate(
     let frozen_at = log_offset(&dump_text, "Seized task").map(|t| dump_spawned + t);
     let lazy_pages =
         pages_read(&std::fs::read_to_string(dest.join("lazy-pages.log")).unwrap_or_default());
+    let at = Moments {
+        started,
+        frozen_at,
+        restore_started,
+        restored_at,
+        done_at,
+    };
+    Ok(completed(
+        &at,
+        lazy_pages,
+        image_bytes(&images, "pages-"),
+        &restore_stats,
+        progress,
+    ))
+}
+
+/// When a post-copy's steps came, on the runner's clock.
+pub(super) struct Moments {
+    pub started: Instant,
+    /// CRIU's "Seized task", if its log said.
+    pub frozen_at: Option<Instant>,
+    pub restore_started: Instant,
+    /// The restored tasks run.
+    pub restored_at: Instant,
+    /// The source has served its last page.
+    pub done_at: Instant,
+}
+
+/// The evacuation a post-copy made: `pages` pulled after the restore and
+/// `image_bytes` of pages sent with the images; says so on `progress`.
+pub(super) fn completed(
+    at: &Moments,
+    pages: u64,
+    image_bytes: u64,
+    restore: &Stats,
+    progress: &dyn Fn(&str),
+) -> Evacuation {
     progress(&format!(
-        "restored: restore {:.0} ms (CRIU), {lazy_pages} pages pulled after it, memory complete {:.0} ms after the restore",
-        restore_stats.ms("Restore time").unwrap_or(f64::NAN),
-        ms(done_at - restored_at)
+        "restored: restore {:.0} ms (CRIU), {pages} pages pulled after it, memory complete {:.0} \
+         ms after the restore",
+        restore.ms("Restore time").unwrap_or(f64::NAN),
+        ms(at.done_at - at.restored_at)
     ));
-    Ok(Evacuation {
+    Evacuation {
         outcome: Outcome::Completed,
-        completed_at: Some(done_at),
-        reported_total_ms: Some(ms(done_at - started)),
-        reported_downtime_ms: frozen_at.map(|f| ms(restored_at.saturating_duration_since(f))),
+        completed_at: Some(at.done_at),
+        reported_total_ms: Some(ms(at.done_at - at.started)),
+        reported_downtime_ms: at
+            .frozen_at
+            .map(|f| ms(at.restored_at.saturating_duration_since(f))),
         setup_time_ms: None,
-        bytes_transferred: Some(lazy_pages * phases::page_size() + image_bytes(&images, "pages-")),
+        bytes_transferred: Some(pages * phases::page_size() + image_bytes),
         memory_iterations: Some(1),
         // Frozen, the small images go; the container resumes on the
         // destination; its memory follows while it runs.
         phases: Phases {
-            preparation_ms: span_ms(Some(started), frozen_at),
-            stop_and_copy_ms: span_ms(frozen_at, Some(restore_started)),
-            resume_ms: span_ms(Some(restore_started), Some(restored_at)),
-            memory_transfer_ms: span_ms(Some(restored_at), Some(done_at)),
+            preparation_ms: span_ms(Some(at.started), at.frozen_at),
+            stop_and_copy_ms: span_ms(at.frozen_at, Some(at.restore_started)),
+            resume_ms: span_ms(Some(at.restore_started), Some(at.restored_at)),
+            memory_transfer_ms: span_ms(Some(at.restored_at), Some(at.done_at)),
         },
         ..Default::default()
-    })
+    }
 }
 
 /// Waits for the dump's word that its images are written and its page

@@ -84,22 +84,11 @@ impl OnRealHosts {
         case: &Case,
         progress: &dyn Fn(&str),
     ) -> Result<Evacuation, String> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(case.migration.timeout_ms);
-        let left_ms = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis() as u64
-        };
         let sessions = self.sessions()?;
-        let (source, destination) = (
-            &sessions[lab.source.index as usize],
-            &sessions[lab.destination.index as usize],
-        );
-        let peer = ssh_of(&lab.destination)?;
-        for s in [source, destination] {
-            s.ask(Ask::ClearImages, ANSWER_TIMEOUT)?;
-        }
+        let begun = Evacuating::begin(&sessions, lab, case)?;
+        let (started, source, destination) = (begun.started, begun.source, begun.destination);
+        let peer = begun.peer.clone();
+        let left_ms = || begun.left_ms();
         let address = lab.destination.migration_address;
         let page_server = |images: &str, prev: &Option<String>| {
             destination.ask(
@@ -249,9 +238,52 @@ impl OnRealHosts {
     }
 }
 
+/// An evacuation begun on both hosts: their sessions, the destination's
+/// ssh, the images of earlier runs cleared, and the time left until the
+/// case's timeout.
+pub(super) struct Evacuating<'a> {
+    pub started: Instant,
+    deadline: Instant,
+    pub source: &'a HostSession,
+    pub destination: &'a HostSession,
+    pub peer: String,
+}
+
+impl<'a> Evacuating<'a> {
+    /// `sessions` by host index.
+    pub fn begin(
+        sessions: &'a [HostSession; 2],
+        lab: &Lab,
+        case: &Case,
+    ) -> Result<Evacuating<'a>, String> {
+        let started = Instant::now();
+        let (source, destination) = (
+            &sessions[lab.source.index as usize],
+            &sessions[lab.destination.index as usize],
+        );
+        let peer = ssh_of(&lab.destination)?;
+        for s in [source, destination] {
+            s.ask(Ask::ClearImages, ANSWER_TIMEOUT)?;
+        }
+        Ok(Evacuating {
+            started,
+            deadline: started + Duration::from_millis(case.migration.timeout_ms),
+            source,
+            destination,
+            peer,
+        })
+    }
+
+    pub fn left_ms(&self) -> u64 {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64
+    }
+}
+
 /// The host's ssh destination, which the inventory's rules require of an
 /// openvz host of a real lab.
-pub(super) fn ssh_of(host: &Host) -> Result<String, String> {
+fn ssh_of(host: &Host) -> Result<String, String> {
     host.ssh
         .clone()
         .ok_or_else(|| format!("host {} has no `ssh` in the inventory", host.name))

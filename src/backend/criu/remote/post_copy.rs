@@ -10,14 +10,13 @@
 //! Downtime: from the freeze (CRIU's "Seized task") until the restored
 //! tasks run; total time: until the source has served the last page.
 
-use super::hosts::{criu_reply, ssh_of};
+use super::hosts::{criu_reply, Evacuating};
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, Reply};
-use crate::backend::criu::phases::{ms, page_size};
+use crate::backend::criu::post_copy::{completed, Moments};
 use crate::backend::{span_ms, Evacuation};
 use crate::case::Case;
 use crate::lab::Lab;
-use crate::measure::{Outcome, Phases};
 use std::time::{Duration, Instant};
 
 /// Where the source's dump serves the pages, on its migration address.
@@ -32,21 +31,10 @@ pub(super) fn evacuate(
     case: &Case,
     progress: &dyn Fn(&str),
 ) -> Result<Evacuation, String> {
-    let started = Instant::now();
-    let deadline = started + Duration::from_millis(case.migration.timeout_ms);
-    let left_ms = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64
-    };
-    let (source, destination) = (
-        &sessions[lab.source.index as usize],
-        &sessions[lab.destination.index as usize],
-    );
-    let peer = ssh_of(&lab.destination)?;
-    for s in [source, destination] {
-        s.ask(Ask::ClearImages, ANSWER_TIMEOUT)?;
-    }
+    let begun = Evacuating::begin(sessions, lab, case)?;
+    let (started, source, destination) = (begun.started, begun.source, begun.destination);
+    let peer = begun.peer.clone();
+    let left_ms = || begun.left_ms();
     let address = lab.source.migration_address;
     progress(&format!(
         "dumping the container; its memory stays on the source, served from {address} (post-copy)"
@@ -143,31 +131,17 @@ pub(super) fn evacuate(
     if let Err(e) = source.ask(Ask::Retire, ANSWER_TIMEOUT) {
         progress(&format!("the source's stopped container did not go: {e}"));
     }
-    progress(&format!(
-        "restored: restore {:.0} ms (CRIU), {pages} pages pulled after it, memory complete {:.0} \
-         ms after the restore",
-        restore_stats.ms("Restore time").unwrap_or(f64::NAN),
-        ms(done_at - restored_at)
-    ));
+    let at = Moments {
+        started,
+        frozen_at,
+        restore_started,
+        restored_at,
+        done_at,
+    };
     Ok(Evacuation {
-        outcome: Outcome::Completed,
-        completed_at: Some(done_at),
-        reported_total_ms: Some(ms(done_at - started)),
-        reported_downtime_ms: frozen_at.map(|f| ms(restored_at.saturating_duration_since(f))),
-        setup_time_ms: None,
-        bytes_transferred: Some(pages * page_size() + image_bytes),
-        memory_iterations: Some(1),
         // While the source served its pages.
         stream_ms: span_ms(Some(ready_at), Some(done_at)),
-        // Frozen, the small images go; the container resumes on the
-        // destination; its memory follows while it runs.
-        phases: Phases {
-            preparation_ms: span_ms(Some(started), frozen_at),
-            stop_and_copy_ms: span_ms(frozen_at, Some(restore_started)),
-            resume_ms: span_ms(Some(restore_started), Some(restored_at)),
-            memory_transfer_ms: span_ms(Some(restored_at), Some(done_at)),
-        },
-        ..Default::default()
+        ..completed(&at, pages, image_bytes, &restore_stats, progress)
     })
 }
 

@@ -515,20 +515,12 @@ impl Session {
             let _ = stdout.read_to_string(&mut text);
             text
         });
-        let deadline = started + Duration::from_millis(timeout_ms);
         let what = args[0];
-        let status = loop {
-            if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = dump.kill();
-                let _ = dump.wait();
-                return Err(format!(
-                    "criu {what} did not end within {timeout_ms} ms and was killed"
-                ));
-            }
-            std::thread::sleep(phases::POLL);
+        let Some(status) = wait_until(&mut dump, started + Duration::from_millis(timeout_ms))?
+        else {
+            return Err(format!(
+                "criu {what} did not end within {timeout_ms} ms and was killed"
+            ));
         };
         let stats = Stats::parse(&reader.join().unwrap_or_default());
         if !status.success() {
@@ -665,19 +657,11 @@ impl Session {
             .take()
             .ok_or("no dump serves pages here")?;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        let status = loop {
-            if let Some(status) = dump.try_wait().map_err(|e| e.to_string())? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = dump.kill();
-                let _ = dump.wait();
-                return Err(format!(
-                    "the destination had not pulled every page within {timeout_ms} ms; criu \
-                     dump killed"
-                ));
-            }
-            std::thread::sleep(phases::POLL);
+        let Some(status) = wait_until(&mut dump, deadline)? else {
+            return Err(format!(
+                "the destination had not pulled every page within {timeout_ms} ms; criu dump \
+                 killed"
+            ));
         };
         let _ = std::fs::remove_file(self.dir.join(LAZY_DUMP_RECORD));
         if !status.success() {
@@ -771,6 +755,24 @@ impl Session {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for `child` to end until `deadline`, then kills it (None).
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> Result<Option<std::process::ExitStatus>, String> {
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(phases::POLL);
     }
 }
 
