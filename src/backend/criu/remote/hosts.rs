@@ -424,8 +424,7 @@ impl Backend for OnRealHosts {
                 .unwrap_or_default()
         );
         self.method = method;
-        let described = described.into_iter().map(|(_, d)| d).collect();
-        self.described = described;
+        self.described = described.into_iter().map(|(_, d)| d).collect();
         self.sessions = Some(sessions);
         Ok(())
     }

@@ -70,20 +70,9 @@ pub(super) fn evacuate(
         }
         Err(why) => return Err(fail(source, destination, why)),
     };
-    let restore = |timeout_ms: u64| {
-        destination.ask(
-            Ask::Restore {
-                images: IMAGES.into(),
-                bridge: lab.destination.bridge.clone(),
-                lazy: true,
-                timeout_ms,
-            },
-            Duration::from_millis(timeout_ms) + ANSWER_TIMEOUT,
-        )
-    };
-    let restore_started = std::cell::Cell::new(ready_at);
-    let restored = source
-        .ask(
+    // The images to the destination, its daemon, then the restore.
+    let handed_over = || -> Result<_, String> {
+        source.ask(
             Ask::Send {
                 peer,
                 paths: vec![
@@ -92,25 +81,30 @@ pub(super) fn evacuate(
                 ],
             },
             ANSWER_TIMEOUT,
-        )
-        .and_then(|_| {
-            destination.ask(
-                Ask::PullLazily {
-                    images: IMAGES.into(),
-                    address,
-                    port: LAZY_PAGES_PORT,
-                },
-                ANSWER_TIMEOUT,
-            )
-        })
-        .and_then(|_| {
-            progress("restoring the container on the destination; its memory follows on demand");
-            restore_started.set(Instant::now());
-            restore(left_ms())
-        })
-        .and_then(criu_reply);
-    let restore_started = restore_started.get();
-    let (_, restore_stats) = match restored {
+        )?;
+        destination.ask(
+            Ask::PullLazily {
+                images: IMAGES.into(),
+                address,
+                port: LAZY_PAGES_PORT,
+            },
+            ANSWER_TIMEOUT,
+        )?;
+        progress("restoring the container on the destination; its memory follows on demand");
+        let restore_started = Instant::now();
+        let timeout_ms = left_ms();
+        let restored = destination.ask(
+            Ask::Restore {
+                images: IMAGES.into(),
+                bridge: lab.destination.bridge.clone(),
+                lazy: true,
+                timeout_ms,
+            },
+            Duration::from_millis(timeout_ms) + ANSWER_TIMEOUT,
+        )?;
+        Ok((restore_started, criu_reply(restored)?.1))
+    };
+    let (restore_started, restore_stats) = match handed_over() {
         Ok(r) => r,
         Err(why) => return Err(fail(source, destination, why)),
     };

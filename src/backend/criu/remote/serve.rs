@@ -468,10 +468,7 @@ impl Session {
     ) -> Result<Reply, String> {
         let started = Instant::now();
         let criu = self.criu()?;
-        let pid = {
-            let state = self.state.lock().unwrap();
-            state.guest.as_ref().ok_or("no container here")?.init.pid()
-        };
+        let pid = self.guest_pid()?;
         let (dir, parent_arg) = self.images_after(images, prev)?;
         let (pid, dir_arg, address, port) = (
             pid.to_string(),
