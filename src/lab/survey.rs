@@ -223,10 +223,6 @@ fn bridge(conn: &Connection, name: &str, simulated: bool) -> Result<String, Stri
 /// join it through Xen's vif script, not libvirt, whose node devices need
 /// not list it (Debian's libvirt in a dom0 did not).
 fn bridge_in_dom0(host: &inventory::Host) -> Result<String, String> {
-    let ssh = host
-        .ssh
-        .as_deref()
-        .ok_or("the Xen rows need the host's `ssh`")?;
     let name = &host.bridge;
     if name.contains('\'') {
         return Err(format!(
@@ -234,10 +230,8 @@ fn bridge_in_dom0(host: &inventory::Host) -> Result<String, String> {
         ));
     }
     let ask = format!("test -d '/sys/class/net/{name}/bridge' && echo present || echo absent");
-    let mut args = crate::sh::SSH_OPTIONS.to_vec();
-    args.extend(["--", ssh, &ask]);
-    let said = crate::sh::run("ssh", &args)
-        .map_err(|e| format!("cannot ask dom0 over ssh {ssh} for bridge `{name}`: {e:#}"))?;
+    let said =
+        in_dom0(host, &ask).map_err(|e| format!("cannot ask dom0 for bridge `{name}` {e}"))?;
     if said.trim() == "present" {
         Ok(format!("`{name}` present in dom0"))
     } else {
@@ -272,6 +266,18 @@ fn runs(
     }
 }
 
+/// What `command` prints in a Xen host's dom0, run over its `ssh`; the
+/// error says "over ssh <destination>: why".
+fn in_dom0(host: &inventory::Host, command: &str) -> Result<String, String> {
+    let ssh = host
+        .ssh
+        .as_deref()
+        .ok_or("the Xen rows need the host's `ssh`")?;
+    let mut args = crate::sh::SSH_OPTIONS.to_vec();
+    args.extend(["--", ssh, command]);
+    crate::sh::run("ssh", &args).map_err(|e| format!("over ssh {ssh}: {e:#}"))
+}
+
 /// What a case runs in a real dom0 besides `xl`, and what for.
 const DOM0_TOOLS: [(&str, &str); 2] = [
     (
@@ -296,18 +302,11 @@ fn missing_tools(said: &str) -> Vec<String> {
 /// case drives `xl`, and whether dom0 has the other tools a case runs
 /// there; an HVM domU needs Xen's hvm capability.
 fn xen_on(host: &inventory::Host, backend: Hypervisor) -> Result<String, String> {
-    let ssh = host
-        .ssh
-        .as_deref()
-        .ok_or("the Xen rows need the host's `ssh`")?;
-    let mut args = crate::sh::SSH_OPTIONS.to_vec();
     let ask = format!(
         "xl info && for t in {}; do command -v $t >/dev/null || echo {MISSING}$t; done",
         DOM0_TOOLS.map(|(t, _)| t).join(" ")
     );
-    args.extend(["--", ssh, &ask]);
-    let info = crate::sh::run("ssh", &args)
-        .map_err(|e| format!("no Xen toolstack answers in dom0 over ssh {ssh}: {e:#}"))?;
+    let info = in_dom0(host, &ask).map_err(|e| format!("no Xen toolstack answers in dom0 {e}"))?;
     let missing = missing_tools(&info);
     if !missing.is_empty() {
         return Err(format!("dom0 lacks {}", missing.join(", ")));
@@ -319,6 +318,8 @@ fn xen_on(host: &inventory::Host, backend: Hypervisor) -> Result<String, String>
             v.xen, v.caps
         ));
     }
+    // (There is an `ssh`: dom0 answered over it.)
+    let ssh = host.ssh.as_deref().unwrap_or_default();
     Ok(format!("{} (caps {}), xl over ssh {ssh}", v.xen, v.caps))
 }
 
