@@ -109,7 +109,6 @@ fn down() {
 /// initramfs boots in) and dirties a share of what dom0 to dom0 carries,
 /// or a run would take three minutes; its last pass takes 6-20 s.
 fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
-    let mut text = std::fs::read_to_string(root().join("suites/real-lab.yaml")).unwrap();
     let xen = [
         ("  memory: 256MiB\n", "  memory: 128MiB\n"),
         ("rate: 8MiB/s }", "rate: 25% of link }"),
@@ -119,7 +118,7 @@ fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
         ("  guest_downtime: 60s\n", "  guest_downtime: 180s\n"),
     ];
     let for_pair = if pair.name == XEN.name { &xen[..] } else { &[] };
-    for &(real_lab, standin) in [
+    let edits: Vec<(&str, &str)> = [
         ("  accel: auto\n", "  accel: tcg\n"),
         ("  timeout: 90s\n", "  timeout: 240s\n"),
         ("  guest_downtime: 10s\n", "  guest_downtime: 60s\n"),
@@ -127,38 +126,47 @@ fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
     ]
     .iter()
     .chain(for_pair)
-    {
-        assert!(text.contains(real_lab), "suites/real-lab.yaml: {real_lab}");
-        text = text.replace(real_lab, standin);
-    }
-    text.push_str(
+    .copied()
+    .collect();
+    edited_suite(
+        &root().join("suites/real-lab.yaml"),
+        &edits,
         "snapshot:\n  noise: { total_time: 400%, downtime: 1000%, guest_downtime: 400%, \
          throughput: 95%, path_rate: 95%, peak_memory: 200% }\n",
-    );
-    let path = dir.join("real-lab.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+        dir.join("real-lab.yaml"),
+    )
 }
 
 /// The stand-in's suite (`suite_for_standin`) with its openvz row moved by
 /// post-copy (CRIU's lazy pages) instead: a suite of its own, for a
 /// baseline of its own.
 fn post_copy_suite(suite: &Path) -> PathBuf {
-    let mut text = std::fs::read_to_string(suite).unwrap();
-    for (pre_copy, post_copy) in [
-        ("name: real-lab\n", "name: real-lab-postcopy\n"),
-        ("  strategy: precopy", "  strategy: postcopy"),
-        (
-            "  hypervisor: [kvm-fv, kvm-pv, xen-pv, xen-hvm, openvz]",
-            "  hypervisor: [openvz]",
-        ),
-    ] {
-        assert!(text.contains(pre_copy), "{}: {pre_copy}", suite.display());
-        text = text.replace(pre_copy, post_copy);
+    edited_suite(
+        suite,
+        &[
+            ("name: real-lab\n", "name: real-lab-postcopy\n"),
+            ("  strategy: precopy", "  strategy: postcopy"),
+            (
+                "  hypervisor: [kvm-fv, kvm-pv, xen-pv, xen-hvm, openvz]",
+                "  hypervisor: [openvz]",
+            ),
+        ],
+        "",
+        suite.with_file_name("real-lab-postcopy.yaml"),
+    )
+}
+
+/// Writes `to`: the suite `from` with each `(was, is)` of `edits` made
+/// (each must be there) and `more` appended.
+fn edited_suite(from: &Path, edits: &[(&str, &str)], more: &str, to: PathBuf) -> PathBuf {
+    let mut text = std::fs::read_to_string(from).unwrap();
+    for (was, is) in edits {
+        assert!(text.contains(was), "{}: {was}", from.display());
+        text = text.replace(was, is);
     }
-    let path = suite.with_file_name("real-lab-postcopy.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    text.push_str(more);
+    std::fs::write(&to, text).unwrap();
+    to
 }
 
 /// What `virsh <args>` says of host `host` (10.248.0.N), asked from the
