@@ -454,10 +454,18 @@ prepare_libvirt() {
 
 # write_inventory TRANSPORT FILE HOST HOST
 write_inventory() {
-  local transport=$1 file=$2 h n uri name
+  local transport=$1 file=$2 h n uri name gate
   shift 2
   name=${file#lab-}
   name=${name%.yaml}
+  # The stand-in's suites: Xen's rows on the Xen pair; on the KVM pair
+  # KVM's and OpenVZ's, and OpenVZ's by post-copy over ssh (the libvirt
+  # transport is no matter to CRIU, which the hosts run over ssh either way).
+  case $name in
+    xen) gate="standin-xen" ;;
+    ssh) gate="standin, standin-postcopy" ;;
+    *) gate="standin" ;;
+  esac
   {
     cat <<EOF
 # A stand-in real lab of machines (ci/standin-machines.sh): hosts a and b are
@@ -465,8 +473,8 @@ write_inventory() {
 # over $transport; c and d are Xen hosts (Debian as dom0, xl reached over
 # ssh; their libvirtd keeps the lab's holds). migsuite built none of it.
 name: standin-${name}
-# What \`MIGSUITE_LAB=<this file> cargo test\` runs here.
-gate: [real-lab]
+# What \`MIGSUITE_LAB=<this file> cargo test\` runs here (suites/standin*.yaml).
+gate: [$gate]
 storage: local
 observer: $LAN.$RUNNER_ADDR
 guest: $GUEST_ADDR

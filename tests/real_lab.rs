@@ -10,7 +10,13 @@
 //! token the runner gave both. The cases hold the
 //! machine's pair lock like any other, so they are never measured beside
 //! another; one pair is up at a time.
+//!
+//! The suites are the stand-in's own (`suites/standin*.yaml`), the ones its
+//! inventories name as their gate. Under `MIGSUITE_LAB` (`cargo test` on a
+//! lab of the user's) these tests are ignored: they boot and take down the
+//! stand-in, which is not that lab.
 
+use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -20,10 +26,9 @@ fn root() -> &'static Path {
 }
 
 const STANDIN: &str = "ci/standin-machines.sh";
-/// Runs in each direction, so each host's libvirtd opens the other's URI;
-/// three, the fewest a baseline is compared with.
-const RUNS: &str = "3";
-/// Runs of a recorded baseline (`MIGSUITE_REBASELINE=1`).
+/// Runs of a recorded baseline (`MIGSUITE_REBASELINE=1`); otherwise the
+/// suites' own `repeat` (three: each host's libvirtd opens the other's
+/// URI, and three are the fewest a baseline is compared with).
 const BASELINE_RUNS: &str = "5";
 
 /// `MIGSUITE_REBASELINE=1`, as for the suites: the runs are proposed as the
@@ -93,80 +98,9 @@ fn down() {
         .run();
 }
 
-/// suites/real-lab.yaml as the stand-in's `pair` can run it: its guests
-/// under TCG (the hosts' KVM, QEMU's emulated AMD-V, resets a host when a
-/// guest under it migrates), inside hosts that are themselves emulated, so
-/// a migration takes 25-40 s and the guest, slowed twice, sees 4-11 s
-/// between its heartbeats; the suite's bounds are a real lab's. The
-/// bounds and timeout are those figures with room for a loaded machine:
-/// what this test checks is the path, not a hypervisor's speed. Its noise
-/// thresholds are as wide: the stand-in's baselines (`snapshots/*@standin-*`)
-/// are there to show that a run on a new machine is compared with them (its
-/// hosts read as the same machines), not to catch a slower QEMU through
-/// two layers of emulation.
-/// On the Xen pair, xl's stream between emulated dom0s carries 1-2 MB/s:
-/// the guest is half the size (the least a PV domU of this kernel and
-/// initramfs boots in) and dirties a share of what dom0 to dom0 carries,
-/// or a run would take three minutes; its last pass takes 6-20 s.
-fn suite_for_standin(dir: &Path, pair: &Pair) -> PathBuf {
-    let xen = [
-        ("  memory: 256MiB\n", "  memory: 128MiB\n"),
-        ("rate: 8MiB/s }", "rate: 25% of link }"),
-        ("  downtime: 5s\n", "  downtime: 60s\n"),
-        // (After the common ones: an HVM domU's heartbeats come back after
-        // 60-90 s.)
-        ("  guest_downtime: 60s\n", "  guest_downtime: 180s\n"),
-    ];
-    let for_pair = if pair.name == XEN.name { &xen[..] } else { &[] };
-    let edits: Vec<(&str, &str)> = [
-        ("  accel: auto\n", "  accel: tcg\n"),
-        ("  timeout: 90s\n", "  timeout: 240s\n"),
-        ("  guest_downtime: 10s\n", "  guest_downtime: 60s\n"),
-        ("  total_time: 60s\n", "  total_time: 200s\n"),
-    ]
-    .iter()
-    .chain(for_pair)
-    .copied()
-    .collect();
-    edited_suite(
-        &root().join("suites/real-lab.yaml"),
-        &edits,
-        "snapshot:\n  noise: { total_time: 400%, downtime: 1000%, guest_downtime: 400%, \
-         throughput: 95%, path_rate: 95%, peak_memory: 200% }\n",
-        dir.join("real-lab.yaml"),
-    )
-}
-
-/// The stand-in's suite (`suite_for_standin`) with its openvz row moved by
-/// post-copy (CRIU's lazy pages) instead: a suite of its own, for a
-/// baseline of its own.
-fn post_copy_suite(suite: &Path) -> PathBuf {
-    edited_suite(
-        suite,
-        &[
-            ("name: real-lab\n", "name: real-lab-postcopy\n"),
-            ("  strategy: precopy", "  strategy: postcopy"),
-            (
-                "  hypervisor: [kvm-fv, kvm-pv, xen-pv, xen-hvm, openvz]",
-                "  hypervisor: [openvz]",
-            ),
-        ],
-        "",
-        suite.with_file_name("real-lab-postcopy.yaml"),
-    )
-}
-
-/// Writes `to`: the suite `from` with each `(was, is)` of `edits` made
-/// (each must be there) and `more` appended.
-fn edited_suite(from: &Path, edits: &[(&str, &str)], more: &str, to: PathBuf) -> PathBuf {
-    let mut text = std::fs::read_to_string(from).unwrap();
-    for (was, is) in edits {
-        assert!(text.contains(was), "{}: {was}", from.display());
-        text = text.replace(was, is);
-    }
-    text.push_str(more);
-    std::fs::write(&to, text).unwrap();
-    to
+/// A suite of the stand-in's (`suites/NAME.yaml`).
+fn standin_suite(name: &str) -> PathBuf {
+    root().join("suites").join(format!("{name}.yaml"))
 }
 
 /// What `virsh <args>` says of host `host` (10.248.0.N), asked from the
@@ -209,11 +143,19 @@ fn disks_and_holds(host: u8) -> Vec<String> {
 /// SIGKILLs it once its migration moves bytes: what it made on the hosts
 /// stays there (it had no chance to undo it). Returns what it left.
 fn killed_mid_migration(migsuite: &str, inventory: &str, suite: &Path, reports: &Path) -> String {
-    let run = migsuite_run(migsuite, inventory, "kvm-pv", "1", suite, reports, false)
-        .stderr_to_stdout()
-        .unchecked()
-        .reader()
-        .unwrap();
+    let run = migsuite_run(
+        migsuite,
+        inventory,
+        "kvm-pv",
+        Some("1"),
+        suite,
+        reports,
+        false,
+    )
+    .stderr_to_stdout()
+    .unchecked()
+    .reader()
+    .unwrap();
     let mut said = String::new();
     for line in std::io::BufRead::lines(std::io::BufReader::new(&run)) {
         let line = line.unwrap();
@@ -246,14 +188,15 @@ fn killed_mid_migration(migsuite: &str, inventory: &str, suite: &Path, reports: 
     left.join(" ")
 }
 
-/// `migsuite run` of `suite`'s cases matching `filter`, `runs` times each,
+/// `migsuite run` of `suite`'s cases matching `filter`, `runs` times each
+/// (or as often as the suite says),
 /// on the lab of `inventory`, from the runner machine; with `record`, its
 /// figures proposed as baselines.
 fn migsuite_run(
     migsuite: &str,
     inventory: &str,
     filter: &str,
-    runs: &str,
+    runs: Option<&str>,
     suite: &Path,
     reports: &Path,
     record: bool,
@@ -268,12 +211,13 @@ fn migsuite_run(
         inventory,
         "--filter",
         filter,
-        "--repeat",
-        runs,
         "--report-dir",
         reports,
         suite,
     ];
+    if let Some(runs) = runs {
+        args.extend(["--repeat", runs]);
+    }
     if record {
         args.push("--record");
     }
@@ -283,7 +227,7 @@ fn migsuite_run(
 /// Runs `suite`'s cases matching `filter` on the lab of `inventory`, from
 /// the runner machine; returns the cases of its JSON report.
 fn run(migsuite: &str, inventory: &str, filter: &str, suite: &Path, reports: &Path) -> Vec<Value> {
-    let runs = if rebaseline() { BASELINE_RUNS } else { RUNS };
+    let runs = rebaseline().then_some(BASELINE_RUNS);
     let run = migsuite_run(
         migsuite,
         inventory,
@@ -444,12 +388,10 @@ fn left_nothing(pair: &Pair, after: &str) {
     }
 }
 
-#[test]
-fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
+fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() -> Result<(), Failed> {
     let migsuite = env!("CARGO_BIN_EXE_migsuite");
     let dir = tempfile::tempdir().unwrap();
-    let suite = suite_for_standin(dir.path(), &KVM);
-    let post_copy = post_copy_suite(&suite);
+    let (suite, post_copy) = (standin_suite("standin"), standin_suite("standin-postcopy"));
     let _lab = Standin::up(migsuite, &KVM);
     // A run killed outright leaves its guest, disk and holds; the next run
     // (over ssh, below) must remove them and pass.
@@ -490,13 +432,13 @@ fn the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls() {
         }
         left_nothing(&KVM, filter);
     }
+    Ok(())
 }
 
-#[test]
-fn the_xen_rows_run_on_xen_machines_over_ssh() {
+fn the_xen_rows_run_on_xen_machines_over_ssh() -> Result<(), Failed> {
     let migsuite = env!("CARGO_BIN_EXE_migsuite");
     let dir = tempfile::tempdir().unwrap();
-    let suite = suite_for_standin(dir.path(), &XEN);
+    let suite = standin_suite("standin-xen");
     let _lab = Standin::up(migsuite, &XEN);
     let cases = run(
         migsuite,
@@ -518,4 +460,26 @@ fn the_xen_rows_run_on_xen_machines_over_ssh() {
         assert!(path.as_f64().is_some_and(|v| v > 0.0), "{path}");
     }
     left_nothing(&XEN, "xen");
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    // On a lab of the user's the stand-in is not what is under test.
+    let on_users_lab = std::env::var_os("MIGSUITE_LAB").is_some();
+    let trials = [
+        Trial::test(
+            "the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls",
+            the_kvm_and_openvz_rows_run_on_machines_over_ssh_and_tls,
+        ),
+        Trial::test(
+            "the_xen_rows_run_on_xen_machines_over_ssh",
+            the_xen_rows_run_on_xen_machines_over_ssh,
+        ),
+    ];
+    let trials = trials
+        .into_iter()
+        .map(|t| t.with_ignored_flag(on_users_lab))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }

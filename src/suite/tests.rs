@@ -184,7 +184,10 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("fail-small-mtu"), 1);
     assert_eq!(count("study"), 5 * 3 * 2);
     assert_eq!(count("real-lab"), 5);
-    assert_eq!(cases.len(), 55);
+    assert_eq!(count("standin"), 3);
+    assert_eq!(count("standin-postcopy"), 1);
+    assert_eq!(count("standin-xen"), 2);
+    assert_eq!(cases.len(), 61);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(
         names[..20],
@@ -213,8 +216,12 @@ fn shipped_suites_load_in_file_order() {
         ]
     );
     assert_eq!(names[20], "real-lab::kvm-fv::mtu1500::game");
-    assert_eq!(names[25], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[54], "study::kvm-pv::mtu128::game-32b");
+    // "standin-" sorts before "standin.".
+    assert_eq!(names[25], "standin-postcopy::openvz::mtu1500::game");
+    assert_eq!(names[26], "standin-xen::xen-pv::mtu1500::game");
+    assert_eq!(names[28], "standin::kvm-fv::mtu1500::game");
+    assert_eq!(names[31], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[60], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
     assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
     assert_eq!(cases[4].migration.strategy, Strategy::Precopy);
