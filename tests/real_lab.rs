@@ -374,6 +374,16 @@ fn sessions(host: u8) -> String {
     )
 }
 
+/// The processes a case may have started on host `host` that outlive it:
+/// session tools and the stream's relays (dd, pv, nc), CRIU. Nothing else
+/// on the stand-in's hosts runs these.
+fn case_processes(host: u8) -> String {
+    on_host(
+        host,
+        "pgrep -a -f '/var/lib/[m]igsuite/'; pgrep -a -x 'dd|pv|nc|criu'; true",
+    )
+}
+
 /// Each case destroyed its guest, wherever it went, and let its hosts go;
 /// nothing of a killed run is left.
 fn left_nothing(pair: &Pair, after: &str) {
@@ -385,6 +395,7 @@ fn left_nothing(pair: &Pair, after: &str) {
             "host {name} after {after}"
         );
         assert_eq!(sessions(host).trim(), "", "host {name} after {after}");
+        assert_eq!(case_processes(host).trim(), "", "host {name} after {after}");
     }
 }
 

@@ -163,13 +163,18 @@ echo "nothing listens on port $1: $(cat $d/listen.err)"; exit 1
 /// migsuite-listen or migsuite-listen-peer (`$1` address, `$2` port);
 /// killing it cuts the stream. dd relays both ways in large reads (see
 /// migsuite-recv; nc's 1 KiB ones are far too slow here). A real dom0's
-/// stream opens with the migration's token.
+/// stream opens with the migration's token. Once xl closes its side, the
+/// reader of the way back goes too: it holds the socket open, and the
+/// destination's relay waits for the end of the stream, so each would
+/// otherwise wait for the other for good.
 const SEND_TO: &str = r#"#!/bin/bash
 echo $$ > "${MIGSUITE_RUN:-/run/migsuite}/recv.pid"
 exec 3<>"/dev/tcp/$1/$2" || exit 1
 [ -n "${MIGSUITE_TOKEN:-}" ] && { cat "$MIGSUITE_TOKEN" >&3 || exit 1; }
 dd bs=64k <&3 2>/dev/null &
-exec dd bs=1M >&3 2>/dev/null
+back=$!
+dd bs=1M >&3 2>/dev/null
+kill $back 2>/dev/null
 "#;
 
 /// The destination's side of a migration from another real dom0 (`$1`
