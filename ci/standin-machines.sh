@@ -580,7 +580,9 @@ up() {
   if is_xen_host "${HOSTS[-1]}"; then write_inventory ssh lab-xen.yaml c d; fi
   echo "== stand-in lab of machines is up after $((SECONDS - started)) s"
   echo "inventories: $(cd "$STATE" && echo lab-*.yaml) in $STATE"
-  echo "run, e.g.: $0 exec $migsuite run --lab $STATE/lab-ssh.yaml suites/real-lab.yaml"
+  local first
+  first=$(cd "$STATE" && ls lab-*.yaml | head -n 1)
+  echo "its gate, e.g.: MIGSUITE_LAB=$STATE/$first $0 exec cargo test"
 }
 
 # ---------------------------------------------------------------- exec, down
