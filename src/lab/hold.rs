@@ -56,11 +56,14 @@ impl Holds {
             if !claim(&pool, &name)? {
                 return Ok(Err(busy(&pool, &name, host)?));
             }
-            let (uri, pool_name, hold) = (host.uri.clone(), host.pool.clone(), name.clone());
-            held._undo.push(cleanup::on_interrupt(move || {
-                pool::delete_at(&uri, &pool_name, &hold);
-            }));
             let marker = format!("{}{}", marker_prefix(&name), Owner::this()?);
+            let (uri, pool_name) = (host.uri.clone(), host.pool.clone());
+            let (hold, its_marker) = (name.clone(), marker.clone());
+            held._undo.push(cleanup::on_interrupt(move || {
+                for volume in [&its_marker, &hold] {
+                    pool::delete_at(&uri, &pool_name, volume);
+                }
+            }));
             for old in pool.names_starting(&marker_prefix(&name))? {
                 pool.delete(&old)?;
             }
