@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 const RESAMPLES: usize = 10_000;
-const SEED: u64 = 0x6d69_6773_7569_7465; // "migsuite"
+pub(crate) const SEED: u64 = 0x6d69_6773_7569_7465; // "migsuite"
 /// Two-sided 95 %: the interval between these quantiles.
-const TAIL: f64 = 0.025;
+pub(crate) const TAIL: f64 = 0.025;
 
 /// A metric's median and its 95 % bootstrap confidence interval.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,12 +26,12 @@ pub struct Estimate {
 }
 
 /// The quantile `q` of sorted values (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Medians of bootstrap resamples of `values`.
-fn resampled_medians(values: &[f64], rng: &mut fastrand::Rng) -> Vec<f64> {
+pub(crate) fn resampled_medians(values: &[f64], rng: &mut fastrand::Rng) -> Vec<f64> {
     let mut sample = vec![0.0; values.len()];
     (0..RESAMPLES)
         .map(|_| {

@@ -3,6 +3,7 @@
 //! Data flows one way: suite (YAML) -> cases -> lab -> run -> measurements
 //! -> verdict -> report.
 
+pub mod ab;
 pub mod backend;
 pub mod baseline;
 pub mod case;
