@@ -3,6 +3,7 @@
 //! downstream ever looks at YAML again.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -180,6 +181,19 @@ pub struct MigrationSpec {
     /// Xen's was two-hosts then.
     #[serde(default)]
     pub topology: Topology,
+    /// A cap on the stream, MiB/s (QEMU's `max-bandwidth`); None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mib_s: Option<u32>,
+    /// Channels of a multifd stream; None: one plain stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multifd_channels: Option<u32>,
+}
+
+/// One version of a case, run interleaved with the others on the same lab.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub name: String,
+    pub migration: MigrationSpec,
 }
 
 /// Where the guest goes.
@@ -320,6 +334,15 @@ pub struct Case {
     /// Reports written before noise thresholds existed read the defaults.
     #[serde(default)]
     pub noise: NoiseThresholds,
+    /// Versions of the case run side by side, their runs interleaved (A B
+    /// A B ...), `repeat` runs each; the first is the reference. None: the
+    /// case alone, as `migration` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+    /// Per compared metric (its key in `crate::metrics::METRICS`), how much
+    /// worse than the reference another variant may be, a fraction.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compare: BTreeMap<String, f64>,
 }
 
 impl Case {
@@ -334,5 +357,32 @@ impl Case {
     /// File-system safe form of the name (snapshots, reports).
     pub fn slug(&self) -> String {
         self.name().replace("::", "__")
+    }
+
+    /// The case as its variant `v` runs it.
+    pub fn as_variant(&self, v: usize) -> Case {
+        Case {
+            migration: self.variants[v].migration.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// Which variant each run is, in the order they run: A B, then B A,
+    /// and so on (for more, in turn and back), `repeat` runs of each.
+    /// Runs go back and forth between the hosts, so each variant goes
+    /// both ways alike, and a drift of the machine over the case touches
+    /// every variant alike. Empty for a case without variants.
+    pub fn variant_order(&self) -> Vec<usize> {
+        let n = self.variants.len();
+        (0..self.repeat as usize)
+            .flat_map(|round| {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..n).collect()
+                } else {
+                    (0..n).rev().collect()
+                };
+                order
+            })
+            .collect()
     }
 }

@@ -292,6 +292,10 @@ pub struct RunMeasurement {
     pub outcome: Outcome,
     /// Which way the guest went, e.g. "a->b" (repeats go back and forth).
     pub direction: String,
+    /// Which of the case's variants ran (`Case::variants`); None: the case
+    /// has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// Warning -> guest running on the destination, measured by the runner.
     pub total_time_ms: Option<f64>,
     /// Total time as the hypervisor/toolstack reports it.

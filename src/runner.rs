@@ -388,25 +388,35 @@ fn run_in(
     // Looked at between runs only: a look costs CPU the runs would miss.
     let mut census = Census::take();
     let mut runs = Vec::new();
-    for i in 1..=case.repeat {
+    // Each run with its variant, if the case has any.
+    let order: Vec<Option<usize>> = match case.variant_order() {
+        order if order.is_empty() => vec![None; case.repeat as usize],
+        order => order.into_iter().map(Some).collect(),
+    };
+    let total = order.len();
+    for (i, variant) in (1..).zip(order) {
+        let (as_run, named) = match variant {
+            Some(v) => (case.as_variant(v), format!(" ({})", case.variants[v].name)),
+            None => (case.clone(), String::new()),
+        };
         progress(&format!(
-            "{}: run {i}/{}: steady state for {} ms",
+            "{}: run {i}/{total}{named}: steady state for {} ms",
             case.name(),
-            case.repeat,
             case.failure.after_ms
         ));
         let path_rate_mbit = path_rate(lab, backend)?;
-        let run = run_once(
+        let mut run = run_once(
             lab,
-            case,
+            &as_run,
             backend,
             &observer,
             wire_mbit,
             path_rate_mbit,
             progress,
         )?;
+        run.variant = variant.map(|v| case.variants[v].name.clone());
         progress(&format!(
-            "{}: run {i} ({}): {}",
+            "{}: run {i}{named} ({}): {}",
             case.name(),
             run.direction,
             summary_line(&run)
@@ -431,7 +441,7 @@ fn run_in(
             ));
             break;
         }
-        if moved && i < case.repeat {
+        if moved && i < total {
             // A guest moved within one host (one-host topology) stays on it.
             if backend.stream_crosses_link() {
                 lab.swap_roles();
@@ -766,6 +776,8 @@ fn run_once(
             .collect();
         Ok(RunMeasurement {
             direction,
+            // Named by the caller, which knows the case's variants.
+            variant: None,
             total_time_ms: evacuation
                 .completed_at
                 .filter(|_| completed)

@@ -2,6 +2,7 @@
 //! measured figures against its bounds, and its gated figures against a
 //! baseline recorded on the same machine.
 
+use crate::ab::{compare_variants, VariantComparison};
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{RunMeasurement, Unit};
@@ -38,6 +39,18 @@ pub struct Gate {
     pub comparison: Option<Comparison>,
 }
 
+/// A compared metric of one variant against the case's reference
+/// variant, from their runs interleaved in this run (`crate::ab`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VariantGate {
+    pub metric: &'static str,
+    pub unit: Unit,
+    pub reference: String,
+    pub variant: String,
+    /// None: too few completed runs of either to compare.
+    pub comparison: Option<VariantComparison>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
     /// Human label of the metric ("downtime", "peak CPU", ...).
@@ -56,6 +69,10 @@ pub struct Verdict {
     pub passed: bool,
     pub checks: Vec<Check>,
     pub gates: Vec<Gate>,
+    /// Each variant of the case against its first, metric by metric; empty
+    /// for a case without variants.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantGate>,
     /// Runs whose outcome broke the expectation, one line each.
     pub failures: Vec<String>,
     /// What was expected, e.g. "bounds on worst of 3 runs, gated metrics against the baseline".
@@ -101,20 +118,29 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
     if runs.is_empty() {
         failures.push("no runs".into());
     }
-    let gates = match case.expect {
-        Expect::Pass => gates(case, runs, baseline),
-        Expect::Fail { .. } => vec![],
+    let (gates, variants) = match case.expect {
+        // The stored baseline is the reference variant's.
+        Expect::Pass => (
+            gates(case, &runs_of(case, runs, 0), baseline),
+            variant_gates(case, runs),
+        ),
+        Expect::Fail { .. } => (vec![], vec![]),
     };
-    let regressed = gates.iter().any(|g| {
-        g.comparison
-            .as_ref()
-            .is_some_and(|c| c.change == Change::Regression)
-    });
+    let regressed = gates
+        .iter()
+        .filter_map(|g| g.comparison.as_ref().map(|c| c.change))
+        .chain(
+            variants
+                .iter()
+                .filter_map(|g| g.comparison.as_ref().map(|c| c.change)),
+        )
+        .any(|c| c == Change::Regression);
     Verdict {
         case: case.name(),
         passed: failures.is_empty() && checks.iter().all(|c| c.ok) && !regressed,
         checks,
         gates,
+        variants,
         failures,
         expectation,
         beside: Neighbours::default(),
@@ -218,6 +244,46 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
         .collect()
 }
 
+/// The runs of variant `v` of the case; all of them for a case without
+/// variants.
+fn runs_of(case: &Case, runs: &[RunMeasurement], v: usize) -> Vec<RunMeasurement> {
+    let name = case.variants.get(v).map(|variant| &variant.name);
+    runs.iter()
+        .filter(|r| name.is_none() || r.variant.as_ref() == name)
+        .cloned()
+        .collect()
+}
+
+/// Each variant after the first against the first, by each metric the
+/// suite compares them by, as measured: both ran at the same pace.
+fn variant_gates(case: &Case, runs: &[RunMeasurement]) -> Vec<VariantGate> {
+    let Some(reference) = case.variants.first() else {
+        return vec![];
+    };
+    let reference_runs = runs_of(case, runs, 0);
+    (1..case.variants.len())
+        .flat_map(|v| {
+            let its_runs = runs_of(case, runs, v);
+            let reference_runs = &reference_runs;
+            METRICS
+                .iter()
+                .filter_map(|m| Some((m, *case.compare.get(m.key)?)))
+                .map(move |(m, bound)| VariantGate {
+                    metric: m.label,
+                    unit: m.unit,
+                    reference: reference.name.clone(),
+                    variant: case.variants[v].name.clone(),
+                    comparison: compare_variants(
+                        &m.values(reference_runs),
+                        &m.values(&its_runs),
+                        m.better,
+                        bound,
+                    ),
+                })
+        })
+        .collect()
+}
+
 /// For an expected failure: every run must fail, for the expected reason,
 /// with the guest still running on the source.
 fn unexpected_outcomes(reason_contains: &str, runs: &[RunMeasurement]) -> Vec<String> {
@@ -294,6 +360,31 @@ impl fmt::Display for Verdict {
                     } else {
                         "no baseline stored".to_string()
                     }
+                )?,
+            }
+        }
+        for g in &self.variants {
+            let label = format!("{} against {}: {}", g.variant, g.reference, g.metric);
+            match &g.comparison {
+                Some(c) => {
+                    let fmt = |e: &Estimate| format!("{} n={}", g.unit.format(e.median), e.n);
+                    write!(
+                        f,
+                        "\n  {label}: {} against {}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, p = {:.3}, bound {:.0} %): {}",
+                        fmt(&c.variant),
+                        fmt(&c.reference),
+                        c.change_pct,
+                        c.interval_pct.0,
+                        c.interval_pct.1,
+                        c.p_value,
+                        c.bound_pct,
+                        c.change
+                    )?
+                }
+                None => write!(
+                    f,
+                    "\n  {label}: not compared (fewer than {} completed runs of each)",
+                    crate::ab::MIN_RUNS
                 )?,
             }
         }

@@ -209,6 +209,16 @@ pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool 
     matches!(hypervisor, Hypervisor::KvmFv | Hypervisor::KvmPv) && strategy != Strategy::StopAndCopy
 }
 
+/// Whether `hypervisor`'s stream takes a bandwidth cap and multifd
+/// channels (QEMU's `max-bandwidth` and `multifd-channels`); `xl migrate`
+/// and CRIU's page server have neither.
+pub fn takes_stream_settings(h: Hypervisor) -> bool {
+    match h {
+        Hypervisor::KvmFv | Hypervisor::KvmPv => true,
+        Hypervisor::Openvz | Hypervisor::XenPv | Hypervisor::XenHvm => false,
+    }
+}
+
 /// Stops what a backend keeps running between its cases on lab pair
 /// `pair` (the nested Xen hosts, which busy a core under TCG) when `case`
 /// is not one of them, so that no case is measured beside its own pair's.

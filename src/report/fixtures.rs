@@ -32,6 +32,8 @@ pub(crate) fn case() -> Case {
             max_downtime_ms: 300,
             timeout_ms: 25_000,
             topology: Topology::TwoHosts,
+            bandwidth_mib_s: None,
+            multifd_channels: None,
         },
         faults: Faults::default(),
         repeat: 3,
@@ -49,6 +51,8 @@ pub(crate) fn case() -> Case {
         },
         expect: Expect::Pass,
         noise: Default::default(),
+        variants: vec![],
+        compare: Default::default(),
     }
 }
 
@@ -143,6 +147,7 @@ pub(crate) fn step(
 /// A completed run; the other figures follow from total time and downtime.
 pub(crate) fn run(total_ms: f64, downtime_ms: f64) -> RunMeasurement {
     RunMeasurement {
+        variant: None,
         outcome: Outcome::Completed,
         total_time_ms: Some(total_ms),
         reported_total_ms: Some(total_ms - 50.0),
@@ -178,6 +183,7 @@ pub(crate) fn run(total_ms: f64, downtime_ms: f64) -> RunMeasurement {
 
 pub(crate) fn failed(reason: &str, source_survived: bool) -> RunMeasurement {
     RunMeasurement {
+        variant: None,
         outcome: Outcome::Failed {
             reason: reason.into(),
             source_survived,

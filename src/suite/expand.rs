@@ -2,16 +2,16 @@
 //! hypervisor x mtu x workload, with every default applied.
 
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, ExpectDef, GuestDef, Matrix, MigrationDef, NoiseDef,
-    Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, WorkloadDef,
+    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, Matrix, MigrationDef,
+    NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, VariantDef,
+    WorkloadDef,
 };
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
-    Workload,
+    Variant, Workload,
 };
-use crate::yaml::scalar::Ident;
-use crate::yaml::scalar::Mtu;
+use crate::yaml::scalar::{HypervisorName, Ident, Mtu};
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -27,12 +27,15 @@ const SETTLE_MS: u64 = 5_000;
 const MAX_CASES: usize = 1000;
 
 pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
+    check_variants(&suite)?;
     let guest = guest_spec(suite.guest.unwrap_or_default());
     check_matrix(&suite.matrix, &suite.workloads.0)?;
     check_overrides(&suite.matrix, &suite.overrides)?;
     check_fit(&suite.workloads.0, guest.memory_mib)?;
     check_packets(&suite.matrix, &suite.workloads.0)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default());
+    let variant_defs = suite.variants.unwrap_or_default();
+    let compare = compare_spec(suite.compare.unwrap_or_default());
     let strategy_given = suite
         .migration
         .as_ref()
@@ -80,6 +83,19 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     &migration,
                 )?;
                 check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
+                check_stream_settings(&suite.overrides, (hypervisor, mtu, name), None, &migration)?;
+                let variants = variant_defs
+                    .iter()
+                    .enumerate()
+                    .map(|(v, def)| {
+                        let its = def.migration.clone().over(migration.clone());
+                        check_variant(&suite.overrides, (hypervisor, mtu, name), (v, def), &its)?;
+                        Ok(Variant {
+                            name: def.name.0.clone(),
+                            migration: migration_spec(its),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Invalid>>()?;
                 let noise = selected().fold(base_noise.clone(), |n, o| o.noise.clone().over(n));
                 let expect =
                     selected().fold(base_expect.clone(), |e, o| o.expect.clone().unwrap_or(e));
@@ -105,6 +121,8 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     bounds: bounds_spec(bounds),
                     expect: expect_spec(expect),
                     noise: noise_spec(noise),
+                    variants,
+                    compare: compare.clone(),
                 };
                 check_share_of_link(&case, name)?;
                 cases.push(case);
@@ -290,6 +308,150 @@ fn check_strategy(
     })
 }
 
+/// Variants come two or more, each named once, with the metrics to
+/// compare them by, and enough runs of each for a difference to be
+/// significant at all; `compare` means nothing without them.
+fn check_variants(suite: &Suite) -> Result<(), Invalid> {
+    let variants = FieldPath::default().key("variants");
+    let Some(defs) = &suite.variants else {
+        return match &suite.compare {
+            Some(_) => Err(Invalid {
+                path: FieldPath::default().key("compare"),
+                message: "there is nothing to compare: `compare` bounds how far `variants` of \
+                          each case may differ from the first; list them, e.g. `variants: \
+                          [{ name: stock }, { name: capped, migration: { bandwidth: 40MiB/s } }]`"
+                    .into(),
+            }),
+            None => Ok(()),
+        };
+    };
+    let names: Vec<&Ident> = defs.iter().map(|d| &d.name).collect();
+    distinct(
+        &names,
+        variants.clone(),
+        "each variant needs a name of its own",
+    )?;
+    if defs.len() < 2 {
+        return Err(Invalid {
+            path: variants,
+            message: "one variant has nothing to be compared with: list the reference first, \
+                      then at least one more"
+                .into(),
+        });
+    }
+    if suite.compare.as_ref().is_none_or(|c| c.0.is_empty()) {
+        return Err(Invalid {
+            path: variants,
+            message: "variants need `compare`: the metrics to compare them by and how much \
+                      worse than the first the others may be, e.g. `compare: { total_time: 10% }`"
+                .into(),
+        });
+    }
+    let repeat = suite.repeat.map_or(1, |r| r.0) as usize;
+    if repeat < crate::ab::MIN_RUNS {
+        return Err(Invalid {
+            path: FieldPath::default().key("repeat"),
+            message: format!(
+                "comparing variants needs `repeat: {}` or more (runs of each variant): with \
+                 {repeat}, no difference could be significant",
+                crate::ab::MIN_RUNS
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A variant's migration must be one its case's backend can do: its
+/// strategy offered, a downtime limit and stream settings where the
+/// backend takes them; the error points at the variant's key.
+fn check_variant(
+    overrides: &[Override],
+    case: (HypervisorName, Mtu, &Ident),
+    (v, def): (usize, &VariantDef),
+    migration: &MigrationDef,
+) -> Result<(), Invalid> {
+    let hypervisor = case.0;
+    let at = |key: &str| {
+        FieldPath::default()
+            .key("variants")
+            .index(v)
+            .key("migration")
+            .key(key)
+    };
+    let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
+    if def.migration.strategy.is_some()
+        && !crate::backend::strategies(hypervisor.0).contains(&strategy)
+    {
+        return Err(Invalid {
+            path: at("strategy"),
+            message: format!(
+                "{hypervisor} cannot migrate by {strategy}: its backend offers {}",
+                list(crate::backend::strategies(hypervisor.0))
+            ),
+        });
+    }
+    if def.migration.max_downtime.is_some()
+        && !crate::backend::takes_downtime_limit(hypervisor.0, strategy)
+    {
+        return Err(Invalid {
+            path: at("max_downtime"),
+            message: format!(
+                "{hypervisor} by {strategy} has no downtime limit to set (only QEMU's precopy, \
+                 postcopy and auto-converge take one)"
+            ),
+        });
+    }
+    check_stream_settings(overrides, case, Some((v, def)), migration)
+}
+
+/// A bandwidth cap and multifd channels are QEMU's: a case of another
+/// backend given one (by the suite, an override or a variant) is refused
+/// where it was given, as it would change nothing there.
+fn check_stream_settings(
+    overrides: &[Override],
+    (hypervisor, mtu, workload): (HypervisorName, Mtu, &Ident),
+    variant: Option<(usize, &VariantDef)>,
+    migration: &MigrationDef,
+) -> Result<(), Invalid> {
+    if crate::backend::takes_stream_settings(hypervisor.0) {
+        return Ok(());
+    }
+    type Given = fn(&MigrationDef) -> bool;
+    let settings: [(&str, Given); 2] = [
+        ("bandwidth", |m| m.bandwidth.is_some()),
+        ("multifd", |m| m.multifd.is_some()),
+    ];
+    let Some((key, given)) = settings.into_iter().find(|(_, given)| given(migration)) else {
+        return Ok(());
+    };
+    let (path, remedy) = match variant {
+        Some((v, def)) if given(&def.migration) => (
+            FieldPath::default().key("variants").index(v),
+            "a variant changes every case of the matrix: compare these variants in a suite of \
+             kvm-fv and kvm-pv alone",
+        ),
+        Some(_) => return Ok(()), // the case's own, checked without the variant
+        None => (
+            overrides
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && given(&o.migration))
+                .map_or_else(FieldPath::default, |(i, _)| {
+                    FieldPath::default().key("overrides").index(i)
+                }),
+            "give it to them with an override (`when: { hypervisor: kvm-pv }`)",
+        ),
+    };
+    Err(Invalid {
+        path: path.key("migration").key(key),
+        message: format!(
+            "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
+             takes a bandwidth cap and multifd channels); {remedy}"
+        ),
+    })
+}
+
 /// Only a backend that can run both ends on one host takes `one-host`; the
 /// error points at the override or the suite key that asked for it.
 fn check_topology(
@@ -394,7 +556,16 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
         max_downtime_ms: def.max_downtime.map_or(MAX_DOWNTIME_MS, |d| d.0.whole_ms()),
         timeout_ms: def.timeout.map_or(TIMEOUT_MS, |d| d.0.whole_ms()),
         topology: def.topology.map_or(Topology::TwoHosts, Into::into),
+        bandwidth_mib_s: def.bandwidth.map(|b| b.0),
+        multifd_channels: def.multifd.map(|c| c.0),
     }
+}
+
+fn compare_spec(def: CompareDef) -> BTreeMap<String, f64> {
+    def.0
+        .into_iter()
+        .map(|(metric, bound)| (metric.0.to_owned(), bound.0 .0 / 100.0))
+        .collect()
 }
 
 fn expect_spec(def: ExpectDef) -> Expect {

@@ -3,7 +3,7 @@
 //! `expand`, so this file reads as the grammar of the language.
 
 use super::scalar::{Count, PacketSizeDef};
-use super::units::{DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
+use super::units::{Bandwidth, DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
 use super::MAX_REPEAT;
 use crate::yaml::scalar::Mtu;
 
@@ -21,9 +21,11 @@ pub(super) type TimeBound = Within<Duration, 1, { 24 * HOUR }>;
 pub(super) type CpuBound = Within<Percent, 1, 100_000>;
 /// A relative change of the baseline's median.
 pub(super) type NoisePercent = Within<Percent, 1, 1000>;
+/// How much worse than the reference a variant may be; 0 %: not at all.
+pub(super) type CompareBound = Within<Percent, 0, 1000>;
 use crate::yaml::did_you_mean;
 use crate::yaml::scalar::{
-    deserialize_scalar, keyword_enum, HypervisorName, Ident, Reject, Scalar,
+    deserialize_scalar, keyword, keyword_enum, HypervisorName, Ident, Reject, Scalar,
 };
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
@@ -45,6 +47,10 @@ pub(super) struct Suite {
     pub link: Option<LinkDef>,
     pub failure: FailureDef,
     pub migration: Option<MigrationDef>,
+    /// Versions of each case run side by side, interleaved; the first is
+    /// the reference the others are compared with.
+    pub variants: Option<Vec<VariantDef>>,
+    pub compare: Option<CompareDef>,
     pub faults: Option<FaultsDef>,
     pub repeat: Option<Count<1, MAX_REPEAT>>,
     pub sampling: Option<SamplingDef>,
@@ -130,13 +136,29 @@ keyword_enum!(pub(super) FailureKind("failure kind") { Warned = "warned" });
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`, `topology`"
+    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`, `topology`, `bandwidth`, `multifd`"
 )]
 pub(super) struct MigrationDef {
     pub strategy: Option<StrategyDef>,
     pub max_downtime: Option<DowntimeLimit>,
     pub timeout: Option<Timeout>,
     pub topology: Option<TopologyDef>,
+    /// A cap on the stream (QEMU's `max-bandwidth`).
+    pub bandwidth: Option<Bandwidth>,
+    /// Channels of QEMU's multifd stream.
+    pub multifd: Option<Count<1, 64>>,
+}
+
+/// One variant of every case: a name and what it changes.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `name` and `migration`"
+)]
+pub(super) struct VariantDef {
+    pub name: Ident,
+    #[serde(default)]
+    pub migration: MigrationDef,
 }
 
 impl MigrationDef {
@@ -147,6 +169,8 @@ impl MigrationDef {
             max_downtime: self.max_downtime.or(base.max_downtime),
             timeout: self.timeout.or(base.timeout),
             topology: self.topology.or(base.topology),
+            bandwidth: self.bandwidth.or(base.bandwidth),
+            multifd: self.multifd.or(base.multifd),
         }
     }
 }
@@ -322,54 +346,114 @@ impl Scalar for NonEmptyText {
 
 deserialize_scalar!(NonEmptyText);
 
-/// The `workloads` mapping. By hand: a map deserialized by serde lets the
-/// last of two equal keys win silently; here the second is refused at its
-/// place in the file.
+/// The `workloads` mapping, each name given once.
 #[derive(Debug, Default)]
 pub(super) struct Workloads(pub BTreeMap<Ident, WorkloadDef>);
 
 impl<'de> Deserialize<'de> for Workloads {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(WorkloadsVisitor)
+        d.deserialize_map(UniqueKeys::new("workload"))
+            .map(Workloads)
     }
 }
 
-struct WorkloadsVisitor;
+/// `compare`: how much worse than the reference each compared metric of
+/// another variant may be, keyed by the metric (`total_time: 10%`).
+#[derive(Debug, Default)]
+pub(super) struct CompareDef(pub BTreeMap<MetricKey, CompareBound>);
 
-impl<'de> Visitor<'de> for WorkloadsVisitor {
-    type Value = Workloads;
+impl<'de> Deserialize<'de> for CompareDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(UniqueKeys::new("metric")).map(CompareDef)
+    }
+}
+
+/// A mapping read by hand: a map deserialized by serde lets the last of
+/// two equal keys win silently; here the second is refused at its place
+/// in the file.
+struct UniqueKeys<K, V> {
+    /// What a key names, for the message.
+    noun: &'static str,
+    entries: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> UniqueKeys<K, V> {
+    fn new(noun: &'static str) -> Self {
+        UniqueKeys {
+            noun,
+            entries: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, K, V> Visitor<'de> for UniqueKeys<K, V>
+where
+    K: Deserialize<'de> + Ord + fmt::Display,
+    V: Deserialize<'de>,
+{
+    type Value = BTreeMap<K, V>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a mapping of workload names to workloads")
+        write!(f, "a mapping of {} names to their values", self.noun)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Workloads, A::Error> {
-        let mut workloads = BTreeMap::new();
-        while let Some(name) = map.next_key_seed(NewKey(&workloads))? {
-            let def = map.next_value()?;
-            workloads.insert(name, def);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BTreeMap<K, V>, A::Error> {
+        let mut entries = BTreeMap::new();
+        while let Some(key) = map.next_key_seed(NewKey(&entries, self.noun))? {
+            let value = map.next_value()?;
+            entries.insert(key, value);
         }
-        Ok(Workloads(workloads))
+        Ok(entries)
     }
 }
 
-/// A workload name not yet in the map; refused inside the key's own
+/// A key not yet in the map; refused inside the key's own
 /// deserialization, so that the error points at the key.
-struct NewKey<'a>(&'a BTreeMap<Ident, WorkloadDef>);
+struct NewKey<'a, K, V>(&'a BTreeMap<K, V>, &'static str);
 
-impl<'de> DeserializeSeed<'de> for NewKey<'_> {
-    type Value = Ident;
+impl<'de, K, V> DeserializeSeed<'de> for NewKey<'_, K, V>
+where
+    K: Deserialize<'de> + Ord + fmt::Display,
+{
+    type Value = K;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Ident, D::Error> {
-        let name = Ident::deserialize(d)?;
-        if self.0.contains_key(&name) {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<K, D::Error> {
+        let (entries, noun) = (self.0, self.1);
+        let key = K::deserialize(d)?;
+        if entries.contains_key(&key) {
             return Err(de::Error::custom(format!(
-                "workload `{name}` is defined twice; give each workload its own name"
+                "{noun} `{key}` is defined twice; give each {noun} its own name"
             )));
         }
-        Ok(name)
+        Ok(key)
     }
 }
+
+/// A metric's key (`crate::metrics::METRICS`), as `compare` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct MetricKey(pub &'static str);
+
+impl Scalar for MetricKey {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a metric's name")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let keys: Vec<_> = crate::metrics::METRICS
+            .iter()
+            .map(|m| (m.key, MetricKey(m.key)))
+            .collect();
+        keyword(v, "metric", &keys)
+    }
+}
+
+impl fmt::Display for MetricKey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+deserialize_scalar!(MetricKey);
 
 const EXPECT: &str = "`pass` or `{ fail: \"text the failure reason must contain\" }`";
 

@@ -129,6 +129,34 @@ failure: { kind: warned, after: 3s }
     "downtime-limit-for-xen.yaml:7:32: overrides[0].migration.max_downtime: ",
     &["xen-pv by precopy has no downtime limit to set"],
 )]
+#[case::variant_bandwidth_for_openvz(
+    "variant-bandwidth-for-openvz.yaml:9:29: variants[1].migration.bandwidth: ",
+    &["openvz has no `bandwidth` to set", "only QEMU's stream", "a variant changes every case"],
+)]
+#[case::variants_without_compare(
+    "variants-without-compare.yaml:6:11: variants: ",
+    &["variants need `compare`", "compare: { total_time: 10% }"],
+)]
+#[case::compare_without_variants(
+    "compare-without-variants.yaml:6:10: compare: ",
+    &["there is nothing to compare", "list them"],
+)]
+#[case::variants_too_few_runs(
+    "variants-too-few-runs.yaml:5:9: repeat: ",
+    &["comparing variants needs `repeat: 4` or more", "with 3, no difference could be significant"],
+)]
+#[case::variant_named_twice(
+    "variant-named-twice.yaml:6:29: variants[1]: ",
+    &["`stock` is listed twice", "each variant needs a name of its own"],
+)]
+#[case::compare_unknown_metric(
+    "compare-unknown-metric.yaml:7:12: compare.total_tme: ",
+    &["unknown metric `total_tme` (did you mean `total_time`?)", "valid: total_time, downtime"],
+)]
+#[case::variant_strategy_not_offered(
+    "variant-strategy-not-offered.yaml:9:28: variants[1].migration.strategy: ",
+    &["xen-pv cannot migrate by postcopy", "offers precopy"],
+)]
 #[case::timeout_zero("timeout-zero.yaml:6:12: migration.timeout: ", &["`0s` is out of range: must be from 1s to 24h"])]
 #[case::after_forever("after-forever.yaml:6:10: failure.after: ", &["is out of range: must be from 0ms to 1h"])]
 #[case::settle_forever("settle-forever.yaml:5:38: sampling.settle: ", &["`100000000m` is out of range"])]
@@ -264,6 +292,8 @@ fn ci_suite_expands_to_the_documented_case() {
                 max_downtime_ms: 300,
                 timeout_ms: 90_000,
                 topology: Topology::TwoHosts,
+                bandwidth_mib_s: None,
+                multifd_channels: None,
             },
             faults: Faults::default(),
             repeat: 5,
@@ -289,6 +319,8 @@ fn ci_suite_expands_to_the_documented_case() {
                 path_rate: 0.9,
                 peak_memory: 0.3
             },
+            variants: vec![],
+            compare: Default::default(),
         }
     );
 }
@@ -381,6 +413,8 @@ fn defaults_fill_everything_left_out() {
             max_downtime_ms: 300,
             timeout_ms: 120_000,
             topology: Topology::TwoHosts,
+            bandwidth_mib_s: None,
+            multifd_channels: None,
         }
     );
     assert_eq!(case.faults, Faults::default());

@@ -24,6 +24,10 @@ pub(super) struct Size(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct DirtyRate(pub crate::case::DirtyRate);
 
+/// A cap on the migration stream, MiB per second (libvirt's unit).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Bandwidth(pub u32);
+
 /// Packets per second.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct PacketRate(pub u32);
@@ -128,6 +132,7 @@ const DURATION: &str = "a duration like 500ms, 2s or 1.5m";
 const SIZE: &str = "a size like 256MiB or 2GiB";
 const DIRTY_RATE: &str = "a rate like 64MiB/s, or a share of the measured link like `25% of link`";
 const PACKET_RATE: &str = "a packet rate like 1000/s";
+const BANDWIDTH: &str = "a bandwidth like 40MiB/s";
 const LINK_RATE: &str = "a link rate like 100mbit, 1gbit or `unlimited`";
 const PERCENT: &str = "a percentage like 250%";
 
@@ -257,6 +262,27 @@ impl Scalar for DirtyRate {
     }
 }
 
+impl Scalar for Bandwidth {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(BANDWIDTH)
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let size = v.strip_suffix("/s").ok_or_else(|| not_a(v, BANDWIDTH))?;
+        let (number, unit) = split_unit(size);
+        match mib(number, unit, v, BANDWIDTH)? {
+            0 => Err(Reject::Invalid(format!(
+                "`{v}` would stop the migration; leave `bandwidth` out for no cap"
+            ))),
+            m => Ok(Bandwidth(m)),
+        }
+    }
+
+    fn from_u64(n: u64) -> Result<Self, Reject> {
+        Err(needs_unit(n, &format!("{n}MiB/s")))
+    }
+}
+
 impl Scalar for PacketRate {
     fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(PACKET_RATE)
@@ -325,7 +351,7 @@ impl Scalar for Percent {
     }
 }
 
-deserialize_scalar!(Duration, Size, DirtyRate, PacketRate, LinkRate, Percent);
+deserialize_scalar!(Duration, Size, DirtyRate, Bandwidth, PacketRate, LinkRate, Percent);
 
 #[cfg(test)]
 mod tests {
@@ -380,6 +406,21 @@ mod tests {
     fn bad_sizes(#[case] yaml: &str, #[case] message: &str) {
         let err = parse::<Size>(yaml).unwrap_err();
         assert!(err.contains(message), "{err}");
+    }
+
+    #[rstest]
+    #[case("40MiB/s", Ok(40))]
+    #[case("1GiB/s", Ok(1024))]
+    #[case("0MiB/s", Err("would stop the migration"))]
+    #[case("40", Err("`40` has no unit"))]
+    #[case("40MB/s", Err("write sizes in MiB or GiB"))]
+    #[case("25% of link", Err("is not a bandwidth like 40MiB/s"))]
+    fn bandwidths(#[case] yaml: &str, #[case] expected: Result<u32, &str>) {
+        match (parse::<Bandwidth>(yaml), expected) {
+            (Ok(b), Ok(mib)) => assert_eq!(b, Bandwidth(mib)),
+            (Err(e), Err(message)) => assert!(e.contains(message), "{e}"),
+            (got, _) => panic!("{yaml}: {got:?}"),
+        }
     }
 
     #[test]

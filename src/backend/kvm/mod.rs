@@ -439,6 +439,12 @@ impl Kvm {
                 params.disks_uri = Some(lab.destination.migration_uri());
             }
         }
+        // QEMU's max-bandwidth (libvirt's unit, MiB/s) and multifd channels.
+        params.bandwidth = case.migration.bandwidth_mib_s.map(u64::from);
+        if let Some(channels) = case.migration.multifd_channels {
+            flags |= sys::VIR_MIGRATE_PARALLEL;
+            params.parallel_connections = Some(channels as i32);
+        }
         match case.migration.strategy {
             Strategy::Precopy => {}
             Strategy::AutoConverge => flags |= sys::VIR_MIGRATE_AUTO_CONVERGE,
