@@ -766,4 +766,74 @@ mod tests {
         assert!(!v.passed);
         assert_eq!(v.failures, [message]);
     }
+
+    /// A case with variants `stock` and `capped`, runs in the order the
+    /// runner gives them, capped's total times `slower` times stock's.
+    fn ab(slower: f64) -> (Case, Vec<RunMeasurement>) {
+        let mut c = case();
+        c.repeat = 5;
+        c.variants = ["stock", "capped"]
+            .map(|name| crate::case::Variant {
+                name: name.into(),
+                migration: c.migration.clone(),
+            })
+            .to_vec();
+        c.compare = [("total_time".to_string(), 0.10)].into();
+        let spread = [1.00, 0.98, 1.02, 0.99, 1.01];
+        let mut seen = [0, 0];
+        let runs = c
+            .variant_order()
+            .into_iter()
+            .map(|v| {
+                let k = seen[v];
+                seen[v] += 1;
+                let factor = if v == 1 { slower } else { 1.0 };
+                RunMeasurement {
+                    variant: Some(c.variants[v].name.clone()),
+                    ..run(2000.0 * spread[k] * factor, 100.0)
+                }
+            })
+            .collect();
+        (c, runs)
+    }
+
+    #[test]
+    fn a_variant_like_the_reference_passes() {
+        let (c, runs) = ab(1.0);
+        let v = judge(&c, &runs, &Baseline::new());
+        assert!(v.passed, "{v}");
+        assert_eq!(v.variants.len(), 1);
+        let g = &v.variants[0];
+        assert_eq!(
+            (g.variant.as_str(), g.reference.as_str()),
+            ("capped", "stock")
+        );
+        assert_eq!(g.comparison.as_ref().unwrap().change, Change::Noise);
+        assert!(
+            v.to_string().contains(
+                "capped against stock: total time: 2000.0 ms n=5 against 2000.0 ms n=5: +0.0 %"
+            ),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_variant_slower_beyond_its_bound_fails_the_case() {
+        let (c, runs) = ab(1.2);
+        let v = judge(&c, &runs, &Baseline::new());
+        assert!(!v.passed, "{v}");
+        let comparison = v.variants[0].comparison.as_ref().unwrap();
+        assert_eq!(comparison.change, Change::Regression);
+        assert_relative_eq!(comparison.change_pct, 20.0, epsilon = 1e-9);
+        assert!(v.to_string().contains("bound 10 %): REGRESSION"), "{v}");
+    }
+
+    #[test]
+    fn the_stored_baseline_gates_the_reference_alone() {
+        let (c, runs) = ab(1.5);
+        let v = judge(&c, &runs, &Baseline::new());
+        let total = v.gates.iter().find(|g| g.metric == "total time").unwrap();
+        assert_eq!(total.new.n, 5);
+        assert_relative_eq!(total.new.median, 2000.0);
+    }
 }

@@ -63,10 +63,32 @@ pub fn case_table(
             ]);
         }
     }
-    t.rows.extend(
-        migration_rows(runs).map(|(label, value)| vec![Cell::text("migration"), label, value]),
-    );
+    for (series, runs) in by_variant(case, runs) {
+        t.rows.extend(
+            migration_rows(&runs)
+                .map(|(label, value)| vec![Cell::text(series.clone()), label, value]),
+        );
+    }
     t
+}
+
+/// The runs as their medians are shown: all together ("migration"), or,
+/// for a case with variants, each variant's apart ("migration (name)").
+fn by_variant(case: &Case, runs: &[RunMeasurement]) -> Vec<(String, Vec<RunMeasurement>)> {
+    if case.variants.is_empty() {
+        return vec![("migration".into(), runs.to_vec())];
+    }
+    case.variants
+        .iter()
+        .map(|v| {
+            let of_it = runs
+                .iter()
+                .filter(|r| r.variant.as_ref() == Some(&v.name))
+                .cloned()
+                .collect();
+            (format!("migration ({})", v.name), of_it)
+        })
+        .collect()
 }
 
 /// The migration figures of a case: medians over the completed runs, as
@@ -77,10 +99,14 @@ pub fn migration_table(case: &Case, runs: &[RunMeasurement]) -> Table {
             "{} migration (medians over the completed runs)",
             case.name()
         ),
-        &["measure", "value"],
+        &["series", "measure", "value"],
     );
-    t.rows
-        .extend(migration_rows(runs).map(|(label, value)| vec![label, value]));
+    for (series, runs) in by_variant(case, runs) {
+        t.rows.extend(
+            migration_rows(&runs)
+                .map(|(label, value)| vec![Cell::text(series.clone()), label, value]),
+        );
+    }
     t
 }
 

@@ -10,11 +10,12 @@
 //! written anew, as when new baselines are recorded on purpose
 //! (`MIGSUITE_REBASELINE=1`).
 
+use crate::ab::VariantComparison;
 use crate::baseline::{Change, Estimate};
 use crate::measure::Provenance;
 use crate::metrics::Metric;
 use crate::recorded_on::{Differences, RecordedOn};
-use crate::verdict::{Baseline, Stored, Verdict};
+use crate::verdict::{Baseline, Stored, VariantGate, Verdict};
 use std::path::{Path, PathBuf};
 
 /// The body of an insta `.snap` file: everything after its `---`-delimited
@@ -155,7 +156,28 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
     ));
     lines.extend(verdict.failures.iter().map(|f| format!("outcome: {f}")));
     lines.extend(gates.into_iter().map(|(line, _)| line));
+    lines.extend(verdict.variants.iter().map(variant_line));
     lines.join("\n")
+}
+
+/// A variant's compared metric as the snapshot keeps it: what the
+/// comparison concluded, not its figures (they move from run to run; the
+/// table, the JSON and the page have them), so the line changes only when
+/// the conclusion does.
+fn variant_line(g: &VariantGate) -> String {
+    let bound = |c: &VariantComparison| c.bound_pct;
+    let concluded = match &g.comparison {
+        None => "not compared".to_string(),
+        Some(c) => match c.change {
+            Change::Noise => format!("within {:.0} %", bound(c)),
+            Change::Regression => format!("REGRESSION beyond {:.0} %", bound(c)),
+            Change::Improvement => format!("improvement beyond {:.0} %", bound(c)),
+        },
+    };
+    format!(
+        "{} against {}: {} | {concluded}",
+        g.variant, g.reference, g.metric
+    )
 }
 
 #[cfg(test)]
@@ -203,6 +225,33 @@ mod tests {
         assert_eq!(b.figures["total time"].median, 2010.0);
         assert_eq!(b.figures["stream throughput"].n, 5);
         assert_eq!(b.recorded_on, Some(RecordedOn::of(&provenance())));
+    }
+
+    #[test]
+    fn a_variant_comparison_is_kept_as_its_conclusion() {
+        let mut v = crate::verdict::judge(&case(), &runs(1.0), &Baseline::new());
+        let comparison = crate::ab::compare_variants(
+            &[100.0, 101.0, 99.0, 100.0],
+            &[130.0, 131.0, 129.0, 130.0],
+            crate::metrics::Better::Lower,
+            0.1,
+        );
+        v.variants = vec![VariantGate {
+            metric: "total time",
+            unit: crate::measure::Unit::Ms,
+            reference: "stock".into(),
+            variant: "capped".into(),
+            comparison,
+        }];
+        let text = case_snapshot(&v, &provenance(), None);
+        assert_eq!(
+            text.lines().last(),
+            Some("capped against stock: total time | REGRESSION beyond 10 %")
+        );
+        // Not read back as a baseline figure.
+        assert!(!stored(&text)
+            .figures
+            .contains_key("capped against stock: total time"));
     }
 
     #[test]

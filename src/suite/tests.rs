@@ -215,10 +215,12 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("standin"), 3);
     assert_eq!(count("standin-postcopy"), 1);
     assert_eq!(count("standin-xen"), 2);
-    assert_eq!(cases.len(), 61);
+    assert_eq!(count("ab-self"), 1);
+    assert_eq!(cases.len(), 62);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
+    assert_eq!(names[0], "ab-self::kvm-pv::mtu1500::game");
     assert_eq!(
-        names[..20],
+        names[1..21],
         [
             // "ci-" sorts before "ci.".
             "ci-no-convergence::kvm-pv::mtu128::runaway",
@@ -243,18 +245,18 @@ fn shipped_suites_load_in_file_order() {
             "fail-small-mtu::kvm-pv::mtu68::game",
         ]
     );
-    assert_eq!(names[20], "real-lab::kvm-fv::mtu1500::game");
+    assert_eq!(names[21], "real-lab::kvm-fv::mtu1500::game");
     // "standin-" sorts before "standin.".
-    assert_eq!(names[25], "standin-postcopy::openvz::mtu1500::game");
-    assert_eq!(names[26], "standin-xen::xen-pv::mtu1500::game");
-    assert_eq!(names[28], "standin::kvm-fv::mtu1500::game");
-    assert_eq!(names[31], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[60], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[26], "standin-postcopy::openvz::mtu1500::game");
+    assert_eq!(names[27], "standin-xen::xen-pv::mtu1500::game");
+    assert_eq!(names[29], "standin::kvm-fv::mtu1500::game");
+    assert_eq!(names[32], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[61], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
-    assert_eq!(cases[7].migration.strategy, Strategy::StopAndCopy);
-    assert_eq!(cases[4].migration.strategy, Strategy::Precopy);
-    assert_eq!(cases[10].migration.strategy, Strategy::Precopy);
-    assert_eq!(cases[1].migration.strategy, Strategy::Postcopy);
+    assert_eq!(cases[8].migration.strategy, Strategy::StopAndCopy);
+    assert_eq!(cases[5].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[11].migration.strategy, Strategy::Precopy);
+    assert_eq!(cases[2].migration.strategy, Strategy::Postcopy);
 }
 
 #[test]
