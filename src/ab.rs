@@ -1,5 +1,5 @@
 //! Two variants of a case measured in one run, their runs interleaved
-//! (A B A B ...), compared the way Firecracker's A/B tests compare two
+//! (A B, then B A, ...), compared the way Firecracker's A/B tests compare two
 //! builds: the change of the variant's median against the reference's,
 //! a bootstrap interval of that change, and an exact permutation test
 //! (Mann-Whitney's, on ranks) of whether the two samples differ at all. Both variants live through the same

@@ -334,8 +334,8 @@ pub struct Case {
     /// Reports written before noise thresholds existed read the defaults.
     #[serde(default)]
     pub noise: NoiseThresholds,
-    /// Versions of the case run side by side, their runs interleaved (A B
-    /// A B ...), `repeat` runs each; the first is the reference. None: the
+    /// Versions of the case run side by side, their runs interleaved
+    /// (`variant_order`), `repeat` runs each; the first is the reference. None: the
     /// case alone, as `migration` says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,

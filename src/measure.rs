@@ -343,6 +343,20 @@ pub struct RunMeasurement {
     pub timelines: Vec<Timeline>,
 }
 
+/// The runs of variant `v` of `case` (`Case::variants`), in the order
+/// they ran; all of them for a case without variants.
+pub fn runs_of_variant(
+    case: &crate::case::Case,
+    runs: &[RunMeasurement],
+    v: usize,
+) -> Vec<RunMeasurement> {
+    let name = case.variants.get(v).map(|variant| &variant.name);
+    runs.iter()
+        .filter(|r| name.is_none() || r.variant.as_ref() == name)
+        .cloned()
+        .collect()
+}
+
 /// Everything measured of one case: its runs and what produced them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {

@@ -201,4 +201,9 @@ impl Metric {
     pub fn by_label(label: &str) -> Option<&'static Metric> {
         METRICS.iter().find(|m| m.label == label)
     }
+
+    /// The metric of `key`, as suites name it.
+    pub fn by_key(key: &str) -> Option<&'static Metric> {
+        METRICS.iter().find(|m| m.key == key)
+    }
 }

@@ -5,7 +5,7 @@
 use crate::ab::{compare_variants, VariantComparison};
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
-use crate::measure::{RunMeasurement, Unit};
+use crate::measure::{runs_of_variant, RunMeasurement, Unit};
 use crate::metrics::{METRICS, PATH_RATE};
 use crate::neighbours::Neighbours;
 use crate::recorded_on::{Differences, RecordedOn};
@@ -72,7 +72,7 @@ pub struct Verdict {
     /// Each variant of the case against its first, metric by metric; empty
     /// for a case without variants.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub variants: Vec<VariantGate>,
+    pub variant_comparisons: Vec<VariantGate>,
     /// Runs whose outcome broke the expectation, one line each.
     pub failures: Vec<String>,
     /// What was expected, e.g. "bounds on worst of 3 runs, gated metrics against the baseline".
@@ -118,10 +118,10 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
     if runs.is_empty() {
         failures.push("no runs".into());
     }
-    let (gates, variants) = match case.expect {
+    let (gates, variant_comparisons) = match case.expect {
         // The stored baseline is the reference variant's.
         Expect::Pass => (
-            gates(case, &runs_of(case, runs, 0), baseline),
+            gates(case, &runs_of_variant(case, runs, 0), baseline),
             variant_gates(case, runs),
         ),
         Expect::Fail { .. } => (vec![], vec![]),
@@ -130,17 +130,34 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
         .iter()
         .filter_map(|g| g.comparison.as_ref().map(|c| c.change))
         .chain(
-            variants
+            variant_comparisons
                 .iter()
                 .filter_map(|g| g.comparison.as_ref().map(|c| c.change)),
         )
         .any(|c| c == Change::Regression);
+    // A comparison the suite asks for and the runs cannot give (too few
+    // completed, or the metric not measured) is not a pass.
+    failures.extend(
+        variant_comparisons
+            .iter()
+            .filter(|g| g.comparison.is_none())
+            .map(|g| {
+                format!(
+                    "{} against {}: {} not compared: fewer than {} completed runs of each \
+                     measured it",
+                    g.variant,
+                    g.reference,
+                    g.metric,
+                    crate::ab::MIN_RUNS
+                )
+            }),
+    );
     Verdict {
         case: case.name(),
         passed: failures.is_empty() && checks.iter().all(|c| c.ok) && !regressed,
         checks,
         gates,
-        variants,
+        variant_comparisons,
         failures,
         expectation,
         beside: Neighbours::default(),
@@ -244,26 +261,16 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
         .collect()
 }
 
-/// The runs of variant `v` of the case; all of them for a case without
-/// variants.
-fn runs_of(case: &Case, runs: &[RunMeasurement], v: usize) -> Vec<RunMeasurement> {
-    let name = case.variants.get(v).map(|variant| &variant.name);
-    runs.iter()
-        .filter(|r| name.is_none() || r.variant.as_ref() == name)
-        .cloned()
-        .collect()
-}
-
 /// Each variant after the first against the first, by each metric the
 /// suite compares them by, as measured: both ran at the same pace.
 fn variant_gates(case: &Case, runs: &[RunMeasurement]) -> Vec<VariantGate> {
     let Some(reference) = case.variants.first() else {
         return vec![];
     };
-    let reference_runs = runs_of(case, runs, 0);
+    let reference_runs = runs_of_variant(case, runs, 0);
     (1..case.variants.len())
         .flat_map(|v| {
-            let its_runs = runs_of(case, runs, v);
+            let its_runs = runs_of_variant(case, runs, v);
             let reference_runs = &reference_runs;
             METRICS
                 .iter()
@@ -363,30 +370,28 @@ impl fmt::Display for Verdict {
                 )?,
             }
         }
-        for g in &self.variants {
-            let label = format!("{} against {}: {}", g.variant, g.reference, g.metric);
-            match &g.comparison {
-                Some(c) => {
-                    let fmt = |e: &Estimate| format!("{} n={}", g.unit.format(e.median), e.n);
-                    write!(
-                        f,
-                        "\n  {label}: {} against {}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, p = {:.3}, bound {:.0} %): {}",
-                        fmt(&c.variant),
-                        fmt(&c.reference),
-                        c.change_pct,
-                        c.interval_pct.0,
-                        c.interval_pct.1,
-                        c.p_value,
-                        c.bound_pct,
-                        c.change
-                    )?
-                }
-                None => write!(
-                    f,
-                    "\n  {label}: not compared (fewer than {} completed runs of each)",
-                    crate::ab::MIN_RUNS
-                )?,
-            }
+        // (One not compared is said among the failures.)
+        for (g, c) in self
+            .variant_comparisons
+            .iter()
+            .filter_map(|g| Some((g, g.comparison.as_ref()?)))
+        {
+            let fmt = |e: &Estimate| format!("{} n={}", g.unit.format(e.median), e.n);
+            write!(
+                f,
+                "\n  {} against {}: {}: {} against {}: {:+.1} % (95 % interval {:+.1} .. {:+.1} %, p = {:.3}, bound {} %): {}",
+                g.variant,
+                g.reference,
+                g.metric,
+                fmt(&c.variant),
+                fmt(&c.reference),
+                c.change_pct,
+                c.interval_pct.0,
+                c.interval_pct.1,
+                c.p_value,
+                c.bound_pct,
+                c.change
+            )?;
         }
         for note in self.since_baseline.iter().flat_map(Differences::notes) {
             write!(f, "\n  {note}")?;
@@ -802,8 +807,8 @@ mod tests {
         let (c, runs) = ab(1.0);
         let v = judge(&c, &runs, &Baseline::new());
         assert!(v.passed, "{v}");
-        assert_eq!(v.variants.len(), 1);
-        let g = &v.variants[0];
+        assert_eq!(v.variant_comparisons.len(), 1);
+        let g = &v.variant_comparisons[0];
         assert_eq!(
             (g.variant.as_str(), g.reference.as_str()),
             ("capped", "stock")
@@ -822,7 +827,7 @@ mod tests {
         let (c, runs) = ab(1.2);
         let v = judge(&c, &runs, &Baseline::new());
         assert!(!v.passed, "{v}");
-        let comparison = v.variants[0].comparison.as_ref().unwrap();
+        let comparison = v.variant_comparisons[0].comparison.as_ref().unwrap();
         assert_eq!(comparison.change, Change::Regression);
         assert_relative_eq!(comparison.change_pct, 20.0, epsilon = 1e-9);
         assert!(v.to_string().contains("bound 10 %): REGRESSION"), "{v}");

@@ -4,7 +4,9 @@
 use super::table::{Cell, Table};
 use crate::case::{Aggregate, Case};
 use crate::landmarks::run_landmarks;
-use crate::measure::{CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit};
+use crate::measure::{
+    runs_of_variant, CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit,
+};
 use crate::metrics::{Metric, METRICS};
 use crate::recorded_on::Differences;
 use crate::stats::{CaseSummary, Summary};
@@ -78,15 +80,10 @@ fn by_variant(case: &Case, runs: &[RunMeasurement]) -> Vec<(String, Vec<RunMeasu
     if case.variants.is_empty() {
         return vec![("migration".into(), runs.to_vec())];
     }
-    case.variants
-        .iter()
+    (0..case.variants.len())
         .map(|v| {
-            let of_it = runs
-                .iter()
-                .filter(|r| r.variant.as_ref() == Some(&v.name))
-                .cloned()
-                .collect();
-            (format!("migration ({})", v.name), of_it)
+            let name = format!("migration ({})", case.variants[v].name);
+            (name, runs_of_variant(case, runs, v))
         })
         .collect()
 }

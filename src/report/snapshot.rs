@@ -10,7 +10,6 @@
 //! written anew, as when new baselines are recorded on purpose
 //! (`MIGSUITE_REBASELINE=1`).
 
-use crate::ab::VariantComparison;
 use crate::baseline::{Change, Estimate};
 use crate::measure::Provenance;
 use crate::metrics::Metric;
@@ -156,23 +155,22 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
     ));
     lines.extend(verdict.failures.iter().map(|f| format!("outcome: {f}")));
     lines.extend(gates.into_iter().map(|(line, _)| line));
-    lines.extend(verdict.variants.iter().map(variant_line));
+    lines.extend(verdict.variant_comparisons.iter().map(variant_line));
     lines.join("\n")
 }
 
-/// A variant's compared metric as the snapshot keeps it: what the
-/// comparison concluded, not its figures (they move from run to run; the
-/// table, the JSON and the page have them), so the line changes only when
-/// the conclusion does.
+/// A variant's compared metric as the snapshot keeps it: whether the
+/// comparison found it worse than its bound, not its figures (they move
+/// from run to run; the verdict and the JSON have them), so the line
+/// changes only when that does. An improvement reads as no regression, as
+/// it keeps a stored baseline.
 fn variant_line(g: &VariantGate) -> String {
-    let bound = |c: &VariantComparison| c.bound_pct;
     let concluded = match &g.comparison {
         None => "not compared".to_string(),
-        Some(c) => match c.change {
-            Change::Noise => format!("within {:.0} %", bound(c)),
-            Change::Regression => format!("REGRESSION beyond {:.0} %", bound(c)),
-            Change::Improvement => format!("improvement beyond {:.0} %", bound(c)),
-        },
+        Some(c) if c.change == Change::Regression => {
+            format!("REGRESSION beyond {} %", c.bound_pct)
+        }
+        Some(c) => format!("no regression beyond {} %", c.bound_pct),
     };
     format!(
         "{} against {}: {} | {concluded}",
@@ -236,7 +234,7 @@ mod tests {
             crate::metrics::Better::Lower,
             0.1,
         );
-        v.variants = vec![VariantGate {
+        v.variant_comparisons = vec![VariantGate {
             metric: "total time",
             unit: crate::measure::Unit::Ms,
             reference: "stock".into(),

@@ -83,13 +83,13 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     &migration,
                 )?;
                 check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
-                check_stream_settings(&suite.overrides, (hypervisor, mtu, name), None, &migration)?;
+                check_stream_settings(&suite.overrides, (hypervisor, mtu, name), &migration)?;
                 let variants = variant_defs
                     .iter()
                     .enumerate()
                     .map(|(v, def)| {
                         let its = def.migration.clone().over(migration.clone());
-                        check_variant(&suite.overrides, (hypervisor, mtu, name), (v, def), &its)?;
+                        check_variant((hypervisor, mtu, name), (v, def), &its)?;
                         Ok(Variant {
                             name: def.name.0.clone(),
                             migration: migration_spec(its),
@@ -339,18 +339,72 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
                 .into(),
         });
     }
-    if suite.compare.as_ref().is_none_or(|c| c.0.is_empty()) {
+    let Some(compare) = suite.compare.as_ref() else {
         return Err(Invalid {
             path: variants,
             message: "variants need `compare`: the metrics to compare them by and how much \
                       worse than the first the others may be, e.g. `compare: { total_time: 10% }`"
                 .into(),
         });
+    };
+    if compare.0.is_empty() {
+        return Err(Invalid {
+            path: FieldPath::default().key("compare"),
+            message: "name at least one metric and how much worse than the first variant the \
+                      others may be, e.g. `{ total_time: 10% }`"
+                .into(),
+        });
+    }
+    for (key, bound) in &compare.0 {
+        let why = match crate::metrics::Metric::by_key(key.0) {
+            Some(m) if m.label == crate::metrics::PATH_RATE => Some(
+                "is measured before each run, before the variant migrates: no variant can \
+                 change it"
+                    .to_string(),
+            ),
+            Some(m) if m.better == crate::metrics::Better::Higher && bound.0 .0 >= 100.0 => {
+                Some(format!(
+                    "is better higher: it cannot fall by {}% or more, so no variant could \
+                     exceed this bound; give less than 100%",
+                    bound.0 .0
+                ))
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(Invalid {
+                path: FieldPath::default().key("compare").key(key.0),
+                message: format!("`{key}` {why}"),
+            });
+        }
+    }
+    // The comparison is the verdict of a case that should pass.
+    let expects_failure = matches!(suite.expect, Some(ExpectDef::Fail(_)))
+        || suite
+            .overrides
+            .iter()
+            .any(|o| matches!(o.expect, Some(ExpectDef::Fail(_))))
+        || suite
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.kill_destination_after.is_some());
+    if expects_failure {
+        return Err(Invalid {
+            path: variants,
+            message: "variants are compared in cases that should pass; this suite expects \
+                      failures (`expect: { fail: ... }` or `faults`), whose verdict compares \
+                      nothing: compare variants in a suite of their own"
+                .into(),
+        });
     }
     let repeat = suite.repeat.map_or(1, |r| r.0) as usize;
     if repeat < crate::ab::MIN_RUNS {
         return Err(Invalid {
-            path: FieldPath::default().key("repeat"),
+            // Where the suite gives no `repeat`, its variants ask for more.
+            path: match suite.repeat {
+                Some(_) => FieldPath::default().key("repeat"),
+                None => variants,
+            },
             message: format!(
                 "comparing variants needs `repeat: {}` or more (runs of each variant): with \
                  {repeat}, no difference could be significant",
@@ -365,7 +419,6 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
 /// strategy offered, a downtime limit and stream settings where the
 /// backend takes them; the error points at the variant's key.
 fn check_variant(
-    overrides: &[Override],
     case: (HypervisorName, Mtu, &Ident),
     (v, def): (usize, &VariantDef),
     migration: &MigrationDef,
@@ -379,6 +432,16 @@ fn check_variant(
             .key(key)
     };
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
+    if def.migration.strategy.is_some() && !crate::backend::takes_stream_settings(hypervisor.0) {
+        return Err(Invalid {
+            path: at("strategy"),
+            message: format!(
+                "{hypervisor}'s backend sets its method once per case, when the case starts: \
+                 variants of the strategy are for kvm-fv and kvm-pv only; compare the \
+                 strategies of {hypervisor} as cases of their own"
+            ),
+        });
+    }
     if def.migration.strategy.is_some()
         && !crate::backend::strategies(hypervisor.0).contains(&strategy)
     {
@@ -401,16 +464,29 @@ fn check_variant(
             ),
         });
     }
-    check_stream_settings(overrides, case, Some((v, def)), migration)
+    let settings = [
+        ("bandwidth", def.migration.bandwidth.is_some()),
+        ("multifd", def.migration.multifd.is_some()),
+    ];
+    match settings.into_iter().find(|(_, given)| *given) {
+        Some((key, _)) if !crate::backend::takes_stream_settings(hypervisor.0) => Err(Invalid {
+            path: at(key),
+            message: format!(
+                "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
+                 takes a bandwidth cap and multifd channels); a variant changes every case of \
+                 the matrix: compare these variants in a suite of kvm-fv and kvm-pv alone"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A bandwidth cap and multifd channels are QEMU's: a case of another
-/// backend given one (by the suite, an override or a variant) is refused
-/// where it was given, as it would change nothing there.
+/// backend given one (by the suite or an override) is refused where it was
+/// given, as it would change nothing there.
 fn check_stream_settings(
     overrides: &[Override],
     (hypervisor, mtu, workload): (HypervisorName, Mtu, &Ident),
-    variant: Option<(usize, &VariantDef)>,
     migration: &MigrationDef,
 ) -> Result<(), Invalid> {
     if crate::backend::takes_stream_settings(hypervisor.0) {
@@ -424,22 +500,18 @@ fn check_stream_settings(
     let Some((key, given)) = settings.into_iter().find(|(_, given)| given(migration)) else {
         return Ok(());
     };
-    let (path, remedy) = match variant {
-        Some((v, def)) if given(&def.migration) => (
-            FieldPath::default().key("variants").index(v),
-            "a variant changes every case of the matrix: compare these variants in a suite of \
-             kvm-fv and kvm-pv alone",
+    let by_override = overrides
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && given(&o.migration));
+    let (path, remedy) = match by_override {
+        Some((i, _)) => (
+            FieldPath::default().key("overrides").index(i),
+            "narrow this override's `when` to kvm-fv or kvm-pv",
         ),
-        Some(_) => return Ok(()), // the case's own, checked without the variant
         None => (
-            overrides
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|(_, o)| o.when.selects(hypervisor, mtu, workload) && given(&o.migration))
-                .map_or_else(FieldPath::default, |(i, _)| {
-                    FieldPath::default().key("overrides").index(i)
-                }),
+            FieldPath::default(),
             "give it to them with an override (`when: { hypervisor: kvm-pv }`)",
         ),
     };

@@ -158,7 +158,37 @@ pub(super) struct MigrationDef {
 pub(super) struct VariantDef {
     pub name: Ident,
     #[serde(default)]
-    pub migration: MigrationDef,
+    pub migration: VariantMigrationDef,
+}
+
+/// What a variant may change of a case's migration: how it migrates, not
+/// where to or for how long (the case's timeout and topology hold for all
+/// its variants).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `strategy`, `max_downtime`, `bandwidth`, `multifd`"
+)]
+pub(super) struct VariantMigrationDef {
+    pub strategy: Option<StrategyDef>,
+    pub max_downtime: Option<DowntimeLimit>,
+    pub bandwidth: Option<Bandwidth>,
+    pub multifd: Option<Count<1, 64>>,
+}
+
+impl VariantMigrationDef {
+    /// The variant's changes layered over the case's `migration`.
+    pub fn over(self, base: MigrationDef) -> MigrationDef {
+        MigrationDef {
+            strategy: self.strategy,
+            max_downtime: self.max_downtime,
+            timeout: None,
+            topology: None,
+            bandwidth: self.bandwidth,
+            multifd: self.multifd,
+        }
+        .over(base)
+    }
 }
 
 impl MigrationDef {

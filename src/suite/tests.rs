@@ -153,9 +153,21 @@ failure: { kind: warned, after: 3s }
     "compare-unknown-metric.yaml:7:12: compare.total_tme: ",
     &["unknown metric `total_tme` (did you mean `total_time`?)", "valid: total_time, downtime"],
 )]
-#[case::variant_strategy_not_offered(
+#[case::variant_strategy_of_xen(
     "variant-strategy-not-offered.yaml:9:28: variants[1].migration.strategy: ",
-    &["xen-pv cannot migrate by postcopy", "offers precopy"],
+    &["xen-pv's backend sets its method once per case", "for kvm-fv and kvm-pv only"],
+)]
+#[case::compare_path_rate(
+    "compare-path-rate.yaml:7:40: compare.path_rate: ",
+    &["`path_rate` is measured before each run", "no variant can change it"],
+)]
+#[case::variants_expecting_failure(
+    "variants-expecting-failure.yaml:6:11: variants: ",
+    &["variants are compared in cases that should pass", "in a suite of their own"],
+)]
+#[case::variant_topology(
+    "variant-topology.yaml:9:18: variants[1].migration.topology: ",
+    &["unknown field `topology`", "valid fields: strategy, max_downtime, bandwidth, multifd"],
 )]
 #[case::timeout_zero("timeout-zero.yaml:6:12: migration.timeout: ", &["`0s` is out of range: must be from 1s to 24h"])]
 #[case::after_forever("after-forever.yaml:6:10: failure.after: ", &["is out of range: must be from 0ms to 1h"])]
