@@ -35,6 +35,8 @@ pub struct Reported {
     /// and the figure was read somewhere between the two.
     pub asked: Instant,
     pub at: Instant,
+    /// The host's CPUs, where known: no process on it runs on more.
+    pub host_cpus: Option<u32>,
 }
 
 impl Reported {
@@ -203,6 +205,13 @@ fn reported(
                 continue;
             }
             let pct = (r.cpu_ns - b.cpu_ns) as f64 / 1e9 / window.as_secs_f64() * 100.0;
+            // More than the host's CPUs could give: the host charged CPU
+            // time in a burst (an emulated host's accounting catches up
+            // after its vCPUs stalled), so this window does not measure
+            // what its ends say. It grows until it covers the burst.
+            if r.host_cpus.is_some_and(|n| pct > f64::from(n) * 100.0) {
+                continue;
+            }
             out.push((cpu_name, Unit::Percent, pct));
             last[i] = Some(r);
         }
@@ -293,6 +302,7 @@ mod tests {
             rss_mib: Some(100.0),
             asked: t0 + Duration::from_millis(asked_ms),
             at: t0 + Duration::from_millis(ms),
+            host_cpus: Some(2),
         };
         [Some(r), None]
     }
@@ -349,5 +359,19 @@ mod tests {
         );
         approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 100.0, epsilon = 1e-9);
         approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 100.0, epsilon = 1e-9);
+    }
+
+    /// A host of two CPUs that charges 1.2 s of CPU between two answers
+    /// 200 ms apart (seen on the stand-in: 1604 % of "peak CPU"): no rate
+    /// from that window; the next one, from the same start, covers the
+    /// burst.
+    #[test]
+    fn a_rate_beyond_the_hosts_cpus_waits_for_a_wider_window() {
+        let t0 = Instant::now();
+        let mut answers = vec![at(t0, 0, 0), at(t0, 200, 1200), at(t0, 1000, 1400)].into_iter();
+        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        assert_eq!(source_cpu(look(0.1)), None);
+        assert_eq!(source_cpu(look(0.1)), None, "600 % on two CPUs");
+        approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 140.0, epsilon = 1e-9);
     }
 }
