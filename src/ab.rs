@@ -71,15 +71,7 @@ pub fn compare_variants(
     let change_pct = (b.median / a.median - 1.0) * 100.0;
     let p_value = permutation_p(reference, variant);
     let bound_pct = bound * 100.0;
-    let change = match (
-        p_value < SIGNIFICANCE && change_pct.abs() > bound_pct,
-        change_pct > 0.0,
-        better,
-    ) {
-        (false, _, _) => Change::Noise,
-        (true, true, Better::Lower) | (true, false, Better::Higher) => Change::Regression,
-        (true, _, _) => Change::Improvement,
-    };
+    let change = Change::of(p_value < SIGNIFICANCE, change_pct, bound_pct, better);
     Some(VariantComparison {
         reference: a,
         variant: b,

@@ -115,15 +115,7 @@ pub fn compare(
     let change_pct = (new.median / baseline.median - 1.0) * 100.0;
     let significant = interval_pct.0 > 0.0 || interval_pct.1 < 0.0;
     let threshold_pct = noise_threshold * 100.0;
-    let change = match (
-        significant && change_pct.abs() > threshold_pct,
-        change_pct > 0.0,
-        better,
-    ) {
-        (false, _, _) => Change::Noise,
-        (true, true, Better::Lower) | (true, false, Better::Higher) => Change::Regression,
-        (true, _, _) => Change::Improvement,
-    };
+    let change = Change::of(significant, change_pct, threshold_pct, better);
     Some(Comparison {
         baseline,
         new,
@@ -132,6 +124,27 @@ pub fn compare(
         noise_threshold_pct: threshold_pct,
         change,
     })
+}
+
+impl Change {
+    /// A change of `change_pct` percent: noise unless `significant` and
+    /// larger than `threshold_pct`; else worse or better as `better` says.
+    pub(crate) fn of(
+        significant: bool,
+        change_pct: f64,
+        threshold_pct: f64,
+        better: Better,
+    ) -> Change {
+        match (
+            significant && change_pct.abs() > threshold_pct,
+            change_pct > 0.0,
+            better,
+        ) {
+            (false, _, _) => Change::Noise,
+            (true, true, Better::Lower) | (true, false, Better::Higher) => Change::Regression,
+            (true, _, _) => Change::Improvement,
+        }
+    }
 }
 
 impl fmt::Display for Change {
