@@ -65,25 +65,30 @@ pub fn case_table(
             ]);
         }
     }
-    for (series, runs) in by_variant(case, runs) {
-        t.rows.extend(
-            migration_rows(&runs)
-                .map(|(label, value)| vec![Cell::text(series.clone()), label, value]),
-        );
-    }
+    t.rows.extend(migration_rows_by_variant(case, runs));
     t
 }
 
-/// The runs as their medians are shown: all together ("migration"), or,
-/// for a case with variants, each variant's apart ("migration (name)").
-fn by_variant(case: &Case, runs: &[RunMeasurement]) -> Vec<(String, Vec<RunMeasurement>)> {
-    if case.variants.is_empty() {
-        return vec![("migration".into(), runs.to_vec())];
-    }
-    (0..case.variants.len())
-        .map(|v| {
-            let name = format!("migration ({})", case.variants[v].name);
-            (name, runs_of_variant(case, runs, v))
+/// (series, label, median) rows of every metric: over all the runs
+/// ("migration"), or, for a case with variants, over each variant's apart
+/// ("migration (name)").
+fn migration_rows_by_variant(case: &Case, runs: &[RunMeasurement]) -> Vec<Vec<Cell>> {
+    let groups: Vec<(String, Vec<RunMeasurement>)> = if case.variants.is_empty() {
+        vec![("migration".into(), runs.to_vec())]
+    } else {
+        (0..case.variants.len())
+            .map(|v| {
+                let name = format!("migration ({})", case.variants[v].name);
+                (name, runs_of_variant(case, runs, v))
+            })
+            .collect()
+    };
+    groups
+        .into_iter()
+        .flat_map(|(series, runs)| {
+            migration_rows(&runs)
+                .map(|(label, value)| vec![Cell::text(series.clone()), label, value])
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -98,12 +103,7 @@ pub fn migration_table(case: &Case, runs: &[RunMeasurement]) -> Table {
         ),
         &["series", "measure", "value"],
     );
-    for (series, runs) in by_variant(case, runs) {
-        t.rows.extend(
-            migration_rows(&runs)
-                .map(|(label, value)| vec![Cell::text(series.clone()), label, value]),
-        );
-    }
+    t.rows.extend(migration_rows_by_variant(case, runs));
     t
 }
 
