@@ -9,7 +9,7 @@
 use crate::baseline::{quantile, resampled_medians, Change, Estimate, SEED, TAIL};
 use crate::metrics::Better;
 use crate::stats::sorted;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A difference this unlikely under "both variants are the same" is
 /// taken as real (two-sided).
@@ -26,7 +26,7 @@ const PERMUTATIONS: usize = 20_000;
 
 /// One metric of the variant against the reference, from runs of one
 /// case interleaved on the same lab.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VariantComparison {
     pub reference: Estimate,
     pub variant: Estimate,

@@ -207,3 +207,22 @@ impl Metric {
         METRICS.iter().find(|m| m.key == key)
     }
 }
+
+/// A metric's label, as verdicts carry it. (Named, so that serde's derive
+/// reads it by `label` rather than borrowing it from the input.)
+pub type Label = &'static str;
+
+/// A metric's label read back from a report, as the one `METRICS` holds.
+pub fn label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Label, D::Error> {
+    let label = <String as serde::Deserialize>::deserialize(d)?;
+    Metric::by_label(&label).map(|m| m.label).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "no metric is labelled \"{label}\"; the metrics are {}",
+            METRICS
+                .iter()
+                .map(|m| m.label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}

@@ -6,11 +6,11 @@ use crate::ab::{compare_variants, VariantComparison};
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{runs_of_variant, RunMeasurement, Unit};
-use crate::metrics::{METRICS, PATH_RATE};
+use crate::metrics::{Label, METRICS, PATH_RATE};
 use crate::neighbours::Neighbours;
 use crate::recorded_on::{Differences, RecordedOn};
 use crate::stats::Summary;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -25,11 +25,16 @@ pub struct Stored {
 }
 
 /// A gated metric of this run against the stored baseline.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
-    pub metric: &'static str,
+    #[serde(deserialize_with = "crate::metrics::label")]
+    pub metric: Label,
     pub unit: Unit,
     pub new: Estimate,
+    /// The completed runs' figures as compared: at the baseline's pace
+    /// where `paced_to_mbit` gives one, as measured otherwise.
+    #[serde(default)]
+    pub values: Vec<f64>,
     /// The baseline's path rate, to which the new runs' figures were
     /// brought before the comparison (`Comparison::new` is at that pace);
     /// None: compared as measured.
@@ -41,12 +46,18 @@ pub struct Gate {
 
 /// A compared metric of one variant against the case's reference
 /// variant, from their runs interleaved in this run (`crate::ab`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VariantGate {
-    pub metric: &'static str,
+    #[serde(deserialize_with = "crate::metrics::label")]
+    pub metric: Label,
     pub unit: Unit,
     pub reference: String,
     pub variant: String,
+    /// Both variants' completed runs' figures, in the order they ran.
+    #[serde(default)]
+    pub reference_values: Vec<f64>,
+    #[serde(default)]
+    pub variant_values: Vec<f64>,
     /// None: too few completed runs of either to compare.
     pub comparison: Option<VariantComparison>,
 }
@@ -256,6 +267,7 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
                     .get(m.label)
                     .filter(|_| compared.len() >= MIN_COMPARED_RUNS)
                     .and_then(|b| compare(*b, compared, m.better, threshold)),
+                values: compared.clone(),
             })
         })
         .collect()
@@ -275,17 +287,23 @@ fn variant_gates(case: &Case, runs: &[RunMeasurement]) -> Vec<VariantGate> {
             METRICS
                 .iter()
                 .filter_map(|m| Some((m, *case.compare.get(m.key)?)))
-                .map(move |(m, bound)| VariantGate {
-                    metric: m.label,
-                    unit: m.unit,
-                    reference: reference.name.clone(),
-                    variant: case.variants[v].name.clone(),
-                    comparison: compare_variants(
-                        &m.values(reference_runs),
-                        &m.values(&its_runs),
-                        m.better,
-                        bound,
-                    ),
+                .map(move |(m, bound)| {
+                    let (reference_values, variant_values) =
+                        (m.values(reference_runs), m.values(&its_runs));
+                    VariantGate {
+                        metric: m.label,
+                        unit: m.unit,
+                        reference: reference.name.clone(),
+                        variant: case.variants[v].name.clone(),
+                        comparison: compare_variants(
+                            &reference_values,
+                            &variant_values,
+                            m.better,
+                            bound,
+                        ),
+                        reference_values,
+                        variant_values,
+                    }
                 })
         })
         .collect()

@@ -12,11 +12,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 const WIDTH: u32 = 900;
 const PANEL_HEIGHT: u32 = 280;
 /// Source and destination lines; bars in turn.
-const COLOURS: [RGBColor; 6] = [
+pub(super) const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -24,7 +24,7 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
 ];
-const MARK_COLOUR: RGBColor = RGBColor(90, 90, 90);
+pub(super) const MARK_COLOUR: RGBColor = RGBColor(90, 90, 90);
 /// Room above the highest value for the legend and the marks' labels.
 const HEADROOM: f64 = 1.45;
 /// Bars whose values span more than this factor are drawn on a log scale:

@@ -4,6 +4,7 @@
 
 use super::conclusions::conclusions_table;
 use super::figures::{case_figure, suite_figure};
+use super::gate_figures::{baseline_figure, progress_figure, variant_figure};
 use super::json::{SavedCase, SavedRun};
 use super::results::{landmark_table, migration_table, provenance_table, suite_table};
 use super::study::{study_landmarks_table, study_table};
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 const STUDY_SUITE: &str = "study";
 
 const STYLE: &str = "
-body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px; color: #222; }
 h1, h2, h3 { font-weight: 600; }
 section.case { border-top: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
@@ -31,6 +32,10 @@ p.note { margin: 0.2em 0; color: #555; font-size: 0.9em; }
 .failed { color: #b42318; }
 figure { margin: 1em 0; }
 figure svg { max-width: 100%; height: auto; }
+div.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(22em, 1fr)); gap: 0 1em; }
+div.figures figure { margin: 0.3em 0; }
+div.wide { overflow-x: auto; }
+td { overflow-wrap: anywhere; }
 ";
 
 /// `text` safe inside HTML elements and attribute values.
@@ -190,6 +195,13 @@ fn case_html(c: &SavedCase) -> Result<String> {
         )),
         None => out.push_str("<p>No run was sampled: nothing to draw.</p>\n"),
     }
+    if let Some(svg) = progress_figure(r)? {
+        out.push_str(&figure_html(
+            &svg,
+            "Memory left to send over time: the toolstack's progress reports of each run",
+        ));
+    }
+    out.push_str(&gate_html(c)?);
     let landmarks = landmark_table(&r.case, &r.provenance, &r.runs);
     // No completed run (or nothing but zeros): nothing to tabulate.
     if !landmarks.rows.is_empty() {
@@ -197,6 +209,53 @@ fn case_html(c: &SavedCase) -> Result<String> {
     }
     out.push_str(&table_html(&migration_table(&r.case, &r.runs)));
     out.push_str("</section>\n");
+    Ok(out)
+}
+
+/// What the gate compared: each variant against the reference, each gated
+/// metric against the stored baseline, a figure each.
+fn gate_html(c: &SavedCase) -> Result<String> {
+    let v = &c.verdict;
+    let mut out = String::new();
+    if !v.variant_comparisons.is_empty() {
+        out.push_str("<h4>Variants against the reference, interleaved in this run</h4>\n");
+        out.push_str("<div class=\"figures\">\n");
+        for g in &v.variant_comparisons {
+            match variant_figure(g)? {
+                Some(svg) => out.push_str(&format!("<figure>\n{svg}\n</figure>\n")),
+                None => writeln!(
+                    out,
+                    "<p>{} against {}: {} not compared: fewer than {} completed runs of each \
+                     measured it</p>",
+                    escape(&g.variant),
+                    escape(&g.reference),
+                    escape(g.metric),
+                    crate::ab::MIN_RUNS
+                )?,
+            }
+        }
+        out.push_str("</div>\n");
+    }
+    if !v.gates.is_empty() {
+        out.push_str("<h4>Against the stored baseline</h4>\n");
+        let figures: Vec<String> = v
+            .gates
+            .iter()
+            .filter_map(|g| baseline_figure(g).transpose())
+            .collect::<Result<_>>()?;
+        if figures.is_empty() {
+            out.push_str(
+                "<p class=\"note\">Nothing compared: no baseline of this machine is stored for \
+                 this case, or too few runs completed.</p>\n",
+            );
+        } else {
+            out.push_str("<div class=\"figures\">\n");
+            for svg in figures {
+                out.push_str(&format!("<figure>\n{svg}\n</figure>\n"));
+            }
+            out.push_str("</div>\n");
+        }
+    }
     Ok(out)
 }
 
@@ -214,7 +273,7 @@ fn table_html(t: &Table) -> String {
     for note in &t.notes {
         out.push_str(&format!("<p class=\"note\">{}</p>\n", escape(note)));
     }
-    out.push_str("<table>\n<tr>");
+    out.push_str("<div class=\"wide\">\n<table>\n<tr>");
     for h in &t.headers {
         out.push_str(&format!("<th>{}</th>", escape(h)));
     }
@@ -236,7 +295,7 @@ fn table_html(t: &Table) -> String {
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</table>\n");
+    out.push_str("</table>\n</div>\n");
     out
 }
 
@@ -273,6 +332,8 @@ mod tests {
                     passed: false,
                     expectation: "bounds on worst of 2 runs".into(),
                     failures: vec!["run 2: <script>".into()],
+                    gates: vec![],
+                    variant_comparisons: vec![],
                 },
             }],
         }
@@ -317,7 +378,12 @@ mod tests {
         write(&json, &page_path).unwrap();
 
         let page = std::fs::read_to_string(&page_path).unwrap();
-        assert_eq!(page.matches("<svg").count(), 3, "suite and two cases");
+        assert_eq!(
+            page.matches("<svg").count(),
+            4,
+            "suite, two cases, and the progress of the one whose toolstack reports it (KVM's)"
+        );
+        assert!(page.contains("memory left to send, each run"));
         for mark in [
             "warning",
             "transfer starts",

@@ -4,7 +4,7 @@
 use crate::case::Case;
 use crate::measure::{Calibration, CaseResult, Provenance, RunMeasurement};
 use crate::stats::CaseSummary;
-use crate::verdict::Verdict;
+use crate::verdict::{Gate, VariantGate, Verdict};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -205,6 +205,12 @@ pub struct SavedVerdict {
     /// What was expected of the case, e.g. "bounds on worst of 3 runs, ...".
     pub expectation: String,
     pub failures: Vec<String>,
+    /// The gated metrics against the stored baseline (none in reports
+    /// from before they were kept).
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    #[serde(default)]
+    pub variant_comparisons: Vec<VariantGate>,
 }
 
 impl SavedRun {

@@ -5,6 +5,7 @@ pub mod conclusions;
 pub mod figures;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod gate_figures;
 pub mod html;
 pub mod json;
 pub mod results;

@@ -228,9 +228,13 @@ mod tests {
     #[test]
     fn a_variant_comparison_is_kept_as_its_conclusion() {
         let mut v = crate::verdict::judge(&case(), &runs(1.0), &Baseline::new());
+        let (reference_values, variant_values) = (
+            vec![100.0, 101.0, 99.0, 100.0],
+            vec![130.0, 131.0, 129.0, 130.0],
+        );
         let comparison = crate::ab::compare_variants(
-            &[100.0, 101.0, 99.0, 100.0],
-            &[130.0, 131.0, 129.0, 130.0],
+            &reference_values,
+            &variant_values,
             crate::metrics::Better::Lower,
             0.1,
         );
@@ -239,6 +243,8 @@ mod tests {
             unit: crate::measure::Unit::Ms,
             reference: "stock".into(),
             variant: "capped".into(),
+            reference_values,
+            variant_values,
             comparison,
         }];
         let text = case_snapshot(&v, &provenance(), None);

@@ -1,0 +1,431 @@
+//! Figures of what the gate compared, criterion-like: per gated metric, the
+//! stored baseline beside this run's runs; per compared metric, a variant's
+//! runs beside its reference's. Each shows both samples (their runs as dots
+//! where the report kept them), their medians and 95 % intervals, and the
+//! band within which a change passes; the caption says the change, its
+//! interval and what it amounts to. Progress curves, as QEMU's guestperf
+//! draws them, show how each run's memory went.
+
+use super::figures::{COLOURS, FONT, MARK_COLOUR};
+use crate::baseline::{Change, Estimate};
+use crate::measure::{CaseResult, Unit};
+use crate::metrics::{Better, Metric};
+use crate::verdict::{Gate, VariantGate};
+use anyhow::Result;
+use plotters::prelude::*;
+
+/// Two of these sit side by side on a laptop's page.
+const WIDTH: u32 = 520;
+const HEIGHT: u32 = 190;
+const PROGRESS_WIDTH: u32 = 900;
+const PROGRESS_HEIGHT: u32 = 300;
+const REGRESSION: RGBColor = RGBColor(180, 35, 24);
+const IMPROVEMENT: RGBColor = RGBColor(26, 127, 55);
+const NOISE: RGBColor = RGBColor(31, 119, 180);
+const BAND: RGBColor = RGBColor(215, 215, 215);
+
+/// One sample of a figure's two.
+struct Sample<'a> {
+    name: String,
+    estimate: Estimate,
+    /// Empty where only the estimate was kept (a stored baseline).
+    values: &'a [f64],
+    colour: RGBColor,
+}
+
+/// A metric's two samples, and where a change stops passing.
+struct Strip<'a> {
+    caption: String,
+    unit: Unit,
+    samples: [Sample<'a>; 2],
+    /// The values between which the second sample's median passes, drawn
+    /// as a band; None: no bound to draw.
+    band: Option<(f64, f64)>,
+    band_label: String,
+}
+
+fn verdict_colour(change: Change) -> RGBColor {
+    match change {
+        Change::Regression => REGRESSION,
+        Change::Improvement => IMPROVEMENT,
+        Change::Noise => NOISE,
+    }
+}
+
+fn verdict_word(change: Change) -> &'static str {
+    match change {
+        Change::Regression => "REGRESSION",
+        Change::Improvement => "improvement",
+        Change::Noise => "no change beyond the bound",
+    }
+}
+
+/// `x` as a signed percentage.
+fn pct(x: f64) -> String {
+    format!("{x:+.1} %")
+}
+
+/// The gated metric against its stored baseline; None where nothing was
+/// compared (no baseline, or too few runs).
+pub fn baseline_figure(gate: &Gate) -> Result<Option<String>> {
+    let Some(c) = &gate.comparison else {
+        return Ok(None);
+    };
+    let threshold = c.noise_threshold_pct / 100.0;
+    let paced = gate
+        .paced_to_mbit
+        .map(|p| format!(", at the baseline's pace of {p:.0} Mbit/s"))
+        .unwrap_or_default();
+    let strip = Strip {
+        caption: format!(
+            "{}: {} [{}, {}]: {}",
+            gate.metric,
+            pct(c.change_pct),
+            pct(c.interval_pct.0),
+            pct(c.interval_pct.1),
+            verdict_word(c.change)
+        ),
+        unit: gate.unit,
+        samples: [
+            Sample {
+                name: format!("baseline, {} runs", c.baseline.n),
+                estimate: c.baseline,
+                values: &[],
+                colour: MARK_COLOUR,
+            },
+            Sample {
+                name: format!("this run, {} runs{paced}", c.new.n),
+                estimate: c.new,
+                values: &gate.values,
+                colour: verdict_colour(c.change),
+            },
+        ],
+        band: Some((
+            c.baseline.median * (1.0 - threshold),
+            c.baseline.median * (1.0 + threshold),
+        )),
+        band_label: format!("noise threshold ±{:.0} %", c.noise_threshold_pct),
+    };
+    draw_strip(&strip).map(Some)
+}
+
+/// A variant's runs against its reference's; None where they could not be
+/// compared.
+pub fn variant_figure(gate: &VariantGate) -> Result<Option<String>> {
+    let Some(c) = &gate.comparison else {
+        return Ok(None);
+    };
+    let bound = c.bound_pct / 100.0;
+    let limit = match Metric::by_label(gate.metric).map(|m| m.better) {
+        Some(Better::Higher) => c.reference.median * (1.0 - bound),
+        _ => c.reference.median * (1.0 + bound),
+    };
+    let strip = Strip {
+        caption: format!(
+            "{}: {} [{}, {}], p = {:.3}: {}",
+            gate.metric,
+            pct(c.change_pct),
+            pct(c.interval_pct.0),
+            pct(c.interval_pct.1),
+            c.p_value,
+            verdict_word(c.change)
+        ),
+        unit: gate.unit,
+        samples: [
+            Sample {
+                name: format!("{}, {} runs", gate.reference, c.reference.n),
+                estimate: c.reference,
+                values: &gate.reference_values,
+                colour: MARK_COLOUR,
+            },
+            Sample {
+                name: format!("{}, {} runs", gate.variant, c.variant.n),
+                estimate: c.variant,
+                values: &gate.variant_values,
+                colour: verdict_colour(c.change),
+            },
+        ],
+        band: Some((c.reference.median.min(limit), c.reference.median.max(limit))),
+        band_label: format!("worse by up to {:.0} %: passes", c.bound_pct),
+    };
+    draw_strip(&strip).map(Some)
+}
+
+/// The two samples on the metric's axis, one row each.
+fn draw_strip(strip: &Strip) -> Result<String> {
+    let ends = strip
+        .samples
+        .iter()
+        .flat_map(|s| {
+            [s.estimate.lo, s.estimate.hi]
+                .into_iter()
+                .chain(s.values.iter().copied())
+        })
+        .chain(strip.band.iter().flat_map(|(lo, hi)| [*lo, *hi]));
+    let (lo, hi) = ends.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let margin = ((hi - lo) * 0.08).max(hi.abs() * 0.01).max(1e-9);
+    let x = (lo - margin)..(hi + margin);
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let names: Vec<String> = strip.samples.iter().map(|s| s.name.clone()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&strip.caption, (FONT, 13))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(10)
+            .build_cartesian_2d(x.clone(), -0.6..1.9)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .x_labels(6)
+            .x_desc(match strip.unit {
+                Unit::Percent => "% of one CPU",
+                unit => unit.suffix(),
+            })
+            .light_line_style(WHITE.mix(0.0))
+            .x_label_formatter(&|v| format_tick(*v))
+            .draw()?;
+        if let Some((lo, hi)) = strip.band {
+            chart.draw_series([Rectangle::new([(lo, -0.45), (hi, 1.45)], BAND.filled())])?;
+            chart.draw_series([Text::new(
+                strip.band_label.clone(),
+                (lo, 1.75),
+                (FONT, 11).into_font().color(&MARK_COLOUR),
+            )])?;
+        }
+        for (row, s) in strip.samples.iter().enumerate() {
+            let y = 1.0 - row as f64;
+            let e = &s.estimate;
+            chart.draw_series([PathElement::new(
+                [(e.lo, y), (e.hi, y)],
+                s.colour.stroke_width(3),
+            )])?;
+            chart.draw_series([Rectangle::new(
+                [(e.median, y - 0.22), (e.median, y + 0.22)],
+                s.colour.stroke_width(3),
+            )])?;
+            chart.draw_series(
+                s.values
+                    .iter()
+                    .map(|v| Circle::new((*v, y - 0.28), 3, s.colour.mix(0.6).filled())),
+            )?;
+            chart.draw_series([Text::new(
+                names[row].clone(),
+                (x.start, y + 0.42),
+                (FONT, 12).into_font().color(&s.colour),
+            )])?;
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// A tick's value: whole where the axis spans whole units, else one digit.
+fn format_tick(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Memory left to send over time, one line per run that reported its
+/// progress, coloured by variant (by run where the case has none), as
+/// QEMU's guestperf draws a migration's progress. None without progress.
+pub fn progress_figure(result: &CaseResult) -> Result<Option<String>> {
+    let variants: Vec<&str> = result
+        .case
+        .variants
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    let drawn: Vec<(usize, &crate::measure::RunMeasurement)> = result
+        .runs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.progress.len() > 1)
+        .collect();
+    if drawn.is_empty() {
+        return Ok(None);
+    }
+    let points = drawn.iter().flat_map(|(_, r)| &r.progress);
+    let (t0, t1, top) = points.fold((f64::INFINITY, 0.0f64, 1.0f64), |(t0, t1, top), p| {
+        let t = p.t_ms as f64 / 1000.0;
+        (t0.min(t), t1.max(t), top.max(p.remaining_mib))
+    });
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (PROGRESS_WIDTH, PROGRESS_HEIGHT))
+            .into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("memory left to send, each run", (FONT, 15))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(t0.min(t1)..t1.max(t0 + 1.0), 0.0..top * 1.3)?;
+        chart
+            .configure_mesh()
+            .x_desc("s after the warning")
+            .y_desc("MiB")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        let mut labelled = vec![false; variants.len().max(1)];
+        for (i, r) in drawn {
+            let which = r
+                .variant
+                .as_deref()
+                .and_then(|name| variants.iter().position(|v| *v == name));
+            let colour = COLOURS[which.unwrap_or(i) % COLOURS.len()];
+            let series = chart.draw_series(LineSeries::new(
+                r.progress
+                    .iter()
+                    .map(|p| (p.t_ms as f64 / 1000.0, p.remaining_mib)),
+                colour.stroke_width(2),
+            ))?;
+            let legend = match which {
+                Some(v) if !labelled[v] => {
+                    labelled[v] = true;
+                    Some(variants[v].to_string())
+                }
+                Some(_) => None,
+                None => Some(format!("run {}", i + 1)),
+            };
+            if let Some(legend) = legend {
+                series.label(legend).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .border_style(MARK_COLOUR)
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+        root.present()?;
+    }
+    Ok(Some(svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baseline::compare;
+    use crate::report::fixtures::{case, provenance, run};
+
+    fn gate(values: Vec<f64>) -> Gate {
+        let baseline = Estimate::of(&[2000.0, 2050.0, 1980.0, 2010.0, 2020.0]).unwrap();
+        Gate {
+            metric: "total time",
+            unit: Unit::Ms,
+            new: Estimate::of(&values).unwrap(),
+            paced_to_mbit: Some(740.0),
+            comparison: compare(baseline, &values, Better::Lower, 0.2),
+            values,
+        }
+    }
+
+    /// The text elements of an SVG, as plotters writes them.
+    fn has_text(svg: &str, text: &str) -> bool {
+        svg.contains(&format!("\n{text}\n</text>"))
+    }
+
+    #[test]
+    fn a_regression_against_the_baseline_shows_both_samples_and_the_threshold() {
+        let svg = baseline_figure(&gate(vec![3000.0, 3100.0, 2950.0]))
+            .unwrap()
+            .unwrap();
+        assert!(
+            has_text(&svg, "total time: +49.3 % [+45.1 %, +56.0 %]: REGRESSION"),
+            "{svg}"
+        );
+        for text in [
+            "baseline, 5 runs",
+            "this run, 3 runs, at the baseline&apos;s pace of 740 Mbit/s",
+            "noise threshold ±20 %",
+        ] {
+            assert!(has_text(&svg, text) || svg.contains(text), "{text}: {svg}");
+        }
+        assert_eq!(svg.matches("<circle").count(), 3, "this run's runs");
+        assert!(svg.contains(&format!("{REGRESSION:?}")) || svg.contains("#B42318"));
+    }
+
+    #[test]
+    fn nothing_compared_draws_nothing() {
+        let mut g = gate(vec![2000.0]);
+        g.comparison = None;
+        assert!(baseline_figure(&g).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_variant_beside_its_reference() {
+        let (reference_values, variant_values) = (
+            vec![100.0, 101.0, 99.0, 100.0],
+            vec![130.0, 131.0, 129.0, 130.0],
+        );
+        let g = VariantGate {
+            metric: "stream throughput",
+            unit: Unit::Mbit,
+            reference: "stock".into(),
+            variant: "capped".into(),
+            comparison: crate::ab::compare_variants(
+                &reference_values,
+                &variant_values,
+                Better::Higher,
+                0.1,
+            ),
+            reference_values,
+            variant_values,
+        };
+        let svg = variant_figure(&g).unwrap().unwrap();
+        assert!(svg.contains("stream throughput: +30.0 %"), "{svg}");
+        assert!(svg.contains("improvement"), "{svg}");
+        assert!(svg.contains("stock, 4 runs") && svg.contains("capped, 4 runs"));
+        assert!(svg.contains("worse by up to 10 %: passes"));
+        assert_eq!(svg.matches("<circle").count(), 8);
+    }
+
+    #[test]
+    fn progress_curves_are_coloured_by_variant() {
+        let mut result = CaseResult {
+            case: case(),
+            provenance: provenance(),
+            calibration: Default::default(),
+            held_unix_ms: None,
+            runs: vec![],
+        };
+        assert!(progress_figure(&result).unwrap().is_none());
+        for name in ["stock", "capped"] {
+            result.case.variants.push(crate::case::Variant {
+                name: name.into(),
+                migration: result.case.migration.clone(),
+            });
+        }
+        for (i, name) in ["stock", "capped", "capped", "stock"].iter().enumerate() {
+            let mut r = run(2000.0, 100.0);
+            r.variant = Some(name.to_string());
+            r.progress = (0..5)
+                .map(|k| crate::measure::ProgressSample {
+                    t_ms: 1000 + 400 * k,
+                    transferred_mib: 50.0 * k as f64,
+                    remaining_mib: 256.0 - 50.0 * k as f64 - i as f64,
+                    pass: 1,
+                    dirty_rate_mib_s: None,
+                    throughput_mbit: None,
+                })
+                .collect();
+            result.runs.push(r);
+        }
+        let svg = progress_figure(&result).unwrap().unwrap();
+        // One legend entry per variant, not per run.
+        assert_eq!(svg.matches("\nstock\n</text>").count(), 1, "{svg}");
+        assert_eq!(svg.matches("\ncapped\n</text>").count(), 1, "{svg}");
+    }
+}
