@@ -189,7 +189,11 @@ pub fn run_case(
     let started = std::time::SystemTime::now();
     let mut backend =
         backend::for_hypervisor(case, inventory).map_err(|e| RunError::Lab(anyhow::anyhow!(e)))?;
-    if let Some(why) = backend.host_refusal(case) {
+    // Each variant's migration too: a variant may ask what the host lacks.
+    let refusal = std::iter::once(case.clone())
+        .chain((0..case.variants.len()).map(|v| case.as_variant(v)))
+        .find_map(|c| backend.host_refusal(&c));
+    if let Some(why) = refusal {
         return Err(RunError::Refused(why));
     }
     backend::release_unneeded(case, exclusive.pair);

@@ -173,7 +173,7 @@ pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Result<Box<dyn Back
         }
         // A real lab's hosts run their own CRIU; the runner needs none.
         Hypervisor::Openvz if !inventory.simulated => {
-            Ok(Box::new(criu::remote::hosts::OnRealHosts::new(case)))
+            Ok(Box::new(criu::remote::hosts::OnRealHosts::new()))
         }
         Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
     }

@@ -34,7 +34,6 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_fit(&suite.workloads.0, guest.memory_mib)?;
     check_packets(&suite.matrix, &suite.workloads.0)?;
     let sampling = sampling_spec(suite.sampling.unwrap_or_default());
-    let variant_defs = suite.variants.unwrap_or_default();
     let compare = compare_spec(suite.compare.unwrap_or_default());
     let strategy_given = suite
         .migration
@@ -84,12 +83,21 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                 )?;
                 check_topology(&suite.matrix, &suite.overrides, (h, mtu, name), &migration)?;
                 check_stream_settings(&suite.overrides, (hypervisor, mtu, name), &migration)?;
+                // The last selecting override's variants, else the suite's.
+                let (variants_at, variant_defs) = selected_variants(
+                    (suite.variants.as_deref(), &suite.overrides),
+                    (hypervisor, mtu, name),
+                );
                 let variants = variant_defs
                     .iter()
                     .enumerate()
                     .map(|(v, def)| {
                         let its = def.migration.clone().over(migration.clone());
-                        check_variant((hypervisor, mtu, name), (v, def), &its)?;
+                        check_variant(
+                            (hypervisor, mtu, name),
+                            (variants_at.clone().index(v), def),
+                            &its,
+                        )?;
                         Ok(Variant {
                             name: def.name.0.clone(),
                             migration: migration_spec(its),
@@ -308,12 +316,31 @@ fn check_strategy(
     })
 }
 
+/// The suite's lists of variants, each with where it is: its own, then
+/// each override's.
+fn variant_lists(suite: &Suite) -> Vec<(FieldPath, &[VariantDef])> {
+    let own = suite
+        .variants
+        .as_deref()
+        .map(|defs| (FieldPath::default().key("variants"), defs));
+    let overridden = suite.overrides.iter().enumerate().filter_map(|(i, o)| {
+        Some((
+            FieldPath::default()
+                .key("overrides")
+                .index(i)
+                .key("variants"),
+            o.variants.as_deref()?,
+        ))
+    });
+    own.into_iter().chain(overridden).collect()
+}
+
 /// Variants come two or more, each named once, with the metrics to
 /// compare them by, and enough runs of each for a difference to be
 /// significant at all; `compare` means nothing without them.
 fn check_variants(suite: &Suite) -> Result<(), Invalid> {
-    let variants = FieldPath::default().key("variants");
-    let Some(defs) = &suite.variants else {
+    let lists = variant_lists(suite);
+    let Some((variants, _)) = lists.first().cloned() else {
         return match &suite.compare {
             Some(_) => Err(Invalid {
                 path: FieldPath::default().key("compare"),
@@ -325,19 +352,17 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
             None => Ok(()),
         };
     };
-    let names: Vec<&Ident> = defs.iter().map(|d| &d.name).collect();
-    distinct(
-        &names,
-        variants.clone(),
-        "each variant needs a name of its own",
-    )?;
-    if defs.len() < 2 {
-        return Err(Invalid {
-            path: variants,
-            message: "one variant has nothing to be compared with: list the reference first, \
-                      then at least one more"
-                .into(),
-        });
+    for (path, defs) in &lists {
+        let names: Vec<&Ident> = defs.iter().map(|d| &d.name).collect();
+        distinct(&names, path.clone(), "each variant needs a name of its own")?;
+        if defs.len() < 2 {
+            return Err(Invalid {
+                path: path.clone(),
+                message: "one variant has nothing to be compared with: list the reference \
+                          first, then at least one more"
+                    .into(),
+            });
+        }
     }
     let Some(compare) = suite.compare.as_ref() else {
         return Err(Invalid {
@@ -415,33 +440,44 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The variants of the case (`hypervisor`, `mtu`, `workload`) and where
+/// they are given: the last override selecting it that gives any, else
+/// the suite's own (none: the case runs as its `migration` says).
+fn selected_variants<'s>(
+    (own, overrides): (Option<&'s [VariantDef]>, &'s [Override]),
+    (hypervisor, mtu, workload): (HypervisorName, Mtu, &Ident),
+) -> (FieldPath, &'s [VariantDef]) {
+    let overridden = overrides.iter().enumerate().rev().find_map(|(i, o)| {
+        let defs = o.variants.as_deref()?;
+        o.when.selects(hypervisor, mtu, workload).then(|| {
+            (
+                FieldPath::default()
+                    .key("overrides")
+                    .index(i)
+                    .key("variants"),
+                defs,
+            )
+        })
+    });
+    overridden.unwrap_or_else(|| {
+        (
+            FieldPath::default().key("variants"),
+            own.unwrap_or_default(),
+        )
+    })
+}
+
 /// A variant's migration must be one its case's backend can do: its
 /// strategy offered, a downtime limit and stream settings where the
 /// backend takes them; the error points at the variant's key.
 fn check_variant(
     case: (HypervisorName, Mtu, &Ident),
-    (v, def): (usize, &VariantDef),
+    (variant_at, def): (FieldPath, &VariantDef),
     migration: &MigrationDef,
 ) -> Result<(), Invalid> {
     let hypervisor = case.0;
-    let at = |key: &str| {
-        FieldPath::default()
-            .key("variants")
-            .index(v)
-            .key("migration")
-            .key(key)
-    };
+    let at = |key: &str| variant_at.clone().key("migration").key(key);
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
-    if def.migration.strategy.is_some() && !crate::backend::takes_stream_settings(hypervisor.0) {
-        return Err(Invalid {
-            path: at("strategy"),
-            message: format!(
-                "{hypervisor}'s backend sets its method once per case, when the case starts: \
-                 variants of the strategy are for kvm-fv and kvm-pv only; compare the \
-                 strategies of {hypervisor} as cases of their own"
-            ),
-        });
-    }
     if def.migration.strategy.is_some()
         && !crate::backend::strategies(hypervisor.0).contains(&strategy)
     {

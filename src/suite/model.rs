@@ -268,7 +268,8 @@ keyword_enum!(pub(super) AggregateDef("aggregate") { Worst = "worst", Mean = "me
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`, `expect`"
+    expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`, `expect`, \
+                 `variants`"
 )]
 pub(super) struct Override {
     pub when: When,
@@ -283,6 +284,9 @@ pub(super) struct Override {
     /// What the selected cases must do (e.g. fail with "does not converge"
     /// where the workload dirties memory faster than the link can carry).
     pub expect: Option<ExpectDef>,
+    /// The selected cases' variants, in place of the suite's (a backend
+    /// compares strategies of its own).
+    pub variants: Option<Vec<VariantDef>>,
 }
 
 /// Selects matrix cases; keys left out match everything.

@@ -155,7 +155,7 @@ failure: { kind: warned, after: 3s }
 )]
 #[case::variant_strategy_of_xen(
     "variant-strategy-not-offered.yaml:9:28: variants[1].migration.strategy: ",
-    &["xen-pv's backend sets its method once per case", "for kvm-fv and kvm-pv only"],
+    &["xen-pv cannot migrate by postcopy", "its backend offers precopy"],
 )]
 #[case::compare_path_rate(
     "compare-path-rate.yaml:7:40: compare.path_rate: ",
@@ -228,7 +228,8 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("standin-postcopy"), 1);
     assert_eq!(count("standin-xen"), 2);
     assert_eq!(count("ab-self"), 1);
-    assert_eq!(cases.len(), 62);
+    assert_eq!(count("strategies"), 2 * 3);
+    assert_eq!(cases.len(), 68);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(names[0], "ab-self::kvm-pv::mtu1500::game");
     assert_eq!(
@@ -262,8 +263,9 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(names[26], "standin-postcopy::openvz::mtu1500::game");
     assert_eq!(names[27], "standin-xen::xen-pv::mtu1500::game");
     assert_eq!(names[29], "standin::kvm-fv::mtu1500::game");
-    assert_eq!(names[32], "study::xen-pv::mtu1500::game");
-    assert_eq!(names[61], "study::kvm-pv::mtu128::game-32b");
+    assert_eq!(names[32], "strategies::kvm-pv::mtu1500::game");
+    assert_eq!(names[38], "study::xen-pv::mtu1500::game");
+    assert_eq!(names[67], "study::kvm-pv::mtu128::game-32b");
     // The override gives the container the strategy this kernel allows.
     assert_eq!(cases[8].migration.strategy, Strategy::StopAndCopy);
     assert_eq!(cases[5].migration.strategy, Strategy::Precopy);
@@ -510,6 +512,87 @@ overrides:
     assert_eq!(
         (openvz.strategy, openvz.timeout_ms),
         (Strategy::StopAndCopy, 30_000)
+    );
+}
+
+#[test]
+fn an_override_gives_its_cases_variants_of_their_own() {
+    let text = "
+name: strategies
+matrix: { hypervisor: [kvm-pv, openvz], mtu: [1500], workload: [idle] }
+workloads: { idle: {} }
+failure: { kind: warned, after: 3s }
+repeat: 4
+variants:
+  - name: precopy
+  - name: postcopy
+    migration: { strategy: postcopy }
+overrides:
+  - when: { hypervisor: openvz }
+    migration: { strategy: stop-and-copy }
+    variants:
+      - name: stop-and-copy
+      - name: lazy-pages
+        migration: { strategy: postcopy }
+compare: { total_time: 10% }
+";
+    let cases = parse(text).unwrap();
+    let variants = |name: &str| -> Vec<(String, Strategy)> {
+        let case = cases.iter().find(|c| c.name() == name).unwrap();
+        case.variants
+            .iter()
+            .map(|v| (v.name.clone(), v.migration.strategy))
+            .collect()
+    };
+    assert_eq!(
+        variants("strategies::kvm-pv::mtu1500::idle"),
+        [
+            ("precopy".to_string(), Strategy::Precopy),
+            ("postcopy".to_string(), Strategy::Postcopy)
+        ]
+    );
+    assert_eq!(
+        variants("strategies::openvz::mtu1500::idle"),
+        [
+            ("stop-and-copy".to_string(), Strategy::StopAndCopy),
+            ("lazy-pages".to_string(), Strategy::Postcopy)
+        ]
+    );
+    // The override's variants are checked where they are.
+    // Stop-and-copy is not KVM's: that variant, given for every case, is
+    // refused where it is.
+    let e = parse(&text.replace(
+        "  - name: precopy\n",
+        "  - name: s\n    migration: { strategy: stop-and-copy }\n",
+    ))
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("variants[0].migration.strategy: kvm-pv cannot migrate by stop-and-copy"),
+        "{e}"
+    );
+    let e = parse(&text.replace(
+        "        migration: { strategy: postcopy }\n",
+        "        migration: { strategy: auto-converge }\n",
+    ))
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(
+            "overrides[0].variants[1].migration.strategy: openvz cannot migrate by auto-converge"
+        ),
+        "{e}"
+    );
+    let one = text.replace(
+        "      - name: lazy-pages\n        migration: { strategy: postcopy }\n",
+        "",
+    );
+    let e = parse(&one).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        e.contains("overrides[0].variants: one variant has nothing to be compared with"),
+        "{e}"
     );
 }
 

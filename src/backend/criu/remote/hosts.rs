@@ -43,17 +43,21 @@ pub struct OnRealHosts {
     session: String,
     /// By host index in the pair, once `prepare` opened them.
     sessions: Option<Arc<[HostSession; 2]>>,
-    /// What each host said of itself, by host index.
-    described: Vec<Description>,
+    /// What each host said of itself (its name, its description), by
+    /// host index.
+    described: Vec<(String, Description)>,
     /// The host index the container runs on.
     guest_on: Option<u8>,
-    /// How the container moves: the case's strategy, or post-copy where
-    /// it asks pre-copy of hosts that track no dirty pages.
-    method: Strategy,
+}
+
+impl Default for OnRealHosts {
+    fn default() -> OnRealHosts {
+        OnRealHosts::new()
+    }
 }
 
 impl OnRealHosts {
-    pub fn new(case: &Case) -> OnRealHosts {
+    pub fn new() -> OnRealHosts {
         OnRealHosts {
             info: BackendInfo {
                 accel: "none (containers share the host kernel)".into(),
@@ -67,8 +71,13 @@ impl OnRealHosts {
             sessions: None,
             described: Vec::new(),
             guest_on: None,
-            method: case.migration.strategy,
         }
+    }
+
+    /// How `case`'s container moves: its strategy, or post-copy where it
+    /// asks pre-copy of hosts that track no dirty pages.
+    fn method(&self, case: &Case) -> Strategy {
+        live_method(case.migration.strategy, &self.described).0
     }
 
     /// Both hosts' sessions, by host index (shared with the sampler).
@@ -122,7 +131,7 @@ impl OnRealHosts {
         let mut stream_ms = 0.0;
         let mut setup_ms = None;
         let mut prev: Option<String> = None;
-        let pre_copy = self.method == Strategy::Precopy;
+        let pre_copy = self.method(case) == Strategy::Precopy;
         let mut written_before: Option<u64> = None;
         loop {
             if !pre_copy {
@@ -402,10 +411,20 @@ impl Backend for OnRealHosts {
                 other => bail!("host {}: unexpected answer {other:?}", h.name),
             }
         }
-        let (method, why) = live_method(case.migration.strategy, &described);
-        for (host, d) in &described {
-            if let Some(refused) = criu_refusal(host, d, method) {
-                bail!(refused);
+        // The case's strategy and its variants': each run moves by its own.
+        let mut methods: Vec<(Strategy, Option<String>)> = Vec::new();
+        let strategies = std::iter::once(&case.migration)
+            .chain(case.variants.iter().map(|v| &v.migration))
+            .map(|m| m.strategy);
+        for strategy in strategies {
+            let (method, why) = live_method(strategy, &described);
+            for (host, d) in &described {
+                if let Some(refused) = criu_refusal(host, d, method) {
+                    bail!(refused);
+                }
+            }
+            if !methods.iter().any(|(m, _)| *m == method) {
+                methods.push((method, why));
             }
         }
         let criu: Vec<(String, &CriuOnHost)> = described
@@ -413,18 +432,27 @@ impl Backend for OnRealHosts {
             .filter_map(|(h, d)| Some((h.clone(), d.criu.as_ref().ok()?)))
             .collect();
         self.info.hypervisor_version = versions(&criu);
+        let how = methods
+            .iter()
+            .map(|(method, why)| {
+                format!(
+                    "{}{}",
+                    match method {
+                        Strategy::Precopy => "pre-dump, dump, page-server",
+                        Strategy::Postcopy => "lazy dump, lazy-pages",
+                        _ => "dump, page-server",
+                    },
+                    why.as_ref()
+                        .map(|w| format!(" (post-copy, not pre-copy: {w})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         self.info.toolstack_version = format!(
-            "criu {} and restore on the hosts, by migsuite criu-host over ssh (no daemon){}",
-            match method {
-                Strategy::Precopy => "pre-dump, dump, page-server",
-                Strategy::Postcopy => "lazy dump, lazy-pages",
-                _ => "dump, page-server",
-            },
-            why.map(|w| format!("; post-copy, not pre-copy: {w}"))
-                .unwrap_or_default()
+            "criu {how} and restore on the hosts, by migsuite criu-host over ssh (no daemon)"
         );
-        self.method = method;
-        self.described = described.into_iter().map(|(_, d)| d).collect();
+        self.described = described;
         self.sessions = Some(sessions);
         Ok(())
     }
@@ -459,12 +487,12 @@ impl Backend for OnRealHosts {
 
     fn check_guest(&self, hello: &BTreeMap<String, String>) -> Result<()> {
         let on = self.guest_on.context("no container was started")? as usize;
-        let host = self.described.get(on).context("host not described")?;
+        let (_, host) = self.described.get(on).context("host not described")?;
         container::check_hello(hello, &host.kernel)
     }
 
     fn evacuate(&mut self, lab: &Lab, case: &Case, progress: &dyn Fn(&str)) -> Evacuation {
-        let moved = match self.method {
+        let moved = match self.method(case) {
             Strategy::Postcopy => self.sessions().and_then(|sessions| {
                 let moved = super::post_copy::evacuate(&sessions, lab, case, progress)?;
                 self.guest_on = Some(lab.destination.index);
