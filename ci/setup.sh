@@ -19,7 +19,8 @@ fi
 # The storage driver gives each host a pool that guest files are uploaded to
 # (libvirt's volume upload) and that copy-storage migration pre-creates in.
 from_backports=(qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage libvirt-clients libvirt-dev)
-from_stable=(busybox-static ethtool iproute2 kmod pkg-config util-linux)
+# chromium: tests/page.rs lays the HTML report out in a headless browser.
+from_stable=(busybox-static ethtool iproute2 kmod pkg-config util-linux chromium)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends -t bookworm-backports "${from_backports[@]}" >/dev/null
 apt-get install -y -qq --no-install-recommends "${from_stable[@]}" >/dev/null

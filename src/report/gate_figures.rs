@@ -8,7 +8,7 @@
 
 use super::figures::{COLOURS, FONT, MARK_COLOUR};
 use crate::baseline::{Change, Estimate};
-use crate::measure::{CaseResult, Unit};
+use crate::measure::{CaseResult, ProgressSample, Unit};
 use crate::metrics::{Better, Metric};
 use crate::verdict::{Gate, VariantGate};
 use anyhow::Result;
@@ -22,7 +22,7 @@ const PROGRESS_HEIGHT: u32 = 300;
 const REGRESSION: RGBColor = RGBColor(180, 35, 24);
 const IMPROVEMENT: RGBColor = RGBColor(26, 127, 55);
 const NOISE: RGBColor = RGBColor(31, 119, 180);
-const BAND: RGBColor = RGBColor(215, 215, 215);
+const BAND: RGBColor = RGBColor(232, 232, 232);
 
 /// One sample of a figure's two.
 struct Sample<'a> {
@@ -52,11 +52,12 @@ fn verdict_colour(change: Change) -> RGBColor {
     }
 }
 
-fn verdict_word(change: Change) -> &'static str {
+/// What a change amounts to; `noise` says what a change that passes is.
+fn verdict_word(change: Change, noise: &'static str) -> &'static str {
     match change {
         Change::Regression => "REGRESSION",
         Change::Improvement => "improvement",
-        Change::Noise => "no change beyond the bound",
+        Change::Noise => noise,
     }
 }
 
@@ -83,7 +84,7 @@ pub fn baseline_figure(gate: &Gate) -> Result<Option<String>> {
             pct(c.change_pct),
             pct(c.interval_pct.0),
             pct(c.interval_pct.1),
-            verdict_word(c.change)
+            verdict_word(c.change, "noise")
         ),
         unit: gate.unit,
         samples: [
@@ -128,7 +129,7 @@ pub fn variant_figure(gate: &VariantGate) -> Result<Option<String>> {
             pct(c.interval_pct.0),
             pct(c.interval_pct.1),
             c.p_value,
-            verdict_word(c.change)
+            verdict_word(c.change, "no change beyond the bound")
         ),
         unit: gate.unit,
         samples: [
@@ -206,8 +207,8 @@ fn draw_strip(strip: &Strip) -> Result<String> {
                 [(e.lo, y), (e.hi, y)],
                 s.colour.stroke_width(3),
             )])?;
-            chart.draw_series([Rectangle::new(
-                [(e.median, y - 0.22), (e.median, y + 0.22)],
+            chart.draw_series([PathElement::new(
+                [(e.median, y - 0.25), (e.median, y + 0.25)],
                 s.colour.stroke_width(3),
             )])?;
             chart.draw_series(
@@ -245,16 +246,22 @@ pub fn progress_figure(result: &CaseResult) -> Result<Option<String>> {
         .iter()
         .map(|v| v.name.as_str())
         .collect();
-    let drawn: Vec<(usize, &crate::measure::RunMeasurement)> = result
+    // From the first sample that saw the transfer: before it, the
+    // toolstack reports nothing left because it has not counted yet.
+    let drawn: Vec<(usize, &crate::measure::RunMeasurement, &[ProgressSample])> = result
         .runs
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.progress.len() > 1)
+        .filter_map(|(i, r)| {
+            let first = r.progress.iter().position(|p| p.remaining_mib > 0.0)?;
+            let moving = &r.progress[first..];
+            (moving.len() > 1).then_some((i, r, moving))
+        })
         .collect();
     if drawn.is_empty() {
         return Ok(None);
     }
-    let points = drawn.iter().flat_map(|(_, r)| &r.progress);
+    let points = drawn.iter().flat_map(|(_, _, progress)| progress.iter());
     let (t0, t1, top) = points.fold((f64::INFINITY, 0.0f64, 1.0f64), |(t0, t1, top), p| {
         let t = p.t_ms as f64 / 1000.0;
         (t0.min(t), t1.max(t), top.max(p.remaining_mib))
@@ -277,14 +284,14 @@ pub fn progress_figure(result: &CaseResult) -> Result<Option<String>> {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         let mut labelled = vec![false; variants.len().max(1)];
-        for (i, r) in drawn {
+        for (i, r, progress) in drawn {
             let which = r
                 .variant
                 .as_deref()
                 .and_then(|name| variants.iter().position(|v| *v == name));
             let colour = COLOURS[which.unwrap_or(i) % COLOURS.len()];
             let series = chart.draw_series(LineSeries::new(
-                r.progress
+                progress
                     .iter()
                     .map(|p| (p.t_ms as f64 / 1000.0, p.remaining_mib)),
                 colour.stroke_width(2),

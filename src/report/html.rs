@@ -35,7 +35,7 @@ figure svg { max-width: 100%; height: auto; }
 div.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(22em, 1fr)); gap: 0 1em; }
 div.figures figure { margin: 0.3em 0; }
 div.wide { overflow-x: auto; }
-td { overflow-wrap: anywhere; }
+td { overflow-wrap: break-word; }
 ";
 
 /// `text` safe inside HTML elements and attribute values.
@@ -169,6 +169,11 @@ fn case_html(c: &SavedCase) -> Result<String> {
         "<p class=\"{0}\">{0}</p>\n<p class=\"note\">judged by: {1}</p>",
         verdict_class(c),
         escape(&c.verdict.expectation)
+    )?;
+    writeln!(
+        out,
+        "<p class=\"note\">beside it on the machine: {}</p>",
+        escape(&r.provenance.beside.to_string())
     )?;
     writeln!(
         out,

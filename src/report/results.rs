@@ -245,10 +245,13 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     headers.extend(bounded().map(|m| m.label));
     headers.push("outcome");
     let mut t = Table::new(format!("suite {suite}"), &headers);
-    for (p, names) in distinct_provenances(results) {
+    let provenances = results
+        .iter()
+        .map(|r| (r.provenance.clone(), r.case.hypervisor.name()));
+    for (p, names) in distinct_provenances(provenances) {
         let names = names.join(", ");
         t.notes
-            .extend(provenance_lines(p).map(|line| format!("{names}: {line}")));
+            .extend(provenance_lines(&p).map(|line| format!("{names}: {line}")));
     }
     for CaseResult { case, runs, .. } in results {
         let agg = case.bounds.apply_to;
@@ -275,56 +278,62 @@ pub fn suite_table(suite: &str, results: &[CaseResult]) -> Table {
     t
 }
 
-/// Each distinct provenance of `results`, with the hypervisors it ran.
-fn distinct_provenances(results: &[CaseResult]) -> Vec<(&Provenance, Vec<&'static str>)> {
-    let mut provenances: Vec<(&Provenance, Vec<&str>)> = vec![];
-    for r in results {
-        let name = r.case.hypervisor.name();
-        match provenances.iter_mut().find(|(p, _)| **p == r.provenance) {
+/// Each distinct provenance of (provenance, hypervisor) pairs, with the
+/// hypervisors it ran, in order of first appearance.
+fn distinct_provenances(
+    of: impl Iterator<Item = (Provenance, &'static str)>,
+) -> Vec<(Provenance, Vec<&'static str>)> {
+    let mut provenances: Vec<(Provenance, Vec<&str>)> = vec![];
+    for (provenance, name) in of {
+        match provenances.iter_mut().find(|(p, _)| *p == provenance) {
             Some((_, names)) if names.contains(&name) => {}
             Some((_, names)) => names.push(name),
-            None => provenances.push((&r.provenance, vec![name])),
+            None => provenances.push((provenance, vec![name])),
         }
     }
     provenances
 }
 
-/// Everything the provenances of `results` record, one row per distinct one.
+/// Everything the provenances of `results` record but what was busy
+/// beside each case (each case's own section says that): a column per
+/// distinct provenance, naming its hypervisors, and a row per field, so
+/// that the table keeps to a page's width.
 pub fn provenance_table(results: &[CaseResult]) -> Table {
-    let mut t = Table::new(
-        "provenance",
-        &[
-            "hypervisors",
-            "accelerator",
-            "host",
-            "lab",
-            "storage",
-            "host kernel",
-            "host CPUs",
-            "host memory",
-            "hypervisor",
-            "toolstack",
-            "guest kernel",
-            "migsuite",
-            "beside it on the machine",
-        ],
-    );
-    for (p, names) in distinct_provenances(results) {
-        t.rows.push(vec![
-            Cell::text(names.join(", ")),
-            Cell::text(&p.accel),
-            Cell::text(&p.host_kind),
-            Cell::text(format!("{}, hosts {}", p.lab, p.hosts)),
-            Cell::text(&p.storage),
-            Cell::text(&p.host_kernel),
-            Cell::opt(p.host_cpus.map(f64::from), None, 0),
-            Cell::opt(p.host_memory_mib, Some(Unit::Mib), 0),
-            Cell::text(&p.hypervisor_version),
-            Cell::text(&p.toolstack_version),
-            Cell::text(&p.guest_kernel),
-            Cell::text(&p.migsuite_version),
-            Cell::text(p.beside.to_string()),
-        ]);
+    let distinct = distinct_provenances(results.iter().map(|r| {
+        let without_neighbours = Provenance {
+            beside: Default::default(),
+            ..r.provenance.clone()
+        };
+        (without_neighbours, r.case.hypervisor.name())
+    }));
+    let names: Vec<String> = distinct.iter().map(|(_, names)| names.join(", ")).collect();
+    let mut headers = vec!["hypervisors"];
+    headers.extend(names.iter().map(String::as_str));
+    let mut t = Table::new("provenance", &headers);
+    type Field = fn(&Provenance) -> Cell;
+    let fields: [(&str, Field); 11] = [
+        ("accelerator", |p| Cell::text(&p.accel)),
+        ("host", |p| Cell::text(&p.host_kind)),
+        ("lab", |p| {
+            Cell::text(format!("{}, hosts {}", p.lab, p.hosts))
+        }),
+        ("storage", |p| Cell::text(&p.storage)),
+        ("host kernel", |p| Cell::text(&p.host_kernel)),
+        ("host CPUs", |p| {
+            Cell::opt(p.host_cpus.map(f64::from), None, 0)
+        }),
+        ("host memory", |p| {
+            Cell::opt(p.host_memory_mib, Some(Unit::Mib), 0)
+        }),
+        ("hypervisor", |p| Cell::text(&p.hypervisor_version)),
+        ("toolstack", |p| Cell::text(&p.toolstack_version)),
+        ("guest kernel", |p| Cell::text(&p.guest_kernel)),
+        ("migsuite", |p| Cell::text(&p.migsuite_version)),
+    ];
+    for (label, cell) in fields {
+        let mut row = vec![Cell::text(label)];
+        row.extend(distinct.iter().map(|(p, _)| cell(p)));
+        t.rows.push(row);
     }
     t
 }
