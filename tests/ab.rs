@@ -5,6 +5,9 @@
 //! Ignored under `MIGSUITE_LAB`: it needs the built-in pair's shaped link,
 //! which a lab of the user's does not have.
 
+mod common;
+
+use common::browser::layout;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use std::path::Path;
@@ -42,6 +45,7 @@ fn a_capped_stream_is_flagged_and_the_same_again_is_not() -> Result<(), Failed> 
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json"))
         .expect("a JSON report");
+    let page = std::fs::read_to_string(report.with_extension("html")).unwrap();
     let report: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
     let case = &report["cases"][0];
     // Interleaved: A B C, then C B A, ...
@@ -82,6 +86,21 @@ fn a_capped_stream_is_flagged_and_the_same_again_is_not() -> Result<(), Failed> 
     assert!(hi < -5.0 && lo < hi, "{capped}");
     let again = compared("stock-again");
     assert_eq!(again["change"], "noise", "{again}\n{said}");
+    // The page draws each comparison: both variants' runs, the bound.
+    assert!(
+        page.contains("\nstream throughput: ") && page.contains(": REGRESSION\n"),
+        "the page shows no regression"
+    );
+    assert!(page.contains("\ncapped, ") && page.contains("worse by up to 5 %: passes"));
+    let drawn = layout(&page, 1100);
+    assert!(
+        drawn.scroll_width <= drawn.client_width && drawn.tables_scrolling == 0,
+        "{drawn:?}"
+    );
+    assert!(
+        drawn.figures.iter().all(|(w, h)| *w > 200.0 && *h > 100.0),
+        "{drawn:?}"
+    );
     for line in said.lines().filter(|l| l.contains(" against stock: ")) {
         eprintln!("{line}");
     }
