@@ -619,10 +619,16 @@ fn run_once(
         (Place::Real, true) => Some(probe::ask::counters(monitor.monitor(), &lab.source.peer())?),
         _ => None,
     };
+    // A real host's CPUs bound the rates its reports can give.
+    let host_cpus = [&lab.source, &lab.destination].map(|h| match h.place {
+        Place::Real => real_machine(lab, h).ok().map(|m| m.cpus),
+        Place::Simulated(_) => None,
+    });
     let sampling_from = Instant::now();
     let sampler = Sampler::start(
         Duration::from_millis(case.sampling.interval_ms),
         backend.sample_source(lab)?,
+        host_cpus,
     );
     std::thread::sleep(Duration::from_millis(case.failure.after_ms));
     let run = (|| -> Result<RunMeasurement> {

@@ -35,8 +35,6 @@ pub struct Reported {
     /// and the figure was read somewhere between the two.
     pub asked: Instant,
     pub at: Instant,
-    /// The host's CPUs, where known: no process on it runs on more.
-    pub host_cpus: Option<u32>,
 }
 
 impl Reported {
@@ -165,6 +163,7 @@ fn processes(pids: ProcessProbe) -> impl FnMut(f64) -> Vec<Point> {
 /// only what libvirt tells.
 fn reported(
     mut report: Box<dyn FnMut() -> [Option<Reported>; 2] + Send>,
+    host_cpus: [Option<u32>; 2],
 ) -> impl FnMut(f64) -> Vec<Point> {
     /// Answers closer than this (a late tick catching up) give no rate.
     const SHORTEST: Duration = Duration::from_millis(20);
@@ -209,7 +208,7 @@ fn reported(
             // time in a burst (an emulated host's accounting catches up
             // after its vCPUs stalled), so this window does not measure
             // what its ends say. It grows until it covers the burst.
-            if r.host_cpus.is_some_and(|n| pct > f64::from(n) * 100.0) {
+            if host_cpus[i].is_some_and(|n| pct > f64::from(n) * 100.0) {
                 continue;
             }
             out.push((cpu_name, Unit::Percent, pct));
@@ -220,14 +219,17 @@ fn reported(
 }
 
 impl Sampler {
-    pub fn start(interval: Duration, source: Source) -> Sampler {
+    /// Samples `source` every `interval`; `host_cpus` (source,
+    /// destination) are the CPUs of hosts that are machines of their own,
+    /// where known: no process on one runs on more.
+    pub fn start(interval: Duration, source: Source, host_cpus: [Option<u32>; 2]) -> Sampler {
         let series = Arc::new(Mutex::new(Series::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (series2, stop2) = (series.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut look: Box<dyn FnMut(f64) -> Vec<Point> + Send> = match source {
                 Source::Processes(pids) => Box::new(processes(pids)),
-                Source::Reported(report) => Box::new(reported(report)),
+                Source::Reported(report) => Box::new(reported(report, host_cpus)),
             };
             let mut last = Instant::now();
             let mut next = last + interval;
@@ -302,7 +304,6 @@ mod tests {
             rss_mib: Some(100.0),
             asked: t0 + Duration::from_millis(asked_ms),
             at: t0 + Duration::from_millis(ms),
-            host_cpus: Some(2),
         };
         [Some(r), None]
     }
@@ -327,7 +328,7 @@ mod tests {
             at(t0, 3000, 400),
         ]
         .into_iter();
-        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        let mut look = reported(Box::new(move || answers.next().unwrap()), [Some(2), None]);
         let cpu = source_cpu;
         assert_eq!(cpu(look(0.1)), None, "first seen: no rate yet");
         approx::assert_relative_eq!(cpu(look(0.1)).unwrap(), 50.0, epsilon = 1e-9);
@@ -350,7 +351,7 @@ mod tests {
             answered(t0, 2000, 2000, 2000),
         ]
         .into_iter();
-        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        let mut look = reported(Box::new(move || answers.next().unwrap()), [Some(2), None]);
         assert_eq!(source_cpu(look(0.1)), None);
         assert_eq!(
             source_cpu(look(0.1)),
@@ -369,7 +370,7 @@ mod tests {
     fn a_rate_beyond_the_hosts_cpus_waits_for_a_wider_window() {
         let t0 = Instant::now();
         let mut answers = vec![at(t0, 0, 0), at(t0, 200, 1200), at(t0, 1000, 1400)].into_iter();
-        let mut look = reported(Box::new(move || answers.next().unwrap()));
+        let mut look = reported(Box::new(move || answers.next().unwrap()), [Some(2), None]);
         assert_eq!(source_cpu(look(0.1)), None);
         assert_eq!(source_cpu(look(0.1)), None, "600 % on two CPUs");
         approx::assert_relative_eq!(source_cpu(look(0.1)).unwrap(), 140.0, epsilon = 1e-9);

@@ -75,7 +75,7 @@ fn job_stats(
 /// one (also while a migration comes in). Asked with NOWAIT: a figure that
 /// would wait for the migration's job (the resident memory, at times) is
 /// left out, rather than holding the sampler up until the job ends.
-fn reported_by(conn: &Connection, guest: &GuestIdentity, cpus: Option<u32>) -> Option<Reported> {
+fn reported_by(conn: &Connection, guest: &GuestIdentity) -> Option<Reported> {
     let dom = find(conn, guest).ok()?;
     let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
     let asked = Instant::now();
@@ -111,7 +111,6 @@ fn reported_by(conn: &Connection, guest: &GuestIdentity, cpus: Option<u32>) -> O
         rss_mib: rss_kib.map(|kib| kib as f64 / 1024.0),
         asked,
         at,
-        host_cpus: cpus,
     })
 }
 
@@ -239,10 +238,9 @@ impl Backend for Kvm {
             lab.connect(&lab.source.uri)?,
             lab.connect(&lab.destination.uri)?,
         ];
-        let cpus = hosts.each_ref().map(|h| h.node_info().ok().map(|n| n.cpus));
         let guest = self.guest.clone();
         Ok(Source::Reported(Box::new(move || {
-            std::array::from_fn(|i| reported_by(&hosts[i], &guest, cpus[i]))
+            std::array::from_fn(|i| reported_by(&hosts[i], &guest))
         })))
     }
 

@@ -286,7 +286,6 @@ impl Dom0 for RemoteDom0 {
             rss_mib: Some(figures.1),
             asked,
             at: Instant::now(),
-            host_cpus: None,
         })
     }
 }

@@ -535,7 +535,6 @@ impl Backend for OnRealHosts {
                         rss_mib: Some(rss_kib as f64 / 1024.0),
                         asked,
                         at: Instant::now(),
-                        host_cpus: None,
                     }),
                     _ => None,
                 }
