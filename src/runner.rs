@@ -101,19 +101,17 @@ pub fn exclusive(
 
 /// Why `case` cannot run on the lab `inventory` describes; None if it can.
 pub fn refusal(case: &Case, inventory: &Inventory) -> Option<String> {
-    backend::refusal(case.hypervisor)
-        .or_else(|| lab::cannot_run(inventory, case))
-        .or_else(|| {
-            inventory
-                .pairs_offering(case.hypervisor)
-                .is_empty()
-                .then(|| {
-                    format!(
-                        "no pair of lab {} offers {} (the `backends` both hosts of a pair list)",
-                        inventory.name, case.hypervisor
-                    )
-                })
-        })
+    lab::cannot_run(inventory, case).or_else(|| {
+        inventory
+            .pairs_offering(case.hypervisor)
+            .is_empty()
+            .then(|| {
+                format!(
+                    "no pair of lab {} offers {} (the `backends` both hosts of a pair list)",
+                    inventory.name, case.hypervisor
+                )
+            })
+    })
 }
 
 /// Why plain `cargo test` leaves `case` out on `lab` (lists it as ignored);

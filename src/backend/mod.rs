@@ -1,8 +1,10 @@
 //! The seam between the runner and the systems under test. A backend puts
 //! the workload guest on the source host and evacuates it to the destination;
 //! the runner does the rest (lab, failure, observation, sampling, verdict),
-//! the same for every backend. The container (openvz) and Xen rows plug in
-//! here by implementing `Backend` and answering in `for_hypervisor`.
+//! the same for every backend. A backend is a folder of its own: it
+//! implements `Backend`, declares its `Capabilities` (which suites check
+//! against before anything runs), and is named here, in `for_hypervisor`
+//! and `capabilities`, and nowhere else.
 
 pub mod criu;
 pub mod kvm;
@@ -179,43 +181,41 @@ pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Result<Box<dyn Back
     }
 }
 
-/// The strategies each backend implements; a suite asking for another is
-/// refused when it is validated.
-pub fn strategies(h: Hypervisor) -> &'static [Strategy] {
-    match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => &[
-            Strategy::Precopy,
-            Strategy::Postcopy,
-            Strategy::AutoConverge,
-        ],
-        // Pre-copy by CRIU's pre-dumps needs the kernel's soft-dirty
-        // tracking, which a host without it refuses before the run.
-        Hypervisor::Openvz => &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
-        // `xl migrate` does pre-copy and nothing else.
-        Hypervisor::XenPv | Hypervisor::XenHvm => &[Strategy::Precopy],
+/// What a backend can do, as suites are checked against it before
+/// anything runs; each backend declares its own.
+pub struct Capabilities {
+    /// The strategies it implements; a suite asking for another is refused
+    /// when it is validated.
+    pub strategies: &'static [Strategy],
+    /// Those of its strategies that take a downtime limit (QEMU's
+    /// `downtime-limit`).
+    pub downtime_limit: &'static [Strategy],
+    /// Whether its stream takes a bandwidth cap and multifd channels
+    /// (QEMU's `max-bandwidth` and `multifd-channels`).
+    pub stream_settings: bool,
+    /// Whether it can migrate a guest to the host it runs on (the study's
+    /// set-up).
+    pub one_host: bool,
+    /// Whether the nested hosts it boots stay up between its cases (other
+    /// backends' cases stop them first).
+    pub keeps_hosts_between_cases: bool,
+    /// Whether a real host's guest bridge is in a Xen dom0, where the
+    /// host's libvirt does not see it.
+    pub bridge_in_dom0: bool,
+}
+
+impl Capabilities {
+    pub fn takes_downtime_limit(&self, strategy: Strategy) -> bool {
+        self.downtime_limit.contains(&strategy)
     }
 }
 
-/// Whether `hypervisor` can migrate a guest to the host it runs on (the
-/// study's set-up): `xl migrate` can; libvirt refuses a destination that is
-/// its source, and a CRIU restore needs the container's pids free.
-pub fn runs_on_one_host(h: Hypervisor) -> bool {
-    matches!(h, Hypervisor::XenPv | Hypervisor::XenHvm)
-}
-
-/// Whether `hypervisor` migrating by `strategy` takes a downtime limit
-/// (QEMU's `downtime-limit`); `xl migrate` and CRIU have none.
-pub fn takes_downtime_limit(hypervisor: Hypervisor, strategy: Strategy) -> bool {
-    matches!(hypervisor, Hypervisor::KvmFv | Hypervisor::KvmPv) && strategy != Strategy::StopAndCopy
-}
-
-/// Whether `hypervisor`'s stream takes a bandwidth cap and multifd
-/// channels (QEMU's `max-bandwidth` and `multifd-channels`); `xl migrate`
-/// and CRIU's page server have neither.
-pub fn takes_stream_settings(h: Hypervisor) -> bool {
+/// What the backend of `h` can do.
+pub fn capabilities(h: Hypervisor) -> &'static Capabilities {
     match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => true,
-        Hypervisor::Openvz | Hypervisor::XenPv | Hypervisor::XenHvm => false,
+        Hypervisor::KvmFv | Hypervisor::KvmPv => &kvm::CAPABILITIES,
+        Hypervisor::Openvz => &criu::CAPABILITIES,
+        Hypervisor::XenPv | Hypervisor::XenHvm => &xen::CAPABILITIES,
     }
 }
 
@@ -224,7 +224,7 @@ pub fn takes_stream_settings(h: Hypervisor) -> bool {
 /// is not one of them, so that no case is measured beside its own pair's.
 /// (Another pair's, busy with a case of its own, stays.)
 pub fn release_unneeded(case: &Case, pair: usize) {
-    if !matches!(case.hypervisor, Hypervisor::XenPv | Hypervisor::XenHvm) {
+    if !capabilities(case.hypervisor).keeps_hosts_between_cases {
         xen::shutdown_shared_hosts(Some(pair));
     }
 }
@@ -233,12 +233,4 @@ pub fn release_unneeded(case: &Case, pair: usize) {
 /// hosts): other cases' processes, though this one started them.
 pub fn kept_for_other_pairs(pair: usize) -> Vec<i32> {
     xen::other_pairs_hosts(pair)
-}
-
-/// Why a hypervisor cannot run in this build; None if it can.
-pub fn refusal(h: Hypervisor) -> Option<String> {
-    match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv | Hypervisor::Openvz => None,
-        Hypervisor::XenPv | Hypervisor::XenHvm => None,
-    }
 }

@@ -90,7 +90,7 @@ pub fn survey(conn: Connection, host: &inventory::Host, simulated: bool) -> Surv
                 && host
                     .backends
                     .iter()
-                    .any(|b| matches!(b, Hypervisor::XenPv | Hypervisor::XenHvm))
+                    .any(|b| crate::backend::capabilities(*b).bridge_in_dom0)
             {
                 bridge_in_dom0(host)
             } else {

@@ -258,7 +258,7 @@ fn check_strategy(
 ) -> Result<(), Invalid> {
     let hypervisor = matrix.hypervisor[h];
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
-    let offered = crate::backend::strategies(hypervisor.0);
+    let offered = crate::backend::capabilities(hypervisor.0).strategies;
     let selecting = || {
         overrides
             .iter()
@@ -267,7 +267,7 @@ fn check_strategy(
     };
     // A suite-wide downtime limit applies where there is one to set; one
     // given for these cases in particular must mean something for them.
-    if !crate::backend::takes_downtime_limit(hypervisor.0, strategy) {
+    if !crate::backend::capabilities(hypervisor.0).takes_downtime_limit(strategy) {
         if let Some((i, _)) = selecting().find(|(_, o)| o.migration.max_downtime.is_some()) {
             return Err(Invalid {
                 path: FieldPath::default()
@@ -479,18 +479,20 @@ fn check_variant(
     let at = |key: &str| variant_at.clone().key("migration").key(key);
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
     if def.migration.strategy.is_some()
-        && !crate::backend::strategies(hypervisor.0).contains(&strategy)
+        && !crate::backend::capabilities(hypervisor.0)
+            .strategies
+            .contains(&strategy)
     {
         return Err(Invalid {
             path: at("strategy"),
             message: format!(
                 "{hypervisor} cannot migrate by {strategy}: its backend offers {}",
-                list(crate::backend::strategies(hypervisor.0))
+                list(crate::backend::capabilities(hypervisor.0).strategies)
             ),
         });
     }
     if def.migration.max_downtime.is_some()
-        && !crate::backend::takes_downtime_limit(hypervisor.0, strategy)
+        && !crate::backend::capabilities(hypervisor.0).takes_downtime_limit(strategy)
     {
         return Err(Invalid {
             path: at("max_downtime"),
@@ -505,14 +507,16 @@ fn check_variant(
         ("multifd", def.migration.multifd.is_some()),
     ];
     match settings.into_iter().find(|(_, given)| *given) {
-        Some((key, _)) if !crate::backend::takes_stream_settings(hypervisor.0) => Err(Invalid {
-            path: at(key),
-            message: format!(
+        Some((key, _)) if !crate::backend::capabilities(hypervisor.0).stream_settings => {
+            Err(Invalid {
+                path: at(key),
+                message: format!(
                 "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
                  takes a bandwidth cap and multifd channels); a variant changes every case of \
                  the matrix: compare these variants in a suite of kvm-fv and kvm-pv alone"
             ),
-        }),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -525,7 +529,7 @@ fn check_stream_settings(
     (hypervisor, mtu, workload): (HypervisorName, Mtu, &Ident),
     migration: &MigrationDef,
 ) -> Result<(), Invalid> {
-    if crate::backend::takes_stream_settings(hypervisor.0) {
+    if crate::backend::capabilities(hypervisor.0).stream_settings {
         return Ok(());
     }
     type Given = fn(&MigrationDef) -> bool;
@@ -570,7 +574,7 @@ fn check_topology(
 ) -> Result<(), Invalid> {
     let hypervisor = matrix.hypervisor[h];
     let topology: Topology = migration.topology.map_or(Topology::TwoHosts, Into::into);
-    if topology == Topology::TwoHosts || crate::backend::runs_on_one_host(hypervisor.0) {
+    if topology == Topology::TwoHosts || crate::backend::capabilities(hypervisor.0).one_host {
         return Ok(());
     }
     let path = overrides

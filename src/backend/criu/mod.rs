@@ -29,6 +29,19 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// CRIU: pre-copy by pre-dumps (where the kernel tracks dirty pages, which
+/// a host without it refuses before the run), stop-and-copy and post-copy
+/// by lazy pages; no downtime limit, no stream settings. A restore needs
+/// the container's pids free, so not on the host it left.
+pub const CAPABILITIES: super::Capabilities = super::Capabilities {
+    strategies: &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
+    downtime_limit: &[],
+    stream_settings: false,
+    one_host: false,
+    keeps_hosts_between_cases: false,
+    bridge_in_dom0: false,
+};
+
 pub struct OpenVz {
     criu: Criu,
     info: BackendInfo,

@@ -34,6 +34,27 @@ const RESUME_TIMEOUT: Duration = Duration::from_secs(15);
 /// to converge.
 const PASS_LIMIT: u64 = 12;
 
+/// QEMU under libvirt: pre-copy, post-copy (after one pass) and
+/// auto-converge, each with a downtime limit; its stream takes a bandwidth
+/// cap and multifd channels. libvirt refuses a destination that is its
+/// source.
+pub const CAPABILITIES: super::Capabilities = super::Capabilities {
+    strategies: &[
+        Strategy::Precopy,
+        Strategy::Postcopy,
+        Strategy::AutoConverge,
+    ],
+    downtime_limit: &[
+        Strategy::Precopy,
+        Strategy::Postcopy,
+        Strategy::AutoConverge,
+    ],
+    stream_settings: true,
+    one_host: false,
+    keeps_hosts_between_cases: false,
+    bridge_in_dom0: false,
+};
+
 pub struct Kvm {
     hypervisor: Hypervisor,
     /// The guest's UUID, name, MAC and maker, new for each case.

@@ -24,7 +24,7 @@ pub mod remote;
 mod toolstack;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
-use crate::case::{AccelChoice, Case, Hypervisor, Topology};
+use crate::case::{AccelChoice, Case, Hypervisor, Strategy, Topology};
 use crate::guest::image::GuestImage;
 use crate::lab::{network, Lab};
 use crate::measure::{Outcome, Phases};
@@ -143,6 +143,19 @@ pub fn shutdown_shared_hosts(pair: Option<usize>) {
         }
     }
 }
+
+/// `xl migrate`: pre-copy and nothing else, no downtime limit, no stream
+/// settings; it can migrate a domU within its host (the study's set-up).
+/// The nested hosts stay up between Xen cases; a real host's bridge is
+/// dom0's.
+pub const CAPABILITIES: super::Capabilities = super::Capabilities {
+    strategies: &[Strategy::Precopy],
+    downtime_limit: &[],
+    stream_settings: false,
+    one_host: true,
+    keeps_hosts_between_cases: true,
+    bridge_in_dom0: true,
+};
 
 pub struct Xen {
     hypervisor: Hypervisor,
