@@ -36,6 +36,8 @@ const MAGIC: [u8; 4] = *b"MSH2";
 const MAC_LEN: usize = 32;
 /// The shortest key `Key::load` takes.
 const KEY_LEN: usize = 32;
+/// The longest: a key file is a few bytes, not whatever a path names.
+const KEY_MAX: u64 = 4096;
 /// The most a sealed message's fields hold: with the longest host name,
 /// the message fits `DATAGRAM`.
 pub const MAX_FIELDS: usize = 512;
@@ -126,28 +128,54 @@ impl Key {
         Ok(Key(bytes))
     }
 
-    /// A real lab's key: a file of at least 32 bytes (e.g. `head -c 32
-    /// /dev/urandom`), owned by this user and readable by no one else.
+    /// A real lab's key: a regular file of 32 bytes to 4 KiB (e.g. `head
+    /// -c 32 /dev/urandom`), owned by this user and readable by no one
+    /// else, in directories no one else can replace it in. It is opened
+    /// once, without following a link or waiting on a FIFO, and judged by
+    /// what is open, so it cannot be swapped between the check and the read.
     pub fn load(path: &Path) -> Result<Key> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("the heartbeat key {}", path.display()))?;
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let named = || format!("the heartbeat key {}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .with_context(|| format!("{} (opened without following a symbolic link)", named()))?;
+        let meta = file.metadata().with_context(named)?;
+        if !meta.file_type().is_file() {
+            bail!(
+                "{} is not a regular file: give a file made with `head -c {KEY_LEN} /dev/urandom`",
+                named()
+            );
+        }
         let euid = nix::unistd::geteuid().as_raw();
         if meta.uid() != euid || meta.mode() & 0o077 != 0 {
             bail!(
-                "the heartbeat key {} is owned by uid {} with mode {:o}: it must be owned by uid \
-                 {euid} and readable by no one else (chmod 600)",
-                path.display(),
+                "{} is owned by uid {} with mode {:o}: it must be owned by uid {euid} and \
+                 readable by no one else (chmod 600)",
+                named(),
                 meta.uid(),
                 meta.mode() & 0o777
             );
         }
-        let bytes = std::fs::read(path)?;
+        if meta.len() > KEY_MAX {
+            bail!(
+                "{} has {} bytes, more than {KEY_MAX}: a key is {KEY_LEN} random bytes",
+                named(),
+                meta.len()
+            );
+        }
+        replaceable_by_others(path).map_or(Ok(()), |why| bail!("{}: {why}", named()))?;
+        let mut bytes = Vec::new();
+        file.take(KEY_MAX + 1)
+            .read_to_end(&mut bytes)
+            .with_context(named)?;
         if bytes.len() < KEY_LEN {
             bail!(
-                "the heartbeat key {} has {} bytes, fewer than {KEY_LEN} (make one with `head -c \
-                 {KEY_LEN} /dev/urandom`)",
-                path.display(),
+                "{} has {} bytes, fewer than {KEY_LEN} (make one with `head -c {KEY_LEN} \
+                 /dev/urandom`)",
+                named(),
                 bytes.len()
             );
         }
@@ -157,6 +185,44 @@ impl Key {
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }
+}
+
+/// Why another user could put another file at `path`: a directory on its
+/// way that someone else owns or may write in (unless sticky, where no one
+/// may rename or remove another's entries); None if no one can.
+fn replaceable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = match parent.canonicalize() {
+        Ok(dir) => dir,
+        Err(e) => return Some(format!("its directory {}: {e}", parent.display())),
+    };
+    dir.ancestors().find_map(|d| {
+        let meta = match std::fs::metadata(d) {
+            Ok(meta) => meta,
+            Err(e) => return Some(format!("{}: {e}", d.display())),
+        };
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.uid() != euid && meta.uid() != 0 {
+            Some(format!(
+                "directory {} is owned by uid {}, who could replace the key",
+                d.display(),
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o022 != 0 && !sticky {
+            Some(format!(
+                "directory {} has mode {:o}: others may replace the key in it (chmod go-w)",
+                d.display(),
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// `say` from or for host `host`, numbered `seq`, answering the order
@@ -607,6 +673,37 @@ mod tests {
         std::fs::write(&path, [7u8; 8]).unwrap();
         let err = Key::load(&path).err().unwrap().to_string();
         assert!(err.contains("fewer than 32"), "{err}");
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        let err = Key::load(&path).err().unwrap().to_string();
+        assert!(err.contains("more than 4096"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_is_a_link_a_fifo_or_replaceable_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        let err = format!("{:#}", Key::load(&link).err().unwrap());
+        assert!(err.contains("without following a symbolic link"), "{err}");
+        // A FIFO would block a plain open until someone writes to it.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = Key::load(&fifo).err().unwrap().to_string();
+        assert!(err.contains("is not a regular file"), "{err}");
+        let err = Key::load(Path::new("/dev/zero")).err().unwrap().to_string();
+        assert!(err.contains("is not a regular file"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Key::load(&key).err().unwrap().to_string();
+        assert!(err.contains("others may replace the key in it"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            Key::load(&key).is_ok(),
+            "a sticky directory keeps others' hands off"
+        );
     }
 
     /// Host `a`'s agent on this machine's loopback, sending its heartbeats
