@@ -1,22 +1,37 @@
 //! The observer on the runner's side of the guest LAN: receives the agent's
 //! hellos, heartbeats and packet stream, and keeps the arrival time of
 //! every heartbeat. The longest gap between arrivals is the downtime the
-//! guest's peers saw.
+//! guest's peers saw. Only the guest's address is heard: on a real LAN any
+//! machine could otherwise fill a downtime's gap with heartbeats of its
+//! own. What it keeps is bounded, however fast datagrams come.
 
 use crate::lab::Lab;
 use crate::wire::{self, Heartbeat};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
+use std::net::{IpAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The most heartbeats kept: minutes of the agent's (one a millisecond),
+/// longer than any run; beyond it the oldest half goes.
+const KEPT: usize = 1 << 20;
+
 #[derive(Default)]
 struct Seen {
     hello: Option<String>,
     heartbeats: Vec<(Instant, Heartbeat)>,
+}
+
+impl Seen {
+    fn keep(&mut self, at: Instant, heartbeat: Heartbeat) {
+        if self.heartbeats.len() >= KEPT {
+            self.heartbeats.drain(..KEPT / 2);
+        }
+        self.heartbeats.push((at, heartbeat));
+    }
 }
 
 pub struct Observer {
@@ -43,17 +58,21 @@ impl Observer {
         for s in [&hb_sock, &data_sock] {
             s.set_read_timeout(Some(Duration::from_millis(100)))?;
         }
+        let guest = IpAddr::V4(lab.inventory.guest.0);
         let (seen2, stop2) = (seen.clone(), stop.clone());
         let heartbeats = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::Relaxed) {
-                let Ok(n) = hb_sock.recv(&mut buf) else {
+                let Ok((n, from)) = hb_sock.recv_from(&mut buf) else {
                     continue;
                 };
+                if from.ip() != guest {
+                    continue;
+                }
                 let now = Instant::now();
                 let mut seen = seen2.lock().unwrap();
                 if let Some(hb) = Heartbeat::decode(&buf[..n]) {
-                    seen.heartbeats.push((now, hb));
+                    seen.keep(now, hb);
                 } else if let Some(text) = wire::decode_hello(&buf[..n]) {
                     seen.hello = Some(text);
                 }
@@ -63,8 +82,10 @@ impl Observer {
         let data = std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
             while !stop3.load(Ordering::Relaxed) {
-                if let Ok(n) = data_sock.recv(&mut buf) {
-                    bytes2.fetch_add(n as u64, Ordering::Relaxed);
+                if let Ok((n, from)) = data_sock.recv_from(&mut buf) {
+                    if from.ip() == guest {
+                        bytes2.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
             }
         });
@@ -112,9 +133,11 @@ impl Observer {
         }
     }
 
-    /// Arrival times of the heartbeats received so far.
-    pub fn heartbeats(&self) -> Vec<(Instant, Heartbeat)> {
-        self.seen.lock().unwrap().heartbeats.clone()
+    /// Arrival times of the heartbeats received since `since`.
+    pub fn heartbeats_since(&self, since: Instant) -> Vec<(Instant, Heartbeat)> {
+        let seen = self.seen.lock().unwrap();
+        let first = seen.heartbeats.partition_point(|(t, _)| *t < since);
+        seen.heartbeats[first..].to_vec()
     }
 
     pub fn last_heartbeat(&self) -> Option<(Instant, Heartbeat)> {
@@ -157,5 +180,27 @@ impl Drop for Observer {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_kept_is_bounded_and_the_newest() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        for seq in 0..(KEPT as u64 + 10) {
+            let hb = Heartbeat {
+                seq,
+                agent_ns: 0,
+                dirty_passes: 0,
+                memory_errors: 0,
+            };
+            seen.keep(t0 + Duration::from_micros(seq), hb);
+        }
+        assert!(seen.heartbeats.len() <= KEPT);
+        assert_eq!(seen.heartbeats.last().unwrap().1.seq, KEPT as u64 + 9);
     }
 }

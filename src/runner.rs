@@ -739,7 +739,7 @@ fn run_once(
                 points: on_link.rate_timeline(t0, Duration::from_millis(case.sampling.interval_ms)),
             });
         }
-        let beats = observer.heartbeats();
+        let beats = observer.heartbeats_since(sampling_from);
         if let (Outcome::Completed, Some((_, last))) = (&outcome, beats.last()) {
             if last.memory_errors > 0 {
                 outcome = Outcome::Failed {
