@@ -14,6 +14,7 @@ pub mod heartbeat;
 pub mod inventory;
 pub mod lab;
 pub mod landmarks;
+pub mod markup;
 pub mod measure;
 pub mod metrics;
 pub mod neighbours;

@@ -13,6 +13,7 @@
 use super::libvirtd::Connection;
 use super::owner::Owner;
 use crate::guest::image::content_key;
+use crate::markup::escape;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -66,8 +67,9 @@ impl Pool {
             Err(_) if simulated => conn
                 .create_storage_pool_xml(
                     &format!(
-                        "<pool type='dir'><name>{name}</name>\
-                         <target><path>{SIMULATED_TARGET}</path></target></pool>"
+                        "<pool type='dir'><name>{}</name>\
+                         <target><path>{SIMULATED_TARGET}</path></target></pool>",
+                        escape(name)
                     ),
                     0,
                 )
@@ -287,8 +289,9 @@ const CLAIM_BYTES: u64 = 4096;
 /// A raw volume of `bytes` named `name`, as libvirt takes its definition.
 fn volume_xml(name: &str, bytes: u64) -> String {
     format!(
-        "<volume><name>{name}</name><capacity unit='bytes'>{bytes}</capacity>\
-         <target><format type='raw'/></target></volume>"
+        "<volume><name>{}</name><capacity unit='bytes'>{bytes}</capacity>\
+         <target><format type='raw'/></target></volume>",
+        escape(name)
     )
 }
 

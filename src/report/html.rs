@@ -10,6 +10,7 @@ use super::results::{landmark_table, migration_table, provenance_table, suite_ta
 use super::study::{study_landmarks_table, study_table};
 use super::table::{Cell, Table};
 use crate::case::{Expect, Topology};
+use crate::markup::escape;
 use crate::measure::CaseResult;
 use anyhow::{Context, Result};
 use std::fmt::Write;
@@ -37,22 +38,6 @@ div.figures figure { margin: 0.3em 0; }
 div.wide { overflow-x: auto; }
 td { overflow-wrap: break-word; }
 ";
-
-/// `text` safe inside HTML elements and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Where the HTML report of a JSON report goes: beside it, same stem.
 pub fn html_path(json: &Path) -> PathBuf {
@@ -309,14 +294,6 @@ mod tests {
     use super::*;
     use crate::report::fixtures::{case, provenance, run};
     use crate::report::json::SavedVerdict;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape(r#"<b a="1">x & y's</b>"#),
-            "&lt;b a=&quot;1&quot;&gt;x &amp; y&#39;s&lt;/b&gt;"
-        );
-    }
 
     fn saved(suite: &str, workload: &str) -> SavedRun {
         let mut case = case();

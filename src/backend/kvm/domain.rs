@@ -4,6 +4,7 @@
 use super::accel::Accel;
 use crate::case::{Case, Hypervisor};
 use crate::guest::identity::GuestIdentity;
+use crate::markup::escape;
 
 pub struct DeviceModel {
     pub nic: &'static str,
@@ -61,7 +62,7 @@ pub fn xml(
     let serial = match at.console {
         Some(file) => format!(
             "<serial type='file'>\n      <source path='{}' append='on'/>\n      <target port='0'/>\n    </serial>",
-            file.display()
+            escape(&file.display().to_string())
         ),
         None => "<serial type='pty'>\n      <target port='0'/>\n    </serial>".into(),
     };
@@ -76,7 +77,7 @@ pub fn xml(
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 loglevel=4 {agent_args}</cmdline>
+    <cmdline>console=ttyS0 panic=-1 loglevel=4 {cmdline}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
@@ -100,20 +101,55 @@ pub fn xml(
     <memballoon model='none'/>
   </devices>
 </domain>"#,
-        name = guest.name,
+        name = escape(&guest.name),
         uuid = guest.uuid,
         metadata = guest.metadata_xml(),
         mac = guest.mac,
         dtype = accel.domain_type(),
         mem = case.guest.memory_mib,
         vcpus = case.guest.vcpus,
-        kernel = files.kernel,
-        initrd = files.initrd,
-        disk = files.disk,
-        bridge = at.bridge,
+        kernel = escape(&files.kernel),
+        initrd = escape(&files.initrd),
+        disk = escape(&files.disk),
+        bridge = escape(at.bridge),
+        cmdline = escape(agent_args),
         disk_dev = dev.disk_dev,
         disk_bus = dev.disk_bus,
         nic = dev.nic,
         mtu = case.link.mtu,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::owner::Owner;
+
+    #[test]
+    fn names_and_paths_from_a_lab_cannot_break_out_of_the_xml() {
+        let owner = Owner::this().unwrap();
+        let guest = GuestIdentity::new(owner);
+        let files = GuestFiles {
+            kernel: "/pool/k'&<x/>".into(),
+            initrd: "/pool/i".into(),
+            disk: "/pool/d".into(),
+        };
+        let at = Attachments {
+            bridge: "br0'/><interface type='network",
+            console: None,
+        };
+        let accel = Accel {
+            kvm: false,
+            description: "tcg".into(),
+        };
+        let case = crate::report::fixtures::case();
+        let text = xml(&guest, &case, &accel, &files, &at, "ip=10.0.0.2 x=<&>");
+        assert!(
+            text.contains("<kernel>/pool/k&#39;&amp;&lt;x/&gt;</kernel>"),
+            "{text}"
+        );
+        assert!(text.contains("<source bridge='br0&#39;/&gt;&lt;interface type=&#39;network'/>"));
+        assert!(text.contains("x=&lt;&amp;&gt;</cmdline>"));
+        assert_eq!(text.matches("<interface").count(), 1);
+    }
 }
