@@ -97,6 +97,10 @@ pub fn build(switch: &Netns, hosts: [&Netns; 2], slots: [u8; 2], link: &LinkSpec
     // Strict reverse-path filtering: a guest on sw0 cannot pass for a host
     // of the management network (the failure monitor heeds a host's address).
     switch.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1"])?;
+    // The switch has an address on both networks: where the machine
+    // forwards (a new namespace takes its setting), a guest could route
+    // through it to the hosts' daemons.
+    switch.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
     if !link.offloads {
         offloads_off(switch, "sw0", false)?;
     }
