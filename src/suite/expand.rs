@@ -33,7 +33,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
     check_overrides(&suite.matrix, &suite.overrides)?;
     check_fit(&suite.workloads.0, guest.memory_mib)?;
     check_packets(&suite.matrix, &suite.workloads.0)?;
-    let sampling = sampling_spec(suite.sampling.unwrap_or_default());
+    let sampling = sampling_spec(suite.sampling.unwrap_or_default())?;
     let compare = compare_spec(suite.compare.unwrap_or_default());
     let strategy_given = suite
         .migration
@@ -133,6 +133,7 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     compare: compare.clone(),
                 };
                 check_share_of_link(&case, name)?;
+                check_fault_in_time(&case)?;
                 cases.push(case);
             }
         }
@@ -440,6 +441,28 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A fault must fire while the migration can still be running: one set
+/// after the migration's timeout never happens, and the case would expect
+/// a failure it cannot see.
+fn check_fault_in_time(case: &Case) -> Result<(), Invalid> {
+    match case.faults.kill_destination_after_ms {
+        Some(after) if after >= case.migration.timeout_ms => Err(Invalid {
+            path: FieldPath::default()
+                .key("faults")
+                .key("kill_destination_after"),
+            message: format!(
+                "{} ms is not before the migration's timeout of {} ms in case {}: the \
+                 destination would be killed after the migration gave up; give less than \
+                 the timeout",
+                after,
+                case.migration.timeout_ms,
+                case.name()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The variants of the case (`hypervisor`, `mtu`, `workload`) and where
 /// they are given: the last override selecting it that gives any, else
 /// the suite's own (none: the case runs as its `migration` says).
@@ -655,11 +678,30 @@ fn guest_spec(def: GuestDef) -> GuestSpec {
     }
 }
 
-fn sampling_spec(def: SamplingDef) -> SamplingSpec {
-    SamplingSpec {
+/// The sampling interval must fit the settle window: the window is where
+/// a settled figure is read, and an interval longer than it has no
+/// sample there.
+fn sampling_spec(def: SamplingDef) -> Result<SamplingSpec, Invalid> {
+    let spec = SamplingSpec {
         interval_ms: def.interval.map_or(INTERVAL_MS, |d| d.0.whole_ms()),
         settle_ms: def.settle.map_or(SETTLE_MS, |d| d.0.whole_ms()),
+    };
+    if spec.interval_ms > spec.settle_ms {
+        return Err(Invalid {
+            path: FieldPath::default()
+                .key("sampling")
+                .key(match def.interval {
+                    Some(_) => "interval",
+                    None => "settle",
+                }),
+            message: format!(
+                "a sample every {} ms cannot show what settles within {} ms after the \
+                 migration: make `interval` at most `settle`",
+                spec.interval_ms, spec.settle_ms
+            ),
+        });
     }
+    Ok(spec)
 }
 
 fn migration_spec(def: MigrationDef) -> MigrationSpec {

@@ -171,6 +171,14 @@ failure: { kind: warned, after: 3s }
 )]
 #[case::timeout_zero("timeout-zero.yaml:6:12: migration.timeout: ", &["`0s` is out of range: must be from 1s to 24h"])]
 #[case::after_forever("after-forever.yaml:6:10: failure.after: ", &["is out of range: must be from 0ms to 1h"])]
+#[case::fault_after_timeout(
+    "fault-after-timeout.yaml:6:35: faults.kill_destination_after: ",
+    &["999000 ms is not before the migration's timeout of 1000 ms", "give less than the timeout"],
+)]
+#[case::interval_beyond_settle(
+    "interval-beyond-settle.yaml:5:23: sampling.interval: ",
+    &["a sample every 3000 ms cannot show what settles within 2000 ms"],
+)]
 #[case::settle_forever("settle-forever.yaml:5:38: sampling.settle: ", &["`100000000m` is out of range"])]
 #[case::max_downtime_zero("max-downtime-zero.yaml:5:28: migration.max_downtime: ", &["must be from 1ms to 2000s"])]
 #[case::max_downtime_beyond_qemu(
