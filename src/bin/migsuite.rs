@@ -263,9 +263,6 @@ fn gated_inventory(path: Option<PathBuf>, cases: &[Case]) -> Result<Inventory, E
     Ok(lab)
 }
 
-/// How long `hosts` waits for a real host's daemon to answer.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Surveys every host of `inventory`; fails if any question had no answer.
 fn hosts(inventory: &Inventory) -> ExitCode {
     use migsuite::lab::{libvirtd, survey};
@@ -288,10 +285,12 @@ fn hosts(inventory: &Inventory) -> ExitCode {
             })?;
         } else {
             for spec in &inventory.hosts {
-                surveys.push(match libvirtd::connect_within(&spec.uri, CONNECT_TIMEOUT) {
-                    Ok(conn) => survey::survey(conn, spec, false),
-                    Err(e) => survey::unreachable(spec, format!("{e:#}")),
-                });
+                surveys.push(
+                    match libvirtd::connect_within(&spec.uri, libvirtd::CONNECT_TIMEOUT) {
+                        Ok(conn) => survey::survey(conn, spec, false),
+                        Err(e) => survey::unreachable(spec, format!("{e:#}")),
+                    },
+                );
             }
         }
         Ok(())

@@ -11,10 +11,11 @@ use super::{cleanup, network, Host, Lab};
 use crate::case::LinkSpec;
 use crate::goodput::{self, mbit};
 use crate::probe;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use std::io::ErrorKind;
 use std::net::Ipv4Addr;
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,7 +61,7 @@ fn rates_between(from: &Netns, to: &Netns, to_addr: Ipv4Addr) -> Result<LinkRate
     let addr = listener.local_addr()?;
     let source = from.name.clone();
     let receiver = std::thread::spawn(move || -> Result<LinkRates> {
-        let (mut stream, _) = listener.accept()?;
+        let mut stream = accept_within(&listener, CONNECT_TIMEOUT * 2)?;
         let window = goodput::receive(&mut stream, || link_tx_bytes(&source))
             .context("calibration: measuring the migration link")?;
         Ok(LinkRates {
@@ -73,6 +74,28 @@ fn rates_between(from: &Netns, to: &Netns, to_addr: Ipv4Addr) -> Result<LinkRate
         .with_context(|| format!("calibration: connecting to {addr} over the migration link"))?;
     goodput::send(stream);
     receiver.join().expect("calibration receiver panicked")
+}
+
+/// The first connection to `listener` within `timeout`: a sender that
+/// never connects (its own connect timed out) leaves no receiver waiting.
+fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let until = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                bail!("calibration: no sender connected within {timeout:?}")
+            }
+            Err(e) => return Err(e).context("calibration: accepting the sender"),
+        }
+    }
 }
 
 /// What a bare veth pair with `link`'s settings carries, between two

@@ -18,10 +18,6 @@ use super::pool::{self, Pool};
 use super::{libvirtd, survey};
 use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
-use std::time::Duration;
-
-/// How long a host's daemon may take to answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The hosts a runner holds; let go when dropped, or when the run is
 /// interrupted.
@@ -44,7 +40,7 @@ impl Holds {
     pub fn take(inventory: &Inventory, pair: usize) -> Result<Result<Holds, String>> {
         let mut held = Holds::none();
         for host in inventory.pair(pair)?.hosts {
-            let conn = libvirtd::connect_host(host, &inventory.name, CONNECT_TIMEOUT)?;
+            let conn = libvirtd::connect_host(host, &inventory.name, libvirtd::CONNECT_TIMEOUT)?;
             let uuid = survey::host_uuid(&conn.capabilities()?).with_context(|| {
                 format!(
                     "host {}'s libvirt capabilities give no host UUID",

@@ -12,16 +12,13 @@ use super::pool::{self, Pool};
 use crate::guest::identity::{owner_in_metadata, METADATA_URI};
 use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
-use std::time::Duration;
 use virt::domain::Domain;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Removes from the hosts of `pair` of `inventory` what runs that are gone
 /// left there.
 pub fn remove(inventory: &Inventory, pair: usize) -> Result<()> {
     for host in inventory.pair(pair)?.hosts {
-        let conn = libvirtd::connect_host(host, &inventory.name, CONNECT_TIMEOUT)?;
+        let conn = libvirtd::connect_host(host, &inventory.name, libvirtd::CONNECT_TIMEOUT)?;
         remove_guests(&conn, host)?;
         let pool = Pool::of_real_host(conn, host)?;
         remove_disks(&pool, host)?;

@@ -235,6 +235,9 @@ pub fn version(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }
 
+/// How long a real host's daemon may take to answer a connection.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection to real host `host` of lab `lab`, within `timeout`; the
 /// error names the host.
 pub fn connect_host(

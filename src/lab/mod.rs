@@ -361,9 +361,15 @@ impl Lab {
         // Errors come back as values; libvirt's default handler would also
         // print each of them (a missing volume is no news).
         virt::error::clear_error_callback();
-        self.on_lan(|| virt::connect::Connect::open(Some(uri)))?
-            .map(libvirtd::Connection::new)
-            .with_context(|| format!("connecting to {uri}"))
+        match &self.switch {
+            Some(switch) => switch
+                .enter(|| virt::connect::Connect::open(Some(uri)))?
+                .map(libvirtd::Connection::new)
+                .with_context(|| format!("connecting to {uri}")),
+            // A real host that does not answer could hold an ssh or TLS
+            // handshake for minutes.
+            None => libvirtd::connect_within(uri, libvirtd::CONNECT_TIMEOUT),
+        }
     }
 
     /// The runner's monitor of the hosts' agents, at the inventory's

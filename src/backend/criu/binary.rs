@@ -68,10 +68,26 @@ impl Criu {
 
     /// Ok if `criu check --feature <name>` passes, else what CRIU said.
     pub fn feature(&self, name: &str) -> Result<(), String> {
+        // A check answers at once; one that hangs must not hold the run.
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
         let argv = self.argv(&["check", "--feature", name]);
-        let out = std::process::Command::new(&argv[0])
+        let mut child = std::process::Command::new(&argv[0])
             .args(&argv[1..])
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", argv[0]))?;
+        if !crate::sh::wait_exit(&mut child, TIMEOUT) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "`{}` did not answer within {} s",
+                argv.join(" "),
+                TIMEOUT.as_secs()
+            ));
+        }
+        let out = child
+            .wait_with_output()
             .map_err(|e| format!("{}: {e}", argv[0]))?;
         let said = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
