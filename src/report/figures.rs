@@ -321,13 +321,22 @@ fn draw_panel(
         )])?;
     }
     if !panel.lines.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(MARK_COLOUR)
-            .background_style(WHITE.mix(0.9))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
+    Ok(())
+}
+
+/// The legend of a chart's labelled series, framed, at `position`.
+pub(super) fn draw_legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(MARK_COLOUR)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
     Ok(())
 }
 
@@ -428,12 +437,7 @@ pub fn suite_figure(results: &[CaseResult]) -> Result<Option<String>> {
                         Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
                     });
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .border_style(MARK_COLOUR)
-                .background_style(WHITE.mix(0.9))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         root.present()?;
     }

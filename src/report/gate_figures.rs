@@ -6,7 +6,7 @@
 //! interval and what it amounts to. Progress curves, as QEMU's guestperf
 //! draws them, show how each run's memory went.
 
-use super::figures::{COLOURS, FONT, MARK_COLOUR};
+use super::figures::{draw_legend, COLOURS, FONT, MARK_COLOUR};
 use crate::baseline::{Change, Estimate};
 use crate::measure::{CaseResult, ProgressSample, Unit};
 use crate::metrics::{Better, Metric};
@@ -61,9 +61,15 @@ fn verdict_word(change: Change, noise: &'static str) -> &'static str {
     }
 }
 
-/// `x` as a signed percentage.
-fn pct(x: f64) -> String {
-    format!("{x:+.1} %")
+/// "metric: +x % [lo, hi]<also>: what it amounts to".
+fn caption(metric: &str, (change, (lo, hi)): (f64, (f64, f64)), also: &str, word: &str) -> String {
+    let pct = |x: f64| format!("{x:+.1} %");
+    format!(
+        "{metric}: {} [{}, {}]{also}: {word}",
+        pct(change),
+        pct(lo),
+        pct(hi)
+    )
 }
 
 /// The gated metric against its stored baseline; None where nothing was
@@ -78,13 +84,11 @@ pub fn baseline_figure(gate: &Gate) -> Result<Option<String>> {
         .map(|p| format!(", at the baseline's pace of {p:.0} Mbit/s"))
         .unwrap_or_default();
     let strip = Strip {
-        caption: format!(
-            "{}: {} [{}, {}]: {}",
+        caption: caption(
             gate.metric,
-            pct(c.change_pct),
-            pct(c.interval_pct.0),
-            pct(c.interval_pct.1),
-            verdict_word(c.change, "noise")
+            (c.change_pct, c.interval_pct),
+            "",
+            verdict_word(c.change, "noise"),
         ),
         unit: gate.unit,
         samples: [
@@ -122,14 +126,11 @@ pub fn variant_figure(gate: &VariantGate) -> Result<Option<String>> {
         _ => c.reference.median * (1.0 + bound),
     };
     let strip = Strip {
-        caption: format!(
-            "{}: {} [{}, {}], p = {:.3}: {}",
+        caption: caption(
             gate.metric,
-            pct(c.change_pct),
-            pct(c.interval_pct.0),
-            pct(c.interval_pct.1),
-            c.p_value,
-            verdict_word(c.change, "no change beyond the bound")
+            (c.change_pct, c.interval_pct),
+            &format!(", p = {:.3}", c.p_value),
+            verdict_word(c.change, "no change beyond the bound"),
         ),
         unit: gate.unit,
         samples: [
@@ -310,12 +311,7 @@ pub fn progress_figure(result: &CaseResult) -> Result<Option<String>> {
                 });
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(MARK_COLOUR)
-            .background_style(WHITE.mix(0.9))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present()?;
     }
     Ok(Some(svg))
