@@ -62,6 +62,19 @@ pub struct VariantGate {
     pub comparison: Option<VariantComparison>,
 }
 
+impl VariantGate {
+    /// Why there is no comparison: too few completed runs measured it.
+    pub fn not_compared(&self) -> String {
+        format!(
+            "{} against {}: {} not compared: fewer than {} completed runs of each measured it",
+            self.variant,
+            self.reference,
+            self.metric,
+            crate::ab::MIN_RUNS
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
     /// Human label of the metric ("downtime", "peak CPU", ...).
@@ -152,16 +165,7 @@ pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdi
         variant_comparisons
             .iter()
             .filter(|g| g.comparison.is_none())
-            .map(|g| {
-                format!(
-                    "{} against {}: {} not compared: fewer than {} completed runs of each \
-                     measured it",
-                    g.variant,
-                    g.reference,
-                    g.metric,
-                    crate::ab::MIN_RUNS
-                )
-            }),
+            .map(VariantGate::not_compared),
     );
     Verdict {
         case: case.name(),

@@ -39,8 +39,8 @@ struct Strip<'a> {
     unit: Unit,
     samples: [Sample<'a>; 2],
     /// The values between which the second sample's median passes, drawn
-    /// as a band; None: no bound to draw.
-    band: Option<(f64, f64)>,
+    /// as a band.
+    band: (f64, f64),
     band_label: String,
 }
 
@@ -105,10 +105,10 @@ pub fn baseline_figure(gate: &Gate) -> Result<Option<String>> {
                 colour: verdict_colour(c.change),
             },
         ],
-        band: Some((
+        band: (
             c.baseline.median * (1.0 - threshold),
             c.baseline.median * (1.0 + threshold),
-        )),
+        ),
         band_label: format!("noise threshold ±{:.0} %", c.noise_threshold_pct),
     };
     draw_strip(&strip).map(Some)
@@ -147,7 +147,7 @@ pub fn variant_figure(gate: &VariantGate) -> Result<Option<String>> {
                 colour: verdict_colour(c.change),
             },
         ],
-        band: Some((c.reference.median.min(limit), c.reference.median.max(limit))),
+        band: (c.reference.median.min(limit), c.reference.median.max(limit)),
         band_label: format!("worse by up to {:.0} %: passes", c.bound_pct),
     };
     draw_strip(&strip).map(Some)
@@ -163,7 +163,7 @@ fn draw_strip(strip: &Strip) -> Result<String> {
                 .into_iter()
                 .chain(s.values.iter().copied())
         })
-        .chain(strip.band.iter().flat_map(|(lo, hi)| [*lo, *hi]));
+        .chain([strip.band.0, strip.band.1]);
     let (lo, hi) = ends.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
@@ -174,7 +174,6 @@ fn draw_strip(strip: &Strip) -> Result<String> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE)?;
-        let names: Vec<String> = strip.samples.iter().map(|s| s.name.clone()).collect();
         let mut chart = ChartBuilder::on(&root)
             .caption(&strip.caption, (FONT, 13))
             .margin(8)
@@ -193,14 +192,16 @@ fn draw_strip(strip: &Strip) -> Result<String> {
             .light_line_style(WHITE.mix(0.0))
             .x_label_formatter(&|v| format_tick(*v))
             .draw()?;
-        if let Some((lo, hi)) = strip.band {
-            chart.draw_series([Rectangle::new([(lo, -0.45), (hi, 1.45)], BAND.filled())])?;
-            chart.draw_series([Text::new(
-                strip.band_label.clone(),
-                (lo, 1.75),
-                (FONT, 11).into_font().color(&MARK_COLOUR),
-            )])?;
-        }
+        let (band_lo, band_hi) = strip.band;
+        chart.draw_series([Rectangle::new(
+            [(band_lo, -0.45), (band_hi, 1.45)],
+            BAND.filled(),
+        )])?;
+        chart.draw_series([Text::new(
+            strip.band_label.clone(),
+            (band_lo, 1.75),
+            (FONT, 11).into_font().color(&MARK_COLOUR),
+        )])?;
         for (row, s) in strip.samples.iter().enumerate() {
             let y = 1.0 - row as f64;
             let e = &s.estimate;
@@ -218,7 +219,7 @@ fn draw_strip(strip: &Strip) -> Result<String> {
                     .map(|v| Circle::new((*v, y - 0.28), 3, s.colour.mix(0.6).filled())),
             )?;
             chart.draw_series([Text::new(
-                names[row].clone(),
+                s.name.clone(),
                 (x.start, y + 0.42),
                 (FONT, 12).into_font().color(&s.colour),
             )])?;
@@ -228,7 +229,7 @@ fn draw_strip(strip: &Strip) -> Result<String> {
     Ok(svg)
 }
 
-/// A tick's value: whole where the axis spans whole units, else one digit.
+/// A tick's value: whole from 100 up, else with one decimal.
 fn format_tick(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")

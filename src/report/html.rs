@@ -213,15 +213,7 @@ fn gate_html(c: &SavedCase) -> Result<String> {
         for g in &v.variant_comparisons {
             match variant_figure(g)? {
                 Some(svg) => out.push_str(&format!("<figure>\n{svg}\n</figure>\n")),
-                None => writeln!(
-                    out,
-                    "<p>{} against {}: {} not compared: fewer than {} completed runs of each \
-                     measured it</p>",
-                    escape(&g.variant),
-                    escape(&g.reference),
-                    escape(g.metric),
-                    crate::ab::MIN_RUNS
-                )?,
+                None => writeln!(out, "<p>{}</p>", escape(&g.not_compared()))?,
             }
         }
         out.push_str("</div>\n");
