@@ -317,6 +317,14 @@ fn check_strategy(
     })
 }
 
+/// Where override `i` lists its variants.
+fn override_variants_at(i: usize) -> FieldPath {
+    FieldPath::default()
+        .key("overrides")
+        .index(i)
+        .key("variants")
+}
+
 /// The suite's lists of variants, each with where it is: its own, then
 /// each override's.
 fn variant_lists(suite: &Suite) -> Vec<(FieldPath, &[VariantDef])> {
@@ -324,15 +332,11 @@ fn variant_lists(suite: &Suite) -> Vec<(FieldPath, &[VariantDef])> {
         .variants
         .as_deref()
         .map(|defs| (FieldPath::default().key("variants"), defs));
-    let overridden = suite.overrides.iter().enumerate().filter_map(|(i, o)| {
-        Some((
-            FieldPath::default()
-                .key("overrides")
-                .index(i)
-                .key("variants"),
-            o.variants.as_deref()?,
-        ))
-    });
+    let overridden = suite
+        .overrides
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| Some((override_variants_at(i), o.variants.as_deref()?)));
     own.into_iter().chain(overridden).collect()
 }
 
@@ -472,15 +476,9 @@ fn selected_variants<'s>(
 ) -> (FieldPath, &'s [VariantDef]) {
     let overridden = overrides.iter().enumerate().rev().find_map(|(i, o)| {
         let defs = o.variants.as_deref()?;
-        o.when.selects(hypervisor, mtu, workload).then(|| {
-            (
-                FieldPath::default()
-                    .key("overrides")
-                    .index(i)
-                    .key("variants"),
-                defs,
-            )
-        })
+        o.when
+            .selects(hypervisor, mtu, workload)
+            .then(|| (override_variants_at(i), defs))
     });
     overridden.unwrap_or_else(|| {
         (
@@ -499,24 +497,19 @@ fn check_variant(
     migration: &MigrationDef,
 ) -> Result<(), Invalid> {
     let hypervisor = case.0;
+    let can = crate::backend::capabilities(hypervisor.0);
     let at = |key: &str| variant_at.clone().key("migration").key(key);
     let strategy: Strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
-    if def.migration.strategy.is_some()
-        && !crate::backend::capabilities(hypervisor.0)
-            .strategies
-            .contains(&strategy)
-    {
+    if def.migration.strategy.is_some() && !can.strategies.contains(&strategy) {
         return Err(Invalid {
             path: at("strategy"),
             message: format!(
                 "{hypervisor} cannot migrate by {strategy}: its backend offers {}",
-                list(crate::backend::capabilities(hypervisor.0).strategies)
+                list(can.strategies)
             ),
         });
     }
-    if def.migration.max_downtime.is_some()
-        && !crate::backend::capabilities(hypervisor.0).takes_downtime_limit(strategy)
-    {
+    if def.migration.max_downtime.is_some() && !can.takes_downtime_limit(strategy) {
         return Err(Invalid {
             path: at("max_downtime"),
             message: format!(
@@ -530,16 +523,14 @@ fn check_variant(
         ("multifd", def.migration.multifd.is_some()),
     ];
     match settings.into_iter().find(|(_, given)| *given) {
-        Some((key, _)) if !crate::backend::capabilities(hypervisor.0).stream_settings => {
-            Err(Invalid {
-                path: at(key),
-                message: format!(
+        Some((key, _)) if !can.stream_settings => Err(Invalid {
+            path: at(key),
+            message: format!(
                 "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
                  takes a bandwidth cap and multifd channels); a variant changes every case of \
                  the matrix: compare these variants in a suite of kvm-fv and kvm-pv alone"
             ),
-            })
-        }
+        }),
         _ => Ok(()),
     }
 }

@@ -261,7 +261,7 @@ impl Backend for Kvm {
         ];
         let guest = self.guest.clone();
         Ok(Source::Reported(Box::new(move || {
-            std::array::from_fn(|i| reported_by(&hosts[i], &guest))
+            hosts.each_ref().map(|h| reported_by(h, &guest))
         })))
     }
 
