@@ -15,6 +15,27 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 fn run_for(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
+    let out = output_within(program, args, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "`{} {}` failed ({}): {}",
+            program,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `program args...` to its end, whatever its exit status, and
+/// returns what it printed; fails when it cannot start or, killed, when it
+/// takes longer than `timeout`.
+pub fn output_within(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<std::process::Output> {
     let handle = duct::cmd(program, args)
         .stdout_capture()
         .stderr_capture()
@@ -23,9 +44,9 @@ fn run_for(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
         .with_context(|| format!("cannot start `{program}` (is it installed? run ci/setup.sh)"))?;
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
-    let out = loop {
+    loop {
         if let Some(out) = handle.try_wait()? {
-            break out;
+            return Ok(out.clone());
         }
         if Instant::now() >= deadline {
             let _ = handle.kill();
@@ -37,17 +58,7 @@ fn run_for(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
-    };
-    if !out.status.success() {
-        bail!(
-            "`{} {}` failed ({}): {}",
-            program,
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// ssh's options for reaching a lab host in a batch job: fail rather than

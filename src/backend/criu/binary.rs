@@ -71,24 +71,9 @@ impl Criu {
         // A check answers at once; one that hangs must not hold the run.
         const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
         let argv = self.argv(&["check", "--feature", name]);
-        let mut child = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", argv[0]))?;
-        if !crate::sh::wait_exit(&mut child, TIMEOUT) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "`{}` did not answer within {} s",
-                argv.join(" "),
-                TIMEOUT.as_secs()
-            ));
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("{}: {e}", argv[0]))?;
+        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        let out =
+            crate::sh::output_within(&argv[0], &args, TIMEOUT).map_err(|e| format!("{e:#}"))?;
         let said = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         // Only CRIU's own verdict, without the pid/rlimit chatter.
