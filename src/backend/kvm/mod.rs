@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod domain;
+mod job;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
@@ -18,6 +19,7 @@ use crate::measure::Outcome;
 use crate::measure::{Phases, MIB};
 use crate::sampler::{Reported, Source};
 use anyhow::{Context, Result};
+use job::{job_stats, CompletedJob};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -30,6 +32,8 @@ const DISK_BYTES: u64 = 16 << 20;
 const ABORT_GRACE: Duration = Duration::from_secs(30);
 /// Destination may still be "inmigrate" right after completion.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the source's job-completed event may trail the migration call.
+const EVENT_WAIT: Duration = Duration::from_secs(5);
 /// Passes after which a pre-copy that has not switched over is judged not
 /// to converge.
 const PASS_LIMIT: u64 = 12;
@@ -65,31 +69,13 @@ pub struct Kvm {
     /// Both hosts' daemons, once the guest is started: where it is
     /// destroyed when the case ends, wherever it went.
     hosts: Vec<Connection>,
+    /// The source's daemon, for the job-completed event of a post-copy
+    /// (`job`): opened before the warning, since opening one after it
+    /// would count toward the migration's time.
+    events: Option<Connection>,
     /// On a real lab, what destroys it if the run is interrupted (a
     /// simulated host's daemon goes with its namespace, and the guest with it).
     _undo: Option<OnInterrupt>,
-}
-
-/// The domain's job statistics, None if libvirt has none. Not virt 0.5's
-/// `Domain::job_stats`: it makes a Vec of libvirt's parameter array even
-/// when that is null (no statistics), which aborts the process.
-fn job_stats(
-    dom: &Domain,
-    flags: sys::virDomainGetJobStatsFlags,
-) -> Option<virt::domain::JobStats> {
-    let (mut kind, mut params, mut nparams) = (0, std::ptr::null_mut(), 0);
-    if unsafe {
-        sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags)
-    } < 0
-        || params.is_null()
-    {
-        return None;
-    }
-    // Copied into Rust's memory, then libvirt's freed by libvirt.
-    let copy = unsafe { std::slice::from_raw_parts(params, nparams as usize) }.to_vec();
-    let stats = virt::domain::JobStats::from((kind, copy));
-    unsafe { sys::virTypedParamsFree(params, nparams) };
-    Some(stats)
 }
 
 /// The guest's QEMU as the daemon behind `conn` reports it, if it runs
@@ -142,6 +128,8 @@ fn find(conn: &Connection, guest: &GuestIdentity) -> Result<Domain, virt::error:
 
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
+        // Before any connection a post-copy's event could come on.
+        job::serve_events();
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
         let owner = Owner::this().map_err(|e| format!("{e:#}"))?;
         let info = BackendInfo {
@@ -158,6 +146,7 @@ impl Kvm {
             info,
             source: None,
             hosts: Vec::new(),
+            events: None,
             _undo: None,
         })
     }
@@ -214,6 +203,7 @@ impl Backend for Kvm {
             }));
         }
         self.source = Some((conn, dom));
+        self.events = Some(lab.connect(&lab.source.uri)?);
         Ok(())
     }
 
@@ -269,6 +259,7 @@ impl Backend for Kvm {
         let conn = lab.connect(&lab.source.uri)?;
         let dom = find(&conn, &self.guest).context("the migrated guest is not on its new host")?;
         self.source = Some((conn, dom));
+        self.events = Some(lab.connect(&lab.source.uri)?);
         Ok(())
     }
 }
@@ -480,6 +471,11 @@ impl Kvm {
         // returns the call, and while QEMU stops and copies, calls to the
         // source block for a second or more.
         let resume = ResumeWatch::start(lab.connect(&dest_uri)?, self.guest.clone());
+        // Where a post-copy's statistics will be (`job`).
+        let source_job = match (&self.events, case.migration.strategy) {
+            (Some(conn), Strategy::Postcopy) => Some(CompletedJob::listen(conn, &self.guest)),
+            _ => None,
+        };
 
         // The migration call blocks; it runs on its own thread so that this
         // one can watch the clock, inject faults and cancel.
@@ -585,8 +581,9 @@ impl Kvm {
                     }
                 }
             }
-            // Switch to post-copy once the first full pass is done.
-            if case.migration.strategy == Strategy::Postcopy && !postcopy_started && iteration >= 1
+            // Switch to post-copy once the first full pass is done (QEMU
+            // counts pass 1 from the start).
+            if case.migration.strategy == Strategy::Postcopy && !postcopy_started && iteration >= 2
             {
                 postcopy_started =
                     unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) } == 0;
@@ -651,25 +648,38 @@ impl Kvm {
             // Also when it completed despite a fault: reported as it is.
             Some(Ok(())) => {
                 let returned_at = Some(Instant::now());
-                let mut e = self.completed(lab)?;
+                let (mut e, running_at) =
+                    self.completed(lab, source_job.as_ref(), postcopy_started)?;
                 // Running on the destination, seen while the call was in
                 // flight, or once it returned.
-                let resumed_at = resume.finish().or(e.completed_at);
-                e.completed_at = resumed_at;
+                let resumed_at = resume.finish().or(Some(running_at));
                 // A pause shorter than a poll: it began `downtime` before the end.
                 let switchover_at = switchover_at.or_else(|| {
                     let downtime =
                         Duration::try_from_secs_f64(e.reported_downtime_ms? / 1000.0).ok()?;
                     resumed_at?.checked_sub(downtime)
                 });
+                // After a post-copy, when the source's job ended: it ran
+                // from this call's start (libvirt's clock starts with its
+                // job) for its elapsed time. The event and the call's
+                // return come later, after libvirt's closing handshake.
+                let job_ended_at = e
+                    .reported_total_ms
+                    .filter(|_| postcopy_started)
+                    .and_then(|ms| Some(started + Duration::try_from_secs_f64(ms / 1000.0).ok()?));
+                e.completed_at = resumed_at.max(job_ended_at);
                 // All the bytes, disk and memory, over the time they took.
-                e.stream_ms = span_ms(stream_started, resumed_at);
+                e.stream_ms = span_ms(stream_started, e.completed_at);
+                // After a switch to post-copy, memory moves before the pause
+                // and again from the resume until the source's job ends.
+                let pulled_ms = span_ms(resumed_at, e.completed_at).filter(|_| postcopy_started);
                 e.phases = Phases {
                     preparation_ms: span_ms(Some(started), transfer_started),
-                    memory_transfer_ms: span_ms(transfer_started, switchover_at),
+                    memory_transfer_ms: span_ms(transfer_started, switchover_at)
+                        .map(|before| before + pulled_ms.unwrap_or(0.0)),
                     stop_and_copy_ms: span_ms(switchover_at, resumed_at),
-                    // libvirt's Finish and Confirm, after the guest resumed.
-                    resume_ms: span_ms(resumed_at, returned_at),
+                    // libvirt's Finish and Confirm, after the job ended.
+                    resume_ms: span_ms(e.completed_at, returned_at),
                 };
                 e.progress = samples;
                 Ok(e)
@@ -677,7 +687,16 @@ impl Kvm {
         }
     }
 
-    fn completed(&mut self, lab: &Lab) -> Result<Evacuation> {
+    /// The job's statistics once the guest runs on the destination, and
+    /// when it was seen running: the destination's, or after a post-copy
+    /// (whose statistics libvirt keeps only in the source's job-completed
+    /// event) the source's.
+    fn completed(
+        &self,
+        lab: &Lab,
+        source_job: Option<&Result<CompletedJob>>,
+        postcopied: bool,
+    ) -> Result<(Evacuation, Instant)> {
         let conn = lab.connect(&lab.destination.uri)?;
         let dom = find(&conn, &self.guest).context("the guest is not on the destination")?;
         let deadline = Instant::now() + RESUME_TIMEOUT;
@@ -689,9 +708,19 @@ impl Kvm {
             std::thread::sleep(Duration::from_millis(10));
         }
         let running_at = Instant::now();
-        let stats = job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
-            .context("libvirt has no statistics of the completed migration on the destination")?;
-        Ok(Evacuation {
+        let stats = match (
+            job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED),
+            source_job,
+        ) {
+            (Some(stats), _) if !postcopied => stats,
+            (_, Some(Ok(job))) => job.stats(EVENT_WAIT).with_context(|| {
+                format!("libvirt keeps no statistics of a post-copy on the destination, and no job-completed event came from the source within {EVENT_WAIT:?}")
+            })?,
+            (_, Some(Err(e))) => anyhow::bail!("libvirt keeps no statistics of a post-copy on the destination, and the source's job-completed event could not be listened to: {e:#}"),
+            (Some(stats), None) => stats,
+            (None, None) => anyhow::bail!("libvirt has no statistics of the completed migration on the destination"),
+        };
+        let evacuation = Evacuation {
             outcome: Outcome::Completed,
             completed_at: Some(running_at),
             reported_total_ms: stats.time_elapsed.map(|v| v as f64),
@@ -700,6 +729,7 @@ impl Kvm {
             bytes_transferred: stats.data_processed.or(stats.mem_processed),
             memory_iterations: stats.mem_iteration,
             ..Default::default()
-        })
+        };
+        Ok((evacuation, running_at))
     }
 }
