@@ -124,7 +124,9 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                     },
                     migration: migration_spec(migration),
                     faults: faults.clone(),
-                    repeat: suite.repeat.map_or(1, |r| r.0),
+                    repeat: selected().fold(suite.repeat.map_or(1, |r| r.0), |r, o| {
+                        o.repeat.map_or(r, |o| o.0)
+                    }),
                     sampling: sampling.clone(),
                     bounds: bounds_spec(bounds),
                     expect: expect_spec(expect),
@@ -427,20 +429,26 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
                 .into(),
         });
     }
-    let repeat = suite.repeat.map_or(1, |r| r.0) as usize;
-    if repeat < crate::ab::MIN_RUNS {
-        return Err(Invalid {
-            // Where the suite gives no `repeat`, its variants ask for more.
-            path: match suite.repeat {
-                Some(_) => FieldPath::default().key("repeat"),
-                None => variants,
-            },
-            message: format!(
-                "comparing variants needs `repeat: {}` or more (runs of each variant): with \
-                 {repeat}, no difference could be significant",
-                crate::ab::MIN_RUNS
-            ),
-        });
+    // Where the suite gives no `repeat`, its variants ask for more.
+    let suite_repeat = match suite.repeat {
+        Some(r) => (r.0, FieldPath::default().key("repeat")),
+        None => (1, variants),
+    };
+    let override_repeats = suite.overrides.iter().enumerate().filter_map(|(i, o)| {
+        let path = FieldPath::default().key("overrides").index(i).key("repeat");
+        Some((o.repeat?.0, path))
+    });
+    for (repeat, path) in std::iter::once(suite_repeat).chain(override_repeats) {
+        if (repeat as usize) < crate::ab::MIN_RUNS {
+            return Err(Invalid {
+                path,
+                message: format!(
+                    "comparing variants needs `repeat: {}` or more (runs of each variant): \
+                     with {repeat}, no difference could be significant",
+                    crate::ab::MIN_RUNS
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -269,7 +269,7 @@ keyword_enum!(pub(super) AggregateDef("aggregate") { Worst = "worst", Mean = "me
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `when`, and any of `bounds`, `migration`, `noise`, `expect`, \
-                 `variants`"
+                 `variants`, `repeat`"
 )]
 pub(super) struct Override {
     pub when: When,
@@ -287,6 +287,9 @@ pub(super) struct Override {
     /// The selected cases' variants, in place of the suite's (a backend
     /// compares strategies of its own).
     pub variants: Option<Vec<VariantDef>>,
+    /// The selected cases' runs, in place of the suite's (a row whose
+    /// runs take long and whose gate is wide needs fewer).
+    pub repeat: Option<Count<1, MAX_REPEAT>>,
 }
 
 /// Selects matrix cases; keys left out match everything.

@@ -145,6 +145,10 @@ failure: { kind: warned, after: 3s }
     "variants-too-few-runs.yaml:5:9: repeat: ",
     &["comparing variants needs `repeat: 4` or more", "with 3, no difference could be significant"],
 )]
+#[case::variants_override_too_few_runs(
+    "variants-override-too-few-runs.yaml:8:13: overrides[0].repeat: ",
+    &["comparing variants needs `repeat: 4` or more", "with 2, no difference could be significant"],
+)]
 #[case::variant_named_twice(
     "variant-named-twice.yaml:6:29: variants[1]: ",
     &["`stock` is listed twice", "each variant needs a name of its own"],
@@ -520,6 +524,36 @@ overrides:
     assert_eq!(
         (openvz.strategy, openvz.timeout_ms),
         (Strategy::StopAndCopy, 30_000)
+    );
+}
+
+#[test]
+fn an_override_gives_its_cases_a_repeat_of_their_own() {
+    let text = "
+name: repeats
+matrix: { hypervisor: [kvm-pv, xen-pv], mtu: [1500, 576], workload: [idle] }
+workloads: { idle: {} }
+failure: { kind: warned, after: 3s }
+repeat: 5
+overrides:
+  - when: { hypervisor: xen-pv }
+    repeat: 3
+  - when: { hypervisor: xen-pv, mtu: 576 }
+    repeat: 2
+";
+    let repeats: Vec<(String, u32)> = parse(text)
+        .unwrap()
+        .iter()
+        .map(|c| (c.name(), c.repeat))
+        .collect();
+    assert_eq!(
+        repeats,
+        [
+            ("repeats::kvm-pv::mtu1500::idle".to_string(), 5),
+            ("repeats::kvm-pv::mtu576::idle".to_string(), 5),
+            ("repeats::xen-pv::mtu1500::idle".to_string(), 3),
+            ("repeats::xen-pv::mtu576::idle".to_string(), 2),
+        ]
     );
 }
 
