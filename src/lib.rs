@@ -7,6 +7,7 @@ pub mod ab;
 pub mod backend;
 pub mod baseline;
 pub mod case;
+pub mod cpu_pace;
 pub mod failure;
 pub mod goodput;
 pub mod guest;

@@ -93,6 +93,8 @@ pub enum Unit {
     Mib,
     Ms,
     Mbit,
+    /// Million rounds of `crate::cpu_pace`'s work per second.
+    Mops,
     /// A fraction (1.0 = all of it).
     Ratio,
     Count,
@@ -105,6 +107,7 @@ impl Unit {
             Unit::Mib => "MiB",
             Unit::Ms => "ms",
             Unit::Mbit => "Mbit/s",
+            Unit::Mops => "Mop/s",
             Unit::Ratio | Unit::Count => "",
         }
     }
@@ -332,6 +335,11 @@ pub struct RunMeasurement {
     /// to measure).
     #[serde(default)]
     pub path_rate_mbit: Option<f64>,
+    /// The hosts' CPU pace just before this run, million rounds per second
+    /// (`crate::cpu_pace`); on a real lab the slower host's. None in older
+    /// reports.
+    #[serde(default)]
+    pub cpu_pace_mops: Option<f64>,
     /// Which heartbeat was time zero, and which order it answered; None in
     /// older reports.
     #[serde(default)]

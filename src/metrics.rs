@@ -44,6 +44,8 @@ pub struct Metric {
 /// The label of what the stream's path carried before each run: the
 /// pace the gate brings the other figures to.
 pub const PATH_RATE: &str = "path rate";
+/// The label of the hosts' CPU pace before each run (`crate::cpu_pace`).
+pub const CPU_PACE: &str = "CPU pace";
 
 /// Every metric, in the order tables and snapshots show them.
 pub const METRICS: &[Metric] = &[
@@ -95,6 +97,19 @@ pub const METRICS: &[Metric] = &[
         value: |r| r.path_rate_mbit,
         bound: None,
         gated: Some(|n| n.path_rate),
+        pace: Pace::Own,
+    },
+    // Beside each run, not gated, and no figure is brought to it yet: a
+    // probe busy on every CPU reads a loaded machine as far slower than
+    // its migrations are.
+    Metric {
+        key: "cpu_pace",
+        label: CPU_PACE,
+        unit: Unit::Mops,
+        better: Better::Higher,
+        value: |r| r.cpu_pace_mops,
+        bound: None,
+        gated: None,
         pace: Pace::Own,
     },
     Metric {

@@ -225,13 +225,16 @@ fn summary_line(run: &RunMeasurement) -> String {
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
     match &run.outcome {
         Outcome::Completed => format!(
-            "total {}, downtime {} (guest saw {}), {:.0} Mbit/s{}",
+            "total {}, downtime {} (guest saw {}), {:.0} Mbit/s{}{}",
             ms(run.total_time_ms),
             ms(run.reported_downtime_ms),
             ms(run.guest_downtime_ms),
             run.throughput_mbit.unwrap_or(f64::NAN),
             run.path_rate_mbit
                 .map(|p| format!(" on a path carrying {p:.0} Mbit/s before the run"))
+                .unwrap_or_default(),
+            run.cpu_pace_mops
+                .map(|c| format!(", CPUs at {c:.0} Mop/s"))
                 .unwrap_or_default(),
         ),
         Outcome::NotConverged { evidence, .. } => format!("NOT CONVERGED: {evidence}"),
@@ -409,6 +412,7 @@ fn run_in(
             case.failure.after_ms
         ));
         let path_rate_mbit = path_rate(lab, backend)?;
+        let cpu_pace_mops = cpu_pace(lab)?;
         let mut run = run_once(
             lab,
             &as_run,
@@ -419,6 +423,7 @@ fn run_in(
             progress,
         )?;
         run.variant = variant.map(|v| case.variants[v].name.clone());
+        run.cpu_pace_mops = Some(cpu_pace_mops);
         progress(&format!(
             "{}: run {i}{named} ({}): {}",
             case.name(),
@@ -483,6 +488,19 @@ fn path_rate(lab: &Lab, backend: &dyn Backend) -> Result<Option<f64>> {
     let link = calibration::link_rates(lab)?.goodput_mbit;
     let own_path = backend.stream_path_goodput(lab).transpose()?;
     Ok(Some(carried(link, own_path)))
+}
+
+/// The hosts' CPU pace just before a run, taken like the path's rate:
+/// this machine's, whose namespaces a simulated lab's hosts are; on a real
+/// lab the slower of its two hosts', as their agents measure it.
+fn cpu_pace(lab: &Lab) -> Result<f64> {
+    if lab.inventory.simulated {
+        return Ok(crate::cpu_pace::measure());
+    }
+    let monitor = lab.monitor()?;
+    let source = probe::ask::cpu_pace(&monitor, &lab.source.peer())?;
+    let destination = probe::ask::cpu_pace(&monitor, &lab.destination.peer())?;
+    Ok(source.min(destination))
 }
 
 /// What produced a case's figures: the lab and its machine, what the
@@ -809,6 +827,8 @@ fn run_once(
                 .zip(wire_mbit)
                 .map(|(t, wire)| t / wire),
             path_rate_mbit,
+            // Named by the caller, which measured it.
+            cpu_pace_mops: None,
             passes: Pass::of(&progress_samples),
             progress: progress_samples,
             outcome,

@@ -343,6 +343,8 @@ fn check_case(case: &Value, pair: &Pair, transport: &str) {
         );
         assert!(r["throughput_mbit"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["path_rate_mbit"].as_f64().unwrap() > 0.0, "{name}");
+        // Measured by the hosts' agents, not the runner.
+        assert!(r["cpu_pace_mops"].as_f64().unwrap() > 0.0, "{name}");
         assert!(r["reported_downtime_ms"].as_f64().unwrap() > 0.0, "{name}");
         // The source's QEMU, as its libvirt tells, the container, as its
         // host's CRIU session counts it, or dom0 and the domU, as dom0's

@@ -49,6 +49,12 @@ impl Tasks {
             )),
             Some(Task::Count { address }) => count(address),
             Some(Task::Describe) => describe(),
+            // Long enough (a few windows) to run on a thread of its own.
+            Some(Task::Pace) => self.start(token, |_, _, _| {
+                Ok(State::Paced {
+                    mops: crate::cpu_pace::measure(),
+                })
+            }),
             Some(Task::Receive { at }) => self.start(token, move |key, _, state| {
                 receive(key, at, token, state).map(State::Measured)
             }),

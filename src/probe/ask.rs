@@ -92,6 +92,19 @@ pub fn kernel(monitor: &Monitor, host: &Peer) -> Result<String> {
     ask(monitor, host, &describe, described, WAIT)
 }
 
+/// `host`'s CPU pace (`crate::cpu_pace`), as its agent measures it.
+pub fn cpu_pace(monitor: &Monitor, host: &Peer) -> Result<f64> {
+    let pace = Order {
+        token: Token::random()?,
+        task: Task::Pace,
+    };
+    let paced = |s: &State| match s {
+        State::Paced { mops } => Some(*mops),
+        _ => None,
+    };
+    ask(monitor, host, &pace, paced, WAIT)
+}
+
 /// Orders `host`'s agent `order` until its task is where `done` takes it,
 /// failed (an error, with the agent's reason), or `timeout`.
 fn ask<T>(
@@ -173,6 +186,8 @@ mod tests {
         assert!(measured.wire_mbit() > 0.0, "{measured:?}");
         let counted = counters(&lab.monitor, &lab.peer(0)).unwrap();
         assert_eq!(counted.interface, "lo");
+        let pace = cpu_pace(&lab.monitor, &lab.peer(1)).unwrap();
+        assert!(pace > 0.0, "{pace}");
         lab.stop();
     }
 

@@ -49,6 +49,8 @@ pub enum Task {
     Count { address: IpAddr },
     /// Tell the host's kernel release, which its libvirt does not.
     Describe,
+    /// Measure the host's CPU pace (`crate::cpu_pace`).
+    Pace,
 }
 
 /// What the runner orders an agent: `task`, named `token` (an order
@@ -75,6 +77,10 @@ pub enum State {
     /// The host's kernel release (`uname -r`).
     Described {
         kernel: String,
+    },
+    /// The host's CPU pace, million rounds per second.
+    Paced {
+        mops: f64,
     },
     Failed(String),
 }
@@ -123,6 +129,7 @@ impl Order {
             Task::Send { from, to } => w.u8(1).ip(*from).socket(*to),
             Task::Count { address } => w.u8(2).ip(*address),
             Task::Describe => w.u8(3),
+            Task::Pace => w.u8(4),
         };
         w.0
     }
@@ -140,6 +147,7 @@ impl Order {
                 .map(|(from, to)| Task::Send { from, to }),
             Some(2) => r.ip().map(|address| Task::Count { address }),
             Some(3) => Some(Task::Describe),
+            Some(4) => Some(Task::Pace),
             _ => None,
         };
         Some((token, task.filter(|_| r.0.is_empty())))
@@ -168,6 +176,7 @@ impl Answer {
                 .u64(c.counters.tx),
             State::Failed(why) => w.u8(6).text(why),
             State::Described { kernel } => w.u8(7).text(kernel),
+            State::Paced { mops } => w.u8(8).u64(mops.to_bits()),
         };
         w.0
     }
@@ -192,6 +201,9 @@ impl Answer {
             }),
             6 => State::Failed(r.text()?),
             7 => State::Described { kernel: r.text()? },
+            8 => State::Paced {
+                mops: f64::from_bits(r.u64()?),
+            },
             _ => return None,
         };
         r.0.is_empty().then_some(Answer { token, state })
@@ -315,6 +327,7 @@ mod tests {
                 address: "fd00::1".parse().unwrap(),
             },
             Task::Describe,
+            Task::Pace,
         ];
         for task in tasks {
             let order = Order {
@@ -366,6 +379,7 @@ mod tests {
             State::Described {
                 kernel: "6.1.0-50-amd64".into(),
             },
+            State::Paced { mops: 412.75 },
         ];
         for state in states {
             let answer = Answer {

@@ -416,6 +416,7 @@ run 3: migration failed: timed out after 25000 ms (source still running)
 | migration                | guest-observed downtime      |  220.0 ms |
 | migration                | stream throughput            |         - |
 | migration                | path rate                    |         - |
+| migration                | CPU pace                     |         - |
 | migration                | efficiency (of link goodput) |         - |
 | migration                | preparation                  |         - |
 | migration                | transferred                  |  80.5 MiB |

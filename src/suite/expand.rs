@@ -389,11 +389,13 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
     }
     for (key, bound) in &compare.0 {
         let why = match crate::metrics::Metric::by_key(key.0) {
-            Some(m) if m.label == crate::metrics::PATH_RATE => Some(
-                "is measured before each run, before the variant migrates: no variant can \
+            Some(m) if [crate::metrics::PATH_RATE, crate::metrics::CPU_PACE].contains(&m.label) => {
+                Some(
+                    "is measured before each run, before the variant migrates: no variant can \
                  change it"
-                    .to_string(),
-            ),
+                        .to_string(),
+                )
+            }
             Some(m) if m.better == crate::metrics::Better::Higher && bound.0 .0 >= 100.0 => {
                 Some(format!(
                     "is better higher: it cannot fall by {}% or more, so no variant could \
