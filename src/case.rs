@@ -187,6 +187,10 @@ pub struct MigrationSpec {
     /// Channels of a multifd stream; None: one plain stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multifd_channels: Option<u32>,
+    /// The stream (and a copied disk's) over TLS with the hosts'
+    /// certificates; false: plain TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// One version of a case, run interleaved with the others on the same lab.

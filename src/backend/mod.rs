@@ -190,8 +190,8 @@ pub struct Capabilities {
     /// Those of its strategies that take a downtime limit (QEMU's
     /// `downtime-limit`).
     pub downtime_limit: &'static [Strategy],
-    /// Whether its stream takes a bandwidth cap and multifd channels
-    /// (QEMU's `max-bandwidth` and `multifd-channels`).
+    /// Whether its stream takes a bandwidth cap, multifd channels and TLS
+    /// (QEMU's `max-bandwidth`, `multifd-channels` and `tls-creds`).
     pub stream_settings: bool,
     /// Whether it can migrate a guest to the host it runs on (the study's
     /// set-up).

@@ -279,7 +279,7 @@ fn a_gate_names_suites_that_were_loaded() {
             "{}:26:18: gate[1]: no suite is named `real-lb` (did you mean `real-lab`?); the \
              suites are ab-self, ci-no-convergence, ci-postcopy, ci, fail-destination-killed, \
              fail-openvz-destination-killed, fail-openvz-postcopy-killed, fail-small-mtu, \
-             real-lab, standin-postcopy, standin-xen, standin, strategies, study",
+             real-lab, standin-postcopy, standin-xen, standin, strategies, study, tls",
             file.display()
         )
     );

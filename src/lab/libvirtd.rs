@@ -46,12 +46,14 @@ pub struct Libvirtd {
 impl Libvirtd {
     /// Starts the daemon of a simulated host in `ns`, listening at `addr`,
     /// its state in `state`, its storage pool's directory `pool_dir` (seen
-    /// by it at `pool::SIMULATED_TARGET`).
+    /// by it at `pool::SIMULATED_TARGET`), QEMU's certificates for a TLS
+    /// migration stream in `tls_dir` (`super::tls`).
     pub fn start(
         ns: &Netns,
         addr: Ipv4Addr,
         state: &Path,
         pool_dir: &Path,
+        tls_dir: &Path,
         timeout: Duration,
     ) -> Result<Libvirtd> {
         let mut binds = String::new();
@@ -81,8 +83,12 @@ impl Libvirtd {
         // destination would refuse files "already in use"), no LSM profile.
         fs::write(
             etc.join("qemu.conf"),
-            "stdio_handler = \"file\"\nuser = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\n\
-             remember_owner = 0\nsecurity_driver = \"none\"\n",
+            format!(
+                "stdio_handler = \"file\"\nuser = \"root\"\ngroup = \"root\"\n\
+                 dynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = \"none\"\n\
+                 migrate_tls_x509_cert_dir = \"{}\"\n",
+                tls_dir.display()
+            ),
         )?;
         let stderr = fs::File::create(state.join("libvirtd.stderr"))?;
         let script =

@@ -21,6 +21,7 @@ pub mod owner;
 pub mod pool;
 pub mod root;
 pub mod survey;
+pub mod tls;
 
 use crate::case::{Case, LinkSpec};
 use crate::heartbeat::{self, Key, Monitor};
@@ -219,6 +220,8 @@ impl Lab {
         let ns_b = Netns::create(&format!("{id}-b"))?;
         network::build(&switch, [&ns_a, &ns_b], slots, link)?;
         std::fs::create_dir_all(dir.path().join("shared"))?;
+        let tls_dir = dir.path().join("qemu-tls");
+        tls::make(&tls_dir, &pair.hosts.map(|h| h.migration_address))?;
         let host = |spec: &crate::inventory::Host, ns: Netns, index: u8| -> Result<Host> {
             // Shared storage is the pair's: another pair's cases clear
             // their own disks, never this one's.
@@ -232,6 +235,7 @@ impl Lab {
                 network::management_addr(slots[usize::from(index)]),
                 &dir.path().join(&spec.name),
                 &pool_dir,
+                &tls_dir,
                 DAEMON_START_TIMEOUT,
             )?;
             Ok(Host {

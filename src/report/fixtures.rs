@@ -34,6 +34,7 @@ pub(crate) fn case() -> Case {
             topology: Topology::TwoHosts,
             bandwidth_mib_s: None,
             multifd_channels: None,
+            tls: false,
         },
         faults: Faults::default(),
         repeat: 3,

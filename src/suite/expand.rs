@@ -531,21 +531,22 @@ fn check_variant(
     let settings = [
         ("bandwidth", def.migration.bandwidth.is_some()),
         ("multifd", def.migration.multifd.is_some()),
+        ("tls", def.migration.tls == Some(true)),
     ];
     match settings.into_iter().find(|(_, given)| *given) {
         Some((key, _)) if !can.stream_settings => Err(Invalid {
             path: at(key),
             message: format!(
                 "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
-                 takes a bandwidth cap and multifd channels); a variant changes every case of \
-                 the matrix: compare these variants in a suite of kvm-fv and kvm-pv alone"
+                 takes a bandwidth cap, multifd channels and TLS); a variant changes every case \
+                 of the matrix: compare these variants in a suite of kvm-fv and kvm-pv alone"
             ),
         }),
         _ => Ok(()),
     }
 }
 
-/// A bandwidth cap and multifd channels are QEMU's: a case of another
+/// A bandwidth cap, multifd channels and TLS are QEMU's: a case of another
 /// backend given one (by the suite or an override) is refused where it was
 /// given, as it would change nothing there.
 fn check_stream_settings(
@@ -557,9 +558,10 @@ fn check_stream_settings(
         return Ok(());
     }
     type Given = fn(&MigrationDef) -> bool;
-    let settings: [(&str, Given); 2] = [
+    let settings: [(&str, Given); 3] = [
         ("bandwidth", |m| m.bandwidth.is_some()),
         ("multifd", |m| m.multifd.is_some()),
+        ("tls", |m| m.tls == Some(true)),
     ];
     let Some((key, given)) = settings.into_iter().find(|(_, given)| given(migration)) else {
         return Ok(());
@@ -583,7 +585,7 @@ fn check_stream_settings(
         path: path.key("migration").key(key),
         message: format!(
             "{hypervisor} has no `{key}` to set (only QEMU's stream, for kvm-fv and kvm-pv, \
-             takes a bandwidth cap and multifd channels); {remedy}"
+             takes a bandwidth cap, multifd channels and TLS); {remedy}"
         ),
     })
 }
@@ -713,6 +715,7 @@ fn migration_spec(def: MigrationDef) -> MigrationSpec {
         topology: def.topology.map_or(Topology::TwoHosts, Into::into),
         bandwidth_mib_s: def.bandwidth.map(|b| b.0),
         multifd_channels: def.multifd.map(|c| c.0),
+        tls: def.tls.unwrap_or(false),
     }
 }
 

@@ -136,7 +136,7 @@ keyword_enum!(pub(super) FailureKind("failure kind") { Warned = "warned" });
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`, `topology`, `bandwidth`, `multifd`"
+    expecting = "a mapping with `strategy`, `max_downtime`, `timeout`, `topology`, `bandwidth`, `multifd`, `tls`"
 )]
 pub(super) struct MigrationDef {
     pub strategy: Option<StrategyDef>,
@@ -147,6 +147,8 @@ pub(super) struct MigrationDef {
     pub bandwidth: Option<Bandwidth>,
     /// Channels of QEMU's multifd stream.
     pub multifd: Option<Count<1, 64>>,
+    /// QEMU's stream (and a copied disk's) over TLS, not plain TCP.
+    pub tls: Option<bool>,
 }
 
 /// One variant of every case: a name and what it changes.
@@ -167,13 +169,14 @@ pub(super) struct VariantDef {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `strategy`, `max_downtime`, `bandwidth`, `multifd`"
+    expecting = "a mapping with `strategy`, `max_downtime`, `bandwidth`, `multifd`, `tls`"
 )]
 pub(super) struct VariantMigrationDef {
     pub strategy: Option<StrategyDef>,
     pub max_downtime: Option<DowntimeLimit>,
     pub bandwidth: Option<Bandwidth>,
     pub multifd: Option<Count<1, 64>>,
+    pub tls: Option<bool>,
 }
 
 impl VariantMigrationDef {
@@ -186,6 +189,7 @@ impl VariantMigrationDef {
             topology: None,
             bandwidth: self.bandwidth,
             multifd: self.multifd,
+            tls: self.tls,
         }
         .over(base)
     }
@@ -201,6 +205,7 @@ impl MigrationDef {
             topology: self.topology.or(base.topology),
             bandwidth: self.bandwidth.or(base.bandwidth),
             multifd: self.multifd.or(base.multifd),
+            tls: self.tls.or(base.tls),
         }
     }
 }

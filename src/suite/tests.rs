@@ -133,6 +133,10 @@ failure: { kind: warned, after: 3s }
     "variant-bandwidth-for-openvz.yaml:9:29: variants[1].migration.bandwidth: ",
     &["openvz has no `bandwidth` to set", "only QEMU's stream", "a variant changes every case"],
 )]
+#[case::tls_for_xen(
+    "tls-for-xen.yaml:7:23: overrides[0].migration.tls: ",
+    &["xen-pv has no `tls` to set", "bandwidth cap, multifd channels and TLS", "narrow this override"],
+)]
 #[case::variants_without_compare(
     "variants-without-compare.yaml:6:11: variants: ",
     &["variants need `compare`", "compare: { total_time: 10% }"],
@@ -241,7 +245,8 @@ fn shipped_suites_load_in_file_order() {
     assert_eq!(count("standin-xen"), 2);
     assert_eq!(count("ab-self"), 1);
     assert_eq!(count("strategies"), 2 * 3);
-    assert_eq!(cases.len(), 68);
+    assert_eq!(count("tls"), 2);
+    assert_eq!(cases.len(), 70);
     let names: Vec<String> = cases.iter().map(Case::name).collect();
     assert_eq!(names[0], "ab-self::kvm-pv::mtu1500::game");
     assert_eq!(
@@ -322,6 +327,7 @@ fn ci_suite_expands_to_the_documented_case() {
                 topology: Topology::TwoHosts,
                 bandwidth_mib_s: None,
                 multifd_channels: None,
+                tls: false,
             },
             faults: Faults::default(),
             repeat: 5,
@@ -443,6 +449,7 @@ fn defaults_fill_everything_left_out() {
             topology: Topology::TwoHosts,
             bandwidth_mib_s: None,
             multifd_channels: None,
+            tls: false,
         }
     );
     assert_eq!(case.faults, Faults::default());

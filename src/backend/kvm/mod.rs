@@ -40,7 +40,7 @@ const PASS_LIMIT: u64 = 12;
 
 /// QEMU under libvirt: pre-copy, post-copy (after one pass) and
 /// auto-converge, each with a downtime limit; its stream takes a bandwidth
-/// cap and multifd channels. libvirt refuses a destination that is its
+/// cap, multifd channels and TLS. libvirt refuses a destination that is its
 /// source.
 pub const CAPABILITIES: super::Capabilities = super::Capabilities {
     strategies: &[
@@ -456,6 +456,10 @@ impl Kvm {
         if let Some(channels) = case.migration.multifd_channels {
             flags |= sys::VIR_MIGRATE_PARALLEL;
             params.parallel_connections = Some(channels as i32);
+        }
+        // With the hosts' certificates (a simulated lab's: `lab::tls`).
+        if case.migration.tls {
+            flags |= sys::VIR_MIGRATE_TLS;
         }
         match case.migration.strategy {
             Strategy::Precopy => {}
