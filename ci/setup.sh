@@ -95,7 +95,8 @@ bash "$(dirname "$0")/setup-xen.sh"
 
 echo "== stand-in lab of machines (tests/real_lab.rs): the hosts' disk image"
 # openssh-client: the runner reaches the stand-in's hosts over qemu+ssh;
-# openssl: the stand-in's certificates, and a simulated lab's for TLS streams.
+# openssl: the stand-in's certificates, and every simulated lab's for TLS
+# streams (made for each lab, whatever its cases).
 apt-get install -y -qq --no-install-recommends openssh-client openssl mmdebstrap e2fsprogs qemu-utils >/dev/null
 bash "$(dirname "$0")/standin-machines.sh" image
 
