@@ -69,10 +69,6 @@ pub struct Kvm {
     /// Both hosts' daemons, once the guest is started: where it is
     /// destroyed when the case ends, wherever it went.
     hosts: Vec<Connection>,
-    /// The source's daemon, for the job-completed event of a post-copy
-    /// (`job`): opened before the warning, since opening one after it
-    /// would count toward the migration's time.
-    events: Option<Connection>,
     /// On a real lab, what destroys it if the run is interrupted (a
     /// simulated host's daemon goes with its namespace, and the guest with it).
     _undo: Option<OnInterrupt>,
@@ -128,7 +124,7 @@ fn find(conn: &Connection, guest: &GuestIdentity) -> Result<Domain, virt::error:
 
 impl Kvm {
     pub fn new(case: &Case) -> Result<Kvm, String> {
-        // Before any connection a post-copy's event could come on.
+        // Before the source's connection, which a post-copy's event comes on.
         job::serve_events();
         let image = GuestImage::prepare().map_err(|e| format!("{e:#}"))?;
         let owner = Owner::this().map_err(|e| format!("{e:#}"))?;
@@ -146,7 +142,6 @@ impl Kvm {
             info,
             source: None,
             hosts: Vec::new(),
-            events: None,
             _undo: None,
         })
     }
@@ -203,7 +198,6 @@ impl Backend for Kvm {
             }));
         }
         self.source = Some((conn, dom));
-        self.events = Some(lab.connect(&lab.source.uri)?);
         Ok(())
     }
 
@@ -259,7 +253,6 @@ impl Backend for Kvm {
         let conn = lab.connect(&lab.source.uri)?;
         let dom = find(&conn, &self.guest).context("the migrated guest is not on its new host")?;
         self.source = Some((conn, dom));
-        self.events = Some(lab.connect(&lab.source.uri)?);
         Ok(())
     }
 }
@@ -431,7 +424,7 @@ impl Kvm {
         case: &Case,
         progress: &dyn Fn(&str),
     ) -> Result<Evacuation> {
-        let (_, dom) = self.source.as_ref().context("no guest was provisioned")?;
+        let (source, dom) = self.source.as_ref().context("no guest was provisioned")?;
         dom.migrate_set_max_downtime(case.migration.max_downtime_ms, 0)?;
         let dest_uri = lab.destination.uri.clone();
         let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER;
@@ -475,11 +468,10 @@ impl Kvm {
         // returns the call, and while QEMU stops and copies, calls to the
         // source block for a second or more.
         let resume = ResumeWatch::start(lab.connect(&dest_uri)?, self.guest.clone());
-        // Where a post-copy's statistics will be (`job`).
-        let source_job = match (&self.events, case.migration.strategy) {
-            (Some(conn), Strategy::Postcopy) => Some(CompletedJob::listen(conn, &self.guest)),
-            _ => None,
-        };
+        // Where a post-copy's statistics will be (`job`): on the source's
+        // connection, opened before the warning.
+        let source_job = (case.migration.strategy == Strategy::Postcopy)
+            .then(|| CompletedJob::listen(source, &self.guest));
 
         // The migration call blocks; it runs on its own thread so that this
         // one can watch the clock, inject faults and cancel.
