@@ -644,11 +644,10 @@ impl Kvm {
             // Also when it completed despite a fault: reported as it is.
             Some(Ok(())) => {
                 let returned_at = Some(Instant::now());
-                let (mut e, running_at) =
-                    self.completed(lab, source_job.as_ref(), postcopy_started)?;
+                let mut e = self.completed(lab, source_job.as_ref(), postcopy_started)?;
                 // Running on the destination, seen while the call was in
                 // flight, or once it returned.
-                let resumed_at = resume.finish().or(Some(running_at));
+                let resumed_at = resume.finish().or(e.completed_at);
                 // A pause shorter than a poll: it began `downtime` before the end.
                 let switchover_at = switchover_at.or_else(|| {
                     let downtime =
@@ -684,15 +683,15 @@ impl Kvm {
     }
 
     /// The job's statistics once the guest runs on the destination, and
-    /// when it was seen running: the destination's, or after a post-copy
-    /// (whose statistics libvirt keeps only in the source's job-completed
-    /// event) the source's.
+    /// when it was seen running (`completed_at`): the destination's, or
+    /// after a post-copy (whose statistics libvirt keeps only in the
+    /// source's job-completed event) the source's.
     fn completed(
         &self,
         lab: &Lab,
         source_job: Option<&Result<CompletedJob>>,
         postcopied: bool,
-    ) -> Result<(Evacuation, Instant)> {
+    ) -> Result<Evacuation> {
         let conn = lab.connect(&lab.destination.uri)?;
         let dom = find(&conn, &self.guest).context("the guest is not on the destination")?;
         let deadline = Instant::now() + RESUME_TIMEOUT;
@@ -713,10 +712,11 @@ impl Kvm {
                 format!("libvirt keeps no statistics of a post-copy on the destination, and no job-completed event came from the source within {EVENT_WAIT:?}")
             })?,
             (_, Some(Err(e))) => anyhow::bail!("libvirt keeps no statistics of a post-copy on the destination, and the source's job-completed event could not be listened to: {e:#}"),
-            (Some(stats), None) => stats,
-            (None, None) => anyhow::bail!("libvirt has no statistics of the completed migration on the destination"),
+            (on_destination, None) => on_destination.context(
+                "libvirt has no statistics of the completed migration on the destination",
+            )?,
         };
-        let evacuation = Evacuation {
+        Ok(Evacuation {
             outcome: Outcome::Completed,
             completed_at: Some(running_at),
             reported_total_ms: stats.time_elapsed.map(|v| v as f64),
@@ -725,7 +725,6 @@ impl Kvm {
             bytes_transferred: stats.data_processed.or(stats.mem_processed),
             memory_iterations: stats.mem_iteration,
             ..Default::default()
-        };
-        Ok((evacuation, running_at))
+        })
     }
 }
