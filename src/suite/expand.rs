@@ -528,12 +528,9 @@ fn check_variant(
             ),
         });
     }
-    let settings = [
-        ("bandwidth", def.migration.bandwidth.is_some()),
-        ("multifd", def.migration.multifd.is_some()),
-        ("tls", def.migration.tls == Some(true)),
-    ];
-    match settings.into_iter().find(|(_, given)| *given) {
+    // What the variant itself gives, not what it inherits.
+    let own = def.migration.clone().over(MigrationDef::default());
+    match STREAM_SETTINGS.into_iter().find(|(_, given)| given(&own)) {
         Some((key, _)) if !can.stream_settings => Err(Invalid {
             path: at(key),
             message: format!(
@@ -546,6 +543,16 @@ fn check_variant(
     }
 }
 
+/// Whether a migration gives a setting.
+type Given = fn(&MigrationDef) -> bool;
+
+/// QEMU's stream settings, each with whether a migration gives it.
+const STREAM_SETTINGS: [(&str, Given); 3] = [
+    ("bandwidth", |m| m.bandwidth.is_some()),
+    ("multifd", |m| m.multifd.is_some()),
+    ("tls", |m| m.tls == Some(true)),
+];
+
 /// A bandwidth cap, multifd channels and TLS are QEMU's: a case of another
 /// backend given one (by the suite or an override) is refused where it was
 /// given, as it would change nothing there.
@@ -557,13 +564,10 @@ fn check_stream_settings(
     if crate::backend::capabilities(hypervisor.0).stream_settings {
         return Ok(());
     }
-    type Given = fn(&MigrationDef) -> bool;
-    let settings: [(&str, Given); 3] = [
-        ("bandwidth", |m| m.bandwidth.is_some()),
-        ("multifd", |m| m.multifd.is_some()),
-        ("tls", |m| m.tls == Some(true)),
-    ];
-    let Some((key, given)) = settings.into_iter().find(|(_, given)| given(migration)) else {
+    let Some((key, given)) = STREAM_SETTINGS
+        .into_iter()
+        .find(|(_, given)| given(migration))
+    else {
         return Ok(());
     };
     let by_override = overrides
