@@ -190,9 +190,8 @@ impl Metric {
     /// when a run that measured it did not measure its path (a report from
     /// before real labs measured theirs).
     /// One factor for the case, not one per run: a path's rate measured
-    /// before each run scatters more than the runs do (nested Xen, loaded:
-    /// 274-522 Mbit/s around runs of 10.0-14.2 s), so its median is the
-    /// case's pace.
+    /// before each run scatters more than the runs do (nested Xen, a loaded
+    /// machine), so its median is the case's pace.
     pub fn values_at_pace(&self, runs: &[RunMeasurement], pace_mbit: f64) -> Option<Vec<f64>> {
         if self.pace == Pace::Own {
             return None;

@@ -479,8 +479,8 @@ fn carried(link_goodput_mbit: f64, own_path_mbit: Option<f64>) -> f64 {
 /// What the stream's path carries just before a run, measured again each
 /// run with the guest running, as the runs are: the gate brings the case's
 /// figures to the baseline's pace by the median of these (the case's
-/// calibration, before the guest boots, overstates it: 836 against
-/// 476-632 Mbit/s before the runs of one nested Xen case).
+/// calibration, before the guest boots, overstates it where the guest's
+/// host shares the path's CPUs, as nested Xen hosts do).
 fn path_rate(lab: &Lab, backend: &dyn Backend) -> Result<Option<f64>> {
     if !backend.stream_crosses_link() {
         return Ok(None);

@@ -634,8 +634,8 @@ fn check_topology(
 
 /// A dirty rate that is a share of the link means nothing where the
 /// stream never crosses it (`one-host`): it would be a share of another
-/// path. Measured: a quarter of the link is 29 MiB/s here; at 27 MiB/s a
-/// one-host Xen stream carried 23 MiB/s, and pre-copy did not converge.
+/// path, one that may carry less than the share asked (pre-copy would then
+/// not converge for reasons the suite did not mean).
 fn check_share_of_link(case: &Case, workload: &Ident) -> Result<(), Invalid> {
     match case.workload.dirty_rate {
         DirtyRate::OfLink(_) if case.migration.topology == Topology::OneHost => Err(Invalid {

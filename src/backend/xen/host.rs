@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Xen + dom0 boot under TCG: measured 9-21 s to the command channel on 2
-/// cores (the longer ones with other QEMUs busy); leave room.
+/// Xen + dom0 boot under TCG, slower with other QEMUs busy beside them:
+/// leave room.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const HOST_MEMORY_MIB: u32 = 3072;
 pub const DOM0_MEMORY_MIB: u32 = 1024;
@@ -402,8 +402,7 @@ impl XenHost {
     /// the host over the migration link. MTU on every hop; offloads as the
     /// case says on the LAN. The migration NIC keeps its offloads whatever
     /// the case says: a packet costs a nested dom0 far more than it costs a
-    /// host (every interrupt goes through Xen under TCG; at MTU 128 without
-    /// GRO, 2.3 MiB/s), so dom0 hands 64 KiB segments to the lab host, whose
+    /// host (every interrupt goes through Xen under TCG), so dom0 hands 64 KiB segments to the lab host, whose
     /// kernel cuts them into MTU-sized packets on the wire-like link, and the
     /// destination's lab host merges them again (GRO) for its dom0: the
     /// per-packet work is a host kernel's, as for a KVM row's QEMU.

@@ -14,17 +14,15 @@
 //!
 //! Loading the kernel and initramfs takes long: qemu-xen's fw_cfg has no DMA
 //! under Xen, so the linuxboot ROM reads them with `rep insb` through the
-//! device model in dom0 (about 2 minutes for 8 MiB + 4 MiB here).
+//! device model in dom0, minutes under TCG.
 //!
-//! `xl migrate` of the HVM domU (128 MiB, log-dirty through shadow paging)
-//! works: in a lab run, 17.2 s and 13.7 s on dom0's clock, 151-154 MiB in
-//! the stream, 2.4 s between "guest has suspended" and "Domain started".
+//! `xl migrate` of the HVM domU (log-dirty through shadow paging) works.
 
 use super::toolstack::{Dom0, Layout};
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
-/// Loading the kernel through the linuxboot ROM (about 2 min) and the
+/// Loading the kernel through the linuxboot ROM (minutes) and the
 /// kernel's boot to the agent (PCI and ACPI through the device model) take
 /// longer than the runner waits for the agent's hello (which then only
 /// covers the agent's own start).

@@ -62,8 +62,7 @@ static HOSTS: Mutex<Vec<Slots>> = Mutex::new(Vec::new());
 ///
 /// The machine's cores are shared out, not overcommitted: with more vCPUs
 /// than cores, a vCPU preempted in Xen or dom0 while holding a spinlock
-/// stalls the others (two 2-vCPU hosts on 2 cores moved a migration stream
-/// at 3.8 MiB/s).
+/// stalls the others, and the stream crawls.
 pub fn shared_hosts(guest: &GuestImage, pair: usize, indexes: &[u8]) -> Result<Vec<Arc<XenHost>>> {
     let mut pairs = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
     if pairs.len() <= pair {
