@@ -5,7 +5,9 @@
 
 use crate::case::{Bounds, NoiseThresholds};
 use crate::measure::{RunMeasurement, Unit, MIB};
-use crate::stats::{median, sorted};
+use crate::stats::{median, sorted, Summary};
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Better {
@@ -239,4 +241,59 @@ pub fn label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Label, D::Error> 
                 .join(", ")
         ))
     })
+}
+
+/// Summaries of every metric (`METRICS`, by key) over the
+/// completed runs of a case; a metric no completed run measured is absent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CaseSummary {
+    /// How many runs completed (and so feed the summaries).
+    pub completed: usize,
+    pub metrics: BTreeMap<&'static str, Summary>,
+}
+
+impl CaseSummary {
+    pub fn of(runs: &[RunMeasurement]) -> CaseSummary {
+        CaseSummary {
+            completed: completed(runs).count(),
+            metrics: METRICS
+                .iter()
+                .filter_map(|m| Some((m.key, Summary::of(&m.values(runs))?)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Summary> {
+        self.metrics.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::{failed, run};
+    use approx::assert_relative_eq;
+
+    #[test]
+    fn case_summary_ignores_failed_runs() {
+        let mut partial = failed("timed out", true);
+        partial.total_time_ms = Some(25_000.0);
+        let s = CaseSummary::of(&[run(1000.0, 100.0), partial, run(3000.0, 300.0)]);
+        assert_eq!(s.completed, 2);
+        assert_relative_eq!(s.get("total_time").unwrap().mean, 2000.0);
+        assert_relative_eq!(s.get("downtime").unwrap().worst(), 300.0);
+        assert_relative_eq!(s.get("transferred").unwrap().mean, 84_400_000.0 / 1048576.0);
+        assert_eq!(s.get("passes").unwrap().n, 2);
+    }
+
+    #[test]
+    fn unmeasured_metric_has_no_summary() {
+        let mut r = run(1000.0, 100.0);
+        r.guest_downtime_ms = None;
+        assert_eq!(CaseSummary::of(&[r]).get("guest_downtime"), None);
+        assert_eq!(
+            CaseSummary::of(&[failed("x", true)]).get("total_time"),
+            None
+        );
+    }
 }

@@ -1,10 +1,7 @@
 //! Statistics over the repeats of one case.
 
 use crate::case::Aggregate;
-use crate::measure::RunMeasurement;
-use crate::metrics::METRICS;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// `values` in ascending order.
 pub(crate) fn sorted(mut values: Vec<f64>) -> Vec<f64> {
@@ -54,7 +51,7 @@ impl Summary {
         })
     }
 
-    /// Every metric here is lower-is-better, so the worst repeat is the max.
+    /// Bounds are upper bounds, so the worst repeat is the largest.
     pub fn worst(&self) -> f64 {
         self.max
     }
@@ -68,38 +65,9 @@ impl Summary {
     }
 }
 
-/// Summaries of every metric (`metrics::METRICS`, by key) over the
-/// completed runs of a case; a metric no completed run measured is absent.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CaseSummary {
-    /// How many runs completed (and so feed the summaries).
-    pub completed: usize,
-    pub metrics: BTreeMap<&'static str, Summary>,
-}
-
-impl CaseSummary {
-    pub fn of(runs: &[RunMeasurement]) -> CaseSummary {
-        CaseSummary {
-            completed: runs
-                .iter()
-                .filter(|r| r.outcome.not_completed().is_none())
-                .count(),
-            metrics: METRICS
-                .iter()
-                .filter_map(|m| Some((m.key, Summary::of(&m.values(runs))?)))
-                .collect(),
-        }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Summary> {
-        self.metrics.get(key)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{failed, run};
     use approx::assert_relative_eq;
     use rstest::rstest;
 
@@ -131,28 +99,5 @@ mod tests {
     fn aggregate(#[case] agg: Aggregate, #[case] expected: f64) {
         let s = Summary::of(&[100.0, 200.0, 600.0]).unwrap();
         assert_relative_eq!(s.aggregate(agg), expected);
-    }
-
-    #[test]
-    fn case_summary_ignores_failed_runs() {
-        let mut partial = failed("timed out", true);
-        partial.total_time_ms = Some(25_000.0);
-        let s = CaseSummary::of(&[run(1000.0, 100.0), partial, run(3000.0, 300.0)]);
-        assert_eq!(s.completed, 2);
-        assert_relative_eq!(s.get("total_time").unwrap().mean, 2000.0);
-        assert_relative_eq!(s.get("downtime").unwrap().worst(), 300.0);
-        assert_relative_eq!(s.get("transferred").unwrap().mean, 84_400_000.0 / 1048576.0);
-        assert_eq!(s.get("passes").unwrap().n, 2);
-    }
-
-    #[test]
-    fn unmeasured_metric_has_no_summary() {
-        let mut r = run(1000.0, 100.0);
-        r.guest_downtime_ms = None;
-        assert_eq!(CaseSummary::of(&[r]).get("guest_downtime"), None);
-        assert_eq!(
-            CaseSummary::of(&[failed("x", true)]).get("total_time"),
-            None
-        );
     }
 }

@@ -6,7 +6,7 @@
 use crate::case::{Case, Strategy};
 use crate::landmarks::run_landmarks;
 use crate::measure::{CaseResult, RunMeasurement, Timeline, Unit};
-use crate::stats::CaseSummary;
+use crate::metrics::CaseSummary;
 use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;

@@ -3,7 +3,7 @@
 
 use crate::case::Case;
 use crate::measure::{Calibration, CaseResult, Provenance, RunMeasurement};
-use crate::stats::CaseSummary;
+use crate::metrics::CaseSummary;
 use crate::verdict::{Gate, VariantGate, Verdict};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};

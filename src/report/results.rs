@@ -7,9 +7,9 @@ use crate::landmarks::run_landmarks;
 use crate::measure::{
     runs_of_variant, CaseResult, Landmarks, Outcome, Provenance, RunMeasurement, Unit,
 };
-use crate::metrics::{Metric, METRICS};
+use crate::metrics::{CaseSummary, Metric, METRICS};
 use crate::recorded_on::Differences;
-use crate::stats::{CaseSummary, Summary};
+use crate::stats::Summary;
 use crate::verdict::run_failure;
 
 /// The metrics a suite may bound: the suite table's columns.

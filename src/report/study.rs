@@ -12,7 +12,7 @@ use super::results::{mean_landmarks, share_of_host};
 use super::table::{Cell, Table};
 use crate::case::{Hypervisor, PacketSize};
 use crate::measure::{CaseResult, Unit};
-use crate::stats::CaseSummary;
+use crate::metrics::CaseSummary;
 use serde::Deserialize;
 use std::sync::LazyLock;
 
