@@ -252,16 +252,38 @@ pub enum Aggregate {
     Worst,
 }
 
-/// Upper bounds; None = not bounded.
+/// Upper bounds on a case's figures, applied to the worst or the mean of
+/// its runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bounds {
     pub apply_to: Aggregate,
-    pub downtime_ms: Option<f64>,
-    pub guest_downtime_ms: Option<f64>,
-    pub total_time_ms: Option<f64>,
-    /// Percent of one CPU, of the hypervisor processes of either host.
-    pub peak_cpu_pct: Option<f64>,
-    pub peak_memory_mib: Option<f64>,
+    /// Per bounded metric (its key in `crate::metrics::METRICS`), in the
+    /// metric's unit; a metric left out is not bounded.
+    #[serde(flatten, deserialize_with = "limits")]
+    pub limits: BTreeMap<String, f64>,
+}
+
+/// Bounds as reports name them now (by metric key) and as reports written
+/// before did (with their unit, and null where not bounded).
+fn limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    const BEFORE_KEYS: [(&str, &str); 5] = [
+        ("downtime_ms", "downtime"),
+        ("guest_downtime_ms", "guest_downtime"),
+        ("total_time_ms", "total_time"),
+        ("peak_cpu_pct", "peak_cpu"),
+        ("peak_memory_mib", "peak_memory"),
+    ];
+    let written = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(written
+        .into_iter()
+        .filter_map(|(key, limit)| {
+            let key = BEFORE_KEYS
+                .iter()
+                .find(|(before, _)| *before == key)
+                .map_or(key, |(_, now)| now.to_string());
+            Some((key, limit?))
+        })
+        .collect())
 }
 
 /// What the case is expected to end with.
@@ -274,39 +296,12 @@ pub enum Expect {
     Fail { reason_contains: String },
 }
 
-/// Per gated metric, the smallest change of its median (a fraction of the
-/// baseline's) that the gate reports as a regression or an improvement,
-/// when it is also statistically significant (`baseline`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-// Reports from before a threshold existed read back with its default.
-#[serde(default)]
-pub struct NoiseThresholds {
-    pub total_time: f64,
-    pub downtime: f64,
-    pub guest_downtime: f64,
-    pub throughput: f64,
-    /// What the stream's path carried before each run: where the link
-    /// sets it (MTU 1500), a slower link; where the machine sets it (small
-    /// MTUs, nested hosts), the machine, which the gate scales by instead.
-    pub path_rate: f64,
-    pub peak_memory: f64,
-}
-
-impl Default for NoiseThresholds {
-    /// Measured between runs on this machine kind, where the link, not the
-    /// CPU, bounds the stream (MTU 1500): throughput within 1-3 %, total time
-    /// within 10 %; downtimes swing most (a few scheduling delays make them).
-    fn default() -> Self {
-        NoiseThresholds {
-            total_time: 0.20,
-            downtime: 0.50,
-            guest_downtime: 0.50,
-            throughput: 0.08,
-            path_rate: 0.08,
-            peak_memory: 0.30,
-        }
-    }
-}
+/// Per gated metric (its key in `crate::metrics::METRICS`), the smallest
+/// change of its median (a fraction of the baseline's) that the gate
+/// reports as a regression or an improvement, when it is also
+/// statistically significant (`baseline`). A gated metric left out has
+/// its default (`Metric::noise_threshold`).
+pub type NoiseThresholds = BTreeMap<String, f64>;
 
 /// `gate` suites run in `cargo test`; `lab` suites are listed but run only
 /// when asked (`--include-ignored`, or `migsuite run`), or on a lab whose

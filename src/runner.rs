@@ -15,6 +15,7 @@ use crate::measure::{
     Calibration, CaseResult, Machine, Outcome, Pass, ProgressSample, Provenance, RealHost,
     RunMeasurement, Timeline, Unit, MIB,
 };
+use crate::metrics::GUEST_DOWNTIME;
 use crate::neighbours::{Census, Neighbours};
 use crate::observer::{longest_gap_ms, Observer};
 use crate::probe;
@@ -731,7 +732,7 @@ fn run_once(
         let wait = resume_wait(
             ended,
             observer.last_heartbeat().map(|(t, _)| t),
-            case.bounds.guest_downtime_ms,
+            case.bounds.limits.get(GUEST_DOWNTIME).copied(),
         );
         let heard_again = observer.heartbeat_after(ended, wait);
         match &mut outcome {

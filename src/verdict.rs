@@ -6,7 +6,7 @@ use crate::ab::{compare_variants, VariantComparison};
 use crate::baseline::{compare, Change, Comparison, Estimate};
 use crate::case::{Aggregate, Case, Expect};
 use crate::measure::{runs_of_variant, RunMeasurement, Unit};
-use crate::metrics::{Label, METRICS, PATH_RATE};
+use crate::metrics::{MetricRef, METRICS, PATH_RATE};
 use crate::neighbours::Neighbours;
 use crate::recorded_on::{Differences, RecordedOn};
 use crate::stats::Summary;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The stored baseline: a gated metric's label -> its estimate.
+/// The stored baseline: a gated metric's key -> its estimate.
 pub type Baseline = BTreeMap<String, Estimate>;
 
 /// A baseline as a snapshot stores it.
@@ -27,8 +27,7 @@ pub struct Stored {
 /// A gated metric of this run against the stored baseline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
-    #[serde(deserialize_with = "crate::metrics::label")]
-    pub metric: Label,
+    pub metric: MetricRef,
     pub unit: Unit,
     pub new: Estimate,
     /// The completed runs' figures as compared: at the baseline's pace
@@ -48,8 +47,7 @@ pub struct Gate {
 /// variant, from their runs interleaved in this run (`crate::ab`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VariantGate {
-    #[serde(deserialize_with = "crate::metrics::label")]
-    pub metric: Label,
+    pub metric: MetricRef,
     pub unit: Unit,
     pub reference: String,
     pub variant: String,
@@ -77,8 +75,7 @@ impl VariantGate {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
-    /// Human label of the metric ("downtime", "peak CPU", ...).
-    pub metric: &'static str,
+    pub metric: MetricRef,
     /// None: no completed run measured it.
     pub measured: Option<f64>,
     pub bound: f64,
@@ -229,10 +226,10 @@ fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
     METRICS
         .iter()
         .filter_map(|m| {
-            let bound = m.bound?(&case.bounds)?;
+            let bound = m.bound(&case.bounds)?;
             let measured = Summary::of(&m.values(runs)).map(|s| s.aggregate(case.bounds.apply_to));
             Some(Check {
-                metric: m.label,
+                metric: MetricRef(m),
                 measured,
                 bound,
                 unit: m.unit,
@@ -258,17 +255,17 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
     METRICS
         .iter()
         .filter_map(|m| {
-            let threshold = m.gated?(&case.noise);
+            let threshold = m.noise_threshold(&case.noise)?;
             let values = m.values(runs);
             let paced = pace.and_then(|p| Some((p, m.values_at_pace(runs, p)?)));
             let compared = paced.as_ref().map_or(&values, |(_, v)| v);
             Some(Gate {
-                metric: m.label,
+                metric: MetricRef(m),
                 unit: m.unit,
                 new: Estimate::of(&values)?,
                 paced_to_mbit: paced.as_ref().map(|(p, _)| *p),
                 comparison: baseline
-                    .get(m.label)
+                    .get(m.key)
                     .filter(|_| compared.len() >= MIN_COMPARED_RUNS)
                     .and_then(|b| compare(*b, compared, m.better, threshold)),
                 values: compared.clone(),
@@ -295,7 +292,7 @@ fn variant_gates(case: &Case, runs: &[RunMeasurement]) -> Vec<VariantGate> {
                     let (reference_values, variant_values) =
                         (m.values(reference_runs), m.values(&its_runs));
                     VariantGate {
-                        metric: m.label,
+                        metric: MetricRef(m),
                         unit: m.unit,
                         reference: reference.name.clone(),
                         variant: case.variants[v].name.clone(),
@@ -444,8 +441,8 @@ mod tests {
     fn bounded(apply_to: Aggregate) -> Case {
         let mut c = case();
         c.bounds.apply_to = apply_to;
-        c.bounds.downtime_ms = Some(500.0);
-        c.bounds.guest_downtime_ms = Some(3000.0);
+        c.bounds.limits.insert("downtime".into(), 500.0);
+        c.bounds.limits.insert("guest_downtime".into(), 3000.0);
         c
     }
 
@@ -477,7 +474,7 @@ mod tests {
         let runs = [run(2000.0, 100.0), run(2000.0, 200.0), run(2000.0, 600.0)];
         let v = judge(&bounded(agg), &runs, &Baseline::new());
         assert_eq!(v.passed, passed, "{v}");
-        assert_eq!(v.checks[0].metric, "downtime (reported)");
+        assert_eq!(v.checks[0].metric.key(), "downtime");
         assert_eq!(v.checks[0].measured, Some(measured));
     }
 
@@ -572,12 +569,12 @@ mod tests {
         judge(c, runs, &Baseline::new())
             .gates
             .into_iter()
-            .map(|g| (g.metric.to_string(), g.new))
+            .map(|g| (g.metric.key().to_string(), g.new))
             .collect()
     }
 
     fn gate<'v>(v: &'v Verdict, metric: &str) -> &'v Gate {
-        v.gates.iter().find(|g| g.metric == metric).unwrap()
+        v.gates.iter().find(|g| g.metric.key() == metric).unwrap()
     }
 
     fn change(v: &Verdict, metric: &str) -> Change {
@@ -589,14 +586,14 @@ mod tests {
     #[test]
     fn a_machine_half_as_fast_is_not_a_regression() {
         let mut c = case();
-        c.noise.path_rate = 0.9;
+        c.noise.insert(PATH_RATE.into(), 0.9);
         let baseline = recorded(&c, &runs_at(1.0, Some(500.0)));
         let v = judge(&c, &runs_at(2.0, Some(250.0)), &baseline);
         assert!(v.passed, "{v}");
-        for metric in ["total time", "downtime (reported)", "stream throughput"] {
+        for metric in ["total_time", "downtime", "throughput"] {
             assert_eq!(change(&v, metric), Change::Noise, "{metric}: {v}");
         }
-        let total = gate(&v, "total time");
+        let total = gate(&v, "total_time");
         assert_eq!(total.paced_to_mbit, Some(500.0));
         assert_relative_eq!(
             total.comparison.as_ref().unwrap().change_pct,
@@ -612,7 +609,7 @@ mod tests {
         // Unpaced (runs that measured no path), the same runs regress.
         let baseline = recorded(&c, &runs_at(1.0, None));
         let v = judge(&c, &runs_at(2.0, None), &baseline);
-        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "total_time"), Change::Regression, "{v}");
     }
 
     #[test]
@@ -621,8 +618,8 @@ mod tests {
         let baseline = recorded(&c, &runs_at(1.0, Some(500.0)));
         let v = judge(&c, &runs_at(1.4, Some(500.0)), &baseline);
         assert!(!v.passed, "{v}");
-        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
-        assert_eq!(change(&v, "stream throughput"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "total_time"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "throughput"), Change::Regression, "{v}");
         assert_eq!(change(&v, PATH_RATE), Change::Noise, "{v}");
     }
 
@@ -635,7 +632,7 @@ mod tests {
         let v = judge(&c, &runs_at(1.0 / 0.6, Some(300.0)), &baseline);
         assert!(!v.passed, "{v}");
         assert_eq!(change(&v, PATH_RATE), Change::Regression, "{v}");
-        assert_eq!(change(&v, "total time"), Change::Noise, "{v}");
+        assert_eq!(change(&v, "total_time"), Change::Noise, "{v}");
     }
 
     /// What a snapshot of `runs`, measured as `prov` says, stores.
@@ -661,7 +658,7 @@ mod tests {
     #[test]
     fn a_baseline_of_the_same_machine_is_compared() {
         let v = on_rack(1.4, &rack());
-        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "total_time"), Change::Regression, "{v}");
         assert_eq!(v.since_baseline, Some(Default::default()));
         assert!(!v.to_string().contains("since the baseline"), "{v}");
     }
@@ -718,7 +715,7 @@ mod tests {
             ..rack()
         };
         let v = on_rack(1.4, &newer);
-        assert_eq!(change(&v, "total time"), Change::Regression, "{v}");
+        assert_eq!(change(&v, "total_time"), Change::Regression, "{v}");
         // Right after the gates' figures.
         let text = v.to_string();
         let lines: Vec<&str> = text.lines().collect();
@@ -859,7 +856,11 @@ mod tests {
     fn the_stored_baseline_gates_the_reference_alone() {
         let (c, runs) = ab(1.5);
         let v = judge(&c, &runs, &Baseline::new());
-        let total = v.gates.iter().find(|g| g.metric == "total time").unwrap();
+        let total = v
+            .gates
+            .iter()
+            .find(|g| g.metric.key() == "total_time")
+            .unwrap();
         assert_eq!(total.new.n, 5);
         assert_relative_eq!(total.new.median, 2000.0);
     }

@@ -73,7 +73,7 @@ fn a_capped_stream_is_flagged_and_the_same_again_is_not() -> Result<(), Failed> 
             .as_array()
             .unwrap()
             .iter()
-            .find(|g| g["variant"] == variant && g["metric"] == "stream throughput")
+            .find(|g| g["variant"] == variant && g["metric"] == "throughput")
             .unwrap_or_else(|| panic!("{variant} not compared:\n{said}"))["comparison"]
             .clone()
     };

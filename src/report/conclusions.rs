@@ -219,12 +219,10 @@ impl<'a> Grid<'a> {
         let cases = self.cases.get(&(hypervisor, size))?;
         let values: Vec<f64> = cases.iter().flat_map(|r| metric.values(&r.runs)).collect();
         let s = Summary::of(&values)?;
-        let noise = metric.gated.and_then(|threshold| {
-            cases
-                .iter()
-                .map(|r| threshold(&r.case.noise))
-                .reduce(f64::max)
-        });
+        let noise = cases
+            .iter()
+            .filter_map(|r| metric.noise_threshold(&r.case.noise))
+            .reduce(f64::max);
         Some(Figure {
             median: s.median,
             min: s.min,
@@ -403,21 +401,18 @@ pub fn conclusions_table(results: &[CaseResult]) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case::{NoiseThresholds, PacketSize};
+    use crate::case::PacketSize;
     use crate::report::fixtures::{case, provenance, run};
 
     /// A case of the study's game standing for `size` B, its run taking
     /// `total_ms` with `downtime_ms`, judged without noise thresholds.
     fn result(hypervisor: Hypervisor, size: u32, total_ms: f64, downtime_ms: f64) -> CaseResult {
         let mut r = noisy(hypervisor, size, &[(total_ms, downtime_ms)]);
-        r.case.noise = NoiseThresholds {
-            total_time: 0.0,
-            downtime: 0.0,
-            guest_downtime: 0.0,
-            throughput: 0.0,
-            path_rate: 0.0,
-            peak_memory: 0.0,
-        };
+        r.case.noise = METRICS
+            .iter()
+            .filter(|m| m.noise.is_some())
+            .map(|m| (m.key.to_string(), 0.0))
+            .collect();
         r
     }
 

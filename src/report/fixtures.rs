@@ -44,11 +44,7 @@ pub(crate) fn case() -> Case {
         },
         bounds: Bounds {
             apply_to: Aggregate::Worst,
-            downtime_ms: None,
-            guest_downtime_ms: None,
-            total_time_ms: None,
-            peak_cpu_pct: None,
-            peak_memory_mib: None,
+            limits: Default::default(),
         },
         expect: Expect::Pass,
         noise: Default::default(),

@@ -9,7 +9,7 @@
 use super::figures::{draw_legend, COLOURS, FONT, MARK_COLOUR};
 use crate::baseline::{Change, Estimate};
 use crate::measure::{CaseResult, ProgressSample, Unit};
-use crate::metrics::{Better, Metric};
+use crate::metrics::Better;
 use crate::verdict::{Gate, VariantGate};
 use anyhow::Result;
 use plotters::prelude::*;
@@ -85,7 +85,7 @@ pub fn baseline_figure(gate: &Gate) -> Result<Option<String>> {
         .unwrap_or_default();
     let strip = Strip {
         caption: caption(
-            gate.metric,
+            gate.metric.label(),
             (c.change_pct, c.interval_pct),
             "",
             verdict_word(c.change, "noise"),
@@ -121,13 +121,13 @@ pub fn variant_figure(gate: &VariantGate) -> Result<Option<String>> {
         return Ok(None);
     };
     let bound = c.bound_pct / 100.0;
-    let limit = match Metric::by_label(gate.metric).map(|m| m.better) {
-        Some(Better::Higher) => c.reference.median * (1.0 - bound),
-        _ => c.reference.median * (1.0 + bound),
+    let limit = match gate.metric.0.better {
+        Better::Higher => c.reference.median * (1.0 - bound),
+        Better::Lower => c.reference.median * (1.0 + bound),
     };
     let strip = Strip {
         caption: caption(
-            gate.metric,
+            gate.metric.label(),
             (c.change_pct, c.interval_pct),
             &format!(", p = {:.3}", c.p_value),
             verdict_word(c.change, "no change beyond the bound"),
@@ -322,12 +322,13 @@ pub fn progress_figure(result: &CaseResult) -> Result<Option<String>> {
 mod tests {
     use super::*;
     use crate::baseline::compare;
+    use crate::metrics::{Metric, MetricRef};
     use crate::report::fixtures::{case, provenance, run};
 
     fn gate(values: Vec<f64>) -> Gate {
         let baseline = Estimate::of(&[2000.0, 2050.0, 1980.0, 2010.0, 2020.0]).unwrap();
         Gate {
-            metric: "total time",
+            metric: MetricRef(Metric::by_key("total_time").unwrap()),
             unit: Unit::Ms,
             new: Estimate::of(&values).unwrap(),
             paced_to_mbit: Some(740.0),
@@ -375,7 +376,7 @@ mod tests {
             vec![130.0, 131.0, 129.0, 130.0],
         );
         let g = VariantGate {
-            metric: "stream throughput",
+            metric: MetricRef(Metric::by_key("throughput").unwrap()),
             unit: Unit::Mbit,
             reference: "stock".into(),
             variant: "capped".into(),

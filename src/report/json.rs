@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn checks_are_serialized() {
         let mut bounded = case();
-        bounded.bounds.downtime_ms = Some(500.0);
+        bounded.bounds.limits.insert("downtime".into(), 500.0);
         let runs = vec![run(2000.0, 812.0)];
         let verdict = judge(&bounded, &runs, &Default::default());
         let json = serde_json::to_value(CaseReport::new(
@@ -391,7 +391,7 @@ mod tests {
         ))
         .unwrap();
         let check = &json["verdict"]["checks"][0];
-        assert_eq!(check["metric"], "downtime (reported)");
+        assert_eq!(check["metric"], "downtime");
         assert_eq!(check["measured"], 812.0);
         assert_eq!(check["bound"], 500.0);
         assert_eq!(check["unit"], "ms");

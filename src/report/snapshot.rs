@@ -1,7 +1,8 @@
 //! Snapshot text of a judged case, one line per fact, so a change touches
 //! only its own lines: what it was recorded on (`RecordedOn`: accelerator,
 //! machines, versions), the outcome (each failed run's reason on a line of
-//! its own), and each gated metric's baseline (median, 95 % interval, n).
+//! its own), and each gated metric's baseline (median, 95 % interval, n),
+//! named by the metric's key, which stays when its label changes.
 //! A metric whose new sample is noise or an improvement against the stored
 //! baseline keeps its stored line byte for byte; a regression writes the
 //! new one, for a reviewer to see in `cargo insta review`. The lines of what
@@ -72,8 +73,8 @@ fn figures(stored: &str) -> Baseline {
     stored
         .lines()
         .filter_map(|line| {
-            let (metric, rest) = line.split_once(" | median ")?;
-            Metric::by_label(metric)?;
+            let (name, rest) = line.split_once(" | median ")?;
+            let metric = Metric::named(name)?;
             let (median, rest) = rest.split_once(CI)?;
             let (interval, n) = rest.split_once(" | n=")?;
             let (lo, hi) = interval.split_once(" .. ")?;
@@ -83,7 +84,7 @@ fn figures(stored: &str) -> Baseline {
                 hi: number(hi)?,
                 n: n.trim().parse().ok()?,
             };
-            Some((metric.to_string(), e))
+            Some((metric.key.to_string(), e))
         })
         .collect()
 }
@@ -120,9 +121,11 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
                 // quieter one must not fail the gate; re-record on purpose.
                 .filter(|c| c.change != Change::Regression)
                 .and_then(|_| {
-                    stored?
-                        .lines()
-                        .find(|l| l.starts_with(&format!("{} | median ", g.metric)))
+                    stored?.lines().find(|l| {
+                        l.split_once(" | median ")
+                            .and_then(|(name, _)| Metric::named(name))
+                            .is_some_and(|m| m.key == g.metric.key())
+                    })
                 });
             // A regressed figure is written at the baseline's path rate,
             // beside the path rate line it was brought to.
@@ -132,7 +135,7 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
             };
             match kept {
                 Some(line) => (line.to_string(), true),
-                None => (estimate_line(g.metric, new, g.unit), false),
+                None => (estimate_line(g.metric.key(), new, g.unit), false),
             }
         })
         .collect();
@@ -174,7 +177,9 @@ fn variant_line(g: &VariantGate) -> String {
     };
     format!(
         "{} against {}: {} | {concluded}",
-        g.variant, g.reference, g.metric
+        g.variant,
+        g.reference,
+        g.metric.key()
     )
 }
 
@@ -216,12 +221,12 @@ mod tests {
         assert_eq!(lines[1..6], RecordedOn::of(&provenance()).lines());
         assert_eq!(lines[6], "outcome: as expected");
         assert!(
-            lines.contains(&"total time | median 2010.0 ms | 95% CI 1980.0 ms .. 2050.0 ms | n=5"),
+            lines.contains(&"total_time | median 2010.0 ms | 95% CI 1980.0 ms .. 2050.0 ms | n=5"),
             "{text}"
         );
         let b = stored(&text);
-        assert_eq!(b.figures["total time"].median, 2010.0);
-        assert_eq!(b.figures["stream throughput"].n, 5);
+        assert_eq!(b.figures["total_time"].median, 2010.0);
+        assert_eq!(b.figures["throughput"].n, 5);
         assert_eq!(b.recorded_on, Some(RecordedOn::of(&provenance())));
     }
 
@@ -239,7 +244,7 @@ mod tests {
             0.1,
         );
         v.variant_comparisons = vec![VariantGate {
-            metric: "total time",
+            metric: crate::metrics::MetricRef(Metric::by_key("total_time").unwrap()),
             unit: crate::measure::Unit::Ms,
             reference: "stock".into(),
             variant: "capped".into(),
@@ -250,18 +255,31 @@ mod tests {
         let text = case_snapshot(&v, &provenance(), None);
         assert_eq!(
             text.lines().last(),
-            Some("capped against stock: total time | REGRESSION beyond 10 %")
+            Some("capped against stock: total_time | REGRESSION beyond 10 %")
         );
         // Not read back as a baseline figure.
-        assert!(!stored(&text)
-            .figures
-            .contains_key("capped against stock: total time"));
+        let figure_lines = text.lines().filter(|l| l.contains(" | median ")).count();
+        assert_eq!(stored(&text).figures.len(), figure_lines, "{text}");
     }
 
     #[test]
     fn noise_keeps_the_stored_lines_byte_for_byte() {
         let stored = snapshot(1.0, None);
         assert_eq!(snapshot(1.02, Some(&stored)), stored);
+    }
+
+    /// Snapshots written before they named metrics by key still compare,
+    /// and within the noise stay as they are.
+    #[test]
+    fn a_snapshot_naming_metrics_by_label_still_compares() {
+        let by_label = snapshot(1.0, None).replace("total_time | ", "total time | ");
+        assert_eq!(stored(&by_label).figures["total_time"].median, 2010.0);
+        assert_eq!(snapshot(1.02, Some(&by_label)), by_label);
+        let regressed = snapshot(1.3, Some(&by_label));
+        assert!(
+            regressed.contains("\ntotal_time | median 2613.0 ms"),
+            "{regressed}"
+        );
     }
 
     #[test]
@@ -281,13 +299,13 @@ mod tests {
         assert!(
             changed
                 .iter()
-                .any(|l| l.starts_with("total time | median 2613.0 ms")),
+                .any(|l| l.starts_with("total_time | median 2613.0 ms")),
             "{new}"
         );
         assert!(
             changed
                 .iter()
-                .any(|l| l.starts_with("stream throughput | median 692.3 Mbit/s")),
+                .any(|l| l.starts_with("throughput | median 692.3 Mbit/s")),
             "{new}"
         );
         assert!(

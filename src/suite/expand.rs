@@ -2,15 +2,16 @@
 //! hypervisor x mtu x workload, with every default applied.
 
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, Matrix, MigrationDef,
-    NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, VariantDef,
-    WorkloadDef,
+    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GatedKey, GuestDef, Matrix,
+    MigrationDef, NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef,
+    VariantDef, WorkloadDef,
 };
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
     Variant, Workload,
 };
+use crate::metrics::{Better, Metric, CPU_PACE, METRICS, PATH_RATE};
 use crate::yaml::scalar::{HypervisorName, Ident, Mtu};
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
@@ -388,21 +389,17 @@ fn check_variants(suite: &Suite) -> Result<(), Invalid> {
         });
     }
     for (key, bound) in &compare.0 {
-        let why = match crate::metrics::Metric::by_key(key.0) {
-            Some(m) if [crate::metrics::PATH_RATE, crate::metrics::CPU_PACE].contains(&m.label) => {
-                Some(
-                    "is measured before each run, before the variant migrates: no variant can \
+        let why = match Metric::by_key(key.0) {
+            Some(m) if [PATH_RATE, CPU_PACE].contains(&m.key) => Some(
+                "is measured before each run, before the variant migrates: no variant can \
                  change it"
-                        .to_string(),
-                )
-            }
-            Some(m) if m.better == crate::metrics::Better::Higher && bound.0 .0 >= 100.0 => {
-                Some(format!(
-                    "is better higher: it cannot fall by {}% or more, so no variant could \
+                    .to_string(),
+            ),
+            Some(m) if m.better == Better::Higher && bound.0 .0 >= 100.0 => Some(format!(
+                "is better higher: it cannot fall by {}% or more, so no variant could \
                      exceed this bound; give less than 100%",
-                    bound.0 .0
-                ))
-            }
+                bound.0 .0
+            )),
             _ => None,
         };
         if let Some(why) = why {
@@ -737,18 +734,17 @@ fn expect_spec(def: ExpectDef) -> Expect {
     }
 }
 
+/// Every gated metric's threshold: the suite's where it sets one, the
+/// metric's default otherwise, so that the report says each one used.
 fn noise_spec(def: NoiseDef) -> NoiseThresholds {
-    let d = NoiseThresholds::default();
-    let pick =
-        |v: Option<super::model::NoisePercent>, default: f64| v.map_or(default, |p| p.0 .0 / 100.0);
-    NoiseThresholds {
-        total_time: pick(def.total_time, d.total_time),
-        downtime: pick(def.downtime, d.downtime),
-        guest_downtime: pick(def.guest_downtime, d.guest_downtime),
-        throughput: pick(def.throughput, d.throughput),
-        path_rate: pick(def.path_rate, d.path_rate),
-        peak_memory: pick(def.peak_memory, d.peak_memory),
-    }
+    METRICS
+        .iter()
+        .filter_map(|m| {
+            let default = m.noise?;
+            let set = def.0.get(&GatedKey(m.key)).map(|p| p.0 .0 / 100.0);
+            Some((m.key.to_string(), set.unwrap_or(default)))
+        })
+        .collect()
 }
 
 fn workload(name: &Ident, def: WorkloadDef) -> Workload {
@@ -766,11 +762,11 @@ fn workload(name: &Ident, def: WorkloadDef) -> Workload {
 fn bounds_spec(b: BoundsDef) -> Bounds {
     Bounds {
         apply_to: b.apply_to.map_or(Aggregate::Worst, Into::into),
-        downtime_ms: b.downtime.map(|d| d.0 .0),
-        guest_downtime_ms: b.guest_downtime.map(|d| d.0 .0),
-        total_time_ms: b.total_time.map(|d| d.0 .0),
-        peak_cpu_pct: b.peak_cpu.map(|p| p.0 .0),
-        peak_memory_mib: b.peak_memory.map(|s| f64::from(s.0)),
+        limits: b
+            .limits
+            .into_iter()
+            .map(|(key, limit)| (key.0.to_string(), limit))
+            .collect(),
     }
 }
 

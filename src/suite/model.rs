@@ -5,6 +5,8 @@
 use super::scalar::{Count, PacketSizeDef};
 use super::units::{Bandwidth, DirtyRate, Duration, LinkRate, PacketRate, Percent, Size, Within};
 use super::MAX_REPEAT;
+use crate::measure::Unit;
+use crate::metrics::{Metric, METRICS};
 use crate::yaml::scalar::Mtu;
 
 /// Ranges of the quantities a suite may give, in ms and %.
@@ -241,27 +243,115 @@ pub(super) struct SamplingDef {
     pub settle: Option<Moment>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping of bounds")]
+/// Upper bounds, keyed by the metrics a suite may bound
+/// (`crate::metrics::METRICS`), each written in its metric's unit, and
+/// what they apply to.
+#[derive(Clone, Debug, Default)]
 pub(super) struct BoundsDef {
     pub apply_to: Option<AggregateDef>,
-    pub downtime: Option<TimeBound>,
-    pub guest_downtime: Option<TimeBound>,
-    pub total_time: Option<TimeBound>,
-    pub peak_cpu: Option<CpuBound>,
-    pub peak_memory: Option<Size>,
+    /// In the metric's unit: ms, % of one core, MiB.
+    pub limits: BTreeMap<MetricKey, f64>,
 }
 
 impl BoundsDef {
     /// `self` layered over `base`: keys given here win.
     pub fn over(self, base: BoundsDef) -> BoundsDef {
+        let mut limits = base.limits;
+        limits.extend(self.limits);
         BoundsDef {
             apply_to: self.apply_to.or(base.apply_to),
-            downtime: self.downtime.or(base.downtime),
-            guest_downtime: self.guest_downtime.or(base.guest_downtime),
-            total_time: self.total_time.or(base.total_time),
-            peak_cpu: self.peak_cpu.or(base.peak_cpu),
-            peak_memory: self.peak_memory.or(base.peak_memory),
+            limits,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundsDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(BoundsVisitor)
+    }
+}
+
+struct BoundsVisitor;
+
+impl<'de> Visitor<'de> for BoundsVisitor {
+    type Value = BoundsDef;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a mapping of bounds")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BoundsDef, A::Error> {
+        let mut given = BTreeMap::new();
+        let mut bounds = BoundsDef::default();
+        while let Some(key) = map.next_key_seed(NewKey(&given, "bound"))? {
+            given.insert(key, ());
+            match key {
+                BoundKey::ApplyTo => bounds.apply_to = Some(map.next_value()?),
+                BoundKey::Metric(metric) => {
+                    let limit = map.next_value_seed(Limit(metric))?;
+                    bounds.limits.insert(metric, limit);
+                }
+            }
+        }
+        Ok(bounds)
+    }
+}
+
+/// A key of `bounds`: what they apply to, or a metric a suite may bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum BoundKey {
+    ApplyTo,
+    Metric(MetricKey),
+}
+
+impl Scalar for BoundKey {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a bound's name")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let keys: Vec<_> = std::iter::once(("apply_to", BoundKey::ApplyTo))
+            .chain(
+                METRICS
+                    .iter()
+                    .filter(|m| m.bounded)
+                    .map(|m| (m.key, BoundKey::Metric(MetricKey(m.key)))),
+            )
+            .collect();
+        some_metric(
+            v,
+            "bound",
+            &keys,
+            "cannot be bounded (a suite bounds times, CPU and memory)",
+        )
+    }
+}
+
+impl fmt::Display for BoundKey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            BoundKey::ApplyTo => f.write_str("apply_to"),
+            BoundKey::Metric(key) => key.fmt(f),
+        }
+    }
+}
+
+/// A bound's value, read in its metric's unit: a duration for a time, a
+/// share of one core for CPU, a size for memory.
+struct Limit(MetricKey);
+
+impl<'de> DeserializeSeed<'de> for Limit {
+    type Value = f64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<f64, D::Error> {
+        match Metric::by_key(self.0 .0).map(|m| m.unit) {
+            Some(Unit::Ms) => Ok(TimeBound::deserialize(d)?.0 .0),
+            Some(Unit::Percent) => Ok(CpuBound::deserialize(d)?.0 .0),
+            Some(Unit::Mib) => Ok(f64::from(Size::deserialize(d)?.0)),
+            _ => Err(de::Error::custom(format!(
+                "`{}` has no unit a suite can write a bound in",
+                self.0
+            ))),
         }
     }
 }
@@ -471,9 +561,27 @@ where
     }
 }
 
-/// A metric's key (`crate::metrics::METRICS`), as `compare` names it.
+/// A metric's key (`crate::metrics::METRICS`), as `compare` and `bounds`
+/// name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct MetricKey(pub &'static str);
+
+/// `v` among `words`, which name some of the metrics: one of the others
+/// is refused saying why (`left_out`), anything else as unknown.
+fn some_metric<T: Copy>(
+    v: &str,
+    what: &str,
+    words: &[(&str, T)],
+    left_out: &str,
+) -> Result<T, Reject> {
+    keyword(v, what, words).map_err(|unknown| match Metric::by_key(v) {
+        Some(_) => Reject::Invalid(format!(
+            "`{v}` {left_out}; valid: {}",
+            words.iter().map(|&(w, _)| w).collect::<Vec<_>>().join(", ")
+        )),
+        None => unknown,
+    })
+}
 
 impl Scalar for MetricKey {
     fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
@@ -481,10 +589,7 @@ impl Scalar for MetricKey {
     }
 
     fn from_str(v: &str) -> Result<Self, Reject> {
-        let keys: Vec<_> = crate::metrics::METRICS
-            .iter()
-            .map(|m| (m.key, MetricKey(m.key)))
-            .collect();
+        let keys: Vec<_> = METRICS.iter().map(|m| (m.key, MetricKey(m.key))).collect();
         keyword(v, "metric", &keys)
     }
 }
@@ -495,7 +600,38 @@ impl fmt::Display for MetricKey {
     }
 }
 
-deserialize_scalar!(MetricKey);
+/// The key of a metric the gate compares with the baseline, as
+/// `snapshot.noise` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct GatedKey(pub &'static str);
+
+impl Scalar for GatedKey {
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a gated metric's name")
+    }
+
+    fn from_str(v: &str) -> Result<Self, Reject> {
+        let keys: Vec<_> = METRICS
+            .iter()
+            .filter(|m| m.noise.is_some())
+            .map(|m| (m.key, GatedKey(m.key)))
+            .collect();
+        some_metric(
+            v,
+            "gated metric",
+            &keys,
+            "is not compared with a baseline, so it has no noise threshold",
+        )
+    }
+}
+
+impl fmt::Display for GatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+deserialize_scalar!(MetricKey, GatedKey, BoundKey);
 
 const EXPECT: &str = "`pass` or `{ fail: \"text the failure reason must contain\" }`";
 
@@ -505,32 +641,24 @@ pub(super) struct SnapshotDef {
     pub noise: Option<NoiseDef>,
 }
 
-/// Noise thresholds of the gated metrics, as percentages of the baseline.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a mapping with `total_time`, `downtime`, `guest_downtime`, `throughput`, `path_rate`, `peak_memory`"
-)]
-pub(super) struct NoiseDef {
-    pub total_time: Option<NoisePercent>,
-    pub downtime: Option<NoisePercent>,
-    pub guest_downtime: Option<NoisePercent>,
-    pub throughput: Option<NoisePercent>,
-    pub path_rate: Option<NoisePercent>,
-    pub peak_memory: Option<NoisePercent>,
-}
+/// Noise thresholds, keyed by the gated metrics
+/// (`crate::metrics::METRICS`), as percentages of the baseline.
+#[derive(Clone, Debug, Default)]
+pub(super) struct NoiseDef(pub BTreeMap<GatedKey, NoisePercent>);
 
 impl NoiseDef {
     /// `self` layered over `base`: keys given here win.
     pub fn over(self, base: NoiseDef) -> NoiseDef {
-        NoiseDef {
-            total_time: self.total_time.or(base.total_time),
-            downtime: self.downtime.or(base.downtime),
-            guest_downtime: self.guest_downtime.or(base.guest_downtime),
-            throughput: self.throughput.or(base.throughput),
-            path_rate: self.path_rate.or(base.path_rate),
-            peak_memory: self.peak_memory.or(base.peak_memory),
-        }
+        let mut thresholds = base.0;
+        thresholds.extend(self.0);
+        NoiseDef(thresholds)
+    }
+}
+
+impl<'de> Deserialize<'de> for NoiseDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(UniqueKeys::new("gated metric"))
+            .map(NoiseDef)
     }
 }
 

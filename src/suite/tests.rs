@@ -4,9 +4,10 @@
 use super::*;
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Expect, FailureSpec, Faults, GuestSpec, Hypervisor, LinkSpec,
-    MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology, Workload,
+    MigrationSpec, PacketSize, SamplingSpec, Strategy, Tier, Topology, Workload,
 };
 use rstest::rstest;
+use std::collections::BTreeMap;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -14,6 +15,15 @@ fn root() -> PathBuf {
 
 fn parse(text: &str) -> Result<Vec<Case>, FileError> {
     parse_str(Path::new("t.yaml"), text)
+}
+
+/// Figures keyed by metric, as a case holds its bounds and noise.
+fn keyed(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+}
+
+fn limit(bounds: &Bounds, metric: &str) -> Option<f64> {
+    bounds.limits.get(metric).copied()
 }
 
 const MINIMAL: &str = "
@@ -34,7 +44,7 @@ failure: { kind: warned, after: 3s }
 )]
 #[case::misspelt_bound(
     "misspelt-bound.yaml:13:3: bounds.dowtime: ",
-    &["unknown field `dowtime`", "did you mean `downtime`?", "apply_to, downtime"],
+    &["unknown bound `dowtime`", "did you mean `downtime`?", "apply_to, total_time, downtime"],
 )]
 #[case::bound_not_a_percentage(
     "bound-not-a-percentage.yaml:12:13: bounds.peak_cpu: ",
@@ -199,6 +209,14 @@ failure: { kind: warned, after: 3s }
 )]
 #[case::expect_fail_empty("expect-fail-empty.yaml:5:17: expect.fail: ", &["would match every failure"])]
 #[case::duplicate_workload("duplicate-workload.yaml:4:3: workloads.game: ", &["workload `game` is defined twice"])]
+#[case::bound_on_a_rate(
+    "bound-on-a-rate.yaml:6:28: bounds.throughput: ",
+    &["`throughput` cannot be bounded", "valid: apply_to, total_time"],
+)]
+#[case::noise_of_an_ungated_metric(
+    "noise-of-an-ungated-metric.yaml:7:29: snapshot.noise.peak_cpu: ",
+    &["`peak_cpu` is not compared with a baseline", "valid: total_time"],
+)]
 #[case::noise_zero("noise-zero.yaml:6:24: snapshot.noise.total_time: ", &["must be from 1% to 1000%"])]
 #[case::matrix_too_large("matrix-too-large.yaml:3:3: matrix: ", &["make 1132 cases", "at most 1000"])]
 #[case::not_utf8("not-utf8.yaml:3:6: ", &["byte 0xE9 is not UTF-8"])]
@@ -337,22 +355,24 @@ fn ci_suite_expands_to_the_documented_case() {
             },
             bounds: Bounds {
                 apply_to: Aggregate::Worst,
-                downtime_ms: Some(5000.0),
-                guest_downtime_ms: Some(10_000.0),
-                total_time_ms: Some(60_000.0),
-                peak_cpu_pct: Some(400.0),
-                peak_memory_mib: Some(2048.0),
+                limits: keyed(&[
+                    ("downtime", 5000.0),
+                    ("guest_downtime", 10_000.0),
+                    ("total_time", 60_000.0),
+                    ("peak_cpu", 400.0),
+                    ("peak_memory", 2048.0),
+                ]),
             },
             expect: Expect::Pass,
             // The mtu 128 override loosens what the CPU bounds.
-            noise: NoiseThresholds {
-                total_time: 0.5,
-                downtime: 1.0,
-                guest_downtime: 1.0,
-                throughput: 0.4,
-                path_rate: 0.9,
-                peak_memory: 0.3
-            },
+            noise: keyed(&[
+                ("total_time", 0.5),
+                ("downtime", 1.0),
+                ("guest_downtime", 1.0),
+                ("throughput", 0.4),
+                ("path_rate", 0.9),
+                ("peak_memory", 0.3),
+            ]),
             variants: vec![],
             compare: Default::default(),
         }
@@ -375,13 +395,17 @@ fn study_suite_applies_its_overrides_and_small_packets() {
     let xen = case("study::xen-pv::mtu128::game");
     assert_eq!(
         (
-            xen.bounds.downtime_ms,
-            xen.bounds.total_time_ms,
+            limit(&xen.bounds, "downtime"),
+            limit(&xen.bounds, "total_time"),
             xen.migration.timeout_ms
         ),
         (Some(30_000.0), Some(900_000.0), 900_000)
     );
-    assert_eq!(xen.bounds.peak_cpu_pct, Some(300.0), "untouched keys stay");
+    assert_eq!(
+        limit(&xen.bounds, "peak_cpu"),
+        Some(300.0),
+        "untouched keys stay"
+    );
     let small = case("study::xen-pv::mtu1500::game-32b");
     assert_eq!(small.workload.packet_size, PacketSize::Bytes(32));
     assert_eq!(
@@ -462,9 +486,20 @@ fn defaults_fill_everything_left_out() {
         }
     );
     assert_eq!(case.bounds.apply_to, Aggregate::Worst);
-    assert_eq!(case.bounds.downtime_ms, None);
+    assert_eq!(case.bounds.limits, keyed(&[]));
     assert_eq!(case.expect, Expect::Pass);
-    assert_eq!(case.noise, NoiseThresholds::default());
+    assert_eq!(
+        case.noise,
+        keyed(&[
+            ("total_time", 0.2),
+            ("downtime", 0.5),
+            ("guest_downtime", 0.5),
+            ("throughput", 0.08),
+            ("path_rate", 0.08),
+            ("peak_memory", 0.3),
+        ]),
+        "every gated metric's default, said in the report"
+    );
 }
 
 #[test]
@@ -489,20 +524,20 @@ overrides:
     let by_name = |name: &str| &cases.iter().find(|c| c.name() == name).unwrap().bounds;
     let plain = by_name("tiny::kvm-pv::mtu1500::idle");
     assert_eq!(
-        (plain.total_time_ms, plain.apply_to),
+        (limit(plain, "total_time"), plain.apply_to),
         (Some(10_000.0), Aggregate::Worst)
     );
     let first = by_name("tiny::kvm-pv::mtu576::idle");
     assert_eq!(
-        (first.total_time_ms, first.apply_to),
+        (limit(first, "total_time"), first.apply_to),
         (Some(20_000.0), Aggregate::Mean)
     );
     let both = by_name("tiny::kvm-fv::mtu576::idle");
     assert_eq!(
-        (both.total_time_ms, both.apply_to),
+        (limit(both, "total_time"), both.apply_to),
         (Some(30_000.0), Aggregate::Mean)
     );
-    assert_eq!(both.downtime_ms, Some(1000.0));
+    assert_eq!(limit(both, "downtime"), Some(1000.0));
 }
 
 #[test]
