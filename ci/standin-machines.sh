@@ -68,6 +68,8 @@ HOST_MEMORY=3072
 HOST_CPUS=2
 # A Debian boot under TCG, then libvirt's first probe of QEMU.
 BOOT_SECONDS=600
+# Boots of one host when its QEMU aborts on an assertion of its own.
+BOOT_ATTEMPTS=3
 # The packages of a lab host; QEMU and libvirt from bookworm-backports, as
 # on the runner (ci/setup.sh says why). Xen's toolstack (xl, xenstored, the
 # HVM device model) and pv (counts a migration stream's bytes) serve hosts
@@ -422,13 +424,28 @@ start_host() {
     </dev/null >"$dir/qemu.out" 2>&1 &
 }
 
-# Waits until host $1 answers ssh from the runner machine.
+# Waits until host $1 answers ssh from the runner machine. A QEMU that
+# aborts on an assertion of its own (multi-threaded TCG has raced while an
+# emulated host set up its PCI devices) crashed the emulator, not the host:
+# that host boots again, at most BOOT_ATTEMPTS times, its logs kept.
 wait_ssh() {
-  local h=$1 deadline
+  local h=$1 deadline attempt=1
   deadline=$((SECONDS + BOOT_SECONDS))
   until on_runner timeout 20 ssh "$MGMT.$(index_of "$h")" true 2>"$STATE/$h/ssh.err"; do
-    [ -s "$STATE/$h/qemu.pid" ] && kill -0 "$(cat "$STATE/$h/qemu.pid")" 2>/dev/null ||
+    if ! { [ -s "$STATE/$h/qemu.pid" ] && kill -0 "$(cat "$STATE/$h/qemu.pid")" 2>/dev/null; }; then
+      if ((attempt < BOOT_ATTEMPTS)) && grep -q "Assertion .* failed" "$STATE/$h/qemu.out"; then
+        echo "host $h: its QEMU aborted ($(grep -m 1 -o "Assertion .* failed" "$STATE/$h/qemu.out")); booting it again ($((attempt + 1)) of $BOOT_ATTEMPTS)" >&2
+        mv "$STATE/$h/qemu.out" "$STATE/$h/qemu.out.$attempt"
+        mv "$STATE/$h/console.log" "$STATE/$h/console.log.$attempt"
+        rm -f "$STATE/$h/qemu.pid"
+        attempt=$((attempt + 1))
+        start_host "$h"
+        deadline=$((SECONDS + BOOT_SECONDS))
+        sleep 2
+        continue
+      fi
       die "host $h's QEMU ended: $(cat "$STATE/$h/qemu.out") $(tail -n 20 "$STATE/$h/console.log")"
+    fi
     ((SECONDS < deadline)) ||
       die "host $h did not answer ssh within ${BOOT_SECONDS}s ($(tail -n 1 "$STATE/$h/ssh.err")); console:"$'\n'"$(tail -n 30 "$STATE/$h/console.log")"
     sleep 2
