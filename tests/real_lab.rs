@@ -68,6 +68,8 @@ impl Standin {
         let one = ONE_STANDIN.lock().unwrap_or_else(|e| e.into_inner());
         // A stand-in left by a killed test goes first.
         down();
+        // Taken down also when it fails to come up, part of it booted.
+        let standin = Standin { _one: one };
         duct::cmd!(
             "bash",
             STANDIN,
@@ -80,7 +82,7 @@ impl Standin {
         .dir(root())
         .run()
         .expect("the stand-in lab comes up");
-        Standin { _one: one }
+        standin
     }
 }
 
