@@ -259,13 +259,13 @@ pub struct Bounds {
     pub apply_to: Aggregate,
     /// Per bounded metric (its key in `crate::metrics::METRICS`), in the
     /// metric's unit; a metric left out is not bounded.
-    #[serde(flatten, deserialize_with = "limits")]
+    #[serde(flatten, deserialize_with = "read_limits")]
     pub limits: BTreeMap<String, f64>,
 }
 
 /// Bounds as reports name them now (by metric key) and as reports written
 /// before did (with their unit, and null where not bounded).
-fn limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+fn read_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
     const BEFORE_KEYS: [(&str, &str); 5] = [
         ("downtime_ms", "downtime"),
         ("guest_downtime_ms", "guest_downtime"),
@@ -383,5 +383,32 @@ impl Case {
                 order
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reports written before bounds were keyed by metric read back.
+    #[test]
+    fn bounds_read_back_as_written_now_and_before() {
+        let before: Bounds = serde_json::from_str(
+            r#"{"apply_to":"worst","downtime_ms":5000.0,"guest_downtime_ms":null,"peak_cpu_pct":400.0}"#,
+        )
+        .unwrap();
+        let now = Bounds {
+            apply_to: Aggregate::Worst,
+            limits: [("downtime", 5000.0), ("peak_cpu", 400.0)]
+                .map(|(k, v)| (k.to_string(), v))
+                .into(),
+        };
+        assert_eq!(before, now);
+        let json = serde_json::to_string(&now).unwrap();
+        assert_eq!(
+            json,
+            r#"{"apply_to":"worst","downtime":5000.0,"peak_cpu":400.0}"#
+        );
+        assert_eq!(serde_json::from_str::<Bounds>(&json).unwrap(), now);
     }
 }

@@ -44,7 +44,7 @@ pub struct Metric {
     /// If the gate compares it with the baseline: the smallest change of
     /// its median, a fraction of the baseline's, that counts as one
     /// unless the suite sets another.
-    pub noise: Option<f64>,
+    pub default_noise: Option<f64>,
     pub pace: Pace,
 }
 
@@ -58,9 +58,9 @@ pub const PATH_RATE: &str = "path_rate";
 pub const CPU_PACE: &str = "cpu_pace";
 
 /// Every metric, in the order tables and snapshots show them. The default
-/// noise thresholds are the spread between runs on the CI's machine kind
-/// where the link, not the CPU, bounds the stream (MTU 1500); downtimes
-/// swing most, since a few scheduling delays make them.
+/// noise thresholds stand clear of the spread between runs on the CI's
+/// machine kind where the link, not the CPU, bounds the stream (MTU 1500);
+/// downtimes swing most, since a few scheduling delays make them.
 pub const METRICS: &[Metric] = &[
     Metric {
         key: "total_time",
@@ -69,7 +69,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.total_time_ms,
         bounded: true,
-        noise: Some(0.20),
+        default_noise: Some(0.20),
         pace: Pace::Time,
     },
     Metric {
@@ -79,7 +79,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.reported_downtime_ms,
         bounded: true,
-        noise: Some(0.50),
+        default_noise: Some(0.50),
         pace: Pace::Time,
     },
     Metric {
@@ -89,7 +89,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.guest_downtime_ms,
         bounded: true,
-        noise: Some(0.50),
+        default_noise: Some(0.50),
         pace: Pace::Time,
     },
     Metric {
@@ -99,7 +99,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Higher,
         value: |r| r.throughput_mbit,
         bounded: false,
-        noise: Some(0.08),
+        default_noise: Some(0.08),
         pace: Pace::Rate,
     },
     // Where the link sets it (MTU 1500), a lower one is a slower link;
@@ -112,7 +112,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Higher,
         value: |r| r.path_rate_mbit,
         bounded: false,
-        noise: Some(0.08),
+        default_noise: Some(0.08),
         pace: Pace::Own,
     },
     // Beside each run, not gated, and no figure is brought to it yet: a
@@ -125,7 +125,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Higher,
         value: |r| r.cpu_pace_mops,
         bounded: false,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -135,7 +135,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Higher,
         value: |r| r.efficiency,
         bounded: false,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -145,7 +145,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.phases.preparation_ms,
         bounded: false,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -155,7 +155,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.bytes_transferred.map(|b| b as f64 / MIB),
         bounded: false,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -165,7 +165,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.memory_iterations.map(|i| i as f64),
         bounded: false,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -175,7 +175,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.peak_cpu_pct,
         bounded: true,
-        noise: None,
+        default_noise: None,
         pace: Pace::Own,
     },
     Metric {
@@ -185,7 +185,7 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         value: |r| r.peak_memory_mib,
         bounded: true,
-        noise: Some(0.30),
+        default_noise: Some(0.30),
         pace: Pace::Own,
     },
 ];
@@ -240,7 +240,7 @@ impl Metric {
     /// Its noise threshold among `noise`, or its default where they set
     /// none; None: the gate does not compare it with the baseline.
     pub fn noise_threshold(&self, noise: &NoiseThresholds) -> Option<f64> {
-        let default = self.noise?;
+        let default = self.default_noise?;
         Some(noise.get(self.key).copied().unwrap_or(default))
     }
 
@@ -249,12 +249,33 @@ impl Metric {
         METRICS.iter().find(|m| m.key == key)
     }
 
-    /// The metric a report or snapshot names: by its key, or by its label
-    /// where it was written before they named metrics by key.
+    /// The metric a report or snapshot names: by its key, or by the label
+    /// it had when they were written before they named metrics by key.
     pub fn named(name: &str) -> Option<&'static Metric> {
-        METRICS.iter().find(|m| m.key == name || m.label == name)
+        let key = LABELS_BEFORE_KEYS
+            .iter()
+            .find(|(label, _)| *label == name)
+            .map_or(name, |(_, key)| key);
+        Metric::by_key(key)
     }
 }
+
+/// The labels that reports and snapshots named metrics by before they
+/// named them by key: kept as they were, whatever the labels become.
+const LABELS_BEFORE_KEYS: [(&str, &str); 12] = [
+    ("total time", "total_time"),
+    ("downtime (reported)", "downtime"),
+    ("guest-observed downtime", "guest_downtime"),
+    ("stream throughput", "throughput"),
+    ("path rate", "path_rate"),
+    ("CPU pace", "cpu_pace"),
+    ("efficiency (of link goodput)", "efficiency"),
+    ("preparation", "preparation"),
+    ("transferred", "transferred"),
+    ("memory passes", "passes"),
+    ("peak CPU", "peak_cpu"),
+    ("peak memory", "peak_memory"),
+];
 
 /// A metric as verdicts and reports carry it: JSON reports name it by its
 /// key, tables and figures by its label (`Display`).
@@ -337,6 +358,42 @@ mod tests {
     use super::*;
     use crate::report::fixtures::{failed, run};
     use approx::assert_relative_eq;
+
+    /// Bounds are upper bounds (`Summary::worst`, `<=`), written in a unit
+    /// a suite has words for (`suite::model::Limit`).
+    #[test]
+    fn bounded_metrics_are_lower_is_better_in_a_suite_unit() {
+        for m in METRICS.iter().filter(|m| m.bounded) {
+            assert_eq!(m.better, Better::Lower, "{}", m.key);
+            assert!(
+                matches!(m.unit, Unit::Ms | Unit::Percent | Unit::Mib),
+                "{}",
+                m.key
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_old_labels_name_metrics() {
+        for (i, m) in METRICS.iter().enumerate() {
+            assert!(METRICS[..i].iter().all(|o| o.key != m.key), "{}", m.key);
+        }
+        for (label, key) in LABELS_BEFORE_KEYS {
+            assert_eq!(Metric::named(label).map(|m| m.key), Some(key));
+        }
+    }
+
+    #[test]
+    fn a_metric_reads_back_by_key_or_by_its_old_label() {
+        let read = |json: &str| serde_json::from_str::<MetricRef>(json).map(MetricRef::key);
+        assert_eq!(read("\"total_time\"").unwrap(), "total_time");
+        assert_eq!(read("\"downtime (reported)\"").unwrap(), "downtime");
+        let unknown = read("\"total\"").unwrap_err().to_string();
+        assert!(
+            unknown.contains("the metrics are total_time, downtime"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn case_summary_ignores_failed_runs() {

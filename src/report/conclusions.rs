@@ -410,7 +410,7 @@ mod tests {
         let mut r = noisy(hypervisor, size, &[(total_ms, downtime_ms)]);
         r.case.noise = METRICS
             .iter()
-            .filter(|m| m.noise.is_some())
+            .filter(|m| m.default_noise.is_some())
             .map(|m| (m.key.to_string(), 0.0))
             .collect();
         r

@@ -69,12 +69,17 @@ pub fn stored(text: &str) -> Stored {
     }
 }
 
+/// The metric of a baseline line, and the rest of the line after it.
+fn baseline_line(line: &str) -> Option<(&'static Metric, &str)> {
+    let (name, rest) = line.split_once(" | median ")?;
+    Some((Metric::named(name)?, rest))
+}
+
 fn figures(stored: &str) -> Baseline {
     stored
         .lines()
         .filter_map(|line| {
-            let (name, rest) = line.split_once(" | median ")?;
-            let metric = Metric::named(name)?;
+            let (metric, rest) = baseline_line(line)?;
             let (median, rest) = rest.split_once(CI)?;
             let (interval, n) = rest.split_once(" | n=")?;
             let (lo, hi) = interval.split_once(" .. ")?;
@@ -121,11 +126,9 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
                 // quieter one must not fail the gate; re-record on purpose.
                 .filter(|c| c.change != Change::Regression)
                 .and_then(|_| {
-                    stored?.lines().find(|l| {
-                        l.split_once(" | median ")
-                            .and_then(|(name, _)| Metric::named(name))
-                            .is_some_and(|m| m.key == g.metric.key())
-                    })
+                    stored?
+                        .lines()
+                        .find(|l| baseline_line(l).is_some_and(|(m, _)| m.key == g.metric.key()))
                 });
             // A regressed figure is written at the baseline's path rate,
             // beside the path rate line it was brought to.

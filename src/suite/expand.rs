@@ -2,9 +2,9 @@
 //! hypervisor x mtu x workload, with every default applied.
 
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GatedKey, GuestDef, Matrix,
-    MigrationDef, NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef,
-    VariantDef, WorkloadDef,
+    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, Matrix, MigrationDef,
+    NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, VariantDef,
+    WorkloadDef,
 };
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
@@ -737,13 +737,14 @@ fn expect_spec(def: ExpectDef) -> Expect {
 /// Every gated metric's threshold: the suite's where it sets one, the
 /// metric's default otherwise, so that the report says each one used.
 fn noise_spec(def: NoiseDef) -> NoiseThresholds {
+    let set: NoiseThresholds = def
+        .0
+        .into_iter()
+        .map(|(key, pct)| (key.0.to_string(), pct.0 .0 / 100.0))
+        .collect();
     METRICS
         .iter()
-        .filter_map(|m| {
-            let default = m.noise?;
-            let set = def.0.get(&GatedKey(m.key)).map(|p| p.0 .0 / 100.0);
-            Some((m.key.to_string(), set.unwrap_or(default)))
-        })
+        .filter_map(|m| Some((m.key.to_string(), m.noise_threshold(&set)?)))
         .collect()
 }
 

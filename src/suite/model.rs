@@ -613,7 +613,7 @@ impl Scalar for GatedKey {
     fn from_str(v: &str) -> Result<Self, Reject> {
         let keys: Vec<_> = METRICS
             .iter()
-            .filter(|m| m.noise.is_some())
+            .filter(|m| m.default_noise.is_some())
             .map(|m| (m.key, GatedKey(m.key)))
             .collect();
         some_metric(

@@ -402,8 +402,9 @@ impl XenHost {
     /// the host over the migration link. MTU on every hop; offloads as the
     /// case says on the LAN. The migration NIC keeps its offloads whatever
     /// the case says: a packet costs a nested dom0 far more than it costs a
-    /// host (every interrupt goes through Xen under TCG), so dom0 hands 64 KiB segments to the lab host, whose
-    /// kernel cuts them into MTU-sized packets on the wire-like link, and the
+    /// host (every interrupt goes through Xen under TCG), so dom0 hands
+    /// 64 KiB segments to the lab host, whose kernel cuts them into
+    /// MTU-sized packets on the wire-like link, and the
     /// destination's lab host merges them again (GRO) for its dom0: the
     /// per-packet work is a host kernel's, as for a KVM row's QEMU.
     pub fn attach(&self, lab_host: &lab::Host, link: &LinkSpec) -> Result<()> {
