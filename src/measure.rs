@@ -202,6 +202,15 @@ pub struct ProgressSample {
     /// The guest's dirty rate as the hypervisor sees it.
     pub dirty_rate_mib_s: Option<f64>,
     pub throughput_mbit: Option<f64>,
+    /// The downtime the hypervisor expected had it switched over then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_downtime_ms: Option<f64>,
+}
+
+/// The hypervisor's last estimate of the downtime in `progress`: the one
+/// it switched over on.
+pub fn last_expected_downtime(progress: &[ProgressSample]) -> Option<f64> {
+    progress.iter().rev().find_map(|p| p.expected_downtime_ms)
 }
 
 /// One pre-copy pass as the progress timeline shows it: what it sent and
@@ -305,6 +314,9 @@ pub struct RunMeasurement {
     pub reported_total_ms: Option<f64>,
     /// Downtime as the hypervisor/toolstack reports it.
     pub reported_downtime_ms: Option<f64>,
+    /// The downtime limit the hypervisor was given: what was asked.
+    #[serde(default)]
+    pub downtime_limit_ms: Option<f64>,
     /// Longest gap between heartbeats the observer received.
     pub guest_downtime_ms: Option<f64>,
     /// Longest heartbeat gap in the steady state before the warning (jitter).
@@ -391,6 +403,7 @@ mod tests {
             pass,
             dirty_rate_mib_s: None,
             throughput_mbit: None,
+            expected_downtime_ms: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! adding a gated metric is its entry here and the code that measures it.
 
 use crate::case::{Bounds, NoiseThresholds};
-use crate::measure::{RunMeasurement, Unit, MIB};
+use crate::measure::{last_expected_downtime, RunMeasurement, Unit, MIB};
 use crate::stats::{median, sorted, Summary};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -91,6 +91,30 @@ pub const METRICS: &[Metric] = &[
         bounded: true,
         default_noise: Some(0.50),
         pace: Pace::Time,
+    },
+    // What the hypervisor expected and was asked, beside what it did.
+    Metric {
+        key: "expected_downtime",
+        label: "downtime expected",
+        unit: Unit::Ms,
+        better: Better::Lower,
+        value: |r| last_expected_downtime(&r.progress),
+        bounded: false,
+        default_noise: None,
+        pace: Pace::Own,
+    },
+    Metric {
+        key: "downtime_overshoot",
+        label: "downtime of limit asked",
+        unit: Unit::Percent,
+        better: Better::Lower,
+        value: |r| {
+            let (achieved, asked) = (r.reported_downtime_ms?, r.downtime_limit_ms?);
+            (asked > 0.0).then(|| achieved / asked * 100.0)
+        },
+        bounded: true,
+        default_noise: None,
+        pace: Pace::Own,
     },
     Metric {
         key: "throughput",
@@ -393,6 +417,29 @@ mod tests {
             unknown.contains("the metrics are total_time, downtime"),
             "{unknown}"
         );
+    }
+
+    /// A backend's downtime held against the limit it was asked to keep
+    /// and the estimate it switched over on.
+    #[test]
+    fn a_downtime_is_held_against_the_limit_asked_and_the_estimate() {
+        let estimate = |ms: Option<f64>| crate::measure::ProgressSample {
+            t_ms: 0,
+            transferred_mib: 0.0,
+            remaining_mib: 0.0,
+            pass: 1,
+            dirty_rate_mib_s: None,
+            throughput_mbit: None,
+            expected_downtime_ms: ms,
+        };
+        let mut r = run(2000.0, 450.0);
+        r.downtime_limit_ms = Some(300.0);
+        r.progress = vec![estimate(Some(900.0)), estimate(Some(280.0)), estimate(None)];
+        let value = |r: &RunMeasurement, key: &str| (Metric::by_key(key).unwrap().value)(r);
+        assert_relative_eq!(value(&r, "downtime_overshoot").unwrap(), 150.0);
+        assert_eq!(value(&r, "expected_downtime"), Some(280.0));
+        r.downtime_limit_ms = None;
+        assert_eq!(value(&r, "downtime_overshoot"), None, "nothing asked");
     }
 
     #[test]

@@ -801,6 +801,7 @@ fn run_once(
                 pass: p.pass,
                 dirty_rate_mib_s: p.dirty_bytes_s.map(|b| b as f64 / MIB),
                 throughput_mbit: p.bytes_s.map(|b| b as f64 * 8.0 / 1e6),
+                expected_downtime_ms: p.expected_downtime_ms.map(|ms| ms as f64),
             })
             .collect();
         Ok(RunMeasurement {
@@ -813,6 +814,7 @@ fn run_once(
                 .map(|t| (t - t0).as_secs_f64() * 1000.0),
             reported_total_ms: evacuation.reported_total_ms,
             reported_downtime_ms: evacuation.reported_downtime_ms,
+            downtime_limit_ms: evacuation.downtime_limit_ms,
             guest_downtime_ms: longest_gap_ms(&beats, t0, Instant::now()),
             baseline_gap_ms: longest_gap_ms(&beats, sampling_from, t0),
             setup_time_ms: evacuation.setup_time_ms,

@@ -27,6 +27,9 @@ pub struct Progress {
     pub pass: u64,
     pub dirty_bytes_s: Option<u64>,
     pub bytes_s: Option<u64>,
+    /// The downtime the hypervisor expects if it switched over now (QEMU's
+    /// estimate from its last pass), ms.
+    pub expected_downtime_ms: Option<u64>,
 }
 
 /// What the backend learnt from one evacuation.
@@ -39,6 +42,8 @@ pub struct Evacuation {
     pub completed_at: Option<Instant>,
     pub reported_total_ms: Option<f64>,
     pub reported_downtime_ms: Option<f64>,
+    /// The downtime limit the hypervisor was given (None: it takes none).
+    pub downtime_limit_ms: Option<f64>,
     pub setup_time_ms: Option<f64>,
     pub bytes_transferred: Option<u64>,
     pub memory_iterations: Option<u64>,

@@ -424,6 +424,7 @@ mod tests {
                     pass: 1,
                     dirty_rate_mib_s: None,
                     throughput_mbit: None,
+                    expected_downtime_ms: None,
                 })
                 .collect();
             result.runs.push(r);

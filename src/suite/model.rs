@@ -19,8 +19,9 @@ pub(super) type Timeout = Within<Duration, 1_000, { 24 * HOUR }>;
 pub(super) type Interval = Within<Duration, 10, 60_000>;
 /// A bound on a measured time; 0 could never be met.
 pub(super) type TimeBound = Within<Duration, 1, { 24 * HOUR }>;
-/// Of one core: 100 % is one core busy.
-pub(super) type CpuBound = Within<Percent, 1, 100_000>;
+/// A bound in percent: of one core for CPU (100 % is one core busy), of
+/// the limit asked for a downtime.
+pub(super) type PercentBound = Within<Percent, 1, 100_000>;
 /// A relative change of the baseline's median.
 pub(super) type NoisePercent = Within<Percent, 1, 1000>;
 /// How much worse than the reference a variant may be; 0 %: not at all.
@@ -322,7 +323,7 @@ impl Scalar for BoundKey {
             v,
             "bound",
             &keys,
-            "cannot be bounded (a suite bounds times, CPU and memory)",
+            "cannot be bounded (a suite bounds times, percentages and memory)",
         )
     }
 }
@@ -337,7 +338,7 @@ impl fmt::Display for BoundKey {
 }
 
 /// A bound's value, read in its metric's unit: a duration for a time, a
-/// share of one core for CPU, a size for memory.
+/// percentage, a size for memory.
 struct Limit(MetricKey);
 
 impl<'de> DeserializeSeed<'de> for Limit {
@@ -346,7 +347,7 @@ impl<'de> DeserializeSeed<'de> for Limit {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<f64, D::Error> {
         match Metric::by_key(self.0 .0).map(|m| m.unit) {
             Some(Unit::Ms) => Ok(TimeBound::deserialize(d)?.0 .0),
-            Some(Unit::Percent) => Ok(CpuBound::deserialize(d)?.0 .0),
+            Some(Unit::Percent) => Ok(PercentBound::deserialize(d)?.0 .0),
             Some(Unit::Mib) => Ok(f64::from(Size::deserialize(d)?.0)),
             _ => Err(de::Error::custom(format!(
                 "`{}` has no unit a suite can write a bound in",

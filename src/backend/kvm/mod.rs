@@ -539,6 +539,8 @@ impl Kvm {
                         .mem_dirty_rate
                         .map(|r| r * j.mem_page_size.unwrap_or(4096)),
                     bytes_s: j.mem_bps,
+                    // A running job's downtime is QEMU's expected one.
+                    expected_downtime_ms: j.downtime,
                 });
             }
             if let (Some(j), Strategy::Precopy, None, false) = (
@@ -677,6 +679,7 @@ impl Kvm {
                     resume_ms: span_ms(e.completed_at, returned_at),
                 };
                 e.progress = samples;
+                e.downtime_limit_ms = Some(case.migration.max_downtime_ms as f64);
                 Ok(e)
             }
         }

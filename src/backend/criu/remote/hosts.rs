@@ -154,6 +154,7 @@ impl OnRealHosts {
                 bytes_s: (took_ms > 0.0)
                     .then(|| (written * page) as f64 / took_ms * 1000.0)
                     .map(|r| r as u64),
+                expected_downtime_ms: None,
             });
             progress(&format!(
                 "pre-dump {n}: {} pages to the page server on {address} in {took_ms:.0} ms",
@@ -232,6 +233,7 @@ impl OnRealHosts {
             completed_at: Some(restored_at),
             reported_total_ms: Some(ms(restored_at - started)),
             reported_downtime_ms: frozen_ms.map(|f| f + ms(restored_at - dump_ended)),
+            downtime_limit_ms: None,
             setup_time_ms: setup_ms,
             bytes_transferred: Some(transferred),
             memory_iterations: Some(passes.len() as u64 + 1),
