@@ -14,7 +14,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use migsuite::case::Case;
 use migsuite::inventory::Inventory;
 use migsuite::report::json::{CaseReport, RunReport};
-use migsuite::report::{case_snapshot, case_table, html, study_table, suite_table};
+use migsuite::report::{case_snapshot, case_table, suite_tables, write_report};
 use migsuite::runner;
 use migsuite::session::Session;
 use std::path::Path;
@@ -147,16 +147,12 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         if results.is_empty() {
             return Ok(());
         }
-        eprintln!("{}", suite_table(&suite, &results));
-        if let Some(study) = study_table(&results) {
-            eprintln!("{study}");
+        for table in suite_tables(&suite, &results) {
+            eprintln!("{table}");
         }
-        let path = report
-            .write(Path::new("target/migsuite/reports"))
-            .map_err(|e| e.to_string())?;
-        eprintln!("report: {}", path.display());
-        let page = html::html_path(&path);
-        html::write(&path, &page).map_err(|e| format!("{e:#}"))?;
+        let (json, page) = write_report(&report, Path::new("target/migsuite/reports"))
+            .map_err(|e| format!("{e:#}"))?;
+        eprintln!("report: {}", json.display());
         eprintln!("html report: {}", page.display());
         Ok(())
     })

@@ -1,10 +1,10 @@
 //! migsuite: validate, list and run live-migration suites.
 
 use clap::{Parser, Subcommand};
-use migsuite::case::{Case, Expect, LinkSpec};
+use migsuite::case::{Case, LinkSpec};
 use migsuite::inventory::Inventory;
 use migsuite::lab::{calibration, Lab};
-use migsuite::report::{case_table, html, study_table, suite_table, CaseReport, RunReport};
+use migsuite::report::{case_table, html, suite_tables, write_report, CaseReport, RunReport};
 use migsuite::session::Session;
 use migsuite::suite;
 use std::path::{Path, PathBuf};
@@ -474,7 +474,9 @@ fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
                     .map(|c| c.result.case.name()),
             );
             let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
-            println!("{}\n", suite_table(&saved.suite, &results));
+            for table in suite_tables(&saved.suite, &results) {
+                println!("{table}\n");
+            }
             written.push(path);
         }
         Ok(written)
@@ -654,7 +656,7 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitC
     suites.dedup();
     for suite in suites {
         let mut report = RunReport::new(suite, started);
-        let mut rows = Vec::new();
+        let mut results = Vec::new();
         for case in cases.iter().filter(|c| c.suite == suite) {
             let Ok(judged) = session.judged(case) else {
                 if migsuite::runner::refusal(case, &session.lab).is_some() {
@@ -673,23 +675,18 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitC
             report
                 .cases
                 .push(CaseReport::new(result.clone(), verdict.clone()));
-            if case.expect == Expect::Pass {
-                rows.push(result.clone());
-            }
+            results.push(result.clone());
         }
-        if !rows.is_empty() {
-            println!("{}\n", suite_table(suite, &rows));
-        }
-        if let Some(study) = study_table(&rows) {
-            println!("{study}\n");
+        for table in suite_tables(suite, &results) {
+            println!("{table}\n");
         }
         if !report.cases.is_empty() {
-            match report.write(report_dir) {
-                Ok(path) => {
-                    println!("report: {}", path.display());
-                    write_html(&path, &html::html_path(&path));
+            match write_report(&report, report_dir) {
+                Ok((json, page)) => {
+                    println!("report: {}", json.display());
+                    println!("html report: {}", page.display());
                 }
-                Err(e) => eprintln!("cannot write the report to {}: {e}", report_dir.display()),
+                Err(e) => eprintln!("{e:#}"),
             }
         }
     }

@@ -9,7 +9,7 @@ use super::json::{SavedCase, SavedRun};
 use super::results::{landmark_table, migration_table, provenance_table, suite_table};
 use super::study::{study_landmarks_table, study_table};
 use super::table::{Cell, Table};
-use crate::case::{Expect, Topology};
+use crate::case::Topology;
 use crate::markup::escape;
 use crate::measure::CaseResult;
 use anyhow::{Context, Result};
@@ -53,13 +53,7 @@ pub fn write(json: &Path, html: &Path) -> Result<()> {
 /// The page of a run.
 pub fn render(run: &SavedRun) -> Result<String> {
     let results: Vec<CaseResult> = run.cases.iter().map(|c| c.result.clone()).collect();
-    // The suite's figures are of the cases expected to migrate; the others
-    // are there to fail.
-    let expected_to_pass: Vec<CaseResult> = results
-        .iter()
-        .filter(|r| r.case.expect == Expect::Pass)
-        .cloned()
-        .collect();
+    let expected_to_pass = super::expected_to_pass(&results);
     let passed = run.cases.iter().filter(|c| c.verdict.passed).count();
     let title = format!("migsuite: suite {}", run.suite);
 
