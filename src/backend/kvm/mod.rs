@@ -539,8 +539,12 @@ impl Kvm {
                         .mem_dirty_rate
                         .map(|r| r * j.mem_page_size.unwrap_or(4096)),
                     bytes_s: j.mem_bps,
-                    // A running job's downtime is QEMU's expected one.
-                    expected_downtime_ms: j.downtime,
+                    // A running job's downtime is QEMU's expected one; it is
+                    // the limit asked until QEMU has measured a dirty rate
+                    // (a second into the migration), an estimate after.
+                    expected_downtime_ms: j
+                        .downtime
+                        .filter(|_| j.mem_dirty_rate.is_some_and(|rate| rate > 0)),
                 });
             }
             if let (Some(j), Strategy::Precopy, None, false) = (
