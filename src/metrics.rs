@@ -51,6 +51,9 @@ pub struct Metric {
 /// The key of the gap in the guest's own heartbeats, whose bound also
 /// sets how long the runner waits to hear the guest again.
 pub const GUEST_DOWNTIME: &str = "guest_downtime";
+/// The key of the reported downtime against the limit the hypervisor was
+/// given, which only some backends take.
+pub const DOWNTIME_OVERSHOOT: &str = "downtime_overshoot";
 /// The key of what the stream's path carried before each run: the pace
 /// the gate brings the other figures to.
 pub const PATH_RATE: &str = "path_rate";
@@ -104,7 +107,7 @@ pub const METRICS: &[Metric] = &[
         pace: Pace::Own,
     },
     Metric {
-        key: "downtime_overshoot",
+        key: DOWNTIME_OVERSHOOT,
         label: "downtime of limit asked",
         unit: Unit::Percent,
         better: Better::Lower,

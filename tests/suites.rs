@@ -153,6 +153,7 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
         let (json, page) = write_report(&report, Path::new("target/migsuite/reports"))
             .map_err(|e| format!("{e:#}"))?;
         eprintln!("report: {}", json.display());
+        let page = page.map_err(|e| format!("{e:#}"))?;
         eprintln!("html report: {}", page.display());
         Ok(())
     })

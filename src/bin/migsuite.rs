@@ -684,7 +684,10 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitC
             match write_report(&report, report_dir) {
                 Ok((json, page)) => {
                     println!("report: {}", json.display());
-                    println!("html report: {}", page.display());
+                    match page {
+                        Ok(page) => println!("html report: {}", page.display()),
+                        Err(e) => eprintln!("{e:#}"),
+                    }
                 }
                 Err(e) => eprintln!("{e:#}"),
             }

@@ -23,6 +23,7 @@ pub use table::{Cell, Table};
 
 use crate::case::Expect;
 use crate::measure::CaseResult;
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// The tables shown after a suite's cases: the suite's, of the cases
@@ -47,13 +48,18 @@ pub fn expected_to_pass(results: &[CaseResult]) -> Vec<CaseResult> {
         .collect()
 }
 
-/// Writes `report` to `dir` and its HTML page beside it; returns where
-/// (report, page).
-pub fn write_report(report: &RunReport, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Writes `report` to `dir`, then its HTML page beside it: where the
+/// report went, and where the page went or why it could not be drawn.
+pub fn write_report(
+    report: &RunReport,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, anyhow::Result<PathBuf>)> {
     let json = report
         .write(dir)
-        .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", dir.display()))?;
+        .with_context(|| format!("cannot write the report to {}", dir.display()))?;
     let page = html::html_path(&json);
-    html::write(&json, &page)?;
-    Ok((json, page))
+    let drawn = html::write(&json, &page)
+        .with_context(|| format!("cannot write the HTML page {}", page.display()))
+        .map(|()| page);
+    Ok((json, drawn))
 }

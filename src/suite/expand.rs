@@ -2,16 +2,16 @@
 //! hypervisor x mtu x workload, with every default applied.
 
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, Matrix, MigrationDef,
-    NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, VariantDef,
-    WorkloadDef,
+    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, Matrix, MetricKey,
+    MigrationDef, NoiseDef, Override, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef,
+    VariantDef, WorkloadDef,
 };
 use crate::case::{
     AccelChoice, Aggregate, Bounds, Case, DirtyRate, Expect, FailureSpec, Faults, GuestSpec,
     LinkSpec, MigrationSpec, NoiseThresholds, PacketSize, SamplingSpec, Strategy, Tier, Topology,
     Variant, Workload,
 };
-use crate::metrics::{Better, Metric, CPU_PACE, METRICS, PATH_RATE};
+use crate::metrics::{Better, Metric, CPU_PACE, DOWNTIME_OVERSHOOT, METRICS, PATH_RATE};
 use crate::yaml::scalar::{HypervisorName, Ident, Mtu};
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
@@ -72,9 +72,17 @@ pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
                         .iter()
                         .filter(|o| o.when.selects(hypervisor, mtu, name))
                 };
-                let bounds = selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
+                let mut bounds =
+                    selected().fold(base_bounds.clone(), |b, o| o.bounds.clone().over(b));
                 let migration =
                     selected().fold(base_migration.clone(), |m, o| o.migration.clone().over(m));
+                // A suite-wide bound on the downtime against its limit holds
+                // where there is a limit (`check_strategy` refuses one given
+                // for these cases in particular).
+                let strategy = migration.strategy.map_or(Strategy::Precopy, Into::into);
+                if !crate::backend::capabilities(hypervisor.0).takes_downtime_limit(strategy) {
+                    bounds.limits.remove(&MetricKey(DOWNTIME_OVERSHOOT));
+                }
                 check_strategy(
                     &suite.matrix,
                     &suite.overrides,
@@ -269,19 +277,26 @@ fn check_strategy(
             .enumerate()
             .filter(|(_, o)| o.when.selects(hypervisor, mtu, workload))
     };
-    // A suite-wide downtime limit applies where there is one to set; one
-    // given for these cases in particular must mean something for them.
+    // A suite-wide downtime limit, or bound against it, applies where there
+    // is one to set; one given for these cases in particular must mean
+    // something for them.
     if !crate::backend::capabilities(hypervisor.0).takes_downtime_limit(strategy) {
-        if let Some((i, _)) = selecting().find(|(_, o)| o.migration.max_downtime.is_some()) {
+        let given = selecting().find_map(|(i, o)| {
+            let at = FieldPath::default().key("overrides").index(i);
+            if o.migration.max_downtime.is_some() {
+                Some(at.key("migration").key("max_downtime"))
+            } else if o.bounds.limits.contains_key(&MetricKey(DOWNTIME_OVERSHOOT)) {
+                Some(at.key("bounds").key(DOWNTIME_OVERSHOOT))
+            } else {
+                None
+            }
+        });
+        if let Some(path) = given {
             return Err(Invalid {
-                path: FieldPath::default()
-                    .key("overrides")
-                    .index(i)
-                    .key("migration")
-                    .key("max_downtime"),
+                path,
                 message: format!(
-                    "{hypervisor} by {strategy} has no downtime limit to set (only QEMU's \
-                     precopy, postcopy and auto-converge take one)"
+                    "{hypervisor} by {strategy} has no downtime limit to set or hold its \
+                     downtime against (only QEMU's precopy, postcopy and auto-converge take one)"
                 ),
             });
         }

@@ -319,12 +319,7 @@ impl Scalar for BoundKey {
                     .map(|m| (m.key, BoundKey::Metric(MetricKey(m.key)))),
             )
             .collect();
-        some_metric(
-            v,
-            "bound",
-            &keys,
-            "cannot be bounded (a suite bounds times, percentages and memory)",
-        )
+        some_metric(v, "bound", &keys, "cannot be bounded")
     }
 }
 

@@ -834,3 +834,33 @@ fn more_refusals(#[case] extra: &str, #[case] expected: &str) {
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.starts_with(expected), "{err}\nis not {expected:?}");
 }
+
+/// A bound on the downtime against its limit holds where there is a limit:
+/// dropped suite-wide for backends without one, refused in an override
+/// that gives it to them.
+#[test]
+fn a_downtime_overshoot_bound_needs_a_downtime_limit() {
+    let suite = |tail: &str| {
+        format!("{MINIMAL}bounds: {{ downtime_overshoot: 150% }}\n{tail}").replacen(
+            "[kvm-pv]",
+            "[kvm-pv, openvz]",
+            1,
+        )
+    };
+    let cases = parse(&suite("")).unwrap();
+    let bound = |name: &str| {
+        let case = cases.iter().find(|c| c.name().contains(name)).unwrap();
+        limit(&case.bounds, "downtime_overshoot")
+    };
+    assert_eq!((bound("kvm-pv"), bound("openvz")), (Some(150.0), None));
+    let refused = parse(&suite(
+        "overrides:\n  - when: { hypervisor: openvz }\n    bounds: { downtime_overshoot: 200% }\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("overrides[0].bounds.downtime_overshoot")
+            && refused.contains("openvz by precopy has no downtime limit"),
+        "{refused}"
+    );
+}

@@ -539,12 +539,14 @@ impl Kvm {
                         .mem_dirty_rate
                         .map(|r| r * j.mem_page_size.unwrap_or(4096)),
                     bytes_s: j.mem_bps,
-                    // A running job's downtime is QEMU's expected one; it is
-                    // the limit asked until QEMU has measured a dirty rate
-                    // (a second into the migration), an estimate after.
-                    expected_downtime_ms: j
-                        .downtime
-                        .filter(|_| j.mem_dirty_rate.is_some_and(|rate| rate > 0)),
+                    // A running job's downtime is QEMU's expected one: the
+                    // limit asked until QEMU has measured a dirty rate (a
+                    // second into the migration), an estimate after.
+                    // Once the guest is paused, libvirt's figure is how long
+                    // it has been.
+                    expected_downtime_ms: j.downtime.filter(|_| {
+                        j.mem_dirty_rate.is_some_and(|rate| rate > 0) && switchover_at.is_none()
+                    }),
                 });
             }
             if let (Some(j), Strategy::Precopy, None, false) = (
