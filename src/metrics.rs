@@ -95,7 +95,8 @@ pub const METRICS: &[Metric] = &[
         default_noise: Some(0.50),
         pace: Pace::Time,
     },
-    // What the hypervisor expected and was asked, beside what it did.
+    // What the hypervisor expected (its last estimate polled before the
+    // switchover) and was asked, beside what it did.
     Metric {
         key: "expected_downtime",
         label: "downtime expected",
