@@ -207,8 +207,8 @@ pub struct ProgressSample {
     pub expected_downtime_ms: Option<f64>,
 }
 
-/// The hypervisor's last estimate of the downtime in `progress`: the one
-/// it switched over on.
+/// The hypervisor's last estimate of the downtime in `progress`: the last
+/// one polled before the switchover.
 pub fn last_expected_downtime(progress: &[ProgressSample]) -> Option<f64> {
     progress.iter().rev().find_map(|p| p.expected_downtime_ms)
 }

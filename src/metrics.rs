@@ -424,7 +424,7 @@ mod tests {
     }
 
     /// A backend's downtime held against the limit it was asked to keep
-    /// and the estimate it switched over on.
+    /// and its last estimate polled.
     #[test]
     fn a_downtime_is_held_against_the_limit_asked_and_the_estimate() {
         let estimate = |ms: Option<f64>| crate::measure::ProgressSample {
