@@ -34,6 +34,11 @@ pub fn uri_at(addr: Ipv4Addr) -> String {
     format!("qemu+tcp://{addr}/system")
 }
 
+/// Where a simulated host's daemon sees its storage pool's directory
+/// (libvirt's default images directory, bound there in the daemon's
+/// private mount namespace).
+pub const POOL_TARGET: &str = "/var/lib/libvirt/images";
+
 #[derive(Debug)]
 pub struct Libvirtd {
     pub addr: Ipv4Addr,
@@ -45,7 +50,7 @@ pub struct Libvirtd {
 impl Libvirtd {
     /// Starts the daemon of a simulated host in `ns`, listening at `addr`,
     /// its state in `state`, its storage pool's directory `pool_dir` (seen
-    /// by it at `pool::SIMULATED_TARGET`), QEMU's certificates for a TLS
+    /// by it at `POOL_TARGET`), QEMU's certificates for a TLS
     /// migration stream in `tls_dir` (`super::tls`).
     pub fn start(
         ns: &Netns,
@@ -60,8 +65,7 @@ impl Libvirtd {
             .iter()
             .map(|dir| (state.join(dir.trim_start_matches('/')), *dir));
         // The pool's mount point is inside /var/lib/libvirt: bound after it.
-        for (own, dir) in own_dirs.chain([(pool_dir.to_path_buf(), super::pool::SIMULATED_TARGET)])
-        {
+        for (own, dir) in own_dirs.chain([(pool_dir.to_path_buf(), POOL_TARGET)]) {
             fs::create_dir_all(&own)?;
             binds.push_str(&format!(
                 "mkdir -p '{dir}' && mount --bind '{}' '{dir}' && ",

@@ -10,7 +10,7 @@
 //! directory of this machine kept across runs (`simulated_dir`): one per host
 //! for `storage: local`, one per pair for `storage: shared`.
 
-use super::libvirtd::Connection;
+use super::libvirtd::{Connection, POOL_TARGET};
 use super::owner::Owner;
 use crate::guest::image::content_key;
 use crate::markup::escape;
@@ -22,9 +22,6 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-/// Where a simulated host's daemon sees its pool (libvirt's default
-/// images directory, inside the daemon's private mount namespace).
-pub const SIMULATED_TARGET: &str = "/var/lib/libvirt/images";
 /// Upload chunk: libvirt's streams carry at most 256 KiB per message.
 const CHUNK: usize = 256 << 10;
 /// The prefix of every volume migsuite makes, that nothing else's is touched.
@@ -59,7 +56,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// The pool `name` of the daemon behind `conn`. On a simulated host the
-    /// pool is made (a transient directory pool on SIMULATED_TARGET) if the
+    /// pool is made (a transient directory pool on POOL_TARGET) if the
     /// daemon has none of that name.
     pub fn open(conn: Connection, name: &str, simulated: bool) -> Result<Pool> {
         let pool = match conn.lookup_storage_pool_by_name(name) {
@@ -68,7 +65,7 @@ impl Pool {
                 .create_storage_pool_xml(
                     &format!(
                         "<pool type='dir'><name>{}</name>\
-                         <target><path>{SIMULATED_TARGET}</path></target></pool>",
+                         <target><path>{POOL_TARGET}</path></target></pool>",
                         escape(name)
                     ),
                     0,
