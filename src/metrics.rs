@@ -1,8 +1,10 @@
 //! One definition per metric: its key, label and unit, which way is
 //! better, how a run yields it, whether a suite may bound it, and whether
 //! (and within what noise) the gate compares it with the stored baseline.
-//! Suites, verdicts, tables, snapshots and JSON derive from this list:
-//! adding a gated metric is its entry here and the code that measures it.
+//! Suites, verdicts, tables, snapshots and JSON derive from this list, so
+//! a new metric is its entry here and the code that measures it (a gated
+//! one also adds a line to every stored snapshot: README, "Adding a
+//! metric").
 
 use crate::case::{Bounds, NoiseThresholds};
 use crate::measure::{last_expected_downtime, RunMeasurement, Unit, MIB};

@@ -6,10 +6,10 @@
 //! A real host's daemon has long since probed QEMU's capabilities; a daemon
 //! started seconds before a case has not, and pays seconds of probing in
 //! the middle of the first migration, on both hosts. So the probed
-//! capabilities are kept across labs in `<artifacts>/libvirt-capabilities` (root's, 0700), copied into each new
-//! daemon's cache before it starts; libvirt itself re-probes when they no
-//! longer match the installed QEMU or libvirt (it records their versions and
-//! the binaries' ctimes).
+//! capabilities are kept across labs in `<artifacts>/libvirt-capabilities`
+//! (root's, 0700), copied into each new daemon's cache before it starts;
+//! libvirt itself re-probes when they no longer match the installed QEMU
+//! or libvirt (it records their versions and the binaries' ctimes).
 
 use super::netns::Netns;
 use anyhow::{bail, Context, Result};

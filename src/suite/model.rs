@@ -250,7 +250,7 @@ pub(super) struct SamplingDef {
 #[derive(Clone, Debug, Default)]
 pub(super) struct BoundsDef {
     pub apply_to: Option<AggregateDef>,
-    /// In the metric's unit: ms, % of one core, MiB.
+    /// In the metric's unit: ms, %, MiB.
     pub limits: BTreeMap<MetricKey, f64>,
 }
 
