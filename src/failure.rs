@@ -1,5 +1,5 @@
 //! The warned failure in a lab. Each lab host runs a host agent
-//! (`crate::heartbeat`) that sends its heartbeat, over the management
+//! (`crate::host_agent`) that sends its heartbeat, over the management
 //! network, to the monitor on the runner's side; the injected failure is the
 //! runner's order to the source host's agent to announce that the host is
 //! going down (the study's heartbeat warning). The monitor's reception of
@@ -8,7 +8,7 @@
 //! orders the host to stay up again. A simulated host's agent is a thread of this process bound in
 //! the host's namespace; a real host runs `migsuite host-agent`.
 
-use crate::heartbeat::{self, Monitor};
+use crate::host_agent::{self, Agents, AGENT_PORT};
 use crate::lab::{Lab, Place};
 use crate::measure::WarningSeq;
 use crate::wire::MONITOR_PORT;
@@ -21,11 +21,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub struct FailureMonitor {
-    monitor: Monitor,
+    agents: Agents,
     /// The source host's name, and where its agent takes orders.
     source: (String, SocketAddr),
     stop: Arc<AtomicBool>,
-    agents: Vec<JoinHandle<()>>,
+    /// A simulated lab's agents, threads of this process.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl FailureMonitor {
@@ -35,19 +36,19 @@ impl FailureMonitor {
     /// its inventory.
     pub fn start(lab: &Lab, timeout: Duration) -> Result<FailureMonitor> {
         let to = SocketAddr::from((lab.inventory.monitor, MONITOR_PORT));
-        let monitor = lab.monitor()?;
+        let agents = lab.agents()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut agents = Vec::new();
+        let mut threads = Vec::new();
         for host in [&lab.source, &lab.destination] {
             let Place::Simulated(simulated) = &host.place else {
                 continue;
             };
             let socket = simulated
                 .netns
-                .enter(|| UdpSocket::bind((host.agent, heartbeat::AGENT_PORT)))??;
-            let (name, key, stop) = (host.name.clone(), monitor.key().clone(), stop.clone());
-            agents.push(std::thread::spawn(move || {
-                if let Err(e) = heartbeat::serve(&name, &key, &socket, to, &stop) {
+                .enter(|| UdpSocket::bind((host.agent, AGENT_PORT)))??;
+            let (name, key, stop) = (host.name.clone(), agents.key().clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                if let Err(e) = host_agent::serve(&name, &key, &socket, to, &stop) {
                     eprintln!("migsuite: host {name}'s agent stopped: {e:#}");
                 }
             }));
@@ -55,32 +56,33 @@ impl FailureMonitor {
         // A run killed after its order left a real host's agent announcing
         // going down: the steady state before the warning is both hosts up.
         for host in [&lab.source, &lab.destination] {
-            let agent = (host.agent, heartbeat::AGENT_PORT).into();
-            monitor
+            let agent = (host.agent, AGENT_PORT).into();
+            agents
                 .stand_up(&host.name, agent, timeout)
                 .with_context(|| format!("host {}'s agent at {agent}", host.name))?;
         }
         Ok(FailureMonitor {
-            monitor,
+            agents,
             source: (
                 lab.source.name.clone(),
-                (lab.source.agent, heartbeat::AGENT_PORT).into(),
+                (lab.source.agent, AGENT_PORT).into(),
             ),
             stop,
-            agents,
+            threads,
         })
     }
 
-    /// The monitor, for the run's other questions to the hosts' agents.
-    pub fn monitor(&self) -> &Monitor {
-        &self.monitor
+    /// The line to the hosts' agents, for the run's other questions to
+    /// them.
+    pub fn agents(&self) -> &Agents {
+        &self.agents
     }
 
     /// Injects the failure and waits until the monitor hears the source
     /// host's authenticated warning, in answer to this order.
     pub fn inject(&self, timeout: Duration) -> Result<Warning> {
         let (host, agent) = &self.source;
-        let heard = self.monitor.bring_down(host, *agent, timeout)?;
+        let heard = self.agents.bring_down(host, *agent, timeout)?;
         Ok(Warning {
             heard_at: heard.at,
             seq: WarningSeq {
@@ -97,7 +99,7 @@ impl FailureMonitor {
     /// announce going down through the next runs' steady states.
     pub fn stand_up(&self, timeout: Duration) -> Result<()> {
         let (host, agent) = &self.source;
-        self.monitor.stand_up(host, *agent, timeout)?;
+        self.agents.stand_up(host, *agent, timeout)?;
         Ok(())
     }
 }
@@ -114,7 +116,7 @@ pub struct Warning {
 impl Drop for FailureMonitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.agents.drain(..) {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

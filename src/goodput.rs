@@ -1,7 +1,7 @@
 //! TCP goodput between a built-in sender and a counting receiver, so that
 //! what a path carries depends on nothing but the path: a simulated lab's
 //! calibration of its link, and the host agents' measurement of a real
-//! lab's migration network (`crate::probe`).
+//! lab's migration network (`crate::host_agent::probe`).
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};

@@ -6,6 +6,7 @@
 use crate::backend::{self, Backend, BackendInfo};
 use crate::case::{Case, Tier};
 use crate::failure::FailureMonitor;
+use crate::host_agent::probe;
 use crate::inventory::Inventory;
 use crate::lab::libvirtd;
 use crate::lab::netns;
@@ -18,7 +19,6 @@ use crate::measure::{
 use crate::metrics::GUEST_DOWNTIME;
 use crate::neighbours::{Census, Neighbours};
 use crate::observer::{longest_gap_ms, Observer};
-use crate::probe;
 use crate::sampler::Sampler;
 use crate::wire;
 use anyhow::Result;
@@ -498,9 +498,9 @@ fn cpu_pace(lab: &Lab) -> Result<f64> {
     if lab.inventory.simulated {
         return Ok(crate::cpu_pace::measure());
     }
-    let monitor = lab.monitor()?;
-    let source = probe::ask::cpu_pace(&monitor, &lab.source.peer())?;
-    let destination = probe::ask::cpu_pace(&monitor, &lab.destination.peer())?;
+    let agents = lab.agents()?;
+    let source = probe::ask::cpu_pace(&agents, &lab.source.peer())?;
+    let destination = probe::ask::cpu_pace(&agents, &lab.destination.peer())?;
     Ok(source.min(destination))
 }
 
@@ -570,10 +570,10 @@ fn provenance(
 /// Each real host's kernel release as its agent tells it (libvirt does
 /// not), in the inventory's order: "host a 6.1.0-50-amd64; host b ...".
 fn real_kernels(lab: &Lab) -> String {
-    let monitor = lab.monitor();
+    let agents = lab.agents();
     let told = |host: &crate::lab::Host| -> Result<String> {
-        let monitor = monitor.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        probe::ask::kernel(monitor, &host.peer())
+        let agents = agents.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        probe::ask::kernel(agents, &host.peer())
     };
     [lab.host(0), lab.host(1)]
         .map(|host| match told(host) {
@@ -635,7 +635,7 @@ fn run_once(
     // of its agent now and after the evacuation, not between the warning
     // and the evacuation, which it would delay.
     let real_counted = match (&lab.source.place, backend.stream_crosses_link()) {
-        (Place::Real, true) => Some(probe::ask::counters(monitor.monitor(), &lab.source.peer())?),
+        (Place::Real, true) => Some(probe::ask::counters(monitor.agents(), &lab.source.peer())?),
         _ => None,
     };
     // A real host's CPUs bound the rates its reports can give.
@@ -680,15 +680,15 @@ fn run_once(
 
         let crosses_link = backend.stream_crosses_link();
         // A simulated link's counters, sampled through the evacuation.
-        let link_monitor = match &lab.source.place {
-            Place::Simulated(s) => Some(link::Monitor::start(&s.netns.name)?),
+        let tx_sampler = match &lab.source.place {
+            Place::Simulated(s) => Some(link::TxSampler::start(&s.netns.name)?),
             Place::Real => None,
         };
         let evacuation = backend.evacuate(lab, case, progress);
-        let on_link = link_monitor.map(link::Monitor::finish).transpose()?;
+        let on_link = tx_sampler.map(link::TxSampler::finish).transpose()?;
         let on_network = real_counted
             .map(|before| -> Result<_> {
-                let after = probe::ask::counters(monitor.monitor(), &lab.source.peer())?;
+                let after = probe::ask::counters(monitor.agents(), &lab.source.peer())?;
                 Ok((after.counters.since(before.counters).tx, after.interface))
             })
             .transpose()?;

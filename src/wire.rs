@@ -6,7 +6,7 @@ pub const MAGIC: [u8; 4] = *b"MSW1";
 /// Heartbeats and hellos go here; the packet stream goes to DATA_PORT.
 pub const OBSERVER_PORT: u16 = 7000;
 pub const DATA_PORT: u16 = 7002;
-/// Lab hosts' heartbeats (failure warnings, `crate::heartbeat`) go here.
+/// Lab hosts' heartbeats (failure warnings, `crate::host_agent`) go here.
 pub const MONITOR_PORT: u16 = 7001;
 /// The warning a hostile guest forges: not sealed with the lab's key, so
 /// the monitor does not heed it.

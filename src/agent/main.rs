@@ -137,7 +137,7 @@ fn control_plane_reached(targets: &str, via: IpAddr) -> Vec<String> {
 /// As a hostile guest would: tells the runner's failure monitor, every
 /// second and through `via` (the one router-like address it knows), that a
 /// host is going down. The monitor heeds only heartbeats sealed with the
-/// lab's key (`crate::heartbeat`); the runner reports what it ignored.
+/// lab's key (`crate::host_agent`); the runner reports what it ignored.
 fn forge_warnings(monitor: SocketAddr, via: IpAddr) -> Result<(), String> {
     sh(&["ip", "route", "add", &format!("{}/32", monitor.ip()), "via", &via.to_string()])?;
     let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;

@@ -393,20 +393,20 @@ fn host_agent(
     listen: std::net::IpAddr,
     monitor: std::net::SocketAddr,
 ) -> ExitCode {
-    use migsuite::heartbeat;
+    use migsuite::host_agent::{self as agent, probe};
     let served = (|| -> anyhow::Result<()> {
-        let key = heartbeat::Key::load(key)?;
-        let socket = std::net::UdpSocket::bind((listen, heartbeat::AGENT_PORT))?;
+        let key = agent::Key::load(key)?;
+        let socket = std::net::UdpSocket::bind((listen, agent::AGENT_PORT))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let on_signal = stop.clone();
         ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))?;
         eprintln!(
             "host {name}'s agent: orders on {listen}:{}, heartbeats to {monitor}, \
              measurements on the migration address the runner gives, TCP {}",
-            heartbeat::AGENT_PORT,
-            migsuite::probe::PORT
+            agent::AGENT_PORT,
+            probe::PORT
         );
-        heartbeat::serve(name, &key, &socket, monitor, &stop)
+        agent::serve(name, &key, &socket, monitor, &stop)
     })();
     match served {
         Ok(()) => ExitCode::SUCCESS,

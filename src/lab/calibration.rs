@@ -3,14 +3,14 @@
 //! MTU the migration stream takes, and the rate on the wire (frames, headers
 //! included) that it makes. A built-in sender and receiver, so the figure
 //! depends on nothing but the lab: this process's on a simulated lab's
-//! cable, the hosts' agents' on a real lab's network (`crate::probe`).
+//! cable, the hosts' agents' on a real lab's network (`crate::host_agent::probe`).
 
 use super::link::tx_bytes as link_tx_bytes;
 use super::netns::Netns;
 use super::{cleanup, network, Host, Lab};
 use crate::case::LinkSpec;
 use crate::goodput::{self, mbit};
-use crate::probe;
+use crate::host_agent::probe;
 use anyhow::{bail, Context, Result};
 use std::io::ErrorKind;
 use std::net::Ipv4Addr;
@@ -47,8 +47,8 @@ pub fn return_rates(lab: &Lab) -> Result<Option<LinkRates>> {
 /// What the network carries from `from`'s migration address to `to`'s, as
 /// the hosts' agents measure it.
 fn agents_rates(lab: &Lab, from: &Host, to: &Host) -> Result<LinkRates> {
-    let monitor = lab.monitor()?;
-    let measured = probe::ask::goodput(&monitor, &from.peer(), &to.peer(), probe::PORT)?;
+    let agents = lab.agents()?;
+    let measured = probe::ask::goodput(&agents, &from.peer(), &to.peer(), probe::PORT)?;
     Ok(LinkRates {
         goodput_mbit: measured.goodput_mbit(),
         wire_mbit: measured.wire_mbit(),

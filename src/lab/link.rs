@@ -28,13 +28,13 @@ pub fn tx_bytes(ns: &str) -> Result<u64> {
 type Readings = Vec<(Instant, u64)>;
 
 /// The link's counter sampled from a thread inside the host's namespace.
-pub struct Monitor {
+pub struct TxSampler {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<Readings>>>,
 }
 
-impl Monitor {
-    pub fn start(ns: &str) -> Result<Monitor> {
+impl TxSampler {
+    pub fn start(ns: &str) -> Result<TxSampler> {
         let file = std::fs::File::open(format!("/run/netns/{ns}"))
             .with_context(|| format!("no network namespace {ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -48,7 +48,7 @@ impl Monitor {
             }
             Ok(samples)
         });
-        Ok(Monitor {
+        Ok(TxSampler {
             stop,
             thread: Some(thread),
         })
@@ -61,7 +61,7 @@ impl Monitor {
     }
 }
 
-impl Drop for Monitor {
+impl Drop for TxSampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }

@@ -24,9 +24,9 @@ pub mod survey;
 pub mod tls;
 
 use crate::case::{Case, LinkSpec};
-use crate::heartbeat::{self, Key, Monitor};
+use crate::host_agent::probe::ask::Peer;
+use crate::host_agent::{self, Agents, Key};
 use crate::inventory::{Inventory, Storage};
-use crate::probe::ask::Peer;
 use crate::wire::MONITOR_PORT;
 use anyhow::{bail, Context, Result};
 use libvirtd::Libvirtd;
@@ -110,7 +110,7 @@ impl Host {
     pub fn peer(&self) -> Peer<'_> {
         Peer {
             name: &self.name,
-            agent: (self.agent, heartbeat::AGENT_PORT).into(),
+            agent: (self.agent, host_agent::AGENT_PORT).into(),
             migration_address: self.migration_address,
         }
     }
@@ -376,11 +376,11 @@ impl Lab {
         }
     }
 
-    /// The runner's monitor of the hosts' agents, at the inventory's
+    /// The runner's line to the hosts' agents, at the inventory's
     /// `monitor` address, under a real lab's key, or a new one for a
     /// simulated lab's agents, which this process starts
     /// (`crate::failure`). One at a time: each binds the address.
-    pub fn monitor(&self) -> Result<Monitor> {
+    pub fn agents(&self) -> Result<Agents> {
         let inventory = &self.inventory;
         let at = SocketAddr::from((inventory.monitor, MONITOR_PORT));
         let socket = self
@@ -391,7 +391,7 @@ impl Lab {
                 .with_context(|| format!("lab {}'s `heartbeat.key`", inventory.name))?,
             None => Key::random()?,
         };
-        Monitor::new(socket, key)
+        Agents::new(socket, key)
     }
 
     /// Runs `f` where the runner sits on the lab's networks: a simulated

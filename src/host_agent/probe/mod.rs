@@ -31,7 +31,7 @@ pub struct Token(pub [u8; 16]);
 impl Token {
     pub fn random() -> Result<Token> {
         let mut token = Token([0; 16]);
-        crate::heartbeat::random(&mut token.0)?;
+        crate::host_agent::sealed::random(&mut token.0)?;
         Ok(token)
     }
 }
@@ -212,7 +212,7 @@ impl Answer {
 
 /// Fields as written: integers little-endian, an address its family (4 or
 /// 6) then its bytes, a text its length (one byte) then UTF-8. The longest
-/// answer fits a sealed message's fields (`heartbeat::MAX_FIELDS`).
+/// answer fits a sealed message's fields (`sealed::MAX_FIELDS`).
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -307,7 +307,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heartbeat::MAX_FIELDS;
+    use crate::host_agent::sealed::MAX_FIELDS;
 
     fn token() -> Token {
         Token::random().unwrap()

@@ -1,11 +1,11 @@
 //! The runner's side of the measurement: it orders the agents through its
-//! monitor and waits, every wait bounded, for each task to get where it
+//! `Agents` and waits, every wait bounded, for each task to get where it
 //! needs it.
 
 use super::agent::WAIT;
 use super::{Answer, Counted, Measured, Order, State, Task, Token};
 use crate::goodput::{MEASURE, WARM_UP};
-use crate::heartbeat::{Message, Monitor, Say};
+use crate::host_agent::{Agents, Message, Say};
 use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -30,7 +30,7 @@ const MEASURING: Duration = WAIT
 
 /// What the network carries from `from`'s migration address to `to`'s
 /// (listening on `port`), as their agents measure it.
-pub fn goodput(monitor: &Monitor, from: &Peer, to: &Peer, port: u16) -> Result<Measured> {
+pub fn goodput(agents: &Agents, from: &Peer, to: &Peer, port: u16) -> Result<Measured> {
     let at = SocketAddr::new(to.migration_address, port);
     let measured = || -> Result<Measured> {
         let token = Token::random()?;
@@ -39,7 +39,7 @@ pub fn goodput(monitor: &Monitor, from: &Peer, to: &Peer, port: u16) -> Result<M
             task: Task::Receive { at },
         };
         let listening = |s: &State| (*s == State::Listening).then_some(());
-        ask(monitor, to, &receive, listening, MEASURING)?;
+        ask(agents, to, &receive, listening, MEASURING)?;
         let send = Order {
             token,
             task: Task::Send {
@@ -48,12 +48,12 @@ pub fn goodput(monitor: &Monitor, from: &Peer, to: &Peer, port: u16) -> Result<M
             },
         };
         let sending = |s: &State| matches!(s, State::Sending | State::Sent).then_some(());
-        ask(monitor, from, &send, sending, MEASURING)?;
+        ask(agents, from, &send, sending, MEASURING)?;
         let measured = |s: &State| match s {
             State::Measured(m) => Some(m.clone()),
             _ => None,
         };
-        ask(monitor, to, &receive, measured, MEASURING)
+        ask(agents, to, &receive, measured, MEASURING)
     };
     measured().with_context(|| {
         format!(
@@ -64,7 +64,7 @@ pub fn goodput(monitor: &Monitor, from: &Peer, to: &Peer, port: u16) -> Result<M
 }
 
 /// The counters of `host`'s migration interface, as its agent reads them.
-pub fn counters(monitor: &Monitor, host: &Peer) -> Result<Counted> {
+pub fn counters(agents: &Agents, host: &Peer) -> Result<Counted> {
     let count = Order {
         token: Token::random()?,
         task: Task::Count {
@@ -76,11 +76,11 @@ pub fn counters(monitor: &Monitor, host: &Peer) -> Result<Counted> {
         _ => None,
     };
     // An agent counts at once.
-    ask(monitor, host, &count, counted, WAIT)
+    ask(agents, host, &count, counted, WAIT)
 }
 
 /// `host`'s kernel release, as its agent tells it.
-pub fn kernel(monitor: &Monitor, host: &Peer) -> Result<String> {
+pub fn kernel(agents: &Agents, host: &Peer) -> Result<String> {
     let describe = Order {
         token: Token::random()?,
         task: Task::Describe,
@@ -89,11 +89,11 @@ pub fn kernel(monitor: &Monitor, host: &Peer) -> Result<String> {
         State::Described { kernel } => Some(kernel.clone()),
         _ => None,
     };
-    ask(monitor, host, &describe, described, WAIT)
+    ask(agents, host, &describe, described, WAIT)
 }
 
 /// `host`'s CPU pace (`crate::cpu_pace`), as its agent measures it.
-pub fn cpu_pace(monitor: &Monitor, host: &Peer) -> Result<f64> {
+pub fn cpu_pace(agents: &Agents, host: &Peer) -> Result<f64> {
     let pace = Order {
         token: Token::random()?,
         task: Task::Pace,
@@ -102,13 +102,13 @@ pub fn cpu_pace(monitor: &Monitor, host: &Peer) -> Result<f64> {
         State::Paced { mops } => Some(*mops),
         _ => None,
     };
-    ask(monitor, host, &pace, paced, WAIT)
+    ask(agents, host, &pace, paced, WAIT)
 }
 
 /// Orders `host`'s agent `order` until its task is where `done` takes it,
 /// failed (an error, with the agent's reason), or `timeout`.
 fn ask<T>(
-    monitor: &Monitor,
+    agents: &Agents,
     host: &Peer,
     order: &Order,
     done: impl Fn(&State) -> Option<T>,
@@ -123,7 +123,7 @@ fn ask<T>(
         }
     };
     let fields = order.encode();
-    let asked = monitor.ask(host.name, host.agent, Say::Probe, &fields, wanted, timeout);
+    let asked = agents.ask(host.name, host.agent, Say::Probe, &fields, wanted, timeout);
     match asked {
         Ok((_, Ok(taken))) => Ok(taken),
         Ok((_, Err(why))) => bail!("host {}'s agent at {}: {why}", host.name, host.agent),
@@ -137,14 +137,15 @@ fn ask<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heartbeat::{loopback, open, seal, Key, Sequence};
+    use crate::host_agent::loopback;
+    use crate::host_agent::sealed::{open, seal, Key, Sequence};
     use std::net::{TcpListener, UdpSocket};
 
     /// Hosts a and b's agents on this machine's loopback, and the
-    /// runner's monitor of their heartbeats and answers.
+    /// runner's `Agents`, hearing their heartbeats and answers.
     struct Lab {
-        monitor: Monitor,
-        agents: [loopback::Agent; 2],
+        agents: Agents,
+        hosts: [loopback::Agent; 2],
     }
 
     impl Lab {
@@ -153,21 +154,21 @@ mod tests {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             let to = socket.local_addr().unwrap();
             Lab {
-                monitor: Monitor::new(socket, key.clone()).unwrap(),
-                agents: ["a", "b"].map(|name| loopback::Agent::start(name, &key, to)),
+                agents: Agents::new(socket, key.clone()).unwrap(),
+                hosts: ["a", "b"].map(|name| loopback::Agent::start(name, &key, to)),
             }
         }
 
         fn peer(&self, i: usize) -> Peer<'static> {
             Peer {
                 name: ["a", "b"][i],
-                agent: self.agents[i].orders,
+                agent: self.hosts[i].orders,
                 migration_address: "127.0.0.1".parse().unwrap(),
             }
         }
 
         fn stop(self) {
-            for agent in self.agents {
+            for agent in self.hosts {
                 agent.stop();
             }
         }
@@ -181,12 +182,12 @@ mod tests {
     #[test]
     fn the_runner_has_two_agents_measure_between_them() {
         let lab = Lab::start();
-        let measured = goodput(&lab.monitor, &lab.peer(0), &lab.peer(1), free_port()).unwrap();
+        let measured = goodput(&lab.agents, &lab.peer(0), &lab.peer(1), free_port()).unwrap();
         assert!(measured.goodput_mbit() > 0.0, "{measured:?}");
         assert!(measured.wire_mbit() > 0.0, "{measured:?}");
-        let counted = counters(&lab.monitor, &lab.peer(0)).unwrap();
+        let counted = counters(&lab.agents, &lab.peer(0)).unwrap();
         assert_eq!(counted.interface, "lo");
-        let pace = cpu_pace(&lab.monitor, &lab.peer(1)).unwrap();
+        let pace = cpu_pace(&lab.agents, &lab.peer(1)).unwrap();
         assert!(pace > 0.0, "{pace}");
         lab.stop();
     }
@@ -260,7 +261,7 @@ mod tests {
                     lab.say(Say::Probed, seq.advance(), order.seq, "a", &answer);
                 }
             });
-            counters(&lab.monitor, &host)
+            counters(&lab.agents, &host)
         })
         .unwrap();
         assert_eq!(counted.interface, "mig0");
@@ -273,7 +274,7 @@ mod tests {
             migration_address: "192.0.2.77".parse().unwrap(),
             ..lab.peer(1)
         };
-        let err = goodput(&lab.monitor, &lab.peer(0), &nowhere, free_port()).unwrap_err();
+        let err = goodput(&lab.agents, &lab.peer(0), &nowhere, free_port()).unwrap_err();
         let err = format!("{err:#}");
         assert!(
             err.contains(&format!("host b's agent at {}", nowhere.agent))
@@ -292,7 +293,7 @@ mod tests {
             agent: silent.local_addr().unwrap(),
             ..lab.peer(1)
         };
-        let err = format!("{:#}", counters(&lab.monitor, &gone).unwrap_err());
+        let err = format!("{:#}", counters(&lab.agents, &gone).unwrap_err());
         assert!(
             err.contains(&format!("host b's agent at {} did not answer", gone.agent))
                 && err.contains("older than the runner's"),

@@ -4,7 +4,7 @@
 
 use super::{Answer, Counted, Measured, Order, State, Task, Token};
 use crate::goodput;
-use crate::heartbeat::{open, seal, Key, Replay, Say, Sequence};
+use crate::host_agent::sealed::{open, seal, Key, Replay, Say, Sequence};
 use crate::netdev;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
