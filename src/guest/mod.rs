@@ -1,5 +1,4 @@
 //! What every guest boots: kernel, and an initramfs around the workload agent.
 
 pub(crate) mod cpio;
-pub mod identity;
 pub mod image;

@@ -6,7 +6,7 @@
 //! simulated: true     # the hosts are namespaces on this machine; default false
 //! storage: shared     # local | shared: whether both hosts see the guest disk
 //! observer: 10.250.0.254
-//! # A real lab's (a simulated one's are src/lab/network.rs's):
+//! # A real lab's (a simulated one's are src/inventory/simulated.rs's):
 //! guest: 192.0.2.100/24   # the guest's address on the LAN of the bridges
 //! link_mtu: 1500          # the migration network's MTU
 //! heartbeat:
@@ -34,6 +34,7 @@
 
 mod model;
 mod rules;
+pub mod simulated;
 
 #[cfg(test)]
 mod tests;
@@ -167,15 +168,15 @@ impl Inventory {
     /// without an inventory file (with shared storage, as the gate's
     /// baselines were measured), and what `suites/labs/local.yaml` says.
     pub fn simulated(name: &str, storage: Storage) -> Inventory {
-        use crate::lab::{libvirtd, network, HOST_NAMES};
+        use simulated::{link_addr, management_addr, uri_at, HOST_BRIDGE, HOST_NAMES};
         let hosts = (0u8..)
             .zip(HOST_NAMES)
             .map(|(i, name)| Host {
                 name: name.to_string(),
-                uri: libvirtd::uri_at(network::management_addr(i)),
-                migration_address: network::link_addr(i).into(),
-                agent: network::management_addr(i).into(),
-                bridge: network::HOST_BRIDGE.to_string(),
+                uri: uri_at(management_addr(i)),
+                migration_address: link_addr(i).into(),
+                agent: management_addr(i).into(),
+                bridge: HOST_BRIDGE.to_string(),
                 pool: SIMULATED_POOL.to_string(),
                 backends: Hypervisor::ALL.to_vec(),
                 ssh: None,
@@ -185,9 +186,9 @@ impl Inventory {
             name: name.to_string(),
             simulated: true,
             storage,
-            observer: network::OBSERVER_ADDR.into(),
-            guest: (network::GUEST_ADDR, network::PREFIX_LEN),
-            monitor: network::MANAGEMENT_ADDR.into(),
+            observer: simulated::OBSERVER_ADDR.into(),
+            guest: (simulated::GUEST_ADDR, simulated::PREFIX_LEN),
+            monitor: simulated::MANAGEMENT_ADDR.into(),
             heartbeat_key: None,
             link_mtu: None,
             hosts,

@@ -2,9 +2,9 @@
 //! breaks it; then the typed [`Inventory`].
 
 use super::model::{HostDef, InventoryDef, Transport};
+use super::simulated;
 use super::{Host, Inventory};
 use crate::case::Hypervisor;
-use crate::lab::{libvirtd, network};
 use crate::yaml::scalar::{HypervisorName, Ident};
 use crate::yaml::{did_you_mean, distinct, list, FieldPath, Invalid};
 use std::fmt::Display;
@@ -24,7 +24,7 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
                 .hosts
                 .into_iter()
                 .zip(0u8..)
-                .map(|(h, i)| host(h, network::management_addr(i).into()))
+                .map(|(h, i)| host(h, simulated::management_addr(i).into()))
                 .collect(),
             pairs,
             gate,
@@ -190,7 +190,7 @@ fn check_transport(simulated: bool, h: &HostDef, at: FieldPath) -> Result<(), In
 const SIMULATED_HOSTS_MAX: usize = 200;
 
 /// A simulated lab is built by `crate::lab` on this machine with its own
-/// addressing plan (`network`, by each host's place in `hosts`): the
+/// addressing plan (`simulated`, by each host's place in `hosts`): the
 /// inventory must describe that plan, or its figures would be labelled with
 /// addresses nothing used. Each pair gets a switch of its own.
 fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
@@ -224,18 +224,18 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
         return Err(Invalid {
             message: format!(
                 "`{path}` is a real lab's: a simulated lab's guest address, link MTU, \
-                 heartbeats and agents are the ones migsuite builds (src/lab/network.rs), \
+                 heartbeats and agents are the ones migsuite builds (src/inventory/simulated.rs), \
                  so remove it"
             ),
             path,
         });
     }
-    let observer = IpAddr::from(network::OBSERVER_ADDR);
+    let observer = IpAddr::from(simulated::OBSERVER_ADDR);
     if def.observer.0 != observer {
         return Err(Invalid {
             path: FieldPath::default().key("observer"),
             message: format!(
-                "the simulated lab's observer listens at {observer} (src/lab/network.rs), not {}",
+                "the simulated lab's observer listens at {observer} (src/inventory/simulated.rs), not {}",
                 def.observer
             ),
         });
@@ -246,17 +246,17 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
             (
                 "uri",
                 h.uri.text.clone(),
-                libvirtd::uri_at(network::management_addr(i)),
+                simulated::uri_at(simulated::management_addr(i)),
             ),
             (
                 "migration_address",
                 h.migration_address.to_string(),
-                network::link_addr(i).to_string(),
+                simulated::link_addr(i).to_string(),
             ),
             (
                 "bridge",
                 h.bridge.0.clone(),
-                network::HOST_BRIDGE.to_string(),
+                simulated::HOST_BRIDGE.to_string(),
             ),
         ];
         for (key, given, wanted) in expected {
@@ -265,7 +265,7 @@ fn check_simulated(def: &InventoryDef) -> Result<(), Invalid> {
                     path: at.clone().key(key),
                     message: format!(
                         "the simulated lab gives its host number {} the {key} `{wanted}` \
-                         (src/lab/network.rs), not `{given}`",
+                         (src/inventory/simulated.rs), not `{given}`",
                         i + 1
                     ),
                 });

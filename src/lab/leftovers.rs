@@ -1,15 +1,15 @@
 //! What a run killed outright (SIGKILL, a crash, a runner machine lost)
 //! left on a real pair's hosts: its guest, perhaps half migrated, and its
 //! disks. A run that holds the pair (`hold`) removes them before its case:
-//! every guest and disk names its maker (`guest::identity`,
+//! every guest and disk names its maker (`identity`,
 //! `pool::disk_owner`), and one whose maker is gone is removed. What a
 //! runner of another machine made is only named, with the command that
 //! removes it: that machine alone can tell whether its run is over.
 
+use super::identity::{owner_in_metadata, METADATA_URI};
 use super::libvirtd::{self, Connection};
 use super::owner::{Liveness, Owner};
 use super::pool::{self, Pool};
-use crate::guest::identity::{owner_in_metadata, METADATA_URI};
 use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
 use virt::domain::Domain;

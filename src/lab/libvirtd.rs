@@ -29,10 +29,7 @@ const STATE_DIRS: [&str; 5] = [
     "/etc/libvirt",
 ];
 
-/// The URI of the daemon listening at `addr`.
-pub fn uri_at(addr: Ipv4Addr) -> String {
-    format!("qemu+tcp://{addr}/system")
-}
+pub use crate::inventory::simulated::uri_at;
 
 /// Where a simulated host's daemon sees its storage pool's directory
 /// (libvirt's default images directory, bound there in the daemon's

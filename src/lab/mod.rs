@@ -12,6 +12,7 @@
 pub mod calibration;
 pub mod cleanup;
 pub mod hold;
+pub mod identity;
 pub mod leftovers;
 pub mod libvirtd;
 pub mod link;
@@ -36,8 +37,7 @@ use std::path::Path;
 use std::time::Duration;
 
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The hosts' names, by index.
-pub const HOST_NAMES: [&str; 2] = ["a", "b"];
+pub use crate::inventory::simulated::HOST_NAMES;
 
 /// One lab host.
 #[derive(Debug)]

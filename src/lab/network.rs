@@ -20,28 +20,13 @@ use crate::case::LinkSpec;
 use anyhow::Result;
 use std::net::Ipv4Addr;
 
-pub const PREFIX_LEN: u8 = 24;
-/// The runner's address on the guest LAN: the observer listens here.
-pub const OBSERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 254);
-pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
-/// The runner's address on the management network: libvirt clients and the
-/// failure monitor.
-pub const MANAGEMENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 254);
-/// Bridge on every host that the guests' NICs join.
-pub const HOST_BRIDGE: &str = "br0";
+pub use crate::inventory::simulated::{
+    link_addr, management_addr, GUEST_ADDR, HOST_BRIDGE, MANAGEMENT_ADDR, OBSERVER_ADDR, PREFIX_LEN,
+};
+
 /// The migration link's device on each host.
 pub const LINK_DEV: &str = "mig0";
 const MANAGEMENT_MTU: &str = "1500";
-
-/// A host's address on the management network (its libvirtd listens there).
-pub fn management_addr(index: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 249, 0, 1 + index)
-}
-
-/// A host's address on the migration link.
-pub fn link_addr(index: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 251, 0, 1 + index)
-}
 
 /// The network of the nested host behind lab host `index` (a Xen host's
 /// dom0): the lab host routes it over the migration link.

@@ -3,7 +3,7 @@
 
 use super::accel::Accel;
 use crate::case::{Case, Hypervisor};
-use crate::guest::identity::GuestIdentity;
+use crate::lab::identity::GuestIdentity;
 use crate::markup::escape;
 
 pub struct DeviceModel {

@@ -8,7 +8,7 @@
 //! source's job-completed event, sent as the job ends, is the one place
 //! that has them.
 
-use crate::guest::identity::GuestIdentity;
+use crate::lab::identity::GuestIdentity;
 use crate::lab::libvirtd::Connection;
 use anyhow::Result;
 use std::ffi::c_void;

@@ -7,10 +7,10 @@ mod job;
 
 use super::{span_ms, Backend, BackendInfo, Evacuation};
 use crate::case::{Case, Hypervisor, Strategy};
-use crate::guest::identity::GuestIdentity;
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
 use crate::lab::cleanup::{self, OnInterrupt};
+use crate::lab::identity::GuestIdentity;
 use crate::lab::libvirtd::{self, version, Connection};
 use crate::lab::owner::Owner;
 use crate::lab::pool;

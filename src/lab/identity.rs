@@ -5,7 +5,7 @@
 //! use, and what a killed run left is told from anything else by its
 //! metadata (`lab::leftovers`).
 
-use crate::lab::owner::Owner;
+use super::owner::Owner;
 use uuid::Uuid;
 
 /// The namespace of migsuite's element in a domain's `<metadata>`.
