@@ -31,6 +31,7 @@ pub mod session;
 pub mod sh;
 pub mod stats;
 pub mod suite;
+pub mod survey;
 pub mod verdict;
 pub mod wire;
 pub mod yaml;

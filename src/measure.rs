@@ -60,7 +60,7 @@ pub struct RealHost {
     pub machine: Result<Machine, String>,
 }
 
-/// A host's machine as its libvirt tells (`lab::survey::machine`).
+/// A host's machine as its libvirt tells (`lab::capabilities::machine`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: u32,

@@ -583,13 +583,16 @@ fn real_kernels(lab: &Lab) -> String {
         .join("; ")
 }
 
-/// A real host's machine as its libvirt tells (`survey::machine`), so that
+/// A real host's machine as its libvirt tells (`lab::capabilities::machine`), so that
 /// figures and baselines say what they were measured on.
 fn real_machine(lab: &Lab, host: &crate::lab::Host) -> Result<Machine, String> {
     lab.connect(&host.uri)
         .and_then(|conn| {
             let capabilities = conn.capabilities().ok();
-            Ok(crate::lab::survey::machine(&conn, capabilities.as_deref())?)
+            Ok(crate::lab::capabilities::machine(
+                &conn,
+                capabilities.as_deref(),
+            )?)
         })
         .map_err(|e| format!("{e:#}"))
 }

@@ -2,16 +2,17 @@
 //! the workload guest on the source host and evacuates it to the destination;
 //! the runner does the rest (lab, failure, observation, sampling, verdict),
 //! the same for every backend. A backend is a folder of its own: it
-//! implements `Backend`, declares its `Capabilities` (which suites check
-//! against before anything runs), and is named here, in `for_hypervisor`
-//! and `capabilities`, and nowhere else.
+//! implements `Backend` and declares its `Descriptor` (the rows it runs,
+//! its `Capabilities`, which suites are checked against before anything
+//! runs, how it is made, what it asks of a lab's hosts); `REGISTRY` lists
+//! the descriptors, and nothing outside a backend's folder names it.
 
 pub mod criu;
 pub mod kvm;
 pub mod xen;
 
 use crate::case::{Case, Hypervisor, Strategy};
-use crate::inventory::Inventory;
+use crate::inventory::{self, Inventory};
 use crate::lab::{netns, Lab};
 use crate::measure::{Outcome, Phases};
 use crate::sampler::{Pids, ProcessProbe, Source};
@@ -168,22 +169,64 @@ pub fn namespace_processes(lab: &Lab) -> Result<ProcessProbe> {
     }))
 }
 
+/// A backend for a case, or why this build cannot run it.
+pub type Made = Result<Box<dyn Backend>, String>;
+/// What a host was found to offer, or what it lacks.
+pub type Found = Result<String, String>;
+
+/// A backend as the rest of migsuite knows it, declared in its folder and
+/// listed in `REGISTRY`.
+pub struct Descriptor {
+    /// The study's rows it runs.
+    pub rows: &'static [Hypervisor],
+    pub capabilities: Capabilities,
+    /// The backend for a case on the lab an inventory describes, or why
+    /// this build cannot run it.
+    pub new: fn(&Case, &Inventory) -> Made,
+    pub host_needs: HostNeeds,
+    /// Stops what it keeps running between its cases on lab pair `pair`
+    /// (on every pair: None), when another backend's case comes.
+    pub release: fn(Option<usize>),
+    /// The processes it keeps running for lab pairs other than `pair`.
+    pub kept_for_other_pairs: fn(usize) -> Vec<i32>,
+}
+
+/// What a backend asks of a lab's hosts, as `migsuite hosts` and an
+/// inventory's `validate` check it.
+pub struct HostNeeds {
+    /// What a simulated host runs for it.
+    pub simulated: &'static str,
+    /// Why a real host needs `ssh` for it (None: its libvirt URI is enough).
+    pub over_ssh: Option<&'static str>,
+    /// Whether a real host runs `row`, asked of the host (whose libvirt
+    /// driver is `driver`): what it found, or what is missing.
+    pub survey: fn(host: &inventory::Host, row: Hypervisor, driver: Result<&str, &String>) -> Found,
+    /// Where a real host's guest bridge is found, if not among libvirt's
+    /// devices (a Xen dom0's): what was found, or what is missing.
+    pub bridge: Option<fn(&inventory::Host) -> Found>,
+}
+
+/// Every backend of this build, in the study's order of rows.
+pub static REGISTRY: [&Descriptor; 3] = [&xen::BACKEND, &criu::BACKEND, &kvm::BACKEND];
+
+/// The backend that runs `row`.
+pub fn descriptor(row: Hypervisor) -> &'static Descriptor {
+    REGISTRY
+        .iter()
+        .find(|d| d.rows.contains(&row))
+        .unwrap_or_else(|| panic!("no backend runs {row}: add its descriptor to REGISTRY"))
+}
+
+/// Why a real host needs `ssh` for `row` (None: its libvirt URI is enough),
+/// for [`Inventory::check_ssh`].
+pub fn over_ssh(row: Hypervisor) -> Option<&'static str> {
+    descriptor(row).host_needs.over_ssh
+}
+
 /// The backend for `case` on the lab `inventory` describes, or why this
 /// build cannot run it.
-pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Result<Box<dyn Backend>, String> {
-    match case.hypervisor {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => {
-            kvm::Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>)
-        }
-        Hypervisor::XenPv | Hypervisor::XenHvm => {
-            xen::Xen::new(case, inventory.simulated).map(|x| Box::new(x) as Box<dyn Backend>)
-        }
-        // A real lab's hosts run their own CRIU; the runner needs none.
-        Hypervisor::Openvz if !inventory.simulated => {
-            Ok(Box::new(criu::remote::hosts::OnRealHosts::new()))
-        }
-        Hypervisor::Openvz => criu::OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>),
-    }
+pub fn for_hypervisor(case: &Case, inventory: &Inventory) -> Made {
+    (descriptor(case.hypervisor).new)(case, inventory)
 }
 
 /// What a backend can do, as suites are checked against it before
@@ -201,12 +244,6 @@ pub struct Capabilities {
     /// Whether it can migrate a guest to the host it runs on (the study's
     /// set-up).
     pub one_host: bool,
-    /// Whether the nested hosts it boots stay up between its cases (other
-    /// backends' cases stop them first).
-    pub keeps_hosts_between_cases: bool,
-    /// Whether a real host's guest bridge is in a Xen dom0, where the
-    /// host's libvirt does not see it.
-    pub bridge_in_dom0: bool,
 }
 
 impl Capabilities {
@@ -217,25 +254,48 @@ impl Capabilities {
 
 /// What the backend of `h` can do.
 pub fn capabilities(h: Hypervisor) -> &'static Capabilities {
-    match h {
-        Hypervisor::KvmFv | Hypervisor::KvmPv => &kvm::CAPABILITIES,
-        Hypervisor::Openvz => &criu::CAPABILITIES,
-        Hypervisor::XenPv | Hypervisor::XenHvm => &xen::CAPABILITIES,
-    }
+    &descriptor(h).capabilities
 }
 
-/// Stops what a backend keeps running between its cases on lab pair
-/// `pair` (the nested Xen hosts, which busy a core under TCG) when `case`
-/// is not one of them, so that no case is measured beside its own pair's.
-/// (Another pair's, busy with a case of its own, stays.)
+/// Stops what other backends keep running between their cases on lab pair
+/// `pair` (the nested Xen hosts, which busy a core under TCG), so that no
+/// case is measured beside its own pair's. (Another pair's, busy with a
+/// case of its own, stays.)
 pub fn release_unneeded(case: &Case, pair: usize) {
-    if !capabilities(case.hypervisor).keeps_hosts_between_cases {
-        xen::shutdown_shared_hosts(Some(pair));
+    for other in REGISTRY
+        .iter()
+        .filter(|d| !d.rows.contains(&case.hypervisor))
+    {
+        (other.release)(Some(pair));
     }
 }
 
-/// What backends keep running for other lab pairs than `pair` (nested Xen
-/// hosts): other cases' processes, though this one started them.
+/// What backends keep running for other lab pairs than `pair`: other
+/// cases' processes, though this one started them.
 pub fn kept_for_other_pairs(pair: usize) -> Vec<i32> {
-    xen::other_pairs_hosts(pair)
+    REGISTRY
+        .iter()
+        .flat_map(|d| (d.kept_for_other_pairs)(pair))
+        .collect()
+}
+
+/// For a backend that keeps nothing between its cases.
+pub fn keeps_nothing(_pair: Option<usize>) {}
+
+/// For a backend that keeps nothing for other pairs.
+pub fn keeps_nothing_for_others(_pair: usize) -> Vec<i32> {
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_has_one_backend() {
+        for row in Hypervisor::ALL {
+            let backends = REGISTRY.iter().filter(|d| d.rows.contains(&row));
+            assert_eq!(backends.count(), 1, "{row}");
+        }
+    }
 }

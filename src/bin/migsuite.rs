@@ -38,7 +38,7 @@ enum Command {
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair.
+        /// simulated pair; checked against the backends.
         #[arg(long)]
         lab: Option<PathBuf>,
     },
@@ -99,7 +99,7 @@ enum Command {
     /// lab's pairs are built for it, each when free.
     Hosts {
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair.
+        /// simulated pair; checked against the backends.
         #[arg(long)]
         lab: Option<PathBuf>,
     },
@@ -108,7 +108,7 @@ enum Command {
     /// with --remove, delete them. Waits for each pair to be free.
     Volumes {
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair.
+        /// simulated pair; checked against the backends.
         #[arg(long)]
         lab: Option<PathBuf>,
         /// Delete the volumes listed.
@@ -240,12 +240,13 @@ fn main() -> ExitCode {
 }
 
 /// The lab inventory at `path`; without one, $MIGSUITE_LAB's or the built-in
-/// simulated pair.
+/// simulated pair; checked against the backends.
 fn inventory(path: Option<PathBuf>) -> Result<Inventory, ExitCode> {
     match path {
         Some(path) => Inventory::load(&path),
         None => Inventory::from_env(),
     }
+    .and_then(|lab| lab.check_ssh(migsuite::backend::over_ssh).map(|()| lab))
     .map_err(|e| {
         eprintln!("{e}");
         ExitCode::FAILURE
@@ -265,7 +266,8 @@ fn gated_inventory(path: Option<PathBuf>, cases: &[Case]) -> Result<Inventory, E
 
 /// Surveys every host of `inventory`; fails if any question had no answer.
 fn hosts(inventory: &Inventory) -> ExitCode {
-    use migsuite::lab::{libvirtd, survey};
+    use migsuite::lab::libvirtd;
+    use migsuite::survey;
     let mut surveys = Vec::new();
     let asked = (|| -> anyhow::Result<()> {
         if inventory.simulated {

@@ -256,14 +256,53 @@ impl Inventory {
         else {
             return Ok(());
         };
-        let invalid = Invalid {
+        self.refuse(Invalid {
             path: FieldPath::default().key("gate").index(i),
             message: format!(
                 "no suite is named `{unknown}`{}; the suites are {}",
                 did_you_mean(unknown, &suites),
                 list(&suites)
             ),
+        })
+    }
+
+    /// Checks that each real host gives its `ssh` where a row it lists
+    /// runs on the host itself (`over_ssh(row)`: why that row needs it, as
+    /// its backend says), refusing it at that row's place in the file.
+    pub fn check_ssh(
+        &self,
+        over_ssh: impl Fn(Hypervisor) -> Option<&'static str>,
+    ) -> Result<(), FileError> {
+        if self.simulated {
+            return Ok(());
+        }
+        let lacking = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.ssh.is_none())
+            .find_map(|(i, h)| {
+                let mut rows = h.backends.iter().enumerate();
+                rows.find_map(|(j, row)| over_ssh(*row).map(|why| (i, j, why)))
+            });
+        let Some((i, j, why)) = lacking else {
+            return Ok(());
         };
+        self.refuse(Invalid {
+            path: FieldPath::default()
+                .key("hosts")
+                .index(i)
+                .key("backends")
+                .index(j),
+            message: format!(
+                "{why}: give the host's `ssh` (e.g. `ssh: root@192.0.2.1`), where root logs in \
+                 by key and `migsuite` is installed"
+            ),
+        })
+    }
+
+    /// `invalid`, placed in the inventory's file.
+    fn refuse(&self, invalid: Invalid) -> Result<(), FileError> {
         match &self.file {
             Some(file) => {
                 let text = crate::yaml::read(file, &INVENTORY)?;

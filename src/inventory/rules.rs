@@ -4,8 +4,7 @@
 use super::model::{HostDef, InventoryDef, Transport};
 use super::simulated;
 use super::{Host, Inventory};
-use crate::case::Hypervisor;
-use crate::yaml::scalar::{HypervisorName, Ident};
+use crate::yaml::scalar::Ident;
 use crate::yaml::{did_you_mean, distinct, list, FieldPath, Invalid};
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,45 +111,22 @@ fn check_hosts(def: &InventoryDef) -> Result<(), Invalid> {
             at.clone().key("backends"),
             "name each backend once",
         )?;
-        check_real_backends(def.simulated, h, &at)?;
+        check_ssh_only_real(def.simulated, h, &at)?;
         check_transport(def.simulated, h, at)?;
     }
     Ok(())
 }
 
-/// A real host runs the KVM rows through libvirt's QEMU driver (its URI),
-/// openvz through its own CRIU and the Xen rows through `xl` in its dom0,
-/// both reached over ssh. A simulated host is this machine's: nothing to
-/// log in to.
-fn check_real_backends(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
-    if simulated {
-        return match h.ssh {
-            Some(_) => Err(Invalid {
-                path: at.clone().key("ssh"),
-                message: "a simulated host is a namespace of this machine, not logged in to: \
-                          remove `ssh`"
-                    .into(),
-            }),
-            None => Ok(()),
-        };
-    }
-    let over_ssh = |b: &HypervisorName| match b.0 {
-        Hypervisor::Openvz => Some("openvz runs CRIU on the host itself"),
-        Hypervisor::XenPv | Hypervisor::XenHvm => Some("the Xen rows run `xl` in the host's dom0"),
-        Hypervisor::KvmFv | Hypervisor::KvmPv => None,
-    };
-    let needs = h
-        .backends
-        .iter()
-        .enumerate()
-        .find_map(|(j, b)| over_ssh(b).map(|why| (j, why)));
-    match (needs, &h.ssh) {
-        (Some((j, why)), None) => Err(Invalid {
-            path: at.clone().key("backends").index(j),
-            message: format!(
-                "{why}: give the host's `ssh` (e.g. `ssh: root@192.0.2.1`), where root logs in \
-                 by key and `migsuite` is installed"
-            ),
+/// A simulated host is this machine's: nothing to log in to. (Which rows
+/// need a real host's `ssh` is the backends' to say:
+/// [`Inventory::check_ssh`].)
+fn check_ssh_only_real(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
+    match h.ssh {
+        Some(_) if simulated => Err(Invalid {
+            path: at.clone().key("ssh"),
+            message: "a simulated host is a namespace of this machine, not logged in to: \
+                      remove `ssh`"
+                .into(),
         }),
         _ => Ok(()),
     }

@@ -375,7 +375,10 @@ fn bad_labs_say_where_and_why() {
             .nth(1)
             .and_then(|l| l.strip_prefix("# expected: "))
             .unwrap_or_else(|| panic!("{}: no `# expected: ` line", file.display()));
-        let message = Inventory::load(&file).unwrap_err().to_string();
+        let message = Inventory::load(&file)
+            .and_then(|lab| lab.check_ssh(crate::backend::over_ssh))
+            .unwrap_err()
+            .to_string();
         let relative = message
             .strip_prefix(&format!("{}/", dir.display()))
             .unwrap_or_else(|| panic!("{message}\ndoes not start with the path"));

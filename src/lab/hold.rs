@@ -15,7 +15,7 @@
 use super::cleanup::{self, OnInterrupt};
 use super::owner::{Liveness, Owner};
 use super::pool::{self, Pool};
-use super::{libvirtd, survey};
+use super::{capabilities, libvirtd};
 use crate::inventory::{self, Inventory};
 use anyhow::{Context, Result};
 
@@ -41,7 +41,7 @@ impl Holds {
         let mut held = Holds::none();
         for host in inventory.pair(pair)?.hosts {
             let conn = libvirtd::connect_host(host, &inventory.name, libvirtd::CONNECT_TIMEOUT)?;
-            let uuid = survey::host_uuid(&conn.capabilities()?).with_context(|| {
+            let uuid = capabilities::host_uuid(&conn.capabilities()?).with_context(|| {
                 format!(
                     "host {}'s libvirt capabilities give no host UUID",
                     host.name

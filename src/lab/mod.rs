@@ -10,6 +10,7 @@
 //! killed outright, by the sweep at the start of the next run.
 
 pub mod calibration;
+pub mod capabilities;
 pub mod cleanup;
 pub mod hold;
 pub mod identity;
@@ -21,7 +22,6 @@ pub mod network;
 pub mod owner;
 pub mod pool;
 pub mod root;
-pub mod survey;
 pub mod tls;
 
 use crate::case::{Case, LinkSpec};

@@ -17,9 +17,10 @@ mod post_copy;
 pub mod remote;
 pub mod stats;
 mod stop_and_copy;
+mod survey;
 
 use super::{Backend, BackendInfo, Evacuation};
-use crate::case::{Case, Strategy};
+use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
 use crate::sampler::Source;
@@ -32,14 +33,31 @@ use std::sync::{Arc, Mutex};
 /// CRIU: pre-copy by pre-dumps (where the kernel tracks dirty pages, which
 /// a host without it refuses before the run), stop-and-copy and post-copy
 /// by lazy pages; no downtime limit, no stream settings. A restore needs
-/// the container's pids free, so not on the host it left.
-pub const CAPABILITIES: super::Capabilities = super::Capabilities {
-    strategies: &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
-    downtime_limit: &[],
-    stream_settings: false,
-    one_host: false,
-    keeps_hosts_between_cases: false,
-    bridge_in_dom0: false,
+/// the container's pids free, so not on the host it left. A real lab's
+/// hosts run their own CRIU, driven over ssh; the runner needs none.
+pub static BACKEND: super::Descriptor = super::Descriptor {
+    rows: &[Hypervisor::Openvz],
+    capabilities: super::Capabilities {
+        strategies: &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
+        downtime_limit: &[],
+        stream_settings: false,
+        one_host: false,
+    },
+    new: |case, inventory| {
+        if inventory.simulated {
+            OpenVz::new(case).map(|c| Box::new(c) as Box<dyn Backend>)
+        } else {
+            Ok(Box::new(remote::hosts::OnRealHosts::new()))
+        }
+    },
+    host_needs: super::HostNeeds {
+        simulated: "containers migsuite moves with CRIU",
+        over_ssh: Some("openvz runs CRIU on the host itself"),
+        survey: |host, _row, _driver| survey::criu_on(host),
+        bridge: None,
+    },
+    release: super::keeps_nothing,
+    kept_for_other_pairs: super::keeps_nothing_for_others,
 };
 
 pub struct OpenVz {

@@ -41,23 +41,46 @@ const PASS_LIMIT: u64 = 12;
 /// QEMU under libvirt: pre-copy, post-copy (after one pass) and
 /// auto-converge, each with a downtime limit; its stream takes a bandwidth
 /// cap, multifd channels and TLS. libvirt refuses a destination that is its
-/// source.
-pub const CAPABILITIES: super::Capabilities = super::Capabilities {
-    strategies: &[
-        Strategy::Precopy,
-        Strategy::Postcopy,
-        Strategy::AutoConverge,
-    ],
-    downtime_limit: &[
-        Strategy::Precopy,
-        Strategy::Postcopy,
-        Strategy::AutoConverge,
-    ],
-    stream_settings: true,
-    one_host: false,
-    keeps_hosts_between_cases: false,
-    bridge_in_dom0: false,
+/// source. A real host is reached through its libvirt URI alone.
+pub static BACKEND: super::Descriptor = super::Descriptor {
+    rows: &[Hypervisor::KvmFv, Hypervisor::KvmPv],
+    capabilities: super::Capabilities {
+        strategies: &[
+            Strategy::Precopy,
+            Strategy::Postcopy,
+            Strategy::AutoConverge,
+        ],
+        downtime_limit: &[
+            Strategy::Precopy,
+            Strategy::Postcopy,
+            Strategy::AutoConverge,
+        ],
+        stream_settings: true,
+        one_host: false,
+    },
+    new: |case, _inventory| Kvm::new(case).map(|k| Box::new(k) as Box<dyn Backend>),
+    host_needs: super::HostNeeds {
+        simulated: "QEMU guests of this host's libvirtd",
+        over_ssh: None,
+        survey: |_host, row, driver| runs_qemu(row, driver),
+        bridge: None,
+    },
+    release: super::keeps_nothing,
+    kept_for_other_pairs: super::keeps_nothing_for_others,
 };
+
+/// Whether a real host runs `row`, given its libvirt driver: the KVM rows
+/// need QEMU's.
+fn runs_qemu(row: Hypervisor, driver: Result<&str, &String>) -> Result<String, String> {
+    let driver = driver.map_err(|e| e.clone())?;
+    if driver.eq_ignore_ascii_case("QEMU") {
+        Ok(format!("libvirt's {driver} driver"))
+    } else {
+        Err(format!(
+            "{row} needs libvirt's QEMU driver, and the URI reaches its {driver} driver"
+        ))
+    }
+}
 
 pub struct Kvm {
     hypervisor: Hypervisor,
@@ -735,5 +758,19 @@ impl Kvm {
             memory_iterations: stats.mem_iteration,
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_host_runs_the_kvm_rows_through_qemus_driver() {
+        assert!(runs_qemu(Hypervisor::KvmPv, Ok("QEMU")).is_ok());
+        let err = runs_qemu(Hypervisor::KvmFv, Ok("LXC")).unwrap_err();
+        assert!(err.contains("kvm-fv needs libvirt's QEMU driver"), "{err}");
+        let down = "connection lost".to_string();
+        assert_eq!(runs_qemu(Hypervisor::KvmFv, Err(&down)), Err(down));
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Xen hosts boot once per process (tens of seconds under TCG) and are
 //! reused by the Xen cases that follow one another: `shared_hosts`; a case
-//! of another backend stops them first (`backend::release_unneeded`). Per
+//! of another backend stops them first (`BACKEND.release`). Per
 //! case each is wired to its lab host (its dom0 bridge joins the host's br0,
 //! with the case's MTU), so the domU's heartbeats reach the observer like a
 //! KVM guest's.
@@ -23,6 +23,7 @@ mod hvm;
 mod migrate;
 pub mod remote;
 mod shared;
+mod survey;
 mod toolstack;
 
 use super::{Backend, BackendInfo, Evacuation};
@@ -34,8 +35,7 @@ use anyhow::{bail, Context, Result};
 use dom0::RUN;
 use migrate::{dom0_goodput, CALIBRATION_MIB, CALIBRATION_SECS};
 use remote::RemoteDom0;
-use shared::shared_hosts;
-pub use shared::{other_pairs_hosts, shutdown_shared_hosts};
+use shared::{other_pairs_hosts, shared_hosts, shutdown_shared_hosts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,15 +51,27 @@ const MIGRATION_PORT: u16 = 5500;
 
 /// `xl migrate`: pre-copy and nothing else, no downtime limit, no stream
 /// settings; it can migrate a domU within its host (the study's set-up).
-/// The nested hosts stay up between Xen cases; a real host's bridge is
-/// dom0's.
-pub const CAPABILITIES: super::Capabilities = super::Capabilities {
-    strategies: &[Strategy::Precopy],
-    downtime_limit: &[],
-    stream_settings: false,
-    one_host: true,
-    keeps_hosts_between_cases: true,
-    bridge_in_dom0: true,
+/// The nested hosts stay up between Xen cases; a real host is reached in
+/// its dom0 over ssh, where its guest bridge is.
+pub static BACKEND: super::Descriptor = super::Descriptor {
+    rows: &[Hypervisor::XenPv, Hypervisor::XenHvm],
+    capabilities: super::Capabilities {
+        strategies: &[Strategy::Precopy],
+        downtime_limit: &[],
+        stream_settings: false,
+        one_host: true,
+    },
+    new: |case, inventory| {
+        Xen::new(case, inventory.simulated).map(|x| Box::new(x) as Box<dyn Backend>)
+    },
+    host_needs: super::HostNeeds {
+        simulated: "nested Xen hosts migsuite starts",
+        over_ssh: Some("the Xen rows run `xl` in the host's dom0"),
+        survey: |host, row, _driver| survey::xen_on(host, row),
+        bridge: Some(survey::bridge_in_dom0),
+    },
+    release: shutdown_shared_hosts,
+    kept_for_other_pairs: other_pairs_hosts,
 };
 
 pub struct Xen {
