@@ -12,6 +12,7 @@
 //! This module is what requests and answers say; `serve` is the host's
 //! side, `session` the runner's.
 
+mod evacuating;
 pub mod hosts;
 mod post_copy;
 pub mod serve;

@@ -10,7 +10,7 @@
 //! Downtime: from the freeze (CRIU's "Seized task") until the restored
 //! tasks run; total time: until the source has served the last page.
 
-use super::hosts::{criu_reply, Evacuating};
+use super::evacuating::{criu_reply, Evacuating};
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, Reply};
 use crate::backend::criu::post_copy::{completed, Moments};
