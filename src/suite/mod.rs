@@ -9,6 +9,7 @@
 mod expand;
 mod model;
 mod repeat;
+mod rules;
 mod scalar;
 mod units;
 
