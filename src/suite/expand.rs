@@ -1,9 +1,10 @@
 //! The matrix product: one `Case` per hypervisor x mtu x workload, with
 //! every default applied, once the rules that span fields hold (`rules`).
 
+use super::keyed::{AggregateDef, BoundsDef, CompareDef, MetricKey, NoiseDef};
 use super::model::{
-    AccelDef, AggregateDef, BoundsDef, CompareDef, ExpectDef, GuestDef, MetricKey, MigrationDef,
-    NoiseDef, SamplingDef, StrategyDef, Suite, TierDef, TopologyDef, WorkloadDef,
+    AccelDef, ExpectDef, GuestDef, MigrationDef, SamplingDef, StrategyDef, Suite, TierDef,
+    TopologyDef, WorkloadDef,
 };
 use super::rules::{
     check_fault_in_time, check_fit, check_matrix, check_overrides, check_packets,

@@ -7,6 +7,7 @@
 //! selecting cases) and builds the matrix product.
 
 mod expand;
+mod keyed;
 mod model;
 mod repeat;
 mod rules;

@@ -1,9 +1,8 @@
 //! Rules that span several fields of a suite, each refused at the field
 //! that breaks it, before the matrix product (`expand`).
 
-use super::model::{
-    ExpectDef, Matrix, MetricKey, MigrationDef, Override, Suite, VariantDef, WorkloadDef,
-};
+use super::keyed::MetricKey;
+use super::model::{ExpectDef, Matrix, MigrationDef, Override, Suite, VariantDef, WorkloadDef};
 use crate::case::{Case, DirtyRate, PacketSize, Strategy, Topology};
 use crate::metrics::{Better, Metric, CPU_PACE, DOWNTIME_OVERSHOOT, PATH_RATE};
 use crate::yaml::scalar::{HypervisorName, Ident, Mtu};

@@ -814,6 +814,10 @@ fn missing_files_name_the_path() {
     "t.yaml:5:12: workloads: must define at least one workload"
 )]
 #[case::duplicate_key("repeat: 1\nrepeat: 2", "t.yaml:2:1: repeat: `repeat` is given twice")]
+#[case::bound_given_twice(
+    "bounds: { downtime: 1s, downtime: 2s }",
+    "t.yaml:6:9: bounds.downtime: bound `downtime` is given twice; give it once"
+)]
 #[case::missing_nested(
     "failure: { kind: warned }",
     "t.yaml:5:10: failure.after: required field `after` is missing"

@@ -353,6 +353,24 @@ impl Scalar for Percent {
 
 deserialize_scalar!(Duration, Size, DirtyRate, Bandwidth, PacketRate, LinkRate, Percent);
 
+/// Ranges of the quantities a suite may give, in ms and %.
+const HOUR: u64 = 3_600_000;
+/// A moment within a run (the warning, a fault, the settling).
+pub(super) type Moment = Within<Duration, 0, HOUR>;
+/// QEMU's `downtime-limit` goes up to 2000 s.
+pub(super) type DowntimeLimit = Within<Duration, 1, 2_000_000>;
+pub(super) type Timeout = Within<Duration, 1_000, { 24 * HOUR }>;
+pub(super) type Interval = Within<Duration, 10, 60_000>;
+/// A bound on a measured time; 0 could never be met.
+pub(super) type TimeBound = Within<Duration, 1, { 24 * HOUR }>;
+/// A bound in percent: of one core for CPU (100 % is one core busy), of
+/// the limit asked for a downtime.
+pub(super) type PercentBound = Within<Percent, 1, 100_000>;
+/// A relative change of the baseline's median.
+pub(super) type NoisePercent = Within<Percent, 1, 1000>;
+/// How much worse than the reference a variant may be; 0 %: not at all.
+pub(super) type CompareBound = Within<Percent, 0, 1000>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
