@@ -6,6 +6,7 @@
 pub mod ab;
 pub mod backend;
 pub mod baseline;
+pub mod calibrate;
 pub mod case;
 pub mod cpu_pace;
 pub mod failure;

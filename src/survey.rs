@@ -8,7 +8,7 @@
 use crate::backend;
 use crate::inventory;
 use crate::lab::capabilities::machine;
-use crate::lab::libvirtd::{version, Connection};
+use crate::lab::libvirtd::{self, version, Connection};
 use crate::lab::pool::Pool;
 use std::fmt;
 
@@ -177,4 +177,38 @@ fn pool(conn: Connection, name: &str, simulated: bool) -> Result<String, String>
         gib(room.capacity),
         room.path
     ))
+}
+
+/// Every host of `inventory` surveyed: a simulated pair built to be asked
+/// (pair by pair, held as a case holds it), a real host asked through its
+/// URI. Err: the survey stopped (a lab that could not be built).
+pub fn survey_lab(inventory: &inventory::Inventory) -> (Vec<Survey>, anyhow::Result<()>) {
+    let mut surveys = Vec::new();
+    let asked = if inventory.simulated {
+        crate::runner::each_pair(inventory, true, |lab| {
+            for host in [&lab.source, &lab.destination] {
+                let spec = inventory
+                    .hosts
+                    .iter()
+                    .find(|h| h.name == host.name)
+                    .expect("a lab's hosts are its inventory's");
+                surveys.push(match lab.connect(&host.uri) {
+                    Ok(conn) => survey(conn, spec, true),
+                    Err(e) => unreachable(spec, format!("{e:#}")),
+                });
+            }
+            Ok(())
+        })
+    } else {
+        for spec in &inventory.hosts {
+            surveys.push(
+                match libvirtd::connect_within(&spec.uri, libvirtd::CONNECT_TIMEOUT) {
+                    Ok(conn) => survey(conn, spec, false),
+                    Err(e) => unreachable(spec, format!("{e:#}")),
+                },
+            );
+        }
+        Ok(())
+    };
+    (surveys, asked)
 }

@@ -129,29 +129,20 @@ fn table_trial(session: &'static Session, cases: Vec<Case>) -> Trial {
             );
             return Ok(());
         }
-        let mut report = RunReport::new(&suite, std::time::SystemTime::now());
-        let mut results = Vec::new();
         // The suite's cases that ran: a lab-tier suite's only with
         // --include-ignored or in the lab's gate (its table is ignored like
         // them otherwise).
-        for case in cases
-            .iter()
-            .filter(|c| runner::refusal(c, &session.lab).is_none())
-        {
-            let judged = session.judged(case)?;
-            report.cases.push(CaseReport::new(
-                judged.result.clone(),
-                judged.verdict.clone(),
-            ));
-            results.push(judged.result.clone());
+        let outcome = session.suite_outcome(&suite, &cases, std::time::SystemTime::now());
+        if let Some((case, why)) = outcome.errors.first() {
+            return Err(format!("{case}: {why}").into());
         }
-        if results.is_empty() {
+        if outcome.results.is_empty() {
             return Ok(());
         }
-        for table in suite_tables(&suite, &results) {
+        for table in suite_tables(&suite, &outcome.results) {
             eprintln!("{table}");
         }
-        let (json, page) = write_report(&report, Path::new("target/migsuite/reports"))
+        let (json, page) = write_report(&outcome.report, Path::new("target/migsuite/reports"))
             .map_err(|e| format!("{e:#}"))?;
         eprintln!("report: {}", json.display());
         let page = page.map_err(|e| format!("{e:#}"))?;

@@ -3,8 +3,7 @@
 use clap::{Parser, Subcommand};
 use migsuite::case::{Case, LinkSpec};
 use migsuite::inventory::Inventory;
-use migsuite::lab::{calibration, Lab};
-use migsuite::report::{case_table, html, suite_tables, write_report, CaseReport, RunReport};
+use migsuite::report::{case_table, html, suite_tables, write_report};
 use migsuite::session::Session;
 use migsuite::suite;
 use std::path::{Path, PathBuf};
@@ -38,7 +37,7 @@ enum Command {
         #[arg(default_value = "suites")]
         paths: Vec<PathBuf>,
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair; checked against the backends.
+        /// simulated pair.
         #[arg(long)]
         lab: Option<PathBuf>,
     },
@@ -99,7 +98,7 @@ enum Command {
     /// lab's pairs are built for it, each when free.
     Hosts {
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair; checked against the backends.
+        /// simulated pair.
         #[arg(long)]
         lab: Option<PathBuf>,
     },
@@ -108,7 +107,7 @@ enum Command {
     /// with --remove, delete them. Waits for each pair to be free.
     Volumes {
         /// The lab inventory; by default $MIGSUITE_LAB, else the built-in
-        /// simulated pair; checked against the backends.
+        /// simulated pair.
         #[arg(long)]
         lab: Option<PathBuf>,
         /// Delete the volumes listed.
@@ -170,7 +169,7 @@ fn main() -> ExitCode {
             println!("ok: {} cases", cases.len());
             lab.map_or(Ok(ExitCode::SUCCESS), |lab| {
                 let lab = gated_inventory(Some(lab), &cases)?;
-                println!("ok: {}", lab_summary(&lab));
+                println!("ok: {}", lab.summary());
                 Ok(ExitCode::SUCCESS)
             })
         }),
@@ -266,37 +265,7 @@ fn gated_inventory(path: Option<PathBuf>, cases: &[Case]) -> Result<Inventory, E
 
 /// Surveys every host of `inventory`; fails if any question had no answer.
 fn hosts(inventory: &Inventory) -> ExitCode {
-    use migsuite::lab::libvirtd;
-    use migsuite::survey;
-    let mut surveys = Vec::new();
-    let asked = (|| -> anyhow::Result<()> {
-        if inventory.simulated {
-            each_pair(inventory, true, |lab| {
-                for host in [&lab.source, &lab.destination] {
-                    let spec = inventory
-                        .hosts
-                        .iter()
-                        .find(|h| h.name == host.name)
-                        .expect("a lab's hosts are its inventory's");
-                    surveys.push(match lab.connect(&host.uri) {
-                        Ok(conn) => survey::survey(conn, spec, true),
-                        Err(e) => survey::unreachable(spec, format!("{e:#}")),
-                    });
-                }
-                Ok(())
-            })?;
-        } else {
-            for spec in &inventory.hosts {
-                surveys.push(
-                    match libvirtd::connect_within(&spec.uri, libvirtd::CONNECT_TIMEOUT) {
-                        Ok(conn) => survey::survey(conn, spec, false),
-                        Err(e) => survey::unreachable(spec, format!("{e:#}")),
-                    },
-                );
-            }
-        }
-        Ok(())
-    })();
+    let (surveys, asked) = migsuite::survey::survey_lab(inventory);
     println!("{}", inventory.describe());
     for s in &surveys {
         print!("{s}");
@@ -306,7 +275,7 @@ fn hosts(inventory: &Inventory) -> ExitCode {
             eprintln!("hosts: {e:#}");
             ExitCode::FAILURE
         }
-        Ok(()) if surveys.iter().all(survey::Survey::clean) => ExitCode::SUCCESS,
+        Ok(()) if surveys.iter().all(migsuite::survey::Survey::clean) => ExitCode::SUCCESS,
         Ok(()) => ExitCode::FAILURE,
     }
 }
@@ -315,7 +284,7 @@ fn hosts(inventory: &Inventory) -> ExitCode {
 /// of each host of `inventory`, pair by pair (each held as a case holds it).
 fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
     // A real pair is held only to remove: a case there may use its volumes.
-    let listed = each_pair(inventory, remove, |lab| {
+    let listed = migsuite::runner::each_pair(inventory, remove, |lab| {
         // A pool both hosts of the pair see is listed once.
         let (hosts, whose) = match inventory.storage {
             migsuite::inventory::Storage::Shared => (
@@ -366,28 +335,6 @@ fn volumes(inventory: &Inventory, remove: bool) -> ExitCode {
     }
 }
 
-/// Runs `f` on each pair of `inventory` in turn, built (a simulated pair,
-/// at MTU 1500, unshaped, and so held) or reached (a real one, held as a
-/// case holds it if `hold`).
-fn each_pair(
-    inventory: &Inventory,
-    hold: bool,
-    mut f: impl FnMut(&Lab) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let link = LinkSpec {
-        mtu: 1500,
-        rate_mbit: None,
-        offloads: false,
-    };
-    for pair in 0..inventory.pairs().count() {
-        let _held = (hold || inventory.simulated)
-            .then(|| migsuite::runner::exclusive(inventory, &[pair], &|m| eprintln!("{m}")))
-            .transpose()?;
-        f(&Lab::start(&link, inventory, pair)?)?;
-    }
-    Ok(())
-}
-
 /// Serves as host `name`'s agent until interrupted.
 fn host_agent(
     name: &str,
@@ -395,22 +342,7 @@ fn host_agent(
     listen: std::net::IpAddr,
     monitor: std::net::SocketAddr,
 ) -> ExitCode {
-    use migsuite::host_agent::{self as agent, probe};
-    let served = (|| -> anyhow::Result<()> {
-        let key = agent::Key::load(key)?;
-        let socket = std::net::UdpSocket::bind((listen, agent::AGENT_PORT))?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let on_signal = stop.clone();
-        ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))?;
-        eprintln!(
-            "host {name}'s agent: orders on {listen}:{}, heartbeats to {monitor}, \
-             measurements on the migration address the runner gives, TCP {}",
-            agent::AGENT_PORT,
-            probe::PORT
-        );
-        agent::serve(name, &key, &socket, monitor, &stop)
-    })();
-    match served {
+    match migsuite::host_agent::serve::until_interrupted(name, key, listen, monitor) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("host-agent: {e:#}");
@@ -433,79 +365,40 @@ fn propose_baseline(session: &Session, case: &Case, judged: &migsuite::session::
     }
 }
 
-/// What a lab inventory holds: "lab rack (hosts: 2, pairs: 1, gate: real-lab)".
-fn lab_summary(lab: &Inventory) -> String {
-    let gate = if lab.gate.is_empty() {
-        String::new()
-    } else {
-        format!(", gate: {}", lab.gate.join(", "))
-    };
-    format!(
-        "lab {} (hosts: {}, pairs: {}{gate})",
-        lab.name,
-        lab.hosts.len(),
-        lab.pairs().count()
-    )
-}
-
 /// Merges the reports at `paths` (their cases in the order of `cases`, the
 /// suites'), writes each suite's merged report and page to `report_dir`,
 /// and prints its table. Fails, as `run` does, when a merged case failed.
 fn merge(paths: &[PathBuf], cases: &[Case], report_dir: &Path) -> ExitCode {
     let order: Vec<String> = cases.iter().map(Case::name).collect();
-    let mut failed = Vec::new();
-    let written = (|| -> anyhow::Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(report_dir)?;
-        let mut written = Vec::new();
-        for report in migsuite::report::json::merge(paths, &order)? {
-            let path = report_dir.join(format!(
-                "{}-merged-{}.json",
-                report["suite"]
-                    .as_str()
-                    .unwrap_or("suite")
-                    .replace(['/', '\\'], "_"),
-                report["started_unix_s"]
-            ));
-            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-            let saved: migsuite::report::json::SavedRun = serde_json::from_value(report)?;
-            failed.extend(
-                saved
-                    .cases
-                    .iter()
-                    .filter(|c| !c.verdict.passed)
-                    .map(|c| c.result.case.name()),
-            );
-            let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
-            for table in suite_tables(&saved.suite, &results) {
-                println!("{table}\n");
-            }
-            written.push(path);
-        }
-        Ok(written)
-    })();
-    match written {
-        Ok(paths) => {
-            for path in paths {
-                println!("report: {}", path.display());
-                if write_html(&path, &html::html_path(&path)) != ExitCode::SUCCESS {
-                    return ExitCode::FAILURE;
-                }
-            }
-            if failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "merge: {} case(s) failed: {}",
-                    failed.len(),
-                    failed.join(", ")
-                );
-                ExitCode::FAILURE
-            }
-        }
+    let written = match migsuite::report::json::write_merged(paths, &order, report_dir) {
+        Ok(written) => written,
         Err(e) => {
             eprintln!("merge: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let mut failed = Vec::new();
+    for (path, saved) in written {
+        let failing = saved.cases.iter().filter(|c| !c.verdict.passed);
+        failed.extend(failing.map(|c| c.result.case.name()));
+        let results: Vec<_> = saved.cases.into_iter().map(|c| c.result).collect();
+        for table in suite_tables(&saved.suite, &results) {
+            println!("{table}\n");
+        }
+        println!("report: {}", path.display());
+        if write_html(&path, &html::html_path(&path)) != ExitCode::SUCCESS {
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "merge: {} case(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
     }
 }
 
@@ -525,32 +418,18 @@ fn write_html(json: &Path, page: &Path) -> ExitCode {
 }
 
 fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
-    if !inventory.simulated {
-        return calibrate_real(inventory);
-    }
-    let link = LinkSpec {
-        mtu,
-        rate_mbit: (rate_mbit > 0).then_some(rate_mbit),
-        offloads: false,
-    };
-    let measured = (|| -> anyhow::Result<_> {
-        let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
-        let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
-        let lab = Lab::start(&link, inventory, exclusive.pair)?;
-        let in_lab = calibration::link_rates(&lab)?;
-        drop(lab);
-        Ok((in_lab, calibration::bare_pair_rates(&link)?))
-    })();
-    match measured {
-        Ok((lab, bare)) => {
-            println!(
-                "MTU {mtu}, link {}, offloads off (TCP payload; on the wire):",
-                if rate_mbit > 0 {
-                    format!("{rate_mbit} Mbit/s")
-                } else {
-                    "unshaped".into()
-                }
-            );
+    let shown = if inventory.simulated {
+        let link = LinkSpec {
+            mtu,
+            rate_mbit: (rate_mbit > 0).then_some(rate_mbit),
+            offloads: false,
+        };
+        migsuite::calibrate::simulated(&link, inventory).map(|(lab, bare)| {
+            let rate = match link.rate_mbit {
+                Some(rate) => format!("{rate} Mbit/s"),
+                None => "unshaped".into(),
+            };
+            println!("MTU {mtu}, link {rate}, offloads off (TCP payload; on the wire):");
             println!(
                 "  lab migration link: {:6.0} Mbit/s; {:6.0} Mbit/s",
                 lab.goodput_mbit, lab.wire_mbit
@@ -563,42 +442,14 @@ fn calibrate(mtu: u32, rate_mbit: u64, inventory: &Inventory) -> ExitCode {
                 "  lab / bare:         {:6.0} %",
                 lab.goodput_mbit / bare.goodput_mbit * 100.0
             );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("calibrate: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// What a real lab's migration network carries each way between the hosts
-/// of its first free pair, as their agents measure it.
-fn calibrate_real(inventory: &Inventory) -> ExitCode {
-    let mtu = inventory.link_mtu.unwrap_or_default();
-    let measured = (|| -> anyhow::Result<_> {
-        let pairs: Vec<usize> = (0..inventory.pairs().count()).collect();
-        let exclusive = migsuite::runner::exclusive(inventory, &pairs, &|m| eprintln!("{m}"))?;
-        let link = LinkSpec {
-            mtu,
-            rate_mbit: None,
-            offloads: true,
-        };
-        let mut lab = Lab::start(&link, inventory, exclusive.pair)?;
-        let mut ways = Vec::new();
-        for _ in 0..2 {
-            let rates = calibration::link_rates(&lab)?;
-            ways.push((lab.source.name.clone(), lab.destination.name.clone(), rates));
-            lab.swap_roles();
-        }
-        Ok(ways)
-    })();
-    match measured {
-        Ok(ways) => {
+        })
+    } else {
+        migsuite::calibrate::real(inventory).map(|ways| {
             println!(
-                "lab {}'s migration network, MTU {mtu}, as its hosts' agents measure it (TCP \
+                "lab {}'s migration network, MTU {}, as its hosts' agents measure it (TCP \
                  payload; on the wire):",
-                inventory.name
+                inventory.name,
+                inventory.link_mtu.unwrap_or_default()
             );
             for (from, to, rates) in ways {
                 println!(
@@ -606,8 +457,10 @@ fn calibrate_real(inventory: &Inventory) -> ExitCode {
                     rates.goodput_mbit, rates.wire_mbit
                 );
             }
-            ExitCode::SUCCESS
-        }
+        })
+    };
+    match shown {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("calibrate: {e:#}");
             ExitCode::FAILURE
@@ -657,33 +510,17 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitC
     let mut suites: Vec<&str> = cases.iter().map(|c| c.suite.as_str()).collect();
     suites.dedup();
     for suite in suites {
-        let mut report = RunReport::new(suite, started);
-        let mut results = Vec::new();
-        for case in cases.iter().filter(|c| c.suite == suite) {
-            let Ok(judged) = session.judged(case) else {
-                if migsuite::runner::refusal(case, &session.lab).is_some() {
-                    refused += 1
-                } else {
-                    failed += 1
-                }
-                continue;
-            };
-            let (result, verdict) = (&judged.result, &judged.verdict);
-            if verdict.passed {
-                passed += 1
-            } else {
-                failed += 1
-            }
-            report
-                .cases
-                .push(CaseReport::new(result.clone(), verdict.clone()));
-            results.push(result.clone());
-        }
-        for table in suite_tables(suite, &results) {
+        let outcome = session.suite_outcome(suite, cases, started);
+        (passed, failed, refused) = (
+            passed + outcome.passed,
+            failed + outcome.failed,
+            refused + outcome.refused,
+        );
+        for table in suite_tables(suite, &outcome.results) {
             println!("{table}\n");
         }
-        if !report.cases.is_empty() {
-            match write_report(&report, report_dir) {
+        if !outcome.report.cases.is_empty() {
+            match write_report(&outcome.report, report_dir) {
                 Ok((json, page)) => {
                     println!("report: {}", json.display());
                     match page {

@@ -2,10 +2,12 @@
 
 use super::probe;
 use super::sealed::{open, seal, Key, Replay, Say, Sequence, DATAGRAM};
-use super::INTERVAL;
+use super::{AGENT_PORT, INTERVAL};
 use anyhow::Result;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The runner's name as a sender of orders.
@@ -70,4 +72,26 @@ pub fn serve(
         }
     }
     Ok(())
+}
+
+/// Serves as host `name`'s agent, under the key at `key`, taking orders on
+/// `listen` and sending heartbeats to `monitor`, until interrupted
+/// (`migsuite host-agent` on a real lab's host).
+pub fn until_interrupted(
+    name: &str,
+    key: &Path,
+    listen: IpAddr,
+    monitor: SocketAddr,
+) -> Result<()> {
+    let key = Key::load(key)?;
+    let socket = UdpSocket::bind((listen, AGENT_PORT))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))?;
+    eprintln!(
+        "host {name}'s agent: orders on {listen}:{AGENT_PORT}, heartbeats to {monitor}, \
+         measurements on the migration address the runner gives, TCP {}",
+        probe::PORT
+    );
+    serve(name, &key, &socket, monitor, &stop)
 }

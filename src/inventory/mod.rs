@@ -222,6 +222,21 @@ impl Inventory {
         format!("lab: {} ({source}), {kind}", self.name)
     }
 
+    /// What it holds: "lab rack (hosts: 2, pairs: 1, gate: real-lab)".
+    pub fn summary(&self) -> String {
+        let gate = if self.gate.is_empty() {
+            String::new()
+        } else {
+            format!(", gate: {}", self.gate.join(", "))
+        };
+        format!(
+            "lab {} (hosts: {}, pairs: {}{gate})",
+            self.name,
+            self.hosts.len(),
+            self.pairs().count()
+        )
+    }
+
     /// The suffix of its baselines' snapshot files: none for the built-in
     /// pair (the gate's), the lab's name for an inventory's, so that no
     /// lab's figures are judged against another's.

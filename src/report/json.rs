@@ -78,7 +78,7 @@ impl RunReport {
     pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
         let path = dir.join(format!(
             "{}-{}.json",
-            self.suite.replace(['/', '\\'], "_"),
+            file_stem(&self.suite),
             self.started_unix_s
         ));
         self.write_file(&path)?;
@@ -220,6 +220,33 @@ impl SavedRun {
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
             .with_context(|| format!("{} is not a migsuite run report", path.display()))
     }
+}
+
+/// The merged reports of `paths` (`merge`), each written to `dir` as
+/// `<suite>-merged-<started>.json`: where, and what each holds.
+pub fn write_merged(
+    paths: &[PathBuf],
+    order: &[String],
+    dir: &Path,
+) -> anyhow::Result<Vec<(PathBuf, SavedRun)>> {
+    std::fs::create_dir_all(dir)?;
+    merge(paths, order)?
+        .into_iter()
+        .map(|report| {
+            let path = dir.join(format!(
+                "{}-merged-{}.json",
+                file_stem(report["suite"].as_str().unwrap_or("suite")),
+                report["started_unix_s"]
+            ));
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+            Ok((path, serde_json::from_value(report)?))
+        })
+        .collect()
+}
+
+/// A suite's name as the start of a report's file name.
+fn file_stem(suite: &str) -> String {
+    suite.replace(['/', '\\'], "_")
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.

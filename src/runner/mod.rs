@@ -7,7 +7,7 @@ mod provenance;
 mod run;
 
 use crate::backend::{self, Backend};
-use crate::case::{Case, Tier};
+use crate::case::{Case, LinkSpec, Tier};
 use crate::host_agent::probe;
 use crate::inventory::Inventory;
 use crate::lab::calibration;
@@ -519,6 +519,28 @@ fn lab_processes(lab: &Lab) -> (HashSet<i32>, HashSet<i32>) {
         .chain(backend::kept_for_other_pairs(lab.pair))
         .collect();
     (own, others)
+}
+
+/// Runs `f` on each pair of `inventory` in turn, built (a simulated pair,
+/// at MTU 1500, unshaped, and so held) or reached (a real one, held as a
+/// case holds it if `hold`).
+pub fn each_pair(
+    inventory: &Inventory,
+    hold: bool,
+    mut f: impl FnMut(&Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let link = LinkSpec {
+        mtu: 1500,
+        rate_mbit: None,
+        offloads: false,
+    };
+    for pair in 0..inventory.pairs().count() {
+        let _held = (hold || inventory.simulated)
+            .then(|| exclusive(inventory, &[pair], &|m| eprintln!("{m}")))
+            .transpose()?;
+        f(&Lab::start(&link, inventory, pair)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
