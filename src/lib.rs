@@ -25,6 +25,7 @@ pub mod observer;
 pub mod pidfd;
 pub mod procfs;
 pub mod recorded_on;
+pub mod rejudge;
 pub mod report;
 pub mod runner;
 pub mod sampler;

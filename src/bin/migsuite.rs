@@ -150,6 +150,18 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Judge the cases of JSON reports again, with no lab: their runs
+    /// against the bounds they ran with and the baselines in `snapshots/`
+    /// now; says where a verdict differs from the one recorded.
+    Rejudge {
+        /// JSON reports `migsuite run` or `cargo test` wrote.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// The lab whose baselines to judge against; by default
+        /// $MIGSUITE_LAB, else the built-in simulated pair.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -234,6 +246,7 @@ fn main() -> ExitCode {
             let page = output.unwrap_or_else(|| html::html_path(&report));
             Ok(write_html(&report, &page))
         }
+        Command::Rejudge { reports, lab } => inventory(lab).map(|lab| rejudge(&reports, &lab)),
     };
     done.unwrap_or_else(|failed| failed)
 }
@@ -534,6 +547,42 @@ fn run(cases: &[Case], lab: Inventory, report_dir: &Path, record: bool) -> ExitC
     }
     println!("{passed} passed, {failed} failed, {refused} refused");
     if failed + refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The cases of `reports` judged again against `lab`'s baselines; fails
+/// when a case fails now or a report cannot be read.
+fn rejudge(reports: &[PathBuf], lab: &Inventory) -> ExitCode {
+    let (mut passed, mut failed, mut changed) = (0, 0, 0);
+    for report in reports {
+        let judged =
+            migsuite::rejudge::rejudge(report, Path::new("snapshots"), lab.snapshot_suffix());
+        let judged = match judged {
+            Ok(judged) => judged,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for case in judged {
+            println!("{}\n", case.verdict);
+            if case.verdict.passed != case.passed_then {
+                changed += 1;
+                let then = if case.passed_then { "passed" } else { "failed" };
+                println!("{}: {then} when it ran\n", case.case);
+            }
+            if case.verdict.passed {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed; {changed} verdict(s) other than recorded");
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
