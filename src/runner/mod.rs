@@ -3,6 +3,7 @@
 //! hosts), settling; teardown. Produces
 //! measurements only; judging and reporting happen downstream.
 
+mod derive;
 mod provenance;
 mod run;
 
