@@ -3,7 +3,7 @@
 //! (and within what noise) the gate compares it with the stored baseline.
 //! Suites, verdicts, tables, snapshots and JSON derive from this list, so
 //! a new metric is its entry here and the code that measures it (a gated
-//! one also adds a line to every stored snapshot: README, "Adding a
+//! one is compared once baselines are recorded with it: README, "Adding a
 //! metric").
 
 use crate::case::{Bounds, NoiseThresholds};

@@ -115,9 +115,22 @@ pub fn propose(snap: &Path, text: &str) -> std::io::Result<PathBuf> {
 /// is the snapshot it is compared with, whose lines are kept where the
 /// change is noise.
 pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>) -> String {
+    let same_machine = verdict
+        .since_baseline
+        .as_ref()
+        .is_some_and(Differences::comparable);
+    let stored_line = |key: &str| {
+        stored?
+            .lines()
+            .find(|l| baseline_line(l).is_some_and(|(m, _)| m.key == key))
+    };
     let gates: Vec<(String, bool)> = verdict
         .gates
         .iter()
+        // A metric gated since the baseline was recorded has no line in it:
+        // it joins when baselines are recorded anew, so that adding one
+        // leaves every stored snapshot as it is.
+        .filter(|g| !(same_machine && stored_line(g.metric.key()).is_none()))
         .map(|g| {
             let kept = g
                 .comparison
@@ -125,11 +138,7 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
                 // An improvement keeps the baseline too: a faster machine or a
                 // quieter one must not fail the gate; re-record on purpose.
                 .filter(|c| c.change != Change::Regression)
-                .and_then(|_| {
-                    stored?
-                        .lines()
-                        .find(|l| baseline_line(l).is_some_and(|(m, _)| m.key == g.metric.key()))
-                });
+                .and_then(|_| stored_line(g.metric.key()));
             // A regressed figure is written at the baseline's path rate,
             // beside the path rate line it was brought to.
             let new = match (&g.comparison, g.paced_to_mbit) {
@@ -142,10 +151,6 @@ pub fn case_snapshot(verdict: &Verdict, prov: &Provenance, stored: Option<&str>)
             }
         })
         .collect();
-    let same_machine = verdict
-        .since_baseline
-        .as_ref()
-        .is_some_and(Differences::comparable);
     let kept_on = stored
         .and_then(RecordedOn::parse)
         .filter(|_| same_machine && gates.iter().all(|(_, kept)| *kept));
@@ -283,6 +288,22 @@ mod tests {
             regressed.contains("\ntotal_time | median 2613.0 ms"),
             "{regressed}"
         );
+    }
+
+    #[test]
+    fn a_metric_without_a_stored_line_waits_for_new_baselines() {
+        let full = snapshot(1.0, None);
+        let without: Vec<&str> = full
+            .lines()
+            .filter(|l| !l.starts_with("downtime |"))
+            .collect();
+        let without = without.join("\n");
+        assert_ne!(without, full);
+        assert_eq!(snapshot(1.02, Some(&without)), without);
+        // Recorded anew, it has its line again.
+        assert!(snapshot(1.02, None)
+            .lines()
+            .any(|l| l.starts_with("downtime |")));
     }
 
     #[test]
