@@ -97,6 +97,19 @@ pub const METRICS: &[Metric] = &[
         default_noise: Some(0.50),
         pace: Pace::Time,
     },
+    // Total time but what waits on the hosts' CPUs alone before the first
+    // byte (`preparation`: the destination started, CRIU ready), which
+    // swings with the machine while this part follows the link.
+    Metric {
+        key: "after_first_byte",
+        label: "after the first byte",
+        unit: Unit::Ms,
+        better: Better::Lower,
+        value: |r| Some(r.total_time_ms? - r.phases.preparation_ms?),
+        bounded: false,
+        default_noise: Some(0.10),
+        pace: Pace::Time,
+    },
     // What the hypervisor expected (its last estimate polled before the
     // switchover) and was asked, beside what it did.
     Metric {

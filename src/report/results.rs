@@ -414,6 +414,7 @@ run 3: migration failed: timed out after 25000 ms (source still running)
 | migration                | total time                   | 2250.0 ms |
 | migration                | downtime (reported)          |  120.0 ms |
 | migration                | guest-observed downtime      |  220.0 ms |
+| migration                | after the first byte         |         - |
 | migration                | downtime expected            |         - |
 | migration                | downtime of limit asked      |         - |
 | migration                | stream throughput            |         - |

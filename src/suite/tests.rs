@@ -376,6 +376,7 @@ fn ci_suite_expands_to_the_documented_case() {
             // The mtu 128 override loosens what the CPU bounds.
             noise: default_noise_but(&[
                 ("total_time", 0.5),
+                ("after_first_byte", 0.5),
                 ("downtime", 1.0),
                 ("guest_downtime", 1.0),
                 ("throughput", 0.4),
