@@ -116,12 +116,10 @@ impl Observer {
             }
             if Instant::now() > deadline {
                 let said = match console {
-                    Some(file) => {
-                        let log = std::fs::read_to_string(file).unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        let tail: Vec<&str> = tail.into_iter().rev().collect();
-                        format!("last console lines:\n{}", tail.join("\n"))
-                    }
+                    Some(file) => match console_tail(file, 15) {
+                        Ok(tail) => format!("last console lines:\n{tail}"),
+                        Err(e) => format!("its console log could not be read: {e:#}"),
+                    },
                     None => "its console was on its host (a pty there), not kept".into(),
                 };
                 bail!(
@@ -161,6 +159,47 @@ impl Observer {
     }
 }
 
+/// Of a guest's console log, at most this much is read: its end.
+const CONSOLE_TAIL: u64 = 64 * 1024;
+
+/// The last `lines` lines of the guest's console log at `path`, read as a
+/// hostile guest may have left it: a container owns the file that the
+/// lab's link points at, and may have made it a link to a file of this
+/// machine's, a FIFO or an endless device. The lab's own link is followed
+/// once; the file is opened without following another or waiting, must
+/// be a regular file, and only its last `CONSOLE_TAIL` bytes are read.
+fn console_tail(path: &std::path::Path, lines: usize) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        let to = std::fs::read_link(path)?;
+        match path.parent() {
+            Some(dir) if to.is_relative() => dir.join(to),
+            _ => to,
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&target)
+        .with_context(|| format!("{} (not followed if a link)", target.display()))?;
+    let meta = file.metadata()?;
+    anyhow::ensure!(
+        meta.file_type().is_file(),
+        "{} is not a regular file",
+        target.display()
+    );
+    file.seek(SeekFrom::Start(meta.len().saturating_sub(CONSOLE_TAIL)))?;
+    let mut bytes = Vec::new();
+    file.take(CONSOLE_TAIL).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.reverse();
+    Ok(tail.join("\n"))
+}
+
 /// Longest gap between consecutive arrivals within [from, to], in ms.
 pub fn longest_gap_ms(beats: &[(Instant, Heartbeat)], from: Instant, to: Instant) -> Option<f64> {
     let times: Vec<Instant> = beats
@@ -186,6 +225,37 @@ impl Drop for Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_log_made_a_link_fifo_or_device_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("container-root");
+        std::fs::create_dir(&root).unwrap();
+        // The lab's link to the container's log, as `criu::container` makes it.
+        let ours = dir.path().join("console.log");
+        std::os::unix::fs::symlink(root.join("console.log"), &ours).unwrap();
+        let lines: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(root.join("console.log"), &lines).unwrap();
+        assert_eq!(console_tail(&ours, 2).unwrap(), "line 19998\nline 19999");
+        // What the container can make of its own file.
+        let placed = root.join("console.log");
+        for made in ["link", "fifo", "device"] {
+            std::fs::remove_file(&placed).unwrap();
+            match made {
+                "link" => std::os::unix::fs::symlink("/etc/hostname", &placed).unwrap(),
+                "fifo" => nix::unistd::mkfifo(&placed, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                // /dev/zero's numbers: endless, were it read.
+                _ => nix::sys::stat::mknod(
+                    &placed,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::S_IRUSR,
+                    nix::sys::stat::makedev(1, 5),
+                )
+                .unwrap(),
+            }
+            assert!(console_tail(&ours, 2).is_err(), "{made}");
+        }
+    }
 
     #[test]
     fn what_is_kept_is_bounded_and_the_newest() {
