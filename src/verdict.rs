@@ -38,9 +38,26 @@ pub struct Gate {
     /// brought before the comparison (`Comparison::new` is at that pace);
     /// None: compared as measured.
     pub paced_to_mbit: Option<f64>,
-    /// None: no baseline stored yet, one of another machine, or too few
-    /// runs to compare.
+    /// None: not compared, for the reason in `not_compared`.
     pub comparison: Option<Comparison>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_compared: Option<NotCompared>,
+}
+
+/// Why a gated metric was not compared with the stored baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotCompared {
+    /// None stored for the case, or one recorded on what forbids comparing
+    /// (`Verdict::since_baseline` says what).
+    NoBaseline,
+    /// The baseline has no line for the metric: one added since, which
+    /// joins when baselines are recorded anew.
+    NoLineStored,
+    /// Fewer completed runs than `MIN_COMPARED_RUNS`.
+    TooFewRuns,
+    /// The baseline's median is zero: no change can be told against it.
+    ZeroBaseline,
 }
 
 /// A compared metric of one variant against the case's reference
@@ -239,6 +256,23 @@ fn check_bounds(case: &Case, runs: &[RunMeasurement]) -> Vec<Check> {
         .collect()
 }
 
+impl fmt::Display for NotCompared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotCompared::NoBaseline => write!(f, "no baseline stored"),
+            NotCompared::NoLineStored => write!(
+                f,
+                "none stored for it yet (it joins when baselines are recorded anew)"
+            ),
+            NotCompared::TooFewRuns => write!(
+                f,
+                "too few runs to compare with the baseline (at least {MIN_COMPARED_RUNS})"
+            ),
+            NotCompared::ZeroBaseline => write!(f, "its baseline is zero"),
+        }
+    }
+}
+
 /// Fewer runs say nothing of their spread: a single run's interval has no
 /// width, and a metric whose first run differs (peak memory after boot)
 /// would be flagged for that alone.
@@ -259,15 +293,21 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
             let values = m.values(runs);
             let paced = pace.and_then(|p| Some((p, m.values_at_pace(runs, p)?)));
             let compared = paced.as_ref().map_or(&values, |(_, v)| v);
+            let comparison = match baseline.get(m.key) {
+                _ if compared.len() < MIN_COMPARED_RUNS => Err(NotCompared::TooFewRuns),
+                _ if baseline.is_empty() => Err(NotCompared::NoBaseline),
+                None => Err(NotCompared::NoLineStored),
+                Some(b) => {
+                    compare(*b, compared, m.better, threshold).ok_or(NotCompared::ZeroBaseline)
+                }
+            };
             Some(Gate {
                 metric: MetricRef(m),
                 unit: m.unit,
                 new: Estimate::of(&values)?,
                 paced_to_mbit: paced.as_ref().map(|(p, _)| *p),
-                comparison: baseline
-                    .get(m.key)
-                    .filter(|_| compared.len() >= MIN_COMPARED_RUNS)
-                    .and_then(|b| compare(*b, compared, m.better, threshold)),
+                not_compared: comparison.as_ref().err().copied(),
+                comparison: comparison.ok(),
                 values: compared.clone(),
             })
         })
@@ -375,16 +415,14 @@ impl fmt::Display for Verdict {
                     "\n  {:<24}new {}: {}",
                     g.metric,
                     estimate(&g.new),
-                    if !self
-                        .since_baseline
-                        .as_ref()
-                        .is_none_or(Differences::comparable)
-                    {
-                        "not compared (below)".to_string()
-                    } else if g.new.n < MIN_COMPARED_RUNS {
-                        format!("too few runs to compare with the baseline (at least {MIN_COMPARED_RUNS})")
-                    } else {
-                        "no baseline stored".to_string()
+                    match g.not_compared {
+                        _ if !self
+                            .since_baseline
+                            .as_ref()
+                            .is_none_or(Differences::comparable) =>
+                            "not compared (below)".to_string(),
+                        Some(why) => why.to_string(),
+                        None => NotCompared::NoBaseline.to_string(),
                     }
                 )?,
             }
@@ -621,6 +659,27 @@ mod tests {
         assert_eq!(change(&v, "total_time"), Change::Regression, "{v}");
         assert_eq!(change(&v, "throughput"), Change::Regression, "{v}");
         assert_eq!(change(&v, PATH_RATE), Change::Noise, "{v}");
+    }
+
+    /// A gate not compared says why: no baseline, too few runs, or a
+    /// baseline without a line for the metric (one added since).
+    #[test]
+    fn a_gate_not_compared_says_why() {
+        let c = case();
+        let runs = runs_at(1.0, Some(500.0));
+        let why = |v: &Verdict, metric: &str| gate(v, metric).not_compared;
+        let none = judge(&c, &runs, &Baseline::new());
+        assert_eq!(why(&none, "total_time"), Some(NotCompared::NoBaseline));
+        let few = judge(&c, &runs[..1], &recorded(&c, &runs));
+        assert_eq!(why(&few, "total_time"), Some(NotCompared::TooFewRuns));
+        let mut without = recorded(&c, &runs);
+        without.remove("downtime");
+        let v = judge(&c, &runs, &without);
+        assert_eq!(why(&v, "total_time"), None);
+        assert!(gate(&v, "total_time").comparison.is_some());
+        assert_eq!(why(&v, "downtime"), Some(NotCompared::NoLineStored));
+        assert!(v.passed, "{v}");
+        assert!(v.to_string().contains("none stored for it yet"), "{v}");
     }
 
     /// Where the link sets the path's rate (threshold 8 %), a 40 % slower

@@ -333,6 +333,7 @@ mod tests {
             new: Estimate::of(&values).unwrap(),
             paced_to_mbit: Some(740.0),
             comparison: compare(baseline, &values, Better::Lower, 0.2),
+            not_compared: None,
             values,
         }
     }

@@ -230,6 +230,16 @@ fn gate_html(c: &SavedCase) -> Result<String> {
                 out.push_str(&format!("<figure>\n{svg}\n</figure>\n"));
             }
             out.push_str("</div>\n");
+            for g in &v.gates {
+                if let Some(why) = g.not_compared {
+                    writeln!(
+                        out,
+                        "<p class=\"note\">{} not compared: {}.</p>",
+                        escape(g.metric.label()),
+                        escape(&why.to_string())
+                    )?;
+                }
+            }
         }
     }
     Ok(out)
