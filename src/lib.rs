@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod calibrate;
 pub mod case;
 pub mod cpu_pace;
+pub mod derive;
 pub mod failure;
 pub mod goodput;
 pub mod guest;

@@ -200,19 +200,6 @@ fn console_tail(path: &std::path::Path, lines: usize) -> Result<String> {
     Ok(tail.join("\n"))
 }
 
-/// Longest gap between consecutive arrivals within [from, to], in ms.
-pub fn longest_gap_ms(beats: &[(Instant, Heartbeat)], from: Instant, to: Instant) -> Option<f64> {
-    let times: Vec<Instant> = beats
-        .iter()
-        .map(|(t, _)| *t)
-        .filter(|t| *t >= from && *t <= to)
-        .collect();
-    times
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)
-        .reduce(f64::max)
-}
-
 impl Drop for Observer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -1,9 +1,11 @@
 //! `migsuite rejudge`: the cases of saved run reports judged again, with
-//! no lab. Each case's recorded runs are held against the bounds it ran
-//! with and against the baseline stored now: a baseline recorded anew, or
-//! a change to how a metric is judged, shows as a verdict other than the
-//! one the report records.
+//! no lab. Each case's recorded runs are worked out again from what they
+//! observed (`crate::derive`, for runs recorded with it), then held against
+//! the bounds the case ran with and against the baseline stored now: a
+//! baseline recorded anew, or a change to how a figure is worked out or a
+//! metric judged, shows as a verdict other than the one the report records.
 
+use crate::derive::rederive;
 use crate::report::json::SavedRun;
 use crate::session::{judge_against, snapshot_name};
 use crate::verdict::Verdict;
@@ -14,6 +16,10 @@ pub struct Rejudged {
     pub case: String,
     /// Whether it passed when it ran.
     pub passed_then: bool,
+    /// How many of its runs were worked out again from what they observed
+    /// (the others, recorded without it, are judged as recorded), and of
+    /// how many.
+    pub rederived: (usize, usize),
     pub verdict: Verdict,
 }
 
@@ -28,12 +34,19 @@ pub fn rejudge(
         .cases
         .into_iter()
         .map(|saved| {
-            let name = snapshot_name(&saved.result.case, lab);
+            let mut result = saved.result;
+            let name = snapshot_name(&result.case, lab);
             let snapshot = snapshots.join(format!("{name}.snap"));
+            let rederived = result
+                .runs
+                .iter_mut()
+                .filter_map(|run| rederive(run).map(|again| *run = again))
+                .count();
             Rejudged {
-                case: saved.result.case.name(),
+                case: result.case.name(),
                 passed_then: saved.verdict.passed,
-                verdict: judge_against(saved.result, &snapshot).verdict,
+                rederived: (rederived, result.runs.len()),
+                verdict: judge_against(result, &snapshot).verdict,
             }
         })
         .collect())

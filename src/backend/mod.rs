@@ -14,67 +14,15 @@ pub mod xen;
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::inventory::{self, Inventory};
 use crate::lab::{netns, Lab};
-use crate::measure::{Outcome, Phases};
+use crate::measure::Evacuation;
 use crate::sampler::{Pids, ProcessProbe, Source};
 use anyhow::Result;
 use std::time::Instant;
-
-/// One poll of a migration's progress.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    pub at: Instant,
-    pub transferred_bytes: u64,
-    pub remaining_bytes: u64,
-    pub pass: u64,
-    pub dirty_bytes_s: Option<u64>,
-    pub bytes_s: Option<u64>,
-    /// The downtime the hypervisor expects if it switched over now (QEMU's
-    /// estimate from its last pass), ms.
-    pub expected_downtime_ms: Option<u64>,
-}
-
-/// What the backend learnt from one evacuation.
-#[derive(Debug, Default)]
-pub struct Evacuation {
-    pub outcome: Outcome,
-    /// When the evacuation was over: the guest known to run on the
-    /// destination with all its memory there (after post-copy, later than
-    /// its resume).
-    pub completed_at: Option<Instant>,
-    pub reported_total_ms: Option<f64>,
-    pub reported_downtime_ms: Option<f64>,
-    /// The downtime limit the hypervisor was given (None: it takes none).
-    pub downtime_limit_ms: Option<f64>,
-    pub setup_time_ms: Option<f64>,
-    pub bytes_transferred: Option<u64>,
-    pub memory_iterations: Option<u64>,
-    /// Each backend knows its own sequence; counted from the start of the
-    /// evacuation, which is the warning.
-    pub phases: Phases,
-    /// How long the stream was busy moving `bytes_transferred`, ms; needed
-    /// only where no counter of a simulated lab's link tells it (a stream
-    /// that does not cross the link, a real lab's).
-    pub stream_ms: Option<f64>,
-    pub progress: Vec<Progress>,
-}
 
 /// Milliseconds from `from` to `to`; None unless both are known and in order.
 pub fn span_ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
     let (from, to) = (from?, to?);
     (to >= from).then(|| (to - from).as_secs_f64() * 1000.0)
-}
-
-impl Evacuation {
-    /// A migration that did not complete: nothing measured but why.
-    pub fn failed(reason: String, source_survived: bool) -> Evacuation {
-        Evacuation {
-            outcome: Outcome::Failed {
-                reason,
-                source_survived,
-            },
-            ..Default::default()
-        }
-    }
 }
 
 /// Versions and accelerator: what produced the numbers.

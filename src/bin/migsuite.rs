@@ -568,7 +568,11 @@ fn rejudge(reports: &[PathBuf], lab: &Inventory) -> ExitCode {
             }
         };
         for case in judged {
-            println!("{}\n", case.verdict);
+            let (again, of) = case.rederived;
+            println!(
+                "{}\n{}: {again} of {of} run(s) worked out again from what they observed\n",
+                case.verdict, case.case
+            );
             if case.verdict.passed != case.passed_then {
                 changed += 1;
                 let then = if case.passed_then { "passed" } else { "failed" };

@@ -3,7 +3,6 @@
 //! hosts), settling; teardown. Produces
 //! measurements only; judging and reporting happen downstream.
 
-mod derive;
 mod provenance;
 mod run;
 
@@ -36,11 +35,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the guest may stay silent after its migration ended, on either
 /// host, at least (see `resume_wait`).
 const RESUME_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The least share of a migration's bytes that a real lab's source sends
-/// on its migration interface: frames carry more than their payload, and
-/// the interface counts others' traffic too, so only a stream that went
-/// another way shows less.
-const REAL_NETWORK_SHARE: f64 = 0.9;
 
 /// Why a case could not be measured at all (as opposed to a measured
 /// migration that failed, which is a verdict).

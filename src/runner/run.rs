@@ -1,16 +1,17 @@
 //! One measured migration of the running guest: steady state, the warned
 //! failure, the evacuation with its timelines sampled, the guest heard
-//! again; what it observed goes to `derive` for the figures.
+//! again; what it observed, on the run's clock, goes to `crate::derive`
+//! for the figures.
 
-use super::derive::{derive, Observations};
 use super::provenance::real_machine;
 use super::{ANSWER_TIMEOUT, RESUME_HEARTBEAT_TIMEOUT};
 use crate::backend::Backend;
 use crate::case::Case;
+use crate::derive::derive;
 use crate::failure::FailureMonitor;
 use crate::host_agent::probe;
 use crate::lab::{link, Lab, Place};
-use crate::measure::RunMeasurement;
+use crate::measure::{micros_since, Arrivals, NetworkSent, Observed, RunMeasurement};
 use crate::metrics::GUEST_DOWNTIME;
 use crate::observer::Observer;
 use crate::sampler::Sampler;
@@ -90,11 +91,15 @@ pub(super) fn run_once(
             Place::Real => None,
         };
         let evacuation = backend.evacuate(lab, case, progress);
-        let on_link = tx_sampler.map(link::TxSampler::finish).transpose()?;
-        let on_network = real_counted
+        let link_counter = tx_sampler.map(|s| s.finish(t0)).transpose()?;
+        let network_sent = real_counted
             .map(|before| -> Result<_> {
                 let after = probe::ask::counters(monitor.agents(), &lab.source.peer())?;
-                Ok((after.counters.since(before.counters).tx, after.interface))
+                Ok(NetworkSent {
+                    bytes: after.counters.since(before.counters).tx,
+                    interface: after.interface,
+                    source_address: lab.source.migration_address.to_string(),
+                })
             })
             .transpose()?;
         let ended = Instant::now();
@@ -107,24 +112,25 @@ pub(super) fn run_once(
         );
         let heard_again = observer.heartbeat_after(ended, wait);
         std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
-        Ok(derive(Observations {
+        let listened_until = Instant::now();
+        let beats = observer.heartbeats_since(sampling_from);
+        let seen = Observed {
             direction,
-            t0,
             warning_seq: warning.seq,
-            sampling_from,
-            evacuation,
+            sampling_from_us: micros_since(t0, sampling_from),
+            evacuation: evacuation.since(t0),
             crosses_link,
-            on_link,
-            on_network,
-            source_address: lab.source.migration_address.to_string(),
+            link_counter,
+            network_sent,
             heard_again,
-            timelines: sampler.finish(t0),
-            interval: Duration::from_millis(case.sampling.interval_ms),
-            beats: observer.heartbeats_since(sampling_from),
-            listened_until: Instant::now(),
+            interval_ms: case.sampling.interval_ms,
+            memory_errors: beats.last().map_or(0, |(_, beat)| beat.memory_errors),
+            heartbeats: Arrivals(beats.iter().map(|(at, _)| micros_since(t0, *at)).collect()),
+            listened_until_us: micros_since(t0, listened_until),
             wire_mbit,
             path_rate_mbit,
-        }))
+        };
+        Ok(derive(seen, sampler.finish(t0)))
     })();
     // The order to go down stands until another, even after a failed run
     // or an unheard warning: the source host is put back up for the next.

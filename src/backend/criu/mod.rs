@@ -19,10 +19,11 @@ pub mod stats;
 mod stop_and_copy;
 mod survey;
 
-use super::{Backend, BackendInfo, Evacuation};
+use super::{Backend, BackendInfo};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::lab::network::HOST_BRIDGE;
 use crate::lab::Lab;
+use crate::measure::Evacuation;
 use crate::sampler::Source;
 use anyhow::Result;
 use binary::Criu;

@@ -17,9 +17,10 @@
 use super::phases::{self, copy_images, errors, ms, read_pid, Clock};
 use super::stats::Stats;
 use super::OpenVz;
-use crate::backend::{span_ms, Evacuation};
+use crate::backend::span_ms;
 use crate::case::Case;
 use crate::lab::Lab;
+use crate::measure::Evacuation;
 use crate::measure::Outcome;
 use crate::measure::Phases;
 use std::path::Path;

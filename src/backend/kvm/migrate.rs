@@ -6,12 +6,13 @@
 
 use super::job::{job_stats, CompletedJob};
 use super::{domain, find, is_running, Kvm};
-use crate::backend::{span_ms, Backend, Evacuation, Progress};
+use crate::backend::{span_ms, Backend};
 use crate::case::{Case, Strategy};
 use crate::inventory::Storage;
 use crate::lab::identity::GuestIdentity;
 use crate::lab::libvirtd::Connection;
 use crate::lab::Lab;
+use crate::measure::{Evacuation, Progress};
 use crate::measure::{Outcome, Phases, MIB};
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};

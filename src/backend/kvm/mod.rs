@@ -6,7 +6,7 @@ pub mod domain;
 mod job;
 mod migrate;
 
-use super::{Backend, BackendInfo, Evacuation};
+use super::{Backend, BackendInfo};
 use crate::case::{Case, Hypervisor, Strategy};
 use crate::guest::image::GuestImage;
 use crate::inventory::Storage;
@@ -16,6 +16,7 @@ use crate::lab::libvirtd::{self, version, Connection};
 use crate::lab::owner::Owner;
 use crate::lab::pool;
 use crate::lab::{Lab, Place};
+use crate::measure::Evacuation;
 use crate::sampler::{Reported, Source};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;

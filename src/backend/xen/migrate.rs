@@ -5,9 +5,10 @@
 use super::dom0::RUN;
 use super::toolstack::Dom0;
 use super::{state_running, Xen, DOMAIN_NAME, MIGRATION_PORT, XL_TIMEOUT};
-use crate::backend::{span_ms, Backend, Evacuation};
+use crate::backend::{span_ms, Backend};
 use crate::case::Case;
 use crate::lab::{network, Lab};
+use crate::measure::Evacuation;
 use crate::measure::{Outcome, Phases};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;

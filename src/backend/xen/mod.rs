@@ -26,10 +26,11 @@ mod shared;
 mod survey;
 mod toolstack;
 
-use super::{Backend, BackendInfo, Evacuation};
+use super::{Backend, BackendInfo};
 use crate::case::{AccelChoice, Case, Hypervisor, Strategy, Topology};
 use crate::guest::image::GuestImage;
 use crate::lab::Lab;
+use crate::measure::Evacuation;
 use crate::sampler::{Pids, Source};
 use anyhow::{bail, Context, Result};
 use dom0::RUN;

@@ -14,9 +14,10 @@ use super::evacuating::{criu_reply, Evacuating};
 use super::session::{HostSession, ANSWER_TIMEOUT};
 use super::{Ask, Reply};
 use crate::backend::criu::post_copy::{completed, Moments};
-use crate::backend::{span_ms, Evacuation};
+use crate::backend::span_ms;
 use crate::case::Case;
 use crate::lab::Lab;
+use crate::measure::Evacuation;
 use std::time::{Duration, Instant};
 
 /// Where the source's dump serves the pages, on its migration address.

@@ -5,6 +5,9 @@ use crate::case::Case;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+mod observed;
+pub use observed::{micros_since, Arrivals, Evacuation, NetworkSent, Observed, Progress};
+
 /// Bytes in a MiB, for the figures reported in MiB.
 pub const MIB: f64 = (1u64 << 20) as f64;
 
@@ -361,6 +364,10 @@ pub struct RunMeasurement {
     /// is left out).
     pub passes: Vec<Pass>,
     pub timelines: Vec<Timeline>,
+    /// What the run observed, which the figures above are derived from;
+    /// None in older reports and for a run that failed before it observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
 }
 
 /// The runs of variant `v` of `case` (`Case::variants`), in the order
