@@ -48,9 +48,12 @@ pub struct Gate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NotCompared {
-    /// None stored for the case, or one recorded on what forbids comparing
-    /// (`Verdict::since_baseline` says what).
+    /// None stored for the case.
     NoBaseline,
+    /// One stored, recorded on what forbids comparing (another machine,
+    /// a simulated lab against a real one): `Verdict::since_baseline`
+    /// says what.
+    NotComparable,
     /// The baseline has no line for the metric: one added since, which
     /// joins when baselines are recorded anew.
     NoLineStored,
@@ -209,11 +212,18 @@ pub fn judge_stored(
     };
     let differences = this_run.differences_from(stored.recorded_on.as_ref());
     let comparable = differences.comparable();
-    let verdict = if comparable {
+    let mut verdict = if comparable {
         judge(case, runs, &stored.figures)
     } else {
         judge(case, runs, &Baseline::new())
     };
+    if !comparable {
+        for g in &mut verdict.gates {
+            if g.not_compared == Some(NotCompared::NoBaseline) {
+                g.not_compared = Some(NotCompared::NotComparable);
+            }
+        }
+    }
     Verdict {
         passed: verdict.passed && comparable,
         since_baseline: Some(differences),
@@ -260,6 +270,7 @@ impl fmt::Display for NotCompared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotCompared::NoBaseline => write!(f, "no baseline stored"),
+            NotCompared::NotComparable => write!(f, "not comparable with its baseline (below)"),
             NotCompared::NoLineStored => write!(
                 f,
                 "none stored for it yet (it joins when baselines are recorded anew)"
@@ -415,15 +426,7 @@ impl fmt::Display for Verdict {
                     "\n  {:<24}new {}: {}",
                     g.metric,
                     estimate(&g.new),
-                    match g.not_compared {
-                        _ if !self
-                            .since_baseline
-                            .as_ref()
-                            .is_none_or(Differences::comparable) =>
-                            "not compared (below)".to_string(),
-                        Some(why) => why.to_string(),
-                        None => NotCompared::NoBaseline.to_string(),
-                    }
+                    g.not_compared.unwrap_or(NotCompared::NoBaseline)
                 )?,
             }
         }
@@ -731,9 +734,15 @@ mod tests {
         let v = on_rack(1.0, &real_lab(epyc(7940, "u-a"), Some(skylake)));
         assert!(!v.passed, "{v}");
         assert!(v.gates.iter().all(|g| g.comparison.is_none()), "{v}");
+        assert!(
+            v.gates
+                .iter()
+                .all(|g| g.not_compared == Some(NotCompared::NotComparable)),
+            "{v}"
+        );
         let text = v.to_string();
         assert!(
-            text.contains("total time              new 2010.0 ms [1980.0 ms, 2050.0 ms] n=5: not compared (below)"),
+            text.contains("total time              new 2010.0 ms [1980.0 ms, 2050.0 ms] n=5: not comparable with its baseline (below)"),
             "{text}"
         );
         assert!(

@@ -219,25 +219,31 @@ fn gate_html(c: &SavedCase) -> Result<String> {
             .iter()
             .filter_map(|g| baseline_figure(g).transpose())
             .collect::<Result<_>>()?;
-        if figures.is_empty() {
-            out.push_str(
-                "<p class=\"note\">Nothing compared: no baseline of this machine is stored for \
-                 this case, or too few runs completed.</p>\n",
-            );
-        } else {
+        if !figures.is_empty() {
             out.push_str("<div class=\"figures\">\n");
             for svg in figures {
                 out.push_str(&format!("<figure>\n{svg}\n</figure>\n"));
             }
             out.push_str("</div>\n");
-            for g in &v.gates {
-                if let Some(why) = g.not_compared {
-                    writeln!(
-                        out,
-                        "<p class=\"note\">{} not compared: {}.</p>",
-                        escape(g.metric.label()),
-                        escape(&why.to_string())
-                    )?;
+        }
+        // One reason shared by every gate is said once.
+        let reasons: Vec<_> = v.gates.iter().map(|g| g.not_compared).collect();
+        match reasons.first() {
+            Some(Some(why)) if reasons.iter().all(|r| r == &Some(*why)) => writeln!(
+                out,
+                "<p class=\"note\">Nothing compared: {}.</p>",
+                escape(&why.to_string())
+            )?,
+            _ => {
+                for (g, why) in v.gates.iter().zip(reasons) {
+                    if let Some(why) = why {
+                        writeln!(
+                            out,
+                            "<p class=\"note\">{} not compared: {}.</p>",
+                            escape(g.metric.label()),
+                            escape(&why.to_string())
+                        )?;
+                    }
                 }
             }
         }
