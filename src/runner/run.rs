@@ -112,8 +112,11 @@ pub(super) fn run_once(
         );
         let heard_again = observer.heartbeat_after(ended, wait);
         std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
-        let listened_until = Instant::now();
+        // Listening ends after the timelines and heartbeats are taken: a
+        // silence runs until then.
+        let timelines = sampler.finish(t0);
         let beats = observer.heartbeats_since(sampling_from);
+        let listened_until = Instant::now();
         let seen = Observed {
             direction,
             warning_seq: warning.seq,
@@ -130,7 +133,7 @@ pub(super) fn run_once(
             wire_mbit,
             path_rate_mbit,
         };
-        Ok(derive(seen, sampler.finish(t0)))
+        Ok(derive(seen, timelines))
     })();
     // The order to go down stands until another, even after a failed run
     // or an unheard warning: the source host is put back up for the next.
