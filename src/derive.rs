@@ -207,10 +207,13 @@ fn ms_after_warning(us: i64) -> i64 {
     us.max(0) / 1000
 }
 
+// The counters' arithmetic saturates: `rederive` reads them from files,
+// where a reading may go down.
+
 /// Bytes a counter's readings went up by, first to last.
 fn counted_bytes(counter: &[(i64, u64)]) -> u64 {
     match (counter.first(), counter.last()) {
-        (Some(a), Some(b)) => b.1 - a.1,
+        (Some(a), Some(b)) => b.1.saturating_sub(a.1),
         _ => 0,
     }
 }
@@ -220,11 +223,11 @@ fn counted_bytes(counter: &[(i64, u64)]) -> u64 {
 /// stream does not stretch it.
 fn active_rate_mbit(counter: &[(i64, u64)]) -> Option<f64> {
     let (&(_, start), &(_, end)) = (counter.first()?, counter.last()?);
-    let total = end - start;
+    let total = end.saturating_sub(start);
     let reached = |share: f64| {
         counter
             .iter()
-            .find(|(_, b)| (b - start) as f64 >= share * total as f64)
+            .find(|(_, b)| b.saturating_sub(start) as f64 >= share * total as f64)
     };
     let (from, to) = (reached(0.01)?, reached(0.99)?);
     // The reading before the first counted bytes opens the window.
@@ -233,8 +236,8 @@ fn active_rate_mbit(counter: &[(i64, u64)]) -> Option<f64> {
         .rev()
         .find(|(at, _)| *at < from.0)
         .unwrap_or(from);
-    let us = to.0 - opened.0;
-    (total > 0 && us > 0).then(|| (to.1 - opened.1) as f64 * 8.0 / us as f64)
+    let us = to.0.saturating_sub(opened.0);
+    (total > 0 && us > 0).then(|| to.1.saturating_sub(opened.1) as f64 * 8.0 / us as f64)
 }
 
 /// The counter's rate in each `interval_ms`, as (ms after the warning,
@@ -246,10 +249,10 @@ fn rate_timeline(counter: &[(i64, u64)], interval_ms: u64) -> Vec<(i64, f64)> {
         return points;
     };
     for &(at, bytes) in &counter[1..] {
-        if at - from >= interval_us {
+        if at.saturating_sub(from) >= interval_us {
             points.push((
                 ms_after_warning(at),
-                (bytes - from_bytes) as f64 * 8.0 / (at - from) as f64,
+                bytes.saturating_sub(from_bytes) as f64 * 8.0 / at.saturating_sub(from) as f64,
             ));
             (from, from_bytes) = (at, bytes);
         }
@@ -404,11 +407,34 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_are_written_as_gaps_and_read_back_whole() {
-        let beats = Arrivals(vec![-2500, -1500, 0, 999, 120_000]);
-        let text = serde_json::to_string(&beats).unwrap();
-        assert_eq!(text, "[-2500,1000,1500,999,119001]");
-        assert_eq!(serde_json::from_str::<Arrivals>(&text).unwrap(), beats);
+    fn a_real_sources_interface_count_judges_where_the_stream_went() {
+        let on_network = |mib: u64| Observed {
+            link_counter: None,
+            network_sent: Some(NetworkSent {
+                bytes: mib << 20,
+                interface: "ens5".into(),
+                source_address: "198.51.100.1".into(),
+            }),
+            ..seen(0, true, 0)
+        };
+        let took = derive(on_network(101), Vec::new());
+        assert_eq!(took.outcome, Outcome::Completed);
+        assert_eq!(took.link_bytes, Some(101 << 20));
+        match derive(on_network(2), Vec::new()).outcome {
+            Outcome::Failed { reason, .. } => assert!(
+                reason.contains("2.0 MiB sent from 198.51.100.1 on ens5"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_counter_read_back_going_down_does_not_panic() {
+        let counter = [(0, 500), (100 * MS, 100), (200 * MS, 50)];
+        assert_eq!(counted_bytes(&counter), 0);
+        assert_eq!(active_rate_mbit(&counter), None);
+        assert_eq!(rate_timeline(&counter, 100), vec![(100, 0.0), (200, 0.0)]);
     }
 
     /// Runs recorded on the simulated lab (one per backend family: QEMU,

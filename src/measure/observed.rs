@@ -123,10 +123,12 @@ impl Evacuation {
 }
 
 /// `at` on the run's clock: microseconds from `t0`, negative before it.
+/// Rounded away from `t0`, so that nothing before the warning reads as
+/// the warning itself.
 pub fn micros_since(t0: Instant, at: Instant) -> i64 {
     match at.checked_duration_since(t0) {
         Some(after) => after.as_micros() as i64,
-        None => -((t0 - at).as_micros() as i64),
+        None => -((t0 - at).as_nanos().div_ceil(1000) as i64),
     }
 }
 
@@ -190,7 +192,7 @@ impl Serialize for Arrivals {
             .0
             .iter()
             .map(|&at| {
-                let gap = at - last;
+                let gap = at.saturating_sub(last);
                 last = at;
                 gap
             })
@@ -204,11 +206,34 @@ impl<'de> Deserialize<'de> for Arrivals {
         let gaps = Vec::<i64>::deserialize(d)?;
         Ok(Arrivals(
             gaps.into_iter()
-                .scan(0, |at, gap| {
-                    *at += gap;
+                .scan(0i64, |at, gap| {
+                    *at = at.saturating_add(gap);
                     Some(*at)
                 })
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn heartbeats_are_written_as_gaps_and_read_back_whole() {
+        let beats = Arrivals(vec![-2500, -1500, 0, 999, 120_000]);
+        let text = serde_json::to_string(&beats).unwrap();
+        assert_eq!(text, "[-2500,1000,1500,999,119001]");
+        assert_eq!(serde_json::from_str::<Arrivals>(&text).unwrap(), beats);
+    }
+
+    #[test]
+    fn an_instant_just_before_the_warning_is_before_it() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        assert_eq!(micros_since(t0, t0), 0);
+        assert_eq!(micros_since(t0, t0 - Duration::from_nanos(300)), -1);
+        assert_eq!(micros_since(t0, t0 - Duration::from_micros(2)), -2);
+        assert_eq!(micros_since(t0, t0 + Duration::from_nanos(1700)), 1);
     }
 }
