@@ -392,7 +392,7 @@ impl fmt::Display for Verdict {
             };
             let bound = format!("<= {:.1} {}", c.bound, c.unit.suffix());
             let ok = if c.ok { "ok" } else { "FAIL" };
-            write!(f, "\n  {:<24}{measured:>10}   {bound:<14}{ok}", c.metric)?;
+            write!(f, "\n  {:<24}{measured:>10}   {bound:<13} {ok}", c.metric)?;
         }
         for g in &self.gates {
             let estimate = |e: &Estimate| {
