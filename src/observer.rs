@@ -1,7 +1,7 @@
 //! The observer on the runner's side of the guest LAN: receives the agent's
 //! hellos, heartbeats and packet stream, and keeps the arrival time of
-//! every heartbeat. The longest gap between arrivals is the downtime the
-//! guest's peers saw. Only the guest's address is heard: on a real LAN any
+//! every heartbeat (`crate::derive` finds the longest gap, the downtime
+//! the guest's peers saw). Only the guest's address is heard: on a real LAN any
 //! machine could otherwise fill a downtime's gap with heartbeats of its
 //! own. What it keeps is bounded, however fast datagrams come.
 
