@@ -3,49 +3,59 @@
 //! downstream ever looks at YAML again.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-/// The five systems of the study. Which of them this build can run is the
-/// backend registry's business (`crate::backend`), not the suite language's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Hypervisor {
-    XenPv,
-    XenHvm,
-    Openvz,
-    KvmFv,
-    KvmPv,
-}
+/// A system a backend runs, by its row's name (`kvm-pv`). Which rows exist
+/// is the backend registry's to say (`crate::backend::REGISTRY`), not the
+/// suite language's: suites and inventories are checked against it when
+/// they are validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hypervisor(&'static str);
 
 impl Hypervisor {
-    pub const ALL: [Hypervisor; 5] = [
-        Hypervisor::XenPv,
-        Hypervisor::XenHvm,
-        Hypervisor::Openvz,
-        Hypervisor::KvmFv,
-        Hypervisor::KvmPv,
-    ];
+    /// The row a backend declares.
+    pub const fn row(name: &'static str) -> Hypervisor {
+        Hypervisor(name)
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Hypervisor::XenPv => "xen-pv",
-            Hypervisor::XenHvm => "xen-hvm",
-            Hypervisor::Openvz => "openvz",
-            Hypervisor::KvmFv => "kvm-fv",
-            Hypervisor::KvmPv => "kvm-pv",
+    /// The row named `name` as read from a file: each name is kept once,
+    /// for the process's life, so that rows stay `Copy`.
+    pub fn named(name: &str) -> Hypervisor {
+        static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+        let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        match names.get(name) {
+            Some(kept) => Hypervisor(kept),
+            None => {
+                let kept: &'static str = Box::leak(name.into());
+                names.insert(kept);
+                Hypervisor(kept)
+            }
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Hypervisor> {
-        Hypervisor::ALL.into_iter().find(|h| h.name() == name)
+    pub fn name(self) -> &'static str {
+        self.0
     }
 }
 
 impl fmt::Display for Hypervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Hypervisor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hypervisor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Hypervisor::named(&String::deserialize(d)?))
     }
 }
 
@@ -410,5 +420,17 @@ mod tests {
             r#"{"apply_to":"worst","downtime":5000.0,"peak_cpu":400.0}"#
         );
         assert_eq!(serde_json::from_str::<Bounds>(&json).unwrap(), now);
+    }
+
+    #[test]
+    fn a_row_read_from_a_file_is_the_row_declared() {
+        let read: Hypervisor = serde_json::from_str(r#""kvm-pv""#).unwrap();
+        assert_eq!(read, Hypervisor::row("kvm-pv"));
+        assert_eq!(serde_json::to_string(&read).unwrap(), r#""kvm-pv""#);
+        // Kept once, however often it is read.
+        assert!(std::ptr::eq(
+            Hypervisor::named("kvm-pv").name(),
+            Hypervisor::named(&String::from("kvm-pv")).name()
+        ));
     }
 }

@@ -36,8 +36,7 @@ fn main() {
     });
     let cases = migsuite::suite::with_repeat(cases, repeat);
     // MIGSUITE_LAB names the lab's inventory; without it, the built-in pair.
-    let lab = Inventory::from_env()
-        .and_then(|lab| lab.check_ssh(migsuite::backend::over_ssh).map(|()| lab))
+    let lab = Inventory::from_env(&migsuite::backend::catalog())
         .and_then(|lab| lab.check_gate(&cases).map(|()| lab))
         .unwrap_or_else(|e| {
             eprintln!("{e}");

@@ -125,7 +125,7 @@ pub type Found = Result<String, String>;
 /// A backend as the rest of migsuite knows it, declared in its folder and
 /// listed in `REGISTRY`.
 pub struct Descriptor {
-    /// The study's rows it runs.
+    /// The rows it runs, by the names suites and inventories give them.
     pub rows: &'static [Hypervisor],
     pub capabilities: Capabilities,
     /// The backend for a case on the lab an inventory describes, or why
@@ -157,7 +157,25 @@ pub struct HostNeeds {
 /// Every backend of this build, in the study's order of rows.
 pub static REGISTRY: [&Descriptor; 3] = [&xen::BACKEND, &criu::BACKEND, &kvm::BACKEND];
 
-/// The backend that runs `row`.
+/// Every row this build runs, in `REGISTRY`'s order.
+pub fn rows() -> Vec<Hypervisor> {
+    REGISTRY
+        .iter()
+        .flat_map(|d| d.rows.iter().copied())
+        .collect()
+}
+
+/// What inventories are checked against: the rows, and why a row needs a
+/// real host's `ssh`.
+pub fn catalog() -> inventory::Catalog {
+    inventory::Catalog {
+        rows: rows(),
+        over_ssh,
+    }
+}
+
+/// The backend that runs `row` (one that suites and inventories were
+/// checked against: `rows`).
 pub fn descriptor(row: Hypervisor) -> &'static Descriptor {
     REGISTRY
         .iter()
@@ -165,9 +183,8 @@ pub fn descriptor(row: Hypervisor) -> &'static Descriptor {
         .unwrap_or_else(|| panic!("no backend runs {row}: add its descriptor to REGISTRY"))
 }
 
-/// Why a real host needs `ssh` for `row` (None: its libvirt URI is enough),
-/// for [`Inventory::check_ssh`].
-pub fn over_ssh(row: Hypervisor) -> Option<&'static str> {
+/// Why a real host needs `ssh` for `row` (None: its libvirt URI is enough).
+fn over_ssh(row: Hypervisor) -> Option<&'static str> {
     descriptor(row).host_needs.over_ssh
 }
 
@@ -241,9 +258,14 @@ mod tests {
 
     #[test]
     fn every_row_has_one_backend() {
-        for row in Hypervisor::ALL {
-            let backends = REGISTRY.iter().filter(|d| d.rows.contains(&row));
+        let rows = rows();
+        for row in &rows {
+            let backends = REGISTRY.iter().filter(|d| d.rows.contains(row));
             assert_eq!(backends.count(), 1, "{row}");
         }
+        let mut names: Vec<&str> = rows.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), rows.len(), "a name given to two rows");
     }
 }

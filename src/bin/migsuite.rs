@@ -254,11 +254,11 @@ fn main() -> ExitCode {
 /// The lab inventory at `path`; without one, $MIGSUITE_LAB's or the built-in
 /// simulated pair; checked against the backends.
 fn inventory(path: Option<PathBuf>) -> Result<Inventory, ExitCode> {
+    let catalog = migsuite::backend::catalog();
     match path {
-        Some(path) => Inventory::load(&path),
-        None => Inventory::from_env(),
+        Some(path) => Inventory::load(&path).and_then(|lab| lab.checked(&catalog)),
+        None => Inventory::from_env(&catalog),
     }
-    .and_then(|lab| lab.check_ssh(migsuite::backend::over_ssh).map(|()| lab))
     .map_err(|e| {
         eprintln!("{e}");
         ExitCode::FAILURE

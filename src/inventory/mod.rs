@@ -42,6 +42,7 @@ mod tests;
 pub use model::Storage;
 
 use crate::case::{Case, Hypervisor};
+use crate::yaml::scalar::unknown_row;
 use crate::yaml::{did_you_mean, list, Document, FieldPath, FileError, Invalid, Kind};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -163,11 +164,28 @@ impl Pair<'_> {
     }
 }
 
+/// What this build's backends say of the rows inventories list
+/// (`crate::backend::catalog`): which rows exist, and why one needs a real
+/// host's `ssh` (None: its libvirt URI is enough).
+pub struct Catalog {
+    pub rows: Vec<Hypervisor>,
+    pub over_ssh: fn(Hypervisor) -> Option<&'static str>,
+}
+
+/// Where host `i`'s `j`th row is written.
+fn backend_path(i: usize, j: usize) -> FieldPath {
+    FieldPath::default()
+        .key("hosts")
+        .index(i)
+        .key("backends")
+        .index(j)
+}
+
 impl Inventory {
     /// The simulated pair `crate::lab` builds on this machine: what runs use
     /// without an inventory file (with shared storage, as the gate's
     /// baselines were measured), and what `suites/labs/local.yaml` says.
-    pub fn simulated(name: &str, storage: Storage) -> Inventory {
+    pub fn simulated(name: &str, storage: Storage, rows: &[Hypervisor]) -> Inventory {
         use simulated::{link_addr, management_addr, uri_at, HOST_BRIDGE, HOST_NAMES};
         let hosts = (0u8..)
             .zip(HOST_NAMES)
@@ -178,7 +196,7 @@ impl Inventory {
                 agent: management_addr(i).into(),
                 bridge: HOST_BRIDGE.to_string(),
                 pool: SIMULATED_POOL.to_string(),
-                backends: Hypervisor::ALL.to_vec(),
+                backends: rows.to_vec(),
                 ssh: None,
             })
             .collect();
@@ -199,11 +217,16 @@ impl Inventory {
     }
 
     /// The lab runs use: the inventory at `MIGSUITE_LAB` if set, else the
-    /// built-in simulated pair with shared storage.
-    pub fn from_env() -> Result<Inventory, FileError> {
+    /// built-in simulated pair with shared storage, whose hosts run every
+    /// row; checked against `catalog`.
+    pub fn from_env(catalog: &Catalog) -> Result<Inventory, FileError> {
         match std::env::var_os(LAB_VARIABLE) {
-            Some(path) => Inventory::load(Path::new(&path)),
-            None => Ok(Inventory::simulated(BUILT_IN, Storage::Shared)),
+            Some(path) => Inventory::load(Path::new(&path))?.checked(catalog),
+            None => Ok(Inventory::simulated(
+                BUILT_IN,
+                Storage::Shared,
+                &catalog.rows,
+            )),
         }
     }
 
@@ -271,23 +294,37 @@ impl Inventory {
         else {
             return Ok(());
         };
-        self.refuse(Invalid {
+        Err(self.refuse(Invalid {
             path: FieldPath::default().key("gate").index(i),
             message: format!(
                 "no suite is named `{unknown}`{}; the suites are {}",
                 did_you_mean(unknown, &suites),
                 list(&suites)
             ),
-        })
+        }))
     }
 
-    /// Checks that each real host gives its `ssh` where a row it lists
-    /// runs on the host itself (`over_ssh(row)`: why that row needs it, as
-    /// its backend says), refusing it at that row's place in the file.
-    pub fn check_ssh(
-        &self,
-        over_ssh: impl Fn(Hypervisor) -> Option<&'static str>,
-    ) -> Result<(), FileError> {
+    /// Checks the rows each host lists against the backends' `catalog`:
+    /// each one a row they run, and each real host giving its `ssh` where
+    /// a row it lists runs on the host itself; refused at that row's place
+    /// in the file.
+    pub fn checked(self, catalog: &Catalog) -> Result<Inventory, FileError> {
+        let unknown = self.hosts.iter().enumerate().find_map(|(i, h)| {
+            h.backends.iter().enumerate().find_map(|(j, row)| {
+                unknown_row(*row, &catalog.rows).map(|message| (i, j, message))
+            })
+        });
+        if let Some((i, j, message)) = unknown {
+            return Err(self.refuse(Invalid {
+                path: backend_path(i, j),
+                message,
+            }));
+        }
+        self.check_ssh(catalog.over_ssh)?;
+        Ok(self)
+    }
+
+    fn check_ssh(&self, over_ssh: fn(Hypervisor) -> Option<&'static str>) -> Result<(), FileError> {
         if self.simulated {
             return Ok(());
         }
@@ -303,33 +340,29 @@ impl Inventory {
         let Some((i, j, why)) = lacking else {
             return Ok(());
         };
-        self.refuse(Invalid {
-            path: FieldPath::default()
-                .key("hosts")
-                .index(i)
-                .key("backends")
-                .index(j),
+        Err(self.refuse(Invalid {
+            path: backend_path(i, j),
             message: format!(
                 "{why}: give the host's `ssh` (e.g. `ssh: root@192.0.2.1`), where root logs in \
                  by key and `migsuite` is installed"
             ),
-        })
+        }))
     }
 
     /// `invalid`, placed in the inventory's file.
-    fn refuse(&self, invalid: Invalid) -> Result<(), FileError> {
+    fn refuse(&self, invalid: Invalid) -> FileError {
         match &self.file {
-            Some(file) => {
-                let text = crate::yaml::read(file, &INVENTORY)?;
-                Err(Document::new(file, &text, &INVENTORY).refuse(invalid))
-            }
+            Some(file) => match crate::yaml::read(file, &INVENTORY) {
+                Ok(text) => Document::new(file, &text, &INVENTORY).refuse(invalid),
+                Err(unread) => unread,
+            },
             // Read by `parse_str`: no file to place it in, so the lab's name.
-            None => Err(FileError::Invalid {
+            None => FileError::Invalid {
                 file: PathBuf::from(format!("lab {}", self.name)),
                 location: None,
                 field: invalid.path.to_string(),
                 message: invalid.message,
-            }),
+            },
         }
     }
 

@@ -17,7 +17,8 @@ pub(super) fn validate(def: InventoryDef) -> Result<Inventory, Invalid> {
     let gate = check_gate(&def)?;
     let inventory = if def.simulated {
         check_simulated(&def)?;
-        let built = Inventory::simulated(&def.name.0, def.storage);
+        // Its hosts are the file's, with the rows they list.
+        let built = Inventory::simulated(&def.name.0, def.storage, &[]);
         Inventory {
             hosts: def
                 .hosts

@@ -52,16 +52,18 @@ fn rack_with(old: &str, new: &str) -> String {
 fn the_local_lab_is_the_simulated_pair_with_a_pool_per_host() {
     let lab = Inventory::load(&root().join("suites/labs/local.yaml")).unwrap();
     assert_eq!(lab.file, Some(root().join("suites/labs/local.yaml")));
+    // The rows it lists: the study's five.
+    let rows = ["xen-pv", "xen-hvm", "openvz", "kvm-fv", "kvm-pv"].map(Hypervisor::row);
     assert_eq!(
         Inventory {
             file: None,
             ..lab.clone()
         },
-        Inventory::simulated("local", Storage::Local)
+        Inventory::simulated("local", Storage::Local, &rows)
     );
     let pairs: Vec<Pair> = lab.pairs().collect();
     assert_eq!(pairs[0].hosts.map(|h| h.name.as_str()), HOST_NAMES);
-    assert!(pairs[0].backends() == Hypervisor::ALL);
+    assert_eq!(pairs[0].backends(), rows);
 }
 
 #[test]
@@ -111,12 +113,15 @@ fn a_simulated_lab_must_describe_the_pair_migsuite_builds() {
 fn a_pair_offers_what_both_hosts_run() {
     let lab = parse(RACK).unwrap();
     let pair = lab.pairs().next().unwrap();
-    assert_eq!(pair.backends(), [Hypervisor::KvmPv]);
-    assert!(pair.offers(Hypervisor::KvmPv));
-    assert!(!pair.offers(Hypervisor::KvmFv), "only a runs kvm-fv");
-    assert!(pair.hosts[0].offers(Hypervisor::KvmFv));
-    assert_eq!(lab.pairs_offering(Hypervisor::KvmPv), [0]);
-    assert!(lab.pairs_offering(Hypervisor::KvmFv).is_empty());
+    assert_eq!(pair.backends(), [Hypervisor::row("kvm-pv")]);
+    assert!(pair.offers(Hypervisor::row("kvm-pv")));
+    assert!(
+        !pair.offers(Hypervisor::row("kvm-fv")),
+        "only a runs kvm-fv"
+    );
+    assert!(pair.hosts[0].offers(Hypervisor::row("kvm-fv")));
+    assert_eq!(lab.pairs_offering(Hypervisor::row("kvm-pv")), [0]);
+    assert!(lab.pairs_offering(Hypervisor::row("kvm-fv")).is_empty());
 }
 
 #[test]
@@ -344,7 +349,7 @@ fn without_a_gate_lab_tier_and_refused_cases_are_left_out() {
     let suites = shipped_suites();
     let dir = tempfile::tempdir().unwrap();
     for lab in [
-        Inventory::simulated(BUILT_IN, Storage::Shared),
+        Inventory::simulated(BUILT_IN, Storage::Shared, &crate::backend::rows()),
         rack_gated(dir.path(), ""),
     ] {
         for case in &suites {
@@ -353,12 +358,13 @@ fn without_a_gate_lab_tier_and_refused_cases_are_left_out() {
             assert_eq!(crate::runner::left_out(case, &lab).is_some(), before);
         }
     }
-    let built_in = Inventory::simulated(BUILT_IN, Storage::Shared);
+    let built_in = Inventory::simulated(BUILT_IN, Storage::Shared, &crate::backend::rows());
     assert_eq!(crate::runner::measures_nothing(&suites, &built_in), None);
 }
 
 /// Each fixture's second line is the refusal it must get, whole, from the
-/// file's name on (`# expected: name.yaml:line:col: field: message`).
+/// file's name on (`# expected: name.yaml:line:col: field: message`);
+/// `{rows}` stands for the rows this build's backends run.
 #[test]
 fn bad_labs_say_where_and_why() {
     let dir = root().join("tests/fixtures/bad-labs");
@@ -374,9 +380,10 @@ fn bad_labs_say_where_and_why() {
             .lines()
             .nth(1)
             .and_then(|l| l.strip_prefix("# expected: "))
-            .unwrap_or_else(|| panic!("{}: no `# expected: ` line", file.display()));
+            .unwrap_or_else(|| panic!("{}: no `# expected: ` line", file.display()))
+            .replace("{rows}", &list(crate::backend::rows()));
         let message = Inventory::load(&file)
-            .and_then(|lab| lab.check_ssh(crate::backend::over_ssh))
+            .and_then(|lab| lab.checked(&crate::backend::catalog()))
             .unwrap_err()
             .to_string();
         let relative = message

@@ -9,7 +9,7 @@
 //! or whose runs' ranges overlap, decide nothing: one run more could turn
 //! a strict comparison of them either way.
 
-use super::study::packet_data_size;
+use super::study::{self, packet_data_size};
 use super::table::{Cell, Table};
 use crate::case::Hypervisor;
 use crate::measure::CaseResult;
@@ -126,8 +126,8 @@ const CONCLUSIONS: &[StudyConclusion] = &[
         statement: "OpenVZ's total migration time is smaller than Xen-PV's",
         stated: "Abstract; §4.4 after Tab. 21; §5 item 4",
         claim: Claim::Below {
-            lower: Hypervisor::Openvz,
-            higher: Hypervisor::XenPv,
+            lower: study::OPENVZ,
+            higher: study::XEN_PV,
         },
         metrics: &["total_time"],
     },
@@ -135,8 +135,8 @@ const CONCLUSIONS: &[StudyConclusion] = &[
         statement: "OpenVZ's downtime is smaller than Xen-PV's",
         stated: "§4.4 after Tab. 21; §5 item 4",
         claim: Claim::Below {
-            lower: Hypervisor::Openvz,
-            higher: Hypervisor::XenPv,
+            lower: study::OPENVZ,
+            higher: study::XEN_PV,
         },
         metrics: &["downtime"],
     },
@@ -144,8 +144,8 @@ const CONCLUSIONS: &[StudyConclusion] = &[
         statement: "Xen-HVM performs worse than Xen-PV, especially in downtime",
         stated: "Abstract; Tab. 7 and 14",
         claim: Claim::Below {
-            lower: Hypervisor::XenPv,
-            higher: Hypervisor::XenHvm,
+            lower: study::XEN_PV,
+            higher: study::XEN_HVM,
         },
         metrics: &["downtime", "total_time"],
     },
@@ -153,23 +153,23 @@ const CONCLUSIONS: &[StudyConclusion] = &[
         statement: "Xen-HVM consumes more CPU than Xen-PV",
         stated: "§4.3 after Tab. 13; §5 item 2",
         claim: Claim::Below {
-            lower: Hypervisor::XenPv,
-            higher: Hypervisor::XenHvm,
+            lower: study::XEN_PV,
+            higher: study::XEN_HVM,
         },
         metrics: &["peak_cpu"],
     },
     StudyConclusion {
         statement: "KVM-FV is the slowest: the longest total time and downtime",
         stated: "§4.5 after Tab. 28; §5 item 5",
-        claim: Claim::Largest(Hypervisor::KvmFv),
+        claim: Claim::Largest(study::KVM_FV),
         metrics: &["total_time", "downtime"],
     },
     StudyConclusion {
         statement: "KVM-PV improves on KVM-FV in total time and downtime",
         stated: "§4.6 after Tab. 34; §5 item 6",
         claim: Claim::Below {
-            lower: Hypervisor::KvmPv,
-            higher: Hypervisor::KvmFv,
+            lower: study::KVM_PV,
+            higher: study::KVM_FV,
         },
         metrics: &["total_time", "downtime"],
     },
@@ -242,7 +242,7 @@ impl<'a> Grid<'a> {
 
     /// (hypervisor, figure) at `size` for every hypervisor that has one.
     fn figures(&self, size: u32, metric: &Metric) -> Vec<(Hypervisor, Figure)> {
-        Hypervisor::ALL
+        study::ROWS
             .into_iter()
             .filter_map(|h| Some((h, self.figure(h, size, metric)?)))
             .collect()
@@ -307,7 +307,7 @@ fn compare(grid: &Grid, claim: &Claim, metric: &Metric) -> Vec<(String, Held)> {
             }
         }
         Claim::GrowsAsPacketsShrink => {
-            for hypervisor in Hypervisor::ALL {
+            for hypervisor in study::ROWS {
                 let figures: Vec<(u32, Figure)> = grid
                     .sizes()
                     .into_iter()
@@ -447,12 +447,12 @@ mod tests {
     #[test]
     fn conclusions_of_a_hand_made_run() {
         let results = [
-            result(Hypervisor::XenPv, 1500, 3000.0, 40.0),
-            result(Hypervisor::XenPv, 32, 6000.0, 90.0),
-            result(Hypervisor::Openvz, 1500, 2000.0, 50.0),
-            result(Hypervisor::Openvz, 32, 5000.0, 60.0),
-            result(Hypervisor::KvmFv, 1500, 5000.0, 100.0),
-            result(Hypervisor::KvmPv, 1500, 4000.0, 80.0),
+            result(study::XEN_PV, 1500, 3000.0, 40.0),
+            result(study::XEN_PV, 32, 6000.0, 90.0),
+            result(study::OPENVZ, 1500, 2000.0, 50.0),
+            result(study::OPENVZ, 32, 5000.0, 60.0),
+            result(study::KVM_FV, 1500, 5000.0, 100.0),
+            result(study::KVM_PV, 1500, 4000.0, 80.0),
         ];
         let checked = check(&results);
         assert_eq!(checked.len(), CONCLUSIONS.len());
@@ -505,12 +505,12 @@ mod tests {
         // three runs each whose ranges overlap.
         let checked = check(&[
             noisy(
-                Hypervisor::Openvz,
+                study::OPENVZ,
                 1500,
                 &[(2700.0, 40.0), (2700.0, 90.0), (2700.0, 60.0)],
             ),
             noisy(
-                Hypervisor::XenPv,
+                study::XEN_PV,
                 1500,
                 &[(3000.0, 80.0), (3000.0, 200.0), (3000.0, 150.0)],
             ),
@@ -527,8 +527,8 @@ mod tests {
         );
         // Apart by more than the threshold and the runs' ranges: decided.
         let checked = check(&[
-            noisy(Hypervisor::Openvz, 1500, &[(1000.0, 40.0), (1100.0, 50.0)]),
-            noisy(Hypervisor::XenPv, 1500, &[(3000.0, 200.0), (3200.0, 210.0)]),
+            noisy(study::OPENVZ, 1500, &[(1000.0, 40.0), (1100.0, 50.0)]),
+            noisy(study::XEN_PV, 1500, &[(3000.0, 200.0), (3200.0, 210.0)]),
         ]);
         assert_eq!(finding(&checked, "OpenVZ's total").0, Finding::Holds);
         assert_eq!(finding(&checked, "OpenVZ's downtime").0, Finding::Holds);
@@ -543,9 +543,9 @@ mod tests {
 
     #[test]
     fn cases_that_stand_for_no_row_decide_nothing() {
-        let mut small = result(Hypervisor::Openvz, 1500, 2000.0, 50.0);
+        let mut small = result(study::OPENVZ, 1500, 2000.0, 50.0);
         small.case.workload.dirty_mib = 16;
-        let xen = result(Hypervisor::XenPv, 1500, 3000.0, 40.0);
+        let xen = result(study::XEN_PV, 1500, 3000.0, 40.0);
         let checked = check(&[small, xen]);
         assert!(checked.iter().all(|c| c.finding == Finding::NotMeasured));
     }

@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn suite_figure_groups_by_hypervisor() {
         let mut xen = result(vec![run(3000.0, 200.0)]);
-        xen.case.hypervisor = crate::case::Hypervisor::XenPv;
+        xen.case.hypervisor = crate::case::Hypervisor::row("xen-pv");
         let mut kvm_1500 = result(vec![run(1000.0, 50.0)]);
         kvm_1500.case.link.mtu = 1500;
         let svg = suite_figure(&[result(vec![run(2000.0, 100.0)]), kvm_1500, xen])
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn bars_spanning_more_than_twenty_fold_are_drawn_on_a_log_scale() {
         let mut xen = result(vec![run(240_000.0, 2000.0)]);
-        xen.case.hypervisor = crate::case::Hypervisor::XenPv;
+        xen.case.hypervisor = crate::case::Hypervisor::row("xen-pv");
         let svg = suite_figure(&[result(vec![run(2000.0, 100.0)]), xen])
             .unwrap()
             .unwrap();

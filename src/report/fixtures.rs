@@ -8,7 +8,7 @@ pub(crate) fn case() -> Case {
         suite: "ci".into(),
         file: "suites/ci.yaml".into(),
         tier: Tier::Gate,
-        hypervisor: Hypervisor::KvmFv,
+        hypervisor: Hypervisor::row("kvm-fv"),
         guest: GuestSpec {
             memory_mib: 256,
             vcpus: 1,

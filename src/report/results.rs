@@ -435,7 +435,7 @@ run 3: migration failed: timed out after 25000 ms (source still running)
         bounded_by_mean.bounds.apply_to = Aggregate::Mean;
         bounded_by_mean.link.mtu = 1500;
         let xen = Case {
-            hypervisor: Hypervisor::XenPv,
+            hypervisor: Hypervisor::row("xen-pv"),
             ..case()
         };
         let xen_provenance = Provenance {

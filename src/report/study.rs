@@ -16,6 +16,15 @@ use crate::metrics::CaseSummary;
 use serde::Deserialize;
 use std::sync::LazyLock;
 
+/// The study's five rows, in its order (by the names migsuite's backends
+/// give them).
+pub const XEN_PV: Hypervisor = Hypervisor::row("xen-pv");
+pub const XEN_HVM: Hypervisor = Hypervisor::row("xen-hvm");
+pub const OPENVZ: Hypervisor = Hypervisor::row("openvz");
+pub const KVM_FV: Hypervisor = Hypervisor::row("kvm-fv");
+pub const KVM_PV: Hypervisor = Hypervisor::row("kvm-pv");
+pub const ROWS: [Hypervisor; 5] = [XEN_PV, XEN_HVM, OPENVZ, KVM_FV, KVM_PV];
+
 /// Smallest dirty set that stands for the study's 180 MB game.
 const GAME_MIB: u32 = 100;
 
@@ -234,12 +243,12 @@ mod tests {
     #[test]
     fn rows_of_the_study_beside_our_medians() {
         let results = [
-            result(Hypervisor::KvmPv, 1500, PacketSize::Fill, 180),
-            result(Hypervisor::KvmPv, 128, PacketSize::Bytes(32), 180),
-            result(Hypervisor::KvmFv, 128, PacketSize::Bytes(32), 180),
+            result(KVM_PV, 1500, PacketSize::Fill, 180),
+            result(KVM_PV, 128, PacketSize::Bytes(32), 180),
+            result(KVM_FV, 128, PacketSize::Bytes(32), 180),
             // Not the study's game, not one of its sizes: left out.
-            result(Hypervisor::KvmPv, 1500, PacketSize::Fill, 16),
-            result(Hypervisor::KvmPv, 576, PacketSize::Fill, 180),
+            result(KVM_PV, 1500, PacketSize::Fill, 16),
+            result(KVM_PV, 576, PacketSize::Fill, 180),
         ];
         let text = study_table(&results).unwrap().to_string();
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| kvm")).collect();
@@ -256,7 +265,7 @@ mod tests {
 
     #[test]
     fn every_hypervisor_and_packet_size_is_published_once() {
-        for hypervisor in Hypervisor::ALL {
+        for hypervisor in ROWS {
             for size in [1500, 1000, 32] {
                 let rows = published()
                     .iter()
@@ -273,8 +282,7 @@ mod tests {
 
     #[test]
     fn landmarks_of_the_study_beside_ours() {
-        let t = study_landmarks_table(&[result(Hypervisor::XenPv, 1500, PacketSize::Fill, 180)])
-            .unwrap();
+        let t = study_landmarks_table(&[result(XEN_PV, 1500, PacketSize::Fill, 180)]).unwrap();
         let cpu = t.rows[0].iter().map(Cell::render).collect::<Vec<_>>();
         // Fixture: 12 % of one CPU before, 95 % at 0 s, 0 % once the run ends
         // (9.4-9.7 s, on a 250 ms grid), on 2 CPUs.
@@ -292,14 +300,11 @@ mod tests {
             ]
         );
         assert_eq!(t.rows[1][3], Cell::text("Tab. 2"));
-        assert!(
-            study_landmarks_table(&[result(Hypervisor::XenPv, 576, PacketSize::Fill, 180)])
-                .is_none()
-        );
+        assert!(study_landmarks_table(&[result(XEN_PV, 576, PacketSize::Fill, 180)]).is_none());
     }
 
     #[test]
     fn nothing_to_compare_is_no_table() {
-        assert!(study_table(&[result(Hypervisor::KvmPv, 1500, PacketSize::Fill, 16)]).is_none());
+        assert!(study_table(&[result(KVM_PV, 1500, PacketSize::Fill, 16)]).is_none());
     }
 }

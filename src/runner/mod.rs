@@ -547,11 +547,11 @@ mod tests {
 
     #[test]
     fn a_case_runs_only_where_a_pair_offers_its_hypervisor() {
-        let lab = Inventory::simulated("local", Storage::Local);
+        let lab = Inventory::simulated("local", Storage::Local, &crate::backend::rows());
         assert_eq!(refusal(&case(), &lab), None);
         let mut kvm_only = lab.clone();
         for host in &mut kvm_only.hosts {
-            host.backends = vec![Hypervisor::KvmPv];
+            host.backends = vec![Hypervisor::row("kvm-pv")];
         }
         let why = refusal(&case(), &kvm_only).unwrap();
         assert!(why.contains("no pair of lab local offers kvm-fv"), "{why}");
@@ -561,7 +561,7 @@ mod tests {
     /// Its hosts' agents measure it, so a share of it fits.
     #[test]
     fn a_real_lab_runs_cases_that_fit_its_network() {
-        let mut real = Inventory::simulated("rack", Storage::Local);
+        let mut real = Inventory::simulated("rack", Storage::Local, &crate::backend::rows());
         (real.simulated, real.link_mtu) = (false, Some(1500));
         let mut fits = case();
         (fits.link.mtu, fits.link.rate_mbit, fits.link.offloads) = (1500, None, true);

@@ -7,7 +7,7 @@ use super::model::{
     TopologyDef, WorkloadDef,
 };
 use super::rules::{
-    check_fault_in_time, check_fit, check_matrix, check_overrides, check_packets,
+    check_fault_in_time, check_fit, check_matrix, check_overrides, check_packets, check_rows,
     check_share_of_link, check_strategy, check_stream_settings, check_topology, check_variant,
     check_variants, selected_variants,
 };
@@ -30,6 +30,7 @@ const INTERVAL_MS: u64 = 100;
 const SETTLE_MS: u64 = 5_000;
 
 pub(super) fn expand(suite: Suite, file: &Path) -> Result<Vec<Case>, Invalid> {
+    check_rows(&suite.matrix)?;
     check_variants(&suite)?;
     let guest = guest_spec(suite.guest.unwrap_or_default());
     check_matrix(&suite.matrix, &suite.workloads.0)?;

@@ -5,13 +5,32 @@ use super::keyed::MetricKey;
 use super::model::{ExpectDef, Matrix, MigrationDef, Override, Suite, VariantDef, WorkloadDef};
 use crate::case::{Case, DirtyRate, PacketSize, Strategy, Topology};
 use crate::metrics::{Better, Metric, CPU_PACE, DOWNTIME_OVERSHOOT, PATH_RATE};
-use crate::yaml::scalar::{HypervisorName, Ident, Mtu};
+use crate::yaml::scalar::{unknown_row, HypervisorName, Ident, Mtu};
 use crate::yaml::{distinct, list, FieldPath, Invalid};
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
 /// More cases than a lab runs in a day; a matrix this large is a mistake.
 const MAX_CASES: usize = 1000;
+
+/// Every hypervisor of the matrix is a row this build's backends run (an
+/// override may name only the matrix's).
+pub(super) fn check_rows(matrix: &Matrix) -> Result<(), Invalid> {
+    let rows = crate::backend::rows();
+    let unknown = (0..)
+        .zip(&matrix.hypervisor)
+        .find_map(|(i, h)| Some((i, unknown_row(h.0, &rows)?)));
+    match unknown {
+        Some((i, message)) => Err(Invalid {
+            path: FieldPath::default()
+                .key("matrix")
+                .key("hypervisor")
+                .index(i),
+            message,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Every list non-empty and free of repeats (case names must be unique),
 /// every workload listed also defined, and a product a lab can run.

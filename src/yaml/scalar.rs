@@ -106,11 +106,22 @@ pub(crate) fn keyword<T: Copy>(v: &str, what: &str, words: &[(&str, T)]) -> Resu
         return Ok(value);
     }
     let words: Vec<&str> = words.iter().map(|&(word, _)| word).collect();
-    Err(Reject::Invalid(format!(
+    Err(Reject::Invalid(unknown(what, v, &words)))
+}
+
+/// "unknown {what} `v` (did you mean ...); valid: ...".
+fn unknown(what: &str, v: &str, words: &[&str]) -> String {
+    format!(
         "unknown {what} `{v}`{}; valid: {}",
-        did_you_mean(v, &words),
+        did_you_mean(v, words),
         words.join(", ")
-    )))
+    )
+}
+
+/// Why `row` is none of `rows` (the rows this build's backends run).
+pub(crate) fn unknown_row(row: Hypervisor, rows: &[Hypervisor]) -> Option<String> {
+    let names: Vec<&str> = rows.iter().map(|r| r.name()).collect();
+    (!rows.contains(&row)).then(|| unknown("hypervisor", row.name(), &names))
 }
 
 struct ScalarVisitor<T>(PhantomData<T>);
@@ -169,6 +180,8 @@ impl fmt::Display for Ident {
     }
 }
 
+/// A row's name, shaped like one; which rows exist is checked where the
+/// backends are known (`suite::rules::check_rows`, `Inventory::check_rows`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct HypervisorName(pub Hypervisor);
 
@@ -178,8 +191,7 @@ impl Scalar for HypervisorName {
     }
 
     fn from_str(v: &str) -> Result<Self, Reject> {
-        let names = Hypervisor::ALL.map(|h| (h.name(), HypervisorName(h)));
-        keyword(v, "hypervisor", &names)
+        Ident::from_str(v).map(|name| HypervisorName(Hypervisor::named(&name.0)))
     }
 }
 

@@ -31,13 +31,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// The study's OpenVZ row: a container, checkpointed and restored by CRIU.
+pub const OPENVZ: Hypervisor = Hypervisor::row("openvz");
+
 /// CRIU: pre-copy by pre-dumps (where the kernel tracks dirty pages, which
 /// a host without it refuses before the run), stop-and-copy and post-copy
 /// by lazy pages; no downtime limit, no stream settings. A restore needs
 /// the container's pids free, so not on the host it left. A real lab's
 /// hosts run their own CRIU, driven over ssh; the runner needs none.
 pub static BACKEND: super::Descriptor = super::Descriptor {
-    rows: &[Hypervisor::Openvz],
+    rows: &[OPENVZ],
     capabilities: super::Capabilities {
         strategies: &[Strategy::Precopy, Strategy::StopAndCopy, Strategy::Postcopy],
         downtime_limit: &[],

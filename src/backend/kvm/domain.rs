@@ -17,7 +17,7 @@ pub struct DeviceModel {
 
 pub fn device_model(h: Hypervisor) -> DeviceModel {
     match h {
-        Hypervisor::KvmPv => DeviceModel {
+        super::KVM_PV => DeviceModel {
             nic: "virtio",
             disk_bus: "virtio",
             disk_dev: "vda",

@@ -26,12 +26,17 @@ use virt::sys;
 
 const DISK_BYTES: u64 = 16 << 20;
 
+/// Full virtualization: emulated e1000 and IDE devices.
+pub const KVM_FV: Hypervisor = Hypervisor::row("kvm-fv");
+/// Paravirtual devices: virtio NIC and disk.
+pub const KVM_PV: Hypervisor = Hypervisor::row("kvm-pv");
+
 /// QEMU under libvirt: pre-copy, post-copy (after one pass) and
 /// auto-converge, each with a downtime limit; its stream takes a bandwidth
 /// cap, multifd channels and TLS. libvirt refuses a destination that is its
 /// source. A real host is reached through its libvirt URI alone.
 pub static BACKEND: super::Descriptor = super::Descriptor {
-    rows: &[Hypervisor::KvmFv, Hypervisor::KvmPv],
+    rows: &[KVM_FV, KVM_PV],
     capabilities: super::Capabilities {
         strategies: &[
             Strategy::Precopy,
@@ -348,10 +353,10 @@ mod tests {
 
     #[test]
     fn a_real_host_runs_the_kvm_rows_through_qemus_driver() {
-        assert!(runs_qemu(Hypervisor::KvmPv, Ok("QEMU")).is_ok());
-        let err = runs_qemu(Hypervisor::KvmFv, Ok("LXC")).unwrap_err();
+        assert!(runs_qemu(KVM_PV, Ok("QEMU")).is_ok());
+        let err = runs_qemu(KVM_FV, Ok("LXC")).unwrap_err();
         assert!(err.contains("kvm-fv needs libvirt's QEMU driver"), "{err}");
         let down = "connection lost".to_string();
-        assert_eq!(runs_qemu(Hypervisor::KvmFv, Err(&down)), Err(down));
+        assert_eq!(runs_qemu(KVM_FV, Err(&down)), Err(down));
     }
 }

@@ -113,7 +113,11 @@ mod probe {
     #[ignore]
     fn xen_dom0_shell() {
         let _lab_lock = crate::runner::exclusive(
-            &crate::inventory::Inventory::simulated("simulated", crate::inventory::Storage::Shared),
+            &crate::inventory::Inventory::simulated(
+                "simulated",
+                crate::inventory::Storage::Shared,
+                &crate::backend::rows(),
+            ),
             &[0],
             &|m| eprintln!("{m}"),
         )

@@ -50,12 +50,17 @@ const XL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where a destination dom0's migsuite-listen takes the stream.
 const MIGRATION_PORT: u16 = 5500;
 
+/// A paravirtualised domU.
+pub const XEN_PV: Hypervisor = Hypervisor::row("xen-pv");
+/// A fully virtualised domU (QEMU's device model in dom0).
+pub const XEN_HVM: Hypervisor = Hypervisor::row("xen-hvm");
+
 /// `xl migrate`: pre-copy and nothing else, no downtime limit, no stream
 /// settings; it can migrate a domU within its host (the study's set-up).
 /// The nested hosts stay up between Xen cases; a real host is reached in
 /// its dom0 over ssh, where its guest bridge is.
 pub static BACKEND: super::Descriptor = super::Descriptor {
-    rows: &[Hypervisor::XenPv, Hypervisor::XenHvm],
+    rows: &[XEN_PV, XEN_HVM],
     capabilities: super::Capabilities {
         strategies: &[Strategy::Precopy],
         downtime_limit: &[],
@@ -221,7 +226,7 @@ impl Xen {
             "on_crash=\"preserve\"".into(),
         ];
         match self.hypervisor {
-            Hypervisor::XenHvm => lines.extend(hvm::config(agent_args, GUEST_MAC, layout)),
+            XEN_HVM => lines.extend(hvm::config(agent_args, GUEST_MAC, layout)),
             _ => lines.extend([
                 "type=\"pv\"".into(),
                 format!("extra=\"console=hvc0 {agent_args}\""),
@@ -426,7 +431,7 @@ impl Backend for Xen {
             .domain(self.on, DOMAIN_NAME)
             .context("the domU is not listed after xl create")?;
         self.source_domid = Some(domid);
-        if self.hypervisor == Hypervisor::XenHvm {
+        if self.hypervisor == XEN_HVM {
             let took = hvm::wait_for_init(h.as_ref(), domid, hvm::INIT_TIMEOUT);
             self.save_console();
             self.info.hypervisor_version +=
@@ -443,7 +448,7 @@ impl Backend for Xen {
             &format!("xl list -l {domid} | grep -m1 '\"type\"'"),
             Duration::from_secs(20),
         )?;
-        let want = if self.hypervisor == Hypervisor::XenHvm {
+        let want = if self.hypervisor == XEN_HVM {
             "hvm"
         } else {
             "pv"
@@ -454,7 +459,7 @@ impl Backend for Xen {
             ty.trim()
         );
         match self.hypervisor {
-            Hypervisor::XenHvm => anyhow::ensure!(
+            XEN_HVM => anyhow::ensure!(
                 seen("nic") == "e1000",
                 "the guest's NIC is driven by {}, expected e1000 (emulated) for xen-hvm",
                 seen("nic")
@@ -616,7 +621,12 @@ mod probe {
             rate_mbit: Some(1000),
             offloads: false,
         };
-        let lab = Lab::start(&link, &crate::inventory::Inventory::from_env().unwrap(), 0).unwrap();
+        let lab = Lab::start(
+            &link,
+            &crate::inventory::Inventory::from_env(&crate::backend::catalog()).unwrap(),
+            0,
+        )
+        .unwrap();
         let hosts = shared_hosts(&image, 0, &[0, 1]).unwrap();
         for h in &hosts {
             h.attach(lab.host(h.index), &link).unwrap();
@@ -643,7 +653,11 @@ mod probe {
     #[ignore]
     fn xen_pv_migrates_in_dom0() {
         let _lab_lock = crate::runner::exclusive(
-            &crate::inventory::Inventory::simulated("simulated", crate::inventory::Storage::Shared),
+            &crate::inventory::Inventory::simulated(
+                "simulated",
+                crate::inventory::Storage::Shared,
+                &crate::backend::rows(),
+            ),
             &[0],
             &|m| eprintln!("{m}"),
         )
@@ -651,9 +665,9 @@ mod probe {
         let image = GuestImage::prepare_with(&["xen_netfront"]).unwrap();
         let h = shared_hosts(&image, 0, &[0]).unwrap().remove(0);
         let hv = if std::env::var("XEN_PROBE_HVM").is_ok() {
-            Hypervisor::XenHvm
+            XEN_HVM
         } else {
-            Hypervisor::XenPv
+            XEN_PV
         };
         let cmd = std::env::var("XEN_PROBE_CMD").unwrap_or_default();
         let text = std::fs::read_to_string("suites/ci.yaml")
@@ -662,7 +676,7 @@ mod probe {
         let mut case = crate::suite::parse_str(std::path::Path::new("ci.yaml"), &text)
             .unwrap()
             .into_iter()
-            .find(|c| c.hypervisor == Hypervisor::XenPv)
+            .find(|c| c.hypervisor == XEN_PV)
             .unwrap();
         (case.hypervisor, case.migration.topology) = (hv, Topology::OneHost);
         let mut x = Xen::new(&case, true).unwrap();

@@ -51,7 +51,7 @@ pub(super) fn xen_on(host: &inventory::Host, backend: Hypervisor) -> Result<Stri
         return Err(format!("dom0 lacks {}", missing.join(", ")));
     }
     let v = super::Versions::from_xl_info(&info, String::new());
-    if backend == Hypervisor::XenHvm && !v.caps.contains("hvm") {
+    if backend == super::XEN_HVM && !v.caps.contains("hvm") {
         return Err(format!(
             "{} offers no HVM guests here (xen_caps: {}): the CPU needs VT-x or AMD-V, enabled",
             v.xen, v.caps
