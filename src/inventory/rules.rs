@@ -120,7 +120,7 @@ fn check_hosts(def: &InventoryDef) -> Result<(), Invalid> {
 
 /// A simulated host is this machine's: nothing to log in to. (Which rows
 /// need a real host's `ssh` is the backends' to say:
-/// [`Inventory::check_ssh`].)
+/// [`Inventory::checked`].)
 fn check_ssh_only_real(simulated: bool, h: &HostDef, at: &FieldPath) -> Result<(), Invalid> {
     match h.ssh {
         Some(_) if simulated => Err(Invalid {

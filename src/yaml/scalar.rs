@@ -180,8 +180,9 @@ impl fmt::Display for Ident {
     }
 }
 
-/// A row's name, shaped like one; which rows exist is checked where the
-/// backends are known (`suite::rules::check_rows`, `Inventory::check_rows`).
+/// A row's name, as written; which rows exist is checked where the
+/// backends are known (`suite::rules::check_rows`, `Inventory::checked`),
+/// which refuse any other name with the valid ones.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct HypervisorName(pub Hypervisor);
 
@@ -191,7 +192,7 @@ impl Scalar for HypervisorName {
     }
 
     fn from_str(v: &str) -> Result<Self, Reject> {
-        Ident::from_str(v).map(|name| HypervisorName(Hypervisor::named(&name.0)))
+        Ok(HypervisorName(Hypervisor::named(v)))
     }
 }
 
