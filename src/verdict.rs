@@ -270,7 +270,7 @@ impl fmt::Display for NotCompared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotCompared::NoBaseline => write!(f, "no baseline stored"),
-            NotCompared::NotComparable => write!(f, "not comparable with its baseline (below)"),
+            NotCompared::NotComparable => write!(f, "not comparable with its baseline"),
             NotCompared::NoLineStored => write!(
                 f,
                 "none stored for it yet (it joins when baselines are recorded anew)"
@@ -742,7 +742,7 @@ mod tests {
         );
         let text = v.to_string();
         assert!(
-            text.contains("total time              new 2010.0 ms [1980.0 ms, 2050.0 ms] n=5: not comparable with its baseline (below)"),
+            text.contains("total time              new 2010.0 ms [1980.0 ms, 2050.0 ms] n=5: not comparable with its baseline"),
             "{text}"
         );
         assert!(
