@@ -122,9 +122,9 @@ impl Evacuation {
     }
 }
 
-/// `at` on the run's clock: microseconds from `t0`, negative before it.
-/// Rounded away from `t0`, so that nothing before the warning reads as
-/// the warning itself.
+/// `at` on the run's clock: whole microseconds from `t0`, negative before
+/// it. An instant before `t0` is rounded away from it, so that nothing
+/// before the warning reads as the warning itself; one after, toward it.
 pub fn micros_since(t0: Instant, at: Instant) -> i64 {
     match at.checked_duration_since(t0) {
         Some(after) => after.as_micros() as i64,

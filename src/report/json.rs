@@ -73,7 +73,7 @@ impl RunReport {
         }
     }
 
-    /// Writes pretty JSON to `<dir>/<suite>-<unix seconds>.json` (creating
+    /// Writes compact JSON to `<dir>/<suite>-<unix seconds>.json` (creating
     /// `dir`) and returns that path.
     pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
         let path = dir.join(format!(

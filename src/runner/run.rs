@@ -112,8 +112,9 @@ pub(super) fn run_once(
         );
         let heard_again = observer.heartbeat_after(ended, wait);
         std::thread::sleep(Duration::from_millis(case.sampling.settle_ms));
-        // Listening ends after the timelines and heartbeats are taken: a
-        // silence runs until then.
+        // Listening ends once the timelines and heartbeats are taken, as it
+        // did before runs were recorded as observations: a heartbeat heard
+        // meanwhile counts.
         let timelines = sampler.finish(t0);
         let beats = observer.heartbeats_since(sampling_from);
         let listened_until = Instant::now();
