@@ -137,8 +137,21 @@ impl Verdict {
 }
 
 /// The case's runs against its expectation, its bounds and, for a case
-/// that should pass, the stored `baseline`.
+/// that should pass, the stored `baseline` (empty: none stored).
 pub fn judge(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Verdict {
+    let stored = Some(baseline)
+        .filter(|b| !b.is_empty())
+        .ok_or(NotCompared::NoBaseline);
+    judged(case, runs, stored)
+}
+
+/// `judge`, against `baseline` or, where there is none to compare with,
+/// why not.
+fn judged(
+    case: &Case,
+    runs: &[RunMeasurement],
+    baseline: Result<&Baseline, NotCompared>,
+) -> Verdict {
     let n = runs.len();
     let runs_word = if n == 1 { "run" } else { "runs" };
     let (expectation, checks, mut failures) = match &case.expect {
@@ -212,18 +225,11 @@ pub fn judge_stored(
     };
     let differences = this_run.differences_from(stored.recorded_on.as_ref());
     let comparable = differences.comparable();
-    let mut verdict = if comparable {
+    let verdict = if comparable {
         judge(case, runs, &stored.figures)
     } else {
-        judge(case, runs, &Baseline::new())
+        judged(case, runs, Err(NotCompared::NotComparable))
     };
-    if !comparable {
-        for g in &mut verdict.gates {
-            if g.not_compared == Some(NotCompared::NoBaseline) {
-                g.not_compared = Some(NotCompared::NotComparable);
-            }
-        }
-    }
     Verdict {
         passed: verdict.passed && comparable,
         since_baseline: Some(differences),
@@ -295,8 +301,15 @@ const MIN_COMPARED_RUNS: usize = 3;
 /// machine that carries half as much takes twice as long, and only what is
 /// left of a change is judged. The path rate itself is gated as measured:
 /// where the link sets it, a slower link is a regression.
-fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate> {
-    let pace = baseline.get(PATH_RATE).map(|e| e.median);
+fn gates(
+    case: &Case,
+    runs: &[RunMeasurement],
+    baseline: Result<&Baseline, NotCompared>,
+) -> Vec<Gate> {
+    let pace = baseline
+        .ok()
+        .and_then(|b| b.get(PATH_RATE))
+        .map(|e| e.median);
     METRICS
         .iter()
         .filter_map(|m| {
@@ -304,11 +317,11 @@ fn gates(case: &Case, runs: &[RunMeasurement], baseline: &Baseline) -> Vec<Gate>
             let values = m.values(runs);
             let paced = pace.and_then(|p| Some((p, m.values_at_pace(runs, p)?)));
             let compared = paced.as_ref().map_or(&values, |(_, v)| v);
-            let comparison = match baseline.get(m.key) {
+            let comparison = match baseline.map(|b| b.get(m.key)) {
                 _ if compared.len() < MIN_COMPARED_RUNS => Err(NotCompared::TooFewRuns),
-                _ if baseline.is_empty() => Err(NotCompared::NoBaseline),
-                None => Err(NotCompared::NoLineStored),
-                Some(b) => {
+                Err(why) => Err(why),
+                Ok(None) => Err(NotCompared::NoLineStored),
+                Ok(Some(b)) => {
                     compare(*b, compared, m.better, threshold).ok_or(NotCompared::ZeroBaseline)
                 }
             };
